@@ -1,0 +1,415 @@
+//! vCPUs and their run loop.
+//!
+//! A [`Vcpu`] runs on the thread that calls [`Vcpu::run`] (or on a thread of its own through
+//! [`Vcpu::spawn`]). Port and MMIO exits are dispatched to the VM's buses; everything else
+//! that ends the guest becomes a [`VcpuStop`] or a typed [`Error`](crate::Error).
+//!
+//! Stopping from another thread: [`VcpuHandle::stop`] raises a flag and interrupts `KVM_RUN`
+//! with a real-time signal (whose handler does nothing), repeating the signal until the vCPU
+//! thread has seen the flag, so a signal that lands just before `KVM_RUN` is never lost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once, RwLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::bus::{Bus, BusAction};
+use crate::memory::GuestMemoryMmap;
+use crate::stats::{self, StatsFd};
+use crate::{Error, Result};
+
+/// Offset from `SIGRTMIN` of the signal that kicks a vCPU out of `KVM_RUN`.
+pub const KICK_SIGNAL_OFFSET: i32 = 0;
+
+/// How a vCPU treats exits no device claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VcpuConfig {
+    /// Fail on an access to a port or MMIO address no device holds (micro-guests); when
+    /// false such reads return all ones and writes are dropped (Linux probes many ports).
+    pub strict_io: bool,
+}
+
+/// Why a vCPU stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcpuStop {
+    /// The guest asked to exit with this code.
+    Exit(u32),
+    /// Another thread asked the vCPU to stop.
+    Stopped,
+    /// The guest halted with interrupts off and nothing can wake it.
+    Halted,
+}
+
+/// The kind of access an unclaimed exit was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessKind {
+    /// `in` from a port.
+    PortRead,
+    /// `out` to a port.
+    PortWrite,
+    /// Load from an MMIO address.
+    MmioRead,
+    /// Store to an MMIO address.
+    MmioWrite,
+}
+
+impl std::fmt::Display for AccessKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AccessKind::PortRead => "port read",
+            AccessKind::PortWrite => "port write",
+            AccessKind::MmioRead => "MMIO read",
+            AccessKind::MmioWrite => "MMIO write",
+        })
+    }
+}
+
+/// What ended a guest abnormally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashCause {
+    /// A triple fault (micro-guests have no IDT, so any exception ends here).
+    TripleFault,
+    /// KVM could not enter the guest; the hardware reason code.
+    FailEntry(u64),
+    /// KVM reported an internal error (for example an instruction it cannot emulate).
+    InternalError,
+    /// An exit the VMM does not handle.
+    UnhandledExit(&'static str),
+}
+
+impl std::fmt::Display for CrashCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CrashCause::TripleFault => f.write_str("triple fault"),
+            CrashCause::FailEntry(r) => write!(f, "VM entry failed (reason {r:#x})"),
+            CrashCause::InternalError => f.write_str("KVM internal error"),
+            CrashCause::UnhandledExit(what) => write!(f, "unhandled exit ({what})"),
+        }
+    }
+}
+
+/// The guest's state when it crashed.
+#[derive(Debug, Clone, Copy)]
+pub struct CrashReport {
+    /// What happened.
+    pub cause: CrashCause,
+    /// General-purpose registers (RIP among them).
+    pub regs: kvm_regs,
+    /// Control registers: CR2 holds the last page-fault address.
+    pub cr2: u64,
+}
+
+impl std::fmt::Display for CrashReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = &self.regs;
+        write!(
+            f,
+            "{} at RIP {:#x} (RSP {:#x}, CR2 {:#x}, RAX {:#x}, RDI {:#x})",
+            self.cause, r.rip, r.rsp, self.cr2, r.rax, r.rdi
+        )
+    }
+}
+
+/// Exits seen in user space, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitCounters {
+    /// `in` exits.
+    pub port_read: u64,
+    /// `out` exits.
+    pub port_write: u64,
+    /// MMIO load exits.
+    pub mmio_read: u64,
+    /// MMIO store exits.
+    pub mmio_write: u64,
+    /// `KVM_RUN` returns interrupted by a signal.
+    pub interrupted: u64,
+    /// Anything else.
+    pub other: u64,
+}
+
+impl ExitCounters {
+    /// All user-space exits.
+    pub fn total(&self) -> u64 {
+        self.port_read
+            + self.port_write
+            + self.mmio_read
+            + self.mmio_write
+            + self.interrupted
+            + self.other
+    }
+}
+
+enum Outcome {
+    Continue,
+    Stop(VcpuStop),
+    Unclaimed(AccessKind, u64),
+    Crash(CrashCause),
+}
+
+/// One virtual CPU.
+#[derive(Debug)]
+pub struct Vcpu {
+    id: u64,
+    fd: VcpuFd,
+    memory: GuestMemoryMmap,
+    pio: Arc<RwLock<Bus>>,
+    mmio: Arc<RwLock<Bus>>,
+    config: VcpuConfig,
+    stop: Arc<AtomicBool>,
+    counters: ExitCounters,
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if let Err(e) = register_signal_handler(SIGRTMIN() + KICK_SIGNAL_OFFSET, kick_handler) {
+            log::error!("Cannot install the vCPU kick signal handler: {e}");
+        }
+    });
+}
+
+impl Vcpu {
+    pub(crate) fn new(
+        id: u64,
+        fd: VcpuFd,
+        memory: GuestMemoryMmap,
+        pio: Arc<RwLock<Bus>>,
+        mmio: Arc<RwLock<Bus>>,
+        config: VcpuConfig,
+    ) -> Self {
+        install_kick_handler();
+        Vcpu {
+            id,
+            fd,
+            memory,
+            pio,
+            mmio,
+            config,
+            stop: Arc::new(AtomicBool::new(false)),
+            counters: ExitCounters::default(),
+        }
+    }
+
+    /// The vCPU index.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The KVM vCPU descriptor, for register set-up and snapshots.
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// Guest memory as this vCPU sees it.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// User-space exits so far.
+    pub fn exit_counters(&self) -> ExitCounters {
+        self.counters
+    }
+
+    /// Opens KVM's binary statistics for this vCPU (counts every exit, including those that
+    /// never reach user space).
+    pub fn stats(&self) -> stats::Result<StatsFd> {
+        StatsFd::open(&self.fd)
+    }
+
+    /// A flag that, once set, makes [`Vcpu::run`] return [`VcpuStop::Stopped`].
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Runs the guest until it exits, halts, crashes, or is stopped.
+    pub fn run(&mut self) -> Result<VcpuStop> {
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(VcpuStop::Stopped);
+            }
+            match self.run_once()? {
+                Outcome::Continue => {}
+                Outcome::Stop(stop) => return Ok(stop),
+                Outcome::Unclaimed(kind, addr) => {
+                    let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
+                    return Err(Error::UnexpectedExit { kind, addr, rip });
+                }
+                Outcome::Crash(cause) => return Err(Error::GuestCrash(self.crash_report(cause))),
+            }
+        }
+    }
+
+    fn crash_report(&self, cause: CrashCause) -> CrashReport {
+        let regs = self.fd.get_regs().unwrap_or_default();
+        let cr2 = self.fd.get_sregs().map(|s: kvm_sregs| s.cr2).unwrap_or(0);
+        CrashReport { cause, regs, cr2 }
+    }
+
+    fn run_once(&mut self) -> Result<Outcome> {
+        let strict = self.config.strict_io;
+        let counters = &mut self.counters;
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                counters.interrupted += 1;
+                self.fd.set_kvm_immediate_exit(0);
+                return Ok(Outcome::Continue);
+            }
+            Err(e) => return Err(Error::Run(e)),
+        };
+        let outcome = match exit {
+            VcpuExit::IoOut(port, data) => {
+                counters.port_write += 1;
+                let bus = self.pio.read().unwrap_or_else(|p| p.into_inner());
+                match bus.write(u64::from(port), data) {
+                    Some(BusAction::Continue) => Outcome::Continue,
+                    Some(BusAction::Exit(code)) => Outcome::Stop(VcpuStop::Exit(code)),
+                    None if strict => Outcome::Unclaimed(AccessKind::PortWrite, u64::from(port)),
+                    None => Outcome::Continue,
+                }
+            }
+            VcpuExit::IoIn(port, data) => {
+                counters.port_read += 1;
+                let bus = self.pio.read().unwrap_or_else(|p| p.into_inner());
+                if bus.read(u64::from(port), data) {
+                    Outcome::Continue
+                } else if strict {
+                    Outcome::Unclaimed(AccessKind::PortRead, u64::from(port))
+                } else {
+                    data.fill(0xff);
+                    Outcome::Continue
+                }
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                counters.mmio_read += 1;
+                let bus = self.mmio.read().unwrap_or_else(|p| p.into_inner());
+                if bus.read(addr, data) {
+                    Outcome::Continue
+                } else if strict {
+                    Outcome::Unclaimed(AccessKind::MmioRead, addr)
+                } else {
+                    data.fill(0xff);
+                    Outcome::Continue
+                }
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                counters.mmio_write += 1;
+                let bus = self.mmio.read().unwrap_or_else(|p| p.into_inner());
+                match bus.write(addr, data) {
+                    Some(BusAction::Continue) => Outcome::Continue,
+                    Some(BusAction::Exit(code)) => Outcome::Stop(VcpuStop::Exit(code)),
+                    None if strict => Outcome::Unclaimed(AccessKind::MmioWrite, addr),
+                    None => Outcome::Continue,
+                }
+            }
+            VcpuExit::Hlt => {
+                counters.other += 1;
+                Outcome::Stop(VcpuStop::Halted)
+            }
+            VcpuExit::Shutdown => {
+                counters.other += 1;
+                Outcome::Crash(CrashCause::TripleFault)
+            }
+            VcpuExit::FailEntry(reason, _) => {
+                counters.other += 1;
+                Outcome::Crash(CrashCause::FailEntry(reason))
+            }
+            VcpuExit::InternalError => {
+                counters.other += 1;
+                Outcome::Crash(CrashCause::InternalError)
+            }
+            VcpuExit::Intr => {
+                counters.interrupted += 1;
+                Outcome::Continue
+            }
+            other => {
+                counters.other += 1;
+                Outcome::Crash(CrashCause::UnhandledExit(exit_name(&other)))
+            }
+        };
+        Ok(outcome)
+    }
+
+    /// Runs this vCPU on a thread of its own; the handle stops and joins it.
+    pub fn spawn(mut self, name: String) -> Result<VcpuHandle> {
+        let stop = self.stop_flag();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let result = self.run();
+                (self, result)
+            })
+            .map_err(Error::Thread)?;
+        Ok(VcpuHandle { stop, thread: Some(thread) })
+    }
+}
+
+fn exit_name(exit: &VcpuExit<'_>) -> &'static str {
+    match exit {
+        VcpuExit::Unknown => "unknown",
+        VcpuExit::Exception => "exception",
+        VcpuExit::Hypercall(_) => "hypercall",
+        VcpuExit::Debug(_) => "debug",
+        VcpuExit::IrqWindowOpen => "irq window open",
+        VcpuExit::SystemEvent(..) => "system event",
+        _ => "other",
+    }
+}
+
+/// A vCPU running on its own thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<(Vcpu, Result<VcpuStop>)>>,
+}
+
+impl VcpuHandle {
+    /// Whether the vCPU thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Asks the vCPU to stop and waits for it; returns the vCPU and how its run ended.
+    pub fn stop(mut self) -> Result<(Vcpu, Result<VcpuStop>)> {
+        self.stop.store(true, Ordering::Release);
+        let thread = self.thread.take().expect("a handle is stopped once");
+        while !thread.is_finished() {
+            // Repeat: a signal delivered just before KVM_RUN would otherwise be lost.
+            if let Err(e) = thread.kill(SIGRTMIN() + KICK_SIGNAL_OFFSET) {
+                if thread.is_finished() {
+                    break;
+                }
+                return Err(Error::Kick(e));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        thread.join().map_err(|_| Error::VcpuPanicked)
+    }
+
+    /// Waits for the vCPU to end by itself.
+    pub fn join(mut self) -> Result<(Vcpu, Result<VcpuStop>)> {
+        let thread = self.thread.take().expect("a handle is joined once");
+        thread.join().map_err(|_| Error::VcpuPanicked)
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stop.store(true, Ordering::Release);
+            while !thread.is_finished() {
+                if thread.kill(SIGRTMIN() + KICK_SIGNAL_OFFSET).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = thread.join();
+        }
+    }
+}
