@@ -78,7 +78,10 @@ impl Bus {
 
     /// Places `device` at `[base, base + len)`.
     pub fn insert(&mut self, device: SharedDevice, base: u64, len: u64) -> Result<(), Error> {
-        let end = base.checked_add(len).filter(|_| len > 0).ok_or(Error::InvalidRange { base, len })?;
+        let end = base
+            .checked_add(len)
+            .filter(|_| len > 0)
+            .ok_or(Error::InvalidRange { base, len })?;
         let at = self.entries.partition_point(|e| e.base < base);
         let overlaps_prev = at > 0 && {
             let prev = &self.entries[at - 1];
@@ -120,7 +123,9 @@ impl Bus {
 
 fn lock(device: &SharedDevice) -> std::sync::MutexGuard<'_, dyn BusDevice + 'static> {
     // A device that panicked while locked is left as it was; the VM keeps its other devices.
-    device.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    device
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -138,7 +143,11 @@ mod tests {
         }
         fn write(&mut self, offset: u64, data: &[u8]) -> BusAction {
             self.last = Some((offset, data.to_vec()));
-            if data == [0xff] { BusAction::Exit(7) } else { BusAction::Continue }
+            if data == [0xff] {
+                BusAction::Exit(7)
+            } else {
+                BusAction::Continue
+            }
         }
     }
 
@@ -165,11 +174,29 @@ mod tests {
         let mut bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder::default())) as SharedDevice;
         bus.insert(d(), 0x100, 0x10).unwrap();
-        assert_eq!(bus.insert(d(), 0xf8, 0x9), Err(Error::Overlap { base: 0xf8, len: 9 }));
-        assert_eq!(bus.insert(d(), 0x10f, 1), Err(Error::Overlap { base: 0x10f, len: 1 }));
+        assert_eq!(
+            bus.insert(d(), 0xf8, 0x9),
+            Err(Error::Overlap { base: 0xf8, len: 9 })
+        );
+        assert_eq!(
+            bus.insert(d(), 0x10f, 1),
+            Err(Error::Overlap {
+                base: 0x10f,
+                len: 1
+            })
+        );
         assert!(bus.insert(d(), 0xf8, 0x8).is_ok());
         assert!(bus.insert(d(), 0x110, 0x8).is_ok());
-        assert_eq!(bus.insert(d(), 0x200, 0), Err(Error::InvalidRange { base: 0x200, len: 0 }));
-        assert!(matches!(bus.insert(d(), u64::MAX, 2), Err(Error::InvalidRange { .. })));
+        assert_eq!(
+            bus.insert(d(), 0x200, 0),
+            Err(Error::InvalidRange {
+                base: 0x200,
+                len: 0
+            })
+        );
+        assert!(matches!(
+            bus.insert(d(), u64::MAX, 2),
+            Err(Error::InvalidRange { .. })
+        ));
     }
 }

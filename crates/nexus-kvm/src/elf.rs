@@ -96,7 +96,9 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 impl ElfImage {
     /// Parses `bytes`.
     pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
-        let hdr = bytes.get(..EHDR_SIZE).ok_or(Error::Truncated("no complete ELF header"))?;
+        let hdr = bytes
+            .get(..EHDR_SIZE)
+            .ok_or(Error::Truncated("no complete ELF header"))?;
         if hdr[..4] != [0x7f, b'E', b'L', b'F'] {
             return Err(Error::BadMagic);
         }
@@ -126,7 +128,9 @@ impl ElfImage {
         let table = start
             .checked_add(table_len)
             .and_then(|end| bytes.get(start..end))
-            .ok_or(Error::Truncated("program headers run past the end of the file"))?;
+            .ok_or(Error::Truncated(
+                "program headers run past the end of the file",
+            ))?;
         let mut segments = Vec::new();
         for (index, ph) in table.chunks_exact(PHDR_SIZE).enumerate() {
             let p_type = u32_at(ph, 0);
@@ -142,16 +146,25 @@ impl ElfImage {
             let file_size = u64_at(ph, 32);
             let mem_size = u64_at(ph, 40);
             if file_size > mem_size {
-                return Err(Error::BadSegment { index, why: "file size exceeds memory size" });
+                return Err(Error::BadSegment {
+                    index,
+                    why: "file size exceeds memory size",
+                });
             }
             if addr.checked_add(mem_size).is_none() {
-                return Err(Error::BadSegment { index, why: "address range overflows" });
+                return Err(Error::BadSegment {
+                    index,
+                    why: "address range overflows",
+                });
             }
-            let file_end = offset
-                .checked_add(file_size)
-                .ok_or(Error::BadSegment { index, why: "file range overflows" })?;
+            let file_end = offset.checked_add(file_size).ok_or(Error::BadSegment {
+                index,
+                why: "file range overflows",
+            })?;
             if file_end > bytes.len() as u64 {
-                return Err(Error::Truncated("a segment's bytes run past the end of the file"));
+                return Err(Error::Truncated(
+                    "a segment's bytes run past the end of the file",
+                ));
             }
             if mem_size == 0 {
                 continue;
@@ -167,7 +180,10 @@ impl ElfImage {
         if segments.is_empty() {
             return Err(Error::NoSegments);
         }
-        if !segments.iter().any(|s| s.executable && entry >= s.addr && entry < s.end()) {
+        if !segments
+            .iter()
+            .any(|s| s.executable && entry >= s.addr && entry < s.end())
+        {
             return Err(Error::EntryOutsideCode(entry));
         }
         Ok(ElfImage { entry, segments })
@@ -223,7 +239,10 @@ pub(crate) mod tests {
     #[test]
     fn refuses_bad_files() {
         let good = tiny_elf(0x10_0000, &[0x90], 0);
-        assert_eq!(ElfImage::parse(&good[..10]), Err(Error::Truncated("no complete ELF header")));
+        assert_eq!(
+            ElfImage::parse(&good[..10]),
+            Err(Error::Truncated("no complete ELF header"))
+        );
         let mut m = good.clone();
         m[0] = 0;
         assert_eq!(ElfImage::parse(&m), Err(Error::BadMagic));
@@ -238,9 +257,15 @@ pub(crate) mod tests {
         assert_eq!(ElfImage::parse(&m), Err(Error::NotExecutable(3)));
         let mut m = good.clone();
         m[24] = 0x80; // entry outside the segment
-        assert!(matches!(ElfImage::parse(&m), Err(Error::EntryOutsideCode(_))));
+        assert!(matches!(
+            ElfImage::parse(&m),
+            Err(Error::EntryOutsideCode(_))
+        ));
         // Truncated segment bytes.
-        assert!(matches!(ElfImage::parse(&good[..good.len() - 1]), Err(Error::Truncated(_))));
+        assert!(matches!(
+            ElfImage::parse(&good[..good.len() - 1]),
+            Err(Error::Truncated(_))
+        ));
         // Program headers past the end.
         let mut m = good.clone();
         m[32..40].copy_from_slice(&u64::MAX.to_le_bytes());

@@ -107,7 +107,7 @@ pub enum Error {
     BootStructures(#[from] x86::Error),
     /// The guest crashed.
     #[error("The guest crashed: {0}")]
-    GuestCrash(CrashReport),
+    GuestCrash(Box<CrashReport>),
     /// The guest accessed a port or address no device holds.
     #[error("Unexpected {kind} at {addr:#x} (RIP {rip:#x}): no device is there")]
     UnexpectedExit {

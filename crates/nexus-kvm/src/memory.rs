@@ -76,16 +76,28 @@ impl MemoryConfig {
     /// Checks the sizes against the layout.
     pub fn validate(&self) -> Result<()> {
         if self.ram_size < MIN_RAM_SIZE {
-            return Err(Error::RamTooSmall { size: self.ram_size, min: MIN_RAM_SIZE });
+            return Err(Error::RamTooSmall {
+                size: self.ram_size,
+                min: MIN_RAM_SIZE,
+            });
         }
         if self.ram_size % PAGE_SIZE != 0 {
-            return Err(Error::Unaligned { what: "RAM", size: self.ram_size });
+            return Err(Error::Unaligned {
+                what: "RAM",
+                size: self.ram_size,
+            });
         }
         if self.window_size % PAGE_SIZE != 0 {
-            return Err(Error::Unaligned { what: "I/O window", size: self.window_size });
+            return Err(Error::Unaligned {
+                what: "I/O window",
+                size: self.window_size,
+            });
         }
         if self.window_size > WINDOW_MAX_SIZE {
-            return Err(Error::WindowTooLarge { size: self.window_size, max: WINDOW_MAX_SIZE });
+            return Err(Error::WindowTooLarge {
+                size: self.window_size,
+                max: WINDOW_MAX_SIZE,
+            });
         }
         // Keep within a 46-bit guest-physical space.
         if self.ram_size > (1u64 << 46) - HIGH_RAM_START {
@@ -128,7 +140,10 @@ impl IoWindow {
             Some(file_offset),
         )
         .map_err(Error::Mmap)?;
-        Ok(IoWindow { memfd: Arc::new(memfd), region: Arc::new(region) })
+        Ok(IoWindow {
+            memfd: Arc::new(memfd),
+            region: Arc::new(region),
+        })
     }
 
     /// Guest-physical base address.
@@ -144,7 +159,10 @@ impl IoWindow {
     /// Whether `[addr, addr + len)` lies entirely inside the window.
     pub fn contains(&self, addr: u64, len: u64) -> bool {
         let base = self.base().0;
-        addr >= base && addr.checked_add(len).is_some_and(|end| end <= base + self.size())
+        addr >= base
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= base + self.size())
     }
 
     /// The memfd backing the window, to share it with another process.
@@ -187,7 +205,8 @@ impl VmMemory {
         config.validate()?;
         let mut regions = Vec::new();
         for (addr, size) in config.ram_ranges() {
-            let region = GuestRegionMmap::from_range(addr, size as usize, None).map_err(Error::Mmap)?;
+            let region =
+                GuestRegionMmap::from_range(addr, size as usize, None).map_err(Error::Mmap)?;
             regions.push(Arc::new(region));
         }
         let window = if config.window_size > 0 {
@@ -199,7 +218,11 @@ impl VmMemory {
         };
         regions.sort_by_key(|r| r.start_addr());
         let guest = GuestMemoryMmap::from_arc_regions(regions).map_err(Error::Regions)?;
-        Ok(VmMemory { config, guest, window })
+        Ok(VmMemory {
+            config,
+            guest,
+            window,
+        })
     }
 
     /// Builds a `VmMemory` from regions made elsewhere (for example mapped from a snapshot).
@@ -215,7 +238,11 @@ impl VmMemory {
         }
         regions.sort_by_key(|r| r.start_addr());
         let guest = GuestMemoryMmap::from_arc_regions(regions).map_err(Error::Regions)?;
-        Ok(VmMemory { config, guest, window })
+        Ok(VmMemory {
+            config,
+            guest,
+            window,
+        })
     }
 
     /// The sizes this memory was made with.
@@ -236,7 +263,9 @@ impl VmMemory {
     /// The RAM regions (everything but the window).
     pub fn ram_regions(&self) -> impl Iterator<Item = &GuestRegionMmap> {
         let window_base = self.window.as_ref().map(|w| w.base());
-        self.guest.iter().filter(move |r| Some(r.start_addr()) != window_base)
+        self.guest
+            .iter()
+            .filter(move |r| Some(r.start_addr()) != window_base)
     }
 }
 
@@ -251,16 +280,32 @@ mod tests {
             (0x1000, 0, "too small"),
             (MIN_RAM_SIZE + 1, 0, "unaligned"),
             (MIN_RAM_SIZE, 0x800, "unaligned window"),
-            (MIN_RAM_SIZE, WINDOW_MAX_SIZE + PAGE_SIZE, "window too large"),
+            (
+                MIN_RAM_SIZE,
+                WINDOW_MAX_SIZE + PAGE_SIZE,
+                "window too large",
+            ),
         ];
         for (ram_size, window_size, why) in bad {
-            assert!(MemoryConfig { ram_size, window_size }.validate().is_err(), "{why}");
+            assert!(
+                MemoryConfig {
+                    ram_size,
+                    window_size
+                }
+                .validate()
+                .is_err(),
+                "{why}"
+            );
         }
     }
 
     #[test]
     fn window_is_separate_and_shared_through_memfd() {
-        let mem = VmMemory::new(MemoryConfig { ram_size: 16 << 20, window_size: 1 << 20 }).unwrap();
+        let mem = VmMemory::new(MemoryConfig {
+            ram_size: 16 << 20,
+            window_size: 1 << 20,
+        })
+        .unwrap();
         assert_eq!(mem.guest().num_regions(), 2);
         let window = mem.window().unwrap();
         assert_eq!(window.base(), GuestAddress(WINDOW_START));
@@ -268,7 +313,9 @@ mod tests {
         assert!(!window.contains(WINDOW_START, (1 << 20) + 1));
         assert!(!window.contains(WINDOW_START - 1, 1));
         assert!(!window.contains(u64::MAX, 2));
-        mem.guest().write_obj(0xabcd_u32, GuestAddress(WINDOW_START + 8)).unwrap();
+        mem.guest()
+            .write_obj(0xabcd_u32, GuestAddress(WINDOW_START + 8))
+            .unwrap();
         // The bytes are visible through the memfd, which is what another process maps.
         let mut buf = [0u8; 4];
         std::os::unix::fs::FileExt::read_at(window.memfd(), &mut buf, 8).unwrap();
@@ -278,11 +325,17 @@ mod tests {
 
     #[test]
     fn ram_beyond_low_region_goes_high() {
-        let config = MemoryConfig { ram_size: LOW_RAM_END + (1 << 20), window_size: 0 };
+        let config = MemoryConfig {
+            ram_size: LOW_RAM_END + (1 << 20),
+            window_size: 0,
+        };
         let ranges = config.ram_ranges();
-        assert_eq!(ranges, vec![
-            (GuestAddress(0), LOW_RAM_END),
-            (GuestAddress(HIGH_RAM_START), 1 << 20)
-        ]);
+        assert_eq!(
+            ranges,
+            vec![
+                (GuestAddress(0), LOW_RAM_END),
+                (GuestAddress(HIGH_RAM_START), 1 << 20)
+            ]
+        );
     }
 }

@@ -15,8 +15,8 @@ use crate::bus::{BusAction, BusDevice};
 use crate::elf::ElfImage;
 use crate::layout::{
     ARGS_ADDR, ARGS_END, BOOT_INFO_ADDR, BOOT_STRUCTS_END, CONSOLE_WRITE_MAX, CONSOLE_WRITE_PORT,
-    EXIT_PORT, GDT_ADDR, IMAGE_BASE, MMIO_END, MMIO_START, PAGE_SIZE, SERIAL_PORT,
-    SERIAL_PORT_LEN, STACK_SIZE,
+    EXIT_PORT, GDT_ADDR, IMAGE_BASE, MMIO_END, MMIO_START, PAGE_SIZE, SERIAL_PORT, SERIAL_PORT_LEN,
+    STACK_SIZE,
 };
 use crate::memory::{GuestMemoryMmap, MemoryConfig};
 use crate::serial::{Console, SerialDevice, SerialIrq};
@@ -72,7 +72,9 @@ pub enum LoadError {
         limit: u64,
     },
     /// A segment lies outside RAM (beyond the end of RAM, or in the window or MMIO hole).
-    #[error("Segment {index} at {addr:#x}+{size:#x} lies outside guest RAM (which ends at {ram_end:#x})")]
+    #[error(
+        "Segment {index} at {addr:#x}+{size:#x} lies outside guest RAM (which ends at {ram_end:#x})"
+    )]
     OutsideRam {
         /// Program header index.
         index: usize,
@@ -117,7 +119,9 @@ pub enum LoadError {
         available: u64,
     },
     /// No room for a heap.
-    #[error("No room left for a heap: the image ends at {image_end:#x}, the stack starts at {stack_bottom:#x}")]
+    #[error(
+        "No room left for a heap: the image ends at {image_end:#x}, the stack starts at {stack_bottom:#x}"
+    )]
     NoHeap {
         /// End of the image.
         image_end: u64,
@@ -163,7 +167,8 @@ fn write<T: vm_memory::ByteValued>(
     addr: u64,
     what: &'static str,
 ) -> std::result::Result<(), LoadError> {
-    mem.write_obj(val, GuestAddress(addr)).map_err(|_| LoadError::Memory(what))
+    mem.write_obj(val, GuestAddress(addr))
+        .map_err(|_| LoadError::Memory(what))
 }
 
 /// Loads the micro-guest `elf` into `mem` (sized by `config`), writes the boot structures,
@@ -182,12 +187,21 @@ pub fn load(
     let ram_end = config.low_ram_size();
     let stack_top = ram_end;
     let stack_bottom = stack_top - STACK_SIZE.min(ram_end / 4);
-    let window = (config.window_size > 0)
-        .then(|| (crate::layout::WINDOW_START, crate::layout::WINDOW_START + config.window_size));
+    let window = (config.window_size > 0).then(|| {
+        (
+            crate::layout::WINDOW_START,
+            crate::layout::WINDOW_START + config.window_size,
+        )
+    });
     for (index, seg) in image.segments.iter().enumerate() {
         let (addr, size, end) = (seg.addr, seg.mem_size, seg.end());
         if addr < IMAGE_BASE {
-            return Err(LoadError::OverlapsBootStructures { index, addr, size, limit: IMAGE_BASE });
+            return Err(LoadError::OverlapsBootStructures {
+                index,
+                addr,
+                size,
+                limit: IMAGE_BASE,
+            });
         }
         if let Some((wb, we)) = window {
             if addr < we && end > wb {
@@ -195,10 +209,20 @@ pub fn load(
             }
         }
         if end > ram_end {
-            return Err(LoadError::OutsideRam { index, addr, size, ram_end });
+            return Err(LoadError::OutsideRam {
+                index,
+                addr,
+                size,
+                ram_end,
+            });
         }
         if end > stack_bottom {
-            return Err(LoadError::OverlapsStack { index, addr, size, stack_bottom });
+            return Err(LoadError::OverlapsStack {
+                index,
+                addr,
+                size,
+                stack_bottom,
+            });
         }
         for (other, o) in image.segments.iter().enumerate().take(index) {
             if addr < o.end() && end > o.addr {
@@ -208,16 +232,25 @@ pub fn load(
     }
     for seg in &image.segments {
         let bytes = image.segment_bytes(elf, seg);
-        mem.write_slice(bytes, GuestAddress(seg.addr)).map_err(|_| LoadError::Memory("image"))?;
+        mem.write_slice(bytes, GuestAddress(seg.addr))
+            .map_err(|_| LoadError::Memory("image"))?;
         // Zero .bss ourselves: memory may be reused (restores, pools).
         let zeroes = vec![0u8; (seg.mem_size - seg.file_size) as usize];
         mem.write_slice(&zeroes, GuestAddress(seg.addr + seg.file_size))
             .map_err(|_| LoadError::Memory("image"))?;
     }
-    let image_end = image.segments.iter().map(|s| s.end()).max().unwrap_or(IMAGE_BASE);
+    let image_end = image
+        .segments
+        .iter()
+        .map(|s| s.end())
+        .max()
+        .unwrap_or(IMAGE_BASE);
     let heap_base = image_end.div_ceil(PAGE_SIZE) * PAGE_SIZE;
     if heap_base >= stack_bottom {
-        return Err(LoadError::NoHeap { image_end, stack_bottom });
+        return Err(LoadError::NoHeap {
+            image_end,
+            stack_bottom,
+        });
     }
     let heap_size = stack_bottom - heap_base;
 
@@ -226,7 +259,10 @@ pub fn load(
     let bytes_size: u64 = args.iter().map(|a| a.len() as u64).sum();
     let available = ARGS_END - ARGS_ADDR;
     if argv_size + bytes_size > available {
-        return Err(LoadError::ArgumentsTooLarge { needed: argv_size + bytes_size, available });
+        return Err(LoadError::ArgumentsTooLarge {
+            needed: argv_size + bytes_size,
+            available,
+        });
     }
     let mut cursor = ARGS_ADDR + argv_size;
     for (i, arg) in args.iter().enumerate() {
@@ -285,20 +321,26 @@ pub fn load(
     // GDT and page tables.
     x86::write_gdt(mem).map_err(|_| LoadError::Memory("GDT"))?;
     let mut tables = PageTables::new(true);
-    tables.map(0, ram_end).map_err(|_| LoadError::Memory("page tables"))?;
+    tables
+        .map(0, ram_end)
+        .map_err(|_| LoadError::Memory("page tables"))?;
     if let Some((wb, we)) = window {
-        tables.map(wb, we - wb).map_err(|_| LoadError::Memory("page tables"))?;
+        tables
+            .map(wb, we - wb)
+            .map_err(|_| LoadError::Memory("page tables"))?;
     }
     tables
         .map(MMIO_START, MMIO_END - MMIO_START)
         .map_err(|_| LoadError::Memory("page tables"))?
         .unmap_page_zero();
-    let cr3 = tables.write(mem).map_err(|_| LoadError::Memory("page tables"))?;
+    let cr3 = tables
+        .write(mem)
+        .map_err(|_| LoadError::Memory("page tables"))?;
 
     // Stack: a zero "return address" at the top.
     let rsp = stack_top - 8;
     write(mem, 0u64, rsp, "stack")?;
-    debug_assert!(GDT_ADDR < BOOT_STRUCTS_END);
+    const { assert!(GDT_ADDR < BOOT_STRUCTS_END) };
     Ok(LoadedGuest {
         entry: image.entry,
         rsp,
@@ -353,7 +395,11 @@ impl MicroGuestPorts {
             return;
         }
         let mut buf = vec![0u8; len as usize];
-        if self.memory.read_slice(&mut buf, GuestAddress(addr)).is_err() {
+        if self
+            .memory
+            .read_slice(&mut buf, GuestAddress(addr))
+            .is_err()
+        {
             log::warn!("Console write from unreadable memory at {addr:#x}+{len:#x}");
             return;
         }
@@ -408,8 +454,17 @@ pub struct MicroVmConfig {
 impl MicroVm {
     /// Creates the VM, loads `elf`, and prepares the vCPU.
     pub fn new(elf: &[u8], config: MicroVmConfig) -> Result<Self> {
-        let mut vm = Vm::new(VmConfig { memory: config.memory, irqchip: false })?;
-        let loaded = load(vm.memory().guest(), config.memory, elf, &config.args, config.device)?;
+        let mut vm = Vm::new(VmConfig {
+            memory: config.memory,
+            irqchip: false,
+        })?;
+        let loaded = load(
+            vm.memory().guest(),
+            config.memory,
+            elf,
+            &config.args,
+            config.device,
+        )?;
         let serial = SerialDevice::new(config.console.clone(), SerialIrq::default());
         vm.add_device(
             BusKind::Pio,
@@ -419,7 +474,12 @@ impl MicroVm {
         )?;
         let ports = MicroGuestPorts::new(vm.memory().guest().clone(), config.console);
         debug_assert_eq!(CONSOLE_WRITE_PORT, EXIT_PORT + 1);
-        vm.add_device(BusKind::Pio, Arc::new(Mutex::new(ports)), u64::from(EXIT_PORT), 2)?;
+        vm.add_device(
+            BusKind::Pio,
+            Arc::new(Mutex::new(ports)),
+            u64::from(EXIT_PORT),
+            2,
+        )?;
         let vcpu = vm.create_vcpu(VcpuConfig { strict_io: true })?;
         setup_vcpu(vcpu.fd(), &loaded)?;
         Ok(MicroVm { vm, vcpu, loaded })
@@ -469,17 +529,26 @@ mod tests {
     use crate::layout::{STACK_SIZE, WINDOW_START};
 
     fn mem(config: MemoryConfig) -> GuestMemoryMmap {
-        crate::memory::VmMemory::new(config).unwrap().guest().clone()
+        crate::memory::VmMemory::new(config)
+            .unwrap()
+            .guest()
+            .clone()
     }
 
-    const CFG: MemoryConfig = MemoryConfig { ram_size: 16 << 20, window_size: 1 << 20 };
+    const CFG: MemoryConfig = MemoryConfig {
+        ram_size: 16 << 20,
+        window_size: 1 << 20,
+    };
 
     #[test]
     fn writes_boot_info_args_and_image() {
         let m = mem(CFG);
         let elf = tiny_elf(0x20_0000, &[0xeb, 0xfe], 0x1000);
         let args = vec!["a".to_string(), "héllo".to_string()];
-        let dev = DeviceInfo { base: MMIO_START, size: 0x1000 };
+        let dev = DeviceInfo {
+            base: MMIO_START,
+            size: 0x1000,
+        };
         let g = load(&m, CFG, &elf, &args, Some(dev)).unwrap();
         assert_eq!(g.entry, 0x20_0000);
         assert_eq!(g.rsp, (16 << 20) - 8);
@@ -516,7 +585,10 @@ mod tests {
             let err = load(&m, CFG, &elf, &[], None).unwrap_err();
             match what {
                 "page tables" | "below image base" => {
-                    assert!(matches!(err, LoadError::OverlapsBootStructures { .. }), "{what}: {err}")
+                    assert!(
+                        matches!(err, LoadError::OverlapsBootStructures { .. }),
+                        "{what}: {err}"
+                    )
                 }
                 "stack" => assert!(matches!(err, LoadError::OverlapsStack { .. }), "{err}"),
                 "window" => assert!(matches!(err, LoadError::OverlapsWindow { .. }), "{err}"),
@@ -529,6 +601,9 @@ mod tests {
             load(&m, CFG, &elf, &big, None),
             Err(LoadError::ArgumentsTooLarge { .. })
         ));
-        assert!(matches!(load(&m, CFG, b"\x7fELF", &[], None), Err(LoadError::Elf(_))));
+        assert!(matches!(
+            load(&m, CFG, b"\x7fELF", &[], None),
+            Err(LoadError::Elf(_))
+        ));
     }
 }

@@ -24,7 +24,9 @@ impl std::fmt::Debug for Console {
 impl Console {
     /// A console writing to `out`.
     pub fn new(out: impl Write + Send + 'static) -> Self {
-        Console { out: Arc::new(Mutex::new(Box::new(out))) }
+        Console {
+            out: Arc::new(Mutex::new(Box::new(out))),
+        }
     }
 
     /// A console that drops everything.
@@ -88,7 +90,9 @@ impl std::fmt::Debug for SerialDevice {
 impl SerialDevice {
     /// A UART writing to `console` and raising `irq`.
     pub fn new(console: Console, irq: SerialIrq) -> Self {
-        SerialDevice { serial: Serial::new(irq, console) }
+        SerialDevice {
+            serial: Serial::new(irq, console),
+        }
     }
 
     /// The UART's register state (for snapshots).

@@ -91,14 +91,18 @@ impl StatsFd {
         }
         let stride = DESC_SIZE + name_size;
         let mut table = vec![0u8; stride * num_desc];
-        file.read_exact_at(&mut table, desc_offset).map_err(Error::Read)?;
+        file.read_exact_at(&mut table, desc_offset)
+            .map_err(Error::Read)?;
         let mut descriptors = Vec::with_capacity(num_desc);
         for raw in table.chunks_exact(stride) {
             let flags = u32_at(raw, 0);
             let size = u32::from(u16::from_le_bytes([raw[6], raw[7]]));
             let offset = u64::from(u32_at(raw, 8));
             let name_bytes = &raw[DESC_SIZE..];
-            let len = name_bytes.iter().position(|b| *b == 0).unwrap_or(name_bytes.len());
+            let len = name_bytes
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(name_bytes.len());
             let name = String::from_utf8_lossy(&name_bytes[..len]).into_owned();
             let kind = flags & STATS_TYPE_MASK;
             if kind == STATS_TYPE_HIST_LINEAR || kind == STATS_TYPE_HIST_LOG {
@@ -106,7 +110,11 @@ impl StatsFd {
             }
             descriptors.push(Descriptor { name, offset, size });
         }
-        Ok(StatsFd { file, data_offset, descriptors })
+        Ok(StatsFd {
+            file,
+            data_offset,
+            descriptors,
+        })
     }
 
     /// Names of the counters available.
@@ -120,7 +128,9 @@ impl StatsFd {
             return Ok(None);
         };
         let mut buf = [0u8; 8];
-        self.file.read_exact_at(&mut buf, self.data_offset + desc.offset).map_err(Error::Read)?;
+        self.file
+            .read_exact_at(&mut buf, self.data_offset + desc.offset)
+            .map_err(Error::Read)?;
         Ok(Some(u64::from_le_bytes(buf)))
     }
 
@@ -133,11 +143,16 @@ impl StatsFd {
             .max()
             .unwrap_or(0);
         let mut data = vec![0u8; end as usize];
-        self.file.read_exact_at(&mut data, self.data_offset).map_err(Error::Read)?;
+        self.file
+            .read_exact_at(&mut data, self.data_offset)
+            .map_err(Error::Read)?;
         let mut out = Counters::new();
         for d in &self.descriptors {
             let o = d.offset as usize;
-            out.insert(d.name.clone(), u64::from_le_bytes(data[o..o + 8].try_into().unwrap()));
+            out.insert(
+                d.name.clone(),
+                u64::from_le_bytes(data[o..o + 8].try_into().unwrap()),
+            );
         }
         Ok(out)
     }

@@ -240,7 +240,9 @@ impl Vcpu {
                     let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
                     return Err(Error::UnexpectedExit { kind, addr, rip });
                 }
-                Outcome::Crash(cause) => return Err(Error::GuestCrash(self.crash_report(cause))),
+                Outcome::Crash(cause) => {
+                    return Err(Error::GuestCrash(Box::new(self.crash_report(cause))));
+                }
             }
         }
     }
@@ -346,7 +348,10 @@ impl Vcpu {
                 (self, result)
             })
             .map_err(Error::Thread)?;
-        Ok(VcpuHandle { stop, thread: Some(thread) })
+        Ok(VcpuHandle {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

@@ -58,12 +58,16 @@ impl Vm {
     pub fn with_memory(memory: VmMemory, irqchip: bool) -> Result<Self> {
         let kvm = Kvm::new().map_err(Error::Kvm)?;
         let fd = kvm.create_vm().map_err(Error::CreateVm)?;
-        let supported_cpuid =
-            kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(Error::Kvm)?;
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::Kvm)?;
         if irqchip {
             fd.set_tss_address(0xfffb_d000).map_err(Error::IrqChip)?;
             fd.create_irq_chip().map_err(Error::IrqChip)?;
-            let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
             fd.create_pit2(pit).map_err(Error::IrqChip)?;
         }
         for (slot, region) in memory.guest().iter().enumerate() {
@@ -133,7 +137,9 @@ impl Vm {
             BusKind::Pio => &self.pio,
             BusKind::Mmio => &self.mmio,
         };
-        bus.write().unwrap_or_else(|p| p.into_inner()).insert(device, base, len)
+        bus.write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(device, base, len)
     }
 
     /// Registers `fd` to be signalled, inside KVM, by a guest write to `addr` (a doorbell
@@ -177,7 +183,8 @@ impl Vm {
     pub fn create_vcpu(&mut self, config: VcpuConfig) -> Result<Vcpu> {
         let id = self.next_vcpu_id;
         let fd = self.fd.create_vcpu(id).map_err(Error::CreateVcpu)?;
-        fd.set_cpuid2(&self.supported_cpuid).map_err(Error::VcpuSetup)?;
+        fd.set_cpuid2(&self.supported_cpuid)
+            .map_err(Error::VcpuSetup)?;
         self.next_vcpu_id += 1;
         Ok(Vcpu::new(
             id,

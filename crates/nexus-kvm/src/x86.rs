@@ -4,9 +4,7 @@
 use kvm_bindings::{kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::layout::{
-    GDT_ADDR, LARGE_PAGE_SIZE, PAGE_SIZE, PD_ADDR, PDPT_ADDR, PML4_ADDR, PT_ADDR,
-};
+use crate::layout::{GDT_ADDR, LARGE_PAGE_SIZE, PAGE_SIZE, PD_ADDR, PDPT_ADDR, PML4_ADDR, PT_ADDR};
 use crate::memory::GuestMemoryMmap;
 
 /// Selector of the 64-bit kernel code segment.
@@ -117,7 +115,11 @@ pub fn segment_from_gdt(entry: u64, selector: u16) -> kvm_segment {
     let g = ((entry >> 55) & 1) as u8;
     kvm_segment {
         base,
-        limit: if g == 1 { ((limit as u32) << 12) | 0xfff } else { limit as u32 },
+        limit: if g == 1 {
+            ((limit as u32) << 12) | 0xfff
+        } else {
+            limit as u32
+        },
         selector,
         type_: ((entry >> 40) & 0xf) as u8,
         present: ((entry >> 47) & 1) as u8,
@@ -145,7 +147,8 @@ pub fn write_gdt(mem: &GuestMemoryMmap) -> Result<()> {
     let mut tss = [0u8; TSS_LIMIT as usize + 1];
     tss[0x66..0x68].copy_from_slice(&TSS_IOMAP_OFFSET.to_le_bytes());
     tss[TSS_LIMIT as usize] = 0xff;
-    mem.write_slice(&tss, GuestAddress(TSS_ADDR)).map_err(|e| Error::Write("TSS", e))
+    mem.write_slice(&tss, GuestAddress(TSS_ADDR))
+        .map_err(|e| Error::Write("TSS", e))
 }
 
 const PTE_PRESENT: u64 = 1 << 0;
@@ -165,7 +168,11 @@ pub struct PageTables {
 impl PageTables {
     /// Tables whose pages are user-accessible (`user`) or supervisor-only.
     pub fn new(user: bool) -> Self {
-        PageTables { user, ranges: Vec::new(), unmap_page_zero: false }
+        PageTables {
+            user,
+            ranges: Vec::new(),
+            unmap_page_zero: false,
+        }
     }
 
     /// Maps `[base, base + size)` (rounded out to 2 MiB pages).
@@ -187,21 +194,28 @@ impl PageTables {
     }
 
     fn covers(&self, addr: u64) -> bool {
-        self.ranges.iter().any(|(b, s)| addr + LARGE_PAGE_SIZE > *b && addr < b + s)
+        self.ranges
+            .iter()
+            .any(|(b, s)| addr + LARGE_PAGE_SIZE > *b && addr < b + s)
     }
 
     /// Writes PML4, PDPT, four PDs and the first-2-MiB page table; returns the CR3 value.
     pub fn write(&self, mem: &GuestMemoryMmap) -> Result<u64> {
         let flags = PTE_PRESENT | PTE_WRITABLE | if self.user { PTE_USER } else { 0 };
         let w = |what, val: u64, addr: u64| {
-            mem.write_obj(val, GuestAddress(addr)).map_err(|e| Error::Write(what, e))
+            mem.write_obj(val, GuestAddress(addr))
+                .map_err(|e| Error::Write(what, e))
         };
         w("page tables", PDPT_ADDR | flags, PML4_ADDR)?;
         for i in 1..512u64 {
             w("page tables", 0, PML4_ADDR + i * 8)?;
         }
         for gib in 0..512u64 {
-            let entry = if gib < 4 { (PD_ADDR + gib * PAGE_SIZE) | flags } else { 0 };
+            let entry = if gib < 4 {
+                (PD_ADDR + gib * PAGE_SIZE) | flags
+            } else {
+                0
+            };
             w("page tables", entry, PDPT_ADDR + gib * 8)?;
         }
         let mut pds = vec![0u64; 4 * 512];
@@ -219,7 +233,8 @@ impl PageTables {
             }
         }
         let bytes: Vec<u8> = pds.iter().flat_map(|e| e.to_le_bytes()).collect();
-        mem.write_slice(&bytes, GuestAddress(PD_ADDR)).map_err(|e| Error::Write("page tables", e))?;
+        mem.write_slice(&bytes, GuestAddress(PD_ADDR))
+            .map_err(|e| Error::Write("page tables", e))?;
         Ok(PML4_ADDR)
     }
 }
@@ -243,7 +258,13 @@ pub fn long_mode_sregs(sregs: &mut kvm_sregs, cr3: u64, user: bool) {
     let mut tr = segment_from_gdt(gdt[(TSS_SELECTOR >> 3) as usize], TSS_SELECTOR);
     tr.base = TSS_ADDR;
     sregs.tr = tr;
-    sregs.ldt = kvm_segment { type_: 2, present: 1, unusable: 0, limit: 0xffff, ..Default::default() };
+    sregs.ldt = kvm_segment {
+        type_: 2,
+        present: 1,
+        unusable: 0,
+        limit: 0xffff,
+        ..Default::default()
+    };
     sregs.gdt.base = GDT_ADDR;
     sregs.gdt.limit = (GDT_ENTRIES * 8 - 1) as u16;
     // No IDT: any exception escalates to a triple fault, which the VMM reports.
@@ -272,7 +293,11 @@ pub fn protected_mode_sregs(sregs: &mut kvm_sregs) {
         unusable: 0,
         padding: 0,
     };
-    let data = kvm_segment { selector: KERNEL_DATA_SELECTOR, type_: 0x3, ..code };
+    let data = kvm_segment {
+        selector: KERNEL_DATA_SELECTOR,
+        type_: 0x3,
+        ..code
+    };
     sregs.cs = code;
     sregs.ds = data;
     sregs.es = data;
@@ -297,13 +322,19 @@ mod tests {
     fn gdt_segments_decode_as_intended() {
         let gdt = gdt_table();
         let cs = segment_from_gdt(gdt[4], USER_CODE_SELECTOR);
-        assert_eq!((cs.dpl, cs.l, cs.db, cs.present, cs.s, cs.type_), (3, 1, 0, 1, 1, 0xb));
+        assert_eq!(
+            (cs.dpl, cs.l, cs.db, cs.present, cs.s, cs.type_),
+            (3, 1, 0, 1, 1, 0xb)
+        );
         let ds = segment_from_gdt(gdt[3], USER_DATA_SELECTOR);
         assert_eq!((ds.dpl, ds.db, ds.type_, ds.limit), (3, 1, 3, 0xffff_ffff));
         let kcs = segment_from_gdt(gdt[1], KERNEL_CODE_SELECTOR);
         assert_eq!((kcs.dpl, kcs.l), (0, 1));
         let tss = segment_from_gdt(gdt[5], TSS_SELECTOR);
-        assert_eq!((tss.type_, tss.s, tss.present, tss.limit), (0xb, 0, 1, TSS_LIMIT));
+        assert_eq!(
+            (tss.type_, tss.s, tss.present, tss.limit),
+            (0xb, 0, 1, TSS_LIMIT)
+        );
         assert_eq!(tss.base, TSS_ADDR);
     }
 
@@ -311,7 +342,11 @@ mod tests {
     fn page_tables_map_only_what_was_asked() {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap();
         let mut pt = PageTables::new(true);
-        pt.map(0, 4 << 20).unwrap().map(0xC000_0000, 1 << 20).unwrap().unmap_page_zero();
+        pt.map(0, 4 << 20)
+            .unwrap()
+            .map(0xC000_0000, 1 << 20)
+            .unwrap()
+            .unmap_page_zero();
         assert_eq!(pt.write(&mem).unwrap(), PML4_ADDR);
         let read = |a: u64| mem.read_obj::<u64>(GuestAddress(a)).unwrap();
         assert_eq!(read(PML4_ADDR) & !0xfff, PDPT_ADDR);

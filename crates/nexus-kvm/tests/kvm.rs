@@ -50,7 +50,10 @@ impl Write for Captured {
 
 fn vm(code: &[u8], out: &Captured) -> MicroVm {
     let config = MicroVmConfig {
-        memory: MemoryConfig { ram_size: 8 << 20, window_size: 1 << 20 },
+        memory: MemoryConfig {
+            ram_size: 8 << 20,
+            window_size: 1 << 20,
+        },
         args: vec![],
         device: None,
         console: Console::new(out.clone()),
@@ -70,7 +73,9 @@ fn exit_with(code: u32) -> Vec<u8> {
 fn guest_exits_with_its_code_at_cpl3() {
     let out = Captured::default();
     // mov ax, cs ; and eax, 3 (CPL) ; shl eax, 8 ; or eax, 0x2a ; out 0xf4, eax
-    let code = [0x66, 0x8c, 0xc8, 0x83, 0xe0, 0x03, 0xc1, 0xe0, 0x08, 0x83, 0xc8, 0x2a, 0xe7, 0xf4];
+    let code = [
+        0x66, 0x8c, 0xc8, 0x83, 0xe0, 0x03, 0xc1, 0xe0, 0x08, 0x83, 0xc8, 0x2a, 0xe7, 0xf4,
+    ];
     let mut vm = vm(&code, &out);
     assert_eq!(vm.run().unwrap(), 0x32a, "exit code carries CPL 3 and 42");
     assert_eq!(vm.exit_counters().port_write, 1);
