@@ -1,0 +1,125 @@
+//! The bundled example micro-guests (`guests/` in the workspace): finding and building them.
+//!
+//! A bundled guest is named (`hello`, `fib`, …); any other argument is a path to a
+//! micro-guest ELF. Bundled guests are built by cargo, with the same profile as the running
+//! binary, into the same target directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+/// The bundled example guests.
+pub const BUNDLED: &[&str] = &["hello", "fib", "crash"];
+
+/// Errors of locating a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Neither a bundled name nor an existing file.
+    #[error("No bundled guest is named {name:?} and no file is at that path (bundled: {list})")]
+    Unknown {
+        /// What was asked for.
+        name: String,
+        /// The bundled names.
+        list: String,
+    },
+    /// cargo could not be run.
+    #[error("Cannot run cargo to build the bundled guests")]
+    Cargo(#[source] std::io::Error),
+    /// cargo failed.
+    #[error("Building the bundled guests failed (cargo exited with {0})")]
+    BuildFailed(std::process::ExitStatus),
+    /// The build succeeded but the binary is missing.
+    #[error("The bundled guest {0} was built but is not at {1}")]
+    Missing(String, PathBuf),
+}
+
+/// Where the workspace is (compile-time), to build bundled guests from source.
+fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The target directory and profile of the running executable, from its path
+/// (`<target>/<profile>/examples/<exe>` or `<target>/<profile>/deps/<exe>`).
+pub fn target_profile() -> (PathBuf, String) {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if matches!(
+        dir.file_name().and_then(|n| n.to_str()),
+        Some("examples" | "deps")
+    ) {
+        dir.pop();
+    }
+    let profile = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_string();
+    let target = dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| workspace_dir().join("target"));
+    (target, profile)
+}
+
+/// Builds every bundled guest with cargo (once per process), quietly unless it fails.
+pub fn build_bundled(progress: bool) -> Result<(), Error> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        let (target, profile) = target_profile();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        if progress {
+            eprintln!("nexus: building the bundled micro-guests ({profile})…");
+        }
+        let cargo_profile = if profile == "debug" {
+            "dev".to_string()
+        } else {
+            profile
+        };
+        let status = Command::new(cargo)
+            .current_dir(workspace_dir())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "nexus-guests",
+                "--bins",
+                "--profile",
+            ])
+            .arg(cargo_profile)
+            .arg("--target-dir")
+            .arg(&target)
+            .status();
+        result = match status {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(Error::BuildFailed(s)),
+            Err(e) => Err(Error::Cargo(e)),
+        };
+    });
+    result
+}
+
+/// Resolves `name_or_path` to an ELF file: an existing path, or a bundled guest (built if
+/// the workspace sources are present).
+pub fn resolve(name_or_path: &str) -> Result<PathBuf, Error> {
+    let as_path = Path::new(name_or_path);
+    if BUNDLED.contains(&name_or_path) && !name_or_path.contains('/') {
+        let (target, profile) = target_profile();
+        let path = target.join(profile).join(name_or_path);
+        if workspace_dir().join("guests").is_dir() {
+            build_bundled(!path.exists())?;
+        }
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::Missing(name_or_path.to_string(), path))
+        };
+    }
+    if as_path.is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    Err(Error::Unknown {
+        name: name_or_path.to_string(),
+        list: BUNDLED.join(", "),
+    })
+}
