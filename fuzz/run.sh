@@ -16,11 +16,21 @@ fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+# cargo-fuzz needs nightly compiler flags: use the nightly toolchain when the machine has one,
+# otherwise the stable compiler with RUSTC_BOOTSTRAP (its std ships the sanitizer runtimes).
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+    fuzz=(cargo +nightly fuzz)
+else
+    echo "no nightly toolchain: using stable with RUSTC_BOOTSTRAP=1" >&2
+    export RUSTC_BOOTSTRAP=1
+    fuzz=(cargo fuzz)
+fi
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=$(cargo +nightly fuzz list)
+targets=$("${fuzz[@]}" list)
 if [ -z "$targets" ]; then
     echo "no fuzz targets found" >&2
     exit 1
@@ -31,7 +41,7 @@ for target in $targets; do
     scratch="target/run-corpus/$target"
     mkdir -p "$scratch" "corpus/$target"
     echo "=== fuzzing $target for ${duration}s"
-    if ! cargo +nightly fuzz run "$target" "$scratch" "corpus/$target" -- \
+    if ! "${fuzz[@]}" run "$target" "$scratch" "corpus/$target" -- \
         -max_total_time="$duration"; then
         echo "=== $target FAILED (see fuzz/artifacts/$target/)" >&2
         status=1
