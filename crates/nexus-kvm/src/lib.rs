@@ -46,6 +46,7 @@ pub mod micro;
 pub mod serial;
 pub mod stats;
 pub mod vcpu;
+pub mod virtio_mmio;
 pub mod vm;
 pub mod x86;
 

@@ -1,0 +1,200 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! A client of the backend's control socket (`docs/nexus-io.md`, "The backend's control
+//! socket"): one JSON object per line, one reply line per request.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Longest reply line accepted.
+const MAX_REPLY_LEN: u64 = 64 * 1024;
+
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Request<'a> {
+    Attach { vm: &'a str, tenant: &'a str },
+    Hint { vm: &'a str, key: &'a str },
+    Detach { vm: &'a str },
+}
+
+impl Request<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Request::Attach { .. } => "attach",
+            Request::Hint { .. } => "hint",
+            Request::Detach { .. } => "detach",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    ok: bool,
+    #[serde(default)]
+    socket: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// A connection to the backend's control socket.
+///
+/// The device keeps one open for the life of the VM (the backend treats its closing as the
+/// VM going away); a node daemon may open its own to send prefetch hints.
+#[derive(Debug)]
+pub struct ControlClient {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl ControlClient {
+    /// Connects to `path`. Every later request fails rather than wait longer than `timeout`
+    /// for the backend.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Self> {
+        let connect_error = |source| Error::ControlConnect {
+            path: path.to_owned(),
+            source,
+        };
+        let stream = UnixStream::connect(path).map_err(connect_error)?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(connect_error)?;
+        let writer = stream.try_clone().map_err(connect_error)?;
+        Ok(ControlClient {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// `attach`: asks for a vhost-user socket for VM `vm` of tenant `tenant`; returns its path.
+    pub fn attach(&mut self, vm: &str, tenant: &str) -> Result<PathBuf> {
+        let reply = self.request(&Request::Attach { vm, tenant })?;
+        reply
+            .socket
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .ok_or(Error::ControlReply {
+                op: "attach",
+                source: None,
+            })
+    }
+
+    /// `hint`: the next invocation of VM `vm` will read object `key`.
+    pub fn hint(&mut self, vm: &str, key: &str) -> Result<()> {
+        self.request(&Request::Hint { vm, key }).map(drop)
+    }
+
+    /// `detach`: drops VM `vm`'s session.
+    pub fn detach(&mut self, vm: &str) -> Result<()> {
+        self.request(&Request::Detach { vm }).map(drop)
+    }
+
+    /// The connection (to watch it for hang-ups).
+    pub(crate) fn stream(&self) -> &UnixStream {
+        &self.writer
+    }
+
+    fn request(&mut self, request: &Request<'_>) -> Result<Reply> {
+        let op = request.name();
+        let mut line = serde_json::to_vec(request).map_err(|e| Error::ControlReply {
+            op,
+            source: Some(e),
+        })?;
+        line.push(b'\n');
+        self.writer.write_all(&line).map_err(Error::ControlIo)?;
+        let mut reply = String::new();
+        let n = (&mut self.reader)
+            .take(MAX_REPLY_LEN)
+            .read_line(&mut reply)
+            .map_err(Error::ControlIo)?;
+        if n == 0 {
+            return Err(Error::ControlClosed);
+        }
+        if !reply.ends_with('\n') {
+            return Err(Error::ControlReply { op, source: None });
+        }
+        let reply: Reply = serde_json::from_str(&reply).map_err(|e| Error::ControlReply {
+            op,
+            source: Some(e),
+        })?;
+        if !reply.ok {
+            return Err(Error::ControlRefused {
+                op,
+                message: reply.error.unwrap_or_default(),
+            });
+        }
+        Ok(reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::thread;
+
+    fn serve(
+        replies: &'static [&'static str],
+    ) -> (tempfile::TempDir, PathBuf, thread::JoinHandle<Vec<String>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let handle = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            let mut seen = Vec::new();
+            for reply in replies {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                seen.push(line);
+                writer.write_all(reply.as_bytes()).unwrap();
+            }
+            seen
+        });
+        (dir, path, handle)
+    }
+
+    #[test]
+    fn speaks_json_lines() {
+        let (_dir, path, server) = serve(&[
+            "{\"ok\":true,\"socket\":\"/run/vm-1.sock\"}\n",
+            "{\"ok\":true}\n",
+            "{\"ok\":false,\"error\":\"VM 1 is not attached\"}\n",
+            "{\"ok\":true}\n",
+            "not json\n",
+        ]);
+        let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
+        assert_eq!(c.attach("1", "t").unwrap(), PathBuf::from("/run/vm-1.sock"));
+        c.hint("1", "in/x").unwrap();
+        let e = c.detach("1").unwrap_err();
+        assert!(
+            matches!(&e, Error::ControlRefused { op: "detach", message } if message == "VM 1 is not attached")
+        );
+        // An attach reply without a socket is malformed.
+        assert!(matches!(
+            c.attach("1", "t"),
+            Err(Error::ControlReply { op: "attach", .. })
+        ));
+        assert!(matches!(c.detach("1"), Err(Error::ControlReply { .. })));
+        let seen = server.join().unwrap();
+        assert_eq!(
+            seen[0],
+            "{\"op\":\"attach\",\"vm\":\"1\",\"tenant\":\"t\"}\n"
+        );
+        assert_eq!(seen[1], "{\"op\":\"hint\",\"vm\":\"1\",\"key\":\"in/x\"}\n");
+        assert_eq!(seen[2], "{\"op\":\"detach\",\"vm\":\"1\"}\n");
+        // The server is gone.
+        assert!(matches!(
+            c.hint("1", "k"),
+            Err(Error::ControlClosed | Error::ControlIo(_))
+        ));
+    }
+}

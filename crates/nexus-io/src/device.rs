@@ -1,0 +1,407 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The device model: identity, features, configuration space, the WAIT register, and
+//! activation (which connects the backend).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, warn};
+use nexus_kvm::IoWindow;
+use nexus_kvm::virtio_mmio::{QueueConfig, VIRTIO_F_VERSION_1, VirtioDevice, interrupt};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::event_handler::{LinkState, WaitOutcome, wait_for_used};
+use crate::link::{BackendLink, Identity, RingSetup};
+use crate::{Error, GuestMemoryMmap, Result, error_chain};
+
+/// The device ID, "NX" (not assigned by the virtio specification).
+pub const DEVICE_ID: u32 = 0x4E58;
+/// The vendor ID, "NXUS".
+pub const VENDOR_ID: u32 = 0x5355_584E;
+/// Feature bit 0: the WAIT register exists (always offered).
+pub const NEXUS_F_WAIT: u64 = 1 << 0;
+/// Feature bit 1: the backend accepts write-behind `PUT`s.
+pub const NEXUS_F_WRITE_BEHIND: u64 = 1 << 1;
+/// The features the device offers.
+pub const DEVICE_FEATURES: u64 = VIRTIO_F_VERSION_1 | NEXUS_F_WAIT | NEXUS_F_WRITE_BEHIND;
+/// Number of queues: the request queue.
+pub const NUM_QUEUES: u32 = 1;
+/// Largest request queue.
+pub const QUEUE_SIZE_MAX: u16 = 256;
+/// What WAIT returns when the device has no backend connection.
+pub const BACKEND_UNAVAILABLE: u32 = 0xFFFF_FFFF;
+/// Longest a WAIT read blocks.
+pub const WAIT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Offsets in the configuration space (register offset `0x100` + these).
+pub mod config {
+    /// `window_base` (u64).
+    pub const WINDOW_BASE: u64 = 0x00;
+    /// `window_size` (u64).
+    pub const WINDOW_SIZE: u64 = 0x08;
+    /// `max_payload` (u32).
+    pub const MAX_PAYLOAD: u64 = 0x10;
+    /// `num_queues` (u32).
+    pub const NUM_QUEUES: u64 = 0x14;
+    /// `queue_size_max` (u32).
+    pub const QUEUE_SIZE_MAX: u64 = 0x18;
+    /// `backend_state` (u32): 1 while connected to the backend.
+    pub const BACKEND_STATE: u64 = 0x1C;
+    /// `WAIT` (u32, read).
+    pub const WAIT: u64 = 0x20;
+    /// Size of the configuration space.
+    pub const SIZE: u64 = 0x24;
+}
+
+/// How the guest learns of completions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InterruptMode {
+    /// By reading the WAIT register (micro-guests; the default).
+    Wait,
+    /// By an interrupt: the call eventfd is registered as an irqfd.
+    Irqfd,
+}
+
+/// How to build a [`NexusIo`].
+#[derive(Debug, Clone)]
+pub struct NexusIoConfig {
+    /// The backend's control socket.
+    pub control_socket: PathBuf,
+    /// This VM's ID, unique on the backend.
+    pub vm_id: String,
+    /// The tenant the VM belongs to: it decides what the VM may touch.
+    pub tenant: String,
+    /// The VM's I/O window: the rings and every buffer live in it, and it is all the backend
+    /// is given.
+    pub window: IoWindow,
+    /// The interrupt line, for VMs with an interrupt controller.
+    pub irq: Option<u32>,
+}
+
+/// The request queue while the device is live.
+#[derive(Debug)]
+struct ActiveQueue {
+    config: QueueConfig,
+    queue: Queue,
+}
+
+/// The nexus-io device, VMM side. Put it behind a
+/// [`MmioTransport`](nexus_kvm::virtio_mmio::MmioTransport) (or use [`attach`](crate::attach)).
+#[derive(Debug)]
+pub struct NexusIo {
+    identity: Identity,
+    window: IoWindow,
+    /// The window alone, as guest memory (what the device may read).
+    window_memory: GuestMemoryMmap,
+    irq: Option<u32>,
+    kick: EventFd,
+    call: EventFd,
+    state: Arc<LinkState>,
+    link: BackendLink,
+    acked_features: u64,
+    active: Option<ActiveQueue>,
+}
+
+impl NexusIo {
+    /// A device over `config.window`, not connected to the backend yet: it connects when the
+    /// driver sets `DRIVER_OK`.
+    pub fn new(config: NexusIoConfig) -> Result<Self> {
+        let window_memory =
+            GuestMemoryMmap::from_arc_regions(vec![Arc::clone(config.window.region())])
+                .map_err(Error::WindowMemory)?;
+        let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        let call = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        let state = Arc::new(LinkState::new(&call)?);
+        Ok(NexusIo {
+            identity: Identity {
+                control_socket: config.control_socket,
+                vm_id: config.vm_id,
+                tenant: config.tenant,
+            },
+            window: config.window,
+            window_memory,
+            irq: config.irq,
+            kick,
+            call,
+            state,
+            link: BackendLink::default(),
+            acked_features: 0,
+            active: None,
+        })
+    }
+
+    /// The doorbell: register it as an ioeventfd on `QueueNotify` (the backend's kick fd).
+    pub fn kick_eventfd(&self) -> &EventFd {
+        &self.kick
+    }
+
+    /// The backend's call eventfd: register it as an irqfd for [`InterruptMode::Irqfd`].
+    pub fn call_eventfd(&self) -> &EventFd {
+        &self.call
+    }
+
+    /// The configured interrupt line.
+    pub fn irq(&self) -> Option<u32> {
+        self.irq
+    }
+
+    /// The I/O window.
+    pub fn window(&self) -> &IoWindow {
+        &self.window
+    }
+
+    /// Says how completions reach the guest (see [`InterruptMode`]).
+    pub fn set_interrupt_mode(&mut self, mode: InterruptMode) {
+        self.state.set_irqfd(mode == InterruptMode::Irqfd);
+    }
+
+    /// How completions reach the guest.
+    pub fn interrupt_mode(&self) -> InterruptMode {
+        if self.state.irqfd() {
+            InterruptMode::Irqfd
+        } else {
+            InterruptMode::Wait
+        }
+    }
+
+    /// Whether the device is connected to the backend (`backend_state`).
+    pub fn backend_connected(&self) -> bool {
+        self.state.connected()
+    }
+
+    /// The features the driver accepted (0 before `DRIVER_OK`).
+    pub fn acked_features(&self) -> u64 {
+        self.acked_features
+    }
+
+    /// The request queue, while the device is live.
+    pub fn active_queue(&self) -> Option<&QueueConfig> {
+        self.active.as_ref().map(|a| &a.config)
+    }
+
+    /// `max_payload`: the protocol's limit, capped by the window.
+    pub fn max_payload(&self) -> u32 {
+        let cap = u32::try_from(self.window.size()).unwrap_or(u32::MAX);
+        nexus_ring::limits::MAX_PAYLOAD_LEN.min(cap)
+    }
+
+    /// Checks that the request queue's rings lie in the window.
+    fn check_rings(&self, queue: &QueueConfig) -> Result<()> {
+        for (area, addr, len) in queue.areas() {
+            if !self.window.contains(addr, len) {
+                return Err(Error::RingOutsideWindow { area, addr, len });
+            }
+        }
+        Ok(())
+    }
+
+    /// A virtio-queue view of the request queue, to read its rings.
+    fn queue_view(&self, config: &QueueConfig) -> Result<Queue> {
+        let mut queue = Queue::new(config.max_size).map_err(Error::Queue)?;
+        queue.try_set_size(config.size).map_err(Error::Queue)?;
+        queue
+            .try_set_desc_table_address(GuestAddress(config.desc_table))
+            .map_err(Error::Queue)?;
+        queue
+            .try_set_avail_ring_address(GuestAddress(config.avail_ring))
+            .map_err(Error::Queue)?;
+        queue
+            .try_set_used_ring_address(GuestAddress(config.used_ring))
+            .map_err(Error::Queue)?;
+        queue.set_ready(true);
+        if !queue.is_valid(&self.window_memory) {
+            return Err(Error::RingOutsideWindow {
+                area: "ring",
+                addr: config.desc_table,
+                len: config.desc_table_size(),
+            });
+        }
+        Ok(queue)
+    }
+
+    /// Marks the request queue live (without connecting: the snapshot restore path).
+    pub(crate) fn set_active(&mut self, features: u64, config: Option<QueueConfig>) -> Result<()> {
+        self.acked_features = features;
+        self.active = match config {
+            Some(config) => {
+                self.check_rings(&config)?;
+                Some(ActiveQueue {
+                    queue: self.queue_view(&config)?,
+                    config,
+                })
+            }
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// The WAIT register.
+    fn wait(&mut self) -> u32 {
+        let Some(active) = &self.active else {
+            debug!("nexus-io: WAIT while the device is not live");
+            return BACKEND_UNAVAILABLE;
+        };
+        if !self.state.connected() {
+            return BACKEND_UNAVAILABLE;
+        }
+        let Some(connections) = self.link.connections() else {
+            return BACKEND_UNAVAILABLE;
+        };
+        match wait_for_used(
+            &active.queue,
+            &self.window_memory,
+            &self.call,
+            connections,
+            WAIT_TIMEOUT,
+        ) {
+            Ok(WaitOutcome::Used(idx)) => u32::from(idx),
+            Ok(WaitOutcome::Lost) => {
+                self.state.set_connected(false);
+                BACKEND_UNAVAILABLE
+            }
+            Err(e) => {
+                warn!("nexus-io: WAIT cannot read the rings: {}", error_chain(&e));
+                BACKEND_UNAVAILABLE
+            }
+        }
+    }
+
+    fn config_bytes(&self) -> [u8; config::SIZE as usize] {
+        let mut b = [0u8; config::SIZE as usize];
+        let mut put = |offset: u64, bytes: &[u8]| {
+            b[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes)
+        };
+        put(config::WINDOW_BASE, &self.window.base().0.to_le_bytes());
+        put(config::WINDOW_SIZE, &self.window.size().to_le_bytes());
+        put(config::MAX_PAYLOAD, &self.max_payload().to_le_bytes());
+        put(config::NUM_QUEUES, &NUM_QUEUES.to_le_bytes());
+        put(
+            config::QUEUE_SIZE_MAX,
+            &u32::from(QUEUE_SIZE_MAX).to_le_bytes(),
+        );
+        put(
+            config::BACKEND_STATE,
+            &u32::from(self.state.connected()).to_le_bytes(),
+        );
+        b
+    }
+}
+
+impl VirtioDevice for NexusIo {
+    type Error = Error;
+
+    fn device_type(&self) -> u32 {
+        DEVICE_ID
+    }
+
+    fn vendor_id(&self) -> u32 {
+        VENDOR_ID
+    }
+
+    fn device_features(&self) -> u64 {
+        DEVICE_FEATURES
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE_MAX]
+    }
+
+    fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        if offset == config::WAIT && data.len() == 4 {
+            let value = self.wait();
+            data.copy_from_slice(&value.to_le_bytes());
+            return;
+        }
+        let bytes = self.config_bytes();
+        for (i, out) in data.iter_mut().enumerate() {
+            *out = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|at| bytes.get(at))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        debug!(
+            "nexus-io: {}-byte write to read-only config offset {offset:#x} ignored",
+            data.len()
+        );
+    }
+
+    fn validate_queue(&mut self, _index: usize, queue: &QueueConfig) -> Result<()> {
+        self.check_rings(queue)
+    }
+
+    fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> Result<()> {
+        let queue = queues
+            .first()
+            .filter(|q| q.ready)
+            .copied()
+            .ok_or(Error::QueueNotReady)?;
+        self.set_active(features, Some(queue))?;
+        let ring = RingSetup {
+            features,
+            queue: &queue,
+            window: &self.window,
+            kick: &self.kick,
+            call: &self.call,
+        };
+        if let Err(e) = self.link.start(&self.identity, &ring, &self.state) {
+            warn!("nexus-io: the backend is unavailable: {}", error_chain(&e));
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        if self.active.take().is_some() {
+            self.link.stop(&self.state);
+        } else if !self.state.connected() {
+            self.link.drop_session();
+        }
+        self.acked_features = 0;
+        self.state.ack_config_change();
+    }
+
+    fn queue_notify(&mut self, _value: u32) {
+        // Only reached when no ioeventfd caught the write: forward it as KVM would.
+        if let Err(e) = self.kick.write(1) {
+            warn!("nexus-io: cannot kick the backend: {e}");
+        }
+    }
+
+    fn interrupt_status(&self) -> u32 {
+        if !self.state.irqfd() {
+            return 0;
+        }
+        // The backend signals the irqfd directly, so the VMM never sees a used-buffer
+        // notification: while live, report one on every interrupt.
+        let vring = if self.active.is_some() {
+            interrupt::VRING
+        } else {
+            0
+        };
+        let config = if self.state.config_changed() {
+            interrupt::CONFIG
+        } else {
+            0
+        };
+        vring | config
+    }
+
+    fn ack_interrupt(&mut self, mask: u32) {
+        if mask & interrupt::CONFIG != 0 {
+            self.state.ack_config_change();
+        }
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.state.generation()
+    }
+}
