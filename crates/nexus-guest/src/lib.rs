@@ -1,18 +1,31 @@
 //! The Nexus guest driver.
 //!
-//! This crate runs **inside** a Nexus VM. Today it holds the runtime for *micro-guests*:
-//! static, `no_std` x86-64 ELF programs that the VMM starts directly in 64-bit mode at CPL 3
-//! (`docs/micro-guest-abi.md` in the Nexus repository is the contract). Later it will also
-//! speak the `nexus-ring` protocol to the nexus-io device, in micro-guests and, through a
-//! `linux` feature, in Linux guests.
+//! This crate runs **inside** a Nexus VM. It is the driver of the nexus-io device — a
+//! virtio-mmio device whose virtqueue and payload buffers live in the VM's I/O window, shared
+//! with the host's backend — and the runtime for *micro-guests*: static, `no_std` x86-64 ELF
+//! programs that the VMM starts directly in 64-bit mode at CPL 3 (`docs/micro-guest-abi.md`,
+//! `docs/nexus-io.md` and `docs/protocol.md` in the Nexus repository are the contracts).
+//!
+//! - [`Nexus`]: the client a function uses — `get`/`get_range` (zero copy into the window),
+//!   `put`/`put_buf`/`put_behind`, `head`, `delete`, `list`, `invoke`, `http`, `flush`,
+//!   `log`, and the runtime loop `next_invocation`/`complete`. Errors are one [`Error`] enum
+//!   mirroring the protocol's statuses plus the driver's own.
+//! - [`device`]: [`NexusIo`](device::NexusIo), the virtio-mmio driver — negotiation, the
+//!   split virtqueue ([`virtqueue`]) in the window, the doorbell, the bounded poll and the
+//!   WAIT register, and the reset when the backend is gone.
+//! - [`window`]: the window's mapping, its buffer allocator and [`WindowBuf`].
+//! - [`mmio`]: the [`Registers`](mmio::Registers) trait (how the driver reaches the device)
+//!   and [`MmioRegisters`](mmio::MmioRegisters), volatile access through a pointer — the
+//!   identity-mapped address in a micro-guest, a `/dev/mem` mapping in a Linux process.
 //!
 //! - [`boot`]: the boot-info block ([`BootInfo`]) — validated once, then safe accessors for
 //!   the heap, the I/O window, the device, the arguments (as `&str`) and the memory map.
 //! - [`heap`]: [`FreeListHeap`](heap::FreeListHeap), the first-fit coalescing allocator
 //!   behind the runtime's global allocator.
 //! - `rt` (feature `rt`, on by default, x86-64 only): console ([`print!`], [`println!`]),
-//!   [`rt::exit`], port I/O, the global allocator and [`entry!`], which defines a guest
-//!   binary's entry point, panic handler, allocator and C memory functions.
+//!   [`rt::exit`], port I/O, the global allocator, [`rt::nexus`] (the guest's client) and
+//!   [`entry!`], which defines a guest binary's entry point, panic handler, allocator and C
+//!   memory functions.
 //!
 //! The library defines no lang items and no `#[no_mangle]` symbols, so it also builds and
 //! links in ordinary `std` programs (its own tests, a workspace's `cargo test`); the
@@ -38,11 +51,30 @@
 #![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
+extern crate alloc;
+
 pub mod boot;
+mod client;
+pub mod device;
+mod error;
 pub mod heap;
+pub mod mmio;
 #[cfg(all(feature = "rt", target_arch = "x86_64"))]
 pub mod rt;
 #[cfg(any(test, all(feature = "rt", target_arch = "x86_64")))]
 mod sync;
+pub mod virtqueue;
+pub mod window;
 
 pub use boot::{Args, BootInfo, BootInfoError, MemoryKind, MemoryMapEntry};
+pub use client::{HttpResponse, Invocation, InvokeResult, ListPage, Nexus, ObjectInfo};
+pub use error::{Error, Report, Result};
+pub use window::{WindowBuf, WindowMapping};
+
+/// The protocol crate, re-exported: [`LogLevel`], [`HttpMethod`], [`Outcome`] and the types
+/// of hand-built requests.
+pub use nexus_ring;
+pub use nexus_ring::{HttpMethod, LogLevel, Outcome};
+
+#[cfg(test)]
+mod fake;

@@ -9,7 +9,8 @@
 //!   line buffer, one VM exit per line ([`console`]);
 //! - [`exit`] ends the VM with an exit code;
 //! - [`GuestAllocator`] serves `alloc` from the heap the boot-info block gives;
-//! - [`port`] has the raw port I/O.
+//! - [`port`] has the raw port I/O;
+//! - [`nexus`] hands the guest its [`crate::Nexus`] client, once.
 //!
 //! The library itself defines no lang items and no `#[no_mangle]` symbols, so it links into
 //! ordinary `std` programs (tests, doctests) too; only the [`entry!`](crate::entry)
@@ -28,10 +29,13 @@ pub mod port;
 use core::alloc::{GlobalAlloc, Layout};
 use core::panic::PanicInfo;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
 use crate::boot::BootInfo;
+use crate::client::Nexus;
+use crate::error::{Error, Result};
 use crate::heap::FreeListHeap;
+use crate::mmio::MmioRegisters;
 use crate::sync::TryLock;
 
 /// The exit port: a 32-bit write ends the VM with that exit code.
@@ -147,6 +151,7 @@ pub unsafe fn __start(boot_info: *const BootInfo, main: fn(&'static BootInfo) ->
             exit(EXIT_BAD_BOOT_INFO)
         }
     };
+    BOOT_INFO.store(ptr::from_ref(boot).cast_mut(), Ordering::Release);
     let heap = boot.heap();
     // `from_ptr` checked that the heap range fits `usize`.
     let base = ptr::with_exposed_provenance_mut::<u8>(heap.start as usize);
@@ -155,6 +160,39 @@ pub unsafe fn __start(boot_info: *const BootInfo, main: fn(&'static BootInfo) ->
     unsafe { GuestAllocator::init(base, (heap.end - heap.start) as usize) };
     let code = main(boot);
     exit(code)
+}
+
+/// The boot-info block `_start` validated; null until then (and in programs that are not
+/// micro-guests).
+static BOOT_INFO: AtomicPtr<BootInfo> = AtomicPtr::new(ptr::null_mut());
+
+/// Set once [`nexus`] has handed out the device.
+static DEVICE_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The micro-guest's [`Nexus`] client, over the device and window of its boot-info block
+/// (identity mapped).
+///
+/// Only one client may own the device and the window, so this succeeds once per VM:
+/// [`Error::DeviceInUse`] after that. [`Error::NoDevice`] in a program that was not started
+/// by [`entry!`](crate::entry) or in a VM without the device, [`Error::NoWindow`] without a
+/// window; the errors of [`Nexus::new`] if the device cannot be brought up.
+pub fn nexus() -> Result<Nexus<MmioRegisters>> {
+    let boot = BOOT_INFO.load(Ordering::Acquire);
+    if boot.is_null() {
+        return Err(Error::NoDevice);
+    }
+    if DEVICE_TAKEN.swap(true, Ordering::AcqRel) {
+        return Err(Error::DeviceInUse);
+    }
+    // SAFETY: `BOOT_INFO` is only set by `__start`, to the block the VMM handed the guest,
+    // which the ABI keeps valid and unchanged for the guest's life; its device and window are
+    // this VM's, identity mapped; `DEVICE_TAKEN` makes this the only client.
+    let nexus = unsafe { Nexus::from_boot_info(&*boot) };
+    if nexus.is_err() {
+        // No client exists: a later call may try again.
+        DEVICE_TAKEN.store(false, Ordering::Release);
+    }
+    nexus
 }
 
 /// Set once the panic handler has started, to stop a panic inside it from recursing.
