@@ -9,7 +9,15 @@ use std::process::Command;
 use std::sync::Once;
 
 /// The bundled example guests.
-pub const BUNDLED: &[&str] = &["hello", "fib", "crash"];
+pub const BUNDLED: &[&str] = &[
+    "hello",
+    "fib",
+    "crash",
+    "wordcount",
+    "compress",
+    "aes",
+    "hostile",
+];
 
 /// Errors of locating a guest.
 #[derive(Debug, thiserror::Error)]

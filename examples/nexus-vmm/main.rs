@@ -43,7 +43,7 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Micro-guest to run: a bundled example (hello, fib, crash) or a path to an ELF.
+    /// Micro-guest to run: a bundled example (hello, fib, crash, wordcount, compress, aes, hostile) or a path to an ELF.
     #[arg(long, conflicts_with = "kernel", required_unless_present = "kernel")]
     guest: Option<String>,
     /// Linux kernel to boot (ELF vmlinux with a PVH note, or bzImage).
@@ -62,9 +62,18 @@ struct RunArgs {
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 64)]
     mem: u64,
-    /// I/O window in MiB (0 for none).
-    #[arg(long, default_value_t = 4)]
+    /// I/O window in MiB (0 for none). Untouched window pages cost nothing.
+    #[arg(long, default_value_t = 96)]
     window: u64,
+    /// The shared backend's control socket: attaches a nexus-io device connected to it.
+    #[arg(long, value_name = "SOCKET", conflicts_with = "kernel")]
+    backend: Option<PathBuf>,
+    /// The tenant this VM belongs to on the backend.
+    #[arg(long, requires = "backend", default_value = "default")]
+    tenant: String,
+    /// This VM's name on the backend (default: `vmm-<pid>`).
+    #[arg(long, requires = "backend")]
+    vm_id: Option<String>,
     /// Print timing and VM-exit counts to stderr when the guest ends.
     #[arg(long)]
     stats: bool,
@@ -106,11 +115,30 @@ fn run(args: RunArgs) -> Result<u32> {
     let config = MicroVmConfig {
         memory: memory(&args),
         args: args.args.clone(),
-        device: None,
+        device: args.backend.as_ref().map(|_| nexus_io::device_info()),
         console: Console::new(std::io::stdout()),
     };
     let start = Instant::now();
     let mut vm = MicroVm::new(&elf, config)?;
+    if let Some(socket) = &args.backend {
+        let window = vm
+            .vm()
+            .memory()
+            .window()
+            .cloned()
+            .context("--backend needs an I/O window (--window > 0)")?;
+        let device = nexus_io::NexusIo::new(nexus_io::NexusIoConfig {
+            control_socket: socket.clone(),
+            vm_id: args
+                .vm_id
+                .clone()
+                .unwrap_or_else(|| format!("vmm-{}", std::process::id())),
+            tenant: args.tenant.clone(),
+            window,
+            irq: None,
+        })?;
+        nexus_io::attach(vm.vm(), device)?;
+    }
     let stats = vm.vcpu().stats().ok();
     let kvm_exits_before = stats.as_ref().and_then(|s| s.read("exits").ok().flatten());
     let setup = start.elapsed();
