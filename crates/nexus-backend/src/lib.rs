@@ -1,8 +1,150 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
 //! The shared I/O backend of the Nexus hypervisor.
 //!
-//! **Status: not implemented yet.** This crate will hold the always-on vhost-user backend
-//! that serves every VM on a host through one I/O engine (object storage, HTTP), reading and
-//! writing payloads directly in each VM's I/O window. It exports nothing today so that
-//! nothing can be mistaken for working code.
+//! One always-on process per host serves the I/O of every function VM: object storage
+//! (`GET`, `PUT`, `HEAD`, `DELETE`, `LIST`), HTTP, logs, calls between functions and the
+//! invocation loop (`NEXT`/`COMPLETE`). A VM reaches it through its nexus-io device: the VMM
+//! attaches the VM on the backend's control socket, gets a per-VM vhost-user socket back and
+//! connects to it as the vhost-user frontend, sharing **only the VM's I/O window** (the
+//! memory table holds that one region). Requests are [`nexus_ring`] messages on the device's
+//! request queue; payloads are read and written in place in the window.
+//!
+//! ```text
+//!  VMM ──control socket (JSON lines)──► Backend::attach ─► <runtime dir>/<vm>.sock
+//!  VMM ──vhost-user (window only)─────► VhostUserDaemon thread ─► NexusDevice::handle_event
+//!                                          pop chain → Decoder → task on the shared runtime
+//!                                          → store / HTTP / invoker → response in the window
+//!                                          → add_used + signal (from the task)
+//! ```
+//!
+//! - **One engine**: every VM's requests run on one tokio runtime with one store client, one
+//!   HTTP client and one staging budget ([`BackendConfig::staging_bytes`]).
+//! - **Zero copy**: `GET` writes the object straight into the response buffers (the file
+//!   store `read`s into the mapped window; S3 bodies are streamed in chunk by chunk), `PUT`
+//!   writes from the window (one copy into the file or the request body).
+//! - **Isolation**: every descriptor is checked against the VM's window by the nexus-ring
+//!   decoder and again on every access; every key must lie under the VM's tenant prefix
+//!   ([`Tenant`]); a malformed request gets an error answer and the VM keeps being served;
+//!   nothing a guest sends can panic the backend or reach another VM.
+//! - **Write-behind** `PUT`s are copied out of the window and acknowledged at once, uploaded
+//!   in the background in order with the VM's other requests on the same key; `FLUSH`, and
+//!   the end of an invocation, wait for them and report failures by key.
+//! - **Prefetch**: [`Backend::hint`] (control `hint`) fetches an object into the VM's bounded
+//!   cache so the following `GET` is served from memory.
+//! - **Invocations**: [`Backend::invoke`] queues work for a VM's `NEXT` and resolves with its
+//!   `COMPLETE`; `INVOKE` goes to the [`Invoker`] the node daemon registers
+//!   ([`Backend::set_invoker`]), and answers `BACKEND_UNAVAILABLE` while there is none.
+//!
+//! The contract with the VMM is `docs/nexus-io.md`; the wire format `docs/protocol.md`.
 
 #![deny(missing_docs)]
+
+mod config;
+mod control;
+mod device;
+mod engine;
+mod error;
+mod http;
+mod invoke;
+mod ops;
+mod server;
+mod session;
+mod staging;
+mod store;
+mod tenant;
+mod window;
+
+use std::path::Path;
+use std::time::Duration;
+
+pub use config::{
+    BackendConfig, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES, DEFAULT_WRITE_BEHIND_BYTES,
+    S3Options, StoreConfig, StoreUrl,
+};
+pub use control::{ControlReply, ControlRequest, MAX_LINE, parse_request};
+pub use device::{FEATURES, NEXUS_F_WAIT, NEXUS_F_WRITE_BEHIND, QUEUE_SIZE_MAX};
+pub use error::{Error, Result};
+pub use invoke::{
+    Invocation, InvocationInput, InvocationResult, InvokeError, InvokeRequest, Invoker,
+    PendingInvocation,
+};
+pub use server::Backend;
+pub use tenant::{DEFAULT_TENANT, Tenant, TenantSpec, Tenants, check_key, check_prefix};
+
+/// How long shutdown waits for acknowledged write-behind uploads.
+pub const SHUTDOWN_UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Makes ring the process's TLS crypto provider (the store and HTTP clients use rustls),
+/// unless one is installed already.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Runs a backend until SIGINT or SIGTERM: listens on the control socket `listen`, serves
+/// every VM attached there with `io_threads` I/O threads, then detaches every VM, removes the
+/// sockets and waits (bounded) for acknowledged write-behind uploads.
+pub fn run(config: BackendConfig, listen: &Path, io_threads: usize) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(io_threads.max(1))
+        .thread_name("nexus-io")
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    let backend = Backend::new(config, runtime.handle().clone())?;
+    runtime.block_on(async {
+        let listener = bind_control(listen)?;
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(Error::Runtime)?;
+        let mut interrupt =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .map_err(Error::Runtime)?;
+        log::info!("listening on {}", listen.display());
+        backend
+            .serve_control(listener, async {
+                tokio::select! {
+                    _ = terminate.recv() => log::info!("SIGTERM: shutting down"),
+                    _ = interrupt.recv() => log::info!("SIGINT: shutting down"),
+                }
+            })
+            .await;
+        let _ = std::fs::remove_file(listen);
+        let detaching = backend.clone();
+        let _ = tokio::task::spawn_blocking(move || detaching.detach_all()).await;
+        let left = backend.drain_uploads(SHUTDOWN_UPLOAD_TIMEOUT).await;
+        if left > 0 {
+            log::error!(
+                "{left} acknowledged write-behind upload(s) did not finish before shutdown"
+            );
+        }
+        Ok(())
+    })
+}
+
+/// Binds the control socket, replacing a stale socket file nobody listens on.
+fn bind_control(path: &Path) -> Result<tokio::net::UnixListener> {
+    let listen_error = |source| Error::Listen {
+        path: path.to_owned(),
+        source,
+    };
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(listen_error(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another backend is listening there",
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            let _ = std::fs::remove_file(path);
+        }
+        _ => {}
+    }
+    tokio::net::UnixListener::bind(path).map_err(listen_error)
+}
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,260 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The backend's configuration: where objects live, who may touch which, and the limits.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::tenant::TenantSpec;
+
+/// Where objects are stored: the `--store` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `file:///DIR`: objects are files under `DIR` (key `a/b` is `DIR/a/b`). The embedded
+    /// default: no service needed, payloads go straight between the page cache and the window.
+    File(PathBuf),
+    /// `s3://BUCKET`: an S3 bucket (AWS or any S3-compatible service, see [`S3Options`]).
+    S3 {
+        /// The bucket name.
+        bucket: String,
+    },
+}
+
+impl StoreUrl {
+    /// Parses `file:///ABSOLUTE/DIR` or `s3://BUCKET`.
+    pub fn parse(url: &str) -> Result<Self> {
+        let invalid = |reason| Error::InvalidStoreUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(invalid(
+                    "a file store needs an absolute directory: file:///DIR",
+                ));
+            }
+            let trimmed = path.trim_end_matches('/');
+            let dir = if trimmed.is_empty() { "/" } else { trimmed };
+            return Ok(StoreUrl::File(PathBuf::from(dir)));
+        }
+        if let Some(bucket) = url.strip_prefix("s3://") {
+            let bucket = bucket.strip_suffix('/').unwrap_or(bucket);
+            if !valid_bucket(bucket) {
+                return Err(invalid(
+                    "an S3 bucket name is 3 to 63 of a-z, 0-9, `.` and `-` (s3://BUCKET, no path)",
+                ));
+            }
+            return Ok(StoreUrl::S3 {
+                bucket: bucket.to_owned(),
+            });
+        }
+        Err(invalid("use file:///DIR or s3://BUCKET"))
+    }
+
+    /// The bucket of an S3 store; `None` for a file store.
+    pub fn bucket(&self) -> Option<&str> {
+        match self {
+            StoreUrl::File(_) => None,
+            StoreUrl::S3 { bucket } => Some(bucket),
+        }
+    }
+}
+
+/// S3 bucket naming rules (the subset that matters here): 3..=63 of `a-z 0-9 . -`, starting
+/// and ending with a letter or digit.
+fn valid_bucket(bucket: &str) -> bool {
+    let bytes = bucket.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// How to reach an S3 store. Every field left `None` is taken from the standard AWS
+/// environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+/// `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`), then from object_store's defaults.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct S3Options {
+    /// Endpoint URL of an S3-compatible service, e.g. `http://127.0.0.1:9000`; requests use
+    /// path-style addressing when it is set.
+    pub endpoint: Option<String>,
+    /// Region (default `us-east-1`).
+    pub region: Option<String>,
+    /// Access key ID.
+    pub access_key_id: Option<String>,
+    /// Secret access key.
+    pub secret_access_key: Option<String>,
+    /// Session token for temporary credentials.
+    pub session_token: Option<String>,
+    /// Allow plain-HTTP endpoints that are not on the loopback interface (loopback endpoints
+    /// are always allowed, for local S3-compatible servers).
+    pub allow_http: bool,
+}
+
+impl std::fmt::Debug for S3Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Credentials never leave the backend, not even in logs.
+        f.debug_struct("S3Options")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<set>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .finish()
+    }
+}
+
+impl S3Options {
+    /// Whether plain HTTP may be used for `endpoint`: always for loopback endpoints
+    /// (`localhost`, `127.0.0.0/8`, `::1`), otherwise only with [`allow_http`](Self::allow_http).
+    pub fn http_allowed(&self, endpoint: &str) -> bool {
+        self.allow_http || is_loopback_url(endpoint)
+    }
+}
+
+/// Whether `url`'s host is the loopback interface.
+pub(crate) fn is_loopback_url(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match parsed.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}
+
+/// The store: its URL and, for S3, how to reach it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Where objects live.
+    pub url: StoreUrl,
+    /// Connection settings for `s3://` stores (ignored for `file://`).
+    pub s3: S3Options,
+}
+
+/// Default bound of each VM's prefetch cache.
+pub const DEFAULT_PREFETCH_CACHE_BYTES: u64 = 64 << 20;
+/// Default bound of the bytes each VM may have in write-behind uploads.
+pub const DEFAULT_WRITE_BEHIND_BYTES: u64 = 256 << 20;
+/// Default bound of all payload bytes the backend stages in its own memory at once.
+pub const DEFAULT_STAGING_BYTES: u64 = 1 << 30;
+
+/// Everything [`Backend::new`](crate::Backend::new) needs.
+#[derive(Clone, Debug)]
+pub struct BackendConfig {
+    /// The object store every tenant's objects live in.
+    pub store: StoreConfig,
+    /// The tenants; empty means one tenant `default` that may touch every object.
+    pub tenants: Vec<TenantSpec>,
+    /// Where per-VM vhost-user sockets are created (`<dir>/<vm>.sock`).
+    pub runtime_dir: PathBuf,
+    /// Hosts the HTTP op may reach: `host` (any port) or `host:port`, case-insensitive.
+    pub http_allow: Vec<String>,
+    /// Bound of each VM's prefetch cache, in bytes (0 disables prefetching).
+    pub prefetch_cache_bytes: u64,
+    /// Bound of each VM's pending write-behind bytes; a write-behind PUT beyond it is
+    /// performed synchronously instead (same answer, just later).
+    pub write_behind_bytes: u64,
+    /// Bound of the payload bytes the backend copies into its own memory at once, over all
+    /// VMs (write-behind copies, S3 request bodies, HTTP and invocation payloads); requests
+    /// wait for room.
+    pub staging_bytes: u64,
+}
+
+impl BackendConfig {
+    /// A configuration with the default limits, no tenants and no HTTP hosts.
+    pub fn new(store: StoreConfig, runtime_dir: PathBuf) -> Self {
+        Self {
+            store,
+            tenants: Vec::new(),
+            runtime_dir,
+            http_allow: Vec::new(),
+            prefetch_cache_bytes: DEFAULT_PREFETCH_CACHE_BYTES,
+            write_behind_bytes: DEFAULT_WRITE_BEHIND_BYTES,
+            staging_bytes: DEFAULT_STAGING_BYTES,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            StoreUrl::parse("file:///var/lib/nexus/").unwrap(),
+            StoreUrl::File(PathBuf::from("/var/lib/nexus"))
+        );
+        assert_eq!(
+            StoreUrl::parse("file:///").unwrap(),
+            StoreUrl::File(PathBuf::from("/"))
+        );
+        assert_eq!(
+            StoreUrl::parse("s3://my-bucket").unwrap(),
+            StoreUrl::S3 {
+                bucket: "my-bucket".into()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("s3://my.bucket/").unwrap().bucket(),
+            Some("my.bucket")
+        );
+        for bad in [
+            "file://relative/dir",
+            "file:",
+            "s3://",
+            "s3://ab",
+            "s3://Upper",
+            "s3://bucket/path",
+            "s3://-bucket",
+            "http://example.com",
+            "/plain/path",
+            "",
+        ] {
+            assert!(StoreUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loopback_endpoints_may_use_http() {
+        let options = S3Options::default();
+        assert!(options.http_allowed("http://127.0.0.1:9000"));
+        assert!(options.http_allowed("http://127.5.0.1"));
+        assert!(options.http_allowed("http://localhost:9000"));
+        assert!(options.http_allowed("http://[::1]:9000"));
+        assert!(!options.http_allowed("http://10.0.0.1:9000"));
+        assert!(!options.http_allowed("http://s3.example.com"));
+        assert!(!options.http_allowed("not a url"));
+        let options = S3Options {
+            allow_http: true,
+            ..S3Options::default()
+        };
+        assert!(options.http_allowed("http://s3.example.com"));
+    }
+
+    #[test]
+    fn credentials_are_not_printed() {
+        let options = S3Options {
+            secret_access_key: Some("hunter2".into()),
+            ..S3Options::default()
+        };
+        assert!(!format!("{options:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,118 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The shared I/O engine: one tokio runtime, one store client, one HTTP client and one staging
+//! budget for every VM the backend serves.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+
+use crate::config::BackendConfig;
+use crate::error::Result;
+use crate::http::HttpGateway;
+use crate::invoke::Invoker;
+use crate::staging::Staging;
+use crate::store::Store;
+
+/// Per-VM limits.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub(crate) prefetch_cache_bytes: u64,
+    pub(crate) write_behind_bytes: u64,
+}
+
+/// The shared engine.
+pub(crate) struct Engine {
+    pub(crate) runtime: Handle,
+    pub(crate) store: Store,
+    pub(crate) http: HttpGateway,
+    pub(crate) staging: Staging,
+    pub(crate) limits: Limits,
+    invoker: RwLock<Option<Arc<dyn Invoker>>>,
+    /// Write-behind uploads acknowledged and not yet finished, over all VMs.
+    uploads: watch::Sender<u64>,
+    next_invocation: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("store", &self.store)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Builds the engine's clients; runs inside `runtime`'s context.
+    pub(crate) fn new(config: &BackendConfig, runtime: Handle) -> Result<Self> {
+        let _context = runtime.enter();
+        crate::install_crypto_provider();
+        Ok(Self {
+            store: Store::open(&config.store)?,
+            http: HttpGateway::new(&config.http_allow)?,
+            staging: Staging::new(config.staging_bytes),
+            limits: Limits {
+                prefetch_cache_bytes: config.prefetch_cache_bytes,
+                write_behind_bytes: config.write_behind_bytes,
+            },
+            invoker: RwLock::new(None),
+            uploads: watch::Sender::new(0),
+            next_invocation: AtomicU64::new(1),
+            runtime,
+        })
+    }
+
+    /// The registered invoker, if any.
+    pub(crate) fn invoker(&self) -> Option<Arc<dyn Invoker>> {
+        self.invoker
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_invoker(&self, invoker: Option<Arc<dyn Invoker>>) {
+        *self
+            .invoker
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = invoker;
+    }
+
+    /// A fresh invocation number.
+    pub(crate) fn next_invocation(&self) -> u64 {
+        self.next_invocation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts an acknowledged upload until the guard drops.
+    pub(crate) fn upload_started(self: &Arc<Self>) -> UploadGuard {
+        self.uploads.send_modify(|n| *n += 1);
+        UploadGuard {
+            engine: self.clone(),
+        }
+    }
+
+    /// Waits until no acknowledged upload is pending, at most `timeout`; the number still
+    /// pending.
+    pub(crate) async fn drain_uploads(&self, timeout: Duration) -> u64 {
+        let mut rx = self.uploads.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
+        *self.uploads.borrow()
+    }
+}
+
+/// Keeps an acknowledged upload counted.
+pub(crate) struct UploadGuard {
+    engine: Arc<Engine>,
+}
+
+impl Drop for UploadGuard {
+    fn drop(&mut self) {
+        self.engine
+            .uploads
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
+}

@@ -1,0 +1,136 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The crate's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the backend outside a single ring request (ring requests
+/// are answered with a protocol status instead).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The `--store` URL is not one the backend understands.
+    #[error("Invalid store URL `{url}`: {reason}")]
+    InvalidStoreUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A `--tenant NAME=BUCKET/PREFIX` specification is malformed or does not fit the store.
+    #[error("Invalid tenant `{spec}`: {reason}")]
+    InvalidTenant {
+        /// The specification as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `--http-allow` entry is not a host name or `host:port`.
+    #[error("Invalid HTTP allow-list entry `{0}`")]
+    InvalidHttpAllow(String),
+    /// An attach named a tenant the backend was not configured with.
+    #[error("Unknown tenant `{0}`")]
+    UnknownTenant(String),
+    /// A VM ID that cannot name a socket file (1 to 64 of `A-Z a-z 0-9 . _ -`, not starting
+    /// with `.`).
+    #[error(
+        "Invalid VM ID `{0}`: use 1 to 64 letters, digits, `.`, `_` or `-`, not starting with `.`"
+    )]
+    InvalidVmId(String),
+    /// An attach named a VM that is already attached.
+    #[error("VM `{0}` is already attached")]
+    VmAlreadyAttached(String),
+    /// A hint, detach or invocation named a VM that is not attached.
+    #[error("VM `{0}` is not attached")]
+    UnknownVm(String),
+    /// A key that is not a valid object key.
+    #[error("Invalid object key `{key}`: {reason}")]
+    InvalidKey {
+        /// The key.
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A key outside the tenant's prefix.
+    #[error("Key `{key}` is outside the prefix of tenant `{tenant}`")]
+    KeyNotPermitted {
+        /// The key.
+        key: String,
+        /// The tenant.
+        tenant: String,
+    },
+    /// The runtime directory could not be created or is not usable.
+    #[error("Cannot use runtime directory {path}")]
+    RuntimeDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A socket path that is not valid UTF-8 (it must travel in JSON).
+    #[error("Socket path {0} is not valid UTF-8")]
+    NonUtf8Path(PathBuf),
+    /// The local store directory could not be prepared.
+    #[error("Cannot use store directory {path}")]
+    StoreDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The object store client could not be configured.
+    #[error("Cannot configure the object store")]
+    ObjectStore(#[source] object_store::Error),
+    /// The shared HTTP client could not be built.
+    #[error("Cannot build the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    /// The control socket could not be bound.
+    #[error("Cannot listen on control socket {path}")]
+    Listen {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A per-VM vhost-user socket could not be created.
+    #[error("Cannot create vhost-user socket {path}")]
+    VhostSocket {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: vhost::vhost_user::Error,
+    },
+    /// A thread could not be started.
+    #[error("Cannot start thread")]
+    SpawnThread(#[source] io::Error),
+    /// The tokio runtime could not be built, or a signal handler installed.
+    #[error("Cannot start the I/O runtime")]
+    Runtime(#[source] io::Error),
+    /// An invocation ended without a result because its VM was detached.
+    #[error("VM `{0}` was detached before the invocation completed")]
+    VmDetached(String),
+    /// An invocation's input object could not be read.
+    #[error("Input object `{key}` of the invocation could not be read: {reason}")]
+    InputUnavailable {
+        /// The input object key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// A write-behind upload of the invocation failed for good: the invocation failed.
+    #[error("Upload of `{key}` failed ({count} failed upload(s) in all)")]
+    UploadFailed {
+        /// The first object that could not be stored.
+        key: String,
+        /// How many uploads failed.
+        count: u64,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,737 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! One attached VM's state: request ordering per key, write-behind uploads, the prefetch
+//! cache, queued invocations, and the queue generation that cancels in-flight work on a reset.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{Notify, oneshot, watch};
+use vhost_user_backend::{VringRwLock, VringT};
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::invoke::{Invocation, InvocationInput, InvocationResult};
+use crate::tenant::Tenant;
+
+/// How long a reset waits for in-flight requests to finish.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a prefetched object stays cached if nobody reads it.
+const PREFETCH_TTL: Duration = Duration::from_secs(60);
+/// The key-order table is swept of finished entries when it grows past this.
+const KEY_ORDER_SWEEP: usize = 1024;
+
+/// Locks a mutex, ignoring poisoning (the data is simple enough to stay consistent, and the
+/// backend must keep serving other VMs).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One attached VM.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// The VM's ID.
+    pub(crate) vm: String,
+    /// The VM's tenant.
+    pub(crate) tenant: Arc<Tenant>,
+    /// The shared I/O engine.
+    pub(crate) engine: Arc<Engine>,
+    /// The queue generation: completions of an older generation are dropped.
+    epoch: Mutex<u64>,
+    /// Broadcasts the generation (`u64::MAX` once detached) to cancel parked requests.
+    cancel: watch::Sender<u64>,
+    inflight: Mutex<usize>,
+    idle: Condvar,
+    key_order: Mutex<HashMap<String, watch::Receiver<()>>>,
+    /// Write-behind uploads.
+    pub(crate) write_behind: Arc<WriteBehind>,
+    /// Prefetched objects.
+    pub(crate) prefetch: Arc<PrefetchCache>,
+    /// Queued and running invocations.
+    pub(crate) invocations: Invocations,
+}
+
+impl Session {
+    pub(crate) fn new(vm: &str, tenant: Arc<Tenant>, engine: Arc<Engine>) -> Self {
+        let limits = engine.limits;
+        Self {
+            vm: vm.to_owned(),
+            tenant,
+            engine,
+            epoch: Mutex::new(0),
+            cancel: watch::Sender::new(0),
+            inflight: Mutex::new(0),
+            idle: Condvar::new(),
+            key_order: Mutex::new(HashMap::new()),
+            write_behind: Arc::new(WriteBehind::new(limits.write_behind_bytes)),
+            prefetch: Arc::new(PrefetchCache::new(limits.prefetch_cache_bytes)),
+            invocations: Invocations::default(),
+        }
+    }
+
+    /// The current queue generation.
+    pub(crate) fn epoch(&self) -> u64 {
+        *lock(&self.epoch)
+    }
+
+    /// Resolves once generation `epoch` ends (queue stopped, connection lost, VM detached).
+    pub(crate) async fn cancelled(&self, epoch: u64) {
+        let mut rx = self.cancel.subscribe();
+        // An error means the sender is gone: the session is being dropped.
+        let _ = rx.wait_for(|current| *current != epoch).await;
+    }
+
+    /// Ends the current queue generation: parked requests are cancelled, late completions
+    /// dropped. Waits (bounded) for in-flight requests to wind down.
+    pub(crate) fn stop_queue(&self) {
+        {
+            let mut epoch = lock(&self.epoch);
+            *epoch += 1;
+            let next = *epoch;
+            self.cancel.send_modify(|current| {
+                if *current != u64::MAX {
+                    *current = next;
+                }
+            });
+        }
+        let inflight = lock(&self.inflight);
+        let (left, _) = self
+            .idle
+            .wait_timeout_while(inflight, STOP_TIMEOUT, |n| *n > 0)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *left > 0 {
+            log::warn!(
+                "vm {}: {} request(s) still running after the queue stopped; their answers will be dropped",
+                self.vm,
+                *left
+            );
+        }
+    }
+
+    /// The VM goes away: cancel everything parked and fail its invocations. Write-behind
+    /// uploads already acknowledged go on to completion.
+    pub(crate) fn detach(&self) {
+        *lock(&self.epoch) += 1;
+        self.cancel.send_replace(u64::MAX);
+        self.invocations.fail_all(&self.vm);
+        self.prefetch.clear();
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub(crate) fn inflight(self: &Arc<Self>) -> InflightGuard {
+        *lock(&self.inflight) += 1;
+        InflightGuard {
+            session: self.clone(),
+        }
+    }
+
+    /// Takes this request's turn on `key`: it runs after every earlier request of this VM on
+    /// the same key (including write-behind uploads) has finished.
+    pub(crate) fn take_turn(&self, key: &str) -> KeyTurn {
+        let (done, rx) = watch::channel(());
+        let mut order = lock(&self.key_order);
+        if order.len() >= KEY_ORDER_SWEEP {
+            order.retain(|_, earlier| earlier.has_changed().is_ok());
+        }
+        let after = order.insert(key.to_owned(), rx);
+        KeyTurn { after, _done: done }
+    }
+}
+
+/// Keeps a request counted as in flight.
+#[derive(Debug)]
+pub(crate) struct InflightGuard {
+    session: Arc<Session>,
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let mut n = lock(&self.session.inflight);
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.session.idle.notify_all();
+        }
+    }
+}
+
+/// A request's place in its key's order; the next request on the key runs once this is
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct KeyTurn {
+    after: Option<watch::Receiver<()>>,
+    _done: watch::Sender<()>,
+}
+
+impl KeyTurn {
+    /// Waits until every earlier request on the key has finished.
+    pub(crate) async fn ready(&mut self) {
+        if let Some(mut earlier) = self.after.take() {
+            // Nothing is ever sent: `changed` returns once the earlier turn is dropped.
+            while earlier.changed().await.is_ok() {}
+        }
+    }
+}
+
+/// Returns a used chain to the guest, unless its queue generation has ended.
+pub(crate) struct Completion {
+    pub(crate) session: Arc<Session>,
+    pub(crate) vring: VringRwLock,
+    pub(crate) head: u16,
+    pub(crate) epoch: u64,
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completion")
+            .field("vm", &self.session.vm)
+            .field("head", &self.head)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Completion {
+    /// Puts the chain in the used ring with `used_len` bytes written, and signals the guest.
+    pub(crate) fn finish(self, used_len: u32) {
+        let epoch = lock(&self.session.epoch);
+        if *epoch != self.epoch {
+            log::debug!(
+                "vm {}: dropping the answer to chain {} of an ended queue generation",
+                self.session.vm,
+                self.head
+            );
+            return;
+        }
+        if let Err(e) = self.vring.add_used(self.head, used_len) {
+            log::warn!(
+                "vm {}: cannot return chain {}: {e}",
+                self.session.vm,
+                self.head
+            );
+            return;
+        }
+        drop(epoch);
+        if let Err(e) = self.vring.signal_used_queue() {
+            log::warn!("vm {}: cannot signal the guest: {e}", self.session.vm);
+        }
+    }
+}
+
+/// A VM's write-behind uploads: which are pending, which failed.
+#[derive(Debug)]
+pub(crate) struct WriteBehind {
+    state: Mutex<WriteBehindState>,
+    changed: Notify,
+    limit: u64,
+}
+
+#[derive(Debug, Default)]
+struct WriteBehindState {
+    next: u64,
+    /// Pending uploads by sequence number, with the bytes each holds.
+    pending: BTreeMap<u64, u64>,
+    bytes: u64,
+    /// Failed uploads not yet reported: sequence number and key.
+    failed: Vec<(u64, String)>,
+}
+
+/// What [`WriteBehind::wait`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Every upload before the mark is durable.
+    Durable,
+    /// Some failed: the first one's key and how many.
+    Failed {
+        /// The key of the first failed upload.
+        key: String,
+        /// How many failed.
+        count: u64,
+    },
+}
+
+impl WriteBehind {
+    fn new(limit: u64) -> Self {
+        Self {
+            state: Mutex::new(WriteBehindState::default()),
+            changed: Notify::new(),
+            limit,
+        }
+    }
+
+    /// Registers a write-behind PUT in the order requests arrive; FLUSH and COMPLETE wait for
+    /// every ticket registered before their [`mark`](Self::mark).
+    pub(crate) fn register(self: &Arc<Self>) -> WriteBehindTicket {
+        let mut state = lock(&self.state);
+        let seq = state.next;
+        state.next += 1;
+        state.pending.insert(seq, 0);
+        WriteBehindTicket {
+            uploads: self.clone(),
+            seq,
+            finished: false,
+        }
+    }
+
+    /// Everything registered so far is before this mark.
+    pub(crate) fn mark(&self) -> u64 {
+        lock(&self.state).next
+    }
+
+    /// Waits until every upload registered before `mark` is durable or failed; failures
+    /// before the mark are reported (once) and forgotten.
+    pub(crate) async fn wait(&self, mark: u64) -> Durability {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let mut state = lock(&self.state);
+                if state.pending.range(..mark).next().is_none() {
+                    let (reported, kept): (Vec<_>, Vec<_>) =
+                        state.failed.drain(..).partition(|(seq, _)| *seq < mark);
+                    state.failed = kept;
+                    return match reported.first() {
+                        None => Durability::Durable,
+                        Some((_, key)) => Durability::Failed {
+                            key: key.clone(),
+                            count: reported.len() as u64,
+                        },
+                    };
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Bytes currently held by pending uploads.
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
+        lock(&self.state).bytes
+    }
+}
+
+/// One registered write-behind PUT; finishing (or dropping) it marks it done.
+#[derive(Debug)]
+pub(crate) struct WriteBehindTicket {
+    uploads: Arc<WriteBehind>,
+    seq: u64,
+    finished: bool,
+}
+
+impl WriteBehindTicket {
+    /// Claims `bytes` of the VM's write-behind budget; `false` if that would exceed it (the
+    /// PUT is then done synchronously).
+    pub(crate) fn reserve(&mut self, bytes: u64) -> bool {
+        let mut state = lock(&self.uploads.state);
+        if state.bytes.saturating_add(bytes) > self.uploads.limit {
+            return false;
+        }
+        state.bytes += bytes;
+        if let Some(held) = state.pending.get_mut(&self.seq) {
+            *held += bytes;
+        }
+        true
+    }
+
+    /// The upload is over: durable (`None`) or failed for good (`Some(key)`).
+    pub(crate) fn finish(mut self, failed: Option<String>) {
+        self.complete(failed);
+    }
+
+    fn complete(&mut self, failed: Option<String>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        {
+            let mut state = lock(&self.uploads.state);
+            if let Some(held) = state.pending.remove(&self.seq) {
+                state.bytes = state.bytes.saturating_sub(held);
+            }
+            if let Some(key) = failed {
+                state.failed.push((self.seq, key));
+            }
+        }
+        self.uploads.changed.notify_waiters();
+    }
+}
+
+impl Drop for WriteBehindTicket {
+    fn drop(&mut self) {
+        // Never acknowledged (refused or cancelled): nothing to report.
+        self.complete(None);
+    }
+}
+
+/// The state of one prefetch.
+#[derive(Clone, Debug)]
+enum Fetch {
+    Running,
+    Ready(Bytes),
+    Failed,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    id: u64,
+    state: watch::Receiver<Fetch>,
+    size: u64,
+    since: Instant,
+}
+
+#[derive(Debug, Default)]
+struct CacheState {
+    entries: HashMap<String, CacheEntry>,
+    bytes: u64,
+    next_id: u64,
+}
+
+/// A VM's prefetched objects, bounded in bytes.
+#[derive(Debug)]
+pub(crate) struct PrefetchCache {
+    limit: u64,
+    state: Mutex<CacheState>,
+}
+
+/// A prefetch to run: fill it with [`PrefetchCache::complete`].
+#[derive(Debug)]
+pub(crate) struct PrefetchSlot {
+    id: u64,
+    key: String,
+    state: watch::Sender<Fetch>,
+}
+
+impl PrefetchCache {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            state: Mutex::new(CacheState::default()),
+        }
+    }
+
+    /// The most bytes one object may have to be prefetched.
+    pub(crate) fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Starts tracking a prefetch of `key`, unless one is cached or running (or prefetching
+    /// is disabled).
+    pub(crate) fn begin(&self, key: &str) -> Option<PrefetchSlot> {
+        if self.limit == 0 {
+            return None;
+        }
+        let mut state = lock(&self.state);
+        if let Some(entry) = state.entries.get(key) {
+            let dead = entry.size == 0 && entry.state.has_changed().is_err();
+            if !dead && entry.since.elapsed() < PREFETCH_TTL {
+                return None;
+            }
+        }
+        Self::remove_locked(&mut state, key);
+        let id = state.next_id;
+        state.next_id += 1;
+        let (tx, rx) = watch::channel(Fetch::Running);
+        state.entries.insert(
+            key.to_owned(),
+            CacheEntry {
+                id,
+                state: rx,
+                size: 0,
+                since: Instant::now(),
+            },
+        );
+        Some(PrefetchSlot {
+            id,
+            key: key.to_owned(),
+            state: tx,
+        })
+    }
+
+    /// Records the outcome of a prefetch (ignored if the entry was invalidated meanwhile),
+    /// evicting the oldest entries to stay within the bound.
+    pub(crate) fn complete(&self, slot: PrefetchSlot, bytes: Option<Bytes>) {
+        let mut state = lock(&self.state);
+        let current = state
+            .entries
+            .get(&slot.key)
+            .is_some_and(|e| e.id == slot.id);
+        match bytes {
+            Some(bytes) if current => {
+                let size = bytes.len() as u64;
+                while state.bytes + size > self.limit {
+                    let oldest = state
+                        .entries
+                        .iter()
+                        .filter(|(key, e)| **key != slot.key && e.size > 0)
+                        .min_by_key(|(_, e)| e.since)
+                        .map(|(key, _)| key.clone());
+                    match oldest {
+                        Some(key) => Self::remove_locked(&mut state, &key),
+                        None => break,
+                    }
+                }
+                if state.bytes + size > self.limit {
+                    state.entries.remove(&slot.key);
+                    slot.state.send_replace(Fetch::Failed);
+                    return;
+                }
+                state.bytes += size;
+                if let Some(entry) = state.entries.get_mut(&slot.key) {
+                    entry.size = size;
+                    entry.since = Instant::now();
+                }
+                slot.state.send_replace(Fetch::Ready(bytes));
+            }
+            _ => {
+                if current {
+                    state.entries.remove(&slot.key);
+                }
+                slot.state.send_replace(Fetch::Failed);
+            }
+        }
+    }
+
+    /// The cached object, waiting for a running prefetch; `None` if there is none (or it
+    /// failed).
+    pub(crate) async fn lookup(&self, key: &str) -> Option<Bytes> {
+        let mut rx = {
+            let mut state = lock(&self.state);
+            let entry = state.entries.get(key)?;
+            if entry.since.elapsed() >= PREFETCH_TTL && entry.size > 0 {
+                Self::remove_locked(&mut state, key);
+                return None;
+            }
+            entry.state.clone()
+        };
+        let fetched = rx
+            .wait_for(|f| !matches!(f, Fetch::Running))
+            .await
+            .ok()?
+            .clone();
+        match fetched {
+            Fetch::Ready(bytes) => Some(bytes),
+            _ => None,
+        }
+    }
+
+    /// Forgets `key` (it was written, deleted, or read to its end).
+    pub(crate) fn invalidate(&self, key: &str) {
+        Self::remove_locked(&mut lock(&self.state), key);
+    }
+
+    fn remove_locked(state: &mut CacheState, key: &str) {
+        if let Some(entry) = state.entries.remove(key) {
+            state.bytes = state.bytes.saturating_sub(entry.size);
+        }
+    }
+
+    fn clear(&self) {
+        let mut state = lock(&self.state);
+        state.entries.clear();
+        state.bytes = 0;
+    }
+
+    /// Bytes cached.
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
+        lock(&self.state).bytes
+    }
+}
+
+/// An invocation waiting for the VM's `NEXT`.
+#[derive(Debug)]
+pub(crate) struct QueuedInvocation {
+    pub(crate) number: u64,
+    pub(crate) invocation: Invocation,
+    pub(crate) input: InvocationInput,
+    pub(crate) reply: oneshot::Sender<Result<InvocationResult>>,
+}
+
+/// An invocation the VM has taken, waiting for its `COMPLETE`.
+#[derive(Debug)]
+pub(crate) struct RunningInvocation {
+    pub(crate) invocation: Invocation,
+    pub(crate) reply: oneshot::Sender<Result<InvocationResult>>,
+}
+
+/// A VM's invocations.
+#[derive(Debug, Default)]
+pub(crate) struct Invocations {
+    queue: Mutex<VecDeque<QueuedInvocation>>,
+    arrived: Notify,
+    running: Mutex<HashMap<u64, RunningInvocation>>,
+    /// A `NEXT` is parked.
+    pub(crate) next_outstanding: AtomicBool,
+    /// The invocation the VM runs now (0: none), for log lines.
+    pub(crate) current: AtomicU64,
+}
+
+impl Invocations {
+    /// Queues an invocation for the VM's next `NEXT`.
+    pub(crate) fn push(&self, queued: QueuedInvocation) {
+        lock(&self.queue).push_back(queued);
+        self.arrived.notify_one();
+    }
+
+    /// Takes the first queued invocation whose caller still waits.
+    pub(crate) fn pop(&self) -> Option<QueuedInvocation> {
+        let mut queue = lock(&self.queue);
+        while let Some(queued) = queue.pop_front() {
+            if !queued.reply.is_closed() {
+                return Some(queued);
+            }
+        }
+        None
+    }
+
+    /// Puts an invocation back at the head of the queue (its input did not fit).
+    pub(crate) fn push_front(&self, queued: QueuedInvocation) {
+        lock(&self.queue).push_front(queued);
+    }
+
+    /// Resolves when an invocation may have been queued.
+    pub(crate) async fn arrival(&self) {
+        self.arrived.notified().await;
+    }
+
+    /// The VM took an invocation.
+    pub(crate) fn start(&self, number: u64, running: RunningInvocation) {
+        lock(&self.running).insert(number, running);
+        self.current.store(number, Ordering::Relaxed);
+    }
+
+    /// The VM completed invocation `number`; `None` if it is not running.
+    pub(crate) fn finish(&self, number: u64) -> Option<RunningInvocation> {
+        let running = lock(&self.running).remove(&number)?;
+        let _ = self
+            .current
+            .compare_exchange(number, 0, Ordering::Relaxed, Ordering::Relaxed);
+        Some(running)
+    }
+
+    fn fail_all(&self, vm: &str) {
+        let queued: Vec<_> = lock(&self.queue).drain(..).collect();
+        for q in queued {
+            let _ = q.reply.send(Err(Error::VmDetached(vm.to_owned())));
+        }
+        let running: Vec<_> = lock(&self.running).drain().collect();
+        for (_, r) in running {
+            let _ = r.reply.send(Err(Error::VmDetached(vm.to_owned())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn write_behind_marks_and_failures() {
+        let wb = Arc::new(WriteBehind::new(100));
+        let mut a = wb.register();
+        let b = wb.register();
+        let mark = wb.mark();
+        let c = wb.register();
+        assert!(a.reserve(60));
+        let mut d = wb.register();
+        assert!(!d.reserve(41));
+        assert_eq!(wb.bytes(), 60);
+        drop(d);
+
+        let waiter = {
+            let wb = wb.clone();
+            tokio::spawn(async move { wb.wait(mark).await })
+        };
+        a.finish(Some("k/a".into()));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        b.finish(None);
+        assert_eq!(
+            waiter.await.unwrap(),
+            Durability::Failed {
+                key: "k/a".into(),
+                count: 1
+            }
+        );
+        assert_eq!(wb.bytes(), 0);
+        // Reported once only; `c` is after the mark and still pending.
+        assert_eq!(wb.wait(mark).await, Durability::Durable);
+        let later = wb.mark();
+        drop(c);
+        assert_eq!(wb.wait(later).await, Durability::Durable);
+    }
+
+    #[tokio::test]
+    async fn key_turns_run_in_order() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let table: Mutex<HashMap<String, watch::Receiver<()>>> = Mutex::default();
+        let take = |key: &str| {
+            let (done, rx) = watch::channel(());
+            let after = lock(&table).insert(key.to_owned(), rx);
+            KeyTurn { after, _done: done }
+        };
+        let first = take("k");
+        let mut second = take("k");
+        let mut other = take("j");
+        other.ready().await; // another key does not wait
+        let handle = {
+            let order = order.clone();
+            tokio::spawn(async move {
+                second.ready().await;
+                lock(&order).push(2);
+            })
+        };
+        tokio::task::yield_now().await;
+        lock(&order).push(1);
+        drop(first);
+        handle.await.unwrap();
+        assert_eq!(*lock(&order), vec![1, 2]);
+    }
+
+    #[tokio::test]
+    async fn prefetch_lookup_waits_for_the_fetch() {
+        let cache = Arc::new(PrefetchCache::new(10));
+        let slot = cache.begin("a").unwrap();
+        assert!(cache.begin("a").is_none(), "already running");
+        let waiter = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.lookup("a").await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        cache.complete(slot, Some(Bytes::from_static(b"xyz")));
+        assert_eq!(waiter.await.unwrap().unwrap(), &b"xyz"[..]);
+        // A prefetch that died without an outcome does not block a new one.
+        let dead = cache.begin("d").unwrap();
+        drop(dead);
+        assert_eq!(cache.lookup("d").await, None);
+        assert!(cache.begin("d").is_some());
+    }
+
+    #[tokio::test]
+    async fn prefetch_cache_is_bounded() {
+        let cache = PrefetchCache::new(10);
+        let a = cache.begin("a").unwrap();
+        cache.complete(a, Some(Bytes::from_static(b"123456")));
+        assert_eq!(cache.bytes(), 6);
+        assert_eq!(cache.lookup("a").await.unwrap(), &b"123456"[..]);
+        let b = cache.begin("b").unwrap();
+        cache.complete(b, Some(Bytes::from_static(b"abcdef")));
+        // "a" was evicted to make room.
+        assert_eq!(cache.bytes(), 6);
+        assert_eq!(cache.lookup("a").await, None);
+        assert!(cache.lookup("b").await.is_some());
+        let c = cache.begin("c").unwrap();
+        cache.complete(c, Some(Bytes::from(vec![0u8; 11])));
+        assert_eq!(cache.lookup("c").await, None, "larger than the bound");
+        cache.invalidate("b");
+        assert_eq!(cache.bytes(), 0);
+        assert!(PrefetchCache::new(0).begin("x").is_none());
+    }
+}

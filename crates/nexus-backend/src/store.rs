@@ -1,0 +1,860 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Object storage: the embedded file store and S3 through `object_store`.
+//!
+//! Payloads move with as few copies as the medium allows:
+//!
+//! - **file store**: GET opens the object's file and reads it straight into the window
+//!   (`read(2)` into the mapped window: page cache → window, one copy); PUT writes from the
+//!   window into a staging file, `fsync`s it, renames it into place and `fsync`s the
+//!   directory, so a PUT is atomic and durable before it is acknowledged.
+//! - **S3**: GET streams the response body's chunks into the window as they arrive (nothing
+//!   beyond the HTTP client's own buffers); PUT copies the window into the request body (one
+//!   copy), in 8 MiB multipart parts for larger objects, so at most one part per upload is
+//!   staged at a time.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use nexus_ring::{SegmentList, Status};
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+
+use crate::config::{StoreConfig, StoreUrl};
+use crate::error::{Error, Result};
+use crate::staging::Staging;
+use crate::tenant::STAGING_DIR;
+use crate::window::{WindowError, WindowMemory};
+
+/// Objects larger than this are uploaded to S3 in parts of this size.
+pub(crate) const PART_SIZE: usize = 8 << 20;
+
+/// Why a storage operation failed, as the guest will be told.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// No such object.
+    #[error("no such object")]
+    NotFound,
+    /// The store refused the backend's credentials for this object.
+    #[error("the store refused access: {0}")]
+    PermissionDenied(String),
+    /// The store cannot represent the key.
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    /// The store could not be reached or failed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The object cannot be stored there (e.g. a directory or a file stands in the way);
+    /// retrying will not help.
+    #[error("cannot store the object: {0}")]
+    Conflict(String),
+    /// The object is larger than the caller can take.
+    #[error("the object is {0} bytes, more than fits")]
+    TooLarge(u64),
+    /// A backend failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// The protocol status for this failure.
+    pub(crate) fn status(&self) -> Status {
+        match self {
+            StoreError::NotFound => Status::NotFound,
+            StoreError::PermissionDenied(_) => Status::PermissionDenied,
+            StoreError::InvalidKey(_) => Status::InvalidRequest,
+            StoreError::Unavailable(_) => Status::BackendUnavailable,
+            StoreError::TooLarge(_) => Status::TooLarge,
+            StoreError::Conflict(_) | StoreError::Internal(_) => Status::Internal,
+        }
+    }
+
+    fn from_io(error: io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::NotFound
+            | io::ErrorKind::NotADirectory
+            | io::ErrorKind::IsADirectory => StoreError::NotFound,
+            io::ErrorKind::PermissionDenied => StoreError::PermissionDenied(error.to_string()),
+            _ => StoreError::Unavailable(error.to_string()),
+        }
+    }
+
+    fn from_object_store(error: object_store::Error) -> Self {
+        match error {
+            object_store::Error::NotFound { .. } => StoreError::NotFound,
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. } => {
+                StoreError::PermissionDenied(error.to_string())
+            }
+            object_store::Error::InvalidPath { .. } => StoreError::InvalidKey(error.to_string()),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<WindowError> for StoreError {
+    fn from(error: WindowError) -> Self {
+        StoreError::Internal(error.to_string())
+    }
+}
+
+/// Metadata of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ObjectInfo {
+    /// The full key.
+    pub(crate) key: String,
+    /// Size in bytes.
+    pub(crate) size: u64,
+    /// Last modification, Unix milliseconds (0: unknown).
+    pub(crate) last_modified_ms: u64,
+    /// Entity tag (at most 256 bytes; empty if unknown).
+    pub(crate) etag: String,
+}
+
+/// What a GET wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GetOutcome {
+    /// Bytes written to the response payload buffers.
+    pub(crate) written: u32,
+    /// The object's size.
+    pub(crate) size: u64,
+}
+
+/// The bytes a GET writes: `min(size - offset, max_len (0: no limit), capacity)`, or 0 when
+/// `offset >= size`.
+pub(crate) fn get_length(size: u64, offset: u64, max_len: u64, capacity: u32) -> u32 {
+    let available = size.saturating_sub(offset);
+    let limit = if max_len == 0 { u64::MAX } else { max_len };
+    // The result is at most `capacity`, a u32.
+    available.min(limit).min(capacity.into()) as u32
+}
+
+/// Where a PUT's bytes come from.
+#[derive(Clone, Debug)]
+pub(crate) enum PutSource {
+    /// Straight from the window (synchronous PUT): `len` bytes of the payload segments.
+    Window(WindowMemory, Box<SegmentList>),
+    /// The backend's own copy (write-behind PUT).
+    Owned(Bytes),
+}
+
+impl PutSource {
+    fn len(&self) -> u64 {
+        match self {
+            PutSource::Window(_, list) => list.total_len().into(),
+            PutSource::Owned(bytes) => bytes.len() as u64,
+        }
+    }
+}
+
+/// The backend's one store, shared by every VM.
+#[derive(Clone, Debug)]
+pub(crate) enum Store {
+    /// `file:///DIR`.
+    Local(Arc<LocalStore>),
+    /// `s3://BUCKET`.
+    Remote(Arc<dyn ObjectStore>),
+}
+
+impl Store {
+    /// Opens the store. For S3 this builds the client (no request is made yet); it must run
+    /// inside the tokio runtime.
+    pub(crate) fn open(config: &StoreConfig) -> Result<Self> {
+        match &config.url {
+            StoreUrl::File(dir) => Ok(Store::Local(Arc::new(LocalStore::open(dir)?))),
+            StoreUrl::S3 { bucket } => {
+                let s3 = &config.s3;
+                let mut builder =
+                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                if let Some(endpoint) = &s3.endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_virtual_hosted_style_request(false);
+                }
+                if let Some(endpoint) = builder
+                    .get_config_value(&object_store::aws::AmazonS3ConfigKey::Endpoint)
+                    .filter(|e| e.starts_with("http://"))
+                {
+                    builder = builder.with_allow_http(s3.http_allowed(&endpoint));
+                }
+                if let Some(region) = &s3.region {
+                    builder = builder.with_region(region);
+                }
+                if let Some(key) = &s3.access_key_id {
+                    builder = builder.with_access_key_id(key);
+                }
+                if let Some(secret) = &s3.secret_access_key {
+                    builder = builder.with_secret_access_key(secret);
+                }
+                if let Some(token) = &s3.session_token {
+                    builder = builder.with_token(token);
+                }
+                let store = builder.build().map_err(Error::ObjectStore)?;
+                Ok(Store::Remote(Arc::new(store)))
+            }
+        }
+    }
+
+    fn path(key: &str) -> std::result::Result<Path, StoreError> {
+        Path::parse(key).map_err(|e| StoreError::InvalidKey(e.to_string()))
+    }
+
+    /// Reads bytes `offset..` of `key` (at most `max_len`, 0: no limit) straight into the
+    /// response payload buffers `target`.
+    pub(crate) async fn get_into(
+        &self,
+        key: &str,
+        offset: u64,
+        max_len: u64,
+        window: &WindowMemory,
+        target: SegmentList,
+    ) -> std::result::Result<GetOutcome, StoreError> {
+        match self {
+            Store::Local(local) => {
+                let (local, key, window) = (local.clone(), key.to_owned(), window.clone());
+                blocking(move || local.get_into(&key, offset, max_len, &window, &target)).await
+            }
+            Store::Remote(store) => {
+                remote_get_into(store.as_ref(), key, offset, max_len, window, target).await
+            }
+        }
+    }
+
+    /// Stores `key` durably from `source`.
+    pub(crate) async fn put(
+        &self,
+        key: &str,
+        source: PutSource,
+        staging: &Staging,
+    ) -> std::result::Result<(), StoreError> {
+        match self {
+            Store::Local(local) => {
+                let (local, key) = (local.clone(), key.to_owned());
+                blocking(move || local.put(&key, &source)).await
+            }
+            Store::Remote(store) => remote_put(store.as_ref(), key, source, staging).await,
+        }
+    }
+
+    /// The object's metadata.
+    pub(crate) async fn head(&self, key: &str) -> std::result::Result<ObjectInfo, StoreError> {
+        match self {
+            Store::Local(local) => {
+                let (local, key) = (local.clone(), key.to_owned());
+                blocking(move || local.head(&key)).await
+            }
+            Store::Remote(store) => {
+                let meta = store
+                    .head(&Self::path(key)?)
+                    .await
+                    .map_err(StoreError::from_object_store)?;
+                Ok(info_of(meta))
+            }
+        }
+    }
+
+    /// Deletes the object; deleting a missing object succeeds.
+    pub(crate) async fn delete(&self, key: &str) -> std::result::Result<(), StoreError> {
+        match self {
+            Store::Local(local) => {
+                let (local, key) = (local.clone(), key.to_owned());
+                blocking(move || local.delete(&key)).await
+            }
+            Store::Remote(store) => match store.delete(&Self::path(key)?).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(StoreError::from_object_store(e)),
+            },
+        }
+    }
+
+    /// Up to `max` objects whose keys start with `prefix` and sort after `start_after`, in
+    /// ascending byte order, and whether more follow.
+    pub(crate) async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> std::result::Result<(Vec<ObjectInfo>, bool), StoreError> {
+        match self {
+            Store::Local(local) => {
+                let (local, prefix, start_after) = (
+                    local.clone(),
+                    prefix.to_owned(),
+                    start_after.map(str::to_owned),
+                );
+                blocking(move || local.list(&prefix, start_after.as_deref(), max)).await
+            }
+            Store::Remote(store) => remote_list(store.as_ref(), prefix, start_after, max).await,
+        }
+    }
+
+    /// The whole object, if it is at most `limit` bytes (prefetching).
+    pub(crate) async fn fetch(
+        &self,
+        key: &str,
+        limit: u64,
+    ) -> std::result::Result<Bytes, StoreError> {
+        match self {
+            Store::Local(local) => {
+                let (local, key) = (local.clone(), key.to_owned());
+                blocking(move || local.fetch(&key, limit)).await
+            }
+            Store::Remote(store) => {
+                let result = store
+                    .get(&Self::path(key)?)
+                    .await
+                    .map_err(StoreError::from_object_store)?;
+                if result.meta.size > limit {
+                    return Err(StoreError::TooLarge(result.meta.size));
+                }
+                result.bytes().await.map_err(StoreError::from_object_store)
+            }
+        }
+    }
+}
+
+/// Runs blocking file I/O off the async workers.
+async fn blocking<T, F>(f: F) -> std::result::Result<T, StoreError>
+where
+    F: FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Internal(format!("file I/O task failed: {e}")))?
+}
+
+fn info_of(meta: object_store::ObjectMeta) -> ObjectInfo {
+    let mut etag = meta.e_tag.unwrap_or_default();
+    if etag.len() > nexus_ring::limits::MAX_ETAG_LEN as usize {
+        etag.clear();
+    }
+    ObjectInfo {
+        key: meta.location.as_ref().to_owned(),
+        size: meta.size,
+        last_modified_ms: u64::try_from(meta.last_modified.timestamp_millis()).unwrap_or(0),
+        etag,
+    }
+}
+
+async fn remote_get_into(
+    store: &dyn ObjectStore,
+    key: &str,
+    offset: u64,
+    max_len: u64,
+    window: &WindowMemory,
+    target: SegmentList,
+) -> std::result::Result<GetOutcome, StoreError> {
+    let path = Store::path(key)?;
+    let capacity = target.total_len();
+    let want = get_length(u64::MAX, offset, max_len, capacity);
+    if want == 0 {
+        let meta = store
+            .head(&path)
+            .await
+            .map_err(StoreError::from_object_store)?;
+        return Ok(GetOutcome {
+            written: 0,
+            size: meta.size,
+        });
+    }
+    let options = GetOptions {
+        range: Some(GetRange::Bounded(
+            offset..offset.saturating_add(want.into()),
+        )),
+        ..GetOptions::default()
+    };
+    let result = match store.get_opts(&path, options).await {
+        Ok(result) => result,
+        Err(error @ object_store::Error::NotFound { .. }) => {
+            return Err(StoreError::from_object_store(error));
+        }
+        Err(error) => {
+            // A range that starts at or after the end is refused by S3; the protocol answers
+            // it with 0 bytes and the object's size.
+            return match store.head(&path).await {
+                Ok(meta) if offset >= meta.size => Ok(GetOutcome {
+                    written: 0,
+                    size: meta.size,
+                }),
+                Ok(_) => Err(StoreError::from_object_store(error)),
+                Err(head_error) => Err(StoreError::from_object_store(head_error)),
+            };
+        }
+    };
+    let size = result.meta.size;
+    let expected = get_length(size, offset, max_len, capacity);
+    let mut written: u32 = 0;
+    let mut body = result.into_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(StoreError::from_object_store)?;
+        let room = (expected - written) as usize;
+        let take = chunk.len().min(room);
+        window.write_stream(&target, written, &chunk[..take])?;
+        written += take as u32;
+        if written == expected {
+            break;
+        }
+    }
+    if written != expected {
+        return Err(StoreError::Unavailable(format!(
+            "the object changed while it was read ({written} of {expected} bytes arrived)"
+        )));
+    }
+    Ok(GetOutcome { written, size })
+}
+
+/// Copies `len` bytes at `offset` of `source` into an upload body.
+fn body_part(
+    source: &PutSource,
+    offset: u64,
+    len: usize,
+) -> std::result::Result<Bytes, StoreError> {
+    match source {
+        PutSource::Owned(bytes) => {
+            let start = offset as usize;
+            Ok(bytes.slice(start..start + len))
+        }
+        PutSource::Window(window, list) => {
+            let mut out = Vec::with_capacity(len);
+            window.copy_stream_out(list, offset as u32, len as u32, &mut out)?;
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
+async fn remote_put(
+    store: &dyn ObjectStore,
+    key: &str,
+    source: PutSource,
+    staging: &Staging,
+) -> std::result::Result<(), StoreError> {
+    let path = Store::path(key)?;
+    let len = source.len();
+    let copies = matches!(source, PutSource::Window(..));
+    if len <= PART_SIZE as u64 {
+        let _room = if copies {
+            Some(staging.reserve(len).await)
+        } else {
+            None
+        };
+        let body = body_part(&source, 0, len as usize)?;
+        store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(StoreError::from_object_store)?;
+        return Ok(());
+    }
+    let mut upload = store
+        .put_multipart(&path)
+        .await
+        .map_err(StoreError::from_object_store)?;
+    let mut offset = 0u64;
+    let result = async {
+        while offset < len {
+            let part = (len - offset).min(PART_SIZE as u64) as usize;
+            let _room = if copies {
+                Some(staging.reserve(part as u64).await)
+            } else {
+                None
+            };
+            let body = body_part(&source, offset, part)?;
+            upload
+                .put_part(PutPayload::from(body))
+                .await
+                .map_err(StoreError::from_object_store)?;
+            offset += part as u64;
+        }
+        upload
+            .complete()
+            .await
+            .map_err(StoreError::from_object_store)
+    }
+    .await;
+    if let Err(error) = result {
+        if let Err(abort) = upload.abort().await {
+            log::warn!("could not abort the multipart upload of {key}: {abort}");
+        }
+        return Err(error);
+    }
+    Ok(())
+}
+
+async fn remote_list(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    start_after: Option<&str>,
+    max: usize,
+) -> std::result::Result<(Vec<ObjectInfo>, bool), StoreError> {
+    // object_store lists whole path segments: list the prefix's directory, filter by bytes.
+    let dir = match prefix.rfind('/') {
+        Some(end) if end > 0 => Some(Store::path(&prefix[..end])?),
+        _ => None,
+    };
+    let mut stream = match start_after {
+        Some(after) => store.list_with_offset(dir.as_ref(), &Store::path(after)?),
+        None => store.list(dir.as_ref()),
+    };
+    let mut entries = Vec::new();
+    while let Some(meta) = stream.next().await {
+        let meta = meta.map_err(StoreError::from_object_store)?;
+        let key = meta.location.as_ref();
+        if !key.starts_with(prefix) || start_after.is_some_and(|after| key <= after) {
+            continue;
+        }
+        if entries.len() == max {
+            return Ok((sorted(entries), true));
+        }
+        entries.push(info_of(meta));
+    }
+    Ok((sorted(entries), false))
+}
+
+fn sorted(mut entries: Vec<ObjectInfo>) -> Vec<ObjectInfo> {
+    entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+    entries
+}
+
+/// A failure to put a file in place: a conflict with what is there (permanent), or not.
+fn conflict_or_unavailable(error: &io::Error) -> StoreError {
+    match error.kind() {
+        io::ErrorKind::IsADirectory
+        | io::ErrorKind::NotADirectory
+        | io::ErrorKind::DirectoryNotEmpty
+        | io::ErrorKind::AlreadyExists => StoreError::Conflict(error.to_string()),
+        _ => StoreError::Unavailable(error.to_string()),
+    }
+}
+
+/// The embedded store: objects are files under a directory.
+#[derive(Debug)]
+pub(crate) struct LocalStore {
+    root: PathBuf,
+    staging_dir: PathBuf,
+    next_temp: AtomicU64,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store directory and its staging directory.
+    pub(crate) fn open(root: &FsPath) -> Result<Self> {
+        let staging_dir = root.join(STAGING_DIR);
+        fs::create_dir_all(&staging_dir).map_err(|source| Error::StoreDir {
+            path: root.to_owned(),
+            source,
+        })?;
+        // Leftovers of uploads interrupted by a crash are garbage; staging files are named
+        // `<pid>-<n>`, so those of a backend still running on this directory are kept.
+        if let Ok(entries) = fs::read_dir(&staging_dir) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let owner = name
+                    .to_str()
+                    .and_then(|n| n.split_once('-'))
+                    .map(|(pid, _)| pid);
+                let alive = owner.is_some_and(|pid| {
+                    pid.parse::<u32>().is_ok() && FsPath::new("/proc").join(pid).exists()
+                });
+                if !alive {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(Self {
+            root: root.to_owned(),
+            staging_dir,
+            next_temp: AtomicU64::new(0),
+        })
+    }
+
+    /// The file of a (checked) key.
+    fn file_of(&self, key: &str) -> std::result::Result<PathBuf, StoreError> {
+        crate::tenant::check_key(key).map_err(|reason| StoreError::InvalidKey(reason.into()))?;
+        Ok(self.root.join(key))
+    }
+
+    fn open_object(&self, key: &str) -> std::result::Result<(File, fs::Metadata), StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.file_of(key)?)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => StoreError::NotFound,
+                _ => StoreError::from_io(e),
+            })?;
+        let meta = file.metadata().map_err(StoreError::from_io)?;
+        if !meta.is_file() {
+            return Err(StoreError::NotFound);
+        }
+        Ok((file, meta))
+    }
+
+    fn get_into(
+        &self,
+        key: &str,
+        offset: u64,
+        max_len: u64,
+        window: &WindowMemory,
+        target: &SegmentList,
+    ) -> std::result::Result<GetOutcome, StoreError> {
+        let (mut file, meta) = self.open_object(key)?;
+        let size = meta.len();
+        let written = get_length(size, offset, max_len, target.total_len());
+        if written > 0 {
+            file.seek(SeekFrom::Start(offset))
+                .map_err(StoreError::from_io)?;
+            let pieces = target
+                .cover(0, written)
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+            for piece in pieces {
+                window
+                    .read_from_file(piece, &mut file)
+                    .map_err(|e| match e {
+                        WindowError::Memory { .. } => StoreError::Unavailable(format!(
+                            "the object changed while it was read: {e}"
+                        )),
+                        other => other.into(),
+                    })?;
+            }
+        }
+        Ok(GetOutcome { written, size })
+    }
+
+    fn temp_file(&self) -> std::result::Result<(PathBuf, File), StoreError> {
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let path = self.staging_dir.join(format!("{}-{n}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create a staging file: {e}")))?;
+        Ok((path, file))
+    }
+
+    fn put(&self, key: &str, source: &PutSource) -> std::result::Result<(), StoreError> {
+        let target = self.file_of(key)?;
+        let (temp, mut file) = self.temp_file()?;
+        let result = (|| {
+            match source {
+                PutSource::Owned(bytes) => file.write_all(bytes).map_err(StoreError::from_io)?,
+                PutSource::Window(window, list) => {
+                    for segment in list.iter() {
+                        window.write_to_file(*segment, &mut file)?;
+                    }
+                }
+            }
+            file.sync_all().map_err(StoreError::from_io)?;
+            let parent = target.parent().unwrap_or(&self.root);
+            fs::create_dir_all(parent).map_err(|e| conflict_or_unavailable(&e))?;
+            fs::rename(&temp, &target).map_err(|e| conflict_or_unavailable(&e))?;
+            File::open(parent)
+                .and_then(|dir| dir.sync_all())
+                .map_err(StoreError::from_io)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    fn info(key: &str, meta: &fs::Metadata) -> ObjectInfo {
+        let modified = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .unwrap_or_default();
+        ObjectInfo {
+            key: key.to_owned(),
+            size: meta.len(),
+            last_modified_ms: u64::try_from(modified.as_millis()).unwrap_or(0),
+            etag: format!(
+                "{:x}-{:x}-{:x}",
+                meta.ino(),
+                modified.as_nanos(),
+                meta.len()
+            ),
+        }
+    }
+
+    fn head(&self, key: &str) -> std::result::Result<ObjectInfo, StoreError> {
+        let (_, meta) = self.open_object(key)?;
+        Ok(Self::info(key, &meta))
+    }
+
+    fn delete(&self, key: &str) -> std::result::Result<(), StoreError> {
+        let path = self.file_of(key)?;
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => return Ok(()),
+            Err(e) => return Err(StoreError::from_io(e)),
+        }
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::from_io(e)),
+        }
+        if let Some(parent) = path.parent() {
+            File::open(parent)
+                .and_then(|dir| dir.sync_all())
+                .map_err(StoreError::from_io)?;
+        }
+        Ok(())
+    }
+
+    fn fetch(&self, key: &str, limit: u64) -> std::result::Result<Bytes, StoreError> {
+        let (mut file, meta) = self.open_object(key)?;
+        if meta.len() > limit {
+            return Err(StoreError::TooLarge(meta.len()));
+        }
+        let mut out = Vec::with_capacity(meta.len() as usize);
+        io::Read::read_to_end(&mut file, &mut out).map_err(StoreError::from_io)?;
+        Ok(Bytes::from(out))
+    }
+
+    fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: usize,
+    ) -> std::result::Result<(Vec<ObjectInfo>, bool), StoreError> {
+        // Walk only the prefix's directory, then order all matches by key.
+        let base = match prefix.rfind('/') {
+            Some(end) => &prefix[..=end],
+            None => "",
+        };
+        let mut found = Vec::new();
+        let mut pending = vec![base.to_owned()];
+        while let Some(dir_key) = pending.pop() {
+            let entries = match fs::read_dir(self.root.join(&dir_key)) {
+                Ok(entries) => entries,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(StoreError::from_io(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(StoreError::from_io)?;
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                let key = format!("{dir_key}{name}");
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                if kind.is_dir() {
+                    if dir_key.is_empty() && name == STAGING_DIR {
+                        continue;
+                    }
+                    let sub = format!("{key}/");
+                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
+                        pending.push(sub);
+                    }
+                } else if kind.is_file()
+                    && key.starts_with(prefix)
+                    && start_after.is_none_or(|after| key.as_str() > after)
+                    && crate::tenant::check_key(&key).is_ok()
+                {
+                    if let Ok(meta) = entry.metadata() {
+                        found.push(Self::info(&key, &meta));
+                    }
+                }
+            }
+        }
+        let mut found = sorted(found);
+        let more = found.len() > max;
+        found.truncate(max);
+        Ok((found, more))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_lengths() {
+        assert_eq!(get_length(10_000, 0, 0, 4096), 4096);
+        assert_eq!(get_length(10_000, 4096, 0, 8192), 10_000 - 4096);
+        assert_eq!(get_length(10, 3, 4, 100), 4);
+        assert_eq!(get_length(10, 10, 0, 100), 0);
+        assert_eq!(get_length(10, 11, 0, 100), 0);
+        assert_eq!(get_length(0, 0, 0, 100), 0);
+        assert_eq!(get_length(u64::MAX, u64::MAX - 1, 0, u32::MAX), 1);
+    }
+
+    #[test]
+    fn local_store_round_trip_and_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        for key in ["b/2", "b/1", "a", "b.x", "c/d/e"] {
+            store
+                .put(key, &PutSource::Owned(Bytes::from(key.as_bytes().to_vec())))
+                .unwrap();
+        }
+        assert_eq!(&store.fetch("b/1", 100).unwrap()[..], b"b/1");
+        assert!(matches!(
+            store.fetch("b/1", 2),
+            Err(StoreError::TooLarge(3))
+        ));
+        assert!(matches!(store.head("b"), Err(StoreError::NotFound)));
+        assert!(matches!(store.head("zz"), Err(StoreError::NotFound)));
+        assert!(matches!(store.head("a/x"), Err(StoreError::NotFound)));
+        assert_eq!(store.head("c/d/e").unwrap().size, 5);
+
+        let keys = |(entries, more): (Vec<ObjectInfo>, bool)| {
+            (entries.into_iter().map(|e| e.key).collect::<Vec<_>>(), more)
+        };
+        assert_eq!(
+            keys(store.list("", None, 10).unwrap()),
+            (
+                vec![
+                    "a".into(),
+                    "b.x".into(),
+                    "b/1".into(),
+                    "b/2".into(),
+                    "c/d/e".into()
+                ],
+                false
+            )
+        );
+        assert_eq!(
+            keys(store.list("b", None, 2).unwrap()),
+            (vec!["b.x".into(), "b/1".into()], true)
+        );
+        assert_eq!(
+            keys(store.list("b", Some("b/1"), 2).unwrap()),
+            (vec!["b/2".into()], false)
+        );
+        assert_eq!(
+            keys(store.list("c/d/", None, 10).unwrap()),
+            (vec!["c/d/e".into()], false)
+        );
+        assert_eq!(keys(store.list("zz/", None, 10).unwrap()), (vec![], false));
+
+        store.delete("b/1").unwrap();
+        store.delete("b/1").unwrap();
+        store.delete("nothing/here").unwrap();
+        store.delete("b").unwrap(); // a directory, not an object
+        assert!(matches!(store.head("b/1"), Err(StoreError::NotFound)));
+        assert!(store.head("b/2").is_ok());
+        // Nothing is left behind in the staging directory.
+        assert_eq!(
+            fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count(),
+            0
+        );
+    }
+}

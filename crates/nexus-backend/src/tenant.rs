@@ -1,0 +1,359 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Tenants and the object-key rules.
+//!
+//! A tenant is a name bound to a key prefix in the backend's one store. Every VM is attached
+//! to one tenant and may touch only keys that start with its prefix.
+//!
+//! # The `--tenant NAME=VALUE` rule
+//!
+//! - `file://` stores have no bucket: `VALUE` is the key prefix (`NAME=` for every key).
+//! - `s3://BUCKET` stores: `VALUE` is `BUCKET` (the whole bucket) or `BUCKET/PREFIX`, and
+//!   `BUCKET` must be the store's bucket (the backend serves one bucket).
+//! - A non-empty prefix always denotes a "directory": `a` and `a/` both mean the prefix `a/`,
+//!   so tenant `a` can never reach `ab/…`.
+//! - Without any `--tenant`, one tenant `default` with the empty prefix exists.
+//!
+//! # Object keys
+//!
+//! A key is 1 to 1024 bytes of UTF-8 without control characters, made of `/`-separated
+//! segments that are neither empty nor `.` or `..` (so no leading, trailing or doubled `/`).
+//! The first segment must not be `.nexus-tmp` (the file store's staging directory). The same
+//! rule holds for every store, so a key means the same object everywhere.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use nexus_ring::limits::MAX_KEY_LEN;
+
+use crate::config::StoreUrl;
+use crate::error::{Error, Result};
+
+/// Name of the file store's staging directory; no key may start with it.
+pub(crate) const STAGING_DIR: &str = ".nexus-tmp";
+
+/// The tenant every VM gets when the backend was started without `--tenant`.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A `--tenant NAME=VALUE` argument, not yet checked against the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantSpec {
+    /// The tenant's name.
+    pub name: String,
+    /// `PREFIX` (file store) or `BUCKET[/PREFIX]` (S3 store).
+    pub value: String,
+}
+
+impl std::str::FromStr for TenantSpec {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidTenant {
+            spec: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (name, value) = spec.split_once('=').ok_or_else(|| {
+            invalid("expected NAME=BUCKET/PREFIX (or NAME=PREFIX for a file store)")
+        })?;
+        if !valid_name(name) {
+            return Err(invalid(
+                "a tenant name is 1 to 64 letters, digits, `.`, `_` or `-`",
+            ));
+        }
+        Ok(TenantSpec {
+            name: name.to_owned(),
+            value: value.to_owned(),
+        })
+    }
+}
+
+/// Whether `name` is 1..=64 of `A-Z a-z 0-9 . _ -`.
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A tenant: a name and the key prefix its VMs are confined to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tenant {
+    name: String,
+    prefix: String,
+}
+
+impl Tenant {
+    /// A tenant confined to `prefix` (normalized to end with `/` unless empty).
+    pub fn new(name: &str, prefix: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidTenant {
+            spec: format!("{name}={prefix}"),
+            reason: reason.to_owned(),
+        };
+        if !valid_name(name) {
+            return Err(invalid(
+                "a tenant name is 1 to 64 letters, digits, `.`, `_` or `-`",
+            ));
+        }
+        let trimmed = prefix.strip_suffix('/').unwrap_or(prefix);
+        if !trimmed.is_empty() {
+            check_key(trimmed).map_err(|reason| invalid(&format!("bad prefix: {reason}")))?;
+        }
+        let prefix = if trimmed.is_empty() {
+            String::new()
+        } else {
+            format!("{trimmed}/")
+        };
+        Ok(Self {
+            name: name.to_owned(),
+            prefix,
+        })
+    }
+
+    /// Checks `spec` against the store (see the module docs for the rule).
+    pub fn from_spec(spec: &TenantSpec, store: &StoreUrl) -> Result<Self> {
+        let prefix = match store.bucket() {
+            None => spec.value.as_str(),
+            Some(bucket) => {
+                let (named, prefix) = spec
+                    .value
+                    .split_once('/')
+                    .unwrap_or((spec.value.as_str(), ""));
+                if named != bucket {
+                    return Err(Error::InvalidTenant {
+                        spec: format!("{}={}", spec.name, spec.value),
+                        reason: format!(
+                            "it names bucket `{named}`, but the store is s3://{bucket}: use {}={bucket}/PREFIX",
+                            spec.name
+                        ),
+                    });
+                }
+                prefix
+            }
+        };
+        Self::new(&spec.name, prefix)
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The key prefix (empty, or ending with `/`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether a VM of this tenant may touch `key`.
+    pub fn allows(&self, key: &str) -> bool {
+        key.starts_with(&self.prefix)
+    }
+}
+
+/// The configured tenants, by name.
+#[derive(Clone, Debug, Default)]
+pub struct Tenants {
+    by_name: HashMap<String, Arc<Tenant>>,
+}
+
+impl Tenants {
+    /// Checks every spec against the store; no specs means one `default` tenant with access
+    /// to every key. Names must be unique.
+    pub fn from_specs(specs: &[TenantSpec], store: &StoreUrl) -> Result<Self> {
+        let mut by_name = HashMap::new();
+        if specs.is_empty() {
+            let tenant = Tenant::new(DEFAULT_TENANT, "")?;
+            by_name.insert(DEFAULT_TENANT.to_owned(), Arc::new(tenant));
+        }
+        for spec in specs {
+            let tenant = Tenant::from_spec(spec, store)?;
+            if by_name
+                .insert(tenant.name.clone(), Arc::new(tenant))
+                .is_some()
+            {
+                return Err(Error::InvalidTenant {
+                    spec: format!("{}={}", spec.name, spec.value),
+                    reason: "the name is given twice".to_owned(),
+                });
+            }
+        }
+        Ok(Self { by_name })
+    }
+
+    /// The tenant called `name`.
+    pub fn get(&self, name: &str) -> Result<Arc<Tenant>> {
+        self.by_name
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTenant(name.to_owned()))
+    }
+
+    /// The tenants' names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.by_name.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+/// Whether `c` may appear in a key.
+fn allowed_char(c: char) -> bool {
+    !c.is_control()
+}
+
+/// Checks an object key (see the module docs); the error says what is wrong.
+pub fn check_key(key: &str) -> std::result::Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("a key is not empty");
+    }
+    if key.len() > MAX_KEY_LEN as usize {
+        return Err("a key is at most 1024 bytes");
+    }
+    if !key.chars().all(allowed_char) {
+        return Err("a key has no control characters");
+    }
+    for (index, segment) in key.split('/').enumerate() {
+        match segment {
+            "" => return Err("a key has no empty segment (leading, trailing or doubled `/`)"),
+            "." | ".." => return Err("a key has no `.` or `..` segment"),
+            STAGING_DIR if index == 0 => return Err("keys under `.nexus-tmp/` are reserved"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks a LIST prefix: like a key, but it may be empty, may end with `/`, and its last
+/// (partial) segment may be anything a key segment may start with.
+pub fn check_prefix(prefix: &str) -> std::result::Result<(), &'static str> {
+    if prefix.len() > MAX_KEY_LEN as usize {
+        return Err("a prefix is at most 1024 bytes");
+    }
+    if !prefix.chars().all(allowed_char) {
+        return Err("a prefix has no control characters");
+    }
+    let mut segments: Vec<&str> = prefix.split('/').collect();
+    // The last piece is a partial segment (or empty after a trailing `/`).
+    segments.pop();
+    for (index, segment) in segments.iter().enumerate() {
+        match *segment {
+            "" => return Err("a prefix has no empty segment (leading or doubled `/`)"),
+            "." | ".." => return Err("a prefix has no `.` or `..` segment"),
+            STAGING_DIR if index == 0 => return Err("keys under `.nexus-tmp/` are reserved"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn spec(s: &str) -> TenantSpec {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn key_rules() {
+        for good in [
+            "a",
+            "a/b",
+            "in/data.bin",
+            "x y/ü",
+            ".hidden",
+            "a/.nexus-tmp",
+            "a..b",
+        ] {
+            assert_eq!(check_key(good), Ok(()), "{good}");
+        }
+        let long = "k".repeat(1025);
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            ".",
+            "..",
+            "a/../b",
+            "./a",
+            "a\0b",
+            "a\nb",
+            ".nexus-tmp",
+            ".nexus-tmp/x",
+            long.as_str(),
+        ] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefix_rules() {
+        for good in ["", "a", "a/", "a/b", "a/.", "a/..x", "in/da"] {
+            assert_eq!(check_prefix(good), Ok(()), "{good}");
+        }
+        for bad in ["/", "/a", "a//", "../", "a/./b", "x\u{7f}", ".nexus-tmp/"] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tenant_specs_for_a_file_store() {
+        let store = StoreUrl::File(PathBuf::from("/srv"));
+        let t = Tenant::from_spec(&spec("alpha=tenants/alpha"), &store).unwrap();
+        assert_eq!(t.name(), "alpha");
+        assert_eq!(t.prefix(), "tenants/alpha/");
+        assert!(t.allows("tenants/alpha/x"));
+        assert!(!t.allows("tenants/alphabet/x"));
+        assert!(!t.allows("tenants/alpha"));
+        assert!(!t.allows("other"));
+        // A trailing slash is the same prefix; an empty value is everything.
+        let t = Tenant::from_spec(&spec("a=p/"), &store).unwrap();
+        assert_eq!(t.prefix(), "p/");
+        let all = Tenant::from_spec(&spec("all="), &store).unwrap();
+        assert_eq!(all.prefix(), "");
+        assert!(all.allows("anything/at/all"));
+        for bad in [
+            "noequals",
+            "=p",
+            "bad name=p",
+            "a=/abs",
+            "a=x//y",
+            "a=../up",
+        ] {
+            let parsed = bad.parse::<TenantSpec>();
+            let checked = parsed.and_then(|s| Tenant::from_spec(&s, &store));
+            assert!(checked.is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tenant_specs_for_an_s3_store() {
+        let store = StoreUrl::S3 {
+            bucket: "nexus-data".into(),
+        };
+        let t = Tenant::from_spec(&spec("a=nexus-data/fn/a"), &store).unwrap();
+        assert_eq!(t.prefix(), "fn/a/");
+        let whole = Tenant::from_spec(&spec("b=nexus-data"), &store).unwrap();
+        assert_eq!(whole.prefix(), "");
+        let error = Tenant::from_spec(&spec("c=other-bucket/x"), &store).unwrap_err();
+        assert!(error.to_string().contains("other-bucket"), "{error}");
+        assert!(Tenant::from_spec(&spec("d=fn/a"), &store).is_err());
+    }
+
+    #[test]
+    fn tenant_sets() {
+        let store = StoreUrl::File(PathBuf::from("/srv"));
+        let tenants = Tenants::from_specs(&[], &store).unwrap();
+        assert_eq!(tenants.names(), vec![DEFAULT_TENANT]);
+        assert!(tenants.get(DEFAULT_TENANT).unwrap().allows("x"));
+        assert!(matches!(tenants.get("nope"), Err(Error::UnknownTenant(_))));
+
+        let tenants = Tenants::from_specs(&[spec("a=a"), spec("b=b")], &store).unwrap();
+        assert_eq!(tenants.names(), vec!["a", "b"]);
+        assert!(tenants.get(DEFAULT_TENANT).is_err());
+        assert!(Tenants::from_specs(&[spec("a=a"), spec("a=b")], &store).is_err());
+    }
+}

@@ -1,0 +1,530 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Test harness: the backend as a real process, its control socket, and a guest + VMM
+//! stand-in that acts as the vhost-user frontend with a memfd-backed I/O window and drives a
+//! split virtqueue in it, building requests with nexus-ring.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
+
+use nexus_ring::{
+    ChainDescriptor, Command, REQUEST_HEADER_SIZE, RESPONSE_HEADER_SIZE, RequestLayout,
+    ResponseHeader, SegmentRef,
+};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+/// Guest-physical base of the test windows (the micro-guest ABI's).
+pub const WINDOW_BASE: u64 = 0xC000_0000;
+/// Queue size.
+pub const QUEUE_SIZE: u16 = 256;
+const DESC_TABLE: u64 = 0;
+const AVAIL_RING: u64 = 0x1000;
+const USED_RING: u64 = 0x2000;
+/// Buffers start here (window offset).
+const HEAP: u64 = 0x4000;
+const F_NEXT: u16 = 1;
+const F_WRITE: u16 = 2;
+
+/// How long to wait for anything.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The backend binary, running.
+pub struct BackendProcess {
+    child: Child,
+    pub control: PathBuf,
+    log: PathBuf,
+}
+
+impl BackendProcess {
+    /// Starts `nexus-backend --listen <dir>/control.sock` with `args` and `env`.
+    pub fn start(dir: &Path, args: &[String], env: &[(&str, String)]) -> Self {
+        let control = dir.join("control.sock");
+        let log = dir.join("backend.log");
+        let mut process = Process::new(env!("CARGO_BIN_EXE_nexus-backend"));
+        process
+            .arg("--listen")
+            .arg(&control)
+            .args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap());
+        for (name, value) in env {
+            process.env(name, value);
+        }
+        let child = process.spawn().expect("start nexus-backend");
+        let backend = Self {
+            child,
+            control,
+            log,
+        };
+        let start = Instant::now();
+        while UnixStream::connect(&backend.control).is_err() {
+            assert!(
+                start.elapsed() < WAIT,
+                "backend did not start:\n{}",
+                backend.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        backend
+    }
+
+    /// The backend's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A control connection.
+    pub fn connect(&self) -> Control {
+        Control::connect(&self.control)
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "backend did not stop:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() || std::env::var_os("NEXUS_TEST_LOG").is_some() {
+            eprintln!("--- backend log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A control connection (JSON lines).
+pub struct Control {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Control {
+    pub fn connect(path: &Path) -> Self {
+        let stream = UnixStream::connect(path).unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        Self {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        }
+    }
+
+    /// Sends one line, returns the reply.
+    pub fn send(&mut self, line: &str) -> serde_json::Value {
+        self.writer.write_all(line.as_bytes()).unwrap();
+        self.writer.write_all(b"\n").unwrap();
+        let mut reply = String::new();
+        self.reader.read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}"))
+    }
+
+    /// Attaches `vm` to `tenant`; the socket path.
+    pub fn attach(&mut self, vm: &str, tenant: &str) -> PathBuf {
+        let reply = self.send(&format!(
+            r#"{{"op":"attach","vm":"{vm}","tenant":"{tenant}"}}"#
+        ));
+        assert_eq!(reply["ok"], true, "{reply}");
+        PathBuf::from(reply["socket"].as_str().unwrap())
+    }
+}
+
+/// One request, as the guest lays it out.
+#[derive(Clone, Debug)]
+pub struct Call<'a> {
+    pub command: Command,
+    pub key: &'a [u8],
+    pub meta: &'a [u8],
+    /// Payload segments, in order.
+    pub payload: &'a [&'a [u8]],
+    /// Meta capacity of the response head.
+    pub response_meta: u32,
+    /// Sizes of the response payload buffers.
+    pub response_payload: &'a [u32],
+}
+
+impl<'a> Call<'a> {
+    pub fn new(command: Command) -> Self {
+        Self {
+            command,
+            key: b"",
+            meta: b"",
+            payload: &[],
+            response_meta: 0,
+            response_payload: &[],
+        }
+    }
+    pub fn key(mut self, key: &'a [u8]) -> Self {
+        self.key = key;
+        self
+    }
+    pub fn meta(mut self, meta: &'a [u8]) -> Self {
+        self.meta = meta;
+        self
+    }
+    pub fn payload(mut self, payload: &'a [&'a [u8]]) -> Self {
+        self.payload = payload;
+        self
+    }
+    pub fn response_meta(mut self, n: u32) -> Self {
+        self.response_meta = n;
+        self
+    }
+    pub fn buffers(mut self, sizes: &'a [u32]) -> Self {
+        self.response_payload = sizes;
+        self
+    }
+}
+
+/// A checked answer.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub header: ResponseHeader,
+    pub meta: Vec<u8>,
+    pub payload: Vec<u8>,
+    pub used_len: u32,
+}
+
+impl Answer {
+    pub fn meta_text(&self) -> String {
+        String::from_utf8_lossy(&self.meta).into_owned()
+    }
+}
+
+/// A request on the queue.
+pub struct Pending {
+    head: u16,
+    id: u64,
+    response_head: SegmentRef,
+    response_payload: Vec<SegmentRef>,
+}
+
+/// The guest and its VMM: an I/O window shared with the backend over vhost-user, and a
+/// split virtqueue driver inside it.
+pub struct GuestVm {
+    pub mem: GuestMemoryMmap,
+    frontend: Frontend,
+    kick: EventFd,
+    call: EventFd,
+    size: u64,
+    next_avail: u16,
+    last_used: u16,
+    free: Vec<u16>,
+    chains: HashMap<u16, Vec<u16>>,
+    done: HashMap<u16, u32>,
+    heap: u64,
+    outstanding: usize,
+    next_id: u64,
+}
+
+impl GuestVm {
+    /// Connects to a VM socket with a `size`-byte window.
+    pub fn connect(socket: &Path, size: u64) -> Self {
+        let name = CString::new("nexus-window").unwrap();
+        // SAFETY: memfd_create with a valid C string; the fd is owned by the File below.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create failed");
+        // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+        let file = unsafe { File::from_raw_fd(fd) };
+        file.set_len(size).unwrap();
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
+            GuestAddress(WINDOW_BASE),
+            size as usize,
+            Some(FileOffset::new(file, 0)),
+        )])
+        .unwrap();
+
+        let mut frontend = Frontend::connect(socket, 1).expect("connect to the VM socket");
+        frontend.set_owner().unwrap();
+        let features = frontend.get_features().unwrap();
+        assert_eq!(features, nexus_backend::FEATURES);
+        frontend.set_features(features).unwrap();
+        let protocol = frontend.get_protocol_features().unwrap();
+        frontend
+            .set_protocol_features(protocol & VhostUserProtocolFeatures::REPLY_ACK)
+            .unwrap();
+
+        let region = mem.find_region(GuestAddress(WINDOW_BASE)).unwrap();
+        let host = |offset: u64| {
+            mem.get_host_address(GuestAddress(WINDOW_BASE + offset))
+                .unwrap() as u64
+        };
+        let info = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
+        frontend.set_mem_table(&[info]).unwrap();
+        frontend.set_vring_num(0, QUEUE_SIZE).unwrap();
+        frontend
+            .set_vring_addr(
+                0,
+                &VringConfigData {
+                    queue_max_size: QUEUE_SIZE,
+                    queue_size: QUEUE_SIZE,
+                    flags: 0,
+                    desc_table_addr: host(DESC_TABLE),
+                    used_ring_addr: host(USED_RING),
+                    avail_ring_addr: host(AVAIL_RING),
+                    log_addr: None,
+                },
+            )
+            .unwrap();
+        frontend.set_vring_base(0, 0).unwrap();
+        let call = EventFd::new(EFD_NONBLOCK).unwrap();
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        frontend.set_vring_call(0, &call).unwrap();
+        frontend.set_vring_kick(0, &kick).unwrap();
+        frontend.set_vring_enable(0, true).unwrap();
+        Self {
+            mem,
+            frontend,
+            kick,
+            call,
+            size,
+            next_avail: 0,
+            last_used: 0,
+            free: (0..QUEUE_SIZE).rev().collect(),
+            chains: HashMap::new(),
+            done: HashMap::new(),
+            heap: HEAP,
+            outstanding: 0,
+            next_id: 1,
+        }
+    }
+
+    /// The end of the window (first address after it).
+    pub fn window_end(&self) -> u64 {
+        WINDOW_BASE + self.size
+    }
+
+    /// Allocates `len` bytes in the window (64-byte aligned).
+    pub fn alloc(&mut self, len: u64) -> u64 {
+        let at = self.heap;
+        self.heap = (at + len.max(1) + 63) & !63;
+        assert!(self.heap <= self.size, "test window exhausted");
+        WINDOW_BASE + at
+    }
+
+    /// Allocates and fills a segment.
+    pub fn put_bytes(&mut self, bytes: &[u8]) -> SegmentRef {
+        let at = self.alloc(bytes.len() as u64);
+        self.mem.write_slice(bytes, GuestAddress(at)).unwrap();
+        SegmentRef::new(at, bytes.len() as u32)
+    }
+
+    /// Reads window bytes.
+    pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut out = vec![0u8; len];
+        self.mem.read_slice(&mut out, GuestAddress(addr)).unwrap();
+        out
+    }
+
+    /// Puts a raw chain on the queue and kicks; returns its head.
+    pub fn submit_raw(&mut self, chain: &[ChainDescriptor]) -> u16 {
+        assert!(!chain.is_empty() && chain.len() <= self.free.len());
+        let indexes: Vec<u16> = (0..chain.len()).map(|_| self.free.pop().unwrap()).collect();
+        for (i, (descriptor, index)) in chain.iter().zip(&indexes).enumerate() {
+            let mut flags = if descriptor.writable { F_WRITE } else { 0 };
+            let next = match indexes.get(i + 1) {
+                Some(next) => {
+                    flags |= F_NEXT;
+                    *next
+                }
+                None => 0,
+            };
+            let at = GuestAddress(WINDOW_BASE + DESC_TABLE + u64::from(*index) * 16);
+            let mut raw = [0u8; 16];
+            raw[0..8].copy_from_slice(&descriptor.addr.to_le_bytes());
+            raw[8..12].copy_from_slice(&descriptor.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..16].copy_from_slice(&next.to_le_bytes());
+            self.mem.write_slice(&raw, at).unwrap();
+        }
+        let head = indexes[0];
+        self.chains.insert(head, indexes);
+        let slot = u64::from(self.next_avail % QUEUE_SIZE);
+        self.mem
+            .write_obj(head, GuestAddress(WINDOW_BASE + AVAIL_RING + 4 + 2 * slot))
+            .unwrap();
+        fence(Ordering::SeqCst);
+        self.next_avail = self.next_avail.wrapping_add(1);
+        self.mem
+            .write_obj(self.next_avail, GuestAddress(WINDOW_BASE + AVAIL_RING + 2))
+            .unwrap();
+        fence(Ordering::SeqCst);
+        self.kick.write(1).unwrap();
+        self.outstanding += 1;
+        head
+    }
+
+    /// Waits until chain `head` is used; returns its used length.
+    pub fn wait_raw(&mut self, head: u16) -> u32 {
+        let start = Instant::now();
+        loop {
+            fence(Ordering::SeqCst);
+            let used: u16 = self
+                .mem
+                .read_obj(GuestAddress(WINDOW_BASE + USED_RING + 2))
+                .unwrap();
+            while self.last_used != used {
+                let slot = u64::from(self.last_used % QUEUE_SIZE);
+                let at = WINDOW_BASE + USED_RING + 4 + 8 * slot;
+                let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+                let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+                let id = id as u16;
+                let indexes = self
+                    .chains
+                    .remove(&id)
+                    .expect("used a chain we did not submit");
+                self.free.extend(indexes);
+                self.done.insert(id, len);
+                self.outstanding -= 1;
+                self.last_used = self.last_used.wrapping_add(1);
+            }
+            if let Some(len) = self.done.remove(&head) {
+                return len;
+            }
+            assert!(start.elapsed() < WAIT, "chain {head} was never used");
+            let mut poll = libc::pollfd {
+                fd: self.call.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polling one valid descriptor for at most 100 ms.
+            unsafe { libc::poll(&mut poll, 1, 100) };
+            let _ = self.call.read();
+        }
+    }
+
+    /// Lays out `call` in the window and submits it.
+    pub fn submit(&mut self, call: &Call<'_>) -> Pending {
+        if self.outstanding == 0 {
+            // Nothing in flight: reuse the window from the start.
+            self.heap = HEAP;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let header = self.alloc(REQUEST_HEADER_SIZE as u64);
+        let key = (!call.key.is_empty()).then(|| self.put_bytes(call.key));
+        let meta = (!call.meta.is_empty()).then(|| self.put_bytes(call.meta));
+        let payload: Vec<SegmentRef> = call.payload.iter().map(|p| self.put_bytes(p)).collect();
+        let head_len = RESPONSE_HEADER_SIZE as u32 + call.response_meta;
+        let response_head = SegmentRef::new(self.alloc(head_len.into()), head_len);
+        let response_payload: Vec<SegmentRef> = call
+            .response_payload
+            .iter()
+            .map(|&len| SegmentRef::new(self.alloc(len.into()), len))
+            .collect();
+        let layout = RequestLayout {
+            header,
+            key,
+            meta,
+            payload: &payload,
+            response_head,
+            response_payload: &response_payload,
+        };
+        let bytes = layout.header(id, call.command).unwrap().to_bytes().unwrap();
+        self.mem.write_slice(&bytes, GuestAddress(header)).unwrap();
+        // Poison the response head so a missing answer shows.
+        self.mem
+            .write_slice(
+                &[0xEE; RESPONSE_HEADER_SIZE],
+                GuestAddress(response_head.addr),
+            )
+            .unwrap();
+        let chain: Vec<ChainDescriptor> = layout.descriptors().collect();
+        let head = self.submit_raw(&chain);
+        Pending {
+            head,
+            id,
+            response_head,
+            response_payload,
+        }
+    }
+
+    /// Waits for a submitted request and checks its answer as a guest must (protocol §4.2).
+    pub fn wait(&mut self, pending: Pending) -> Answer {
+        let used_len = self.wait_raw(pending.head);
+        let raw = self.read(pending.response_head.addr, RESPONSE_HEADER_SIZE);
+        let header = ResponseHeader::decode(&raw)
+            .unwrap_or_else(|e| panic!("bad response header {raw:02x?}: {e}"));
+        let capacity: u32 = pending.response_payload.iter().map(|s| s.len).sum();
+        header
+            .check_reply(
+                pending.id,
+                pending.response_head.len - RESPONSE_HEADER_SIZE as u32,
+                capacity,
+            )
+            .unwrap();
+        assert_eq!(used_len, header.used_len().unwrap(), "used length");
+        let meta = self.read(
+            pending.response_head.addr + RESPONSE_HEADER_SIZE as u64,
+            header.meta_len as usize,
+        );
+        let mut payload = Vec::new();
+        let mut left = header.payload_len as usize;
+        for segment in &pending.response_payload {
+            let take = left.min(segment.len as usize);
+            payload.extend(self.read(segment.addr, take));
+            left -= take;
+        }
+        Answer {
+            header,
+            meta,
+            payload,
+            used_len,
+        }
+    }
+
+    /// Submits `call` and waits for its answer.
+    pub fn call(&mut self, call: &Call<'_>) -> Answer {
+        let pending = self.submit(call);
+        self.wait(pending)
+    }
+
+    /// The vhost-user frontend (for GET_VRING_BASE and the like).
+    pub fn frontend(&mut self) -> &mut Frontend {
+        &mut self.frontend
+    }
+}
+
+/// Deterministic test bytes.
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| {
+            (i as u32)
+                .wrapping_mul(2_654_435_761)
+                .rotate_left(seed as u32 % 31) as u8
+                ^ seed
+        })
+        .collect()
+}

@@ -1,0 +1,294 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The library API the node daemon uses — `Backend::new`, `attach`, `invoke`,
+//! `set_invoker`, `detach` — in-process, with the guest side driven over real vhost-user.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Call, GuestVm};
+use futures::future::BoxFuture;
+use nexus_backend::{
+    Backend, BackendConfig, Error, Invocation, InvocationInput, InvocationResult, InvokeError,
+    InvokeRequest, Invoker, S3Options, StoreConfig, StoreUrl,
+};
+use nexus_ring::records::InvocationContext;
+use nexus_ring::{Command, Outcome, Status};
+use vhost::VhostBackend;
+
+const WINDOW: u64 = 4 << 20;
+
+struct Echo;
+
+impl Invoker for Echo {
+    fn invoke(
+        &self,
+        request: InvokeRequest,
+    ) -> BoxFuture<'static, Result<InvocationResult, InvokeError>> {
+        Box::pin(async move {
+            match request.function.as_str() {
+                "reverse" => {
+                    let mut output = request.input.to_vec();
+                    output.reverse();
+                    assert_eq!(request.caller_vm, "vm1");
+                    Ok(InvocationResult {
+                        outcome: Outcome::Success,
+                        output: Bytes::from(output),
+                    })
+                }
+                "slow" => {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    Err(InvokeError::Unavailable("too slow".into()))
+                }
+                other => Err(InvokeError::NotFound(other.to_owned())),
+            }
+        })
+    }
+}
+
+fn invocation(function: &str) -> Invocation {
+    Invocation {
+        function: function.into(),
+        request_id: "req-1".into(),
+        deadline_ms: 1_900_000_000_000,
+        async_durability: false,
+    }
+}
+
+fn next(vm: &mut GuestVm, buffers: &[u32]) -> common::Answer {
+    vm.call(
+        &Call::new(Command::Next { timeout_ms: 10_000 })
+            .response_meta(536)
+            .buffers(buffers),
+    )
+}
+
+fn complete(vm: &mut GuestVm, number: u64, result: &[u8]) -> common::Answer {
+    vm.call(
+        &Call::new(Command::Complete {
+            invocation: number,
+            outcome: Outcome::Success,
+        })
+        .payload(&[result])
+        .response_meta(256),
+    )
+}
+
+#[test]
+fn the_invocation_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = BackendConfig::new(
+        StoreConfig {
+            url: StoreUrl::File(objects.clone()),
+            s3: S3Options::default(),
+        },
+        dir.path().join("vms"),
+    );
+    let backend = Backend::new(config, runtime.handle().clone()).unwrap();
+    assert!(matches!(
+        backend.attach("vm1", "alpha"),
+        Err(Error::UnknownTenant(_))
+    ));
+    let socket = backend.attach("vm1", "default").unwrap();
+    assert_eq!(backend.attached(), vec!["vm1".to_owned()]);
+    let mut vm = GuestVm::connect(&socket, WINDOW);
+
+    // An invocation whose input is an object: prefetched, delivered by NEXT.
+    std::fs::create_dir_all(objects.join("in")).unwrap();
+    std::fs::write(objects.join("in/event.json"), br#"{"n":42}"#).unwrap();
+    let pending = backend
+        .invoke(
+            "vm1",
+            invocation("resize"),
+            InvocationInput::Object("in/event.json".into()),
+        )
+        .unwrap();
+    let number = pending.number();
+    let answer = next(&mut vm, &[4096]);
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    let context = InvocationContext::decode(&answer.meta).unwrap();
+    assert_eq!(context.invocation, number);
+    assert_eq!(context.function, "resize");
+    assert_eq!(context.request_id, "req-1");
+    assert_eq!(context.deadline_ms, 1_900_000_000_000);
+    assert_eq!(answer.payload, br#"{"n":42}"#);
+    assert_eq!(answer.header.total, 8);
+    // Its output is written behind; completion is reported once it is durable.
+    let answer = vm.call(
+        &Call::new(Command::Put { write_behind: true })
+            .key(b"out/result")
+            .payload(&[b"resized"]),
+    );
+    assert_eq!(answer.header.status, Status::Ok);
+    assert_eq!(complete(&mut vm, number, b"done").header.status, Status::Ok);
+    let result = runtime.block_on(pending).unwrap();
+    assert_eq!(result.outcome, Outcome::Success);
+    assert_eq!(&result.output[..], b"done");
+    assert_eq!(
+        std::fs::read(objects.join("out/result")).unwrap(),
+        b"resized"
+    );
+    // A second COMPLETE of it is NOT_FOUND.
+    assert_eq!(
+        complete(&mut vm, number, b"again").header.status,
+        Status::NotFound
+    );
+
+    // Inline input too large for the buffers: TOO_LARGE, and it stays queued.
+    let input = common::pattern(10_000, 3);
+    let pending = backend
+        .invoke(
+            "vm1",
+            invocation("big"),
+            InvocationInput::Bytes(Bytes::from(input.clone())),
+        )
+        .unwrap();
+    let answer = next(&mut vm, &[1024]);
+    assert_eq!(
+        (answer.header.status, answer.header.total),
+        (Status::TooLarge, 10_000)
+    );
+    let answer = next(&mut vm, &[8192, 8192]);
+    assert_eq!(answer.header.status, Status::Ok);
+    assert_eq!(answer.payload, input);
+    // The function fails one of its uploads: the invocation fails, naming the object.
+    std::fs::create_dir_all(objects.join("out/blocked/dir")).unwrap();
+    let answer = vm.call(
+        &Call::new(Command::Put { write_behind: true })
+            .key(b"out/blocked")
+            .payload(&[b"x"]),
+    );
+    assert_eq!(answer.header.status, Status::Ok);
+    assert_eq!(
+        complete(&mut vm, pending.number(), b"ok").header.status,
+        Status::Ok
+    );
+    match runtime.block_on(pending) {
+        Err(Error::UploadFailed { key, count }) => {
+            assert_eq!((key.as_str(), count), ("out/blocked", 1))
+        }
+        other => panic!("expected UploadFailed, got {other:?}"),
+    }
+
+    // A parked NEXT is answered when an invocation arrives later.
+    let parked = vm.submit(
+        &Call::new(Command::Next { timeout_ms: 0 })
+            .response_meta(536)
+            .buffers(&[64]),
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let pending = backend
+        .invoke(
+            "vm1",
+            invocation("later"),
+            InvocationInput::Bytes(Bytes::from_static(b"hi")),
+        )
+        .unwrap();
+    let answer = vm.wait(parked);
+    assert_eq!(answer.header.status, Status::Ok);
+    assert_eq!(answer.payload, b"hi");
+    assert_eq!(
+        complete(&mut vm, pending.number(), b"bye").header.status,
+        Status::Ok
+    );
+    assert_eq!(&runtime.block_on(pending).unwrap().output[..], b"bye");
+
+    // INVOKE: unavailable without an invoker; with one, results (truncated to the buffers),
+    // NOT_FOUND, asynchronous calls and timeouts.
+    let invoke =
+        |vm: &mut GuestVm, name: &[u8], asynchronous: bool, timeout_ms: u64, buffers: &[u32]| {
+            vm.call(
+                &Call::new(Command::Invoke {
+                    timeout_ms,
+                    asynchronous,
+                })
+                .key(name)
+                .payload(&[b"abc"])
+                .response_meta(256)
+                .buffers(buffers),
+            )
+        };
+    assert_eq!(
+        invoke(&mut vm, b"reverse", false, 0, &[16]).header.status,
+        Status::BackendUnavailable
+    );
+    backend.set_invoker(Arc::new(Echo));
+    let answer = invoke(&mut vm, b"reverse", false, 0, &[16]);
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert_eq!(
+        (
+            answer.payload.as_slice(),
+            answer.header.total,
+            answer.header.detail
+        ),
+        (&b"cba"[..], 3, 0)
+    );
+    let answer = invoke(&mut vm, b"reverse", false, 0, &[2]);
+    assert_eq!(
+        (answer.payload.as_slice(), answer.header.total),
+        (&b"cb"[..], 3)
+    );
+    assert_eq!(
+        invoke(&mut vm, b"nothing", false, 0, &[16]).header.status,
+        Status::NotFound
+    );
+    assert_eq!(
+        invoke(&mut vm, b"reverse", true, 0, &[]).header.status,
+        Status::Ok
+    );
+    assert_eq!(
+        invoke(&mut vm, b"slow", false, 200, &[16]).header.status,
+        Status::Timeout
+    );
+
+    // A frontend that goes away and comes back (a device reset) is served again.
+    drop(vm);
+    let mut vm = GuestVm::connect(&socket, WINDOW);
+    let answer = vm.call(
+        &Call::new(Command::Get {
+            offset: 0,
+            max_len: 0,
+        })
+        .key(b"out/result")
+        .buffers(&[64]),
+    );
+    assert_eq!(answer.payload, b"resized");
+
+    // GET_VRING_BASE stops the queue: a parked NEXT is cancelled, not waited for.
+    let _parked = vm.submit(&Call::new(Command::Next { timeout_ms: 0 }).response_meta(536));
+    std::thread::sleep(Duration::from_millis(100));
+    let start = Instant::now();
+    vm.frontend().get_vring_base(0).unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "stopping the queue took {:?}",
+        start.elapsed()
+    );
+
+    // Detaching fails what the VM had not finished.
+    let pending = backend
+        .invoke(
+            "vm1",
+            invocation("never"),
+            InvocationInput::Bytes(Bytes::new()),
+        )
+        .unwrap();
+    backend.detach("vm1").unwrap();
+    assert!(matches!(
+        runtime.block_on(pending),
+        Err(Error::VmDetached(_))
+    ));
+    assert!(!socket.exists());
+    assert!(matches!(backend.detach("vm1"), Err(Error::UnknownVm(_))));
+    assert!(backend.attached().is_empty());
+}

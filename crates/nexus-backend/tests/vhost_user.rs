@@ -1,0 +1,777 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! End to end against the real `nexus-backend` binary with a file store: a control
+//! connection attaches VMs, and each test VM is a vhost-user frontend whose memfd window
+//! holds a split virtqueue and every buffer.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{BackendProcess, Call, GuestVm, WAIT, pattern};
+use nexus_ring::records::{EntryList, HeaderList, ObjectEntry};
+use nexus_ring::{
+    ChainDescriptor, Command, HttpMethod, LogLevel, REQUEST_HEADER_SIZE, RequestHeader, Status,
+};
+use vm_memory::Bytes;
+
+const WINDOW: u64 = 16 << 20;
+
+fn start(dir: &Path, extra: &[String]) -> BackendProcess {
+    let mut args = vec![
+        "--store".to_owned(),
+        format!("file://{}", dir.join("objects").display()),
+        "--tenant".to_owned(),
+        "alpha=tenants/alpha".to_owned(),
+        "--tenant".to_owned(),
+        "beta=tenants/beta".to_owned(),
+    ];
+    args.extend_from_slice(extra);
+    BackendProcess::start(dir, &args, &[])
+}
+
+fn get(vm: &mut GuestVm, key: &str, offset: u64, max_len: u64, buffers: &[u32]) -> common::Answer {
+    vm.call(
+        &Call::new(Command::Get { offset, max_len })
+            .key(key.as_bytes())
+            .buffers(buffers),
+    )
+}
+
+fn put(vm: &mut GuestVm, key: &str, segments: &[&[u8]], write_behind: bool) -> common::Answer {
+    vm.call(
+        &Call::new(Command::Put { write_behind })
+            .key(key.as_bytes())
+            .payload(segments)
+            .response_meta(1024),
+    )
+}
+
+#[test]
+fn object_ops_on_the_file_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = start(dir.path(), &[]);
+    let objects = dir.path().join("objects");
+    let mut control = backend.connect();
+    let socket = control.attach("vm1", "alpha");
+    assert_eq!(socket, dir.path().join("control.sock.vms/vm1.sock"));
+    let mut vm = GuestVm::connect(&socket, WINDOW);
+
+    // PUT, from a payload split over three segments; the file is there at once.
+    let data = pattern(100_000, 1);
+    let answer = put(
+        &mut vm,
+        "tenants/alpha/in/data.bin",
+        &[&data[..10], &data[10..70_000], &data[70_000..]],
+        false,
+    );
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert_eq!(
+        std::fs::read(objects.join("tenants/alpha/in/data.bin")).unwrap(),
+        data
+    );
+
+    // GET whole, into two buffers.
+    let answer = get(
+        &mut vm,
+        "tenants/alpha/in/data.bin",
+        0,
+        0,
+        &[60_000, 60_000],
+    );
+    assert_eq!(answer.header.status, Status::Ok);
+    assert_eq!(answer.header.total, 100_000);
+    assert_eq!(answer.payload, data);
+    // GET a range, limited by max_len; then by the buffers; then past the end.
+    let answer = get(&mut vm, "tenants/alpha/in/data.bin", 5, 100, &[4096]);
+    assert_eq!(answer.payload, &data[5..105]);
+    let answer = get(&mut vm, "tenants/alpha/in/data.bin", 99_000, 0, &[300, 300]);
+    assert_eq!(answer.payload, &data[99_000..99_600]);
+    assert_eq!(answer.header.total, 100_000);
+    let answer = get(&mut vm, "tenants/alpha/in/data.bin", 100_000, 0, &[64]);
+    assert_eq!(
+        (answer.header.status, answer.header.payload_len),
+        (Status::Ok, 0)
+    );
+    assert_eq!(answer.header.total, 100_000);
+    // GET without buffers reports the size.
+    let answer = get(&mut vm, "tenants/alpha/in/data.bin", 0, 0, &[]);
+    assert_eq!(
+        (answer.header.payload_len, answer.header.total),
+        (0, 100_000)
+    );
+
+    // HEAD.
+    let answer = vm.call(
+        &Call::new(Command::Head)
+            .key(b"tenants/alpha/in/data.bin")
+            .response_meta(276),
+    );
+    assert_eq!(answer.header.status, Status::Ok);
+    let entry = ObjectEntry::decode(&answer.meta).unwrap();
+    assert_eq!((entry.size, entry.key), (100_000, ""));
+    assert!(entry.last_modified_ms > 0 && !entry.etag.is_empty());
+
+    // An empty object.
+    assert_eq!(
+        put(&mut vm, "tenants/alpha/empty", &[], false)
+            .header
+            .status,
+        Status::Ok
+    );
+    assert_eq!(
+        std::fs::read(objects.join("tenants/alpha/empty")).unwrap(),
+        b""
+    );
+    let answer = get(&mut vm, "tenants/alpha/empty", 0, 0, &[16]);
+    assert_eq!((answer.header.status, answer.header.total), (Status::Ok, 0));
+
+    // LIST, one entry per page, following the continuation token.
+    for name in ["b", "a", "c/d"] {
+        let key = format!("tenants/alpha/list/{name}");
+        assert_eq!(
+            put(&mut vm, &key, &[name.as_bytes()], false).header.status,
+            Status::Ok
+        );
+    }
+    let mut keys = Vec::new();
+    let mut token: Vec<u8> = Vec::new();
+    loop {
+        let answer = vm.call(
+            &Call::new(Command::List { max_entries: 1 })
+                .key(b"tenants/alpha/list/")
+                .meta(&token)
+                .response_meta(1024)
+                .buffers(&[4096]),
+        );
+        assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+        let list = EntryList::decode(&answer.payload).unwrap();
+        keys.extend(list.iter().map(|e| (e.key.to_owned(), e.size)));
+        if answer.meta.is_empty() {
+            break;
+        }
+        token = answer.meta;
+    }
+    assert_eq!(
+        keys,
+        vec![
+            ("tenants/alpha/list/a".to_owned(), 1),
+            ("tenants/alpha/list/b".to_owned(), 1),
+            ("tenants/alpha/list/c/d".to_owned(), 3),
+        ]
+    );
+    // LIST without a prefix lists the tenant's objects; too-small buffers are TOO_LARGE.
+    let answer = vm.call(
+        &Call::new(Command::List { max_entries: 0 })
+            .response_meta(1024)
+            .buffers(&[8192]),
+    );
+    assert_eq!(EntryList::decode(&answer.payload).unwrap().len(), 5);
+    let answer = vm.call(
+        &Call::new(Command::List { max_entries: 0 })
+            .key(b"tenants/alpha/list/")
+            .response_meta(1024)
+            .buffers(&[16]),
+    );
+    assert_eq!(answer.header.status, Status::TooLarge);
+    // The page with the first entry needs its count, fixed part, key and etag.
+    assert!(answer.header.total > 4 + 20 + "tenants/alpha/list/a".len() as u64);
+
+    // DELETE: the file goes; deleting again is fine; GET says NOT_FOUND.
+    let answer = vm.call(&Call::new(Command::Delete).key(b"tenants/alpha/list/b"));
+    assert_eq!(answer.header.status, Status::Ok);
+    assert!(!objects.join("tenants/alpha/list/b").exists());
+    let answer = vm.call(&Call::new(Command::Delete).key(b"tenants/alpha/list/b"));
+    assert_eq!(answer.header.status, Status::Ok);
+    let answer = get(&mut vm, "tenants/alpha/list/b", 0, 0, &[64]);
+    assert_eq!(answer.header.status, Status::NotFound);
+    assert!(answer.used_len >= 40);
+
+    // Write-behind: acknowledged at once, durable after FLUSH; a GET after it sees it.
+    let big = pattern(3 << 20, 7);
+    for i in 0..4 {
+        let key = format!("tenants/alpha/out/{i}");
+        assert_eq!(
+            put(&mut vm, &key, &[&big[..1 << 20], &big[1 << 20..]], true)
+                .header
+                .status,
+            Status::Ok
+        );
+    }
+    let answer = get(&mut vm, "tenants/alpha/out/3", 0, 0, &[4 << 20]);
+    assert_eq!(answer.payload, big);
+    let answer = vm.call(&Call::new(Command::Flush { timeout_ms: 0 }).response_meta(1024));
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    for i in 0..4 {
+        assert_eq!(
+            std::fs::read(objects.join(format!("tenants/alpha/out/{i}"))).unwrap(),
+            big
+        );
+    }
+    // Write-behind followed at once by DELETE of the same key: the delete wins.
+    assert_eq!(
+        put(&mut vm, "tenants/alpha/out/x", &[b"x"], true)
+            .header
+            .status,
+        Status::Ok
+    );
+    assert_eq!(
+        vm.call(&Call::new(Command::Delete).key(b"tenants/alpha/out/x"))
+            .header
+            .status,
+        Status::Ok
+    );
+    let answer = vm.call(&Call::new(Command::Flush { timeout_ms: 5000 }).response_meta(1024));
+    assert_eq!(answer.header.status, Status::Ok);
+    assert!(!objects.join("tenants/alpha/out/x").exists());
+    // A write-behind upload that fails is reported by FLUSH, naming the key: a directory
+    // stands where the object should go.
+    std::fs::create_dir_all(objects.join("tenants/alpha/blocked/dir")).unwrap();
+    assert_eq!(
+        put(&mut vm, "tenants/alpha/blocked", &[b"y"], true)
+            .header
+            .status,
+        Status::Ok
+    );
+    let answer = vm.call(&Call::new(Command::Flush { timeout_ms: 0 }).response_meta(1024));
+    assert_eq!(answer.header.status, Status::UploadFailed);
+    assert_eq!(answer.meta, b"tenants/alpha/blocked");
+    assert_eq!(answer.header.detail, 1);
+    // ...once.
+    let answer = vm.call(&Call::new(Command::Flush { timeout_ms: 0 }).response_meta(1024));
+    assert_eq!(answer.header.status, Status::Ok);
+    // A synchronous PUT that cannot be stored is UPLOAD_FAILED at once.
+    let answer = put(&mut vm, "tenants/alpha/blocked", &[b"y"], false);
+    assert_eq!(answer.header.status, Status::UploadFailed);
+    assert_eq!(answer.meta, b"tenants/alpha/blocked");
+
+    // Keys that are not keys.
+    for bad in [
+        &b"tenants/alpha/../beta/x"[..],
+        b"tenants/alpha//x",
+        b"tenants/alpha/\xff",
+    ] {
+        let answer = vm.call(
+            &Call::new(Command::Get {
+                offset: 0,
+                max_len: 0,
+            })
+            .key(bad)
+            .response_meta(128),
+        );
+        assert_eq!(answer.header.status, Status::InvalidRequest, "{bad:?}");
+        assert!(!answer.meta.is_empty());
+    }
+
+    // LOG, INVOKE without an invoker, NEXT with nothing queued, a second NEXT at once.
+    let answer = vm.call(
+        &Call::new(Command::Log {
+            level: LogLevel::Info,
+        })
+        .payload(&[b"hello from the guest\nsecond line"]),
+    );
+    assert_eq!(answer.header.status, Status::Ok);
+    let answer = vm.call(
+        &Call::new(Command::Invoke {
+            timeout_ms: 0,
+            asynchronous: false,
+        })
+        .key(b"other-fn")
+        .response_meta(256),
+    );
+    assert_eq!(answer.header.status, Status::BackendUnavailable);
+    let next = vm.submit(
+        &Call::new(Command::Next { timeout_ms: 300 })
+            .response_meta(536)
+            .buffers(&[64]),
+    );
+    let second = vm.call(&Call::new(Command::Next { timeout_ms: 300 }).response_meta(536));
+    assert_eq!(second.header.status, Status::InvalidRequest);
+    assert_eq!(vm.wait(next).header.status, Status::Timeout);
+    let answer = vm.call(
+        &Call::new(Command::Complete {
+            invocation: 77,
+            outcome: nexus_ring::Outcome::Success,
+        })
+        .payload(&[b"result"]),
+    );
+    assert_eq!(answer.header.status, Status::NotFound);
+
+    // Requests complete out of order: a parked NEXT does not hold up a GET behind it.
+    let parked = vm.submit(&Call::new(Command::Next { timeout_ms: 2000 }).response_meta(536));
+    let quick = get(&mut vm, "tenants/alpha/empty", 0, 0, &[16]);
+    assert_eq!(quick.header.status, Status::Ok);
+    assert_eq!(vm.wait(parked).header.status, Status::Timeout);
+
+    assert!(backend.log().contains("hello from the guest"));
+    assert!(backend.log().contains("second line"));
+}
+
+#[test]
+fn tenants_are_confined_and_hostile_chains_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = start(dir.path(), &[]);
+    let mut control = backend.connect();
+
+    // Control errors.
+    let reply = control.send(r#"{"op":"attach","vm":"x","tenant":"gamma"}"#);
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"].as_str().unwrap().contains("gamma"),
+        "{reply}"
+    );
+    let reply = control.send("this is not json");
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"].as_str().unwrap().contains("malformed"),
+        "{reply}"
+    );
+    let reply = control.send(r#"{"op":"attach","vm":"../evil","tenant":"alpha"}"#);
+    assert_eq!(reply["ok"], false);
+
+    let vm1_socket = control.attach("vm1", "alpha");
+    let reply = control.send(r#"{"op":"attach","vm":"vm1","tenant":"alpha"}"#);
+    assert_eq!(reply["ok"], false);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("already attached"),
+        "{reply}"
+    );
+    let vm2_socket = control.attach("vm2", "beta");
+    let mut vm1 = GuestVm::connect(&vm1_socket, WINDOW);
+    let mut vm2 = GuestVm::connect(&vm2_socket, WINDOW);
+
+    assert_eq!(
+        put(&mut vm1, "tenants/alpha/secret", &[b"alpha's"], false)
+            .header
+            .status,
+        Status::Ok
+    );
+    assert_eq!(
+        put(&mut vm2, "tenants/beta/secret", &[b"beta's"], false)
+            .header
+            .status,
+        Status::Ok
+    );
+    // Neither can read, write, list or delete the other's objects.
+    for (vm, other) in [(&mut vm1, "beta"), (&mut vm2, "alpha")] {
+        let key = format!("tenants/{other}/secret");
+        let answer = vm.call(
+            &Call::new(Command::Get {
+                offset: 0,
+                max_len: 0,
+            })
+            .key(key.as_bytes())
+            .response_meta(256)
+            .buffers(&[64]),
+        );
+        assert_eq!(answer.header.status, Status::PermissionDenied);
+        assert!(
+            answer.meta_text().contains("outside prefix"),
+            "{}",
+            answer.meta_text()
+        );
+        assert_eq!(
+            put(vm, &key, &[b"overwritten"], false).header.status,
+            Status::PermissionDenied
+        );
+        assert_eq!(
+            put(vm, &key, &[b"overwritten"], true).header.status,
+            Status::PermissionDenied
+        );
+        let answer = vm.call(&Call::new(Command::Delete).key(key.as_bytes()));
+        assert_eq!(answer.header.status, Status::PermissionDenied);
+        let answer = vm.call(
+            &Call::new(Command::Head)
+                .key(key.as_bytes())
+                .response_meta(276),
+        );
+        assert_eq!(answer.header.status, Status::PermissionDenied);
+        let prefix = format!("tenants/{other}/");
+        let answer = vm.call(
+            &Call::new(Command::List { max_entries: 0 })
+                .key(prefix.as_bytes())
+                .response_meta(1024)
+                .buffers(&[4096]),
+        );
+        assert_eq!(answer.header.status, Status::PermissionDenied);
+        // Prefix tricks do not help.
+        let answer = vm.call(
+            &Call::new(Command::List { max_entries: 0 })
+                .key(b"tenants/")
+                .response_meta(1024)
+                .buffers(&[4096]),
+        );
+        assert_eq!(answer.header.status, Status::PermissionDenied);
+    }
+    let objects = dir.path().join("objects");
+    assert_eq!(
+        std::fs::read(objects.join("tenants/alpha/secret")).unwrap(),
+        b"alpha's"
+    );
+    assert_eq!(
+        std::fs::read(objects.join("tenants/beta/secret")).unwrap(),
+        b"beta's"
+    );
+    // A hint outside the tenant is refused.
+    let reply = control.send(r#"{"op":"hint","vm":"vm1","key":"tenants/beta/secret"}"#);
+    assert_eq!(reply["ok"], false);
+
+    // Hostile chains from vm1.
+    let end = vm1.window_end();
+    let response = vm1.alloc(40 + 128);
+    let header = RequestHeader {
+        id: 42,
+        command: Command::Get {
+            offset: 0,
+            max_len: 0,
+        },
+        key_len: 5,
+        meta_len: 0,
+        payload_len: 0,
+    }
+    .to_bytes()
+    .unwrap();
+    let header_at = vm1.put_bytes(&header);
+    let key_at = vm1.put_bytes(b"tenants/alpha/secret"[..5].as_ref());
+    let hostile: Vec<(&str, Vec<ChainDescriptor>, bool)> = vec![
+        (
+            "key outside the window",
+            vec![
+                ChainDescriptor {
+                    addr: header_at.addr,
+                    len: 48,
+                    writable: false,
+                },
+                ChainDescriptor {
+                    addr: end - 2,
+                    len: 5,
+                    writable: false,
+                },
+                ChainDescriptor {
+                    addr: response,
+                    len: 168,
+                    writable: true,
+                },
+            ],
+            true,
+        ),
+        (
+            "key below the window (guest RAM)",
+            vec![
+                ChainDescriptor {
+                    addr: header_at.addr,
+                    len: 48,
+                    writable: false,
+                },
+                ChainDescriptor {
+                    addr: 0x1000,
+                    len: 5,
+                    writable: false,
+                },
+                ChainDescriptor {
+                    addr: response,
+                    len: 168,
+                    writable: true,
+                },
+            ],
+            true,
+        ),
+        (
+            "buffer wrapping the address space",
+            vec![
+                ChainDescriptor {
+                    addr: header_at.addr,
+                    len: 48,
+                    writable: false,
+                },
+                ChainDescriptor {
+                    addr: key_at.addr,
+                    len: 5,
+                    writable: false,
+                },
+                ChainDescriptor {
+                    addr: response,
+                    len: 168,
+                    writable: true,
+                },
+                ChainDescriptor {
+                    addr: u64::MAX - 10,
+                    len: 4096,
+                    writable: true,
+                },
+            ],
+            true,
+        ),
+        (
+            "response head outside the window",
+            vec![
+                ChainDescriptor {
+                    addr: header_at.addr,
+                    len: 48,
+                    writable: false,
+                },
+                ChainDescriptor {
+                    addr: key_at.addr,
+                    len: 5,
+                    writable: false,
+                },
+                ChainDescriptor {
+                    addr: end - 8,
+                    len: 168,
+                    writable: true,
+                },
+            ],
+            false,
+        ),
+        (
+            "no response head",
+            vec![
+                ChainDescriptor {
+                    addr: header_at.addr,
+                    len: 48,
+                    writable: false,
+                },
+                ChainDescriptor {
+                    addr: key_at.addr,
+                    len: 5,
+                    writable: false,
+                },
+            ],
+            false,
+        ),
+    ];
+    for (what, chain, answered) in hostile {
+        vm1.mem
+            .write_slice(&[0xEE; 40], vm_memory::GuestAddress(response))
+            .unwrap();
+        let head = vm1.submit_raw(&chain);
+        let used = vm1.wait_raw(head);
+        if answered {
+            let raw = vm1.read(response, 40);
+            let answer = nexus_ring::ResponseHeader::decode(&raw).unwrap();
+            assert_eq!(answer.status, Status::InvalidRequest, "{what}");
+            // Nothing is read before every descriptor is in the window: not even the id.
+            assert_eq!(answer.id, 0, "{what}");
+            assert_eq!(used, 40 + answer.meta_len, "{what}");
+            let message =
+                String::from_utf8(vm1.read(response + 40, answer.meta_len as usize)).unwrap();
+            assert!(message.contains("refused"), "{what}: {message}");
+        } else {
+            assert_eq!(used, 0, "{what}");
+            assert_eq!(
+                vm1.read(response, 40),
+                vec![0xEE; 40],
+                "{what}: nothing written"
+            );
+        }
+    }
+    // A bad magic: answered with id 0; an unknown version: UNSUPPORTED_VERSION.
+    let mut bad = header;
+    bad[0] ^= 0xFF;
+    let mut old = header;
+    old[4] = 9;
+    for (bytes, status, id) in [
+        (bad, Status::InvalidRequest, 0),
+        (old, Status::UnsupportedVersion, 42),
+    ] {
+        let at = vm1.put_bytes(&bytes);
+        let head = vm1.submit_raw(&[
+            ChainDescriptor {
+                addr: at.addr,
+                len: REQUEST_HEADER_SIZE as u32,
+                writable: false,
+            },
+            ChainDescriptor {
+                addr: key_at.addr,
+                len: 5,
+                writable: false,
+            },
+            ChainDescriptor {
+                addr: response,
+                len: 168,
+                writable: true,
+            },
+        ]);
+        vm1.wait_raw(head);
+        let answer = nexus_ring::ResponseHeader::decode(&vm1.read(response, 40)).unwrap();
+        assert_eq!((answer.status, answer.id), (status, id));
+    }
+    // A storm of garbage chains, while vm2 works on.
+    let garbage = pattern(48, 9);
+    let garbage_at = vm1.put_bytes(&garbage);
+    let scratch = vm1.alloc(80 * 977 + 100);
+    let mut heads = Vec::new();
+    for i in 0..80u64 {
+        heads.push(vm1.submit_raw(&[
+            ChainDescriptor {
+                addr: garbage_at.addr + (i % 3),
+                len: 48,
+                writable: false,
+            },
+            ChainDescriptor {
+                addr: scratch + i * 977,
+                len: 1 + i as u32,
+                writable: i % 2 == 0,
+            },
+            ChainDescriptor {
+                addr: response,
+                len: 168,
+                writable: true,
+            },
+        ]));
+        if i % 10 == 0 {
+            let answer = get(&mut vm2, "tenants/beta/secret", 0, 0, &[64]);
+            assert_eq!(answer.payload, b"beta's");
+        }
+    }
+    for head in heads {
+        vm1.wait_raw(head);
+    }
+    // Both VMs are still served.
+    assert_eq!(
+        get(&mut vm1, "tenants/alpha/secret", 0, 0, &[64]).payload,
+        b"alpha's"
+    );
+    assert_eq!(
+        get(&mut vm2, "tenants/beta/secret", 0, 0, &[64]).payload,
+        b"beta's"
+    );
+
+    // Detach: the socket goes; closing the control connection detaches the rest.
+    let reply = control.send(r#"{"op":"detach","vm":"vm1"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(!vm1_socket.exists());
+    let reply = control.send(r#"{"op":"detach","vm":"vm1"}"#);
+    assert_eq!(reply["ok"], false);
+    drop(control);
+    let start = std::time::Instant::now();
+    while vm2_socket.exists() {
+        assert!(start.elapsed() < WAIT, "vm2 was not detached");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn prefetch_http_and_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    // A one-shot HTTP server on loopback.
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let http = std::thread::spawn(move || {
+        let (mut stream, _) = server.accept().unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).unwrap();
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body_at = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        while request.len() < body_at + 4 {
+            let n = stream.read(&mut buf).unwrap();
+            request.extend_from_slice(&buf[..n]);
+        }
+        stream
+            .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 11\r\nX-Test: yes\r\nConnection: close\r\n\r\nhello world")
+            .unwrap();
+        String::from_utf8_lossy(&request).into_owned()
+    });
+    let mut backend = start(
+        dir.path(),
+        &["--http-allow".to_owned(), format!("127.0.0.1:{port}")],
+    );
+    let objects = dir.path().join("objects");
+    let mut control = backend.connect();
+    let socket = control.attach("vm1", "alpha");
+    let mut vm = GuestVm::connect(&socket, WINDOW);
+
+    // Prefetch: hint, let it land, remove the file behind the backend's back: the GET is
+    // served from the cache.
+    std::fs::create_dir_all(objects.join("tenants/alpha/in")).unwrap();
+    std::fs::write(objects.join("tenants/alpha/in/input"), b"prefetched input").unwrap();
+    let reply = control.send(r#"{"op":"hint","vm":"vm1","key":"tenants/alpha/in/input"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::remove_file(objects.join("tenants/alpha/in/input")).unwrap();
+    let answer = get(&mut vm, "tenants/alpha/in/input", 0, 0, &[64]);
+    assert_eq!(answer.header.status, Status::Ok);
+    assert_eq!(answer.payload, b"prefetched input");
+    // Read to its end, the cached copy is dropped.
+    let answer = get(&mut vm, "tenants/alpha/in/input", 0, 0, &[64]);
+    assert_eq!(answer.header.status, Status::NotFound);
+    // A wrong hint costs nothing but the fetch.
+    let reply = control.send(r#"{"op":"hint","vm":"vm1","key":"tenants/alpha/nothing"}"#);
+    assert_eq!(reply["ok"], true);
+    let reply = control.send(r#"{"op":"hint","vm":"nobody","key":"tenants/alpha/x"}"#);
+    assert_eq!(reply["ok"], false);
+
+    // HTTP: a host off the list, then the allowed one.
+    let answer = vm.call(
+        &Call::new(Command::Http {
+            method: HttpMethod::Get,
+            timeout_ms: 0,
+        })
+        .key(b"http://example.com/")
+        .response_meta(256),
+    );
+    assert_eq!(answer.header.status, Status::PermissionDenied);
+    let url = format!("http://127.0.0.1:{port}/upload?x=1");
+    let headers = HeaderList::encode_to_vec(&[nexus_ring::records::Header {
+        name: "X-Guest",
+        value: b"1",
+    }])
+    .unwrap();
+    let answer = vm.call(
+        &Call::new(Command::Http {
+            method: HttpMethod::Post,
+            timeout_ms: 10_000,
+        })
+        .key(url.as_bytes())
+        .meta(&headers)
+        .payload(&[b"da", b"ta"])
+        .response_meta(1024)
+        .buffers(&[5, 100]),
+    );
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert_eq!(answer.header.detail, 201);
+    assert_eq!(answer.payload, b"hello world");
+    assert_eq!(answer.header.total, 11);
+    let response_headers = HeaderList::decode(&answer.meta).unwrap();
+    assert!(
+        response_headers
+            .iter()
+            .any(|h| h.name == "x-test" && h.value == b"yes")
+    );
+    let request = http.join().unwrap();
+    assert!(
+        request.starts_with("POST /upload?x=1 HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert!(
+        request.to_ascii_lowercase().contains("x-guest: 1"),
+        "{request}"
+    );
+    assert!(request.ends_with("data"), "{request}");
+
+    // SIGTERM: the backend finishes write-behind uploads, removes its sockets, exits 0.
+    assert_eq!(
+        put(&mut vm, "tenants/alpha/late", &[b"durable"], true)
+            .header
+            .status,
+        Status::Ok
+    );
+    let status = backend.terminate();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        std::fs::read(objects.join("tenants/alpha/late")).unwrap(),
+        b"durable"
+    );
+    assert!(!backend.control.exists());
+    assert!(!socket.exists());
+}
