@@ -436,6 +436,7 @@ pub struct MicroVm {
     vm: Vm,
     vcpu: Vcpu,
     loaded: LoadedGuest,
+    serial: Arc<Mutex<SerialDevice>>,
 }
 
 /// How to build a [`MicroVm`].
@@ -465,10 +466,13 @@ impl MicroVm {
             &config.args,
             config.device,
         )?;
-        let serial = SerialDevice::new(config.console.clone(), SerialIrq::default());
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            config.console.clone(),
+            SerialIrq::default(),
+        )));
         vm.add_device(
             BusKind::Pio,
-            Arc::new(Mutex::new(serial)),
+            Arc::clone(&serial) as _,
             u64::from(SERIAL_PORT),
             u64::from(SERIAL_PORT_LEN),
         )?;
@@ -482,7 +486,17 @@ impl MicroVm {
         )?;
         let vcpu = vm.create_vcpu(VcpuConfig { strict_io: true })?;
         setup_vcpu(vcpu.fd(), &loaded)?;
-        Ok(MicroVm { vm, vcpu, loaded })
+        Ok(MicroVm {
+            vm,
+            vcpu,
+            loaded,
+            serial,
+        })
+    }
+
+    /// The serial console device (for example to save its state in a snapshot).
+    pub fn serial(&self) -> &Arc<Mutex<SerialDevice>> {
+        &self.serial
     }
 
     /// The VM, to add devices before running.

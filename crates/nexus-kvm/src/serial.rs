@@ -100,6 +100,18 @@ impl SerialDevice {
         self.serial.state()
     }
 
+    /// A UART restored from `state` (taken by [`SerialDevice::state`]), writing to `console`
+    /// and raising `irq`. Fails if the state's input FIFO is larger than the UART's.
+    pub fn from_state(
+        state: &vm_superio::serial::SerialState,
+        console: Console,
+        irq: SerialIrq,
+    ) -> io::Result<Self> {
+        let serial = Serial::from_state(state, irq, vm_superio::serial::NoEvents, console)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}")))?;
+        Ok(SerialDevice { serial })
+    }
+
     /// Feeds bytes to the guest as if typed on the console.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.serial

@@ -227,6 +227,20 @@ impl Vcpu {
         Arc::clone(&self.stop)
     }
 
+    /// Lets KVM finish the port or MMIO access the last exit reported (`KVM_RUN` with
+    /// `immediate_exit` set, which completes it and returns at once without running the guest),
+    /// so that the registers show the guest after that instruction. Call it before saving a
+    /// stopped vCPU's state: otherwise a restored guest would repeat the access.
+    pub fn complete_pending_io(&mut self) -> Result<()> {
+        self.fd.set_kvm_immediate_exit(1);
+        let result = self.fd.run().map(|_| ()).map_err(|e| e.errno());
+        self.fd.set_kvm_immediate_exit(0);
+        match result {
+            Err(libc::EINTR) | Err(libc::EAGAIN) | Ok(()) => Ok(()),
+            Err(errno) => Err(Error::Run(kvm_ioctls::Error::new(errno))),
+        }
+    }
+
     /// Runs the guest until it exits, halts, crashes, or is stopped.
     pub fn run(&mut self) -> Result<VcpuStop> {
         loop {

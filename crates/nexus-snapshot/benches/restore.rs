@@ -1,0 +1,156 @@
+//! Restore latency per mode, for 64 MiB and 512 MiB guests (needs `/dev/kvm`).
+//!
+//! The guest (the pausing micro-guest of the tests) dirties a quarter of its RAM, writes the
+//! PAUSE port, and is snapshotted there. Each restore then runs it to its exit: its first
+//! instruction after the restore writes the MARK port (restore-to-first-instruction), then it
+//! reads every fourth page of what it dirtied (1/16 of RAM: its "working set") and exits
+//! (restore-to-exit). Criterion measures restore-to-exit; a table of medians of both, with
+//! pages faulted through userfaultfd per restore, is printed at the end.
+//!
+//! Each is measured with the snapshot's files in the page cache (`warm`) and with them evicted
+//! before every restore (`cold`, `posix_fadvise(DONTNEED)`; the times then include
+//! `Snapshot::open`).
+//!
+//! `cargo bench -p nexus-snapshot --bench restore`
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::*;
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use nexus_kvm::VcpuStop;
+use nexus_snapshot::{RestoreMode, Snapshot, SnapshotFiles};
+
+const MODES: [RestoreMode; 4] = [
+    RestoreMode::Eager,
+    RestoreMode::Lazy,
+    RestoreMode::Uffd,
+    RestoreMode::Prefetch,
+];
+
+#[derive(Default)]
+struct Samples {
+    first: Vec<Duration>,
+    exit: Vec<Duration>,
+    memory_phase: Vec<Duration>,
+    faults: Vec<u64>,
+    prefetched: u64,
+    bytes_read: Vec<u64>,
+}
+
+/// Evicts the snapshot's files from the page cache (they are clean: synced after saving).
+fn evict(files: &SnapshotFiles) {
+    for path in [&files.state, &files.memory, &files.working_set] {
+        let f = std::fs::File::open(path).unwrap();
+        // SAFETY: posix_fadvise only takes a descriptor we own and plain integers.
+        let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(r, 0, "posix_fadvise failed");
+    }
+}
+
+fn sync(files: &SnapshotFiles) {
+    for path in [&files.state, &files.memory, &files.working_set] {
+        std::fs::File::open(path).unwrap().sync_all().unwrap();
+    }
+}
+
+fn median<T: Copy + Ord>(v: &[T]) -> T {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+fn restore(c: &mut Criterion) {
+    let samples: Mutex<BTreeMap<(u64, &str, String), Samples>> = Mutex::default();
+    let mut sizes = Vec::new();
+    for ram_mib in [64u64, 512] {
+        let ram = ram_mib << 20;
+        let (dirty, stride) = (ram / 4, 4 * 4096);
+        let dir = tempfile::tempdir().unwrap();
+        let mut booted = boot(&pause_elf(dirty, stride), ram, 0);
+        assert_eq!(booted.vcpu.run().unwrap(), VcpuStop::Exit(PAUSE_CODE_EXIT));
+        let files = SnapshotFiles::in_dir(dir.path());
+        let report = save(&mut booted, &files);
+        drop(booted);
+        let snapshot = Snapshot::open(&files).unwrap();
+        let recording = restore_and_run(&snapshot, RestoreMode::Uffd, true);
+        let ws = recording.recorded.unwrap();
+        sizes.push((ram_mib, report, ws));
+
+        sync(&files);
+        for cold in [false, true] {
+            let temperature = if cold { "cold" } else { "warm" };
+            let mut group = c.benchmark_group(format!("restore_{ram_mib}MiB_{temperature}"));
+            group
+                .sample_size(10)
+                .sampling_mode(SamplingMode::Flat)
+                .warm_up_time(Duration::from_millis(500))
+                .measurement_time(Duration::from_secs(3));
+            for mode in MODES {
+                let name = format!("{mode:?}").to_lowercase();
+                group.bench_function(BenchmarkId::new("to_exit", &name), |b| {
+                    b.iter_custom(|iters| {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let (snapshot, open) = if cold {
+                                evict(&files);
+                                let t = Instant::now();
+                                (Snapshot::open(&files).unwrap(), t.elapsed())
+                            } else {
+                                (snapshot.clone(), Duration::ZERO)
+                            };
+                            let r = restore_and_run(&snapshot, mode, false);
+                            assert_eq!(r.code, pause_expected(dirty, stride));
+                            total += open + r.to_exit;
+                            let mut all = samples.lock().unwrap();
+                            let s = all.entry((ram_mib, temperature, name.clone())).or_default();
+                            s.first.push(open + r.first_instruction.unwrap());
+                            s.exit.push(open + r.to_exit);
+                            s.memory_phase.push(r.stats.memory);
+                            s.faults.push(r.faults.pages_faulted);
+                            s.bytes_read.push(r.stats.bytes_read);
+                            s.prefetched = r.stats.prefetched_pages;
+                        }
+                        total
+                    })
+                });
+            }
+            group.finish();
+        }
+    }
+
+    println!(
+        "\n| guest | page cache | mode | restore → first instruction | restore → exit | memory phase | pages faulted (uffd) | prefetched pages | bytes read before run | samples |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for ((ram_mib, temperature, mode), s) in samples.lock().unwrap().iter() {
+        println!(
+            "| {ram_mib} MiB | {temperature} | {mode} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {:.1} MiB | {} |",
+            median(&s.first).as_secs_f64() * 1e3,
+            median(&s.exit).as_secs_f64() * 1e3,
+            median(&s.memory_phase).as_secs_f64() * 1e3,
+            median(&s.faults),
+            s.prefetched,
+            median(&s.bytes_read) as f64 / f64::from(1 << 20),
+            s.exit.len()
+        );
+    }
+    for (ram_mib, report, ws) in sizes {
+        println!(
+            "{ram_mib} MiB guest: {} non-zero pages stored, save {:.1} ms; working set {} pages ({} zero), {} KiB file",
+            report.nonzero_pages,
+            report.total.as_secs_f64() * 1e3,
+            ws.data_pages + ws.zero_pages,
+            ws.zero_pages,
+            ws.file_size / 1024
+        );
+    }
+}
+
+criterion_group!(benches, restore);
+criterion_main!(benches);

@@ -1,0 +1,450 @@
+//! Opening a snapshot (validating its files) and restoring VMs from it.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use nexus_kvm::memory::GuestRegionMmap;
+use nexus_kvm::{IoWindow, Vcpu, VcpuConfig, Vm, VmMemory};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, MmapRegion, VolatileMemory};
+
+use crate::memfile::MemoryFile;
+use crate::persist::DeviceState;
+use crate::state::{MemoryRegion, RegionKind, SnapshotState};
+use crate::sys::Userfaultfd;
+use crate::uffd::{FaultShared, UffdRegion};
+use crate::working_set::{self, WorkingSet};
+use crate::{Error, PAGE_SIZE, Result, SnapshotFiles};
+
+pub use crate::working_set::WorkingSetReport;
+
+/// How guest RAM is brought back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestoreMode {
+    /// Read every non-zero page into fresh anonymous memory before the VM runs.
+    #[default]
+    Eager,
+    /// Map the memory file `MAP_PRIVATE`: pages are read from the page cache (shared by every
+    /// VM restored from the same file) on first touch, and copied on first write.
+    Lazy,
+    /// Serve each page on first touch through userfaultfd (`UFFDIO_COPY` from the memory
+    /// file, `UFFDIO_ZEROPAGE` for pages it does not store).
+    Uffd,
+    /// Read the recorded working set (one sequential read) and install it before the VM runs;
+    /// serve the rest as [`RestoreMode::Uffd`] does.
+    Prefetch,
+}
+
+/// How to restore.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// How guest RAM is brought back.
+    pub mode: RestoreMode,
+    /// Record the pages the guest faults in, for [`FaultServer::write_working_set`]
+    /// (needs [`RestoreMode::Uffd`]).
+    pub record_working_set: bool,
+    /// How the restored vCPUs treat unclaimed exits.
+    pub vcpu: VcpuConfig,
+}
+
+/// Where a restore spent its time and what it read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RestoreStats {
+    /// The mode used.
+    pub mode: RestoreMode,
+    /// Preparing guest memory: mapping, reading (eager, window), registering with
+    /// userfaultfd, installing the working set.
+    pub memory: Duration,
+    /// Creating the VM over that memory and restoring the interrupt controllers.
+    pub vm: Duration,
+    /// Creating the vCPUs, setting their state, and restoring the clock.
+    pub vcpus: Duration,
+    /// The whole restore (not counting [`Snapshot::open`]).
+    pub total: Duration,
+    /// Bytes read from the snapshot's files before the VM runs (eagerly read pages, the
+    /// window, the working-set file).
+    pub bytes_read: u64,
+    /// Pages installed from the working set before the VM runs.
+    pub prefetched_pages: u64,
+}
+
+/// Pages served by userfaultfd so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    /// Page faults served (copied or zero).
+    pub pages_faulted: u64,
+    /// Of those, pages served with the zero page.
+    pub zero_pages: u64,
+    /// Bytes copied from the memory file.
+    pub bytes_copied: u64,
+}
+
+/// A validated snapshot, ready to restore any number of VMs from, at the same time if
+/// wanted (it is cheap to clone and `Send + Sync`).
+#[derive(Clone)]
+pub struct Snapshot {
+    inner: Arc<SnapshotInner>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("id", &format_args!("{:#018x}", self.inner.state.id))
+            .field("files", &self.inner.files)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct SnapshotInner {
+    pub(crate) files: SnapshotFiles,
+    pub(crate) state: SnapshotState,
+    pub(crate) memory: MemoryFile,
+    /// The memory file mapped read-only, shared by the userfaultfd handlers.
+    source: OnceLock<MmapRegion>,
+    open_time: Duration,
+}
+
+impl SnapshotInner {
+    /// The read-only mapping of the memory file, mapped on first use.
+    pub(crate) fn source(&self) -> std::io::Result<&MmapRegion> {
+        if let Some(s) = self.source.get() {
+            return Ok(s);
+        }
+        let file = self.memory.file.try_clone()?;
+        let region = MmapRegionBuilder::new(self.state.memory.file_size as usize)
+            .with_file_offset(FileOffset::new(file, 0))
+            .with_mmap_prot(libc::PROT_READ)
+            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // A racing thread may have mapped it first; then ours is dropped.
+        let _ = self.source.set(region);
+        Ok(self.source.get().expect("just set"))
+    }
+}
+
+/// A restored VM, ready to run: start the vCPUs (after placing the devices on the VM's
+/// buses) and the guest continues where it was saved.
+#[derive(Debug)]
+pub struct RestoredVm {
+    /// The VM, over the restored memory.
+    pub vm: Vm,
+    /// Its vCPUs, by index, with their state set.
+    pub vcpus: Vec<Vcpu>,
+    /// The devices' saved sections, for the VMM to restore its devices from
+    /// ([`DeviceState::restore`]).
+    pub devices: Vec<DeviceState>,
+    /// The userfaultfd page server ([`RestoreMode::Uffd`] and [`RestoreMode::Prefetch`]).
+    pub faults: Option<FaultServer>,
+    /// Where the restore spent its time.
+    pub stats: RestoreStats,
+}
+
+impl RestoredVm {
+    /// The device section named `name`.
+    pub fn device(&self, name: &str) -> Result<&DeviceState> {
+        DeviceState::find(&self.devices, name)
+    }
+
+    /// Pages served by userfaultfd so far (zero in the other modes).
+    pub fn fault_stats(&self) -> FaultStats {
+        self.faults
+            .as_ref()
+            .map(FaultServer::stats)
+            .unwrap_or_default()
+    }
+}
+
+/// The userfaultfd side of a restored VM: its counters and, when recording, the working set.
+///
+/// The handler thread serves faults until the VM's memory is unmapped, independently of
+/// this handle.
+#[derive(Clone)]
+pub struct FaultServer {
+    shared: Arc<FaultShared>,
+    snapshot: Arc<SnapshotInner>,
+}
+
+impl std::fmt::Debug for FaultServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultServer")
+            .field("stats", &self.stats())
+            .field("recording", &self.shared.recorded.is_some())
+            .field("finished", &self.is_finished())
+            .finish()
+    }
+}
+
+impl FaultServer {
+    /// Pages served so far.
+    pub fn stats(&self) -> FaultStats {
+        let copied = self.shared.copied.load(Ordering::Relaxed);
+        let zeroed = self.shared.zeroed.load(Ordering::Relaxed);
+        FaultStats {
+            pages_faulted: copied + zeroed,
+            zero_pages: zeroed,
+            bytes_copied: copied * PAGE_SIZE,
+        }
+    }
+
+    /// Whether the handler thread has ended (the VM's memory is gone).
+    pub fn is_finished(&self) -> bool {
+        self.shared.finished.load(Ordering::Acquire)
+    }
+
+    /// Writes the pages recorded so far to the snapshot's working-set file (replacing any
+    /// older one), for later [`RestoreMode::Prefetch`] restores.
+    pub fn write_working_set(&self) -> Result<WorkingSetReport> {
+        let recorded = self.shared.recorded.as_ref().ok_or(Error::NotRecording)?;
+        let pages = recorded.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let inner = &self.snapshot;
+        let report =
+            working_set::write(&inner.files.working_set, &inner.state, &inner.memory, pages)?;
+        log::info!(
+            "Working set of {} pages ({} zero) written to {}",
+            report.data_pages + report.zero_pages,
+            report.zero_pages,
+            report.path.display()
+        );
+        Ok(report)
+    }
+}
+
+fn anonymous_region(r: &MemoryRegion) -> Result<GuestRegionMmap> {
+    GuestRegionMmap::from_range(GuestAddress(r.guest_addr), r.size as usize, None)
+        .map_err(|e| Error::Memory(nexus_kvm::memory::Error::Mmap(e)))
+}
+
+impl Snapshot {
+    /// Opens the snapshot `files` and validates the state file and the memory file (header,
+    /// version, checksums, that the memory file is the state file's). Nothing is mapped yet.
+    pub fn open(files: &SnapshotFiles) -> Result<Self> {
+        let start = Instant::now();
+        let bytes = std::fs::read(&files.state).map_err(|e| Error::io("read", &files.state, e))?;
+        let state = SnapshotState::from_file_bytes(&bytes, &files.state)?;
+        let memory = MemoryFile::open(&files.memory, &state)?;
+        log::debug!(
+            "Opened snapshot {:#018x}: {} vCPU(s), {} of {} pages stored",
+            state.id,
+            state.vcpus.len(),
+            state.memory.nonzero_pages,
+            state.memory.data_pages()
+        );
+        Ok(Snapshot {
+            inner: Arc::new(SnapshotInner {
+                files: files.clone(),
+                state,
+                memory,
+                source: OnceLock::new(),
+                open_time: start.elapsed(),
+            }),
+        })
+    }
+
+    /// What the state file holds.
+    pub fn state(&self) -> &SnapshotState {
+        &self.inner.state
+    }
+
+    /// The snapshot's files.
+    pub fn files(&self) -> &SnapshotFiles {
+        &self.inner.files
+    }
+
+    /// How long [`Snapshot::open`] took (reading and validating the files).
+    pub fn open_time(&self) -> Duration {
+        self.inner.open_time
+    }
+
+    /// Whether a working-set file for this snapshot exists (it is validated only when a
+    /// [`RestoreMode::Prefetch`] restore reads it).
+    pub fn has_working_set(&self) -> bool {
+        self.inner.files.working_set.is_file()
+    }
+
+    /// Restores a VM. Every file is validated before the VM is built, so an error leaves
+    /// nothing behind.
+    pub fn restore(&self, options: &RestoreOptions) -> Result<RestoredVm> {
+        let start = Instant::now();
+        let inner = &self.inner;
+        let state = &inner.state;
+        let mode = options.mode;
+        if options.record_working_set && mode != RestoreMode::Uffd {
+            return Err(Error::RecordNeedsUffd(mode));
+        }
+        let working_set = match mode {
+            RestoreMode::Prefetch => Some(working_set::read(
+                &inner.files.working_set,
+                state,
+                &inner.memory,
+            )?),
+            _ => None,
+        };
+        let mut stats = RestoreStats {
+            mode,
+            ..Default::default()
+        };
+        let mut ram = Vec::new();
+        let mut uffd_regions = Vec::new();
+        let mut window = None;
+        // Declared after the memory so that, on an error, it is closed before the memory is
+        // unmapped: an unmap waits for its UFFD_EVENT_UNMAP to be read while the
+        // userfaultfd is open and, until the handler thread starts, nobody reads it.
+        let uffd = match mode {
+            RestoreMode::Uffd | RestoreMode::Prefetch => {
+                // Map the source now: the handler must not fail on its first fault.
+                inner
+                    .source()
+                    .map_err(|e| Error::io("map", &inner.memory.path, e))?;
+                Some(
+                    Userfaultfd::new()
+                        .map_err(|source| Error::Userfaultfd { op: "open", source })?,
+                )
+            }
+            _ => None,
+        };
+
+        for r in &state.memory.regions {
+            match r.kind {
+                RegionKind::Window => {
+                    let w = IoWindow::new(r.size).map_err(Error::Memory)?;
+                    stats.bytes_read += inner.memory.fill(r, w.region())?;
+                    window = Some(w);
+                }
+                RegionKind::Ram => {
+                    let region = match mode {
+                        RestoreMode::Eager => {
+                            let region = anonymous_region(r)?;
+                            stats.bytes_read += inner.memory.fill(r, &region)?;
+                            region
+                        }
+                        RestoreMode::Lazy => {
+                            let file = inner
+                                .memory
+                                .file
+                                .try_clone()
+                                .map_err(|e| Error::io("reopen", &inner.memory.path, e))?;
+                            let mapping = MmapRegionBuilder::new(r.size as usize)
+                                .with_file_offset(FileOffset::new(file, r.file_offset))
+                                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                                .build()
+                                .map_err(Error::Mmap)?;
+                            GuestRegionMmap::new(mapping, GuestAddress(r.guest_addr))
+                                .expect("the layout was validated")
+                        }
+                        RestoreMode::Uffd | RestoreMode::Prefetch => {
+                            let region = anonymous_region(r)?;
+                            let host = region.as_ptr() as u64;
+                            uffd.as_ref()
+                                .expect("opened for these modes")
+                                .register(host, r.size)
+                                .map_err(|source| Error::Userfaultfd {
+                                    op: "register",
+                                    source,
+                                })?;
+                            uffd_regions.push(UffdRegion {
+                                host,
+                                len: r.size,
+                                first_page: r.first_page(),
+                            });
+                            region
+                        }
+                    };
+                    ram.push(Arc::new(region));
+                }
+            }
+        }
+        if let (Some(ws), Some(uffd)) = (&working_set, &uffd) {
+            stats.prefetched_pages = install(uffd, &uffd_regions, ws)?;
+            stats.bytes_read += ws.file_size;
+        }
+        let faults = match uffd {
+            Some(uffd) => {
+                let shared = Arc::new(FaultShared {
+                    recorded: options.record_working_set.then(|| Mutex::new(Vec::new())),
+                    ..Default::default()
+                });
+                crate::uffd::spawn(uffd, uffd_regions, Arc::clone(inner), Arc::clone(&shared))?;
+                Some(FaultServer {
+                    shared,
+                    snapshot: Arc::clone(inner),
+                })
+            }
+            None => None,
+        };
+        let memory =
+            VmMemory::from_parts(state.memory.config, ram, window).map_err(Error::Memory)?;
+        stats.memory = start.elapsed();
+
+        let t = Instant::now();
+        let mut vm = Vm::with_memory(memory, state.vm.irqchip.is_some()).map_err(Error::Vm)?;
+        state.vm.apply_irqchip(vm.fd())?;
+        stats.vm = t.elapsed();
+
+        let t = Instant::now();
+        let mut vcpus = Vec::with_capacity(state.vcpus.len());
+        for v in &state.vcpus {
+            let vcpu = vm.create_vcpu(options.vcpu).map_err(Error::Vm)?;
+            v.apply(vm.fd(), &vcpu)?;
+            vcpus.push(vcpu);
+        }
+        state.vm.apply_clock(vm.fd())?;
+        stats.vcpus = t.elapsed();
+        stats.total = start.elapsed();
+        log::debug!("Restored snapshot {:#018x} ({mode:?}): {stats:?}", state.id);
+        Ok(RestoredVm {
+            vm,
+            vcpus,
+            devices: state.devices.clone(),
+            faults,
+            stats,
+        })
+    }
+}
+
+/// Installs the working set into the registered, still empty RAM: one `UFFDIO_COPY` per run
+/// of consecutive stored pages, one `UFFDIO_ZEROPAGE` per run of zero pages. Returns the
+/// number of pages installed.
+fn install(uffd: &Userfaultfd, regions: &[UffdRegion], ws: &WorkingSet) -> Result<u64> {
+    // (region index, host address) of a page; the pages were checked to be in RAM.
+    let host = |page: u64| {
+        regions
+            .iter()
+            .enumerate()
+            .find(|(_, r)| page >= r.first_page && page < r.first_page + r.len / PAGE_SIZE)
+            .map(|(i, r)| (i, r.host + (page - r.first_page) * PAGE_SIZE))
+            .expect("working-set pages were checked to be in RAM")
+    };
+    // Runs (first index, length) of consecutive pages inside one region.
+    let runs = |pages: &[u64]| {
+        let mut runs: Vec<(usize, usize)> = Vec::new();
+        for (i, &page) in pages.iter().enumerate() {
+            match runs.last_mut() {
+                Some((s, n)) if page == pages[i - 1] + 1 && host(page).0 == host(pages[*s]).0 => {
+                    *n += 1
+                }
+                _ => runs.push((i, 1)),
+            }
+        }
+        runs
+    };
+    let err = |op| move |source| Error::Userfaultfd { op, source };
+    let page = PAGE_SIZE as usize;
+    for (i, n) in runs(&ws.data_pages) {
+        let (_, dst) = host(ws.data_pages[i]);
+        let src = ws
+            .map
+            .get_slice(ws.data_offset + i * page, n * page)
+            .map_err(|e| Error::malformed(&ws.path, e.to_string()))?;
+        uffd.copy(dst, &src).map_err(err("copy (prefetch)"))?;
+    }
+    for (i, n) in runs(&ws.zero_pages) {
+        let (_, dst) = host(ws.zero_pages[i]);
+        uffd.zero(dst, n as u64 * PAGE_SIZE)
+            .map_err(err("zeropage (prefetch)"))?;
+    }
+    Ok((ws.data_pages.len() + ws.zero_pages.len()) as u64)
+}

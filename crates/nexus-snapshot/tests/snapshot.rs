@@ -1,0 +1,472 @@
+//! Snapshot and restore of real micro-VMs (needs `/dev/kvm`).
+
+mod common;
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::*;
+use nexus_kvm::layout::{SERIAL_PORT, SERIAL_PORT_LEN};
+use nexus_kvm::micro::{self, MicroGuestPorts};
+use nexus_kvm::serial::{Console, SerialDevice, SerialIrq};
+use nexus_kvm::{BusKind, MemoryConfig, VcpuConfig, VcpuStop, Vm, VmConfig};
+use nexus_snapshot::devices::SERIAL;
+use nexus_snapshot::{DeviceState, Error, RestoreMode, RestoreOptions, Snapshot, SnapshotFiles};
+
+/// Long enough (a few hundred ms natively) to be stopped in the middle.
+const ITERATIONS: u64 = 100_000_000;
+const BUFFER_BYTES: u64 = 1 << 20;
+const RAM: u64 = 64 << 20;
+const STOP_AFTER: Duration = Duration::from_millis(20);
+
+fn counter() -> &'static (Vec<u8>, u32, String) {
+    static REF: OnceLock<(Vec<u8>, u32, String)> = OnceLock::new();
+    REF.get_or_init(|| {
+        let elf = counter_elf(ITERATIONS, BUFFER_BYTES);
+        let (code, console) = run_uninterrupted(&elf, RAM);
+        assert_eq!(console, "go\nok\n");
+        (elf, code, console)
+    })
+}
+
+fn snapshot_in(dir: &Path, window: u64) -> (Snapshot, String) {
+    let (elf, _, _) = counter();
+    let (files, before) = snapshot_counter(elf, RAM, window, STOP_AFTER, dir);
+    (Snapshot::open(&files).expect("open the snapshot"), before)
+}
+
+fn check_run(result: &RunResult, before: &str) {
+    let (_, code, console) = counter();
+    assert_eq!(result.code, *code, "exit code after restore");
+    assert_eq!(format!("{before}{}", result.console), *console);
+}
+
+#[test]
+fn restores_a_guest_stopped_mid_computation_in_every_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, before) = snapshot_in(dir.path(), 1 << 20);
+    assert!(counter().2.starts_with(&before));
+    let v = &snapshot.state().vcpus[0];
+    eprintln!(
+        "saved: fpu {} xsave {} xcrs {} debugregs {} events {} lapic {} tsc_khz {:?} cpuid {} \
+         clock {} msrs {:x?}",
+        v.fpu.is_some(),
+        v.xsave.is_some(),
+        v.xcrs.is_some(),
+        v.debug_regs.is_some(),
+        v.events.is_some(),
+        v.lapic.is_some(),
+        v.tsc_khz,
+        v.cpuid.len(),
+        snapshot.state().vm.clock.is_some(),
+        v.msrs.iter().map(|m| m.index).collect::<Vec<_>>()
+    );
+    for mode in [RestoreMode::Eager, RestoreMode::Lazy, RestoreMode::Uffd] {
+        let r = restore_and_run(&snapshot, mode, false);
+        check_run(&r, &before);
+        assert_eq!(r.stats.mode, mode);
+        if mode == RestoreMode::Uffd {
+            assert!(r.faults.pages_faulted > 256, "{:?}", r.faults);
+        } else {
+            assert_eq!(r.faults.pages_faulted, 0);
+        }
+    }
+    // Record, then prefetch.
+    let recording = restore_and_run(&snapshot, RestoreMode::Uffd, true);
+    check_run(&recording, &before);
+    assert!(snapshot.has_working_set());
+    let prefetch = restore_and_run(&snapshot, RestoreMode::Prefetch, false);
+    check_run(&prefetch, &before);
+    assert!(prefetch.stats.prefetched_pages > 256);
+}
+
+#[test]
+fn prefetch_after_recording_faults_fewer_pages_than_uffd() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, before) = snapshot_in(dir.path(), 0);
+    let plain = restore_and_run(&snapshot, RestoreMode::Uffd, false);
+    check_run(&plain, &before);
+    let recording = restore_and_run(&snapshot, RestoreMode::Uffd, true);
+    check_run(&recording, &before);
+    let report = recording.recorded.unwrap();
+    assert_eq!(
+        report.data_pages + report.zero_pages,
+        recording.faults.pages_faulted
+    );
+    let prefetch = restore_and_run(&snapshot, RestoreMode::Prefetch, false);
+    check_run(&prefetch, &before);
+    eprintln!(
+        "uffd faulted {} pages; prefetch installed {} and faulted {}",
+        plain.faults.pages_faulted, prefetch.stats.prefetched_pages, prefetch.faults.pages_faulted
+    );
+    assert!(
+        prefetch.faults.pages_faulted < plain.faults.pages_faulted,
+        "prefetch {:?} vs uffd {:?}",
+        prefetch.faults,
+        plain.faults
+    );
+    assert_eq!(
+        prefetch.stats.prefetched_pages,
+        report.data_pages + report.zero_pages
+    );
+}
+
+#[test]
+fn ten_concurrent_restores_from_one_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, before) = snapshot_in(dir.path(), 0);
+    restore_and_run(&snapshot, RestoreMode::Uffd, true);
+    let modes = [
+        RestoreMode::Lazy,
+        RestoreMode::Uffd,
+        RestoreMode::Prefetch,
+        RestoreMode::Eager,
+        RestoreMode::Lazy,
+    ];
+    let threads: Vec<_> = (0..10)
+        .map(|i| {
+            let snapshot = snapshot.clone();
+            let mode = modes[i % modes.len()];
+            std::thread::spawn(move || (mode, restore_and_run(&snapshot, mode, false)))
+        })
+        .collect();
+    for t in threads {
+        let (mode, r) = t.join().expect("a restore thread panicked");
+        eprintln!("{mode:?}: exit {:#x}, {:?}", r.code, r.faults);
+        check_run(&r, &before);
+    }
+}
+
+#[test]
+fn a_restored_vm_can_be_snapshotted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, before) = snapshot_in(&dir.path().join("first"), 0);
+    for mode in [RestoreMode::Lazy, RestoreMode::Uffd] {
+        let mut restored = snapshot
+            .restore(&RestoreOptions {
+                mode,
+                vcpu: VcpuConfig { strict_io: true },
+                ..Default::default()
+            })
+            .unwrap();
+        let output = Output::default();
+        let serial = nexus_snapshot::devices::attach_micro_devices(
+            &restored.vm,
+            &restored.devices,
+            Console::new(output.clone()),
+        )
+        .unwrap();
+        let vcpu = restored.vcpus.pop().unwrap();
+        let handle = vcpu.spawn("again".into()).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        let (vcpu, result) = handle.stop().unwrap();
+        assert_eq!(result.unwrap(), VcpuStop::Stopped);
+        let files = SnapshotFiles::in_dir(dir.path().join(format!("{mode:?}")));
+        let section = DeviceState::save(SERIAL, &*serial.lock().unwrap());
+        nexus_snapshot::save(&restored.vm, &mut [vcpu], &[section], &files).unwrap();
+        let again = Snapshot::open(&files).unwrap();
+        let r = restore_and_run(&again, RestoreMode::Eager, false);
+        check_run(&r, &format!("{before}{}", output.text()));
+    }
+}
+
+#[test]
+fn window_is_restored_into_a_fresh_memfd() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, _) = snapshot_in(dir.path(), 2 << 20);
+    for mode in [RestoreMode::Lazy, RestoreMode::Uffd] {
+        let restored = snapshot
+            .restore(&RestoreOptions {
+                mode,
+                ..Default::default()
+            })
+            .unwrap();
+        let window = restored.vm.memory().window().expect("a window");
+        assert_eq!(window.size(), 2 << 20);
+        let mut buf = [0u8; 12];
+        window.memfd().read_at(&mut buf, 0x1000).unwrap();
+        assert_eq!(&buf, b"window bytes");
+    }
+}
+
+#[test]
+fn memory_file_of_a_barely_touched_guest_is_sparse() {
+    let dir = tempfile::tempdir().unwrap();
+    let (elf, _, _) = counter();
+    let (files, _) = snapshot_counter(elf, 256 << 20, 0, STOP_AFTER, dir.path());
+    let meta = std::fs::metadata(&files.memory).unwrap();
+    let allocated = meta.blocks() * 512;
+    eprintln!(
+        "memory file: {} bytes apparent, {} bytes allocated",
+        meta.len(),
+        allocated
+    );
+    assert!(meta.len() > 256 << 20);
+    assert!(allocated < 8 << 20, "{allocated} bytes allocated");
+    let snapshot = Snapshot::open(&files).unwrap();
+    let pages = snapshot.state().memory.nonzero_pages;
+    // Boot structures, the image, and at most the 256 pages of the buffer.
+    assert!((4..300).contains(&pages), "{pages} non-zero pages");
+}
+
+#[test]
+fn a_pending_port_write_is_completed_before_saving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dirty, stride) = (4 << 20, 4 * 4096);
+    let mut b = boot(&pause_elf(dirty, stride), RAM, 0);
+    assert_eq!(b.vcpu.run().unwrap(), VcpuStop::Exit(PAUSE_CODE_EXIT));
+    let files = SnapshotFiles::in_dir(dir.path());
+    save(&mut b, &files);
+    let snapshot = Snapshot::open(&files).unwrap();
+    for mode in [RestoreMode::Eager, RestoreMode::Uffd] {
+        let r = restore_and_run(&snapshot, mode, false);
+        assert_eq!(r.code, pause_expected(dirty, stride), "{mode:?}");
+        assert!(r.first_instruction.is_some());
+    }
+}
+
+#[test]
+fn a_vm_with_an_irqchip_round_trips() {
+    let (elf, code, console) = counter();
+    let memory = MemoryConfig {
+        ram_size: RAM,
+        window_size: 0,
+    };
+    let mut vm = Vm::new(VmConfig {
+        memory,
+        irqchip: true,
+    })
+    .unwrap();
+    let loaded = micro::load(vm.memory().guest(), memory, elf, &[], None).unwrap();
+    let output = Output::default();
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        Console::new(output.clone()),
+        SerialIrq::default(),
+    )));
+    vm.add_device(
+        BusKind::Pio,
+        serial.clone(),
+        u64::from(SERIAL_PORT),
+        u64::from(SERIAL_PORT_LEN),
+    )
+    .unwrap();
+    let ports = MicroGuestPorts::new(vm.memory().guest().clone(), Console::new(output.clone()));
+    vm.add_device(BusKind::Pio, Arc::new(Mutex::new(ports)), 0xf4, 2)
+        .unwrap();
+    let vcpu = vm.create_vcpu(VcpuConfig { strict_io: true }).unwrap();
+    micro::setup_vcpu(vcpu.fd(), &loaded).unwrap();
+    let handle = vcpu.spawn("irqchip".into()).unwrap();
+    std::thread::sleep(STOP_AFTER);
+    let (vcpu, result) = handle.stop().unwrap();
+    assert_eq!(result.unwrap(), VcpuStop::Stopped);
+    let dir = tempfile::tempdir().unwrap();
+    let files = SnapshotFiles::in_dir(dir.path());
+    let section = DeviceState::save(SERIAL, &*serial.lock().unwrap());
+    nexus_snapshot::save(&vm, &mut [vcpu], &[section], &files).unwrap();
+    let snapshot = Snapshot::open(&files).unwrap();
+    let state = snapshot.state();
+    assert!(state.vm.irqchip.is_some());
+    assert!(state.vcpus[0].lapic.is_some());
+    let r = restore_and_run(&snapshot, RestoreMode::Eager, false);
+    assert_eq!(r.code, *code);
+    assert_eq!(format!("{}{}", output.text(), r.console), *console);
+}
+
+/// Copies a snapshot's files into a new directory, for one corruption each.
+fn copy(files: &SnapshotFiles, to: &Path) -> SnapshotFiles {
+    let copy = SnapshotFiles::in_dir(to);
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(&files.state, &copy.state).unwrap();
+    std::fs::copy(&files.memory, &copy.memory).unwrap();
+    if files.working_set.exists() {
+        std::fs::copy(&files.working_set, &copy.working_set).unwrap();
+    }
+    copy
+}
+
+fn flip(path: &Path, offset: u64) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset).unwrap();
+    f.write_all_at(&[b[0] ^ 0x40], offset).unwrap();
+}
+
+fn truncate(path: &Path, by: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - by).unwrap();
+}
+
+fn refused(files: &SnapshotFiles, mode: RestoreMode) -> Error {
+    let result = Snapshot::open(files).and_then(|s| {
+        s.restore(&RestoreOptions {
+            mode,
+            ..Default::default()
+        })
+    });
+    match result {
+        Ok(_) => panic!("a bad snapshot was restored"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn bad_snapshots_are_refused_naming_the_file_and_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let (a, _) = snapshot_in(&root.path().join("a"), 0);
+    let (b, _) = snapshot_in(&root.path().join("b"), 0);
+    restore_and_run(&a, RestoreMode::Uffd, true);
+    restore_and_run(&b, RestoreMode::Uffd, true);
+    let a = a.files().clone();
+    let b = b.files().clone();
+    let mut n = 0;
+    let mut case = || {
+        n += 1;
+        copy(&a, &root.path().join(format!("case{n}")))
+    };
+    let expect = |err: Error, path: &Path, what: &str| {
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()),
+            "{msg:?} does not name {}",
+            path.display()
+        );
+        assert!(msg.contains(what), "{msg:?} does not say {what:?}");
+    };
+
+    let f = case();
+    truncate(&f.state, 10);
+    expect(refused(&f, RestoreMode::Eager), &f.state, "truncated");
+
+    let f = case();
+    flip(&f.state, 200);
+    let err = refused(&f, RestoreMode::Eager);
+    assert!(matches!(err, Error::Checksum { .. }), "{err}");
+    expect(err, &f.state, "corrupted");
+
+    let f = case();
+    flip(&f.state, 8); // the format version: 1 → 0x41
+    let err = refused(&f, RestoreMode::Eager);
+    assert!(
+        matches!(err, Error::UnsupportedVersion { found: 0x41, .. }),
+        "{err}"
+    );
+    expect(err, &f.state, "format version 65");
+
+    let f = case();
+    std::fs::copy(&b.memory, &f.memory).unwrap();
+    let err = refused(&f, RestoreMode::Lazy);
+    assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+    expect(err, &f.memory, "belongs to snapshot");
+
+    let f = case();
+    truncate(&f.memory, 4096);
+    expect(refused(&f, RestoreMode::Lazy), &f.memory, "truncated");
+
+    let f = case();
+    flip(&f.memory, 20); // the snapshot id, under the header checksum
+    expect(
+        refused(&f, RestoreMode::Lazy),
+        &f.memory,
+        "header's checksum",
+    );
+
+    let f = case();
+    let len = std::fs::metadata(&f.memory).unwrap().len();
+    flip(&f.memory, len - 1); // the page list
+    expect(
+        refused(&f, RestoreMode::Uffd),
+        &f.memory,
+        "page list's checksum",
+    );
+
+    let f = case();
+    flip(&f.memory, 0);
+    expect(refused(&f, RestoreMode::Eager), &f.memory, "bad magic");
+
+    // Working-set files.
+    let f = case();
+    std::fs::copy(&b.working_set, &f.working_set).unwrap();
+    let err = refused(&f, RestoreMode::Prefetch);
+    assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+    expect(err, &f.working_set, "belongs to snapshot");
+
+    let f = case();
+    let len = std::fs::metadata(&f.working_set).unwrap().len();
+    flip(&f.working_set, len - 100);
+    expect(
+        refused(&f, RestoreMode::Prefetch),
+        &f.working_set,
+        "working set's checksum",
+    );
+
+    let f = case();
+    truncate(&f.working_set, 4096);
+    expect(
+        refused(&f, RestoreMode::Prefetch),
+        &f.working_set,
+        "truncated",
+    );
+
+    let f = case();
+    flip(&f.working_set, 8);
+    expect(
+        refused(&f, RestoreMode::Prefetch),
+        &f.working_set,
+        "format version",
+    );
+
+    let f = case();
+    std::fs::remove_file(&f.working_set).unwrap();
+    expect(
+        refused(&f, RestoreMode::Prefetch),
+        &f.working_set,
+        "Cannot read",
+    );
+
+    // A recording restore needs userfaultfd.
+    let s = Snapshot::open(&a).unwrap();
+    let err = s
+        .restore(&RestoreOptions {
+            mode: RestoreMode::Lazy,
+            record_working_set: true,
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::RecordNeedsUffd(RestoreMode::Lazy)),
+        "{err}"
+    );
+
+    // The untouched originals still restore.
+    for files in [&a, &b] {
+        let s = Snapshot::open(files).unwrap();
+        let r = restore_and_run(&s, RestoreMode::Prefetch, false);
+        assert_eq!(r.code, counter().1);
+    }
+}
+
+#[test]
+fn saving_refuses_bad_vcpu_lists_and_duplicate_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = SnapshotFiles::in_dir(dir.path());
+    let mut b = boot(&counter_elf(10, 4096), RAM, 0);
+    let err = nexus_snapshot::save(&b.vm, &mut [], &[], &files).unwrap_err();
+    assert!(matches!(err, Error::VcpuIds(_)), "{err}");
+    let s = DeviceState::save(SERIAL, &*b.serial.lock().unwrap());
+    let err = nexus_snapshot::save(
+        &b.vm,
+        std::slice::from_mut(&mut b.vcpu),
+        &[s.clone(), s],
+        &files,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::DuplicateDevice(_)), "{err}");
+    assert!(!files.state.exists());
+}
