@@ -17,6 +17,7 @@ pub const BUNDLED: &[&str] = &[
     "compress",
     "aes",
     "hostile",
+    "getloop",
 ];
 
 /// Errors of locating a guest.
@@ -31,13 +32,13 @@ pub enum Error {
         list: String,
     },
     /// cargo could not be run.
-    #[error("Cannot run cargo to build the bundled guests")]
+    #[error("Cannot run cargo to build a workspace binary")]
     Cargo(#[source] std::io::Error),
     /// cargo failed.
-    #[error("Building the bundled guests failed (cargo exited with {0})")]
+    #[error("Building a workspace binary failed (cargo exited with {0})")]
     BuildFailed(std::process::ExitStatus),
     /// The build succeeded but the binary is missing.
-    #[error("The bundled guest {0} was built but is not at {1}")]
+    #[error("{0} was built but is not at {1}")]
     Missing(String, PathBuf),
 }
 
@@ -89,11 +90,11 @@ pub fn build_bundled(progress: bool) -> Result<(), Error> {
             .args([
                 "build",
                 "--quiet",
-                "-p",
-                "nexus-guests",
+                "--manifest-path",
+                "guests/Cargo.toml",
                 "--bins",
-                "--profile",
             ])
+            .arg("--profile")
             .arg(cargo_profile)
             .arg("--target-dir")
             .arg(&target)
@@ -105,6 +106,38 @@ pub fn build_bundled(progress: bool) -> Result<(), Error> {
         };
     });
     result
+}
+
+/// The path of a binary of this workspace (for example `nexus-backend`), built with cargo
+/// (same profile and target directory as the running executable) when the sources are here.
+pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, Error> {
+    let (target, profile) = target_profile();
+    let path = target.join(&profile).join(bin);
+    if workspace_dir().join("crates").is_dir() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let cargo_profile = if profile == "debug" {
+            "dev".to_string()
+        } else {
+            profile
+        };
+        let status = Command::new(cargo)
+            .current_dir(workspace_dir())
+            .args(["build", "--quiet", "-p", package, "--bin", bin, "--profile"])
+            .arg(cargo_profile)
+            .arg("--target-dir")
+            .arg(&target)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => return Err(Error::BuildFailed(s)),
+            Err(e) => return Err(Error::Cargo(e)),
+        }
+    }
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Missing(bin.to_string(), path))
+    }
 }
 
 /// Resolves `name_or_path` to an ELF file: an existing path, or a bundled guest (built if
