@@ -302,7 +302,7 @@ impl core::error::Error for Rejection {
 pub(crate) struct Collected {
     descriptors: [ChainDescriptor; MAX_CHAIN_LEN],
     len: usize,
-    error: Option<Error>,
+    pub(crate) error: Option<Error>,
 }
 
 impl Collected {

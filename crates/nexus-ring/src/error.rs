@@ -204,6 +204,10 @@ pub enum Error {
         /// The limit.
         max: u64,
     },
+    /// The chain ends at a descriptor that still links to another: a link the virtqueue
+    /// refused (out of the table, a loop, or more than 4 GiB in total).
+    #[error("descriptor chain is broken: it ends at a descriptor that links on")]
+    BrokenChain,
     /// A field has more segments than the protocol allows.
     #[error("{field} has more than {max} segments")]
     TooManySegments {

@@ -17,8 +17,8 @@ impl Decoder {
     /// This is the decoder the device, the backend and the fuzzer share. The chain's memory is
     /// read only for the request header, after every descriptor has been checked against the
     /// window. The virtio-queue iterator itself reads the descriptor table (and any indirect
-    /// table) and ends the chain early on a malformed link; a truncated chain then fails the
-    /// protocol's checks here.
+    /// table) and ends the chain early on a malformed link; such a truncated chain is refused
+    /// with [`Error::BrokenChain`].
     pub fn decode_chain<M>(
         &self,
         chain: DescriptorChain<M>,
@@ -29,11 +29,20 @@ impl Decoder {
     {
         let mut chain = chain;
         let mut collected = Collected::new();
-        collected.gather(chain.by_ref().map(|d| ChainDescriptor {
-            addr: d.addr().0,
-            len: d.len(),
-            writable: d.is_write_only(),
+        let mut links_on = false;
+        collected.gather(chain.by_ref().map(|d| {
+            links_on = d.has_next();
+            ChainDescriptor {
+                addr: d.addr().0,
+                len: d.len(),
+                writable: d.is_write_only(),
+            }
         }));
+        // The iterator ends early, silently, on a link it refuses (for example a chain of more
+        // than 4 GiB in total): a chain whose last descriptor still links on is broken.
+        if links_on && collected.error.is_none() {
+            collected.error = Some(Error::BrokenChain);
+        }
         let memory = chain.memory();
         self.finish(&collected, |segment, out| {
             memory
@@ -64,6 +73,21 @@ mod tests {
             ops.insert(queued.op());
         }
         assert_eq!(ops.len(), Op::ALL.len());
+    }
+
+    #[test]
+    fn a_chain_the_virtqueue_cuts_short_is_refused() {
+        // More than 4 GiB in total: virtio-queue stops yielding descriptors at the one that
+        // crosses the limit, although the previous one still links on.
+        let (_, mut image) = sample_requests().swap_remove(3); // get
+        assert!(image.decode_virtio().unwrap().is_ok());
+        image.descriptors.push(MockDescriptor {
+            addr: MOCK_WINDOW_BASE,
+            len: u32::MAX,
+            flags: VIRTQ_DESC_F_WRITE,
+        });
+        let rejection = image.decode_virtio().unwrap().unwrap_err();
+        assert_eq!(rejection.error, Error::BrokenChain);
     }
 
     #[test]
