@@ -18,6 +18,7 @@ pub const BUNDLED: &[&str] = &[
     "aes",
     "hostile",
     "getloop",
+    "iobench",
 ];
 
 /// Errors of locating a guest.
@@ -111,8 +112,22 @@ pub fn build_bundled(progress: bool) -> Result<(), Error> {
 /// The path of a binary of this workspace (for example `nexus-backend`), built with cargo
 /// (same profile and target directory as the running executable) when the sources are here.
 pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, Error> {
+    build_target(package, &["--bin", bin], bin)
+}
+
+/// The path of an example binary of the root package (for example `nexus-vmm`), built with
+/// cargo like [`workspace_binary`], so that tests never run a stale example.
+pub fn workspace_example(example: &str) -> Result<PathBuf, Error> {
+    build_target(
+        "nexus",
+        &["--example", example],
+        &format!("examples/{example}"),
+    )
+}
+
+fn build_target(package: &str, selector: &[&str], output: &str) -> Result<PathBuf, Error> {
     let (target, profile) = target_profile();
-    let path = target.join(&profile).join(bin);
+    let path = target.join(&profile).join(output);
     if workspace_dir().join("crates").is_dir() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let cargo_profile = if profile == "debug" {
@@ -122,7 +137,9 @@ pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, Error> {
         };
         let status = Command::new(cargo)
             .current_dir(workspace_dir())
-            .args(["build", "--quiet", "-p", package, "--bin", bin, "--profile"])
+            .args(["build", "--quiet", "-p", package])
+            .args(selector)
+            .arg("--profile")
             .arg(cargo_profile)
             .arg("--target-dir")
             .arg(&target)
@@ -136,7 +153,7 @@ pub fn workspace_binary(package: &str, bin: &str) -> Result<PathBuf, Error> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(Error::Missing(bin.to_string(), path))
+        Err(Error::Missing(output.to_string(), path))
     }
 }
 

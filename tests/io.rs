@@ -12,20 +12,11 @@ use std::time::{Duration, Instant};
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn nexus_vmm() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("nexus-vmm");
-    assert!(
-        path.exists(),
-        "{} is missing: run through `cargo test`",
-        path.display()
-    );
-    path
+    // Built (or found up to date) through cargo, so that a filtered `cargo test` never runs a
+    // stale example.
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| nexus::guests::workspace_example("nexus-vmm").unwrap())
+        .clone()
 }
 
 fn backend_binary() -> PathBuf {

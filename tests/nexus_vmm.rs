@@ -5,15 +5,11 @@ use std::process::{Command, Output};
 
 /// `target/<profile>/examples/nexus-vmm`, which `cargo test` builds alongside the tests.
 fn nexus_vmm() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap();
-    let path = profile_dir.join("examples").join("nexus-vmm");
-    assert!(
-        path.exists(),
-        "{} is missing: run through `cargo test`",
-        path.display()
-    );
-    path
+    // Built (or found up to date) through cargo, so that a filtered `cargo test` never runs a
+    // stale example.
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| nexus::guests::workspace_example("nexus-vmm").unwrap())
+        .clone()
 }
 
 fn run(args: &[&str]) -> Output {

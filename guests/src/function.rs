@@ -6,7 +6,9 @@
 //!   the window with the invocation context), transform, `complete()` with the output as the
 //!   result, inline. The invocation context carries no output key (protocol version 1), so
 //!   the node stores the result if it wants it kept. A failed transform completes the
-//!   invocation with an error document instead.
+//!   invocation with an error document instead. A request id `put-behind:KEY` also makes the
+//!   function store its result at `KEY` with a write-behind `PUT` before completing (the
+//!   backend reports the invocation complete only once that upload is durable).
 
 use alloc::format;
 use alloc::string::String;
@@ -52,6 +54,9 @@ impl fmt::Display for Failure {
 pub const EXIT_ERROR: u32 = 1;
 /// Exit code for bad arguments.
 pub const EXIT_USAGE: u32 = 2;
+
+/// A request id starting with this names a key to store the result at, write-behind.
+const PUT_BEHIND: &str = "put-behind:";
 
 /// Consecutive failures of `next_invocation` after which the loop gives up.
 const MAX_NEXT_FAILURES: u32 = 3;
@@ -114,10 +119,25 @@ fn serve(nexus: &mut Client, name: &str, transform: Transform) -> u32 {
         };
         failures = 0;
         let number = invocation.number;
+        let behind = invocation
+            .request_id
+            .strip_prefix(PUT_BEHIND)
+            .map(String::from);
         let completed = match transform(nexus, invocation.input) {
             Ok((result, summary)) => {
                 println!("{summary} (invocation {number})");
-                nexus.complete_buf(number, Outcome::Success, &result)
+                let stored = match &behind {
+                    Some(key) => nexus.put_buf_behind(key, &result),
+                    None => Ok(()),
+                };
+                match stored {
+                    Ok(()) => nexus.complete_buf(number, Outcome::Success, &result),
+                    Err(error) => {
+                        let document = format!("{{\"error\":{:?}}}", format!("{}", error.report()));
+                        println!("{name}: invocation {number}: {}", error.report());
+                        nexus.complete(number, Err(document.as_bytes()))
+                    }
+                }
             }
             Err(error) => {
                 let document = format!("{{\"error\":{:?}}}", format!("{error}"));

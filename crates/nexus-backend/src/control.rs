@@ -8,18 +8,26 @@
 //! | `{"op":"attach","vm":"ID","tenant":"NAME"}` | `{"ok":true,"socket":"PATH"}` |
 //! | `{"op":"hint","vm":"ID","key":"KEY"}` | `{"ok":true}` |
 //! | `{"op":"detach","vm":"ID"}` | `{"ok":true}` |
+//! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"},"output":"KEY"?}` | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…}}` once the function completed |
+//! | `{"op":"parked","vm":"ID","timeout_ms":N?}` | `{"ok":true}` once a `NEXT` of the VM is parked |
 //! | anything else | `{"ok":false,"error":"MESSAGE"}` |
 //!
 //! A connection that closes detaches the VMs it attached (and that are still attached by it).
 
 use std::future::Future;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::invoke::{Invocation, InvocationInput};
 use crate::server::Backend;
+
+/// How long `parked` waits by default.
+pub const DEFAULT_PARKED_TIMEOUT_MS: u64 = 30_000;
 
 /// The longest request line accepted.
 pub const MAX_LINE: usize = 64 << 10;
@@ -47,6 +55,56 @@ pub enum ControlRequest {
         /// The VM's ID.
         vm: String,
     },
+    /// Run one invocation on VM `vm` (its next `NEXT` receives it); reply when the function
+    /// completed and its write-behind uploads — and `output`, if given — are durable.
+    Invoke {
+        /// The VM's ID.
+        vm: String,
+        /// The input: an object of the VM's tenant or inline text.
+        input: ControlInput,
+        /// Store the function's result at this key (under the tenant's rules).
+        #[serde(default)]
+        output: Option<String>,
+        /// The function's name in the invocation context (default `function`).
+        #[serde(default)]
+        function: Option<String>,
+        /// The request id in the invocation context (default empty).
+        #[serde(default)]
+        request_id: Option<String>,
+    },
+    /// Reply once VM `vm` has a `NEXT` parked, waiting for an invocation.
+    Parked {
+        /// The VM's ID.
+        vm: String,
+        /// Give up after this long ([`DEFAULT_PARKED_TIMEOUT_MS`] if absent).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+}
+
+/// The input of a control `invoke`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ControlInput {
+    /// `{"key":"K"}`: an object of the VM's tenant (prefetched at once).
+    Key(String),
+    /// `{"inline":"TEXT"}`: the bytes of this text.
+    Inline(String),
+}
+
+/// Where an `invoke` spent its time, in microseconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvokeTimings {
+    /// From the request to the guest's `NEXT` being answered with the invocation.
+    pub next_served_us: u64,
+    /// From then to the function's `COMPLETE`.
+    pub function_us: u64,
+    /// From `COMPLETE` to its write-behind uploads being durable.
+    pub durable_us: u64,
+    /// Storing `output` (0 without one).
+    pub output_store_us: u64,
+    /// From the request to the reply.
+    pub total_us: u64,
 }
 
 /// One control reply.
@@ -60,6 +118,21 @@ pub struct ControlReply {
     /// What went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `success` or `error` (invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// The length of the function's result (invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_len: Option<u64>,
+    /// The function's result: the text if it is UTF-8, else base64 (invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// `utf8` or `base64`: how `output` is encoded (invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_encoding: Option<String>,
+    /// Where the invocation spent its time (invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<InvokeTimings>,
 }
 
 impl ControlReply {
@@ -69,6 +142,11 @@ impl ControlReply {
             ok: true,
             socket: None,
             error: None,
+            outcome: None,
+            output_len: None,
+            output: None,
+            output_encoding: None,
+            timings: None,
         }
     }
 
@@ -76,8 +154,8 @@ impl ControlReply {
     pub fn error(message: impl Into<String>) -> Self {
         Self {
             ok: false,
-            socket: None,
             error: Some(message.into()),
+            ..Self::ok()
         }
     }
 
@@ -197,8 +275,117 @@ impl Backend {
                     Err(e) => ControlReply::error(format!("detach failed: {e}")),
                 }
             }
+            ControlRequest::Invoke {
+                vm,
+                input,
+                output,
+                function,
+                request_id,
+            } => {
+                let invocation = Invocation {
+                    function: function.unwrap_or_else(|| "function".into()),
+                    request_id: request_id.unwrap_or_default(),
+                    deadline_ms: 0,
+                    async_durability: false,
+                };
+                let input = match input {
+                    ControlInput::Key(key) => InvocationInput::Object(key),
+                    ControlInput::Inline(text) => InvocationInput::Bytes(Bytes::from(text)),
+                };
+                self.control_invoke(&vm, invocation, input, output.as_deref())
+                    .await
+                    .unwrap_or_else(ControlReply::error)
+            }
+            ControlRequest::Parked { vm, timeout_ms } => {
+                let timeout = timeout_ms.unwrap_or(DEFAULT_PARKED_TIMEOUT_MS);
+                let deadline = Instant::now() + Duration::from_millis(timeout);
+                loop {
+                    match self.next_parked(&vm) {
+                        Ok(true) => break ControlReply::ok(),
+                        Ok(false) if Instant::now() >= deadline => {
+                            break ControlReply::error(format!(
+                                "VM `{vm}` did not park in NEXT within {timeout} ms"
+                            ));
+                        }
+                        Ok(false) => tokio::time::sleep(Duration::from_millis(2)).await,
+                        Err(e) => break ControlReply::error(e.to_string()),
+                    }
+                }
+            }
         }
     }
+
+    async fn control_invoke(
+        &self,
+        vm: &str,
+        invocation: Invocation,
+        input: InvocationInput,
+        output: Option<&str>,
+    ) -> Result<ControlReply, String> {
+        let start = Instant::now();
+        let pending = self
+            .invoke(vm, invocation, input)
+            .map_err(|e| e.to_string())?;
+        let number = pending.number();
+        let result = pending.await;
+        let durable = Instant::now();
+        let times = self.invocation_times(vm, number);
+        let result = result.map_err(|e| e.to_string())?;
+        let success = result.outcome == nexus_ring::Outcome::Success;
+        let mut output_store_us = 0;
+        if let (Some(key), true) = (output, success) {
+            let t = Instant::now();
+            self.store_output(vm, key, result.output.clone()).await?;
+            output_store_us = micros(t.elapsed());
+        }
+        let (delivered, completed) = times.unwrap_or((start, None));
+        let completed = completed.unwrap_or(durable);
+        let timings = InvokeTimings {
+            next_served_us: micros(delivered.saturating_duration_since(start)),
+            function_us: micros(completed.saturating_duration_since(delivered)),
+            durable_us: micros(durable.saturating_duration_since(completed)),
+            output_store_us,
+            total_us: micros(start.elapsed()),
+        };
+        let (text, encoding) = match std::str::from_utf8(&result.output) {
+            Ok(text) => (text.to_owned(), "utf8"),
+            Err(_) => (base64(&result.output), "base64"),
+        };
+        Ok(ControlReply {
+            outcome: Some(if success { "success" } else { "error" }.into()),
+            output_len: Some(result.output.len() as u64),
+            output: Some(text),
+            output_encoding: Some(encoding.into()),
+            timings: Some(timings),
+            ..ControlReply::ok()
+        })
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The runtime directory was checked to be UTF-8 and VM IDs are ASCII.
@@ -230,6 +417,34 @@ mod tests {
             parse_request("{\"op\":\"detach\",\"vm\":\"a\"}\r"),
             Ok(ControlRequest::Detach { vm: "a".into() })
         );
+        assert_eq!(
+            parse_request(r#"{"op":"invoke","vm":"a","input":{"key":"in/x"},"output":"out/y"}"#),
+            Ok(ControlRequest::Invoke {
+                vm: "a".into(),
+                input: ControlInput::Key("in/x".into()),
+                output: Some("out/y".into()),
+                function: None,
+                request_id: None,
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"invoke","vm":"a","input":{"inline":"hi"}}"#),
+            Ok(ControlRequest::Invoke {
+                vm: "a".into(),
+                input: ControlInput::Inline("hi".into()),
+                output: None,
+                function: None,
+                request_id: None,
+            })
+        );
+        assert_eq!(
+            parse_request(r#"{"op":"parked","vm":"a"}"#),
+            Ok(ControlRequest::Parked {
+                vm: "a".into(),
+                timeout_ms: None
+            })
+        );
+        assert!(parse_request(r#"{"op":"invoke","vm":"a","input":{"blob":"x"}}"#).is_err());
         for bad in [
             "",
             "not json",
@@ -254,6 +469,20 @@ mod tests {
                 .unwrap_err()
                 .starts_with("bad request")
         );
+    }
+
+    #[test]
+    fn base64_encodes() {
+        for (raw, encoded) in [
+            (&b""[..], ""),
+            (b"f", "Zg=="),
+            (b"fo", "Zm8="),
+            (b"foo", "Zm9v"),
+            (b"foobar", "Zm9vYmFy"),
+            (b"\xff\xfe", "//4="),
+        ] {
+            assert_eq!(base64(raw), encoded);
+        }
     }
 
     #[test]

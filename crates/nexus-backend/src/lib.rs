@@ -63,7 +63,10 @@ pub use config::{
     BackendConfig, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES, DEFAULT_WRITE_BEHIND_BYTES,
     S3Options, StoreConfig, StoreUrl,
 };
-pub use control::{ControlReply, ControlRequest, MAX_LINE, parse_request};
+pub use control::{
+    ControlInput, ControlReply, ControlRequest, DEFAULT_PARKED_TIMEOUT_MS, InvokeTimings, MAX_LINE,
+    parse_request,
+};
 pub use device::{FEATURES, NEXUS_F_WAIT, NEXUS_F_WRITE_BEHIND, QUEUE_SIZE_MAX};
 pub use error::{Error, Result};
 pub use invoke::{

@@ -241,6 +241,54 @@ impl Backend {
         })
     }
 
+    /// Whether VM `vm` has a `NEXT` parked with nothing queued or running: it waits for its
+    /// next invocation (the moment to snapshot it).
+    pub fn next_parked(&self, vm: &str) -> Result<bool> {
+        Ok(self.session(vm)?.invocations.parked())
+    }
+
+    /// When invocation `number` of VM `vm` was delivered to the guest and when it completed
+    /// (each read once).
+    pub(crate) fn invocation_times(
+        &self,
+        vm: &str,
+        number: u64,
+    ) -> Option<(std::time::Instant, Option<std::time::Instant>)> {
+        self.session(vm).ok()?.invocations.take_times(number)
+    }
+
+    /// Stores `bytes` durably at `key` for VM `vm`, under its tenant's rules; the error
+    /// names the object.
+    pub(crate) async fn store_output(
+        &self,
+        vm: &str,
+        key: &str,
+        bytes: bytes::Bytes,
+    ) -> std::result::Result<(), String> {
+        let session = self.session(vm).map_err(|e| e.to_string())?;
+        check_key(key).map_err(|reason| {
+            Error::InvalidKey {
+                key: key.to_owned(),
+                reason,
+            }
+            .to_string()
+        })?;
+        if !session.tenant.allows(key) {
+            return Err(Error::KeyNotPermitted {
+                key: key.to_owned(),
+                tenant: session.tenant.name().to_owned(),
+            }
+            .to_string());
+        }
+        session.prefetch.invalidate(key);
+        let engine = &session.engine;
+        engine
+            .store
+            .put(key, crate::store::PutSource::Owned(bytes), &engine.staging)
+            .await
+            .map_err(|e| format!("Storing the output at `{key}` failed: {e}"))
+    }
+
     fn session(&self, vm: &str) -> Result<Arc<Session>> {
         lock(&self.shared.vms)
             .get(vm)

@@ -570,6 +570,9 @@ pub(crate) struct Invocations {
     pub(crate) next_outstanding: AtomicBool,
     /// The invocation the VM runs now (0: none), for log lines.
     pub(crate) current: AtomicU64,
+    /// When recent invocations were delivered (NEXT answered) and completed, by number, for
+    /// the control socket's timings (bounded: cleared when it grows past 1024 entries).
+    times: Mutex<HashMap<u64, (Instant, Option<Instant>)>>,
 }
 
 impl Invocations {
@@ -602,6 +605,13 @@ impl Invocations {
 
     /// The VM took an invocation.
     pub(crate) fn start(&self, number: u64, running: RunningInvocation) {
+        {
+            let mut times = lock(&self.times);
+            if times.len() >= 1024 {
+                times.clear();
+            }
+            times.insert(number, (Instant::now(), None));
+        }
         lock(&self.running).insert(number, running);
         self.current.store(number, Ordering::Relaxed);
     }
@@ -609,10 +619,25 @@ impl Invocations {
     /// The VM completed invocation `number`; `None` if it is not running.
     pub(crate) fn finish(&self, number: u64) -> Option<RunningInvocation> {
         let running = lock(&self.running).remove(&number)?;
+        if let Some((_, completed)) = lock(&self.times).get_mut(&number) {
+            *completed = Some(Instant::now());
+        }
         let _ = self
             .current
             .compare_exchange(number, 0, Ordering::Relaxed, Ordering::Relaxed);
         Some(running)
+    }
+
+    /// When invocation `number` was delivered and completed (forgets them).
+    pub(crate) fn take_times(&self, number: u64) -> Option<(Instant, Option<Instant>)> {
+        lock(&self.times).remove(&number)
+    }
+
+    /// Whether a `NEXT` is parked waiting for an invocation (none queued, none running).
+    pub(crate) fn parked(&self) -> bool {
+        self.next_outstanding.load(Ordering::Acquire)
+            && lock(&self.queue).is_empty()
+            && lock(&self.running).is_empty()
     }
 
     fn fail_all(&self, vm: &str) {

@@ -13,15 +13,60 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Longest reply line accepted.
-const MAX_REPLY_LEN: u64 = 64 * 1024;
+/// Longest reply line accepted (an `invoke` reply carries the function's result).
+const MAX_REPLY_LEN: u64 = 192 << 20;
 
 #[derive(Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Request<'a> {
-    Attach { vm: &'a str, tenant: &'a str },
-    Hint { vm: &'a str, key: &'a str },
-    Detach { vm: &'a str },
+    Attach {
+        vm: &'a str,
+        tenant: &'a str,
+    },
+    Hint {
+        vm: &'a str,
+        key: &'a str,
+    },
+    Detach {
+        vm: &'a str,
+    },
+    Invoke {
+        vm: &'a str,
+        input: InvokeInput<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        output: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request_id: Option<&'a str>,
+    },
+    Parked {
+        vm: &'a str,
+        timeout_ms: u64,
+    },
+}
+
+/// The input of an [`ControlClient::invoke`].
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvokeInput<'a> {
+    /// An object of the VM's tenant.
+    Key(&'a str),
+    /// Inline text.
+    Inline(&'a str),
+}
+
+/// The backend's answer to `invoke`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct InvokeReply {
+    /// `success` or `error`.
+    pub outcome: String,
+    /// Length of the function's result.
+    pub output_len: u64,
+    /// The result: text, or base64 if `output_encoding` says so.
+    pub output: String,
+    /// `utf8` or `base64`.
+    pub output_encoding: String,
+    /// Where the invocation spent its time (microseconds, by name).
+    pub timings: std::collections::BTreeMap<String, u64>,
 }
 
 impl Request<'_> {
@@ -30,6 +75,8 @@ impl Request<'_> {
             Request::Attach { .. } => "attach",
             Request::Hint { .. } => "hint",
             Request::Detach { .. } => "detach",
+            Request::Invoke { .. } => "invoke",
+            Request::Parked { .. } => "parked",
         }
     }
 }
@@ -41,6 +88,8 @@ struct Reply {
     socket: Option<String>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(flatten)]
+    invoked: Option<InvokeReply>,
 }
 
 /// A connection to the backend's control socket.
@@ -94,6 +143,34 @@ impl ControlClient {
     /// `detach`: drops VM `vm`'s session.
     pub fn detach(&mut self, vm: &str) -> Result<()> {
         self.request(&Request::Detach { vm }).map(drop)
+    }
+
+    /// `invoke`: runs one invocation on VM `vm` and waits for it to complete (give the
+    /// connection a timeout long enough). `output` stores the result there; `request_id`
+    /// is passed in the invocation context.
+    pub fn invoke(
+        &mut self,
+        vm: &str,
+        input: InvokeInput<'_>,
+        output: Option<&str>,
+        request_id: Option<&str>,
+    ) -> Result<InvokeReply> {
+        let reply = self.request(&Request::Invoke {
+            vm,
+            input,
+            output,
+            request_id,
+        })?;
+        reply.invoked.ok_or(Error::ControlReply {
+            op: "invoke",
+            source: None,
+        })
+    }
+
+    /// `parked`: waits (at most `timeout`) until VM `vm` has a `NEXT` parked.
+    pub fn parked(&mut self, vm: &str, timeout: Duration) -> Result<()> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.request(&Request::Parked { vm, timeout_ms }).map(drop)
     }
 
     /// The connection (to watch it for hang-ups).
@@ -160,6 +237,42 @@ mod tests {
             seen
         });
         (dir, path, handle)
+    }
+
+    #[test]
+    fn invoke_and_parked() {
+        let (_dir, path, server) = serve(&[
+            "{\"ok\":true}\n",
+            "{\"ok\":true,\"outcome\":\"success\",\"output_len\":3,\"output\":\"42\\n\",\"output_encoding\":\"utf8\",\"timings\":{\"function_us\":7}}\n",
+            "{\"ok\":true}\n",
+        ]);
+        let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
+        c.parked("1", Duration::from_millis(250)).unwrap();
+        let reply = c
+            .invoke("1", InvokeInput::Key("in/x"), Some("out/y"), None)
+            .unwrap();
+        assert_eq!(reply.outcome, "success");
+        assert_eq!(reply.output, "42\n");
+        assert_eq!(reply.output_len, 3);
+        assert_eq!(reply.timings["function_us"], 7);
+        // A bare `ok` is not an invoke reply.
+        assert!(matches!(
+            c.invoke("1", InvokeInput::Inline("hi"), None, Some("r")),
+            Err(Error::ControlReply { op: "invoke", .. })
+        ));
+        let seen = server.join().unwrap();
+        assert_eq!(
+            seen[0],
+            "{\"op\":\"parked\",\"vm\":\"1\",\"timeout_ms\":250}\n"
+        );
+        assert_eq!(
+            seen[1],
+            "{\"op\":\"invoke\",\"vm\":\"1\",\"input\":{\"key\":\"in/x\"},\"output\":\"out/y\"}\n"
+        );
+        assert_eq!(
+            seen[2],
+            "{\"op\":\"invoke\",\"vm\":\"1\",\"input\":{\"inline\":\"hi\"},\"request_id\":\"r\"}\n"
+        );
     }
 
     #[test]

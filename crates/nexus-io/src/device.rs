@@ -240,6 +240,44 @@ impl NexusIo {
         Ok(())
     }
 
+    /// Connects a device restored from a snapshot ([`NexusIoState::restore`]) to the
+    /// backend at once, so that **the guest notices nothing**: the request queue is started
+    /// with its base at the used ring's `idx`, so the backend pops again every chain the
+    /// guest made available and never got back (the `NEXT` it was parked in), and the
+    /// doorbell is rung for it. `attached` is a control connection on which the caller
+    /// already sent `attach` for this VM, with the socket it got back (to send a prefetch
+    /// `hint` before the restore); without it the device attaches itself.
+    ///
+    /// A device that was not live when saved has nothing to resume. If the backend cannot be
+    /// reached the device stays disconnected, as after a backend loss, and this says why.
+    ///
+    /// [`NexusIoState::restore`]: crate::NexusIoState::restore
+    pub fn resume(&mut self, attached: Option<(crate::ControlClient, PathBuf)>) -> Result<()> {
+        if let Some((control, socket)) = attached {
+            self.link.adopt(control, socket);
+        }
+        let Some(active) = &self.active else {
+            return Ok(());
+        };
+        let queue = active.config;
+        let base = active
+            .queue
+            .used_idx(&self.window_memory, std::sync::atomic::Ordering::Acquire)
+            .map_err(Error::Queue)?
+            .0;
+        let ring = RingSetup {
+            features: self.acked_features,
+            queue: &queue,
+            base,
+            window: &self.window,
+            kick: &self.kick,
+            call: &self.call,
+        };
+        self.link.start(&self.identity, &ring, &self.state)?;
+        debug!("nexus-io: resumed the request queue at base {base}");
+        self.kick.write(1).map_err(Error::EventFd)
+    }
+
     /// The WAIT register.
     fn wait(&mut self) -> u32 {
         let Some(active) = &self.active else {
@@ -349,6 +387,7 @@ impl VirtioDevice for NexusIo {
         let ring = RingSetup {
             features,
             queue: &queue,
+            base: 0,
             window: &self.window,
             kick: &self.kick,
             call: &self.call,

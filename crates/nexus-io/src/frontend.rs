@@ -123,10 +123,13 @@ impl VhostSession {
     }
 
     /// Starts the request queue: size, addresses (the VMM's addresses of the window
-    /// mapping), base 0, the call and kick eventfds, enable.
+    /// mapping), `base` (0 for a fresh ring; the used ring's `idx` when resuming a restored
+    /// one, so the backend pops again what the guest made available and was never used), the
+    /// call and kick eventfds, enable.
     pub(crate) fn start_ring(
         &mut self,
         queue: &QueueConfig,
+        base: u16,
         window: &IoWindow,
         kick: &EventFd,
         call: &EventFd,
@@ -163,7 +166,7 @@ impl VhostSession {
             .map_err(vhost_error("SET_VRING_NUM"))?;
         f.set_vring_addr(REQUEST_QUEUE, &ring)
             .map_err(vhost_error("SET_VRING_ADDR"))?;
-        f.set_vring_base(REQUEST_QUEUE, 0)
+        f.set_vring_base(REQUEST_QUEUE, base)
             .map_err(vhost_error("SET_VRING_BASE"))?;
         f.set_vring_call(REQUEST_QUEUE, call)
             .map_err(vhost_error("SET_VRING_CALL"))?;

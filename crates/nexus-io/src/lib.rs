@@ -21,7 +21,8 @@
 //! - A monitor thread watches both backend connections; when the backend goes away the device
 //!   reports `backend_state` 0 and WAIT returns [`BACKEND_UNAVAILABLE`], and on the next
 //!   `DRIVER_OK` after a reset it reconnects.
-//! - [`NexusIoState`] ([`persist`]) is the state a snapshot keeps.
+//! - [`NexusIoState`] ([`persist`]) is the state a snapshot keeps; [`NexusIo::resume`]
+//!   reconnects a restored device so that the guest notices nothing.
 //!
 //! # Example
 //!
@@ -71,7 +72,7 @@ use nexus_kvm::micro::DeviceInfo;
 use nexus_kvm::virtio_mmio::{MmioTransport, regs};
 use nexus_kvm::{BusKind, Vm};
 
-pub use control::ControlClient;
+pub use control::{ControlClient, InvokeInput, InvokeReply};
 pub use device::{
     BACKEND_UNAVAILABLE, DEVICE_FEATURES, DEVICE_ID, InterruptMode, NEXUS_F_WAIT,
     NEXUS_F_WRITE_BEHIND, NexusIo, NexusIoConfig, QUEUE_SIZE_MAX, VENDOR_ID, WAIT_TIMEOUT,
@@ -198,6 +199,9 @@ pub enum Error {
         /// Size of the window given.
         size: u64,
     },
+    /// A saved device section could not be parsed.
+    #[error("The saved nexus-io state is {0}")]
+    StateFormat(&'static str),
     /// The saved configuration fields differ from the device's.
     #[error("The saved configuration fields differ from this device's")]
     StateConfig,

@@ -35,6 +35,8 @@ pub(crate) struct Identity {
 pub(crate) struct RingSetup<'a> {
     pub(crate) features: u64,
     pub(crate) queue: &'a QueueConfig,
+    /// The ring's base: 0 for a fresh ring, the used `idx` for a restored one.
+    pub(crate) base: u16,
     pub(crate) window: &'a IoWindow,
     pub(crate) kick: &'a EventFd,
     pub(crate) call: &'a EventFd,
@@ -53,6 +55,9 @@ struct Session {
 pub(crate) struct BackendLink {
     control: Option<ControlClient>,
     session: Option<Session>,
+    /// The vhost-user socket of an `attach` sent before the device took the control
+    /// connection over ([`BackendLink::adopt`]).
+    adopted: Option<PathBuf>,
 }
 
 fn hung_up(fd: BorrowedFd<'_>) -> bool {
@@ -92,9 +97,10 @@ impl BackendLink {
             }
         }
         let session = self.session.as_mut().expect("connected");
-        let started = session
-            .vhost
-            .start_ring(ring.queue, ring.window, ring.kick, ring.call);
+        let started =
+            session
+                .vhost
+                .start_ring(ring.queue, ring.base, ring.window, ring.kick, ring.call);
         if started.is_err() {
             self.drop_session();
             state.set_connected(false);
@@ -108,6 +114,15 @@ impl BackendLink {
         Ok(())
     }
 
+    /// Takes over `control`, on which the caller already sent `attach` for this VM and got
+    /// `socket` back (for example to send a prefetch `hint` before the device existed); the
+    /// next [`start`](Self::start) connects to `socket` without attaching again.
+    pub(crate) fn adopt(&mut self, control: ControlClient, socket: PathBuf) {
+        self.drop_session();
+        self.control = Some(control);
+        self.adopted = Some(socket);
+    }
+
     fn connect(
         &mut self,
         identity: &Identity,
@@ -115,7 +130,10 @@ impl BackendLink {
         state: &Arc<LinkState>,
     ) -> Result<()> {
         self.drop_session();
-        let socket = self.attach(identity)?;
+        let socket = match self.adopted.take() {
+            Some(socket) => socket,
+            None => self.attach(identity)?,
+        };
         let attached = (|| {
             let vhost =
                 VhostSession::connect(&socket, ring.features, ring.window, BACKEND_TIMEOUT)?;

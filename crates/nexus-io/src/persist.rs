@@ -5,10 +5,17 @@
 //!
 //! The state holds what the guest can observe: the transport's registers and queue
 //! configuration, the negotiated features, the live request queue, and the configuration
-//! fields. The backend connection is not state: a restored device starts **disconnected**,
-//! so the guest's next WAIT reads `BACKEND_UNAVAILABLE`, and its driver recovers as from a
-//! backend loss (fails what was in flight, resets, sets the device up again — and the
-//! device reconnects on that `DRIVER_OK`).
+//! fields. The backend connection is not state: a restored device starts disconnected, and
+//! [`NexusIo::resume`] connects it at once with the ring's base at the used `idx`, so the
+//! backend pops again the chains the guest is still waiting on (the parked `NEXT` of a VM
+//! snapshotted in its runtime loop) and **the guest notices nothing**. Without `resume` the
+//! guest's next WAIT reads `BACKEND_UNAVAILABLE` and its driver recovers as from a backend
+//! loss (fails what was in flight, resets, sets the device up again).
+//!
+//! [`NexusIoState::to_bytes`] is the device's section of a snapshot (format version
+//! [`NexusIoState::STATE_VERSION`]): little-endian fields in the order of the structs,
+//! a queue as `max_size u16, size u16, ready u8, desc u64, avail u64, used u64`, an optional
+//! value as a `0`/`1` byte before it, the transport's queues behind their `u32` count.
 
 use nexus_kvm::virtio_mmio::{MmioTransport, MmioTransportState, QueueConfig};
 
@@ -43,7 +50,157 @@ pub struct NexusIoState {
     pub device: NexusIoDeviceState,
 }
 
+/// Appends little-endian fields.
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn queue(&mut self, q: &QueueConfig) {
+        self.u16(q.max_size);
+        self.u16(q.size);
+        self.u8(u8::from(q.ready));
+        self.u64(q.desc_table);
+        self.u64(q.avail_ring);
+        self.u64(q.used_ring);
+    }
+}
+
+/// Reads little-endian fields; `None` once the bytes run out.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    fn bool(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_le_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_le_bytes)
+    }
+    fn queue(&mut self) -> Option<QueueConfig> {
+        Some(QueueConfig {
+            max_size: self.u16()?,
+            size: self.u16()?,
+            ready: self.bool()?,
+            desc_table: self.u64()?,
+            avail_ring: self.u64()?,
+            used_ring: self.u64()?,
+        })
+    }
+}
+
 impl NexusIoState {
+    /// Version of the format [`to_bytes`](Self::to_bytes) writes.
+    pub const STATE_VERSION: u32 = 1;
+
+    /// The state as the device's snapshot section (see the module docs).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(128));
+        let t = &self.transport;
+        w.u32(t.status);
+        w.u32(t.device_features_sel);
+        w.u32(t.driver_features_sel);
+        w.u64(t.driver_features);
+        w.u32(t.queue_sel);
+        w.u32(t.queues.len() as u32);
+        for q in &t.queues {
+            w.queue(q);
+        }
+        let d = &self.device;
+        w.u64(d.acked_features);
+        match &d.active_queue {
+            Some(q) => {
+                w.u8(1);
+                w.queue(q);
+            }
+            None => w.u8(0),
+        }
+        w.u64(d.window_base);
+        w.u64(d.window_size);
+        w.u32(d.max_payload);
+        w.u16(d.queue_size_max);
+        match d.irq {
+            Some(irq) => {
+                w.u8(1);
+                w.u32(irq);
+            }
+            None => w.u8(0),
+        }
+        w.0
+    }
+
+    /// Parses a section written by [`to_bytes`](Self::to_bytes) in format `version`.
+    pub fn from_bytes(version: u32, bytes: &[u8]) -> Result<Self> {
+        if version != Self::STATE_VERSION {
+            return Err(Error::StateFormat("an unsupported version"));
+        }
+        let mut r = Reader(bytes);
+        let state = (|| {
+            let status = r.u32()?;
+            let device_features_sel = r.u32()?;
+            let driver_features_sel = r.u32()?;
+            let driver_features = r.u64()?;
+            let queue_sel = r.u32()?;
+            let count = r.u32()?;
+            if count > 16 {
+                return None;
+            }
+            let queues = (0..count).map(|_| r.queue()).collect::<Option<Vec<_>>>()?;
+            let transport = MmioTransportState {
+                status,
+                device_features_sel,
+                driver_features_sel,
+                driver_features,
+                queue_sel,
+                queues,
+            };
+            let acked_features = r.u64()?;
+            let active_queue = if r.bool()? { Some(r.queue()?) } else { None };
+            let device = NexusIoDeviceState {
+                acked_features,
+                active_queue,
+                window_base: r.u64()?,
+                window_size: r.u64()?,
+                max_payload: r.u32()?,
+                queue_size_max: r.u16()?,
+                irq: if r.bool()? { Some(r.u32()?) } else { None },
+            };
+            Some(NexusIoState { transport, device })
+        })()
+        .ok_or(Error::StateFormat("truncated or malformed"))?;
+        if !r.0.is_empty() {
+            return Err(Error::StateFormat("followed by trailing bytes"));
+        }
+        Ok(state)
+    }
+
     /// Captures the state of `transport`.
     pub fn save(transport: &NexusIoTransport) -> Self {
         let device = transport.device();
@@ -62,7 +219,8 @@ impl NexusIoState {
     }
 
     /// Rebuilds the device and its transport in this state over `config` (whose window must
-    /// be the saved one). The device is not connected to the backend (see the module docs).
+    /// be the saved one). The device is not connected to the backend until
+    /// [`NexusIo::resume`] (see the module docs).
     pub fn restore(&self, config: NexusIoConfig) -> Result<NexusIoTransport> {
         let saved = &self.device;
         let (base, size) = (config.window.base().0, config.window.size());
@@ -139,8 +297,21 @@ mod tests {
         assert_eq!(state.device.acked_features, VIRTIO_F_VERSION_1 | 1);
         assert_eq!(state.device.active_queue.unwrap().size, 16);
         assert_eq!(state.device.max_payload, 1 << 20);
+        let bytes = state.to_bytes();
+        assert_eq!(
+            NexusIoState::from_bytes(NexusIoState::STATE_VERSION, &bytes).unwrap(),
+            state
+        );
+        assert!(NexusIoState::from_bytes(2, &bytes).is_err());
+        assert!(NexusIoState::from_bytes(1, &bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(NexusIoState::from_bytes(1, &longer).is_err());
         let mut u = state.restore(config(&window)).unwrap();
         assert_eq!(NexusIoState::save(&u), state);
+        // Nothing listens: resuming says so and leaves the device disconnected.
+        assert!(u.device_mut().resume(None).is_err());
+        assert_eq!(r(&mut u, regs::CONFIG + config::WAIT), BACKEND_UNAVAILABLE);
         for offset in [
             regs::STATUS,
             regs::QUEUE_READY,

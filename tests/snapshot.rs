@@ -1,0 +1,339 @@
+//! Cold starts from snapshots end to end: a real `nexus-backend` process, `nexus-vmm snapshot`
+//! of a function parked in `NEXT`, and `nexus-vmm invoke` processes restoring it (every
+//! restore mode, ten at once, wrong prefetch hints, write-behind outputs, failed uploads).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Bound on one `nexus-vmm` process.
+const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn nexus_vmm() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("nexus-vmm");
+    assert!(
+        path.exists(),
+        "{} is missing: run through `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// A `nexus-backend` process over a local store, killed on drop.
+struct Backend {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Backend {
+    fn start(dir: &Path, store: &Path) -> Self {
+        let socket = dir.join("backend.sock");
+        let log = dir.join("backend.log");
+        let log_file = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(
+            nexus::guests::workspace_binary("nexus-backend", "nexus-backend").unwrap(),
+        )
+        .args(["--listen", socket.to_str().unwrap(), "--store"])
+        .arg(format!("file://{}", store.display()))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("nexus-backend starts");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "nexus-backend exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(Instant::now() < deadline, "nexus-backend did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Backend { child, socket, log }
+    }
+
+    fn socket(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Starts `nexus-vmm ARGS`.
+fn spawn(args: &[&str]) -> Child {
+    Command::new(nexus_vmm())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a `nexus-vmm` process, bounded by [`RUN_TIMEOUT`].
+fn finish(mut child: Child, backend: &Backend, what: &str) -> Run {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish\nbackend log:\n{}", backend.log());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let run = Run {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    eprintln!("$ nexus-vmm {what}\n{}{}", run.stdout, run.stderr);
+    run
+}
+
+fn vmm(backend: &Backend, args: &[&str]) -> Run {
+    finish(spawn(args), backend, &args.join(" "))
+}
+
+fn sample_text(words: usize) -> String {
+    let vocabulary = ["nexus", "restores", "the", "parked", "function\n", "window"];
+    (0..words)
+        .map(|i| vocabulary[i % vocabulary.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A store with `in.txt`, a backend over it, and a wordcount snapshot.
+struct Setup {
+    dir: tempfile::TempDir,
+    store: PathBuf,
+    backend: Backend,
+    snapshot: String,
+}
+
+fn setup(words: usize) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("in.txt"), sample_text(words)).unwrap();
+    let backend = Backend::start(dir.path(), &store);
+    let snapshot = dir.path().join("snap").to_str().unwrap().to_owned();
+    let run = vmm(
+        &backend,
+        &[
+            "snapshot",
+            "--guest",
+            "wordcount",
+            "--backend",
+            backend.socket(),
+            "--out",
+            &snapshot,
+        ],
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.contains("parked in NEXT"));
+    Setup {
+        dir,
+        store,
+        backend,
+        snapshot,
+    }
+}
+
+fn invoke_args<'a>(s: &'a Setup, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "invoke",
+        "--snapshot",
+        &s.snapshot,
+        "--backend",
+        s.backend.socket(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+#[test]
+fn invoke_from_a_snapshot_matches_a_fresh_run_in_every_restore_mode() {
+    let s = setup(20_000);
+    let fresh = vmm(
+        &s.backend,
+        &[
+            "run",
+            "--guest",
+            "wordcount",
+            "--backend",
+            s.backend.socket(),
+            "--",
+            "in.txt",
+            "fresh.txt",
+        ],
+    );
+    assert!(fresh.status.success(), "{}", fresh.stderr);
+    let expected = std::fs::read_to_string(s.store.join("fresh.txt")).unwrap();
+    assert_eq!(expected, "20000\n");
+
+    // prefetch twice: the first records the working set, the second uses it.
+    for (i, mode) in ["eager", "lazy", "uffd", "prefetch", "prefetch"]
+        .iter()
+        .enumerate()
+    {
+        let output = format!("out-{i}-{mode}.txt");
+        let run = vmm(
+            &s.backend,
+            &invoke_args(
+                &s,
+                &["--restore", mode, "--input", "in.txt", "--output", &output],
+            ),
+        );
+        assert!(run.status.success(), "{mode}: {}", run.stderr);
+        assert!(run.stdout.contains("outcome: success"), "{mode}");
+        assert!(run.stdout.contains("output (utf8): 20000\n"), "{mode}");
+        assert!(run.stdout.contains("timings (ms): "), "{mode}");
+        assert_eq!(
+            std::fs::read_to_string(s.store.join(&output)).unwrap(),
+            expected,
+            "{mode}"
+        );
+        if i == 3 {
+            assert!(run.stdout.contains("recording one during this restore"));
+            assert!(run.stdout.contains("working set recorded"));
+        }
+        if i == 4 {
+            assert!(!run.stdout.contains("recording"));
+            assert!(run.stdout.contains("restore mode Prefetch"));
+        }
+        // The guest noticed nothing: no failed NEXT, no reset.
+        assert!(!run.stderr.contains("next invocation:"), "{mode}");
+    }
+}
+
+#[test]
+fn ten_invocations_from_one_snapshot_at_once() {
+    let s = setup(10);
+    for i in 0..10 {
+        std::fs::write(
+            s.store.join(format!("in-{i}.txt")),
+            sample_text(1000 + 37 * i),
+        )
+        .unwrap();
+    }
+    let inputs: Vec<String> = (0..10).map(|i| format!("in-{i}.txt")).collect();
+    let children: Vec<Child> = inputs
+        .iter()
+        .map(|input| spawn(&invoke_args(&s, &["--input", input])))
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let run = finish(child, &s.backend, &format!("invoke #{i}"));
+        assert!(run.status.success(), "#{i}: {}", run.stderr);
+        assert!(
+            run.stdout
+                .contains(&format!("output (utf8): {}\n", 1000 + 37 * i)),
+            "#{i}: {}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn a_wrong_prefetch_hint_still_gives_the_right_answer() {
+    let s = setup(3000);
+    std::fs::write(s.store.join("other.txt"), sample_text(5)).unwrap();
+    for hint in ["other.txt", "no/such/object"] {
+        let run = vmm(
+            &s.backend,
+            &invoke_args(&s, &["--input", "in.txt", "--hint", hint]),
+        );
+        assert!(run.status.success(), "{hint}: {}", run.stderr);
+        assert!(run.stdout.contains("output (utf8): 3000\n"), "{hint}");
+    }
+    let run = vmm(
+        &s.backend,
+        &invoke_args(&s, &["--input", "in.txt", "--no-hint"]),
+    );
+    assert!(run.stdout.contains("output (utf8): 3000\n"));
+    let _ = &s.dir;
+}
+
+#[test]
+fn write_behind_output_is_durable_when_invoke_reports_success() {
+    let s = setup(4321);
+    let run = vmm(
+        &s.backend,
+        &invoke_args(
+            &s,
+            &["--input", "in.txt", "--request-id", "put-behind:wb/out.txt"],
+        ),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.contains("outcome: success"));
+    // Durable when invoke answered: no waiting here.
+    assert_eq!(
+        std::fs::read_to_string(s.store.join("wb/out.txt")).unwrap(),
+        "4321\n"
+    );
+}
+
+#[test]
+fn a_failed_upload_fails_the_invocation_naming_the_object() {
+    let s = setup(100);
+    // A regular file where the output's directory should be: the upload cannot succeed
+    // (tests run as root, so permissions would not stop it).
+    std::fs::write(s.store.join("blocker"), "not a directory").unwrap();
+    let run = vmm(
+        &s.backend,
+        &invoke_args(
+            &s,
+            &[
+                "--input",
+                "in.txt",
+                "--request-id",
+                "put-behind:blocker/out.txt",
+            ],
+        ),
+    );
+    assert!(!run.status.success());
+    assert!(
+        run.stderr.contains("blocker/out.txt"),
+        "the error names the object: {}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("outcome: success"));
+}
