@@ -284,8 +284,10 @@ fn object_ops_on_the_file_store() {
         .response_meta(256),
     );
     assert_eq!(answer.header.status, Status::BackendUnavailable);
+    // Long enough that the first NEXT is still parked when the second arrives, even on a
+    // loaded machine.
     let next = vm.submit(
-        &Call::new(Command::Next { timeout_ms: 300 })
+        &Call::new(Command::Next { timeout_ms: 3000 })
             .response_meta(536)
             .buffers(&[64]),
     );
