@@ -29,12 +29,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
-use nexus_kvm::serial::Console;
+use nexus_kvm::serial::{Console, ConsoleBuffer};
 use nexus_kvm::vcpu::ExitCounters;
 
 /// Object sizes and timed iterations (GET, PUT) for each, per round.
@@ -73,22 +72,6 @@ fn tsc_hz() -> f64 {
         .collect();
     rates.sort_by(f64::total_cmp);
     rates[rates.len() / 2]
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// A `nexus-backend` process, killed on drop.
@@ -185,7 +168,7 @@ static VM_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Runs `iobench ARGS` in a VM of this process, attached to `backend`.
 fn run_guest(elf: &[u8], backend: &Backend, args: &[String]) -> GuestRun {
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     let mut vm = MicroVm::new(
         elf,
         MicroVmConfig {
@@ -215,7 +198,7 @@ fn run_guest(elf: &[u8], backend: &Backend, args: &[String]) -> GuestRun {
     let t1 = tsc();
     let kvm_exits = stats.read("exits").unwrap().unwrap_or(0) - k0;
     drop(attached);
-    let text = String::from_utf8_lossy(&out.0.lock().unwrap()).into_owned();
+    let text = out.text();
     assert!(
         matches!(code, Ok(0)),
         "iobench {args:?} ended with {code:?}:\n{text}"

@@ -2,10 +2,8 @@
 //!
 //! A thin binary: it parses arguments and calls the crates. See `nexus-vmm --help`.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -13,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use nexus::guests;
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
-use nexus_kvm::serial::Console;
+use nexus_kvm::serial::{Console, ConsoleBuffer};
 
 mod snapshot;
 
@@ -203,22 +201,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// What one demo run did.
 struct DemoRun {
     outcome: String,
@@ -231,7 +213,7 @@ struct DemoRun {
 /// Runs bundled guest `name` in a fresh VM, with a nexus-io device on `backend` if given.
 fn demo_run(name: &str, args: &[&str], backend: Option<&std::path::Path>) -> Result<DemoRun> {
     let elf = std::fs::read(guests::resolve(name)?)?;
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     let memory = MemoryConfig {
         ram_size: 64 << 20,
         window_size: 32 << 20,
@@ -275,8 +257,7 @@ fn demo_run(name: &str, args: &[&str], backend: Option<&std::path::Path>) -> Res
         }
         Err(e) => format!("error: {e}"),
     };
-    let console =
-        String::from_utf8_lossy(&out.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let console = out.text();
     Ok(DemoRun {
         outcome,
         elapsed,

@@ -53,6 +53,37 @@ impl Write for Console {
     }
 }
 
+/// A console sink that keeps everything written to it, for callers that show or check a
+/// guest's output afterwards. Clones share the same buffer.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl ConsoleBuffer {
+    /// The bytes written so far.
+    pub fn contents(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The bytes written so far, as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.contents()).into_owned()
+    }
+}
+
+impl Write for ConsoleBuffer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The serial port's interrupt line: an eventfd registered as an irqfd when the VM has an
 /// interrupt controller, nothing otherwise (micro-guests take no interrupts).
 #[derive(Debug, Default)]
@@ -143,26 +174,14 @@ impl BusDevice for SerialDevice {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn bytes_written_to_thr_reach_the_console() {
-        let out = Shared::default();
+        let out = ConsoleBuffer::default();
         let mut dev = SerialDevice::new(Console::new(out.clone()), SerialIrq::default());
         for b in b"hi\n" {
             assert_eq!(dev.write(0, &[*b]), BusAction::Continue);
         }
-        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        assert_eq!(out.contents(), b"hi\n");
         // Line status: transmitter empty.
         let mut lsr = [0u8];
         dev.read(5, &mut lsr);

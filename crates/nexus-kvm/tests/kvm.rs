@@ -1,13 +1,11 @@
 //! Tests that run real (hand-assembled) micro-guests on /dev/kvm.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nexus_kvm::layout::IMAGE_BASE;
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
-use nexus_kvm::serial::Console;
+use nexus_kvm::serial::{Console, ConsoleBuffer};
 use nexus_kvm::vcpu::{AccessKind, CrashCause};
 use nexus_kvm::{Error, VcpuStop};
 
@@ -36,19 +34,7 @@ fn elf(code: &[u8]) -> Vec<u8> {
     b
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn vm(code: &[u8], out: &Captured) -> MicroVm {
+fn vm(code: &[u8], out: &ConsoleBuffer) -> MicroVm {
     let config = MicroVmConfig {
         memory: MemoryConfig {
             ram_size: 8 << 20,
@@ -71,7 +57,7 @@ fn exit_with(code: u32) -> Vec<u8> {
 
 #[test]
 fn guest_exits_with_its_code_at_cpl3() {
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     // mov ax, cs ; and eax, 3 (CPL) ; shl eax, 8 ; or eax, 0x2a ; out 0xf4, eax
     let code = [
         0x66, 0x8c, 0xc8, 0x83, 0xe0, 0x03, 0xc1, 0xe0, 0x08, 0x83, 0xc8, 0x2a, 0xe7, 0xf4,
@@ -83,7 +69,7 @@ fn guest_exits_with_its_code_at_cpl3() {
 
 #[test]
 fn serial_and_console_write_reach_the_console() {
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     let mut code = vec![];
     // mov dx, 0x3f8 ; mov al, 'h' ; out dx, al ; mov al, 'i' ; out dx, al
     code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0xb0, b'h', 0xee, 0xb0, b'i', 0xee]);
@@ -94,14 +80,14 @@ fn serial_and_console_write_reach_the_console() {
     code.extend_from_slice(&exit_with(0));
     let mut vm = vm(&code, &out);
     assert_eq!(vm.run().unwrap(), 0);
-    assert_eq!(out.0.lock().unwrap().as_slice(), b"hiNEXUSBI1");
+    assert_eq!(out.contents(), b"hiNEXUSBI1");
     let counters = vm.exit_counters();
     assert_eq!(counters.port_write, 4);
 }
 
 #[test]
 fn null_dereference_is_a_triple_fault_with_rip() {
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     // nop ; mov rax, [0]
     let code = [0x90, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0];
     let mut vm = vm(&code, &out);
@@ -116,7 +102,7 @@ fn null_dereference_is_a_triple_fault_with_rip() {
 
 #[test]
 fn privileged_instruction_crashes() {
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     // cli ... no: hlt at CPL 3 raises #GP
     let mut vm = vm(&[0xf4], &out);
     assert!(matches!(vm.run(), Err(Error::GuestCrash(_))));
@@ -124,7 +110,7 @@ fn privileged_instruction_crashes() {
 
 #[test]
 fn unknown_port_is_an_unexpected_exit() {
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     // mov al, 1 ; out 0x80, al
     let mut vm = vm(&[0xb0, 0x01, 0xe6, 0x80], &out);
     match vm.run() {
@@ -139,7 +125,7 @@ fn unknown_port_is_an_unexpected_exit() {
 
 #[test]
 fn stop_from_another_thread_ends_a_spinning_guest() {
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     let vm = vm(&[0xeb, 0xfe], &out); // jmp $
     let (_vm, vcpu, _) = vm.into_parts();
     let handle = vcpu.spawn("vcpu0".into()).unwrap();
@@ -154,7 +140,7 @@ fn stop_from_another_thread_ends_a_spinning_guest() {
 
 #[test]
 fn binary_stats_count_exits() {
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     let mut code = vec![];
     for _ in 0..10 {
         code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee]);

@@ -10,9 +10,7 @@
 //! and then crawls, so the PVH test stops at the banner, and the bzImage test — whose LZ4
 //! decompressor alone runs for minutes there — checks only what the loader wrote.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use linux_loader::loader::bootparam::boot_params;
@@ -21,7 +19,7 @@ use nexus_kvm::linux::{
     self, BootProtocol, CMDLINE_ADDR, E820_RAM, E820_RESERVED, LinuxConfig, LinuxEntry,
 };
 use nexus_kvm::memory::MemoryConfig;
-use nexus_kvm::serial::Console;
+use nexus_kvm::serial::{Console, ConsoleBuffer};
 use nexus_kvm::{Vcpu, VcpuConfig, Vm, VmConfig};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -85,27 +83,8 @@ fn require(path: PathBuf, what: &str) -> PathBuf {
     path
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// A VM with interrupt controllers, COM1 on `out`, the kernel loaded and the vCPU set up.
-fn linux_vm(config: &LinuxConfig, out: &Captured) -> (Vm, Vcpu, LinuxEntry) {
+fn linux_vm(config: &LinuxConfig, out: &ConsoleBuffer) -> (Vm, Vcpu, LinuxEntry) {
     let mut vm = Vm::new(VmConfig {
         memory: MEMORY,
         irqchip: true,
@@ -121,7 +100,7 @@ fn linux_vm(config: &LinuxConfig, out: &Captured) -> (Vm, Vcpu, LinuxEntry) {
 #[test]
 fn vmlinux_prints_its_banner_through_pvh() {
     let kernel = require(vmlinux(), "ELF vmlinux");
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     let config = LinuxConfig {
         kernel,
         initrd: None,
@@ -169,7 +148,7 @@ fn bzimage_loads_with_boot_params() {
         initrd: Some(initrd),
         cmdline: CMDLINE.into(),
     };
-    let out = Captured::default();
+    let out = ConsoleBuffer::default();
     let (vm, vcpu, entry) = linux_vm(&config, &out);
 
     assert_eq!(entry.protocol, BootProtocol::BzImage);

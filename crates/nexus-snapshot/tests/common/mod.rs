@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -133,24 +132,7 @@ pub fn pause_expected(dirty: u64, stride: u64) -> u32 {
 }
 
 /// A writer that keeps what is written.
-#[derive(Clone, Default)]
-pub struct Output(pub Arc<Mutex<Vec<u8>>>);
-
-impl Write for Output {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Output {
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
+pub use nexus_kvm::serial::ConsoleBuffer as Output;
 
 /// The pausing guest's ports: PAUSE (`0x300`) stops the vCPU, MARK (`0x301`) records when
 /// the guest got there.
