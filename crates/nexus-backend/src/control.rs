@@ -8,8 +8,9 @@
 //! | `{"op":"attach","vm":"ID","tenant":"NAME"}` | `{"ok":true,"socket":"PATH"}` |
 //! | `{"op":"hint","vm":"ID","key":"KEY"}` | `{"ok":true}` |
 //! | `{"op":"detach","vm":"ID"}` | `{"ok":true}` |
-//! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"},"output":"KEY"?}` | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…}}` once the function completed |
+//! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"},"output":"KEY"?}` | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…},"bytes_in":N,"bytes_out":N,"requests":N}` once the function completed |
 //! | `{"op":"parked","vm":"ID","timeout_ms":N?}` | `{"ok":true}` once a `NEXT` of the VM is parked |
+//! | `{"op":"stats"}` | `{"ok":true,"stats":{"pid":N,"vms":N,"in_flight":N,…}}` ([`BackendStats`]) |
 //! | anything else | `{"ok":false,"error":"MESSAGE"}` |
 //!
 //! A connection that closes detaches the VMs it attached (and that are still attached by it).
@@ -25,6 +26,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::invoke::{Invocation, InvocationInput};
 use crate::server::Backend;
+use crate::stats::BackendStats;
 
 /// How long `parked` waits by default.
 pub const DEFAULT_PARKED_TIMEOUT_MS: u64 = 30_000;
@@ -80,6 +82,8 @@ pub enum ControlRequest {
         #[serde(default)]
         timeout_ms: Option<u64>,
     },
+    /// Report [`BackendStats`]: VMs, queue depth, traffic totals, memory and CPU time.
+    Stats {},
 }
 
 /// The input of a control `invoke`.
@@ -108,7 +112,7 @@ pub struct InvokeTimings {
 }
 
 /// One control reply.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ControlReply {
     /// Whether the request succeeded.
     pub ok: bool,
@@ -133,6 +137,22 @@ pub struct ControlReply {
     /// Where the invocation spent its time (invoke).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings: Option<InvokeTimings>,
+    /// Payload bytes the backend wrote into the VM's window during the invocation: its input
+    /// delivered by `NEXT`, GET data, LIST pages, HTTP and INVOKE results (invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_in: Option<u64>,
+    /// Payload bytes the backend read out of the VM's window during the invocation: PUT data
+    /// (write-behind included), the `COMPLETE` result, LOG text, HTTP and INVOKE bodies
+    /// (invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_out: Option<u64>,
+    /// Ring requests of the VM served during the invocation, its `NEXT` and `COMPLETE`
+    /// included (invoke).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// The backend's figures (stats).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<BackendStats>,
 }
 
 impl ControlReply {
@@ -147,6 +167,10 @@ impl ControlReply {
             output: None,
             output_encoding: None,
             timings: None,
+            bytes_in: None,
+            bytes_out: None,
+            requests: None,
+            stats: None,
         }
     }
 
@@ -312,6 +336,10 @@ impl Backend {
                     }
                 }
             }
+            ControlRequest::Stats {} => ControlReply {
+                stats: Some(self.stats()),
+                ..ControlReply::ok()
+            },
         }
     }
 
@@ -323,12 +351,17 @@ impl Backend {
         output: Option<&str>,
     ) -> Result<ControlReply, String> {
         let start = Instant::now();
+        // Held to the end, the session keeps counting even if the VM is detached meanwhile.
+        let session = self.session(vm).map_err(|e| e.to_string())?;
+        let before = session.traffic();
         let pending = self
             .invoke(vm, invocation, input)
             .map_err(|e| e.to_string())?;
         let number = pending.number();
         let result = pending.await;
         let durable = Instant::now();
+        // One invocation at a time per VM: what moved meanwhile is this invocation's.
+        let moved = session.traffic().since(before);
         let times = self.invocation_times(vm, number);
         let result = result.map_err(|e| e.to_string())?;
         let success = result.outcome == nexus_ring::Outcome::Success;
@@ -357,6 +390,9 @@ impl Backend {
             output: Some(text),
             output_encoding: Some(encoding.into()),
             timings: Some(timings),
+            bytes_in: Some(moved.bytes_in),
+            bytes_out: Some(moved.bytes_out),
+            requests: Some(moved.requests),
             ..ControlReply::ok()
         })
     }
@@ -444,6 +480,10 @@ mod tests {
                 timeout_ms: None
             })
         );
+        assert_eq!(
+            parse_request(r#"{"op":"stats"}"#),
+            Ok(ControlRequest::Stats {})
+        );
         assert!(parse_request(r#"{"op":"invoke","vm":"a","input":{"blob":"x"}}"#).is_err());
         for bad in [
             "",
@@ -455,6 +495,7 @@ mod tests {
             r#"{"op":"detach","vm":7}"#,
             r#"["detach"]"#,
             r#"{"op":"detach","vm":"a"} trailing"#,
+            r#"{"op":"stats","vm":"a"}"#,
         ] {
             let error = parse_request(bad).unwrap_err();
             assert!(!error.is_empty(), "{bad}");
@@ -499,6 +540,32 @@ mod tests {
         assert_eq!(
             attach.to_line(),
             "{\"ok\":true,\"socket\":\"/run/nexus/vm1.sock\"}\n"
+        );
+        let invoked = ControlReply {
+            bytes_in: Some(5),
+            bytes_out: Some(7),
+            requests: Some(3),
+            ..ControlReply::ok()
+        };
+        assert_eq!(
+            invoked.to_line(),
+            "{\"ok\":true,\"bytes_in\":5,\"bytes_out\":7,\"requests\":3}\n"
+        );
+        let stats = ControlReply {
+            stats: Some(BackendStats {
+                pid: 42,
+                vms: 1,
+                rss_bytes: 4096,
+                cpu_seconds: 0.25,
+                ..BackendStats::default()
+            }),
+            ..ControlReply::ok()
+        };
+        assert_eq!(
+            stats.to_line(),
+            "{\"ok\":true,\"stats\":{\"pid\":42,\"vms\":1,\"in_flight\":0,\
+             \"queued_invocations\":0,\"uploads_pending\":0,\"bytes_in\":0,\"bytes_out\":0,\
+             \"requests\":0,\"rss_bytes\":4096,\"cpu_seconds\":0.25}}\n"
         );
     }
 }

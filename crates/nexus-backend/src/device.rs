@@ -109,6 +109,7 @@ impl NexusDevice {
 /// it with used length 0.
 fn refuse(session: &Session, window: &WindowMemory, rejection: &Rejection, completion: Completion) {
     log::debug!("vm {}: {rejection}", session.vm);
+    session.count_request();
     let used = match (rejection.response_header(), rejection.response) {
         (Some(header), Some(head)) => {
             let message = rejection.to_string();
@@ -145,6 +146,11 @@ fn dispatch(
     completion: Completion,
 ) {
     let inflight = session.inflight();
+    // A NEXT counts once answered (`ops::execute`): it may park for long, and belongs to the
+    // invocation it delivers.
+    if !matches!(request.command(), Command::Next { .. }) {
+        session.count_request();
+    }
     let copy = |segment: Option<nexus_ring::SegmentRef>| match segment {
         Some(segment) => window.copy_out(segment).map(Some),
         None => Ok(None),

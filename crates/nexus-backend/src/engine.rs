@@ -36,6 +36,10 @@ pub(crate) struct Engine {
     /// Write-behind uploads acknowledged and not yet finished, over all VMs.
     uploads: watch::Sender<u64>,
     next_invocation: AtomicU64,
+    /// Traffic through every VM's window since the engine started, detached VMs included.
+    pub(crate) traffic: Traffic,
+    /// Ring requests popped and not yet answered, over all VMs.
+    in_flight: AtomicU64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -63,6 +67,8 @@ impl Engine {
             invoker: RwLock::new(None),
             uploads: watch::Sender::new(0),
             next_invocation: AtomicU64::new(1),
+            traffic: Traffic::default(),
+            in_flight: AtomicU64::new(0),
             runtime,
         })
     }
@@ -101,6 +107,94 @@ impl Engine {
         let mut rx = self.uploads.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
         *self.uploads.borrow()
+    }
+
+    /// Acknowledged write-behind uploads not yet finished.
+    pub(crate) fn uploads_pending(&self) -> u64 {
+        *self.uploads.borrow()
+    }
+
+    /// Ring requests popped and not yet answered, over all VMs.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// One more request in flight.
+    pub(crate) fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One request fewer in flight.
+    pub(crate) fn request_finished(&self) {
+        // Never below zero: every finish follows its start.
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+}
+
+/// Payload bytes and requests that went through VM windows (one VM's, or all of them).
+///
+/// `bytes_in` counts payload the backend wrote into a window (GET data, a NEXT's input, LIST
+/// pages, HTTP and INVOKE results), `bytes_out` payload it read out of one (PUT data, LOG
+/// text, HTTP and INVOKE bodies, COMPLETE results); request headers, keys, meta areas and
+/// response headers are not counted.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// A reading of [`Traffic`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TrafficCounts {
+    /// Payload bytes written into the window.
+    pub(crate) bytes_in: u64,
+    /// Payload bytes read out of the window.
+    pub(crate) bytes_out: u64,
+    /// Ring requests served.
+    pub(crate) requests: u64,
+}
+
+impl Traffic {
+    /// Counts `n` payload bytes written into the window.
+    pub(crate) fn add_in(&self, n: u64) {
+        if n > 0 {
+            self.bytes_in.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `n` payload bytes read out of the window.
+    pub(crate) fn add_out(&self, n: u64) {
+        if n > 0 {
+            self.bytes_out.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one ring request served.
+    pub(crate) fn add_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub(crate) fn read(&self) -> TrafficCounts {
+        TrafficCounts {
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl TrafficCounts {
+    /// What was counted between `earlier` and this reading.
+    pub(crate) fn since(self, earlier: Self) -> Self {
+        Self {
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+            requests: self.requests.saturating_sub(earlier.requests),
+        }
     }
 }
 

@@ -36,6 +36,10 @@
 //! - **Invocations**: [`Backend::invoke`] queues work for a VM's `NEXT` and resolves with its
 //!   `COMPLETE`; `INVOKE` goes to the [`Invoker`] the node daemon registers
 //!   ([`Backend::set_invoker`]), and answers `BACKEND_UNAVAILABLE` while there is none.
+//! - **Metrics**: every VM's payload bytes and requests are counted as they are served;
+//!   [`Backend::stats`] (control `stats`) reports them with the queue depth and the
+//!   process's memory and CPU time, and a control `invoke` reply carries its invocation's
+//!   share.
 //!
 //! The contract with the VMM is `docs/nexus-io.md`; the wire format `docs/protocol.md`.
 
@@ -52,6 +56,7 @@ mod ops;
 mod server;
 mod session;
 mod staging;
+mod stats;
 mod store;
 mod tenant;
 mod window;
@@ -74,6 +79,7 @@ pub use invoke::{
     PendingInvocation,
 };
 pub use server::Backend;
+pub use stats::BackendStats;
 pub use tenant::{DEFAULT_TENANT, Tenant, TenantSpec, Tenants, check_key, check_prefix};
 
 /// How long shutdown waits for acknowledged write-behind uploads.

@@ -208,7 +208,8 @@ fn object_key(session: &Session, bytes: Option<&[u8]>) -> Result<String, Reply> 
     Ok(key.to_owned())
 }
 
-/// Performs `request`.
+/// Performs `request`, counting the payload it wrote into the window (and, for a `NEXT`, the
+/// request itself: it counts once answered, with the invocation it delivers).
 pub(crate) async fn execute(
     session: &Arc<Session>,
     window: &WindowMemory,
@@ -242,7 +243,13 @@ pub(crate) async fn execute(
             outcome,
         } => complete(session, window, request, prepared.mark, invocation, outcome).await,
     };
-    result.unwrap_or_else(|reply| reply)
+    let reply = result.unwrap_or_else(|reply| reply);
+    // `payload_len` is exactly what was written to the payload buffers.
+    session.count_in(reply.payload_len.into());
+    if matches!(request.command(), Command::Next { .. }) {
+        session.count_request();
+    }
+    reply
 }
 
 type OpResult = Result<Reply, Reply>;
@@ -307,6 +314,7 @@ async fn put(
                 window
                     .copy_stream_out(&request.payload, 0, len as u32, &mut bytes)
                     .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
+                session.count_out(len);
                 session.prefetch.invalidate(&key);
                 let upload = engine.upload_started();
                 let session = session.clone();
@@ -338,7 +346,11 @@ async fn put(
         )
         .await
     {
-        Ok(()) => Ok(Reply::ok()),
+        Ok(()) => {
+            // The store read the payload straight out of the window.
+            session.count_out(len);
+            Ok(Reply::ok())
+        }
         Err(StoreError::InvalidKey(reason)) => Err(Reply::error(Status::InvalidRequest, reason)),
         Err(e) => {
             log::warn!("vm {}: PUT {key} failed: {e}", session.vm);
@@ -556,6 +568,7 @@ fn log_lines(
     {
         return Reply::error(Status::Internal, e.to_string());
     }
+    session.count_out(bytes.len() as u64);
     let level = match level {
         LogLevel::Error => log::Level::Error,
         LogLevel::Warn => log::Level::Warn,
@@ -591,6 +604,7 @@ async fn copy_payload(
     window
         .copy_stream_out(&request.payload, 0, len, &mut bytes)
         .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
+    session.count_out(len.into());
     Ok((Bytes::from(bytes), room))
 }
 

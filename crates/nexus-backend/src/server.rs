@@ -24,6 +24,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::invoke::{Invocation, InvocationInput, Invoker, PendingInvocation};
 use crate::session::{QueuedInvocation, Session, lock};
+use crate::stats::{BackendStats, ProcessUsage};
 use crate::tenant::{Tenants, check_key, valid_name};
 
 /// The shared backend (cheap to clone; clones share everything).
@@ -241,6 +242,32 @@ impl Backend {
         })
     }
 
+    /// What the backend is doing now (VMs, requests in flight, queued invocations, pending
+    /// uploads) and has moved since it started, with the process's resident memory and CPU
+    /// time. Reads counters and `/proc/self`; cheap enough to call on every metrics scrape.
+    pub fn stats(&self) -> BackendStats {
+        let sessions: Vec<Arc<Session>> = lock(&self.shared.vms)
+            .values()
+            .map(|a| a.session.clone())
+            .collect();
+        let queued_invocations = sessions.iter().map(|s| s.invocations.queued() as u64).sum();
+        let engine = &self.shared.engine;
+        let totals = engine.traffic.read();
+        let usage = ProcessUsage::read();
+        BackendStats {
+            pid: std::process::id(),
+            vms: sessions.len() as u64,
+            in_flight: engine.in_flight(),
+            queued_invocations,
+            uploads_pending: engine.uploads_pending(),
+            bytes_in: totals.bytes_in,
+            bytes_out: totals.bytes_out,
+            requests: totals.requests,
+            rss_bytes: usage.rss_bytes,
+            cpu_seconds: usage.cpu_seconds,
+        }
+    }
+
     /// Whether VM `vm` has a `NEXT` parked with nothing queued or running: it waits for its
     /// next invocation (the moment to snapshot it).
     pub fn next_parked(&self, vm: &str) -> Result<bool> {
@@ -289,7 +316,8 @@ impl Backend {
             .map_err(|e| format!("Storing the output at `{key}` failed: {e}"))
     }
 
-    fn session(&self, vm: &str) -> Result<Arc<Session>> {
+    /// VM `vm`'s session (it outlives a detach while held).
+    pub(crate) fn session(&self, vm: &str) -> Result<Arc<Session>> {
         lock(&self.shared.vms)
             .get(vm)
             .map(|a| a.session.clone())

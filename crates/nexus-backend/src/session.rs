@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, oneshot, watch};
 use vhost_user_backend::{VringRwLock, VringT};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, Traffic, TrafficCounts};
 use crate::error::{Error, Result};
 use crate::invoke::{Invocation, InvocationInput, InvocationResult};
 use crate::tenant::Tenant;
@@ -55,6 +55,9 @@ pub(crate) struct Session {
     pub(crate) prefetch: Arc<PrefetchCache>,
     /// Queued and running invocations.
     pub(crate) invocations: Invocations,
+    /// Payload bytes and requests through this VM's window (the engine's totals count them
+    /// too).
+    traffic: Traffic,
 }
 
 impl Session {
@@ -72,7 +75,31 @@ impl Session {
             write_behind: Arc::new(WriteBehind::new(limits.write_behind_bytes)),
             prefetch: Arc::new(PrefetchCache::new(limits.prefetch_cache_bytes)),
             invocations: Invocations::default(),
+            traffic: Traffic::default(),
         }
+    }
+
+    /// Counts `n` payload bytes the backend wrote into the VM's window.
+    pub(crate) fn count_in(&self, n: u64) {
+        self.traffic.add_in(n);
+        self.engine.traffic.add_in(n);
+    }
+
+    /// Counts `n` payload bytes the backend read out of the VM's window.
+    pub(crate) fn count_out(&self, n: u64) {
+        self.traffic.add_out(n);
+        self.engine.traffic.add_out(n);
+    }
+
+    /// Counts one ring request served.
+    pub(crate) fn count_request(&self) {
+        self.traffic.add_request();
+        self.engine.traffic.add_request();
+    }
+
+    /// The VM's traffic so far (still readable after it is detached).
+    pub(crate) fn traffic(&self) -> TrafficCounts {
+        self.traffic.read()
     }
 
     /// The current queue generation.
@@ -126,6 +153,7 @@ impl Session {
     /// Counts a request as in flight until the guard is dropped.
     pub(crate) fn inflight(self: &Arc<Self>) -> InflightGuard {
         *lock(&self.inflight) += 1;
+        self.engine.request_started();
         InflightGuard {
             session: self.clone(),
         }
@@ -152,6 +180,7 @@ pub(crate) struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
+        self.session.engine.request_finished();
         let mut n = lock(&self.session.inflight);
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -631,6 +660,14 @@ impl Invocations {
     /// When invocation `number` was delivered and completed (forgets them).
     pub(crate) fn take_times(&self, number: u64) -> Option<(Instant, Option<Instant>)> {
         lock(&self.times).remove(&number)
+    }
+
+    /// Invocations queued and not yet taken by a `NEXT` whose caller still waits.
+    pub(crate) fn queued(&self) -> usize {
+        lock(&self.queue)
+            .iter()
+            .filter(|queued| !queued.reply.is_closed())
+            .count()
     }
 
     /// Whether a `NEXT` is parked waiting for an invocation (none queued, none running).

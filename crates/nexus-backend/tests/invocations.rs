@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The library API the node daemon uses — `Backend::new`, `attach`, `invoke`,
-//! `set_invoker`, `detach` — in-process, with the guest side driven over real vhost-user.
+//! `set_invoker`, `detach`, `stats` — and the control socket's `invoke` and `stats`,
+//! in-process, with the guest side driven over real vhost-user.
 
 mod common;
 
@@ -291,4 +292,186 @@ fn the_invocation_loop() {
     assert!(!socket.exists());
     assert!(matches!(backend.detach("vm1"), Err(Error::UnknownVm(_))));
     assert!(backend.attached().is_empty());
+}
+
+/// Polls control `stats` until `accept` holds (at most [`common::WAIT`]); the stats.
+fn stats_until(
+    control: &mut common::Control,
+    accept: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let reply = control.send(r#"{"op":"stats"}"#);
+        assert_eq!(reply["ok"], true, "{reply}");
+        let stats = reply["stats"].clone();
+        if accept(&stats) {
+            return stats;
+        }
+        assert!(
+            start.elapsed() < common::WAIT,
+            "stats never matched: {stats}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn control_invoke_reports_its_traffic_and_stats_the_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = BackendConfig::new(
+        StoreConfig {
+            url: StoreUrl::File(objects.clone()),
+            s3: S3Options::default(),
+        },
+        dir.path().join("vms"),
+    );
+    let backend = Backend::new(config, runtime.handle().clone()).unwrap();
+    let control_path = dir.path().join("control.sock");
+    let listener = {
+        let _context = runtime.enter();
+        tokio::net::UnixListener::bind(&control_path).unwrap()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = runtime.spawn({
+        let backend = backend.clone();
+        async move {
+            backend
+                .serve_control(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        }
+    });
+    let mut control = common::Control::connect(&control_path);
+
+    // A fresh backend: this process, nothing attached, nothing moved.
+    let reply = control.send(r#"{"op":"stats"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let stats = &reply["stats"];
+    assert_eq!(stats["pid"], std::process::id());
+    for zero in [
+        "vms",
+        "in_flight",
+        "queued_invocations",
+        "uploads_pending",
+        "bytes_in",
+        "bytes_out",
+        "requests",
+    ] {
+        assert_eq!(stats[zero], 0, "{zero}: {stats}");
+    }
+    assert!(stats["rss_bytes"].as_u64().unwrap() > 0, "{stats}");
+    assert!(stats["cpu_seconds"].as_f64().unwrap() >= 0.0, "{stats}");
+
+    let socket = control.attach("vm1", "default");
+    let mut vm = GuestVm::connect(&socket, WINDOW);
+    assert_eq!(control.send(r#"{"op":"stats"}"#)["stats"]["vms"], 1);
+
+    // One invocation: 5 bytes of input and a 100 000-byte GET in, a 13-byte write-behind
+    // PUT and a 3 000-byte result out, in four requests (NEXT, GET, PUT, COMPLETE).
+    let data = common::pattern(100_000, 7);
+    std::fs::create_dir_all(objects.join("in")).unwrap();
+    std::fs::write(objects.join("in/data.bin"), &data).unwrap();
+    let result = common::pattern(3_000, 9);
+    let invoking = std::thread::spawn({
+        let path = control_path.clone();
+        move || {
+            // `invoke` answers late: on a connection of its own.
+            let mut control = common::Control::connect(&path);
+            control.send(r#"{"op":"invoke","vm":"vm1","input":{"inline":"hello"}}"#)
+        }
+    });
+    let answer = next(&mut vm, &[4096]);
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert_eq!(answer.payload, b"hello");
+    let number = InvocationContext::decode(&answer.meta).unwrap().invocation;
+    let got = vm.call(
+        &Call::new(Command::Get {
+            offset: 0,
+            max_len: 0,
+        })
+        .key(b"in/data.bin")
+        .buffers(&[65_536, 65_536]),
+    );
+    assert_eq!(got.header.status, Status::Ok, "{}", got.meta_text());
+    assert_eq!(got.payload, data);
+    let put = vm.call(
+        &Call::new(Command::Put { write_behind: true })
+            .key(b"out/part")
+            .payload(&[b"0123456789", b"abc"]),
+    );
+    assert_eq!(put.header.status, Status::Ok);
+    assert_eq!(complete(&mut vm, number, &result).header.status, Status::Ok);
+    let reply = invoking.join().unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["output_len"], 3_000);
+    assert_eq!(reply["bytes_in"], 5 + 100_000, "{reply}");
+    assert_eq!(reply["bytes_out"], 13 + 3_000, "{reply}");
+    assert_eq!(reply["requests"], 4, "{reply}");
+
+    // The totals hold the same, once the last answer's bookkeeping is done.
+    assert_eq!(runtime.block_on(backend.drain_uploads(common::WAIT)), 0);
+    let stats = stats_until(&mut control, |s| s["in_flight"] == 0);
+    assert_eq!(stats["bytes_in"], 100_005, "{stats}");
+    assert_eq!(stats["bytes_out"], 3_013, "{stats}");
+    assert_eq!(stats["requests"], 4, "{stats}");
+    assert_eq!(stats["uploads_pending"], 0, "{stats}");
+    assert_eq!(stats["queued_invocations"], 0, "{stats}");
+
+    // An invocation nobody has taken yet is queued; the library reports what the socket does.
+    let pending = backend
+        .invoke(
+            "vm1",
+            invocation("queued"),
+            InvocationInput::Bytes(Bytes::from_static(b"x")),
+        )
+        .unwrap();
+    let library = backend.stats();
+    assert_eq!(
+        (library.pid, library.vms, library.queued_invocations),
+        (std::process::id(), 1, 1)
+    );
+    assert_eq!(
+        control.send(r#"{"op":"stats"}"#)["stats"]["queued_invocations"],
+        1
+    );
+    let answer = next(&mut vm, &[64]);
+    assert_eq!(answer.payload, b"x");
+    assert_eq!(backend.stats().queued_invocations, 0);
+    assert_eq!(
+        complete(&mut vm, pending.number(), b"yz").header.status,
+        Status::Ok
+    );
+    runtime.block_on(pending).unwrap();
+
+    // A parked NEXT is in flight (and counts as a request only once answered).
+    let _parked = vm.submit(
+        &Call::new(Command::Next { timeout_ms: 0 })
+            .response_meta(536)
+            .buffers(&[64]),
+    );
+    let stats = stats_until(&mut control, |s| s["in_flight"] == 1);
+    assert_eq!(stats["bytes_in"], 100_006, "{stats}");
+    assert_eq!(stats["bytes_out"], 3_015, "{stats}");
+    assert_eq!(stats["requests"], 6, "{stats}");
+    let totals = backend.stats();
+    assert!(totals.rss_bytes > 0);
+
+    // Detached VMs stay in the totals.
+    assert_eq!(control.send(r#"{"op":"detach","vm":"vm1"}"#)["ok"], true);
+    let stats = stats_until(&mut control, |s| s["in_flight"] == 0);
+    assert_eq!(stats["vms"], 0, "{stats}");
+    assert_eq!(stats["bytes_in"], totals.bytes_in);
+    assert_eq!(stats["bytes_out"], totals.bytes_out);
+    assert_eq!(stats["requests"], totals.requests);
+
+    drop(control);
+    let _ = stop.send(());
+    runtime.block_on(serving).unwrap();
 }
