@@ -42,6 +42,7 @@ enum Request<'a> {
         vm: &'a str,
         timeout_ms: u64,
     },
+    Stats,
 }
 
 /// The input of an [`ControlClient::invoke`].
@@ -67,6 +68,47 @@ pub struct InvokeReply {
     pub output_encoding: String,
     /// Where the invocation spent its time (microseconds, by name).
     pub timings: std::collections::BTreeMap<String, u64>,
+    /// Payload bytes the backend wrote into the VM's window during the invocation (its
+    /// input, GET data, …); 0 from a backend that does not report it.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Payload bytes the backend read out of the VM's window during the invocation (PUT
+    /// data, the result, …); 0 from a backend that does not report it.
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// Ring requests the VM made during the invocation, its `NEXT` and `COMPLETE` included;
+    /// 0 from a backend that does not report it.
+    #[serde(default)]
+    pub requests: u64,
+}
+
+/// The backend's answer to `stats`: what it is doing now and has done since it started.
+///
+/// The backend's own type has the same fields; a field this version does not know is
+/// ignored, and one the backend does not send is 0.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default)]
+pub struct BackendStats {
+    /// The backend's process ID.
+    pub pid: u32,
+    /// VMs attached now.
+    pub vms: u64,
+    /// Ring requests being served now, over all VMs (a parked `NEXT` counts).
+    pub in_flight: u64,
+    /// Invocations queued and not yet taken by a `NEXT`, over all VMs.
+    pub queued_invocations: u64,
+    /// Acknowledged write-behind uploads not yet durable.
+    pub uploads_pending: u64,
+    /// Payload bytes written into VM windows since the backend started.
+    pub bytes_in: u64,
+    /// Payload bytes read out of VM windows since the backend started.
+    pub bytes_out: u64,
+    /// Ring requests served since the backend started.
+    pub requests: u64,
+    /// The backend's resident set, in bytes.
+    pub rss_bytes: u64,
+    /// The backend's user plus system CPU time, in seconds.
+    pub cpu_seconds: f64,
 }
 
 impl Request<'_> {
@@ -77,6 +119,7 @@ impl Request<'_> {
             Request::Detach { .. } => "detach",
             Request::Invoke { .. } => "invoke",
             Request::Parked { .. } => "parked",
+            Request::Stats => "stats",
         }
     }
 }
@@ -88,6 +131,8 @@ struct Reply {
     socket: Option<String>,
     #[serde(default)]
     error: Option<String>,
+    #[serde(default)]
+    stats: Option<BackendStats>,
     #[serde(flatten)]
     invoked: Option<InvokeReply>,
 }
@@ -173,6 +218,15 @@ impl ControlClient {
         self.request(&Request::Parked { vm, timeout_ms }).map(drop)
     }
 
+    /// `stats`: the backend's figures (VMs, queue depth, traffic totals, memory, CPU time).
+    pub fn stats(&mut self) -> Result<BackendStats> {
+        let reply = self.request(&Request::Stats)?;
+        reply.stats.ok_or(Error::ControlReply {
+            op: "stats",
+            source: None,
+        })
+    }
+
     /// The connection (to watch it for hang-ups).
     pub(crate) fn stream(&self) -> &UnixStream {
         &self.writer
@@ -243,7 +297,7 @@ mod tests {
     fn invoke_and_parked() {
         let (_dir, path, server) = serve(&[
             "{\"ok\":true}\n",
-            "{\"ok\":true,\"outcome\":\"success\",\"output_len\":3,\"output\":\"42\\n\",\"output_encoding\":\"utf8\",\"timings\":{\"function_us\":7}}\n",
+            "{\"ok\":true,\"outcome\":\"success\",\"output_len\":3,\"output\":\"42\\n\",\"output_encoding\":\"utf8\",\"timings\":{\"function_us\":7},\"bytes_in\":105,\"bytes_out\":3,\"requests\":4}\n",
             "{\"ok\":true}\n",
         ]);
         let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
@@ -255,6 +309,10 @@ mod tests {
         assert_eq!(reply.output, "42\n");
         assert_eq!(reply.output_len, 3);
         assert_eq!(reply.timings["function_us"], 7);
+        assert_eq!(
+            (reply.bytes_in, reply.bytes_out, reply.requests),
+            (105, 3, 4)
+        );
         // A bare `ok` is not an invoke reply.
         assert!(matches!(
             c.invoke("1", InvokeInput::Inline("hi"), None, Some("r")),
@@ -273,6 +331,51 @@ mod tests {
             seen[2],
             "{\"op\":\"invoke\",\"vm\":\"1\",\"input\":{\"inline\":\"hi\"},\"request_id\":\"r\"}\n"
         );
+    }
+
+    #[test]
+    fn stats_and_older_backends() {
+        let (_dir, path, server) = serve(&[
+            "{\"ok\":true,\"stats\":{\"pid\":4242,\"vms\":2,\"in_flight\":1,\"queued_invocations\":3,\"uploads_pending\":4,\"bytes_in\":5000,\"bytes_out\":600,\"requests\":70,\"rss_bytes\":8192,\"cpu_seconds\":1.25,\"a_later_field\":[1]}}\n",
+            "{\"ok\":true,\"stats\":{\"pid\":9}}\n",
+            "{\"ok\":true}\n",
+            "{\"ok\":true,\"outcome\":\"error\",\"output_len\":0,\"output\":\"\",\"output_encoding\":\"utf8\",\"timings\":{}}\n",
+        ]);
+        let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            c.stats().unwrap(),
+            BackendStats {
+                pid: 4242,
+                vms: 2,
+                in_flight: 1,
+                queued_invocations: 3,
+                uploads_pending: 4,
+                bytes_in: 5000,
+                bytes_out: 600,
+                requests: 70,
+                rss_bytes: 8192,
+                cpu_seconds: 1.25,
+            }
+        );
+        // Fields the backend does not send are 0.
+        assert_eq!(
+            c.stats().unwrap(),
+            BackendStats {
+                pid: 9,
+                ..BackendStats::default()
+            }
+        );
+        assert!(matches!(
+            c.stats(),
+            Err(Error::ControlReply { op: "stats", .. })
+        ));
+        // An invoke reply without the traffic fields (an older backend) still parses.
+        let reply = c.invoke("1", InvokeInput::Inline("x"), None, None).unwrap();
+        assert_eq!(reply.outcome, "error");
+        assert_eq!((reply.bytes_in, reply.bytes_out, reply.requests), (0, 0, 0));
+        let seen = server.join().unwrap();
+        assert_eq!(seen[0], "{\"op\":\"stats\"}\n");
+        assert_eq!(seen[2], "{\"op\":\"stats\"}\n");
     }
 
     #[test]
