@@ -35,7 +35,7 @@ pub const NUM_QUEUES: u32 = 1;
 pub const QUEUE_SIZE_MAX: u16 = 256;
 /// What WAIT returns when the device has no backend connection.
 pub const BACKEND_UNAVAILABLE: u32 = 0xFFFF_FFFF;
-/// Longest a WAIT read blocks.
+/// Longest a WAIT read blocks by default (see [`NexusIo::set_wait_timeout`]).
 pub const WAIT_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Offsets in the configuration space (register offset `0x100` + these).
@@ -105,6 +105,7 @@ pub struct NexusIo {
     link: BackendLink,
     acked_features: u64,
     active: Option<ActiveQueue>,
+    wait_timeout: Duration,
 }
 
 impl NexusIo {
@@ -132,6 +133,7 @@ impl NexusIo {
             link: BackendLink::default(),
             acked_features: 0,
             active: None,
+            wait_timeout: WAIT_TIMEOUT,
         })
     }
 
@@ -153,6 +155,14 @@ impl NexusIo {
     /// The I/O window.
     pub fn window(&self) -> &IoWindow {
         &self.window
+    }
+
+    /// Sets how long one WAIT read may block before the guest gets the unchanged used index
+    /// back (and reads again: one more exit). A VM that idles parked in `NEXT` for long,
+    /// as in a warm pool, costs one exit per timeout; stopping the vCPU interrupts a WAIT at
+    /// once whatever the timeout (the kick signal ends the wait).
+    pub fn set_wait_timeout(&mut self, timeout: Duration) {
+        self.wait_timeout = timeout.max(Duration::from_millis(1));
     }
 
     /// Says how completions reach the guest (see [`InterruptMode`]).
@@ -295,7 +305,7 @@ impl NexusIo {
             &self.window_memory,
             &self.call,
             connections,
-            WAIT_TIMEOUT,
+            self.wait_timeout,
         ) {
             Ok(WaitOutcome::Used(idx)) => u32::from(idx),
             Ok(WaitOutcome::Lost) => {
