@@ -16,6 +16,7 @@ pub const BUNDLED: &[&str] = &[
     "wordcount",
     "compress",
     "aes",
+    "fibonacci",
     "hostile",
     "getloop",
     "iobench",
