@@ -2,82 +2,17 @@
 //! of a function parked in `NEXT`, and `nexus-vmm invoke` processes restoring it (every
 //! restore mode, ten at once, wrong prefetch hints, write-behind outputs, failed uploads).
 
+mod common;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{Backend, nexus_vmm};
+
 /// Bound on one `nexus-vmm` process.
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn nexus_vmm() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("nexus-vmm");
-    assert!(
-        path.exists(),
-        "{} is missing: run through `cargo test`",
-        path.display()
-    );
-    path
-}
-
-/// A `nexus-backend` process over a local store, killed on drop.
-struct Backend {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl Backend {
-    fn start(dir: &Path, store: &Path) -> Self {
-        let socket = dir.join("backend.sock");
-        let log = dir.join("backend.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(
-            nexus::guests::workspace_binary("nexus-backend", "nexus-backend").unwrap(),
-        )
-        .args(["--listen", socket.to_str().unwrap(), "--store"])
-        .arg(format!("file://{}", store.display()))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .expect("nexus-backend starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "nexus-backend exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "nexus-backend did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Backend { child, socket, log }
-    }
-
-    fn socket(&self) -> &str {
-        self.socket.to_str().unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Run {
     status: ExitStatus,

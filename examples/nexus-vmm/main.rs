@@ -13,6 +13,11 @@ use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
 use nexus_kvm::serial::{Console, ConsoleBuffer};
 
+use embedded::EmbeddedBackend;
+
+mod embedded;
+mod node;
+mod serve;
 mod snapshot;
 
 /// Exit status of `nexus-vmm` when the VMM fails or the guest crashes (a guest's own exit
@@ -46,6 +51,9 @@ enum Command {
     /// Restore a function from its snapshot (prefetching the input meanwhile) and run one
     /// invocation.
     Invoke(snapshot::InvokeArgs),
+    /// The node daemon: function invocations over HTTP, a warm pool of parked VMs per
+    /// function, cold starts from snapshots, Prometheus metrics.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -97,6 +105,7 @@ fn main() -> ExitCode {
         Command::Demo => demo().map(|()| 0),
         Command::Snapshot(args) => snapshot::snapshot(args).map(|()| 0),
         Command::Invoke(args) => snapshot::invoke(args),
+        Command::Serve(args) => serve::serve(args).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(VMM_FAILURE)),
@@ -290,61 +299,6 @@ fn table_header() {
     );
 }
 
-/// A backend serving in this process (the library, on its own tokio runtime).
-struct EmbeddedBackend {
-    runtime: tokio::runtime::Runtime,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    socket: PathBuf,
-}
-
-impl EmbeddedBackend {
-    fn start(store: &std::path::Path, dir: &std::path::Path) -> Result<Self> {
-        use nexus_backend::{Backend, BackendConfig, S3Options, StoreConfig, StoreUrl};
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("nexus-backend")
-            .enable_all()
-            .build()?;
-        let store = StoreConfig {
-            url: StoreUrl::File(store.to_path_buf()),
-            s3: S3Options::default(),
-        };
-        let config = BackendConfig::new(store, dir.join("vms"));
-        let backend = Backend::new(config, runtime.handle().clone())?;
-        let socket = dir.join("backend.sock");
-        let listener = {
-            let _guard = runtime.enter();
-            tokio::net::UnixListener::bind(&socket)
-                .with_context(|| format!("Cannot listen on {}", socket.display()))?
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        runtime.spawn(async move {
-            backend
-                .serve_control(listener, async {
-                    let _ = rx.await;
-                })
-                .await;
-            backend.detach_all();
-        });
-        Ok(EmbeddedBackend {
-            runtime,
-            shutdown: Some(tx),
-            socket,
-        })
-    }
-}
-
-impl Drop for EmbeddedBackend {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        let _ = std::fs::remove_file(&self.socket);
-        let _ = &self.runtime;
-    }
-}
-
 fn sample_text(bytes: usize) -> String {
     const WORDS: &[&str] = &[
         "serverless",
@@ -375,18 +329,17 @@ fn sample_text(bytes: usize) -> String {
     text
 }
 
+/// One function of the demo's node.
+struct DemoFunction {
+    name: &'static str,
+    input: node::vm::Input,
+    what: &'static str,
+}
+
 fn demo() -> Result<()> {
-    guests::build_bundled(true)?;
-    println!("Part 1 — bundled micro-guests, each in a fresh 64 MiB VM started at CPL 3:\n");
-    table_header();
-    let runs: [(&str, &[&str]); 3] = [
-        ("hello", &["Nexus", "demo"]),
-        ("fib", &["20"]),
-        ("crash", &[]),
-    ];
-    for (name, args) in runs {
-        print_run(name, args, &demo_run(name, args, None)?);
-    }
+    let started = Instant::now();
+    eprintln!("nexus: [1/4] building the bundled micro-guests (the first time takes a minute)…");
+    guests::build_bundled(false)?;
 
     let dir = std::env::temp_dir().join(format!("nexus-demo-{}", std::process::id()));
     let store = dir.join("store");
@@ -395,59 +348,167 @@ fn demo() -> Result<()> {
     let text = sample_text(4 << 20);
     std::fs::write(store.join("inputs/words.txt"), &text)?;
     eprintln!(
-        "nexus: starting an embedded backend over the local store {}…",
+        "nexus: [2/4] starting a shared backend in this process over the local store {}…",
         store.display()
     );
     let backend = EmbeddedBackend::start(&store, &dir)?;
-    println!(
-        "\nPart 2 — I/O offload: functions read and write objects through the nexus-io device;\n\
-         the backend (in this process) serves them from {} with zero-copy reads\n\
-         and writes in each VM's I/O window. Input: inputs/words.txt ({} bytes).\n",
-        store.display(),
-        text.len()
-    );
+
+    println!("Part 1 — micro-guests, each in a fresh 64 MiB VM started at CPL 3:\n");
     table_header();
-    let io_runs: [(&str, &[&str]); 4] = [
-        ("wordcount", &["inputs/words.txt", "outputs/words.count"]),
-        ("compress", &["inputs/words.txt", "outputs/words.txt.z"]),
-        ("aes", &["inputs/words.txt", "outputs/words.txt.aes"]),
-        ("hostile", &["outputs/hostile-probe"]),
+    let runs: [(&str, &[&str], bool); 4] = [
+        ("hello", &["Nexus", "demo"], false),
+        ("fib", &["20"], false),
+        ("crash", &[], false),
+        ("hostile", &["outputs/hostile-probe"], true),
     ];
-    for (name, args) in io_runs {
-        let run = demo_run(name, args, Some(&backend.socket))?;
-        if name == "hostile" {
-            // One line per malicious request is a lot: show the verdict only.
-            let summary = DemoRun {
-                console: run
-                    .console
-                    .lines()
-                    .rev()
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                ..run
-            };
-            print_run(name, args, &summary);
-        } else {
-            print_run(name, args, &run);
-        }
+    for (name, args, io) in runs {
+        let run = demo_run(name, args, io.then(|| backend.socket()))?;
+        // The hostile guest prints a line per attack: show the verdict only.
+        let keep = if name == "hostile" { 2 } else { usize::MAX };
+        let lines: Vec<&str> = run.console.lines().collect();
+        let console = lines[lines.len().saturating_sub(keep)..].join("\n");
+        print_run(name, args, &DemoRun { console, ..run });
     }
-    drop(backend);
-    println!("\nOutputs (kept for you to inspect):");
-    for entry in std::fs::read_dir(store.join("outputs"))? {
-        let entry = entry?;
-        println!(
-            "  {:>9} bytes  {}",
-            entry.metadata()?.len(),
-            entry.path().display()
+
+    // Part 2: the node, as `nexus-vmm serve` runs it, minus the HTTP front.
+    let functions_dir = dir.join("functions");
+    std::fs::create_dir_all(&functions_dir)?;
+    let demo_functions = [
+        DemoFunction {
+            name: "wordcount",
+            input: node::vm::Input::Key("inputs/words.txt".into()),
+            what: "counts words",
+        },
+        DemoFunction {
+            name: "compress",
+            input: node::vm::Input::Key("inputs/words.txt".into()),
+            what: "deflates",
+        },
+        DemoFunction {
+            name: "aes",
+            input: node::vm::Input::Key("inputs/words.txt".into()),
+            what: "encrypts (AES-128-CTR)",
+        },
+        DemoFunction {
+            name: "fibonacci",
+            input: node::vm::Input::Inline("27".into()),
+            what: "fib(n), naively",
+        },
+    ];
+    for f in &demo_functions {
+        std::fs::write(
+            functions_dir.join(format!("{}.toml", f.name)),
+            format!(
+                "guest = \"{}\"\nmemory_mib = 64\nwindow_mib = 32\n\n[limits]\ntimeout_ms = 10000\n",
+                f.name
+            ),
+        )?;
+    }
+    let node = node::Node::new(
+        node::NodeConfig {
+            backend: backend.socket().to_path_buf(),
+            snapshot_dir: dir.join("snapshots"),
+            max_vms: 16,
+            max_queue: 16,
+            queue_timeout: Duration::from_secs(30),
+            pick: node::Pick::Mru,
+            wait_timeout: Duration::from_secs(1),
+        },
+        node::registry::load_dir(&functions_dir)?,
+    )?;
+    eprintln!("nexus: [3/4] snapshotting each function parked in NEXT…");
+    for f in &demo_functions {
+        let t = Instant::now();
+        node.prepare(f.name)?;
+        eprintln!(
+            "nexus:       {:<10} snapshot ready in {:.0} ms",
+            f.name,
+            ms(t.elapsed())
         );
     }
+    eprintln!("nexus: [4/4] invoking each function cold (restore from its snapshot), then warm…");
     println!(
-        "\nEvery guest ran in 64-bit user mode; \"exits\" counts the VM exits its VMM handled in\n\
-         user space, \"KVM\" all exits KVM counted (doorbells are absorbed inside KVM)."
+        "\nPart 2 — the node: functions restored from their snapshots (cold: the input is\n\
+         prefetched by the backend while the VM is restored), then served again by the parked\n\
+         VM (warm). Input of the first three: inputs/words.txt ({} bytes).\n",
+        text.len()
+    );
+    println!(
+        "{:<10} {:<24} {:>9} {:>9} {:>11} {:>11} {:>10} {:>10}",
+        "function",
+        "does",
+        "cold ms",
+        "warm ms",
+        "exits cold",
+        "exits warm",
+        "bytes in",
+        "bytes out"
+    );
+    let mut outputs = Vec::new();
+    for f in &demo_functions {
+        let mut runs = Vec::new();
+        for start in ["cold", "warm"] {
+            let output_key = format!("outputs/{}.{start}", f.name);
+            let result = node
+                .invoke(
+                    f.name,
+                    node::Invocation {
+                        input: f.input.clone(),
+                        output_key: Some(output_key.clone()),
+                        request_id: String::new(),
+                    },
+                )
+                .with_context(|| format!("The {start} invocation of {} failed", f.name))?;
+            if result.start != start || result.outcome != "success" {
+                bail!(
+                    "The {start} invocation of {} was served {} with outcome {}",
+                    f.name,
+                    result.start,
+                    result.outcome
+                );
+            }
+            outputs.push(store.join(&output_key));
+            runs.push(result);
+        }
+        let (cold, warm) = (&runs[0], &runs[1]);
+        println!(
+            "{:<10} {:<24} {:>9.2} {:>9.2} {:>11} {:>11} {:>10} {:>10}",
+            f.name,
+            f.what,
+            cold.timings_ms.total,
+            warm.timings_ms.total,
+            cold.vm_exits,
+            warm.vm_exits,
+            warm.bytes_in,
+            warm.bytes_out
+        );
+        println!(
+            "{:<10} └ cold: restore {:.2} ms, function {:.2} ms; warm: function {:.2} ms; \
+             result {} bytes",
+            "",
+            cold.timings_ms.restore,
+            cold.timings_ms.function,
+            warm.timings_ms.function,
+            warm.output_len
+        );
+    }
+    node.shutdown();
+    drop(backend);
+    println!("\nOutputs (kept for you to inspect):");
+    for path in outputs {
+        let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("  {len:>9} bytes  {}", path.display());
+    }
+    println!(
+        "\n\"exits\" in part 1 counts the VM exits the VMM handled in user space and \"KVM\" all\n\
+         exits KVM counted; in part 2, exits are KVM's, per invocation (doorbells included).\n\
+         Serve the same functions over HTTP:\n\
+         \x20 cargo run --release --example nexus-vmm -- serve --store {} --functions {}\n\
+         \x20 curl -s -X POST localhost:8080/v1/functions/wordcount/invocations -d '{{\"input_key\":\"inputs/words.txt\"}}'\n\
+         Demo finished in {:.1} s.",
+        store.display(),
+        functions_dir.display(),
+        started.elapsed().as_secs_f64()
     );
     Ok(())
 }

@@ -17,15 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use nexus::guests;
-use nexus_io::{ControlClient, InvokeInput, NexusIoConfig, NexusIoState};
-use nexus_kvm::VcpuConfig;
+use nexus_io::{ControlClient, InvokeInput};
 use nexus_kvm::memory::MemoryConfig;
-use nexus_kvm::micro::{MicroVm, MicroVmConfig};
 use nexus_kvm::serial::Console;
-use nexus_snapshot::{DeviceState, RestoreMode, RestoreOptions, Snapshot, SnapshotFiles};
+use nexus_snapshot::{Snapshot, SnapshotFiles};
 
-/// The nexus-io device's section in the state file.
-pub const NEXUS_IO_SECTION: &str = "nexus-io";
+use crate::node::vm::{self, FunctionVmConfig};
 
 /// How long `snapshot` waits for the function to park in `NEXT`.
 const PARK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -114,79 +111,31 @@ fn ms(d: Duration) -> f64 {
 pub fn snapshot(args: SnapshotArgs) -> Result<()> {
     let path = guests::resolve(&args.guest)?;
     let elf = std::fs::read(&path).with_context(|| format!("Cannot read {}", path.display()))?;
-    let micro = MicroVm::new(
-        &elf,
-        MicroVmConfig {
-            memory: MemoryConfig {
-                ram_size: args.mem << 20,
-                window_size: args.window << 20,
-            },
-            args: vec![],
-            device: Some(nexus_io::device_info()),
-            console: Console::new(std::io::stderr()),
-        },
-    )?;
-    let serial = micro.serial().clone();
-    let window = micro
-        .vm()
-        .memory()
-        .window()
-        .cloned()
-        .context("the snapshot needs an I/O window (--window > 0)")?;
-    let vm_id = format!("snapshot-{}", std::process::id());
-    let device = nexus_io::NexusIo::new(NexusIoConfig {
-        control_socket: args.backend.clone(),
-        vm_id: vm_id.clone(),
+    let config = FunctionVmConfig {
+        backend: args.backend.clone(),
         tenant: args.tenant.clone(),
-        window,
-        irq: None,
-    })?;
-    let attached = nexus_io::attach(micro.vm(), device)?;
-    let (vm, vcpu, _) = micro.into_parts();
-    let start = Instant::now();
-    let handle = vcpu.spawn("vcpu0".into())?;
-
-    // Wait for the function to park in NEXT (the device attaches on the guest's DRIVER_OK).
-    let mut control = ControlClient::connect(&args.backend, PARK_TIMEOUT + Duration::from_secs(5))?;
-    let deadline = Instant::now() + PARK_TIMEOUT;
-    loop {
-        if handle.is_finished() {
-            let (_, result) = handle.join()?;
-            bail!("The function stopped before it parked in NEXT: {result:?}");
-        }
-        match control.parked(&vm_id, Duration::from_millis(200)) {
-            Ok(()) => break,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(e).context("The function did not park in NEXT"),
-        }
-    }
-    let parked = start.elapsed();
-    let (mut vcpu, result) = handle.stop()?;
-    match result {
-        Ok(nexus_kvm::VcpuStop::Stopped) => {}
-        other => bail!("The vCPU did not stop cleanly: {other:?}"),
-    }
-    let devices = {
-        let serial = serial.lock().unwrap_or_else(|p| p.into_inner());
-        let transport = attached.transport.lock().unwrap_or_else(|p| p.into_inner());
-        vec![
-            DeviceState::save(nexus_snapshot::devices::SERIAL, &*serial),
-            DeviceState {
-                name: NEXUS_IO_SECTION.into(),
-                version: NexusIoState::STATE_VERSION,
-                data: NexusIoState::save(&transport).to_bytes(),
-            },
-        ]
+        memory: MemoryConfig {
+            ram_size: args.mem << 20,
+            window_size: args.window << 20,
+        },
     };
-    let files = SnapshotFiles::in_dir(&args.out);
-    let report = nexus_snapshot::save(&vm, std::slice::from_mut(&mut vcpu), &devices, &files)?;
+    let vm_id = format!("snapshot-{}", std::process::id());
+    let taken = vm::take_snapshot(
+        &elf,
+        &config,
+        &vm_id,
+        &args.out,
+        Console::new(std::io::stderr()),
+        PARK_TIMEOUT,
+    )?;
+    let report = taken.report;
     println!(
         "snapshot {:#018x} of {} written to {}: parked in NEXT after {:.3} ms; {} pages stored \
          ({} bytes on disk), saved in {:.3} ms",
         report.id,
         args.guest,
         args.out.display(),
-        ms(parked),
+        ms(taken.parked_after),
         report.nonzero_pages,
         report.memory_file_size,
         ms(report.total)
@@ -211,73 +160,40 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
     } else {
         args.hint.as_deref().or(args.input.as_deref())
     };
-
-    // Attach and hint first: the backend fetches the input while we restore.
-    let mut control = ControlClient::connect(&args.backend, Duration::from_secs(10))?;
-    let socket = control.attach(&vm_id, &args.tenant)?;
-    if let Some(key) = hint {
-        control.hint(&vm_id, key)?;
-    }
-    let hinted = t0.elapsed();
-
     let files = SnapshotFiles::in_dir(&args.snapshot);
     let snapshot = Snapshot::open(&files)?;
-    let (mode, record) = match args.restore {
-        RestoreArg::Eager => (RestoreMode::Eager, false),
-        RestoreArg::Lazy => (RestoreMode::Lazy, false),
-        RestoreArg::Uffd => (RestoreMode::Uffd, false),
-        RestoreArg::Prefetch if snapshot.has_working_set() => (RestoreMode::Prefetch, false),
-        RestoreArg::Prefetch => {
-            println!(
-                "no working set yet: recording one during this restore (uffd + record) for the \
-                 next prefetch restore"
-            );
-            (RestoreMode::Uffd, true)
-        }
-    };
-    let restored = snapshot.restore(&RestoreOptions {
-        mode,
-        record_working_set: record,
-        vcpu: VcpuConfig { strict_io: true },
-    })?;
-    let nexus_snapshot::RestoredVm {
-        vm,
-        mut vcpus,
-        devices,
-        faults,
-        stats,
-    } = restored;
-    nexus_snapshot::devices::attach_micro_devices(&vm, &devices, Console::new(std::io::stderr()))?;
-    let section = DeviceState::find(&devices, NEXUS_IO_SECTION)?;
-    let state = NexusIoState::from_bytes(section.version, &section.data)?;
-    let window = vm
-        .memory()
-        .window()
-        .cloned()
-        .context("the snapshot has no I/O window")?;
-    let mut transport = state.restore(NexusIoConfig {
-        control_socket: args.backend.clone(),
-        vm_id: vm_id.clone(),
-        tenant: args.tenant.clone(),
-        window,
-        irq: None,
-    })?;
-    transport
-        .device_mut()
-        .resume(Some((control, socket)))
-        .context("Cannot reconnect the restored nexus-io device")?;
-    nexus_io::attach_transport(&vm, transport)?;
-    let restored_at = t0.elapsed();
-
-    if vcpus.len() != 1 {
-        bail!(
-            "The snapshot has {} vCPUs; micro-guests have 1",
-            vcpus.len()
+    if args.restore == RestoreArg::Prefetch && !snapshot.has_working_set() {
+        println!(
+            "no working set yet: recording one during this restore (uffd + record) for the \
+             next prefetch restore"
         );
     }
+    // Attach and hint first: the backend fetches the input while we restore.
+    let restored = vm::restore(
+        &snapshot,
+        args.restore,
+        &vm::RestoreTarget {
+            backend: &args.backend,
+            tenant: &args.tenant,
+            vm_id: &vm_id,
+            hint,
+        },
+        Console::new(std::io::stderr()),
+        None,
+    )?;
+    let vm::Restored {
+        vm: _vm,
+        vcpu,
+        faults,
+        recording: record,
+        stats,
+        hinted,
+        total: restored_at,
+    } = restored;
+
     let mut client = ControlClient::connect(&args.backend, INVOKE_TIMEOUT)?;
     let run_start = Instant::now();
-    let handle = vcpus.remove(0).spawn("vcpu0".into())?;
+    let handle = vcpu.spawn("vcpu0".into())?;
     let (tx, rx) = mpsc::channel();
     {
         let (vm_id, output, request_id) =

@@ -1,0 +1,375 @@
+//! The node's HTTP API (HTTP/1.1, JSON), after the Lambda Invoke API where it fits.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `POST /v1/functions/{name}/invocations` with `{"input_key":"K"}` or `{"input":"TEXT"}`, optional `"output_key"`, `"request_id"` | 200 with the result and timings ([`InvocationResult`]); headers `X-Nexus-Start: cold\|warm`, `X-Nexus-Request-Id` |
+//! | `POST /v1/functions/{name}/warm` with `{"count":N}` | 200 once N VMs of the function are parked |
+//! | `GET /v1/functions`, `GET /v1/functions/{name}` | the functions, their settings and VMs |
+//! | `GET /healthz` | 200 `{"status":"ok",…}`, 503 if the backend does not answer |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Errors are `{"error":"TYPE","message":"…"}`: 400 `InvalidRequest`, 404 `ResourceNotFound`,
+//! 405 `MethodNotAllowed`, 413 `RequestTooLarge`, 429 `TooManyRequests`, 502 `FunctionError`
+//! (the function completed with an error: the answer also carries its result fields),
+//! `FunctionCrashed` and `BackendError`, 503 `ServiceUnavailable`, 504 `FunctionTimeout`.
+
+use std::convert::Infallible;
+use std::future::Future;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::vm::Input;
+use super::{Invocation, InvocationResult, Node, NodeError};
+
+/// The largest request body.
+pub const MAX_BODY: usize = 1 << 20;
+/// The largest inline input (it travels in one line of the backend's control socket).
+pub const MAX_INLINE_INPUT: usize = 48 << 10;
+
+/// The body of an invocation request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvokeBody {
+    input_key: Option<String>,
+    input: Option<String>,
+    output_key: Option<String>,
+    #[serde(default)]
+    request_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WarmBody {
+    count: usize,
+}
+
+type Answer = Response<Full<Bytes>>;
+
+fn json_answer(status: StatusCode, body: &serde_json::Value) -> Answer {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error_answer(status: StatusCode, kind: &str, message: &str) -> Answer {
+    json_answer(status, &json!({"error": kind, "message": message}))
+}
+
+fn node_error(e: &NodeError) -> Answer {
+    let (status, kind) = match e {
+        NodeError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
+        NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
+        NodeError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
+        NodeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+        NodeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "FunctionTimeout"),
+        NodeError::Crashed(_) => (StatusCode::BAD_GATEWAY, "FunctionCrashed"),
+        NodeError::Backend(_) => (StatusCode::BAD_GATEWAY, "BackendError"),
+    };
+    error_answer(status, kind, &e.to_string())
+}
+
+/// Parses an invocation body.
+fn parse_invocation(body: &[u8]) -> Result<Invocation, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err("the body must be a JSON object with `input_key` or `input`".into());
+    }
+    let body: InvokeBody =
+        serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))?;
+    let input = match (body.input_key, body.input) {
+        (Some(key), None) if !key.is_empty() => Input::Key(key),
+        (None, Some(text)) if text.len() <= MAX_INLINE_INPUT => Input::Inline(text),
+        (None, Some(text)) => {
+            return Err(format!(
+                "an inline input may be at most {MAX_INLINE_INPUT} bytes ({} given): store it \
+                 and pass `input_key`",
+                text.len()
+            ));
+        }
+        (Some(_), Some(_)) => return Err("give `input_key` or `input`, not both".into()),
+        (Some(_), None) => return Err("`input_key` is empty".into()),
+        (None, None) => return Err("give `input_key` or `input`".into()),
+    };
+    if body.request_id.len() > 200 {
+        return Err("`request_id` may be at most 200 bytes".into());
+    }
+    Ok(Invocation {
+        input,
+        output_key: body.output_key,
+        request_id: body.request_id,
+    })
+}
+
+fn invocation_answer(result: &InvocationResult) -> Answer {
+    let value = serde_json::to_value(result).unwrap_or_else(|_| json!({}));
+    let mut answer = if result.outcome == "success" {
+        json_answer(StatusCode::OK, &value)
+    } else {
+        let mut body = value;
+        if let Some(map) = body.as_object_mut() {
+            map.insert("error".into(), json!("FunctionError"));
+            map.insert(
+                "message".into(),
+                json!(format!(
+                    "the function reported an error: {}",
+                    result.output.as_deref().unwrap_or("")
+                )),
+            );
+        }
+        json_answer(StatusCode::BAD_GATEWAY, &body)
+    };
+    let headers = answer.headers_mut();
+    headers.insert("x-nexus-start", HeaderValue::from_static(result.start));
+    if let Ok(id) = HeaderValue::from_str(&result.request_id) {
+        headers.insert("x-nexus-request-id", id);
+    }
+    if result.outcome != "success" {
+        headers.insert(
+            "x-nexus-function-error",
+            HeaderValue::from_static("Unhandled"),
+        );
+    }
+    answer
+}
+
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, Answer> {
+    match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error_answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestTooLarge",
+            &format!("the body may be at most {MAX_BODY} bytes"),
+        )),
+        Err(e) => Err(error_answer(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            &format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Answer> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        error_answer(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &format!("the request's task failed: {e}"),
+        )
+    })
+}
+
+async fn route(node: Node, request: Request<Incoming>) -> Answer {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let answer = match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => {
+            let n = node.clone();
+            match blocking(move || (n.backend_stats(), n.vm_total())).await {
+                Ok((Ok(_), vms)) => json_answer(
+                    StatusCode::OK,
+                    &json!({"status": "ok", "vms": vms, "functions": node.function_names().len(), "backend": "ok"}),
+                ),
+                Ok((Err(e), vms)) => json_answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "degraded", "vms": vms, "backend": format!("{e:#}")}),
+                ),
+                Err(answer) => answer,
+            }
+        }
+        (&Method::GET, ["metrics"]) => {
+            let n = node.clone();
+            match blocking(move || n.metrics().render(&n.gauges())).await {
+                Ok(text) => {
+                    let mut response = Response::new(Full::new(Bytes::from(text)));
+                    response.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    response
+                }
+                Err(answer) => answer,
+            }
+        }
+        (&Method::GET, ["v1", "functions"]) => {
+            let functions: Vec<_> = node
+                .function_names()
+                .iter()
+                .filter_map(|name| node.function_info(name).ok())
+                .collect();
+            json_answer(StatusCode::OK, &json!({ "functions": functions }))
+        }
+        (&Method::GET, ["v1", "functions", name]) => match node.function_info(name) {
+            Ok(info) => json_answer(StatusCode::OK, &json!(info)),
+            Err(e) => node_error(&e),
+        },
+        (&Method::POST, ["v1", "functions", name, "invocations"]) => {
+            let name = (*name).to_owned();
+            match read_body(request).await {
+                Err(answer) => answer,
+                Ok(body) => match parse_invocation(&body) {
+                    Err(message) => {
+                        if node.function_info(&name).is_err() {
+                            node_error(&NodeError::NotFound(name))
+                        } else {
+                            error_answer(StatusCode::BAD_REQUEST, "InvalidRequest", &message)
+                        }
+                    }
+                    Ok(invocation) => {
+                        let n = node.clone();
+                        match blocking(move || n.invoke(&name, invocation)).await {
+                            Ok(Ok(result)) => invocation_answer(&result),
+                            Ok(Err(e)) => node_error(&e),
+                            Err(answer) => answer,
+                        }
+                    }
+                },
+            }
+        }
+        (&Method::POST, ["v1", "functions", name, "warm"]) => {
+            let name = (*name).to_owned();
+            match read_body(request).await {
+                Err(answer) => answer,
+                Ok(body) => match serde_json::from_slice::<WarmBody>(&body) {
+                    Err(e) => error_answer(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidRequest",
+                        &format!("the body must be {{\"count\":N}}: {e}"),
+                    ),
+                    Ok(warm) => {
+                        let n = node.clone();
+                        let start = std::time::Instant::now();
+                        match blocking(move || {
+                            let started = n.warm(&name, warm.count);
+                            (started, n.function_info(&name))
+                        })
+                        .await
+                        {
+                            Ok((Ok(started), Ok(info))) => json_answer(
+                                StatusCode::OK,
+                                &json!({
+                                    "function": info.name,
+                                    "started": started,
+                                    "idle": info.vms.idle,
+                                    "busy": info.vms.busy,
+                                    "elapsed_ms": start.elapsed().as_secs_f64() * 1e3,
+                                }),
+                            ),
+                            Ok((Err(e), _)) | Ok((_, Err(e))) => node_error(&e),
+                            Err(answer) => answer,
+                        }
+                    }
+                },
+            }
+        }
+        (_, ["healthz"] | ["metrics"] | ["v1", "functions", ..]) => error_answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error_answer(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            &format!("no such resource: {path}"),
+        ),
+    };
+    let status = answer.status();
+    if status.is_client_error() || status.is_server_error() {
+        if path.ends_with("/invocations")
+            && status != StatusCode::BAD_GATEWAY
+            && status != StatusCode::GATEWAY_TIMEOUT
+        {
+            node.metrics().rejected(status.as_u16());
+        }
+        log::info!("{method} {path} → {status}");
+    } else {
+        log::debug!("{method} {path} → {status}");
+    }
+    answer
+}
+
+/// Serves the HTTP API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |request| {
+                            let node = node.clone();
+                            async move { Ok::<_, Infallible>(route(node, request).await) }
+                        });
+                        if let Err(e) = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                        {
+                            log::debug!("HTTP connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    log::warn!("HTTP accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invocation_bodies() {
+        let i = parse_invocation(br#"{"input_key":"in/a.txt","output_key":"out/b"}"#).unwrap();
+        assert_eq!(i.input, Input::Key("in/a.txt".into()));
+        assert_eq!(i.output_key.as_deref(), Some("out/b"));
+        let i = parse_invocation(br#"{"input":"one two","request_id":"r-1"}"#).unwrap();
+        assert_eq!(i.input, Input::Inline("one two".into()));
+        assert_eq!(i.request_id, "r-1");
+        for (bad, needle) in [
+            (&b""[..], "JSON object"),
+            (b"  \n", "JSON object"),
+            (b"{", "malformed"),
+            (b"[1]", "malformed"),
+            (b"{}", "give `input_key` or `input`"),
+            (br#"{"input_key":"a","input":"b"}"#, "not both"),
+            (br#"{"input_key":""}"#, "empty"),
+            (br#"{"input_key":"a","inptu":"b"}"#, "unknown field"),
+            (br#"{"input_key":7}"#, "malformed"),
+        ] {
+            let e = parse_invocation(bad).unwrap_err();
+            assert!(
+                e.contains(needle),
+                "{:?}: {e}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let big = format!("{{\"input\":\"{}\"}}", "x".repeat(MAX_INLINE_INPUT + 1));
+        assert!(
+            parse_invocation(big.as_bytes())
+                .unwrap_err()
+                .contains("at most")
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The function registry: one small TOML file per function in a directory.
+//!
+//! ```toml
+//! # functions/wordcount.toml — the function's name is the file's stem
+//! guest = "wordcount"      # a bundled micro-guest, or a path to an ELF (relative to this file)
+//! memory_mib = 64          # guest RAM
+//! window_mib = 32          # the I/O window (rings and payload buffers)
+//! tenant = "default"       # the backend tenant: what the function may read and write
+//! restore = "lazy"         # how cold starts bring guest RAM back: eager, lazy, uffd, prefetch
+//!
+//! [limits]
+//! timeout_ms = 30000       # wall-clock limit of one invocation: the VM is stopped after it
+//! max_vms = 16             # VMs of this function at once (busy and idle)
+//! keep_alive_s = 300       # an idle VM is stopped after this long
+//! ```
+//!
+//! Every key but `guest` is optional (the defaults are the values above).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::snapshot::RestoreArg;
+
+/// How cold starts bring guest RAM back (the registry's spelling of [`RestoreArg`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreSetting {
+    /// Read every stored page before the VM runs.
+    Eager,
+    /// Map the memory file copy-on-write.
+    Lazy,
+    /// Serve pages on first touch through userfaultfd.
+    Uffd,
+    /// Install the recorded working set first (the first cold start records it).
+    Prefetch,
+}
+
+impl From<RestoreSetting> for RestoreArg {
+    fn from(setting: RestoreSetting) -> Self {
+        match setting {
+            RestoreSetting::Eager => RestoreArg::Eager,
+            RestoreSetting::Lazy => RestoreArg::Lazy,
+            RestoreSetting::Uffd => RestoreArg::Uffd,
+            RestoreSetting::Prefetch => RestoreArg::Prefetch,
+        }
+    }
+}
+
+/// A function's limits.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock limit of one invocation, in milliseconds.
+    pub timeout_ms: u64,
+    /// VMs of this function at once, busy and idle.
+    pub max_vms: usize,
+    /// An idle VM is stopped after this many seconds.
+    pub keep_alive_s: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_ms: 30_000,
+            max_vms: 16,
+            keep_alive_s: 300,
+        }
+    }
+}
+
+/// One function, as its TOML file describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionFile {
+    /// The micro-guest: a bundled name or a path to an ELF.
+    pub guest: String,
+    /// Guest RAM in MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: u64,
+    /// The I/O window in MiB.
+    #[serde(default = "default_window")]
+    pub window_mib: u64,
+    /// The backend tenant.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// How cold starts restore guest RAM.
+    #[serde(default = "default_restore")]
+    pub restore: RestoreSetting,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_memory() -> u64 {
+    64
+}
+fn default_window() -> u64 {
+    32
+}
+fn default_tenant() -> String {
+    "default".into()
+}
+fn default_restore() -> RestoreSetting {
+    RestoreSetting::Lazy
+}
+
+/// A registered function: its name, its file's settings and its guest's ELF.
+#[derive(Clone, Debug)]
+pub struct FunctionSpec {
+    /// The function's name (its file's stem).
+    pub name: String,
+    /// Its settings.
+    pub file: FunctionFile,
+    /// The micro-guest ELF.
+    pub elf: PathBuf,
+}
+
+impl FunctionSpec {
+    /// The invocation timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.file.limits.timeout_ms)
+    }
+
+    /// How long an idle VM is kept.
+    pub fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.file.limits.keep_alive_s)
+    }
+}
+
+/// Whether `name` may name a function: 1 to 64 of `[A-Za-z0-9_-]`, not starting with `-`
+/// (it becomes part of VM IDs, paths and metric labels).
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Parses one function file's text; `dir` resolves a relative guest path.
+pub fn parse(name: &str, text: &str, dir: &Path) -> Result<FunctionSpec> {
+    if !valid_name(name) {
+        bail!("`{name}` is not a valid function name (1 to 64 of A-Z, a-z, 0-9, `-`, `_`)");
+    }
+    let file: FunctionFile = toml::from_str(text)?;
+    if !(1..=16 * 1024).contains(&file.memory_mib) {
+        bail!("memory_mib must be 1 to 16384, not {}", file.memory_mib);
+    }
+    if !(1..=1024).contains(&file.window_mib) {
+        bail!("window_mib must be 1 to 1024, not {}", file.window_mib);
+    }
+    if file.limits.timeout_ms == 0 {
+        bail!("limits.timeout_ms must be positive");
+    }
+    if file.limits.max_vms == 0 {
+        bail!("limits.max_vms must be positive");
+    }
+    let guest_path = Path::new(&file.guest);
+    let elf = if nexus::guests::BUNDLED.contains(&file.guest.as_str()) {
+        nexus::guests::resolve(&file.guest)?
+    } else if guest_path.is_absolute() {
+        guest_path.to_path_buf()
+    } else {
+        dir.join(guest_path)
+    };
+    if !elf.is_file() {
+        bail!(
+            "guest `{}` is neither a bundled micro-guest ({}) nor a file at {}",
+            file.guest,
+            nexus::guests::BUNDLED.join(", "),
+            elf.display()
+        );
+    }
+    Ok(FunctionSpec {
+        name: name.to_owned(),
+        file,
+        elf,
+    })
+}
+
+/// Loads every `*.toml` of `dir`; the error names the file at fault.
+pub fn load_dir(dir: &Path) -> Result<BTreeMap<String, FunctionSpec>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("Cannot read the functions directory {}", dir.display()))?;
+    let mut functions = BTreeMap::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("Cannot read {}", path.display()))?;
+        let spec = parse(&name, &text, dir).with_context(|| format!("In {}", path.display()))?;
+        functions.insert(name, spec);
+    }
+    if functions.is_empty() {
+        bail!("No function files (*.toml) in {}", dir.display());
+    }
+    Ok(functions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let dir = std::env::temp_dir();
+        let elf = dir.join(format!("nexus-registry-test-{}", std::process::id()));
+        std::fs::write(&elf, b"\x7fELF").unwrap();
+        let spec = parse(
+            "f",
+            &format!("guest = {:?}\n", elf.display().to_string()),
+            &dir,
+        )
+        .unwrap();
+        assert_eq!(spec.file.memory_mib, 64);
+        assert_eq!(spec.file.restore, RestoreSetting::Lazy);
+        assert_eq!(spec.file.limits, Limits::default());
+        assert_eq!(spec.timeout(), Duration::from_secs(30));
+        let text = format!(
+            "guest = {:?}\nmemory_mib = 128\nrestore = \"eager\"\n[limits]\ntimeout_ms = 500\nmax_vms = 2\n",
+            elf.file_name().unwrap().to_str().unwrap()
+        );
+        let spec = parse("g-2", &text, &dir).unwrap();
+        assert_eq!(spec.elf, elf);
+        assert_eq!(spec.file.memory_mib, 128);
+        assert_eq!(spec.file.restore, RestoreSetting::Eager);
+        assert_eq!(spec.file.limits.max_vms, 2);
+        assert_eq!(spec.file.limits.keep_alive_s, 300);
+        std::fs::remove_file(elf).unwrap();
+    }
+
+    #[test]
+    fn bad_files_say_why() {
+        let dir = std::env::temp_dir();
+        let cases = [
+            ("f", "", "guest"),
+            ("f", "guest = \"/nonexistent/elf\"", "neither a bundled"),
+            ("f", "guest = \"x\"\nmemroy_mib = 3", "memroy_mib"),
+            ("f", "guest = \"x\"\nmemory_mib = 0", "memory_mib"),
+            ("f", "guest = \"x\"\n[limits]\nmax_vms = 0", "max_vms"),
+            ("f", "guest = \"x\"\nrestore = \"fast\"", "fast"),
+            ("../f", "guest = \"x\"", "not a valid function name"),
+            ("f", "guest = ", "TOML"),
+        ];
+        for (name, text, needle) in cases {
+            let error = format!("{:#}", parse(name, text, &dir).unwrap_err());
+            assert!(
+                error.to_lowercase().contains(&needle.to_lowercase()) || needle == "TOML",
+                "{text:?}: {error}"
+            );
+        }
+        assert!(valid_name("word_count-2"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("-x"));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
+}

@@ -1,0 +1,560 @@
+//! One function VM's life: the snapshot it is restored from, the restore (with the
+//! prefetch hint sent before it starts), invocations with a wall-clock limit, and its end.
+//!
+//! Shared by the node daemon and by `nexus-vmm snapshot` / `nexus-vmm invoke`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nexus_io::{ControlClient, InvokeInput, InvokeReply, NexusIoConfig, NexusIoState};
+use nexus_kvm::memory::MemoryConfig;
+use nexus_kvm::micro::{MicroVm, MicroVmConfig};
+use nexus_kvm::serial::Console;
+use nexus_kvm::stats::StatsFd;
+use nexus_kvm::{VcpuConfig, VcpuHandle, VcpuStop};
+use nexus_snapshot::{
+    DeviceState, FaultServer, RestoreMode, RestoreOptions, RestoreStats, SaveReport, Snapshot,
+    SnapshotFiles,
+};
+
+use crate::snapshot::RestoreArg;
+
+/// The nexus-io device's section in the state file.
+pub const NEXUS_IO_SECTION: &str = "nexus-io";
+
+/// A console sink that sends each line the guest prints to the log (`guest` target, debug
+/// level), prefixed with the VM's ID. Lines are cut at 1 KiB.
+#[derive(Debug)]
+pub struct GuestLog {
+    vm: String,
+    line: Vec<u8>,
+}
+
+impl GuestLog {
+    /// A sink for VM `vm`.
+    pub fn new(vm: &str) -> Self {
+        GuestLog {
+            vm: vm.to_owned(),
+            line: Vec::new(),
+        }
+    }
+}
+
+impl Write for GuestLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &b in buf {
+            if b == b'\n' {
+                self.flush()?;
+            } else if self.line.len() < 1024 {
+                self.line.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.line.is_empty() {
+            log::debug!(target: "guest", "{}: {}", self.vm, String::from_utf8_lossy(&self.line));
+            self.line.clear();
+        }
+        Ok(())
+    }
+}
+
+/// What [`take_snapshot`] did.
+#[derive(Debug)]
+pub struct SnapshotTaken {
+    /// The save's report.
+    pub report: SaveReport,
+    /// From the vCPU's start to its `NEXT` being parked in the backend.
+    pub parked_after: Duration,
+}
+
+/// How a function VM is set up.
+#[derive(Debug, Clone)]
+pub struct FunctionVmConfig {
+    /// The backend's control socket.
+    pub backend: PathBuf,
+    /// The tenant on the backend.
+    pub tenant: String,
+    /// Guest RAM and window.
+    pub memory: MemoryConfig,
+}
+
+/// Boots micro-guest `elf` in its runtime loop (no arguments) with a nexus-io device
+/// attached to the backend as `vm_id`, waits (at most `park_timeout`) until its `NEXT` is
+/// parked, stops it and writes the snapshot into `out`. The VM is gone afterwards (its
+/// device's control connection closes, which detaches it).
+pub fn take_snapshot(
+    elf: &[u8],
+    config: &FunctionVmConfig,
+    vm_id: &str,
+    out: &Path,
+    console: Console,
+    park_timeout: Duration,
+) -> Result<SnapshotTaken> {
+    let micro = MicroVm::new(
+        elf,
+        MicroVmConfig {
+            memory: config.memory,
+            args: vec![],
+            device: Some(nexus_io::device_info()),
+            console,
+        },
+    )?;
+    let serial = micro.serial().clone();
+    let window = micro
+        .vm()
+        .memory()
+        .window()
+        .cloned()
+        .context("a function VM needs an I/O window")?;
+    let device = nexus_io::NexusIo::new(NexusIoConfig {
+        control_socket: config.backend.clone(),
+        vm_id: vm_id.to_owned(),
+        tenant: config.tenant.clone(),
+        window,
+        irq: None,
+    })?;
+    let attached = nexus_io::attach(micro.vm(), device)?;
+    let (vm, vcpu, _) = micro.into_parts();
+    let start = Instant::now();
+    let handle = vcpu.spawn(format!("{vm_id}-vcpu"))?;
+
+    // Wait for the function to park in NEXT (the device attaches on the guest's DRIVER_OK).
+    let mut control =
+        ControlClient::connect(&config.backend, park_timeout + Duration::from_secs(5))?;
+    let deadline = Instant::now() + park_timeout;
+    loop {
+        if handle.is_finished() {
+            let (_, result) = handle.join()?;
+            bail!(
+                "The function stopped before it parked in NEXT: {}",
+                describe_stop(&result)
+            );
+        }
+        match control.parked(vm_id, Duration::from_millis(200)) {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => return Err(e).context("The function did not park in NEXT"),
+        }
+    }
+    let parked_after = start.elapsed();
+    let (mut vcpu, result) = handle.stop()?;
+    match result {
+        Ok(VcpuStop::Stopped) => {}
+        other => bail!("The vCPU did not stop cleanly: {}", describe_stop(&other)),
+    }
+    let devices = {
+        let serial = serial.lock().unwrap_or_else(|p| p.into_inner());
+        let transport = attached.transport.lock().unwrap_or_else(|p| p.into_inner());
+        vec![
+            DeviceState::save(nexus_snapshot::devices::SERIAL, &*serial),
+            DeviceState {
+                name: NEXUS_IO_SECTION.into(),
+                version: NexusIoState::STATE_VERSION,
+                data: NexusIoState::save(&transport).to_bytes(),
+            },
+        ]
+    };
+    std::fs::create_dir_all(out).with_context(|| format!("Cannot create {}", out.display()))?;
+    let files = SnapshotFiles::in_dir(out);
+    let report = nexus_snapshot::save(&vm, std::slice::from_mut(&mut vcpu), &devices, &files)?;
+    Ok(SnapshotTaken {
+        report,
+        parked_after,
+    })
+}
+
+/// A VM restored from a function's snapshot, its device reconnected, its vCPU not started.
+#[derive(Debug)]
+pub struct Restored {
+    /// The VM.
+    pub vm: nexus_kvm::Vm,
+    /// Its one vCPU, ready to run.
+    pub vcpu: nexus_kvm::Vcpu,
+    /// The userfaultfd page server (uffd and prefetch modes).
+    pub faults: Option<FaultServer>,
+    /// Whether this restore records the working set (prefetch mode, none recorded yet).
+    pub recording: bool,
+    /// The snapshot engine's figures.
+    pub stats: RestoreStats,
+    /// Attach and hint, before the restore began.
+    pub hinted: Duration,
+    /// From the start to the device's reconnection.
+    pub total: Duration,
+}
+
+/// Where a restored VM goes on the backend.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreTarget<'a> {
+    /// The backend's control socket.
+    pub backend: &'a Path,
+    /// The VM's tenant.
+    pub tenant: &'a str,
+    /// The VM's ID.
+    pub vm_id: &'a str,
+    /// The object to prefetch while the VM is restored.
+    pub hint: Option<&'a str>,
+}
+
+/// Restores VM `vm_id` from `snapshot`: attaches it on the backend and sends the prefetch
+/// `hint` first (the backend fetches the input while guest memory comes back), restores,
+/// reconnects the nexus-io device on that same attachment (the backend re-pops the parked
+/// `NEXT`: the guest notices nothing). `wait_timeout` sets the device's WAIT timeout.
+pub fn restore(
+    snapshot: &Snapshot,
+    mode: RestoreArg,
+    target: &RestoreTarget<'_>,
+    console: Console,
+    wait_timeout: Option<Duration>,
+) -> Result<Restored> {
+    let RestoreTarget {
+        backend,
+        tenant,
+        vm_id,
+        hint,
+    } = *target;
+    let t0 = Instant::now();
+    let mut control = ControlClient::connect(backend, Duration::from_secs(10))?;
+    let socket = control.attach(vm_id, tenant)?;
+    if let Some(key) = hint {
+        control.hint(vm_id, key)?;
+    }
+    let hinted = t0.elapsed();
+    let (mode, recording) = match mode {
+        RestoreArg::Eager => (RestoreMode::Eager, false),
+        RestoreArg::Lazy => (RestoreMode::Lazy, false),
+        RestoreArg::Uffd => (RestoreMode::Uffd, false),
+        RestoreArg::Prefetch if snapshot.has_working_set() => (RestoreMode::Prefetch, false),
+        RestoreArg::Prefetch => (RestoreMode::Uffd, true),
+    };
+    let restored = snapshot.restore(&RestoreOptions {
+        mode,
+        record_working_set: recording,
+        vcpu: VcpuConfig { strict_io: true },
+    })?;
+    let nexus_snapshot::RestoredVm {
+        vm,
+        mut vcpus,
+        devices,
+        faults,
+        stats,
+    } = restored;
+    if vcpus.len() != 1 {
+        bail!(
+            "The snapshot has {} vCPUs; micro-guests have 1",
+            vcpus.len()
+        );
+    }
+    nexus_snapshot::devices::attach_micro_devices(&vm, &devices, console)?;
+    let section = DeviceState::find(&devices, NEXUS_IO_SECTION)?;
+    let state = NexusIoState::from_bytes(section.version, &section.data)?;
+    let window = vm
+        .memory()
+        .window()
+        .cloned()
+        .context("the snapshot has no I/O window")?;
+    let mut transport = state.restore(NexusIoConfig {
+        control_socket: backend.to_owned(),
+        vm_id: vm_id.to_owned(),
+        tenant: tenant.to_owned(),
+        window,
+        irq: None,
+    })?;
+    if let Some(timeout) = wait_timeout {
+        transport.device_mut().set_wait_timeout(timeout);
+    }
+    transport
+        .device_mut()
+        .resume(Some((control, socket)))
+        .context("Cannot reconnect the restored nexus-io device")?;
+    nexus_io::attach_transport(&vm, transport)?;
+    Ok(Restored {
+        vm,
+        vcpu: vcpus.remove(0),
+        faults,
+        recording,
+        stats,
+        hinted,
+        total: t0.elapsed(),
+    })
+}
+
+/// The input of one invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// An object key of the function's tenant.
+    Key(String),
+    /// Inline text.
+    Inline(String),
+}
+
+impl Input {
+    fn as_control(&self) -> InvokeInput<'_> {
+        match self {
+            Input::Key(k) => InvokeInput::Key(k),
+            Input::Inline(t) => InvokeInput::Inline(t),
+        }
+    }
+}
+
+/// One invocation for a VM.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The input.
+    pub input: Input,
+    /// Store the result at this key (durably, before the answer).
+    pub output_key: Option<String>,
+    /// The request id in the invocation context.
+    pub request_id: String,
+    /// The wall-clock limit.
+    pub timeout: Duration,
+}
+
+/// Why an invocation did not produce a result. After any of these the VM is not reused.
+#[derive(Debug)]
+pub enum CallFailure {
+    /// The function ran past its timeout.
+    Timeout(Duration),
+    /// The guest crashed (or its vCPU stopped) during the invocation.
+    Crashed(String),
+    /// The backend refused or failed the invocation (a missing input object, say).
+    Backend(String),
+}
+
+/// What an invocation produced.
+#[derive(Debug)]
+pub struct CallDone {
+    /// The backend's reply (outcome, result, timings, window bytes).
+    pub reply: InvokeReply,
+    /// KVM exits of the vCPU during the invocation (0 if the statistics are unavailable).
+    pub exits: u64,
+}
+
+/// A running function VM: its vCPU on its own thread, parked in `NEXT` when idle.
+#[derive(Debug)]
+pub struct FunctionVm {
+    /// The VM's ID on the backend.
+    pub id: String,
+    /// When it last finished an invocation (or was started).
+    pub last_used: Instant,
+    /// Invocations it served.
+    pub invocations: u64,
+    /// How long its restore took (attach and hint included).
+    pub restore_time: Duration,
+    /// How long the function's snapshot took to create, if this VM's start had to wait
+    /// for it (the function's first cold start).
+    pub snapshot_time: Duration,
+    /// Whether its restore is recording the working set (written after its first invocation).
+    pub recording: bool,
+    vcpu: Option<VcpuHandle>,
+    stats: Option<StatsFd>,
+    faults: Option<FaultServer>,
+    // Dropped after the vCPU (see Drop): the device's connection closing detaches the VM.
+    _vm: nexus_kvm::Vm,
+}
+
+impl FunctionVm {
+    /// Starts the vCPU of a restored VM.
+    pub fn start(id: &str, restored: Restored) -> Result<Self> {
+        let Restored {
+            vm,
+            vcpu,
+            faults,
+            recording,
+            total,
+            ..
+        } = restored;
+        let stats = vcpu.stats().ok();
+        let handle = vcpu.spawn(format!("{id}-vcpu"))?;
+        let now = Instant::now();
+        Ok(FunctionVm {
+            id: id.to_owned(),
+            last_used: now,
+            invocations: 0,
+            restore_time: total,
+            snapshot_time: Duration::ZERO,
+            recording,
+            vcpu: Some(handle),
+            stats,
+            faults,
+            _vm: vm,
+        })
+    }
+
+    /// KVM exits of the vCPU so far.
+    pub fn exits(&self) -> u64 {
+        self.stats
+            .as_ref()
+            .and_then(|s| s.read("exits").ok().flatten())
+            .unwrap_or(0)
+    }
+
+    /// The userfaultfd page server, if the VM has one.
+    pub fn faults(&self) -> Option<&FaultServer> {
+        self.faults.as_ref()
+    }
+
+    /// Runs one invocation through the backend's control socket (a connection of `pool`),
+    /// watching the vCPU and the clock meanwhile.
+    pub fn call(&mut self, pool: &ControlPool, call: &Call) -> Result<CallDone, CallFailure> {
+        let start = Instant::now();
+        let exits_before = self.exits();
+        let mut client = pool
+            .take()
+            .map_err(|e| CallFailure::Backend(format!("{e:#}")))?;
+        let (tx, rx) = mpsc::channel();
+        {
+            let (vm, call) = (self.id.clone(), call.clone());
+            std::thread::Builder::new()
+                .name(format!("{vm}-invoke"))
+                .spawn(move || {
+                    let reply = client.invoke(
+                        &vm,
+                        call.input.as_control(),
+                        call.output_key.as_deref(),
+                        Some(&call.request_id),
+                    );
+                    let _ = tx.send((reply, client));
+                })
+                .map_err(|e| CallFailure::Backend(format!("Cannot start a thread: {e}")))?;
+        }
+        let deadline = start + call.timeout;
+        let reply = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(20))) {
+                Ok((reply, client)) => {
+                    let kept = match &reply {
+                        Ok(_) => true,
+                        // The backend answered with an error line: the connection is fine.
+                        Err(nexus_io::Error::ControlRefused { .. }) => true,
+                        Err(_) => false,
+                    };
+                    if kept {
+                        pool.give_back(client);
+                    }
+                    break reply;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.vcpu.as_ref().is_none_or(VcpuHandle::is_finished) {
+                        let why = match self.vcpu.take().map(VcpuHandle::join) {
+                            Some(Ok((_, result))) => describe_stop(&result),
+                            Some(Err(e)) => e.to_string(),
+                            None => "the vCPU is gone".into(),
+                        };
+                        return Err(CallFailure::Crashed(why));
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(CallFailure::Timeout(call.timeout));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(CallFailure::Backend("the invoke thread ended".into()));
+                }
+            }
+        };
+        let reply = reply.map_err(|e| CallFailure::Backend(error_chain(&e)))?;
+        self.invocations += 1;
+        self.last_used = Instant::now();
+        Ok(CallDone {
+            exits: self.exits().saturating_sub(exits_before),
+            reply,
+        })
+    }
+
+    /// Stops the vCPU (at once, even in the middle of an invocation) and releases the VM.
+    pub fn stop(mut self) {
+        self.stop_vcpu();
+    }
+
+    fn stop_vcpu(&mut self) {
+        if let Some(Err(e)) = self.vcpu.take().map(VcpuHandle::stop) {
+            log::warn!("vm {}: stopping the vCPU failed: {e}", self.id);
+        }
+    }
+}
+
+impl Drop for FunctionVm {
+    fn drop(&mut self) {
+        self.stop_vcpu();
+    }
+}
+
+/// Control connections for invocations (each blocks while its invocation runs, so the
+/// node keeps one per invocation in flight, reused).
+#[derive(Debug)]
+pub struct ControlPool {
+    socket: PathBuf,
+    idle: std::sync::Mutex<Vec<ControlClient>>,
+}
+
+/// How long a control request may take: invocations are bounded by the node's own timers.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+impl ControlPool {
+    /// Connections to the control socket at `socket`.
+    pub fn new(socket: &Path) -> Self {
+        ControlPool {
+            socket: socket.to_owned(),
+            idle: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An idle connection, or a new one.
+    pub fn take(&self) -> Result<ControlClient> {
+        if let Some(client) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(client);
+        }
+        ControlClient::connect(&self.socket, CONTROL_TIMEOUT).with_context(|| {
+            format!(
+                "Cannot reach the backend's control socket {}",
+                self.socket.display()
+            )
+        })
+    }
+
+    /// Returns a healthy connection for reuse.
+    pub fn give_back(&self, client: ControlClient) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < 64 {
+            idle.push(client);
+        }
+    }
+
+    /// Runs `f` on a pooled connection, returning it if `f` succeeded.
+    pub fn with<T>(&self, f: impl FnOnce(&mut ControlClient) -> nexus_io::Result<T>) -> Result<T> {
+        let mut client = self.take()?;
+        let result = f(&mut client);
+        if result.is_ok() || matches!(result, Err(nexus_io::Error::ControlRefused { .. })) {
+            self.give_back(client);
+        }
+        Ok(result?)
+    }
+}
+
+/// How a vCPU run ended, in words.
+pub fn describe_stop(result: &nexus_kvm::Result<VcpuStop>) -> String {
+    match result {
+        Ok(VcpuStop::Exit(code)) => format!("the guest exited with code {code}"),
+        Ok(VcpuStop::Stopped) => "the vCPU was stopped".into(),
+        Ok(other) => format!("the vCPU stopped: {other:?}"),
+        Err(nexus_kvm::Error::GuestCrash(report)) => format!("the guest crashed: {report}"),
+        Err(e) => format!("the vCPU failed: {e}"),
+    }
+}
+
+/// `error: cause: cause…`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

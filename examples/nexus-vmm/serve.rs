@@ -1,0 +1,160 @@
+//! `nexus-vmm serve`: the node daemon (see [`crate::node`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::embedded::EmbeddedBackend;
+use crate::node::{Node, NodeConfig, Pick, http, registry};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP API (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The shared backend's control socket (a running `nexus-backend`).
+    #[arg(long, value_name = "SOCKET", required_unless_present = "store")]
+    backend: Option<PathBuf>,
+    /// Without --backend: run a backend in this process over this local object directory.
+    #[arg(long, value_name = "DIR", conflicts_with = "backend")]
+    store: Option<PathBuf>,
+    /// The function registry: one `NAME.toml` per function (see docs/node.md).
+    #[arg(long, value_name = "DIR")]
+    functions: PathBuf,
+    /// Where snapshots are kept (default: a new directory under the system's temporary one).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// VMs on the node at once, all functions together.
+    #[arg(long, default_value_t = 256)]
+    max_vms: usize,
+    /// Invocations that may wait for a VM; more are answered 429.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// How long an invocation may wait for a VM before it is answered 503, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    queue_timeout_ms: u64,
+    /// Which parked VM takes an invocation: the most recently used keeps few VMs hot; the
+    /// least recently used spreads invocations over every parked VM.
+    #[arg(long, value_enum, default_value_t = Pick::Mru)]
+    pick: Pick,
+    /// How long a parked VM's WAIT may block, in ms (each timeout costs the guest one exit).
+    #[arg(long, default_value_t = 1_000)]
+    wait_timeout_ms: u64,
+    /// Snapshot every function before serving (otherwise on its first invocation).
+    #[arg(long)]
+    prepare: bool,
+}
+
+/// Raises this process's open-file limit to its hard limit: every VM holds a dozen
+/// descriptors (KVM, memfd, eventfds, sockets).
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit; lowering or raising up to the hard limit is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            log::debug!("open-file limit raised to {}", limit.rlim_max);
+        }
+    }
+}
+
+/// `nexus-vmm serve`.
+pub fn serve(args: ServeArgs) -> Result<()> {
+    raise_file_limit();
+    let functions = registry::load_dir(&args.functions)?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("nexus-node-{}", std::process::id())));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("Cannot create {}", state_dir.display()))?;
+    let embedded = match (&args.backend, &args.store) {
+        (Some(_), _) => None,
+        (None, Some(store)) => {
+            if !store.is_dir() {
+                bail!("--store {} is not a directory", store.display());
+            }
+            Some(EmbeddedBackend::start(store, &state_dir.join("backend"))?)
+        }
+        (None, None) => bail!("Give --backend SOCKET or --store DIR"),
+    };
+    let backend = match (&args.backend, &embedded) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(e)) => e.socket().to_path_buf(),
+        (None, None) => unreachable!("checked above"),
+    };
+    let node = Node::new(
+        NodeConfig {
+            backend: backend.clone(),
+            snapshot_dir: state_dir.join("snapshots"),
+            max_vms: args.max_vms,
+            max_queue: args.max_queue,
+            queue_timeout: Duration::from_millis(args.queue_timeout_ms),
+            pick: args.pick,
+            wait_timeout: Duration::from_millis(args.wait_timeout_ms),
+        },
+        functions,
+    )?;
+    node.backend_stats()
+        .with_context(|| format!("The backend does not answer on {}", backend.display()))?;
+    if args.prepare {
+        for name in node.function_names() {
+            let start = std::time::Instant::now();
+            node.prepare(&name)?;
+            eprintln!(
+                "nexus-vmm serve: snapshot of {name} ready ({:.0} ms)",
+                start.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(args.max_queue + args.max_vms + 64)
+        .thread_name("nexus-http")
+        .enable_all()
+        .build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("Cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    println!(
+        "nexus-vmm serve: listening on http://{address} — functions: {}; backend: {}; state: {}",
+        node.function_names().join(", "),
+        backend.display(),
+        state_dir.display()
+    );
+    runtime.block_on(http::serve(node.clone(), listener, shutdown_signal()));
+    eprintln!("nexus-vmm serve: shutting down");
+    node.shutdown();
+    drop(runtime);
+    drop(embedded);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

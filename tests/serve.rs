@@ -1,0 +1,493 @@
+//! The node daemon end to end: a real `nexus-backend` process, a real `nexus-vmm serve`
+//! process with real VMs, and HTTP over real sockets — cold then warm, several functions at
+//! once, a runaway stopped at its timeout while others go on, errors and overload answered
+//! with the right status, and metrics that move.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Backend, nexus_vmm};
+use serde_json::{Value, json};
+
+/// A `nexus-vmm serve` process, killed on drop.
+struct Daemon {
+    child: Child,
+    address: String,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon over `backend` with the function files `functions` (name, TOML).
+    fn start(dir: &Path, backend: &Backend, functions: &[(&str, String)], extra: &[&str]) -> Self {
+        let functions_dir = dir.join("functions");
+        std::fs::create_dir_all(&functions_dir).unwrap();
+        for (name, toml) in functions {
+            std::fs::write(functions_dir.join(format!("{name}.toml")), toml).unwrap();
+        }
+        let log = dir.join("serve.log");
+        let mut child = Command::new(nexus_vmm())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                backend.socket(),
+            ])
+            .arg("--functions")
+            .arg(&functions_dir)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("nexus-vmm serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no address in {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Daemon {
+            child,
+            address,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// One HTTP/1.1 request; returns the status, the headers (lowercase names) and the body.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> (u16, Vec<(String, String)>, String) {
+        let mut stream = TcpStream::connect(&self.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(120)))
+            .unwrap();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.address,
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .expect("a status line");
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        (status, headers, body.to_owned())
+    }
+
+    fn json(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let (status, _, body) = self.request(method, path, body);
+        let value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
+        (status, value)
+    }
+
+    fn invoke(&self, function: &str, body: &Value) -> (u16, Value) {
+        self.json(
+            "POST",
+            &format!("/v1/functions/{function}/invocations"),
+            &body.to_string(),
+        )
+    }
+
+    /// The value of the metric line that starts with `series` (0 if absent).
+    fn metric(&self, series: &str) -> f64 {
+        let (status, _, text) = self.request("GET", "/metrics", "");
+        assert_eq!(status, 200);
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l[series.len()..].trim().parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn function(guest: &str, limits: &str) -> String {
+    format!("guest = \"{guest}\"\nmemory_mib = 32\nwindow_mib = 16\n\n[limits]\n{limits}\n")
+}
+
+fn sample_text(words: usize) -> String {
+    let vocabulary = ["the", "node", "keeps", "parked", "VMs\n", "warm"];
+    (0..words)
+        .map(|i| vocabulary[i % vocabulary.len()])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Node {
+    _dir: tempfile::TempDir,
+    backend: Backend,
+    daemon: Daemon,
+}
+
+fn node(functions: &[(&str, String)], extra: &[&str], words: usize) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("inputs")).unwrap();
+    std::fs::write(store.join("inputs/words.txt"), sample_text(words)).unwrap();
+    let backend = Backend::start(dir.path(), &store);
+    let daemon = Daemon::start(dir.path(), &backend, functions, extra);
+    Node {
+        _dir: dir,
+        backend,
+        daemon,
+    }
+}
+
+#[test]
+fn cold_then_warm_then_errors_and_metrics() {
+    let n = node(
+        &[
+            ("wordcount", function("wordcount", "")),
+            ("fibonacci", function("fibonacci", "timeout_ms = 20000")),
+        ],
+        &[],
+        3_000,
+    );
+    let d = &n.daemon;
+    let (status, health) = d.json("GET", "/healthz", "");
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (status, list) = d.json("GET", "/v1/functions", "");
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["functions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fibonacci", "wordcount"]);
+
+    // Cold, then warm on the same VM; the input object is read through the window.
+    let body = json!({"input_key": "inputs/words.txt"});
+    let (status, headers, text) = d.request(
+        "POST",
+        "/v1/functions/wordcount/invocations",
+        &body.to_string(),
+    );
+    assert_eq!(status, 200, "{text}\n{}", d.log());
+    let cold: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(cold["start"], "cold");
+    assert!(headers.contains(&("x-nexus-start".into(), "cold".into())));
+    assert_eq!(cold["output"], "3000\n");
+    assert_eq!(cold["outcome"], "success");
+    let input_len = sample_text(3_000).len() as u64;
+    assert_eq!(cold["bytes_in"].as_u64(), Some(input_len));
+    assert_eq!(cold["bytes_out"].as_u64(), Some(5));
+    assert!(cold["vm_exits"].as_u64().unwrap() > 0);
+    assert!(cold["timings_ms"]["restore"].as_f64().unwrap() > 0.0);
+    let (status, warm) = d.invoke("wordcount", &body);
+    assert_eq!(status, 200, "{warm}");
+    assert_eq!(warm["start"], "warm");
+    assert_eq!(warm["vm"], cold["vm"]);
+    assert_eq!(warm["output"], "3000\n");
+    assert_eq!(warm["timings_ms"]["restore"].as_f64(), Some(0.0));
+
+    // Inline input, a stored output, and the function's own error.
+    let (status, fib) = d.invoke(
+        "fibonacci",
+        &json!({"input": "20", "output_key": "outputs/fib"}),
+    );
+    assert_eq!(status, 200, "{fib}");
+    assert_eq!(fib["output_key"], "outputs/fib");
+    assert!(fib.get("output").is_none());
+    let (status, error) = d.invoke("fibonacci", &json!({"input": "twenty"}));
+    assert_eq!(status, 502, "{error}");
+    assert_eq!(error["error"], "FunctionError");
+    assert_eq!(error["start"], "warm");
+    assert!(
+        error["message"].as_str().unwrap().contains("whole number"),
+        "{error}"
+    );
+    // The VM survives its function's error.
+    let (status, again) = d.invoke("fibonacci", &json!({"input": "10"}));
+    assert_eq!((status, again["start"].as_str()), (200, Some("warm")));
+    assert_eq!(again["output"], "fib(10) = 55\n");
+
+    // Requests that never reach a function.
+    let (status, e) = d.invoke("nosuch", &body);
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (404, Some("ResourceNotFound"))
+    );
+    for bad in [
+        "{\"input_key\":",
+        "[]",
+        "",
+        "{\"input_key\":\"a\",\"input\":\"b\"}",
+        "{\"inptu\":\"x\"}",
+    ] {
+        let (status, e) = d.json("POST", "/v1/functions/wordcount/invocations", bad);
+        assert_eq!(
+            (status, e["error"].as_str()),
+            (400, Some("InvalidRequest")),
+            "{bad}: {e}"
+        );
+    }
+    let (status, e) = d.invoke("wordcount", &json!({"input_key": "inputs/missing.txt"}));
+    assert_eq!(status, 502, "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("inputs/missing.txt"),
+        "{e}"
+    );
+    let (status, _) = d.json("DELETE", "/v1/functions", "");
+    assert_eq!(status, 405);
+
+    // The metrics moved.
+    let warm_ok = d.metric(
+        "nexus_invocations_total{function=\"wordcount\",outcome=\"success\",start=\"warm\"}",
+    );
+    assert_eq!(warm_ok, 1.0);
+    assert_eq!(
+        d.metric("nexus_cold_starts_total{function=\"wordcount\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("nexus_warm_starts_total{function=\"fibonacci\"}"),
+        2.0
+    );
+    assert!(d.metric("nexus_vm_exits_total{function=\"wordcount\"}") > 0.0);
+    assert!(
+        d.metric("nexus_window_bytes_total{function=\"wordcount\",direction=\"in\"}")
+            >= 2.0 * input_len as f64
+    );
+    assert_eq!(
+        d.metric("nexus_invocation_duration_seconds_count{function=\"wordcount\",start=\"cold\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("nexus_requests_rejected_total{status=\"404\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("nexus_requests_rejected_total{status=\"400\"}"),
+        5.0
+    );
+    assert_eq!(
+        d.metric("nexus_vms{function=\"wordcount\",state=\"idle\"}"),
+        1.0
+    );
+    assert_eq!(d.metric("nexus_backend_up"), 1.0);
+    assert_eq!(d.metric("nexus_backend_vms"), 2.0);
+    assert!(d.metric("nexus_vmm_resident_bytes") > 0.0);
+    assert!(d.metric("nexus_backend_resident_bytes") > 0.0);
+    drop(n.backend);
+}
+
+#[test]
+fn a_runaway_is_stopped_at_its_timeout_while_other_functions_go_on() {
+    let n = node(
+        &[
+            ("wordcount", function("wordcount", "")),
+            ("spin", function("fibonacci", "timeout_ms = 3000")),
+        ],
+        &[],
+        500,
+    );
+    let d = &n.daemon;
+    // Snapshot both first, so that the runaway's clock is not spent on set-up.
+    for f in ["wordcount", "spin"] {
+        let (status, warm) = d.json("POST", &format!("/v1/functions/{f}/warm"), "{\"count\":1}");
+        assert_eq!(status, 200, "{warm}");
+    }
+    let address = d.address.clone();
+    let runaway = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(&address).unwrap();
+        let body = "{\"input\":\"70\"}";
+        write!(
+            stream,
+            "POST /v1/functions/spin/invocations HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        (started.elapsed(), response)
+    });
+    // Others are served while the runaway burns its vCPU.
+    let mut served = 0;
+    while !runaway.is_finished() {
+        let (status, r) = d.invoke("wordcount", &json!({"input_key": "inputs/words.txt"}));
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["output"], "500\n");
+        served += 1;
+    }
+    let (elapsed, response) = runaway.join().unwrap();
+    assert!(response.starts_with("HTTP/1.1 504"), "{response}");
+    assert!(response.contains("FunctionTimeout"), "{response}");
+    assert!(
+        elapsed >= Duration::from_millis(2900),
+        "stopped after {elapsed:?}"
+    );
+    assert!(
+        served >= 3,
+        "only {served} invocations were served beside the runaway"
+    );
+    assert_eq!(
+        d.metric("nexus_vm_stops_total{function=\"spin\",reason=\"timeout\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("nexus_invocations_total{function=\"spin\",outcome=\"timeout\",start=\"warm\"}"),
+        1.0
+    );
+    // The stopped VM is gone; the next invocation restores a new one.
+    assert_eq!(d.metric("nexus_vms{function=\"spin\",state=\"idle\"}"), 0.0);
+    let (status, r) = d.invoke("spin", &json!({"input": "12"}));
+    assert_eq!((status, r["start"].as_str()), (200, Some("cold")), "{r}");
+    assert_eq!(r["output"], "fib(12) = 144\n");
+}
+
+#[test]
+fn several_functions_at_once_within_the_caps() {
+    let n = node(
+        &[
+            ("wordcount", function("wordcount", "max_vms = 2")),
+            ("compress", function("compress", "max_vms = 2")),
+            ("fibonacci", function("fibonacci", "max_vms = 2")),
+        ],
+        &["--max-vms", "5"],
+        20_000,
+    );
+    let d = &n.daemon;
+    let text = sample_text(20_000);
+    std::thread::scope(|scope| {
+        let mut threads = Vec::new();
+        for worker in 0..6 {
+            let text = &text;
+            threads.push(scope.spawn(move || {
+                let mut starts = Vec::new();
+                for round in 0..3 {
+                    let (function, body) = match (worker + round) % 3 {
+                        0 => ("wordcount", json!({"input_key": "inputs/words.txt"})),
+                        1 => ("compress", json!({"input_key": "inputs/words.txt"})),
+                        _ => ("fibonacci", json!({"input": "25"})),
+                    };
+                    let (status, r) = d.invoke(function, &body);
+                    assert_eq!(status, 200, "{function}: {r}");
+                    match function {
+                        "wordcount" => assert_eq!(r["output"], "20000\n"),
+                        "fibonacci" => assert_eq!(r["output"], "fib(25) = 75025\n"),
+                        _ => {
+                            assert_eq!(r["output_encoding"], "base64");
+                            assert!(r["output_len"].as_u64().unwrap() < text.len() as u64 / 4);
+                        }
+                    }
+                    starts.push(r["start"].as_str().unwrap().to_owned());
+                }
+                starts
+            }));
+        }
+        let starts: Vec<String> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(starts.len(), 18);
+        assert!(starts.iter().any(|s| s == "warm"), "{starts:?}");
+    });
+    let vms: f64 = ["wordcount", "compress", "fibonacci"]
+        .iter()
+        .map(|f| d.metric(&format!("nexus_vms{{function=\"{f}\",state=\"idle\"}}")))
+        .sum();
+    assert!((3.0..=5.0).contains(&vms), "{vms} VMs parked");
+    let total: f64 = ["success"]
+        .iter()
+        .map(|o| {
+            ["wordcount", "compress", "fibonacci"]
+                .iter()
+                .flat_map(|f| ["cold", "warm"].map(|s| (f, s)))
+                .map(|(f, s)| {
+                    d.metric(&format!(
+                        "nexus_invocations_total{{function=\"{f}\",outcome=\"{o}\",start=\"{s}\"}}"
+                    ))
+                })
+                .sum::<f64>()
+        })
+        .sum();
+    assert_eq!(total, 18.0);
+}
+
+#[test]
+fn overload_is_answered_429_and_503() {
+    let n = node(
+        &[(
+            "spin",
+            function("fibonacci", "timeout_ms = 4000\nmax_vms = 1"),
+        )],
+        &["--max-queue", "1", "--queue-timeout-ms", "1500"],
+        10,
+    );
+    let d = &n.daemon;
+    let (status, _) = d.json("POST", "/v1/functions/spin/warm", "{\"count\":1}");
+    assert_eq!(status, 200);
+    std::thread::scope(|scope| {
+        let busy = scope.spawn(|| d.invoke("spin", &json!({"input": "70"})).0);
+        std::thread::sleep(Duration::from_millis(300));
+        let queued = scope.spawn(|| d.invoke("spin", &json!({"input": "5"})));
+        std::thread::sleep(Duration::from_millis(300));
+        let refused = scope.spawn(|| d.invoke("spin", &json!({"input": "5"})));
+        let mut statuses = [queued.join().unwrap(), refused.join().unwrap()]
+            .map(|(status, e)| (status, e["error"].as_str().unwrap_or("").to_owned()));
+        statuses.sort();
+        assert_eq!(
+            statuses,
+            [
+                (429, "TooManyRequests".to_owned()),
+                (503, "ServiceUnavailable".to_owned())
+            ]
+        );
+        assert_eq!(busy.join().unwrap(), 504);
+    });
+    assert_eq!(
+        d.metric("nexus_requests_rejected_total{status=\"429\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("nexus_requests_rejected_total{status=\"503\"}"),
+        1.0
+    );
+}
