@@ -7,6 +7,17 @@
 //! The backend echoes: for each chain it reads a `u32` token from the first readable
 //! descriptor and writes `token + 1000` to the first writable one. It completes at once, or
 //! holds completions until the test releases them.
+//!
+//! Like the real backend (`nexus-backend`'s `NexusDevice`), the echo backend keeps two rules
+//! of `vhost-user-backend` without which a test loses kicks now and then:
+//! - `handle_event` never fails: the library ends the vring worker thread for good on an
+//!   error, and every later kick goes unanswered. A kick that epoll reported just before a
+//!   reset's `GET_VRING_BASE` stopped the queue is handled after it, on a queue that is not
+//!   ready: that is no error.
+//! - The backend has an exit event, and a session ends by joining its daemon thread: dropping
+//!   the daemon then ends its vring worker. Without one the worker of a dead session lives on,
+//!   still polling the device's kick eventfd (which the device keeps across sessions), and
+//!   takes the kicks meant for the next session's backend.
 
 #![allow(dead_code)]
 
@@ -16,7 +27,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use nexus_io::NexusIoTransport;
@@ -27,12 +38,15 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{
     ShutdownHandle, VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT,
 };
-use virtio_queue::QueueOwnedT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend,
     GuestMemoryMmap, GuestMemoryRegion,
 };
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
@@ -102,6 +116,10 @@ impl VhostUserBackendMut for EchoBackend {
 
     fn set_event_idx(&mut self, _enabled: bool) {}
 
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        Some(new_event_consumer_and_notifier(EventFlag::NONBLOCK).expect("an exit eventfd"))
+    }
+
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> std::io::Result<()> {
         let table = mem
             .memory()
@@ -125,12 +143,14 @@ impl VhostUserBackendMut for EchoBackend {
         self.recorder.kicks.fetch_add(1, Ordering::SeqCst);
         *self.recorder.vring.lock().unwrap() = Some(vring.clone());
         let mem = self.mem.as_ref().expect("a memory table").memory();
-        let chains: Vec<_> = vring
-            .get_mut()
-            .get_queue_mut()
-            .iter(mem.clone())
-            .map_err(std::io::Error::other)?
-            .collect();
+        // Never fail (see the module docs): a queue stopped under a late kick has nothing.
+        let chains: Vec<_> = match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+            Ok(chains) => chains.collect(),
+            Err(e) => {
+                log::debug!("echo backend: kick on a stopped queue ignored: {e}");
+                return Ok(());
+            }
+        };
         let mut done = Vec::new();
         for chain in chains {
             let head = chain.head_index();
@@ -145,11 +165,100 @@ impl VhostUserBackendMut for EchoBackend {
             for (head, len) in done {
                 vring.add_used(head, len).unwrap();
             }
-            vring.signal_used_queue()?;
+            if let Err(e) = vring.signal_used_queue() {
+                log::warn!("echo backend: cannot signal the call eventfd: {e}");
+            }
         } else {
             self.recorder.pending.lock().unwrap().extend(done);
         }
         Ok(())
+    }
+}
+
+/// A kick handled after `GET_VRING_BASE` stopped the queue (epoll reported it just before)
+/// is no error: an error would end the vring worker, and the next session's kicks with it.
+#[test]
+fn the_echo_backend_takes_a_kick_on_a_stopped_queue() {
+    let memory = GuestMemoryAtomic::new(
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x1_0000)]).unwrap(),
+    );
+    let vring = VringRwLock::new(memory.clone(), 256).unwrap();
+    assert!(!vring.get_ref().get_queue().ready());
+    let recorder = Arc::new(Recorder::default());
+    recorder.auto_complete.store(true, Ordering::SeqCst);
+    let mut backend = EchoBackend {
+        recorder: Arc::clone(&recorder),
+        mem: Some(memory),
+    };
+    backend
+        .handle_event(0, EventSet::IN, &[vring], 0)
+        .expect("a kick on a stopped queue is no error");
+    assert_eq!(recorder.kicks.load(Ordering::SeqCst), 1);
+}
+
+/// One VM's vhost-user daemon, served by a thread of its own.
+struct Session {
+    /// The per-VM socket, to wake a thread still waiting for the frontend.
+    path: PathBuf,
+    /// Set when the session ends; read under `connection`'s lock.
+    stopping: AtomicBool,
+    /// `None` until the frontend connected.
+    connection: Mutex<Option<ShutdownHandle>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Session {
+    /// Serves `daemon` on `listener` in a thread of its own.
+    fn start(
+        path: PathBuf,
+        mut listener: Listener,
+        mut daemon: VhostUserDaemon<Arc<Mutex<EchoBackend>>>,
+    ) -> Arc<Self> {
+        let session = Arc::new(Session {
+            path,
+            stopping: AtomicBool::new(false),
+            connection: Mutex::new(None),
+            thread: Mutex::new(None),
+        });
+        let serving = Arc::clone(&session);
+        let thread = thread::spawn(move || {
+            if daemon.start(&mut listener).is_err() {
+                return;
+            }
+            {
+                let mut connection = serving.connection.lock().unwrap();
+                *connection = daemon.shutdown_handle();
+                if serving.stopping.load(Ordering::SeqCst) {
+                    daemon.request_shutdown();
+                }
+            }
+            let _ = daemon.wait();
+            // Dropping the daemon sends the exit event to its vring worker and joins it.
+            drop(daemon);
+        });
+        *session.thread.lock().unwrap() = Some(thread);
+        session
+    }
+
+    /// Ends the connection (or the wait for one) and returns once the daemon thread and its
+    /// vring worker are gone, so that nothing of this session reads the kick eventfd any
+    /// more.
+    fn end(&self) {
+        {
+            let connection = self.connection.lock().unwrap();
+            self.stopping.store(true, Ordering::SeqCst);
+            match connection.as_ref() {
+                Some(handle) => handle.shutdown(),
+                // Still waiting in accept: wake it with a connection of our own.
+                None => drop(UnixStream::connect(&self.path)),
+            }
+        }
+        let thread = self.thread.lock().unwrap().take();
+        if let Some(thread) = thread {
+            thread
+                .join()
+                .expect("the vhost-user daemon thread panicked");
+        }
     }
 }
 
@@ -159,8 +268,8 @@ struct Inner {
     stopped: AtomicBool,
     next_socket: AtomicUsize,
     controls: Mutex<Vec<UnixStream>>,
-    /// The VM sessions by VM id: `None` until the frontend connected.
-    sessions: Mutex<HashMap<String, Arc<Mutex<Option<ShutdownHandle>>>>>,
+    /// The VM sessions by VM id.
+    sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
 
 /// A backend serving the control socket at `control_path`.
@@ -228,13 +337,14 @@ impl TestBackend {
         let _ = UnixStream::connect(&self.control_path);
         accept.join().unwrap();
         let _ = std::fs::remove_file(&self.control_path);
+        // The sessions first, each to its end: a control thread that saw its connection
+        // close would detach them without anyone waiting for it.
+        let sessions: Vec<_> = self.inner.sessions.lock().unwrap().drain().collect();
+        for (_, session) in sessions {
+            session.end();
+        }
         for stream in self.inner.controls.lock().unwrap().drain(..) {
             let _ = stream.shutdown(std::net::Shutdown::Both);
-        }
-        for (_, session) in self.inner.sessions.lock().unwrap().drain() {
-            if let Some(handle) = session.lock().unwrap().take() {
-                handle.shutdown();
-            }
         }
     }
 }
@@ -265,12 +375,11 @@ fn serve_control(stream: UnixStream, inner: &Arc<Inner>) {
 }
 
 fn detach(inner: &Inner, vm: &str) -> bool {
-    let Some(session) = inner.sessions.lock().unwrap().remove(vm) else {
+    let session = inner.sessions.lock().unwrap().remove(vm);
+    let Some(session) = session else {
         return false;
     };
-    if let Some(handle) = session.lock().unwrap().take() {
-        handle.shutdown();
-    }
+    session.end();
     true
 }
 
@@ -288,33 +397,22 @@ fn handle_request(
             }
             let n = inner.next_socket.fetch_add(1, Ordering::SeqCst);
             let path = inner.dir.join(format!("vm-{vm}-{n}.sock"));
-            let mut listener = Listener::new(&path, true).unwrap();
+            let listener = Listener::new(&path, true).unwrap();
             let recorder = Arc::clone(&inner.recorder);
             recorder.attaches.lock().unwrap().push((vm.clone(), tenant));
             let backend = Arc::new(Mutex::new(EchoBackend {
                 recorder,
                 mem: None,
             }));
-            let mut daemon = VhostUserDaemon::new(
+            let daemon = VhostUserDaemon::new(
                 "echo-backend".into(),
                 backend,
                 GuestMemoryAtomic::new(GuestMemoryMmap::new()),
             )
             .unwrap();
-            let slot = Arc::new(Mutex::new(None));
-            inner
-                .sessions
-                .lock()
-                .unwrap()
-                .insert(vm.clone(), Arc::clone(&slot));
+            let session = Session::start(path.clone(), listener, daemon);
+            inner.sessions.lock().unwrap().insert(vm.clone(), session);
             mine.push(vm);
-            thread::spawn(move || {
-                if daemon.start(&mut listener).is_err() {
-                    return;
-                }
-                *slot.lock().unwrap() = daemon.shutdown_handle();
-                let _ = daemon.wait();
-            });
             serde_json::json!({"ok": true, "socket": path})
         }
         Some("detach") => {
