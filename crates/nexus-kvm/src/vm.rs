@@ -1,6 +1,6 @@
 //! A KVM virtual machine: its memory slots, device buses, and eventfd wiring.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
@@ -34,16 +34,41 @@ pub enum BusKind {
     Mmio,
 }
 
+/// The KVM system handle and the CPUID it supports: opened once per process and shared by
+/// every VM (a VM's own descriptor does not need it once created), which saves a descriptor
+/// and two ioctls per VM.
+#[derive(Debug)]
+struct System {
+    kvm: Kvm,
+    supported_cpuid: CpuId,
+}
+
+static SYSTEM: OnceLock<System> = OnceLock::new();
+
+fn system() -> Result<&'static System> {
+    if let Some(system) = SYSTEM.get() {
+        return Ok(system);
+    }
+    let kvm = Kvm::new().map_err(Error::Kvm)?;
+    let supported_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::Kvm)?;
+    // Two threads may race here: one handle wins, the other is closed.
+    Ok(SYSTEM.get_or_init(|| System {
+        kvm,
+        supported_cpuid,
+    }))
+}
+
 /// A VM: the KVM handles, guest memory registered with KVM, and the two device buses.
 #[derive(Debug)]
 pub struct Vm {
-    kvm: Kvm,
+    system: &'static System,
     fd: VmFd,
     memory: VmMemory,
     pio: Arc<RwLock<Bus>>,
     mmio: Arc<RwLock<Bus>>,
     irqchip: bool,
-    supported_cpuid: CpuId,
     next_vcpu_id: u64,
 }
 
@@ -56,11 +81,8 @@ impl Vm {
 
     /// Creates a VM over memory made elsewhere (for example a restored snapshot's).
     pub fn with_memory(memory: VmMemory, irqchip: bool) -> Result<Self> {
-        let kvm = Kvm::new().map_err(Error::Kvm)?;
-        let fd = kvm.create_vm().map_err(Error::CreateVm)?;
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(Error::Kvm)?;
+        let system = system()?;
+        let fd = system.kvm.create_vm().map_err(Error::CreateVm)?;
         if irqchip {
             fd.set_tss_address(0xfffb_d000).map_err(Error::IrqChip)?;
             fd.create_irq_chip().map_err(Error::IrqChip)?;
@@ -89,13 +111,12 @@ impl Vm {
             unsafe { fd.set_user_memory_region(mem_region) }.map_err(Error::MemoryRegion)?;
         }
         Ok(Vm {
-            kvm,
+            system,
             fd,
             memory,
             pio: Arc::default(),
             mmio: Arc::default(),
             irqchip,
-            supported_cpuid,
             next_vcpu_id: 0,
         })
     }
@@ -107,7 +128,7 @@ impl Vm {
 
     /// The KVM system handle.
     pub fn kvm(&self) -> &Kvm {
-        &self.kvm
+        &self.system.kvm
     }
 
     /// Guest memory.
@@ -122,7 +143,7 @@ impl Vm {
 
     /// The CPUID entries KVM supports, as given to every vCPU.
     pub fn supported_cpuid(&self) -> &CpuId {
-        &self.supported_cpuid
+        &self.system.supported_cpuid
     }
 
     /// Places a device on a bus at `[base, base + len)`.
@@ -183,7 +204,7 @@ impl Vm {
     pub fn create_vcpu(&mut self, config: VcpuConfig) -> Result<Vcpu> {
         let id = self.next_vcpu_id;
         let fd = self.fd.create_vcpu(id).map_err(Error::CreateVcpu)?;
-        fd.set_cpuid2(&self.supported_cpuid)
+        fd.set_cpuid2(&self.system.supported_cpuid)
             .map_err(Error::VcpuSetup)?;
         self.next_vcpu_id += 1;
         Ok(Vcpu::new(
