@@ -72,13 +72,40 @@ pub fn target_profile() -> (PathBuf, String) {
     (target, profile)
 }
 
+/// A `cargo` command without the variables cargo sets for the process it runs (a test, an
+/// example): some build scripts (ring's, for one) rerun when `CARGO_PKG_NAME` or
+/// `CARGO_MANIFEST_DIR` change, so a nested cargo that inherited a test's values would rebuild
+/// them, and the next top-level build would rebuild them back.
+fn cargo_command() -> Command {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let set_by_cargo = name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                name,
+                "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if set_by_cargo {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// Builds every bundled guest with cargo (once per process), quietly unless it fails.
 pub fn build_bundled(progress: bool) -> Result<(), Error> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
         let (target, profile) = target_profile();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         if progress {
             eprintln!("nexus: building the bundled micro-guests ({profile})…");
         }
@@ -87,7 +114,7 @@ pub fn build_bundled(progress: bool) -> Result<(), Error> {
         } else {
             profile
         };
-        let status = Command::new(cargo)
+        let status = cargo_command()
             .current_dir(workspace_dir())
             .args([
                 "build",
@@ -130,13 +157,12 @@ fn build_target(package: &str, selector: &[&str], output: &str) -> Result<PathBu
     let (target, profile) = target_profile();
     let path = target.join(&profile).join(output);
     if workspace_dir().join("crates").is_dir() {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let cargo_profile = if profile == "debug" {
             "dev".to_string()
         } else {
             profile
         };
-        let status = Command::new(cargo)
+        let status = cargo_command()
             .current_dir(workspace_dir())
             .args(["build", "--quiet", "-p", package])
             .args(selector)
