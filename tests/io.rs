@@ -2,123 +2,18 @@
 //! micro-guest functions on /dev/kvm, a local store and a real S3-compatible server on
 //! loopback.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::{Backend, nexus_vmm, store_url};
+
 /// Bound on one `nexus-vmm` run.
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn nexus_vmm() -> PathBuf {
-    // Built (or found up to date) through cargo, so that a filtered `cargo test` never runs a
-    // stale example.
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| nexus::guests::workspace_example("nexus-vmm").unwrap())
-        .clone()
-}
-
-fn backend_binary() -> PathBuf {
-    nexus::guests::workspace_binary("nexus-backend", "nexus-backend").unwrap()
-}
-
-/// A `nexus-backend` process, killed on drop.
-struct Backend {
-    child: Child,
-    socket: PathBuf,
-    args: Vec<String>,
-    log: PathBuf,
-}
-
-impl Backend {
-    fn start(dir: &Path, store: &str, extra: &[&str]) -> Self {
-        let socket = dir.join("backend.sock");
-        let mut args = vec![
-            "--listen".to_string(),
-            socket.to_str().unwrap().to_string(),
-            "--store".to_string(),
-            store.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let log = dir.join("backend.log");
-        let child = Self::spawn(&args, &log, &socket, &[]);
-        Backend {
-            child,
-            socket,
-            args,
-            log,
-        }
-    }
-
-    fn start_with_env(dir: &Path, args: Vec<String>, env: &[(&str, String)]) -> Self {
-        let socket = dir.join("backend.sock");
-        let mut all = vec!["--listen".to_string(), socket.to_str().unwrap().to_string()];
-        all.extend(args);
-        let log = dir.join("backend.log");
-        let child = Self::spawn(&all, &log, &socket, env);
-        Backend {
-            child,
-            socket,
-            args: all,
-            log,
-        }
-    }
-
-    fn spawn(args: &[String], log: &Path, socket: &Path, env: &[(&str, String)]) -> Child {
-        let _ = std::fs::remove_file(socket);
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut command = Command::new(backend_binary());
-        command
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file);
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("nexus-backend starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "nexus-backend exited with {status}: {}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nexus-backend did not listen within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        self.child = Self::spawn(&self.args, &self.log, &self.socket, &[]);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 struct Run {
     status: ExitStatus,
@@ -183,10 +78,6 @@ fn run_guest(backend: &Backend, tenant: Option<&str>, guest: &str, args: &[&str]
         run.stderr
     );
     run
-}
-
-fn store_url(dir: &Path) -> String {
-    format!("file://{}", dir.display())
 }
 
 fn sample_text(words: usize) -> String {

@@ -89,7 +89,7 @@ fn setup(words: usize) -> Setup {
     let store = dir.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
     std::fs::write(store.join("in.txt"), sample_text(words)).unwrap();
-    let backend = Backend::start(dir.path(), &store);
+    let backend = Backend::local(dir.path(), &store);
     let snapshot = dir.path().join("snap").to_str().unwrap().to_owned();
     let run = vmm(
         &backend,

@@ -1,5 +1,5 @@
-//! What the workspace's integration tests share: the `nexus-vmm` example and a real
-//! `nexus-backend` process.
+//! What the workspace's integration tests share: the `nexus-vmm` example and real
+//! `nexus-backend` processes.
 
 #![allow(dead_code)] // each test crate uses part of it
 
@@ -7,64 +7,127 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `nexus-vmm` example next to this test binary (cargo builds examples for tests).
-pub fn nexus_vmm() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("nexus-vmm");
-    assert!(
-        path.exists(),
-        "{} is missing: run through `cargo test`",
-        path.display()
-    );
-    path
+/// The `file://` URL of a local store directory.
+pub fn store_url(dir: &Path) -> String {
+    format!("file://{}", dir.display())
 }
 
-/// A `nexus-backend` process over a local store, killed on drop.
+/// The `nexus-vmm` example, built (or found up to date) through cargo, so that a filtered
+/// `cargo test` never runs a stale example.
+pub fn nexus_vmm() -> PathBuf {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| nexus::guests::workspace_example("nexus-vmm").unwrap())
+        .clone()
+}
+
+/// The `nexus-backend` binary, built like [`nexus_vmm`].
+pub fn backend_binary() -> PathBuf {
+    nexus::guests::workspace_binary("nexus-backend", "nexus-backend").unwrap()
+}
+
+/// A `nexus-backend` process, killed on drop.
 pub struct Backend {
     child: Child,
-    socket: PathBuf,
-    log: PathBuf,
+    /// The control socket.
+    pub socket: PathBuf,
+    args: Vec<String>,
+    /// The log file.
+    pub log: PathBuf,
 }
 
 impl Backend {
-    pub fn start(dir: &Path, store: &Path) -> Self {
+    /// A backend over the local directory `store`, its socket and log in `dir`.
+    pub fn local(dir: &Path, store: &Path) -> Self {
+        Self::start(dir, &store_url(store), &[])
+    }
+
+    /// A backend over the store at URL `store`, with `extra` arguments.
+    pub fn start(dir: &Path, store: &str, extra: &[&str]) -> Self {
         let socket = dir.join("backend.sock");
+        let mut args = vec![
+            "--listen".to_string(),
+            socket.to_str().unwrap().to_string(),
+            "--store".to_string(),
+            store.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.join("backend.log");
-        let log_file = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(
-            nexus::guests::workspace_binary("nexus-backend", "nexus-backend").unwrap(),
-        )
-        .args(["--listen", socket.to_str().unwrap(), "--store"])
-        .arg(format!("file://{}", store.display()))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .expect("nexus-backend starts");
+        let child = Self::spawn(&args, &log, &socket, &[]);
+        Backend {
+            child,
+            socket,
+            args,
+            log,
+        }
+    }
+
+    /// A backend with exactly `args` (after `--listen`) and environment `env`.
+    pub fn start_with_env(dir: &Path, args: Vec<String>, env: &[(&str, String)]) -> Self {
+        let socket = dir.join("backend.sock");
+        let mut all = vec!["--listen".to_string(), socket.to_str().unwrap().to_string()];
+        all.extend(args);
+        let log = dir.join("backend.log");
+        let child = Self::spawn(&all, &log, &socket, env);
+        Backend {
+            child,
+            socket,
+            args: all,
+            log,
+        }
+    }
+
+    fn spawn(args: &[String], log: &Path, socket: &Path, env: &[(&str, String)]) -> Child {
+        let _ = std::fs::remove_file(socket);
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut command = Command::new(backend_binary());
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("nexus-backend starts");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
                     "nexus-backend exited with {status}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
+                    std::fs::read_to_string(log).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "nexus-backend did not listen");
+            assert!(
+                Instant::now() < deadline,
+                "nexus-backend did not listen within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Backend { child, socket, log }
+        child
     }
 
+    /// Kills the process (the socket file stays).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Kills the process and starts it again with the same arguments.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(&self.args, &self.log, &self.socket, &[]);
+    }
+
+    /// The control socket, as a string.
     pub fn socket(&self) -> &str {
         self.socket.to_str().unwrap()
     }
 
+    /// What the backend logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -72,7 +135,6 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
