@@ -165,7 +165,7 @@ fn node(functions: &[(&str, String)], extra: &[&str], words: usize) -> Node {
     let store = dir.path().join("store");
     std::fs::create_dir_all(store.join("inputs")).unwrap();
     std::fs::write(store.join("inputs/words.txt"), sample_text(words)).unwrap();
-    let backend = Backend::start(dir.path(), &store);
+    let backend = Backend::local(dir.path(), &store);
     let daemon = Daemon::start(dir.path(), &backend, functions, extra);
     Node {
         _dir: dir,
@@ -490,4 +490,27 @@ fn overload_is_answered_429_and_503() {
         d.metric("nexus_requests_rejected_total{status=\"503\"}"),
         1.0
     );
+}
+
+#[test]
+fn parked_vms_survive_or_are_replaced_after_a_backend_restart() {
+    let mut n = node(&[("wordcount", function("wordcount", ""))], &[], 100);
+    let (status, warm) = n
+        .daemon
+        .json("POST", "/v1/functions/wordcount/warm", "{\"count\":2}");
+    assert_eq!(status, 200, "{warm}");
+    n.backend.restart();
+    // Every invocation is answered: by a parked VM that reconnected, or by a new one restored
+    // in place of a VM that lost its session.
+    let mut starts = Vec::new();
+    for _ in 0..4 {
+        let (status, r) = n
+            .daemon
+            .invoke("wordcount", &json!({"input_key": "inputs/words.txt"}));
+        assert_eq!(status, 200, "{r}\n{}", n.daemon.log());
+        assert_eq!(r["output"], "100\n");
+        starts.push(r["start"].as_str().unwrap().to_owned());
+    }
+    eprintln!("starts after the restart: {starts:?}");
+    assert_eq!(n.daemon.metric("nexus_backend_up"), 1.0);
 }

@@ -481,6 +481,19 @@ impl Node {
                 Pick::Mru => pool.idle.pop_back(),
                 Pick::Lru => pool.idle.pop_front(),
             };
+            if let Some(vm) = taken.as_ref().filter(|vm| !vm.is_alive()) {
+                // Its guest ended while parked (a lost backend makes the runtime loop give
+                // up, for one): drop it and look again.
+                log::warn!("vm {}: found dead in the pool, dropping it", vm.id);
+                pools_ref.total -= 1;
+                let dead = taken.expect("checked");
+                drop(pools);
+                dead.stop();
+                self.inner.metrics.vm_stopped(name, "dead");
+                self.inner.changed.notify_all();
+                pools = self.pools();
+                continue;
+            }
             if let Some(vm) = taken {
                 pool.busy += 1;
                 unqueue(pools_ref, &mut queued);
@@ -578,7 +591,18 @@ impl Node {
         name: &str,
         invocation: Invocation,
     ) -> Result<InvocationResult, NodeError> {
-        let t0 = Instant::now();
+        self.attempt(name, invocation, Instant::now(), true)
+    }
+
+    /// One attempt at an invocation; `retry` allows a second one on another VM when a
+    /// parked VM turns out to have lost its backend session (the backend restarted, say).
+    fn attempt(
+        &self,
+        name: &str,
+        invocation: Invocation,
+        t0: Instant,
+        retry: bool,
+    ) -> Result<InvocationResult, NodeError> {
         let f = self.function(name)?;
         if invocation.output_key.as_deref() == Some("") {
             return Err(NodeError::BadRequest("output_key is empty".into()));
@@ -680,7 +704,12 @@ impl Node {
                     .control
                     .with(|c| c.parked(&vm.id, Duration::from_millis(200)))
                     .is_ok();
+                let vm_id = vm.id.clone();
                 self.release(name, vm, parked, "failed");
+                if !parked && start == Start::Warm && retry {
+                    log::warn!("vm {vm_id}: the backend lost it ({why}); retrying on another VM");
+                    return self.attempt(name, invocation, t0, false);
+                }
                 observe("failed", None);
                 Err(NodeError::Backend(why))
             }
@@ -823,7 +852,7 @@ fn reaper(node: Weak<Inner>) {
             return;
         }
         let now = Instant::now();
-        let expired: Vec<(String, FunctionVm)> = {
+        let expired: Vec<(String, FunctionVm, &'static str)> = {
             let mut pools = inner.pools.lock().unwrap_or_else(|p| p.into_inner());
             let pools = &mut *pools;
             let mut expired = Vec::new();
@@ -835,7 +864,14 @@ fn reaper(node: Weak<Inner>) {
                     .front()
                     .is_some_and(|vm| now.saturating_duration_since(vm.last_used) > keep)
                 {
-                    expired.extend(pool.idle.pop_front().map(|vm| (name.clone(), vm)));
+                    expired.extend(pool.idle.pop_front().map(|vm| (name.clone(), vm, "idle")));
+                }
+                // And any whose guest ended while parked.
+                if pool.idle.iter().any(|vm| !vm.is_alive()) {
+                    let (alive, dead): (VecDeque<_>, VecDeque<_>) =
+                        pool.idle.drain(..).partition(FunctionVm::is_alive);
+                    pool.idle = alive;
+                    expired.extend(dead.into_iter().map(|vm| (name.clone(), vm, "dead")));
                 }
             }
             pools.total -= expired.len();
@@ -844,10 +880,10 @@ fn reaper(node: Weak<Inner>) {
         if !expired.is_empty() {
             inner.changed.notify_all();
         }
-        for (f, vm) in expired {
-            log::debug!("vm {}: idle past its keep-alive, stopping it", vm.id);
+        for (f, vm, reason) in expired {
+            log::debug!("vm {}: stopping it ({reason})", vm.id);
             vm.stop();
-            inner.metrics.vm_stopped(&f, "idle");
+            inner.metrics.vm_stopped(&f, reason);
         }
     }
 }

@@ -386,6 +386,11 @@ impl FunctionVm {
         })
     }
 
+    /// Whether the vCPU still runs (a guest that crashed or exited while parked is dead).
+    pub fn is_alive(&self) -> bool {
+        self.vcpu.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// KVM exits of the vCPU so far.
     pub fn exits(&self) -> u64 {
         self.stats
@@ -404,21 +409,38 @@ impl FunctionVm {
     pub fn call(&mut self, pool: &ControlPool, call: &Call) -> Result<CallDone, CallFailure> {
         let start = Instant::now();
         let exits_before = self.exits();
-        let mut client = pool
+        let (mut client, mut pooled) = pool
             .take()
             .map_err(|e| CallFailure::Backend(format!("{e:#}")))?;
         let (tx, rx) = mpsc::channel();
         {
             let (vm, call) = (self.id.clone(), call.clone());
+            let socket = pool.socket.clone();
             std::thread::Builder::new()
                 .name(format!("{vm}-invoke"))
                 .spawn(move || {
-                    let reply = client.invoke(
-                        &vm,
-                        call.input.as_control(),
-                        call.output_key.as_deref(),
-                        Some(&call.request_id),
-                    );
+                    let reply = loop {
+                        let reply = client.invoke(
+                            &vm,
+                            call.input.as_control(),
+                            call.output_key.as_deref(),
+                            Some(&call.request_id),
+                        );
+                        match reply {
+                            // A pooled connection the backend closed (it restarted): the
+                            // request never arrived, so send it again on a new one.
+                            Err(e) if pooled && stale(&e) => {
+                                match ControlClient::connect(&socket, CONTROL_TIMEOUT) {
+                                    Ok(fresh) => {
+                                        client = fresh;
+                                        pooled = false;
+                                    }
+                                    Err(e) => break Err(e),
+                                }
+                            }
+                            other => break other,
+                        }
+                    };
                     let _ = tx.send((reply, client));
                 })
                 .map_err(|e| CallFailure::Backend(format!("Cannot start a thread: {e}")))?;
@@ -504,17 +526,18 @@ impl ControlPool {
         }
     }
 
-    /// An idle connection, or a new one.
-    pub fn take(&self) -> Result<ControlClient> {
+    /// An idle connection (and `true`), or a new one (and `false`).
+    pub fn take(&self) -> Result<(ControlClient, bool)> {
         if let Some(client) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok(client);
+            return Ok((client, true));
         }
-        ControlClient::connect(&self.socket, CONTROL_TIMEOUT).with_context(|| {
+        let client = ControlClient::connect(&self.socket, CONTROL_TIMEOUT).with_context(|| {
             format!(
                 "Cannot reach the backend's control socket {}",
                 self.socket.display()
             )
-        })
+        })?;
+        Ok((client, false))
     }
 
     /// Returns a healthy connection for reuse.
@@ -525,14 +548,34 @@ impl ControlPool {
         }
     }
 
-    /// Runs `f` on a pooled connection, returning it if `f` succeeded.
-    pub fn with<T>(&self, f: impl FnOnce(&mut ControlClient) -> nexus_io::Result<T>) -> Result<T> {
-        let mut client = self.take()?;
-        let result = f(&mut client);
+    /// Runs `f` on a pooled connection, returning it if `f` succeeded. A pooled connection
+    /// that the backend closed meanwhile (it restarted) is replaced and `f` run again: `f`
+    /// must be a request that is safe to repeat when it did not arrive.
+    pub fn with<T>(&self, f: impl Fn(&mut ControlClient) -> nexus_io::Result<T>) -> Result<T> {
+        let (mut client, pooled) = self.take()?;
+        let mut result = f(&mut client);
+        if pooled && result.as_ref().is_err_and(stale) {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            client = self.take()?.0;
+            result = f(&mut client);
+        }
         if result.is_ok() || matches!(result, Err(nexus_io::Error::ControlRefused { .. })) {
             self.give_back(client);
         }
         Ok(result?)
+    }
+}
+
+/// Whether `e` says the connection was closed by the backend before the request arrived (a
+/// pooled connection to a backend that restarted).
+fn stale(e: &nexus_io::Error) -> bool {
+    match e {
+        nexus_io::Error::ControlClosed => true,
+        nexus_io::Error::ControlIo(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+        ),
+        _ => false,
     }
 }
 
