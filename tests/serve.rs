@@ -156,6 +156,7 @@ fn sample_text(words: usize) -> String {
 
 struct Node {
     _dir: tempfile::TempDir,
+    store: std::path::PathBuf,
     backend: Backend,
     daemon: Daemon,
 }
@@ -169,6 +170,7 @@ fn node(functions: &[(&str, String)], extra: &[&str], words: usize) -> Node {
     let daemon = Daemon::start(dir.path(), &backend, functions, extra);
     Node {
         _dir: dir,
+        store,
         backend,
         daemon,
     }
@@ -230,6 +232,11 @@ fn cold_then_warm_then_errors_and_metrics() {
     assert_eq!(status, 200, "{fib}");
     assert_eq!(fib["output_key"], "outputs/fib");
     assert!(fib.get("output").is_none());
+    assert_eq!(fib["output_len"], 15);
+    assert_eq!(
+        std::fs::read_to_string(n.store.join("outputs/fib")).unwrap(),
+        "fib(20) = 6765\n"
+    );
     let (status, error) = d.invoke("fibonacci", &json!({"input": "twenty"}));
     assert_eq!(status, 502, "{error}");
     assert_eq!(error["error"], "FunctionError");

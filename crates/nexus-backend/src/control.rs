@@ -8,7 +8,7 @@
 //! | `{"op":"attach","vm":"ID","tenant":"NAME"}` | `{"ok":true,"socket":"PATH"}` |
 //! | `{"op":"hint","vm":"ID","key":"KEY"}` | `{"ok":true}` |
 //! | `{"op":"detach","vm":"ID"}` | `{"ok":true}` |
-//! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"},"output":"KEY"?}` | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…},"bytes_in":N,"bytes_out":N,"requests":N}` once the function completed |
+//! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"},"output":"KEY"?,"return_output":false?}` | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…},"bytes_in":N,"bytes_out":N,"requests":N}` once the function completed |
 //! | `{"op":"parked","vm":"ID","timeout_ms":N?}` | `{"ok":true}` once a `NEXT` of the VM is parked |
 //! | `{"op":"stats"}` | `{"ok":true,"stats":{"pid":N,"vms":N,"in_flight":N,…}}` ([`BackendStats`]) |
 //! | anything else | `{"ok":false,"error":"MESSAGE"}` |
@@ -73,6 +73,10 @@ pub enum ControlRequest {
         /// The request id in the invocation context (default empty).
         #[serde(default)]
         request_id: Option<String>,
+        /// `false`: leave a successful result stored at `output` out of the reply (`output`
+        /// is then empty and `output_encoding` is `none`; `output_len` stays). Default `true`.
+        #[serde(default)]
+        return_output: Option<bool>,
     },
     /// Reply once VM `vm` has a `NEXT` parked, waiting for an invocation.
     Parked {
@@ -305,6 +309,7 @@ impl Backend {
                 output,
                 function,
                 request_id,
+                return_output,
             } => {
                 let invocation = Invocation {
                     function: function.unwrap_or_else(|| "function".into()),
@@ -316,7 +321,8 @@ impl Backend {
                     ControlInput::Key(key) => InvocationInput::Object(key),
                     ControlInput::Inline(text) => InvocationInput::Bytes(Bytes::from(text)),
                 };
-                self.control_invoke(&vm, invocation, input, output.as_deref())
+                let stored_only = return_output == Some(false) && output.is_some();
+                self.control_invoke(&vm, invocation, input, output.as_deref(), stored_only)
                     .await
                     .unwrap_or_else(ControlReply::error)
             }
@@ -349,6 +355,7 @@ impl Backend {
         invocation: Invocation,
         input: InvocationInput,
         output: Option<&str>,
+        stored_only: bool,
     ) -> Result<ControlReply, String> {
         let start = Instant::now();
         // Held to the end, the session keeps counting even if the VM is detached meanwhile.
@@ -381,6 +388,8 @@ impl Backend {
             total_us: micros(start.elapsed()),
         };
         let (text, encoding) = match std::str::from_utf8(&result.output) {
+            // Stored at `output`, and the caller asked not to have it back.
+            _ if success && stored_only => (String::new(), "none"),
             Ok(text) => (text.to_owned(), "utf8"),
             Err(_) => (base64(&result.output), "base64"),
         };
@@ -461,6 +470,7 @@ mod tests {
                 output: Some("out/y".into()),
                 function: None,
                 request_id: None,
+                return_output: None,
             })
         );
         assert_eq!(
@@ -471,6 +481,7 @@ mod tests {
                 output: None,
                 function: None,
                 request_id: None,
+                return_output: None,
             })
         );
         assert_eq!(
@@ -483,6 +494,19 @@ mod tests {
         assert_eq!(
             parse_request(r#"{"op":"stats"}"#),
             Ok(ControlRequest::Stats {})
+        );
+        assert_eq!(
+            parse_request(
+                r#"{"op":"invoke","vm":"a","input":{"key":"k"},"output":"o","return_output":false}"#
+            ),
+            Ok(ControlRequest::Invoke {
+                vm: "a".into(),
+                input: ControlInput::Key("k".into()),
+                output: Some("o".into()),
+                function: None,
+                request_id: None,
+                return_output: Some(false),
+            })
         );
         assert!(parse_request(r#"{"op":"invoke","vm":"a","input":{"blob":"x"}}"#).is_err());
         for bad in [

@@ -37,6 +37,8 @@ enum Request<'a> {
         output: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         request_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        return_output: Option<bool>,
     },
     Parked {
         vm: &'a str,
@@ -200,12 +202,37 @@ impl ControlClient {
         output: Option<&str>,
         request_id: Option<&str>,
     ) -> Result<InvokeReply> {
-        let reply = self.request(&Request::Invoke {
+        self.invoke_request(Request::Invoke {
             vm,
             input,
             output,
             request_id,
-        })?;
+            return_output: None,
+        })
+    }
+
+    /// `invoke` with the result stored at `output` and left out of the reply (which still
+    /// carries its length, and the error document if the function failed): for a caller
+    /// that needs the result stored, not sent back. A large result then costs no encoding
+    /// and no copy through the control socket.
+    pub fn invoke_stored(
+        &mut self,
+        vm: &str,
+        input: InvokeInput<'_>,
+        output: &str,
+        request_id: Option<&str>,
+    ) -> Result<InvokeReply> {
+        self.invoke_request(Request::Invoke {
+            vm,
+            input,
+            output: Some(output),
+            request_id,
+            return_output: Some(false),
+        })
+    }
+
+    fn invoke_request(&mut self, request: Request<'_>) -> Result<InvokeReply> {
+        let reply = self.request(&request)?;
         reply.invoked.ok_or(Error::ControlReply {
             op: "invoke",
             source: None,
@@ -291,6 +318,25 @@ mod tests {
             seen
         });
         (dir, path, handle)
+    }
+
+    #[test]
+    fn invoke_stored_asks_for_no_output() {
+        let (_dir, path, server) = serve(&[
+            "{\"ok\":true,\"outcome\":\"success\",\"output_len\":4096,\"output\":\"\",\"output_encoding\":\"none\",\"timings\":{}}\n",
+        ]);
+        let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
+        let reply = c
+            .invoke_stored("1", InvokeInput::Key("in/x"), "out/y", Some("r"))
+            .unwrap();
+        assert_eq!(
+            (reply.output_len, reply.output.as_str(), reply.output_encoding.as_str()),
+            (4096, "", "none")
+        );
+        assert_eq!(
+            server.join().unwrap()[0],
+            "{\"op\":\"invoke\",\"vm\":\"1\",\"input\":{\"key\":\"in/x\"},\"output\":\"out/y\",\"request_id\":\"r\",\"return_output\":false}\n"
+        );
     }
 
     #[test]

@@ -420,12 +420,12 @@ impl FunctionVm {
                 .name(format!("{vm}-invoke"))
                 .spawn(move || {
                     let reply = loop {
-                        let reply = client.invoke(
-                            &vm,
-                            call.input.as_control(),
-                            call.output_key.as_deref(),
-                            Some(&call.request_id),
-                        );
+                        let input = call.input.as_control();
+                        let request_id = Some(call.request_id.as_str());
+                        let reply = match &call.output_key {
+                            Some(key) => client.invoke_stored(&vm, input, key, request_id),
+                            None => client.invoke(&vm, input, None, request_id),
+                        };
                         match reply {
                             // A pooled connection the backend closed (it restarted): the
                             // request never arrived, so send it again on a new one.
