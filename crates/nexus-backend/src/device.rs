@@ -186,6 +186,8 @@ fn dispatch(
         Command::Flush { .. } | Command::Complete { .. } => {
             prepared.mark = session.write_behind.mark();
         }
+        // In arrival order, like the key turns: the tasks may run in any order.
+        Command::Next { .. } => prepared.next = session.claim_next(),
         _ => {}
     }
     let session = session.clone();
@@ -281,5 +283,134 @@ impl VhostUserBackend for NexusDevice {
             ),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nexus_ring::{RESPONSE_HEADER_SIZE, RequestLayout, SegmentRef, Status};
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::config::{BackendConfig, S3Options, StoreConfig, StoreUrl};
+    use crate::engine::Engine;
+    use crate::tenant::Tenant;
+
+    const WINDOW_BASE: u64 = 0xC000_0000;
+    const DESC_TABLE: u64 = WINDOW_BASE;
+    const AVAIL_RING: u64 = WINDOW_BASE + 0x1000;
+    const USED_RING: u64 = WINDOW_BASE + 0x2000;
+    const QUEUE_SIZE: u16 = 16;
+    const RESPONSE_META: u32 = 536;
+
+    /// Lays out `NEXT` number `n` (request id `n + 1`) as chain `2n` and makes it available;
+    /// returns the chain's head and its response head's address.
+    fn make_next_available(mem: &GuestMemoryMmap, n: u16) -> (u16, u64) {
+        let header = WINDOW_BASE + 0x4000 + u64::from(n) * 0x1000;
+        let response_head =
+            SegmentRef::new(header + 0x100, RESPONSE_HEADER_SIZE as u32 + RESPONSE_META);
+        let layout = RequestLayout {
+            header,
+            key: None,
+            meta: None,
+            payload: &[],
+            response_head,
+            response_payload: &[],
+        };
+        let command = Command::Next { timeout_ms: 60_000 };
+        let bytes = layout
+            .header(u64::from(n) + 1, command)
+            .unwrap()
+            .to_bytes()
+            .unwrap();
+        mem.write_slice(&bytes, GuestAddress(header)).unwrap();
+        let head = 2 * n;
+        let descriptors: Vec<_> = layout.descriptors().collect();
+        assert_eq!(descriptors.len(), 2);
+        for (i, d) in (head..).zip(&descriptors) {
+            let at = GuestAddress(DESC_TABLE + u64::from(i) * 16);
+            let next_flag = if i == head { 1u16 } else { 0 };
+            let write_flag = if d.writable { 2u16 } else { 0 };
+            mem.write_obj(d.addr, at).unwrap();
+            mem.write_obj(d.len, GuestAddress(at.0 + 8)).unwrap();
+            mem.write_obj(next_flag | write_flag, GuestAddress(at.0 + 12))
+                .unwrap();
+            mem.write_obj(i + 1, GuestAddress(at.0 + 14)).unwrap();
+        }
+        mem.write_obj(head, GuestAddress(AVAIL_RING + 4 + 2 * u64::from(n)))
+            .unwrap();
+        mem.write_obj(n + 1, GuestAddress(AVAIL_RING + 2)).unwrap();
+        (head, response_head.addr)
+    }
+
+    /// Of two `NEXT`s popped together, the first parks and the second is refused, whatever
+    /// order the runtime runs their tasks in: the claim is taken when a request is popped.
+    /// (It was taken in the task, and two runtime threads picking the tasks up at once let
+    /// the later `NEXT` park now and then while the earlier one was refused.)
+    #[test]
+    fn the_first_of_two_nexts_holds_the_claim_before_any_task_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        // A runtime nobody drives yet: dispatched tasks wait until the test runs them.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = StoreConfig {
+            url: StoreUrl::File(dir.path().to_owned()),
+            s3: S3Options::default(),
+        };
+        let config = BackendConfig::new(store, dir.path().to_owned());
+        let engine = Arc::new(Engine::new(&config, runtime.handle().clone()).unwrap());
+        let tenant = Arc::new(Tenant::new("default", "").unwrap());
+        let session = Arc::new(Session::new("vm-1", tenant, engine));
+        let device = NexusDevice::new(session.clone());
+
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(WINDOW_BASE), 1 << 20)]).unwrap();
+        device
+            .update_memory(GuestMemoryAtomic::new(mem.clone()))
+            .unwrap();
+        let vring = VringRwLock::new(GuestMemoryAtomic::new(mem.clone()), QUEUE_SIZE).unwrap();
+        vring.set_queue_size(QUEUE_SIZE);
+        vring
+            .set_queue_info(DESC_TABLE, AVAIL_RING, USED_RING)
+            .unwrap();
+        vring.set_queue_ready(true);
+        let (_, _) = make_next_available(&mem, 0);
+        let (second, second_response) = make_next_available(&mem, 1);
+
+        device.process_queue(&vring);
+        assert!(
+            session
+                .invocations
+                .next_outstanding
+                .load(std::sync::atomic::Ordering::Acquire),
+            "the first NEXT popped holds the claim before its task runs"
+        );
+
+        let used_idx = || -> u16 { mem.read_obj(GuestAddress(USED_RING + 2)).unwrap() };
+        runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while used_idx() == 0 {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the second NEXT is answered at once");
+        });
+        assert_eq!(used_idx(), 1, "the first NEXT stays parked");
+        let used_id: u32 = mem.read_obj(GuestAddress(USED_RING + 4)).unwrap();
+        assert_eq!(used_id, u32::from(second));
+        let mut raw = [0u8; RESPONSE_HEADER_SIZE];
+        mem.read_slice(&mut raw, GuestAddress(second_response))
+            .unwrap();
+        let answer = ResponseHeader::decode(&raw).unwrap();
+        assert_eq!(answer.id, 2);
+        assert_eq!(answer.status, Status::InvalidRequest);
+        assert!(session.invocations.parked());
+        // Dropping the runtime drops the parked NEXT's task, and its claim with it.
+        drop(runtime);
+        assert!(!session.invocations.parked());
     }
 }

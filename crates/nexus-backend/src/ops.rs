@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::http::HttpCall;
 use crate::invoke::{InvocationInput, InvocationResult, InvokeError, InvokeRequest};
 use crate::session::{
-    Durability, KeyTurn, QueuedInvocation, RunningInvocation, Session, WriteBehindTicket,
+    Durability, KeyTurn, NextClaim, QueuedInvocation, RunningInvocation, Session, WriteBehindTicket,
 };
 use crate::store::{ObjectInfo, PutSource, StoreError, get_length};
 use crate::tenant::{check_key, check_prefix};
@@ -187,6 +187,9 @@ pub(crate) struct Prepared {
     pub(crate) write_behind: Option<WriteBehindTicket>,
     /// FLUSH and COMPLETE: the write-behind mark at arrival.
     pub(crate) mark: u64,
+    /// NEXT: the VM's one outstanding `NEXT`, claimed at arrival (`None`: an earlier `NEXT`
+    /// holds it).
+    pub(crate) next: Option<NextClaim>,
 }
 
 /// A checked object key of the session's tenant.
@@ -237,7 +240,9 @@ pub(crate) async fn execute(
             timeout_ms,
             asynchronous,
         } => invoke(session, window, request, prepared, timeout_ms, asynchronous).await,
-        Command::Next { timeout_ms } => next(session, window, request, timeout_ms).await,
+        Command::Next { timeout_ms } => {
+            next(session, window, request, prepared.next, timeout_ms).await
+        }
         Command::Complete {
             invocation,
             outcome,
@@ -725,25 +730,17 @@ async fn next(
     session: &Arc<Session>,
     window: &WindowMemory,
     request: &Request,
+    claim: Option<NextClaim>,
     timeout_ms: u64,
 ) -> OpResult {
-    let invocations = &session.invocations;
-    if invocations
-        .next_outstanding
-        .swap(true, std::sync::atomic::Ordering::AcqRel)
-    {
+    // Held until the NEXT is answered (or cancelled: the future is dropped).
+    let Some(_claim) = claim else {
         return Err(Reply::error(
             Status::InvalidRequest,
             "this VM already has a NEXT outstanding",
         ));
-    }
-    struct Outstanding<'a>(&'a std::sync::atomic::AtomicBool);
-    impl Drop for Outstanding<'_> {
-        fn drop(&mut self) {
-            self.0.store(false, std::sync::atomic::Ordering::Release);
-        }
-    }
-    let _outstanding = Outstanding(&invocations.next_outstanding);
+    };
+    let invocations = &session.invocations;
     let deadline =
         (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
     let target = request.response.payload;

@@ -159,6 +159,20 @@ impl Session {
         }
     }
 
+    /// Claims the VM's one outstanding `NEXT` for a `NEXT` being dispatched, so that of two
+    /// `NEXT`s the one that arrived first parks and the later one is refused, whichever task
+    /// the runtime runs first. `None` if another `NEXT` holds it; the claim lasts as long as
+    /// the returned guard.
+    pub(crate) fn claim_next(self: &Arc<Self>) -> Option<NextClaim> {
+        let taken = self
+            .invocations
+            .next_outstanding
+            .swap(true, Ordering::AcqRel);
+        (!taken).then(|| NextClaim {
+            session: self.clone(),
+        })
+    }
+
     /// Takes this request's turn on `key`: it runs after every earlier request of this VM on
     /// the same key (including write-behind uploads) has finished.
     pub(crate) fn take_turn(&self, key: &str) -> KeyTurn {
@@ -186,6 +200,21 @@ impl Drop for InflightGuard {
         if *n == 0 {
             self.session.idle.notify_all();
         }
+    }
+}
+
+/// The VM's one outstanding `NEXT` (see [`Session::claim_next`]), released on drop.
+#[derive(Debug)]
+pub(crate) struct NextClaim {
+    session: Arc<Session>,
+}
+
+impl Drop for NextClaim {
+    fn drop(&mut self) {
+        self.session
+            .invocations
+            .next_outstanding
+            .store(false, Ordering::Release);
     }
 }
 
