@@ -479,7 +479,8 @@ impl FunctionVm {
                 }
             }
         };
-        let reply = reply.map_err(|e| CallFailure::Backend(error_chain(&e)))?;
+        let reply =
+            reply.map_err(|e| CallFailure::Backend(format!("{:#}", anyhow::Error::new(e))))?;
         self.invocations += 1;
         self.last_used = Instant::now();
         Ok(CallDone {
@@ -588,16 +589,4 @@ pub fn describe_stop(result: &nexus_kvm::Result<VcpuStop>) -> String {
         Err(nexus_kvm::Error::GuestCrash(report)) => format!("the guest crashed: {report}"),
         Err(e) => format!("the vCPU failed: {e}"),
     }
-}
-
-/// `error: cause: cause…`.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
