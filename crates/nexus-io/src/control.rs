@@ -330,7 +330,11 @@ mod tests {
             .invoke_stored("1", InvokeInput::Key("in/x"), "out/y", Some("r"))
             .unwrap();
         assert_eq!(
-            (reply.output_len, reply.output.as_str(), reply.output_encoding.as_str()),
+            (
+                reply.output_len,
+                reply.output.as_str(),
+                reply.output_encoding.as_str()
+            ),
             (4096, "", "none")
         );
         assert_eq!(
