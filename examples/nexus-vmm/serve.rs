@@ -40,8 +40,9 @@ pub struct ServeArgs {
     /// least recently used spreads invocations over every parked VM.
     #[arg(long, value_enum, default_value_t = Pick::Mru)]
     pick: Pick,
-    /// How long a parked VM's WAIT may block, in ms (each timeout costs the guest one exit).
-    #[arg(long, default_value_t = 1_000)]
+    /// How long a parked VM's WAIT may block, in ms: each timeout costs the guest one exit
+    /// and its vCPU thread one wake-up (a completion, a lost backend or a stop end it early).
+    #[arg(long, default_value_t = 10_000)]
     wait_timeout_ms: u64,
     /// Snapshot every function before serving (otherwise on its first invocation).
     #[arg(long)]
