@@ -7,6 +7,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -139,14 +140,25 @@ struct Reply {
     invoked: Option<InvokeReply>,
 }
 
+/// The connection, read through a buffer and written directly, one descriptor for both
+/// (and shared with the device's backend monitor, which watches it for hang-ups).
+#[derive(Debug)]
+struct SharedStream(Arc<UnixStream>);
+
+impl Read for SharedStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+}
+
 /// A connection to the backend's control socket.
 ///
 /// The device keeps one open for the life of the VM (the backend treats its closing as the
 /// VM going away); a node daemon may open its own to send prefetch hints.
 #[derive(Debug)]
 pub struct ControlClient {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    /// Requests are written through `reader.get_ref()`: the same descriptor.
+    reader: BufReader<SharedStream>,
 }
 
 impl ControlClient {
@@ -162,10 +174,8 @@ impl ControlClient {
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
             .map_err(connect_error)?;
-        let writer = stream.try_clone().map_err(connect_error)?;
         Ok(ControlClient {
-            reader: BufReader::new(stream),
-            writer,
+            reader: BufReader::new(SharedStream(Arc::new(stream))),
         })
     }
 
@@ -255,8 +265,8 @@ impl ControlClient {
     }
 
     /// The connection (to watch it for hang-ups).
-    pub(crate) fn stream(&self) -> &UnixStream {
-        &self.writer
+    pub(crate) fn stream(&self) -> &Arc<UnixStream> {
+        &self.reader.get_ref().0
     }
 
     fn request(&mut self, request: &Request<'_>) -> Result<Reply> {
@@ -266,7 +276,9 @@ impl ControlClient {
             source: Some(e),
         })?;
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(Error::ControlIo)?;
+        (&**self.stream())
+            .write_all(&line)
+            .map_err(Error::ControlIo)?;
         let mut reply = String::new();
         let n = (&mut self.reader)
             .take(MAX_REPLY_LEN)

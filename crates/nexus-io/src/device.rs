@@ -100,7 +100,7 @@ pub struct NexusIo {
     window_memory: GuestMemoryMmap,
     irq: Option<u32>,
     kick: EventFd,
-    call: EventFd,
+    /// Also holds the call eventfd (see [`NexusIo::call_eventfd`]).
     state: Arc<LinkState>,
     link: BackendLink,
     acked_features: u64,
@@ -117,7 +117,7 @@ impl NexusIo {
                 .map_err(Error::WindowMemory)?;
         let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
         let call = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-        let state = Arc::new(LinkState::new(&call)?);
+        let state = Arc::new(LinkState::new(call));
         Ok(NexusIo {
             identity: Identity {
                 control_socket: config.control_socket,
@@ -128,7 +128,6 @@ impl NexusIo {
             window_memory,
             irq: config.irq,
             kick,
-            call,
             state,
             link: BackendLink::default(),
             acked_features: 0,
@@ -144,7 +143,7 @@ impl NexusIo {
 
     /// The backend's call eventfd: register it as an irqfd for [`InterruptMode::Irqfd`].
     pub fn call_eventfd(&self) -> &EventFd {
-        &self.call
+        self.state.call()
     }
 
     /// The configured interrupt line.
@@ -281,7 +280,7 @@ impl NexusIo {
             base,
             window: &self.window,
             kick: &self.kick,
-            call: &self.call,
+            call: self.state.call(),
         };
         self.link.start(&self.identity, &ring, &self.state)?;
         debug!("nexus-io: resumed the request queue at base {base}");
@@ -303,7 +302,7 @@ impl NexusIo {
         match wait_for_used(
             &active.queue,
             &self.window_memory,
-            &self.call,
+            self.state.call(),
             connections,
             self.wait_timeout,
         ) {
@@ -400,7 +399,7 @@ impl VirtioDevice for NexusIo {
             base: 0,
             window: &self.window,
             kick: &self.kick,
-            call: &self.call,
+            call: self.state.call(),
         };
         if let Err(e) = self.link.start(&self.identity, &ring, &self.state) {
             warn!("nexus-io: the backend is unavailable: {}", error_chain(&e));

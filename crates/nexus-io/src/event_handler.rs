@@ -2,29 +2,37 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The device's events: completions (the backend's call eventfd), served to the guest
-//! through the WAIT register, and the loss of the backend, noticed by a monitor thread that
-//! watches both backend connections and by every WAIT.
+//! through the WAIT register, and the loss of the backend, noticed by the backend monitor
+//! (one thread of the process, watching every session's connections) and by every WAIT.
 //!
 //! Doorbells are no event of the VMM's: the guest's `QueueNotify` write is an ioeventfd that
 //! KVM signals to the backend directly.
+//!
+//! A node daemon keeps thousands of VMs in one process under an open-file limit, so a device
+//! holds no descriptor it does not need: the kick and call eventfds and its two connections,
+//! each once. What another part needs is shared (an `Arc`, or the `Frontend`, itself one),
+//! never duplicated, and the monitor needs no descriptor per session.
 
-use std::os::fd::BorrowedFd;
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
 use log::{debug, warn};
+use vhost::vhost_user::Frontend;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemoryMmap;
 use crate::sys::{HANGUP, PollFd, READABLE, poll};
 use crate::{Error, Result};
 
-/// The connection state shared by the device and its monitor thread.
+/// The connection state shared by the device and the backend monitor.
 #[derive(Debug)]
 pub(crate) struct LinkState {
     connected: AtomicBool,
@@ -34,19 +42,26 @@ pub(crate) struct LinkState {
     config_changed: AtomicBool,
     /// The call eventfd is an irqfd: a signal on it is an interrupt.
     irqfd: AtomicBool,
-    /// The call eventfd (a clone), to raise the configuration change interrupt.
+    /// The device's call eventfd (the backend's completions; with an irqfd, also the
+    /// configuration change interrupt).
     call: EventFd,
 }
 
 impl LinkState {
-    pub(crate) fn new(call: &EventFd) -> Result<Self> {
-        Ok(LinkState {
+    /// The state of a device whose call eventfd is `call`.
+    pub(crate) fn new(call: EventFd) -> Self {
+        LinkState {
             connected: AtomicBool::new(false),
             generation: AtomicU32::new(0),
             config_changed: AtomicBool::new(false),
             irqfd: AtomicBool::new(false),
-            call: call.try_clone().map_err(Error::EventFd)?,
-        })
+            call,
+        }
+    }
+
+    /// The device's call eventfd.
+    pub(crate) fn call(&self) -> &EventFd {
+        &self.call
     }
 
     pub(crate) fn connected(&self) -> bool {
@@ -94,74 +109,176 @@ impl LinkState {
 
 /// The monitor does little: a small stack keeps the VMM's footprint small.
 const MONITOR_STACK_SIZE: usize = 256 * 1024;
+/// Most hang-ups taken from the kernel in one wait.
+const MONITOR_EVENTS: usize = 64;
+/// What a hang-up of a connection is to epoll(7) (`EPOLLHUP` and `EPOLLERR` are always
+/// reported; `EPOLLRDHUP` is the peer closing).
+const MONITOR_INTEREST: EventSet = EventSet::READ_HANG_UP
+    .union(EventSet::HANG_UP)
+    .union(EventSet::ERROR);
 
-/// A thread that marks the link down as soon as either backend connection hangs up.
-#[derive(Debug)]
+/// One session's connections, as the monitor watches them. They are owned (shared, not
+/// duplicated), so they stay open as long as they are registered with the monitor's epoll.
+struct Watched {
+    control: Arc<UnixStream>,
+    /// The vhost-user connection, held to keep `vhost_fd` open.
+    _vhost: Frontend,
+    /// Its descriptor, read once (`Frontend::as_raw_fd` takes the frontend's lock, which a
+    /// request holds until the backend answers).
+    vhost_fd: RawFd,
+    state: Arc<LinkState>,
+}
+
+/// The process's backend monitor: one thread waiting in epoll(7) for a hang-up of any
+/// watched connection. It runs for the life of the process; sessions come and go.
+struct BackendMonitor {
+    epoll: Epoll,
+    /// The watched sessions by ID. A session is removed, and its connections unregistered,
+    /// under this lock: once [`Monitor`] is dropped the monitor thread cannot mark the
+    /// session's link down, nor see its connections.
+    sessions: Mutex<HashMap<u64, Watched>>,
+    next_id: AtomicU64,
+}
+
+/// The epoll data of a session's connection: its ID and which connection.
+fn token(id: u64, vhost: bool) -> u64 {
+    (id << 1) | u64::from(vhost)
+}
+
+impl BackendMonitor {
+    /// The process's monitor, started on first use (and tried again if that failed).
+    fn get() -> Result<Arc<Self>> {
+        static MONITOR: Mutex<Option<Arc<BackendMonitor>>> = Mutex::new(None);
+        let mut monitor = MONITOR.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(monitor) = monitor.as_ref() {
+            return Ok(Arc::clone(monitor));
+        }
+        let started = Arc::new(BackendMonitor {
+            epoll: Epoll::new().map_err(Error::Monitor)?,
+            sessions: Mutex::default(),
+            next_id: AtomicU64::new(0),
+        });
+        let watching = Arc::clone(&started);
+        thread::Builder::new()
+            .name("nexus-io-monitor".into())
+            .stack_size(MONITOR_STACK_SIZE)
+            .spawn(move || watching.run())
+            .map_err(Error::Monitor)?;
+        Ok(Arc::clone(monitor.insert(started)))
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, Watched>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Watches `watched`; returns its ID.
+    fn add(&self, watched: Watched) -> Result<u64> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let fds = [watched.control.as_raw_fd(), watched.vhost_fd];
+        let mut sessions = self.sessions();
+        for (i, fd) in fds.into_iter().enumerate() {
+            let event = EpollEvent::new(MONITOR_INTEREST, token(id, i == 1));
+            if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd, event) {
+                for &fd in &fds[..i] {
+                    self.unregister(fd);
+                }
+                return Err(Error::Monitor(e));
+            }
+        }
+        sessions.insert(id, watched);
+        Ok(id)
+    }
+
+    /// Stops watching session `id`, if it still is. Called with `sessions` locked.
+    fn remove(&self, sessions: &mut HashMap<u64, Watched>, id: u64) -> Option<Watched> {
+        let watched = sessions.remove(&id)?;
+        self.unregister(watched.control.as_raw_fd());
+        self.unregister(watched.vhost_fd);
+        Some(watched)
+    }
+
+    /// Unregisters `fd`, which its owner keeps open until this returns.
+    fn unregister(&self, fd: RawFd) {
+        if let Err(e) = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        {
+            warn!("nexus-io: the backend monitor cannot unregister a connection: {e}");
+        }
+    }
+
+    /// The monitor thread: marks a session's link down at the first hang-up of either of
+    /// its connections, and stops watching it.
+    fn run(&self) {
+        let mut events = vec![EpollEvent::default(); MONITOR_EVENTS];
+        loop {
+            let ready = match self.epoll.wait(-1, &mut events) {
+                Ok(ready) => ready,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("nexus-io: the backend monitor cannot wait: {e}");
+                    thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let mut sessions = self.sessions();
+            for event in &events[..ready] {
+                let (id, vhost) = (event.data() >> 1, event.data() & 1 == 1);
+                // Gone already: stopped, or its other connection hung up too.
+                let Some(watched) = self.remove(&mut sessions, id) else {
+                    continue;
+                };
+                debug!(
+                    "nexus-io: backend hang-up on the {} connection",
+                    if vhost { "vhost-user" } else { "control" }
+                );
+                watched.state.set_connected(false);
+            }
+        }
+    }
+}
+
+/// A session's registration with the backend monitor, which marks the link down as soon as
+/// either backend connection hangs up. Dropping it stops the watch.
 pub(crate) struct Monitor {
-    stop: EventFd,
-    thread: Option<thread::JoinHandle<()>>,
+    monitor: Arc<BackendMonitor>,
+    id: u64,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Monitor {
-    /// Watches `control` and `vhost` (clones of the device's connections).
+    /// Watches `control` and `vhost` (the device's connections, shared) for the device whose
+    /// state is `state`.
     pub(crate) fn start(
-        control: UnixStream,
-        vhost: UnixStream,
+        control: Arc<UnixStream>,
+        vhost: Frontend,
         state: Arc<LinkState>,
     ) -> Result<Self> {
-        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-        let stop_watch = stop.try_clone().map_err(Error::EventFd)?;
-        let thread = thread::Builder::new()
-            .name("nexus-io-monitor".into())
-            .stack_size(MONITOR_STACK_SIZE)
-            .spawn(move || watch(&control, &vhost, &stop_watch, &state))
-            .map_err(Error::Monitor)?;
-        Ok(Monitor {
-            stop,
-            thread: Some(thread),
-        })
+        let monitor = BackendMonitor::get()?;
+        let vhost_fd = vhost.as_raw_fd();
+        let id = monitor.add(Watched {
+            control,
+            _vhost: vhost,
+            vhost_fd,
+            state,
+        })?;
+        Ok(Monitor { monitor, id })
     }
 }
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        if let Err(e) = self.stop.write(1) {
-            warn!("nexus-io: cannot stop the backend monitor: {e}");
-            return;
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn watch(control: &UnixStream, vhost: &UnixStream, stop: &EventFd, state: &LinkState) {
-    loop {
-        let mut fds = [
-            PollFd::new(control, HANGUP),
-            PollFd::new(vhost, HANGUP),
-            PollFd::new(stop, READABLE),
-        ];
-        match poll(&mut fds, None) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                warn!("nexus-io: the backend monitor cannot poll: {e}");
-                return;
-            }
-        }
-        if fds[2].has(READABLE) {
-            return;
-        }
-        if fds[0].has(HANGUP) || fds[1].has(HANGUP) {
-            debug!(
-                "nexus-io: backend hang-up (control: {}, vhost-user: {})",
-                fds[0].has(HANGUP),
-                fds[1].has(HANGUP)
-            );
-            state.set_connected(false);
-            return;
-        }
+        let mut sessions = self.monitor.sessions();
+        let watched = self.monitor.remove(&mut sessions, self.id);
+        drop(sessions);
+        drop(watched);
     }
 }
 
@@ -181,7 +298,7 @@ pub(crate) fn wait_for_used(
     queue: &Queue,
     window: &GuestMemoryMmap,
     call: &EventFd,
-    connections: [BorrowedFd<'_>; 2],
+    connections: [&dyn AsRawFd; 2],
     timeout: Duration,
 ) -> std::result::Result<WaitOutcome, virtio_queue::Error> {
     // Consume any earlier signal first: one that arrives after the check below wakes us.
@@ -198,8 +315,8 @@ pub(crate) fn wait_for_used(
     let [control, vhost] = connections;
     let mut fds = [
         PollFd::new(call, READABLE),
-        PollFd::new(&control, HANGUP),
-        PollFd::new(&vhost, HANGUP),
+        PollFd::new(control, HANGUP),
+        PollFd::new(vhost, HANGUP),
     ];
     match poll(&mut fds, Some(timeout)) {
         Ok(_) => {}
@@ -221,4 +338,50 @@ pub(crate) fn wait_for_used(
 /// The `used_event` field: after the available ring's flags, idx and entries.
 fn used_event_addr(queue: &Queue) -> GuestAddress {
     GuestAddress(queue.avail_ring()).unchecked_add(4 + 2 * u64::from(queue.size()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A session's connections, their far ends, and its state, marked connected.
+    fn session() -> (Monitor, Arc<LinkState>, UnixStream, UnixStream) {
+        let (control, control_peer) = UnixStream::pair().unwrap();
+        let (vhost, vhost_peer) = UnixStream::pair().unwrap();
+        let state = Arc::new(LinkState::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        state.set_connected(true);
+        let monitor = Monitor::start(
+            Arc::new(control),
+            Frontend::from_stream(vhost, 1),
+            Arc::clone(&state),
+        )
+        .unwrap();
+        (monitor, state, control_peer, vhost_peer)
+    }
+
+    fn wait_until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn the_monitor_marks_the_session_that_hung_up_and_no_stopped_one() {
+        let (_a, a, _a_control, a_vhost) = session();
+        let (b, b_state, b_control, _b_vhost) = session();
+        let (_c, c, c_control, _c_vhost) = session();
+        drop(a_vhost);
+        wait_until("the vhost-user hang-up", || !a.connected());
+        drop(c_control);
+        wait_until("the control hang-up", || !c.connected());
+        // Stopped, then hung up: not a loss.
+        drop(b);
+        drop(b_control);
+        thread::sleep(Duration::from_millis(50));
+        assert!(b_state.connected());
+        assert_eq!((a.generation(), b_state.generation()), (2, 1));
+    }
 }

@@ -32,9 +32,9 @@ fn vhost_error(request: &'static str) -> impl FnOnce(vhost::Error) -> Error {
 
 /// A vhost-user session with the backend.
 pub(crate) struct VhostSession {
+    /// The connection. `Frontend` is an `Arc` around it and `AsRawFd`: the device watches
+    /// its descriptor for hang-ups, and the backend monitor holds a clone, not a duplicate.
     frontend: Frontend,
-    /// The same connection, to watch for hang-ups.
-    stream: UnixStream,
     /// `VHOST_USER_F_PROTOCOL_FEATURES` was negotiated, so rings start disabled.
     protocol_features: bool,
     ring_started: bool,
@@ -68,7 +68,6 @@ impl VhostSession {
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
             .map_err(connect_error)?;
-        let watched = stream.try_clone().map_err(connect_error)?;
         let mut frontend = Frontend::from_stream(stream, 1);
 
         frontend.set_owner().map_err(vhost_error("SET_OWNER"))?;
@@ -111,15 +110,15 @@ impl VhostSession {
         );
         Ok(VhostSession {
             frontend,
-            stream: watched,
             protocol_features,
             ring_started: false,
         })
     }
 
-    /// The connection, to watch for hang-ups.
-    pub(crate) fn stream(&self) -> &UnixStream {
-        &self.stream
+    /// The connection: its descriptor is the one to watch for hang-ups, and a clone shares
+    /// it rather than duplicate it.
+    pub(crate) fn frontend(&self) -> &Frontend {
+        &self.frontend
     }
 
     /// Starts the request queue: size, addresses (the VMM's addresses of the window

@@ -63,7 +63,7 @@ pub mod persist;
 mod sys;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use kvm_ioctls::IoEventAddress;
 use log::debug;
@@ -270,10 +270,10 @@ pub fn attach_transport(vm: &Vm, mut transport: NexusIoTransport) -> Result<Atta
     let doorbell = IoEventAddress::Mmio(info.base + regs::QUEUE_NOTIFY);
     vm.register_ioeventfd(device.kick_eventfd(), doorbell, None)
         .map_err(Error::IoEventFd)?;
-    let kick = device.kick_eventfd().try_clone().map_err(Error::EventFd)?;
     let transport = Arc::new(Mutex::new(transport));
     if let Err(e) = vm.add_device(BusKind::Mmio, transport.clone(), info.base, info.size) {
-        let _ = vm.unregister_ioeventfd(&kick, doorbell, None);
+        let transport = transport.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = vm.unregister_ioeventfd(transport.device().kick_eventfd(), doorbell, None);
         return Err(Error::Bus(e));
     }
     Ok(AttachedDevice { transport, info })

@@ -4,7 +4,7 @@
 //! The device's link to the backend: the control connection, the vhost-user session and the
 //! monitor watching both.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,8 +60,8 @@ pub(crate) struct BackendLink {
     adopted: Option<PathBuf>,
 }
 
-fn hung_up(fd: BorrowedFd<'_>) -> bool {
-    let mut fds = [PollFd::new(&fd, HANGUP)];
+fn hung_up(connection: &dyn AsRawFd) -> bool {
+    let mut fds = [PollFd::new(connection, HANGUP)];
     match poll(&mut fds, Some(Duration::ZERO)) {
         Ok(_) => fds[0].has(HANGUP),
         Err(_) => true,
@@ -70,10 +70,10 @@ fn hung_up(fd: BorrowedFd<'_>) -> bool {
 
 impl BackendLink {
     /// The two connections, if there is a session: control, vhost-user.
-    pub(crate) fn connections(&self) -> Option<[BorrowedFd<'_>; 2]> {
+    pub(crate) fn connections(&self) -> Option<[&dyn AsRawFd; 2]> {
         let control = self.control.as_ref()?;
         let session = self.session.as_ref()?;
-        Some([control.stream().as_fd(), session.vhost.stream().as_fd()])
+        Some([&**control.stream(), session.vhost.frontend()])
     }
 
     /// Whether there is a session and neither connection has hung up.
@@ -138,10 +138,10 @@ impl BackendLink {
             let vhost =
                 VhostSession::connect(&socket, ring.features, ring.window, BACKEND_TIMEOUT)?;
             let control = self.control.as_ref().expect("attached");
-            let clone = |s: &std::os::unix::net::UnixStream| s.try_clone().map_err(Error::Monitor);
+            // Shared with the monitor, not duplicated: a device holds each connection once.
             let monitor = Monitor::start(
-                clone(control.stream())?,
-                clone(vhost.stream())?,
+                Arc::clone(control.stream()),
+                vhost.frontend().clone(),
                 Arc::clone(state),
             )?;
             Ok(Session {
@@ -173,7 +173,7 @@ impl BackendLink {
     /// of whatever session the backend still has for this VM), else on a new one.
     fn attach(&mut self, identity: &Identity) -> Result<PathBuf> {
         if let Some(control) = self.control.as_mut() {
-            if hung_up(control.stream().as_fd()) {
+            if hung_up(&**control.stream()) {
                 self.control = None;
             } else {
                 match control.detach(&identity.vm_id) {
