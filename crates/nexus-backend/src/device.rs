@@ -14,10 +14,9 @@ use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
 
+use crate::exit_events::ExitEvents;
 use crate::ops::{self, Prepared};
 use crate::session::{Completion, Session};
 use crate::window::WindowMemory;
@@ -40,13 +39,16 @@ pub const FEATURES: u64 = (1 << VIRTIO_F_VERSION_1)
 pub(crate) struct NexusDevice {
     session: Arc<Session>,
     window: Arc<RwLock<Option<WindowMemory>>>,
+    exits: Arc<ExitEvents>,
 }
 
 impl NexusDevice {
-    pub(crate) fn new(session: Arc<Session>) -> Self {
+    /// The device of `session`; the exit events of its daemon's workers come from `exits`.
+    pub(crate) fn new(session: Arc<Session>, exits: Arc<ExitEvents>) -> Self {
         Self {
             session,
             window: Arc::new(RwLock::new(None)),
+            exits,
         }
     }
 
@@ -253,7 +255,7 @@ impl VhostUserBackend for NexusDevice {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK) {
+        match self.exits.pair() {
             Ok(pair) => Some(pair),
             Err(e) => {
                 log::error!("vm {}: cannot create the exit event: {e}", self.session.vm);
@@ -365,7 +367,7 @@ mod tests {
         let engine = Arc::new(Engine::new(&config, runtime.handle().clone()).unwrap());
         let tenant = Arc::new(Tenant::new("default", "").unwrap());
         let session = Arc::new(Session::new("vm-1", tenant, engine));
-        let device = NexusDevice::new(session.clone());
+        let device = NexusDevice::new(session.clone(), Arc::default());
 
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(WINDOW_BASE), 1 << 20)]).unwrap();
         device

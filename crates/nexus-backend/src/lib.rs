@@ -50,6 +50,7 @@ mod control;
 mod device;
 mod engine;
 mod error;
+mod exit_events;
 mod http;
 mod invoke;
 mod ops;

@@ -22,6 +22,7 @@ use crate::config::BackendConfig;
 use crate::device::NexusDevice;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
+use crate::exit_events::ExitEvents;
 use crate::invoke::{Invocation, InvocationInput, Invoker, PendingInvocation};
 use crate::session::{QueuedInvocation, Session, lock};
 use crate::stats::{BackendStats, ProcessUsage};
@@ -368,6 +369,8 @@ struct VhostServer {
 struct StopSignal {
     stopping: AtomicBool,
     connection: Mutex<Option<ShutdownHandle>>,
+    /// The listening socket's descriptor (owned by the serving thread until it is joined).
+    listener: std::sync::atomic::AtomicI32,
 }
 
 impl std::fmt::Debug for StopSignal {
@@ -385,6 +388,8 @@ impl VhostServer {
             source,
         })?;
         let stop = Arc::new(StopSignal::default());
+        stop.listener
+            .store(std::os::fd::AsRawFd::as_raw_fd(&listener), Ordering::SeqCst);
         let thread_stop = stop.clone();
         let thread = std::thread::Builder::new()
             .name(format!("vhost-{}", session.vm))
@@ -404,8 +409,13 @@ impl VhostServer {
             self.stop.stopping.store(true, Ordering::SeqCst);
             match connection.as_ref() {
                 Some(handle) => handle.shutdown(),
-                // Waiting in accept: wake it with a connection of our own.
-                None => drop(UnixStream::connect(&self.path)),
+                // Waiting in accept: wake it with a connection of our own, or, if the socket
+                // file is gone (removed from under us), by shutting the listening socket.
+                None => {
+                    if UnixStream::connect(&self.path).is_err() {
+                        shut_listener(self.stop.listener.load(Ordering::SeqCst));
+                    }
+                }
             }
         }
         if let Some(thread) = self.thread.take() {
@@ -417,9 +427,33 @@ impl VhostServer {
     }
 }
 
+/// Makes a thread blocked in `accept` on listening socket `fd` return (Linux: `EINVAL`).
+fn shut_listener(fd: std::os::fd::RawFd) {
+    // SAFETY: shutdown(2) touches no memory of ours; `fd` is the listener that the serving
+    // thread owns and keeps open until `VhostServer::stop` has joined it, which happens after
+    // this call, so it is still that socket.
+    if unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } != 0 {
+        log::warn!(
+            "cannot shut the vhost-user listener: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Closes a daemon's exit events when dropped (after the daemon).
+struct CloseExitEvents(Arc<ExitEvents>);
+
+impl Drop for CloseExitEvents {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 fn serve(session: &Arc<Session>, listener: &mut Listener, stop: &StopSignal) {
     while !stop.stopping.load(Ordering::SeqCst) {
-        let device = NexusDevice::new(session.clone());
+        // Declared before the daemon, so dropped after it: see `ExitEvents`.
+        let exits = CloseExitEvents(Arc::new(ExitEvents::default()));
+        let device = NexusDevice::new(session.clone(), exits.0.clone());
         let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = match VhostUserDaemon::new(format!("nexus-{}", session.vm), device, memory)
         {

@@ -90,6 +90,13 @@ impl BackendProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process's open descriptors now.
+    pub fn open_descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    }
+
     /// A control connection.
     pub fn connect(&self) -> Control {
         Control::connect(&self.control)
