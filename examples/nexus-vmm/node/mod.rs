@@ -740,7 +740,7 @@ impl Node {
     }
 
     /// Starts VMs of `name` until `count` are parked (within the caps); returns how many
-    /// it started. `progress` is called after each.
+    /// it started.
     pub fn warm(&self, name: &str, count: usize) -> Result<usize, NodeError> {
         let f = self.function(name)?;
         self.snapshot_of(f)
