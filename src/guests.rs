@@ -20,6 +20,7 @@ pub const BUNDLED: &[&str] = &[
     "hostile",
     "getloop",
     "iobench",
+    "faulty",
 ];
 
 /// Errors of locating a guest.

@@ -521,3 +521,73 @@ fn parked_vms_survive_or_are_replaced_after_a_backend_restart() {
     eprintln!("starts after the restart: {starts:?}");
     assert_eq!(n.daemon.metric("nexus_backend_up"), 1.0);
 }
+
+#[test]
+fn a_crashed_or_exited_guest_is_answered_and_replaced() {
+    let n = node(
+        &[("faulty", function("faulty", "timeout_ms = 20000"))],
+        &[],
+        10,
+    );
+    let d = &n.daemon;
+    let (status, r) = d.invoke("faulty", &json!({"input": "hello"}));
+    assert_eq!((status, r["start"].as_str()), (200, Some("cold")), "{r}");
+    assert_eq!(r["output"], "hello");
+    let first_vm = r["vm"].clone();
+
+    // A guest that crashes during its invocation: 502 at once, not at the timeout.
+    let started = Instant::now();
+    let (status, r) = d.invoke("faulty", &json!({"input": "crash"}));
+    assert_eq!(
+        (status, r["error"].as_str()),
+        (502, Some("FunctionCrashed")),
+        "{r}"
+    );
+    assert!(
+        r["message"].as_str().unwrap().contains("triple fault"),
+        "{r}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        d.metric("nexus_vm_stops_total{function=\"faulty\",reason=\"crash\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("nexus_vms{function=\"faulty\",state=\"idle\"}"),
+        0.0
+    );
+
+    // The next invocation gets a new VM.
+    let (status, r) = d.invoke("faulty", &json!({"input": "again"}));
+    assert_eq!((status, r["start"].as_str()), (200, Some("cold")), "{r}");
+    assert_ne!(r["vm"], first_vm);
+
+    // A guest that exits with the invocation in flight is a crash too, for the caller.
+    let (status, r) = d.invoke("faulty", &json!({"input": "exit"}));
+    assert_eq!(
+        (status, r["error"].as_str()),
+        (502, Some("FunctionCrashed")),
+        "{r}"
+    );
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 0"),
+        "{r}"
+    );
+    let (status, r) = d.invoke("faulty", &json!({"input": "still here"}));
+    assert_eq!(
+        (status, r["output"].as_str()),
+        (200, Some("still here")),
+        "{r}"
+    );
+    assert_eq!(
+        d.metric("nexus_vm_stops_total{function=\"faulty\",reason=\"crash\"}"),
+        2.0
+    );
+}
