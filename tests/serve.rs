@@ -591,3 +591,43 @@ fn a_crashed_or_exited_guest_is_answered_and_replaced() {
         2.0
     );
 }
+
+#[test]
+fn a_restarted_daemon_reuses_its_snapshots_unless_the_function_changed() {
+    let Node {
+        _dir: dir,
+        store: _,
+        backend,
+        daemon,
+    } = node(&[("wordcount", function("wordcount", ""))], &[], 50);
+    let body = json!({"input_key": "inputs/words.txt"});
+    let boots = "nexus_vm_starts_total{function=\"wordcount\",how=\"boot\"}";
+    let (status, r) = daemon.invoke("wordcount", &body);
+    assert_eq!((status, r["start"].as_str()), (200, Some("cold")), "{r}");
+    assert_eq!(daemon.metric(boots), 1.0);
+    drop(daemon);
+
+    // Same state directory, same function: the snapshot on disk is restored at once.
+    let daemon = Daemon::start(
+        dir.path(),
+        &backend,
+        &[("wordcount", function("wordcount", ""))],
+        &[],
+    );
+    let (status, r) = daemon.invoke("wordcount", &body);
+    assert_eq!((status, r["output"].as_str()), (200, Some("50\n")), "{r}");
+    assert_eq!(daemon.metric(boots), 0.0);
+    assert!(
+        daemon.log().contains("reusing the snapshot"),
+        "{}",
+        daemon.log()
+    );
+    drop(daemon);
+
+    // A different memory size: a new snapshot.
+    let changed = "guest = \"wordcount\"\nmemory_mib = 48\nwindow_mib = 16\n".to_owned();
+    let daemon = Daemon::start(dir.path(), &backend, &[("wordcount", changed)], &[]);
+    let (status, r) = daemon.invoke("wordcount", &body);
+    assert_eq!((status, r["output"].as_str()), (200, Some("50\n")), "{r}");
+    assert_eq!(daemon.metric(boots), 1.0);
+}

@@ -96,7 +96,8 @@ pub struct Invocation {
 pub struct Timings {
     /// Waiting for a VM (queue), excluding the snapshot and the restore.
     pub queue: f64,
-    /// Creating the function's snapshot (its first cold start only).
+    /// Taking (or opening, if an earlier run left it) the function's snapshot: the first
+    /// cold start of the function in this daemon only.
     pub snapshot: f64,
     /// Restoring the VM (cold starts; 0 when warm).
     pub restore: f64,
@@ -373,6 +374,30 @@ impl Node {
         let dir = self.inner.config.snapshot_dir.join(&spec.name);
         let elf = std::fs::read(&spec.elf)
             .with_context(|| format!("Cannot read the guest {}", spec.elf.display()))?;
+        // A snapshot a previous run left in the state directory is reused if it was taken of
+        // the same guest with the same memory layout (and still opens: it is checksummed).
+        let identity = snapshot_identity(&elf, spec);
+        let identity_path = dir.join(SNAPSHOT_IDENTITY);
+        if std::fs::read_to_string(&identity_path).is_ok_and(|text| text == identity) {
+            match Snapshot::open(&SnapshotFiles::in_dir(&dir)) {
+                Ok(snapshot) => {
+                    log::info!(
+                        "function {}: reusing the snapshot in {}",
+                        spec.name,
+                        dir.display()
+                    );
+                    let snapshot = Arc::new(snapshot);
+                    *slot = Some(snapshot.clone());
+                    return Ok(snapshot);
+                }
+                Err(e) => log::warn!(
+                    "function {}: the snapshot in {} does not open ({e}); taking a new one",
+                    spec.name,
+                    dir.display()
+                ),
+            }
+        }
+        let _ = std::fs::remove_file(&identity_path);
         let vm_id = self.vm_id(&spec.name, "snapshot");
         let taken = vm::take_snapshot(
             &elf,
@@ -393,6 +418,12 @@ impl Node {
             taken.report.total.as_secs_f64() * 1e3
         );
         let snapshot = Arc::new(Snapshot::open(&SnapshotFiles::in_dir(&dir))?);
+        if let Err(e) = std::fs::write(&identity_path, identity) {
+            log::warn!(
+                "function {}: cannot record the snapshot's identity: {e}",
+                spec.name
+            );
+        }
         *slot = Some(snapshot.clone());
         Ok(snapshot)
     }
@@ -829,6 +860,22 @@ impl Node {
             self.inner.metrics.vm_stopped(&f, "shutdown");
         }
     }
+}
+
+/// The file beside a function's snapshot that says what it was taken of.
+const SNAPSHOT_IDENTITY: &str = "function.id";
+
+/// What a function's snapshot depends on: the guest's bytes, the memory layout and the
+/// nexus-io device state's format.
+fn snapshot_identity(elf: &[u8], spec: &FunctionSpec) -> String {
+    format!(
+        "guest-crc32={:08x} guest-len={} memory-mib={} window-mib={} nexus-io-state={}\n",
+        crc32fast::hash(elf),
+        elf.len(),
+        spec.file.memory_mib,
+        spec.file.window_mib,
+        nexus_io::NexusIoState::STATE_VERSION
+    )
 }
 
 /// Takes the least recently used idle VM of any function.
