@@ -214,17 +214,30 @@ impl Backend {
         F: Future<Output = ()>,
     {
         tokio::pin!(shutdown);
+        let mut failures = crate::server::Backoff::default();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
+                        if failures.count > 0 {
+                            log::info!(
+                                "control socket: accepting again after {} failures",
+                                failures.count
+                            );
+                            failures = crate::server::Backoff::default();
+                        }
                         let backend = self.clone();
                         tokio::spawn(async move { backend.control_connection(stream).await });
                     }
+                    // Out of descriptors, accept fails at once and again while the connection
+                    // waits in the backlog: back off, and say so once per streak.
                     Err(e) => {
-                        log::warn!("control socket: accept failed: {e}");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        let pause = failures.next();
+                        if failures.count == 1 {
+                            log::warn!("control socket: accept failed (backing off): {e}");
+                        }
+                        tokio::time::sleep(pause).await;
                     }
                 },
             }

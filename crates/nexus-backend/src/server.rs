@@ -427,6 +427,22 @@ impl VhostServer {
     }
 }
 
+/// A streak of failed attempts and the pause before the next: 100 ms, doubling up to 5 s.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    /// Failures in the streak so far.
+    pub(crate) count: u32,
+}
+
+impl Backoff {
+    /// Counts one more failure and returns how long to wait before trying again.
+    pub(crate) fn next(&mut self) -> Duration {
+        self.count = self.count.saturating_add(1);
+        let exponent = (self.count - 1).min(6);
+        Duration::from_millis(100 << exponent).min(Duration::from_secs(5))
+    }
+}
+
 /// Makes a thread blocked in `accept` on listening socket `fd` return (Linux: `EINVAL`).
 fn shut_listener(fd: std::os::fd::RawFd) {
     // SAFETY: shutdown(2) touches no memory of ours; `fd` is the listener that the serving
@@ -450,6 +466,7 @@ impl Drop for CloseExitEvents {
 }
 
 fn serve(session: &Arc<Session>, listener: &mut Listener, stop: &StopSignal) {
+    let mut failures = Backoff::default();
     while !stop.stopping.load(Ordering::SeqCst) {
         // Declared before the daemon, so dropped after it: see `ExitEvents`.
         let exits = CloseExitEvents(Arc::new(ExitEvents::default()));
@@ -470,10 +487,23 @@ fn serve(session: &Arc<Session>, listener: &mut Listener, stop: &StopSignal) {
             if stop.stopping.load(Ordering::SeqCst) {
                 break;
             }
-            log::warn!("vm {}: vhost-user connection failed: {e}", session.vm);
-            std::thread::sleep(Duration::from_millis(100));
+            // Out of descriptors, accept fails at once and again while the connection waits
+            // in the backlog: back off, and say so once per streak, not once per attempt.
+            let pause = failures.next();
+            if failures.count == 1 {
+                log::warn!("vm {}: vhost-user connection failed: {e}", session.vm);
+            }
+            std::thread::sleep(pause);
             continue;
         }
+        if failures.count > 1 {
+            log::info!(
+                "vm {}: vhost-user connection accepted after {} failed attempts",
+                session.vm,
+                failures.count
+            );
+        }
+        failures = Backoff::default();
         {
             let mut connection = lock(&stop.connection);
             *connection = daemon.shutdown_handle();
@@ -490,5 +520,18 @@ fn serve(session: &Arc<Session>, listener: &mut Listener, stop: &StopSignal) {
         }
         // Whatever was in flight belongs to the old connection's queue.
         session.stop_queue();
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_seconds() {
+        let mut b = Backoff::default();
+        let pauses: Vec<u128> = (0..9).map(|_| b.next().as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(b.count, 9);
     }
 }
