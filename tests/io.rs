@@ -4,80 +4,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Backend, nexus_vmm, store_url};
+use common::{Backend, Run, finish, nexus_vmm, spawn, store_url};
 
-/// Bound on one `nexus-vmm` run.
-const RUN_TIMEOUT: Duration = Duration::from_secs(180);
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a micro-guest through `nexus-vmm run --backend`, bounded by [`RUN_TIMEOUT`].
+/// Runs a micro-guest through `nexus-vmm run --backend`, bounded by [`common::RUN_TIMEOUT`].
 fn run_guest(backend: &Backend, tenant: Option<&str>, guest: &str, args: &[&str]) -> Run {
-    let mut command = Command::new(nexus_vmm());
-    command.args([
-        "run",
-        "--guest",
-        guest,
-        "--backend",
-        backend.socket.to_str().unwrap(),
-    ]);
+    let mut command = vec!["run", "--guest", guest, "--backend", backend.socket()];
     if let Some(tenant) = tenant {
-        command.args(["--tenant", tenant]);
+        command.extend(["--tenant", tenant]);
     }
-    command.arg("--").args(args);
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "{guest} did not finish within {RUN_TIMEOUT:?}\nbackend log:\n{}",
-                backend.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let run = Run {
-        status,
-        stdout: out_thread.join().unwrap(),
-        stderr: err_thread.join().unwrap(),
-    };
-    eprintln!(
-        "$ nexus-vmm run --guest {guest} -- {}\n{}{}",
-        args.join(" "),
-        run.stdout,
-        run.stderr
-    );
-    run
+    command.push("--");
+    command.extend_from_slice(args);
+    finish(spawn(&command), backend, &command.join(" "))
 }
 
 fn sample_text(words: usize) -> String {

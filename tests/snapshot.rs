@@ -4,65 +4,10 @@
 
 mod common;
 
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
-use common::{Backend, nexus_vmm};
-
-/// Bound on one `nexus-vmm` process.
-const RUN_TIMEOUT: Duration = Duration::from_secs(180);
-
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Starts `nexus-vmm ARGS`.
-fn spawn(args: &[&str]) -> Child {
-    Command::new(nexus_vmm())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-/// Waits for a `nexus-vmm` process, bounded by [`RUN_TIMEOUT`].
-fn finish(mut child: Child, backend: &Backend, what: &str) -> Run {
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{what} did not finish\nbackend log:\n{}", backend.log());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let run = Run {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    };
-    eprintln!("$ nexus-vmm {what}\n{}{}", run.stdout, run.stderr);
-    run
-}
+use common::{Backend, Run, finish, spawn};
 
 fn vmm(backend: &Backend, args: &[&str]) -> Run {
     finish(spawn(args), backend, &args.join(" "))

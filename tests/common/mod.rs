@@ -3,8 +3,9 @@
 
 #![allow(dead_code)] // each test crate uses part of it
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `file://` URL of a local store directory.
@@ -137,4 +138,64 @@ impl Drop for Backend {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Bound on one `nexus-vmm` process.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How a `nexus-vmm` process ended.
+pub struct Run {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// What it printed.
+    pub stdout: String,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+/// Starts `nexus-vmm ARGS`.
+pub fn spawn(args: &[&str]) -> Child {
+    Command::new(nexus_vmm())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for a `nexus-vmm` process, bounded by [`RUN_TIMEOUT`].
+pub fn finish(mut child: Child, backend: &Backend, what: &str) -> Run {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "{what} did not finish within {RUN_TIMEOUT:?}\nbackend log:\n{}",
+                backend.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let run = Run {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    };
+    eprintln!("$ nexus-vmm {what}\n{}{}", run.stdout, run.stderr);
+    run
 }
