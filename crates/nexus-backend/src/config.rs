@@ -155,6 +155,80 @@ pub const DEFAULT_WRITE_BEHIND_BYTES: u64 = 256 << 20;
 /// Default bound of all payload bytes the backend stages in its own memory at once.
 pub const DEFAULT_STAGING_BYTES: u64 = 1 << 30;
 
+/// What one VM may use of the shared backend. [`BackendConfig::limits`] holds the defaults;
+/// a tenant may override them for its VMs ([`TenantSpec::limits`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmLimits {
+    /// Ring requests of one VM being served at once; further chains wait in the ring.
+    pub requests_in_flight: u32,
+    /// Bound of the VM's prefetch cache, in bytes (0 disables prefetching).
+    pub prefetch_cache_bytes: u64,
+    /// Bound of the VM's pending write-behind bytes; a write-behind PUT beyond it (or beyond
+    /// [`write_behind_requests`](Self::write_behind_requests)) is performed synchronously.
+    pub write_behind_bytes: u64,
+    /// Bound of the VM's pending write-behind uploads, counted (a 0-byte PUT is not free).
+    pub write_behind_requests: u32,
+    /// The VM's share of the staging budget ([`BackendConfig::staging_bytes`]), in bytes.
+    pub staging_bytes: u64,
+    /// LOG records the VM may write per second, sustained.
+    pub log_records_per_second: u32,
+    /// LOG records the VM may write in a burst.
+    pub log_burst: u32,
+    /// LIST: most objects (and directories) looked at for one page before it ends early with
+    /// a continuation token.
+    pub list_scan_budget: u32,
+}
+
+impl Default for VmLimits {
+    fn default() -> Self {
+        Self {
+            requests_in_flight: 64,
+            prefetch_cache_bytes: DEFAULT_PREFETCH_CACHE_BYTES,
+            write_behind_bytes: DEFAULT_WRITE_BEHIND_BYTES,
+            write_behind_requests: 256,
+            staging_bytes: 256 << 20,
+            log_records_per_second: 100,
+            log_burst: 200,
+            list_scan_budget: 100_000,
+        }
+    }
+}
+
+/// What the HTTP op may reach, and the bounds the backend (not the guest) sets on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpPolicy {
+    /// Allow-list entries: `scheme://host[:port]` (no port: the scheme's default port only).
+    pub allow: Vec<String>,
+    /// Longest an HTTP request may take, whatever timeout the guest asks for.
+    pub max_timeout: std::time::Duration,
+    /// Largest request body a guest may send, in bytes.
+    pub max_request_bytes: u64,
+    /// Largest response body read, in bytes; a longer body is cut there.
+    pub max_response_bytes: u64,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            max_timeout: std::time::Duration::from_secs(30),
+            max_request_bytes: 8 << 20,
+            max_response_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Who may use the control socket, and who owns the socket directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ControlAccess {
+    /// User IDs allowed on the control socket (the backend's own user always is).
+    pub uids: Vec<u32>,
+    /// Group IDs allowed on the control socket.
+    pub gids: Vec<u32>,
+    /// Group of the socket directory (mode `0750`); `None`: mode `0700`.
+    pub socket_group: Option<u32>,
+}
+
 /// Everything [`Backend::new`](crate::Backend::new) needs.
 #[derive(Clone, Debug)]
 pub struct BackendConfig {
@@ -164,17 +238,16 @@ pub struct BackendConfig {
     pub tenants: Vec<TenantSpec>,
     /// Where per-VM vhost-user sockets are created (`<dir>/<vm>.sock`).
     pub runtime_dir: PathBuf,
-    /// Hosts the HTTP op may reach: `host` (any port) or `host:port`, case-insensitive.
-    pub http_allow: Vec<String>,
-    /// Bound of each VM's prefetch cache, in bytes (0 disables prefetching).
-    pub prefetch_cache_bytes: u64,
-    /// Bound of each VM's pending write-behind bytes; a write-behind PUT beyond it is
-    /// performed synchronously instead (same answer, just later).
-    pub write_behind_bytes: u64,
+    /// The HTTP op's allow-list and bounds.
+    pub http: HttpPolicy,
+    /// Per-VM limits of VMs whose tenant sets none of its own.
+    pub limits: VmLimits,
     /// Bound of the payload bytes the backend copies into its own memory at once, over all
     /// VMs (write-behind copies, S3 request bodies, HTTP and invocation payloads); requests
     /// wait for room.
     pub staging_bytes: u64,
+    /// Who may use the control socket.
+    pub control: ControlAccess,
 }
 
 impl BackendConfig {
@@ -184,10 +257,10 @@ impl BackendConfig {
             store,
             tenants: Vec::new(),
             runtime_dir,
-            http_allow: Vec::new(),
-            prefetch_cache_bytes: DEFAULT_PREFETCH_CACHE_BYTES,
-            write_behind_bytes: DEFAULT_WRITE_BEHIND_BYTES,
+            http: HttpPolicy::default(),
+            limits: VmLimits::default(),
             staging_bytes: DEFAULT_STAGING_BYTES,
+            control: ControlAccess::default(),
         }
     }
 }

@@ -11,19 +11,12 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, VmLimits};
 use crate::error::Result;
 use crate::http::HttpGateway;
 use crate::invoke::Invoker;
 use crate::staging::Staging;
 use crate::store::Store;
-
-/// Per-VM limits.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Limits {
-    pub(crate) prefetch_cache_bytes: u64,
-    pub(crate) write_behind_bytes: u64,
-}
 
 /// The shared engine.
 pub(crate) struct Engine {
@@ -31,7 +24,8 @@ pub(crate) struct Engine {
     pub(crate) store: Store,
     pub(crate) http: HttpGateway,
     pub(crate) staging: Staging,
-    pub(crate) limits: Limits,
+    /// Per-VM limits of VMs whose tenant sets none of its own.
+    pub(crate) limits: VmLimits,
     invoker: RwLock<Option<Arc<dyn Invoker>>>,
     /// Write-behind uploads acknowledged and not yet finished, over all VMs.
     uploads: watch::Sender<u64>,
@@ -58,12 +52,9 @@ impl Engine {
         crate::install_crypto_provider();
         Ok(Self {
             store: Store::open(&config.store)?,
-            http: HttpGateway::new(&config.http_allow)?,
+            http: HttpGateway::new(&config.http.allow)?,
             staging: Staging::new(config.staging_bytes),
-            limits: Limits {
-                prefetch_cache_bytes: config.prefetch_cache_bytes,
-                write_behind_bytes: config.write_behind_bytes,
-            },
+            limits: config.limits.clone(),
             invoker: RwLock::new(None),
             uploads: watch::Sender::new(0),
             next_invocation: AtomicU64::new(1),

@@ -66,8 +66,8 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use config::{
-    BackendConfig, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES, DEFAULT_WRITE_BEHIND_BYTES,
-    S3Options, StoreConfig, StoreUrl,
+    BackendConfig, ControlAccess, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES,
+    DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl, VmLimits,
 };
 pub use control::{
     ControlInput, ControlReply, ControlRequest, DEFAULT_PARKED_TIMEOUT_MS, InvokeTimings, MAX_LINE,

@@ -137,9 +137,9 @@ impl TryFrom<Args> for Configuration {
         };
         let mut backend = BackendConfig::new(StoreConfig { url, s3 }, runtime_dir);
         backend.tenants = tenants;
-        backend.http_allow = args.http_allow;
-        backend.prefetch_cache_bytes = args.prefetch_cache_mib << 20;
-        backend.write_behind_bytes = args.write_behind_mib << 20;
+        backend.http.allow = args.http_allow;
+        backend.limits.prefetch_cache_bytes = args.prefetch_cache_mib << 20;
+        backend.limits.write_behind_bytes = args.write_behind_mib << 20;
         backend.staging_bytes = args.staging_mib << 20;
         // Tenants are checked against the store now, so a typo fails at start.
         nexus_backend::Tenants::from_specs(&backend.tenants, &backend.store.url)?;
@@ -224,12 +224,12 @@ mod tests {
         .unwrap();
         assert_eq!(config.backend.runtime_dir, PathBuf::from("/tmp/vms"));
         assert_eq!(config.backend.tenants.len(), 2);
-        assert_eq!(config.backend.prefetch_cache_bytes, 8 << 20);
+        assert_eq!(config.backend.limits.prefetch_cache_bytes, 8 << 20);
         assert_eq!(
             config.backend.store.s3.endpoint.as_deref(),
             Some("http://127.0.0.1:9000")
         );
-        assert_eq!(config.backend.http_allow, vec!["example.com".to_owned()]);
+        assert_eq!(config.backend.http.allow, vec!["example.com".to_owned()]);
     }
 
     #[test]

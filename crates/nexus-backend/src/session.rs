@@ -62,7 +62,7 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(vm: &str, tenant: Arc<Tenant>, engine: Arc<Engine>) -> Self {
-        let limits = engine.limits;
+        let limits = engine.limits.clone();
         Self {
             vm: vm.to_owned(),
             tenant,

@@ -43,6 +43,8 @@ pub struct TenantSpec {
     pub name: String,
     /// `PREFIX` (file store) or `BUCKET[/PREFIX]` (S3 store).
     pub value: String,
+    /// The per-VM limits of the tenant's VMs (`None`: the backend's defaults).
+    pub limits: Option<crate::config::VmLimits>,
 }
 
 impl std::str::FromStr for TenantSpec {
@@ -64,6 +66,7 @@ impl std::str::FromStr for TenantSpec {
         Ok(TenantSpec {
             name: name.to_owned(),
             value: value.to_owned(),
+            limits: None,
         })
     }
 }
