@@ -17,6 +17,14 @@ use crate::{PROTOCOL_VERSION, REQUEST_HEADER_SIZE, RESPONSE_HEADER_SIZE};
 /// segments, the response head and the response payload buffers.
 pub const MAX_CHAIN_LEN: usize = 4 + 2 * MAX_PAYLOAD_SEGMENTS;
 
+/// Split virtqueue descriptor flag: the chain goes on at the descriptor's `next`.
+pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+/// Split virtqueue descriptor flag: the buffer is device-writable.
+pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+/// Split virtqueue descriptor flag: the buffer is an indirect descriptor table. Nexus devices
+/// do not offer `VIRTIO_F_INDIRECT_DESC`.
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+
 /// One descriptor of a chain, as the protocol sees it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ChainDescriptor {

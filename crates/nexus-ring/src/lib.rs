@@ -26,8 +26,9 @@
 //! - the **guest driver** lays out a request with [`RequestLayout`], writes its header with
 //!   [`RequestHeader::encode`] and checks the reply with [`ResponseHeader::check_reply`];
 //! - the **device** and the **backend** decode chains with [`Decoder`] (and, with the `virtio`
-//!   feature, straight from a `virtio_queue::DescriptorChain`), then answer through the
-//!   validated [`ResponseTarget`];
+//!   feature, pop them from the virtqueue with every ring field checked, see `queue`, or take
+//!   a `virtio_queue::DescriptorChain`), then answer through the validated
+//!   [`ResponseTarget`];
 //! - the **fuzzer** runs that same decoder (feature `test-utils` has the mock window and the
 //!   fuzz input format).
 //!
@@ -97,6 +98,8 @@ mod window;
 mod wire;
 
 #[cfg(feature = "virtio")]
+pub mod queue;
+#[cfg(feature = "virtio")]
 mod virtio;
 
 #[cfg(feature = "test-utils")]
@@ -104,10 +107,13 @@ pub mod mock;
 
 pub use chain::{
     ChainDescriptor, Decoder, MAX_CHAIN_LEN, Rejection, Request, RequestLayout, ResponseTarget,
+    VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
 };
 pub use error::{Error, Field, Result};
 pub use header::{RequestHeader, ResponseHeader};
 pub use op::{Command, HttpMethod, LogLevel, Op, OpRules, Outcome, flags};
+#[cfg(feature = "virtio")]
+pub use queue::{CheckedChain, RingFault};
 pub use status::Status;
 pub use window::{Cover, IoWindow, SegmentList, SegmentRef};
 

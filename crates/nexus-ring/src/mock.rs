@@ -4,11 +4,17 @@
 //! Test utilities (feature `test-utils`): a `Vec`-backed I/O window, a request builder, the
 //! seedable fuzz input format, sample requests for every op, and the fuzz oracles.
 //!
-//! The fuzz targets in `fuzz/` are thin wrappers around [`fuzz_raw`] and [`fuzz_chain`], so
-//! the same checks also run in this crate's tests over the seed corpus.
+//! With feature `virtio` too: a whole split virtqueue as bytes ([`QueueImage`]) and a guest
+//! memory that counts accesses ([`CountingMemory`]).
+//!
+//! The fuzz targets in `fuzz/` are thin wrappers around [`fuzz_raw`], [`fuzz_chain`] and
+//! [`fuzz_queue`], so the same checks also run in this crate's tests over the seed corpus.
 
 // Test scaffolding: a panic here is a fuzzing finding, not a decoder path.
 #![allow(clippy::panic, clippy::arithmetic_side_effects)]
+
+#[cfg(feature = "virtio")]
+mod queue;
 
 use alloc::vec::Vec;
 
@@ -23,10 +29,12 @@ use crate::{REQUEST_HEADER_SIZE, RESPONSE_HEADER_SIZE};
 
 /// Guest-physical base of every mock window: above the mock virtqueue, which sits at 0.
 pub const MOCK_WINDOW_BASE: u64 = 0x1_0000;
-/// Virtio descriptor flag: device-writable.
-pub const VIRTQ_DESC_F_WRITE: u16 = 2;
-/// Virtio descriptor flag: the buffer is an indirect descriptor table.
-pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+#[cfg(feature = "virtio")]
+pub use queue::{
+    CountingMemory, QueueImage, TableEntry, fuzz_queue, sample_queues, virtio_queue_chain,
+};
+
+pub use crate::chain::{VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
 
 /// A `Vec`-backed I/O window with a bump allocator, standing in for guest memory.
 #[derive(Clone, Debug)]
