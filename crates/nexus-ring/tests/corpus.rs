@@ -2,13 +2,15 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The fuzz seeds: every sample is valid, the committed corpus matches the generator
-//! (`cargo run -p nexus-ring --example gen_fuzz_corpus -- fuzz/corpus`), and both fuzz oracles
-//! pass on every seed.
+//! (`cargo run -p nexus-ring --example gen_fuzz_corpus -- fuzz/corpus`), and every fuzz oracle
+//! passes on every seed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use nexus_ring::mock::{self, ChainImage, RawKind, sample_records, sample_requests};
+use nexus_ring::mock::{
+    self, ChainImage, QueueImage, RawKind, sample_queues, sample_records, sample_requests,
+};
 
 fn corpus_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus")
@@ -47,10 +49,22 @@ fn committed_corpus_matches_the_generator() {
         let committed = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(committed, bytes, "{} is stale", path.display());
     }
+    let queue_dir = dir.join("ring_queue");
+    for (name, image) in sample_queues() {
+        let path = queue_dir.join(format!("seed_{name}"));
+        let committed = fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(committed, image.to_bytes(), "{} is stale", path.display());
+    }
+    assert_eq!(
+        fs::read_dir(&queue_dir).unwrap().count(),
+        sample_queues().len(),
+        "{} holds seeds the generator does not write",
+        queue_dir.display()
+    );
 }
 
 #[test]
-fn every_seed_passes_both_oracles() {
+fn every_seed_passes_its_oracle() {
     let dir = corpus_dir();
     if !dir.exists() {
         return;
@@ -61,5 +75,9 @@ fn every_seed_passes_both_oracles() {
     }
     for entry in fs::read_dir(dir.join("decode_raw")).unwrap() {
         mock::fuzz_raw(&fs::read(entry.unwrap().path()).unwrap());
+    }
+    for entry in fs::read_dir(dir.join("ring_queue")).unwrap() {
+        let bytes = fs::read(entry.unwrap().path()).unwrap();
+        mock::fuzz_queue(&QueueImage::from_bytes(&bytes));
     }
 }
