@@ -88,6 +88,7 @@
 extern crate alloc;
 
 mod chain;
+pub mod device;
 mod error;
 mod header;
 pub mod limits;
