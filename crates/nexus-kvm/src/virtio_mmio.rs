@@ -339,6 +339,13 @@ pub trait VirtioDevice: Send {
     fn config_generation(&self) -> u32 {
         0
     }
+
+    /// Whether the device can no longer serve its queues until the driver resets it (for
+    /// example because its backend stopped serving a queue the guest broke). The transport
+    /// then shows `DEVICE_NEEDS_RESET` in `Status` and stops forwarding notifications.
+    fn needs_reset(&self) -> bool {
+        false
+    }
 }
 
 /// The driver-visible state of an [`MmioTransport`], for snapshots.
@@ -482,7 +489,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
             regs::QUEUE_NUM_MAX => u32::from(queue.max_size),
             regs::QUEUE_READY => u32::from(queue.ready),
             regs::INTERRUPT_STATUS => self.device.interrupt_status(),
-            regs::STATUS => self.status,
+            regs::STATUS => {
+                if self.is_active() && self.device.needs_reset() {
+                    self.needs_reset(&"the device stopped serving its queues");
+                }
+                self.status
+            }
             regs::QUEUE_DESC_LOW => queue.desc_table as u32,
             regs::QUEUE_DESC_HIGH => (queue.desc_table >> 32) as u32,
             regs::QUEUE_DRIVER_LOW => queue.avail_ring as u32,
@@ -722,6 +734,7 @@ mod tests {
         acked: u32,
         refuse_queue: bool,
         refuse_activate: bool,
+        broken: bool,
     }
 
     impl VirtioDevice for Mock {
@@ -760,10 +773,6 @@ mod tests {
             self.activated = Some((features, queues.to_vec()));
             Ok(())
         }
-        fn reset(&mut self) {
-            self.activated = None;
-            self.resets += 1;
-        }
         fn queue_notify(&mut self, value: u32) {
             self.notified.push(value);
         }
@@ -775,6 +784,14 @@ mod tests {
         }
         fn config_generation(&self) -> u32 {
             7
+        }
+        fn needs_reset(&self) -> bool {
+            self.broken
+        }
+        fn reset(&mut self) {
+            self.activated = None;
+            self.resets += 1;
+            self.broken = false;
         }
     }
 
@@ -1000,6 +1017,27 @@ mod tests {
         // Notifications do not reach a device that is not live.
         w(&mut t, regs::QUEUE_NOTIFY, 0);
         assert!(t.device().notified.is_empty());
+    }
+
+    #[test]
+    fn a_device_that_stopped_serving_needs_a_reset_until_the_driver_resets_it() {
+        let mut t = negotiated();
+        set_queue(&mut t, 0, 16, 0x1000_0000);
+        w(&mut t, regs::QUEUE_READY, 1);
+        w(&mut t, regs::STATUS, 0b1111);
+        assert!(t.is_active());
+        t.device_mut().broken = true;
+        assert_eq!(r(&mut t, regs::STATUS), 0b1111 | status::DEVICE_NEEDS_RESET);
+        assert!(!t.is_active());
+        w(&mut t, regs::QUEUE_NOTIFY, 0);
+        assert!(
+            t.device().notified.is_empty(),
+            "no notifications while broken"
+        );
+        // The driver resets; the device serves again after a new setup.
+        w(&mut t, regs::STATUS, 0);
+        assert_eq!(r(&mut t, regs::STATUS), 0);
+        assert!(!t.device().broken);
     }
 
     #[test]
