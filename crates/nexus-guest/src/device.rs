@@ -63,6 +63,8 @@ pub struct DriverStats {
     pub setups: u64,
     /// Resets after the backend was lost (or the device broke the queue).
     pub resets: u64,
+    /// Resets the device asked for (`WAIT` returned `NEEDS_RESET`).
+    pub needs_reset: u64,
     /// Used entries that named no request in flight (ignored).
     pub spurious: u64,
 }
@@ -370,9 +372,17 @@ impl<R: Registers> NexusIo<R> {
             }
             waited = true;
             self.stats.wait_reads += 1;
-            if self.regs.read(regs::WAIT) == regs::WAIT_BACKEND_UNAVAILABLE {
-                self.reset();
-                return Err(Error::backend_lost());
+            match self.regs.read(regs::WAIT) {
+                regs::WAIT_BACKEND_UNAVAILABLE => {
+                    self.reset();
+                    return Err(Error::backend_lost());
+                }
+                regs::WAIT_NEEDS_RESET => {
+                    self.reset();
+                    self.stats.needs_reset += 1;
+                    return Err(Error::QueueBroken);
+                }
+                _ => {}
             }
         }
     }
@@ -607,6 +617,32 @@ mod tests {
         assert_eq!(device.stats().setups, 3);
         assert_eq!(device.free_descriptors(), 256);
         assert!(fake.state().seen.iter().all(|s| s.decoded.is_ok()));
+    }
+
+    #[test]
+    fn a_broken_queue_fails_what_is_in_flight_and_the_reset_mends_it() {
+        let (device, fake, window) = device_with(1 << 20, |s| s.process_on_notify = false);
+        let mut device = device.unwrap();
+        device.set_poll_spins(0);
+        let (chain_a, _ca) = delete_chain(&window, 1);
+        let (chain_b, _cb) = delete_chain(&window, 2);
+        // SAFETY: as above, for both chains.
+        let (a, b) = unsafe {
+            (
+                device.submit(&chain_a).unwrap(),
+                device.submit(&chain_b).unwrap(),
+            )
+        };
+        fake.state().broken = true;
+        assert!(matches!(device.wait(a), Err(Error::QueueBroken)));
+        assert!(!device.is_ready(), "the driver reset the device");
+        assert_eq!(fake.state().status, 0);
+        assert!(matches!(device.wait(b), Err(Error::BackendUnavailable(_))));
+        assert_eq!(device.stats().needs_reset, 1);
+        // The reset mended it: the next request sets the device up and is served.
+        // SAFETY: as above.
+        assert_eq!(unsafe { device.request(&chain_a) }.unwrap(), 40);
+        assert_eq!(device.stats().setups, 2);
     }
 
     #[test]

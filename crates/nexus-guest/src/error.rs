@@ -186,6 +186,11 @@ pub enum Error {
     /// it was reset.
     #[error("The device broke the virtqueue protocol: {0}")]
     QueueCorrupt(&'static str),
+    /// The backend stopped serving the request queue because a request broke a ring rule
+    /// (the device showed `DEVICE_NEEDS_RESET`); every request in flight failed and the
+    /// device was reset, so the next request sets it up again.
+    #[error("The backend stopped serving the request queue; the device was reset")]
+    QueueBroken,
     /// The runtime's device handle was already taken.
     #[error("The nexus-io device is already in use")]
     DeviceInUse,

@@ -173,6 +173,8 @@ pub(crate) struct FakeState {
     pub max_payload: u32,
     /// Connected to the backend now.
     pub connected: bool,
+    /// The backend stopped serving the queue: WAIT says `NEEDS_RESET` until a reset.
+    pub broken: bool,
     /// Whether a `DRIVER_OK` (re)connects.
     pub backend_present: bool,
     /// Process chains on the doorbell (else on WAIT reads).
@@ -234,6 +236,7 @@ impl FakeDevice {
             config_window: (WINDOW_BASE, size as u64),
             max_payload: 1 << 20,
             connected: false,
+            broken: false,
             backend_present: true,
             process_on_notify: true,
             wait_timeouts: 0,
@@ -292,6 +295,7 @@ impl FakeState {
         self.last_avail = 0;
         self.used_idx = 0;
         self.connected = false;
+        self.broken = false;
         self.resets += 1;
     }
 
@@ -727,6 +731,9 @@ impl Registers for FakeDevice {
                 s.used_event_at_wait.push(used_event);
                 if !s.connected {
                     return regs::WAIT_BACKEND_UNAVAILABLE;
+                }
+                if s.broken {
+                    return regs::WAIT_NEEDS_RESET;
                 }
                 if s.wait_timeouts > 0 {
                     s.wait_timeouts -= 1;

@@ -77,7 +77,10 @@ pub mod regs {
     /// The nexus-io vendor ID (`"NXUS"`).
     pub const VENDOR_ID_NEXUS: u32 = 0x5355_584E;
     /// What a `WAIT` read returns when the device has no backend connection.
-    pub const WAIT_BACKEND_UNAVAILABLE: u32 = 0xFFFF_FFFF;
+    pub const WAIT_BACKEND_UNAVAILABLE: u32 = nexus_ring::device::wait::BACKEND_UNAVAILABLE;
+    /// What a `WAIT` read returns when the backend stopped serving the queue (the device
+    /// needs a reset).
+    pub const WAIT_NEEDS_RESET: u32 = nexus_ring::device::wait::NEEDS_RESET;
     /// Size of the register block.
     pub const BLOCK_SIZE: u32 = 0x1000;
 }
