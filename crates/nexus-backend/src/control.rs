@@ -5,7 +5,7 @@
 //!
 //! | request | reply |
 //! |---|---|
-//! | `{"op":"attach","vm":"ID","tenant":"NAME"}` | `{"ok":true,"socket":"PATH"}` |
+//! | `{"op":"attach","vm":"ID","tenant":"NAME"}` | `{"ok":true,"connection":"fd"}` with the VM's vhost-user connection attached (`SCM_RIGHTS`) |
 //! | `{"op":"hint","vm":"ID","key":"KEY"}` | `{"ok":true}` |
 //! | `{"op":"detach","vm":"ID"}` | `{"ok":true}` |
 //! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"},"output":"KEY"?,"return_output":false?}` | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…},"bytes_in":N,"bytes_out":N,"requests":N}` once the function completed |
@@ -14,15 +14,24 @@
 //! | anything else | `{"ok":false,"error":"MESSAGE"}` |
 //!
 //! A connection that closes detaches the VMs it attached (and that are still attached by it).
+//! The backend may also send, between replies, event lines about the VMs a connection
+//! attached ([`ControlEvent`]): `{"event":"queue_broken","vm":"ID","reason":"…"}`.
+//!
+//! Only peers the configuration allows ([`ControlAccess`](crate::ControlAccess)) are served,
+//! checked with `SO_PEERCRED`; a VM is reached only by peers of the user that attached it.
 
 use std::future::Future;
-use std::path::Path;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::invoke::{Invocation, InvocationInput};
 use crate::server::Backend;
@@ -38,7 +47,7 @@ pub const MAX_LINE: usize = 64 << 10;
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ControlRequest {
-    /// Create a vhost-user socket for VM `vm`, bound to tenant `tenant`.
+    /// Attach VM `vm` to tenant `tenant`; its vhost-user connection comes back with the reply.
     Attach {
         /// The VM's ID.
         vm: String,
@@ -90,6 +99,20 @@ pub enum ControlRequest {
     Stats {},
 }
 
+impl ControlRequest {
+    /// The VM the request names, if it names one.
+    pub fn vm(&self) -> Option<&str> {
+        match self {
+            ControlRequest::Attach { vm, .. }
+            | ControlRequest::Hint { vm, .. }
+            | ControlRequest::Detach { vm }
+            | ControlRequest::Invoke { vm, .. }
+            | ControlRequest::Parked { vm, .. } => Some(vm),
+            ControlRequest::Stats {} => None,
+        }
+    }
+}
+
 /// The input of a control `invoke`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -120,9 +143,10 @@ pub struct InvokeTimings {
 pub struct ControlReply {
     /// Whether the request succeeded.
     pub ok: bool,
-    /// The vhost-user socket (attach).
+    /// `"fd"` (attach): the VM's vhost-user connection is the descriptor passed with this
+    /// line (`SCM_RIGHTS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub socket: Option<String>,
+    pub connection: Option<String>,
     /// What went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -164,7 +188,7 @@ impl ControlReply {
     pub fn ok() -> Self {
         Self {
             ok: true,
-            socket: None,
+            connection: None,
             error: None,
             outcome: None,
             output_len: None,
@@ -245,35 +269,69 @@ impl Backend {
     }
 
     async fn control_connection(self, stream: UnixStream) {
+        let peer = match stream.peer_cred() {
+            Ok(cred) => Peer {
+                uid: cred.uid(),
+                gid: cred.gid(),
+            },
+            Err(e) => {
+                log::info!("control connection without peer credentials refused: {e}");
+                return;
+            }
+        };
+        if let Err(reason) = self.peer_allowed(peer) {
+            self.refuse_peer(&stream, peer, &reason).await;
+            return;
+        }
         let (reader, mut writer) = stream.into_split();
         let mut reader = BufReader::new(reader);
+        let (events, mut event_rx) = mpsc::unbounded_channel::<ControlEvent>();
         let mut attached: Vec<(String, u64)> = Vec::new();
         let mut line = Vec::new();
+        let mut running: Option<Pin<Box<dyn Future<Output = Answer> + Send>>> = None;
         loop {
-            line.clear();
-            let read = (&mut reader)
-                .take(MAX_LINE as u64 + 1)
-                .read_until(b'\n', &mut line)
-                .await;
-            let reply = match read {
-                Ok(0) => break,
-                Err(e) => {
-                    log::info!("control connection failed: {e}");
-                    break;
+            tokio::select! {
+                answer = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
+                    running = None;
+                    if let Some(vm) = &answer.detached {
+                        attached.retain(|(v, _)| v != vm);
+                    }
+                    if let Some(entry) = answer.attached.clone() {
+                        attached.push(entry);
+                    }
+                    if send_answer(&mut writer, answer).await.is_err() {
+                        break;
+                    }
                 }
-                Ok(_) if !line.ends_with(b"\n") && line.len() > MAX_LINE => {
-                    let reply = ControlReply::error(format!("line longer than {MAX_LINE} bytes"));
-                    let _ = writer.write_all(reply.to_line().as_bytes()).await;
-                    break;
+                event = event_rx.recv() => {
+                    let Some(event) = event else { continue };
+                    if writer.write_all(event.to_line().as_bytes()).await.is_err() {
+                        break;
+                    }
                 }
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    self.control_request(text.trim_end_matches('\n'), &mut attached)
-                        .await
+                read = read_line(&mut reader, &mut line), if running.is_none() => {
+                    match read {
+                        Ok(Line::Closed) => break,
+                        Err(e) => {
+                            log::info!("control connection failed: {e}");
+                            break;
+                        }
+                        Ok(Line::TooLong) => {
+                            let reply = ControlReply::error(format!("line longer than {MAX_LINE} bytes"));
+                            let _ = writer.write_all(reply.to_line().as_bytes()).await;
+                            break;
+                        }
+                        Ok(Line::Complete) => {
+                            let text = String::from_utf8_lossy(&line).trim_end_matches('\n').to_owned();
+                            line.clear();
+                            let backend = self.clone();
+                            let events = events.clone();
+                            running = Some(Box::pin(async move {
+                                backend.control_request(&text, peer, events).await
+                            }));
+                        }
+                    }
                 }
-            };
-            if writer.write_all(reply.to_line().as_bytes()).await.is_err() {
-                break;
             }
         }
         // The VMM's connection closing means its VMs went away.
@@ -283,37 +341,72 @@ impl Backend {
         }
     }
 
-    async fn control_request(&self, line: &str, attached: &mut Vec<(String, u64)>) -> ControlReply {
+    /// Tells a peer it may not use the socket (once per streak in the log).
+    async fn refuse_peer(&self, stream: &UnixStream, peer: Peer, reason: &str) {
+        let refusals = self
+            .shared
+            .refused_peers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if refusals == 0 || refusals.is_power_of_two() {
+            log::warn!(
+                "control socket: refused uid {} gid {} ({} refusal(s) so far): {reason}",
+                peer.uid,
+                peer.gid,
+                refusals + 1
+            );
+        }
+        let reply = ControlReply::error(format!("Permission denied: {reason}"));
+        let _ = stream.try_write(reply.to_line().as_bytes());
+    }
+
+    async fn control_request(
+        &self,
+        line: &str,
+        peer: Peer,
+        events: mpsc::UnboundedSender<ControlEvent>,
+    ) -> Answer {
         let request = match parse_request(line) {
             Ok(request) => request,
-            Err(message) => return ControlReply::error(message),
+            Err(message) => return Answer::reply(ControlReply::error(message)),
         };
         log::debug!("control: {request:?}");
-        match request {
-            ControlRequest::Attach { vm, tenant } => match self.attach_tracked(&vm, &tenant) {
-                Ok((path, id)) => {
-                    attached.push((vm, id));
-                    ControlReply {
-                        socket: Some(socket_string(&path)),
-                        ..ControlReply::ok()
-                    }
+        if let Some(vm) = request.vm() {
+            if !matches!(request, ControlRequest::Attach { .. }) {
+                if let Err(e) = self.check_owner(vm, peer) {
+                    return Answer::reply(ControlReply::error(e.to_string()));
                 }
-                Err(e) => ControlReply::error(e.to_string()),
-            },
-            ControlRequest::Hint { vm, key } => match self.hint(&vm, &key) {
+            }
+        }
+        match request {
+            ControlRequest::Attach { vm, tenant } => {
+                match self.attach_tracked(&vm, &tenant, Some(peer), Some(events)) {
+                    Ok((connection, id)) => Answer {
+                        reply: ControlReply {
+                            connection: Some(CONNECTION_FD.into()),
+                            ..ControlReply::ok()
+                        },
+                        connection: Some(connection),
+                        attached: Some((vm, id)),
+                        detached: None,
+                    },
+                    Err(e) => Answer::reply(ControlReply::error(e.to_string())),
+                }
+            }
+            ControlRequest::Hint { vm, key } => Answer::reply(match self.hint(&vm, &key) {
                 Ok(()) => ControlReply::ok(),
                 Err(e) => ControlReply::error(e.to_string()),
-            },
+            }),
             ControlRequest::Detach { vm } => {
                 let backend = self.clone();
                 let name = vm.clone();
-                match tokio::task::spawn_blocking(move || backend.detach(&name)).await {
-                    Ok(Ok(())) => {
-                        attached.retain(|(v, _)| *v != vm);
-                        ControlReply::ok()
-                    }
+                let reply = match tokio::task::spawn_blocking(move || backend.detach(&name)).await {
+                    Ok(Ok(())) => ControlReply::ok(),
                     Ok(Err(e)) => ControlReply::error(e.to_string()),
                     Err(e) => ControlReply::error(format!("detach failed: {e}")),
+                };
+                Answer {
+                    detached: reply.ok.then_some(vm),
+                    ..Answer::reply(reply)
                 }
             }
             ControlRequest::Invoke {
@@ -335,14 +428,16 @@ impl Backend {
                     ControlInput::Inline(text) => InvocationInput::Bytes(Bytes::from(text)),
                 };
                 let stored_only = return_output == Some(false) && output.is_some();
-                self.control_invoke(&vm, invocation, input, output.as_deref(), stored_only)
-                    .await
-                    .unwrap_or_else(ControlReply::error)
+                Answer::reply(
+                    self.control_invoke(&vm, invocation, input, output.as_deref(), stored_only)
+                        .await
+                        .unwrap_or_else(ControlReply::error),
+                )
             }
             ControlRequest::Parked { vm, timeout_ms } => {
                 let timeout = timeout_ms.unwrap_or(DEFAULT_PARKED_TIMEOUT_MS);
                 let deadline = Instant::now() + Duration::from_millis(timeout);
-                loop {
+                Answer::reply(loop {
                     match self.next_parked(&vm) {
                         Ok(true) => break ControlReply::ok(),
                         Ok(false) if Instant::now() >= deadline => {
@@ -353,12 +448,12 @@ impl Backend {
                         Ok(false) => tokio::time::sleep(Duration::from_millis(2)).await,
                         Err(e) => break ControlReply::error(e.to_string()),
                     }
-                }
+                })
             }
-            ControlRequest::Stats {} => ControlReply {
+            ControlRequest::Stats {} => Answer::reply(ControlReply {
                 stats: Some(self.stats()),
                 ..ControlReply::ok()
-            },
+            }),
         }
     }
 
@@ -420,6 +515,139 @@ impl Backend {
     }
 }
 
+/// Who is on the other end of a control connection (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Peer {
+    /// The peer's user ID.
+    pub(crate) uid: u32,
+    /// The peer's group ID.
+    pub(crate) gid: u32,
+}
+
+/// An unsolicited line on the control connection that attached a VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlEvent {
+    /// The guest broke a ring rule: the backend stopped serving the VM's request queue until
+    /// the guest resets the device (`{"event":"queue_broken","vm":"ID","reason":"…"}`).
+    QueueBroken {
+        /// The VM.
+        vm: String,
+        /// What the guest did.
+        reason: String,
+    },
+}
+
+impl ControlEvent {
+    /// The event as one line of JSON, with its `\n`.
+    pub fn to_line(&self) -> String {
+        let value = match self {
+            ControlEvent::QueueBroken { vm, reason } => serde_json::json!({
+                "event": "queue_broken",
+                "vm": vm,
+                "reason": reason,
+            }),
+        };
+        let mut line = value.to_string();
+        line.push('\n');
+        line
+    }
+}
+
+/// The value of `connection` in an `attach` reply: the connection is the descriptor that
+/// came with the line.
+pub const CONNECTION_FD: &str = "fd";
+
+/// A request's answer and what it did to the connection's VMs.
+struct Answer {
+    reply: ControlReply,
+    /// The vhost-user connection to hand over with the reply (`attach`).
+    connection: Option<std::os::unix::net::UnixStream>,
+    attached: Option<(String, u64)>,
+    detached: Option<String>,
+}
+
+impl Answer {
+    fn reply(reply: ControlReply) -> Self {
+        Self {
+            reply,
+            connection: None,
+            attached: None,
+            detached: None,
+        }
+    }
+}
+
+/// How a read of one request line ended.
+enum Line {
+    Complete,
+    Closed,
+    TooLong,
+}
+
+/// Reads one line into `line` (which keeps what an interrupted read took: cancel safe).
+async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> std::io::Result<Line> {
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if line.is_empty() {
+                Line::Closed
+            } else {
+                Line::Complete
+            });
+        }
+        let (take, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (available.len(), false),
+        };
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if line.len() > MAX_LINE + 1 || (!done && line.len() > MAX_LINE) {
+            return Ok(Line::TooLong);
+        }
+        if done {
+            return Ok(Line::Complete);
+        }
+    }
+}
+
+/// A socket's descriptor, to pass descriptors on it (`SCM_RIGHTS`).
+struct RawSocket(RawFd);
+
+impl ScmSocket for RawSocket {
+    fn socket_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Writes `answer`'s reply line, with its connection's descriptor attached if it has one.
+async fn send_answer(writer: &mut OwnedWriteHalf, answer: Answer) -> std::io::Result<()> {
+    let line = answer.reply.to_line();
+    let Some(connection) = answer.connection else {
+        return writer.write_all(line.as_bytes()).await;
+    };
+    let socket: &UnixStream = writer.as_ref();
+    let bytes = line.as_bytes();
+    let sent = loop {
+        socket.writable().await?;
+        let attempt = socket.try_io(Interest::WRITABLE, || {
+            RawSocket(socket.as_raw_fd())
+                .send_with_fd(bytes, connection.as_raw_fd())
+                .map_err(std::io::Error::from)
+        });
+        match attempt {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    // Our end closes with `connection`: the peer holds the only other copy.
+    drop(connection);
+    writer.write_all(&bytes[sent..]).await
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -444,11 +672,6 @@ fn base64(bytes: &[u8]) -> String {
         }
     }
     out
-}
-
-/// The runtime directory was checked to be UTF-8 and VM IDs are ASCII.
-fn socket_string(path: &Path) -> String {
-    path.to_string_lossy().into_owned()
 }
 
 #[cfg(test)]
@@ -571,12 +794,17 @@ mod tests {
             "{\"ok\":false,\"error\":\"Unknown tenant `x`\"}\n"
         );
         let attach = ControlReply {
-            socket: Some("/run/nexus/vm1.sock".into()),
+            connection: Some(CONNECTION_FD.into()),
             ..ControlReply::ok()
         };
+        assert_eq!(attach.to_line(), "{\"ok\":true,\"connection\":\"fd\"}\n");
         assert_eq!(
-            attach.to_line(),
-            "{\"ok\":true,\"socket\":\"/run/nexus/vm1.sock\"}\n"
+            ControlEvent::QueueBroken {
+                vm: "vm1".into(),
+                reason: "loop".into()
+            }
+            .to_line(),
+            "{\"event\":\"queue_broken\",\"reason\":\"loop\",\"vm\":\"vm1\"}\n"
         );
         let invoked = ControlReply {
             bytes_in: Some(5),

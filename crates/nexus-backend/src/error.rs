@@ -69,9 +69,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A socket path that is not valid UTF-8 (it must travel in JSON).
-    #[error("Socket path {0} is not valid UTF-8")]
-    NonUtf8Path(PathBuf),
     /// The local store directory could not be prepared.
     #[error("Cannot use store directory {path}")]
     StoreDir {
@@ -96,14 +93,24 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A per-VM vhost-user socket could not be created.
-    #[error("Cannot create vhost-user socket {path}")]
-    VhostSocket {
-        /// The socket path.
+    /// A VM's vhost-user connection could not be made or served.
+    #[error("Cannot set up the VM's vhost-user connection")]
+    Connection(#[source] io::Error),
+    /// A control peer named a VM another user attached.
+    #[error("VM `{vm}` was attached by another user than uid {uid}")]
+    NotVmOwner {
+        /// The VM.
+        vm: String,
+        /// The peer's user ID.
+        uid: u32,
+    },
+    /// The directory of the control socket is not one the backend may use.
+    #[error("Cannot use socket directory {path}: {reason}")]
+    SocketDir {
+        /// The directory.
         path: PathBuf,
-        /// The cause.
-        #[source]
-        source: vhost::vhost_user::Error,
+        /// Why.
+        reason: String,
     },
     /// A thread could not be started.
     #[error("Cannot start thread")]

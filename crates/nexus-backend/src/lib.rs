@@ -50,7 +50,7 @@ mod control;
 mod device;
 mod engine;
 mod error;
-mod exit_events;
+mod event_loop;
 mod http;
 mod invoke;
 mod ops;
@@ -60,8 +60,10 @@ mod staging;
 mod stats;
 mod store;
 mod tenant;
+mod vhost_user;
 mod window;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -70,8 +72,8 @@ pub use config::{
     DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl, VmLimits,
 };
 pub use control::{
-    ControlInput, ControlReply, ControlRequest, DEFAULT_PARKED_TIMEOUT_MS, InvokeTimings, MAX_LINE,
-    parse_request,
+    CONNECTION_FD, ControlEvent, ControlInput, ControlReply, ControlRequest,
+    DEFAULT_PARKED_TIMEOUT_MS, InvokeTimings, MAX_LINE, parse_request,
 };
 pub use device::{FEATURES, NEXUS_F_WAIT, NEXUS_F_WRITE_BEHIND, QUEUE_SIZE_MAX};
 pub use error::{Error, Result};
@@ -102,9 +104,10 @@ pub fn run(config: BackendConfig, listen: &Path, io_threads: usize) -> Result<()
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
+    let access = config.control.clone();
     let backend = Backend::new(config, runtime.handle().clone())?;
     runtime.block_on(async {
-        let listener = bind_control(listen)?;
+        let listener = bind_control(listen, &access)?;
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(Error::Runtime)?;
@@ -133,12 +136,20 @@ pub fn run(config: BackendConfig, listen: &Path, io_threads: usize) -> Result<()
     })
 }
 
-/// Binds the control socket, replacing a stale socket file nobody listens on.
-fn bind_control(path: &Path) -> Result<tokio::net::UnixListener> {
+/// Binds the control socket in its directory, which the backend owns: created by it (mode
+/// `0700`, or `0750` with [`ControlAccess::socket_group`](crate::ControlAccess)), or an
+/// existing directory of the backend's own user that no one else may write to. A stale socket
+/// file nobody listens on is replaced.
+fn bind_control(path: &Path, access: &ControlAccess) -> Result<tokio::net::UnixListener> {
     let listen_error = |source| Error::Listen {
         path: path.to_owned(),
         source,
     };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    prepare_socket_dir(dir, access)?;
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(listen_error(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
@@ -151,7 +162,69 @@ fn bind_control(path: &Path) -> Result<tokio::net::UnixListener> {
         }
         _ => {}
     }
-    tokio::net::UnixListener::bind(path).map_err(listen_error)
+    let listener = tokio::net::UnixListener::bind(path).map_err(listen_error)?;
+    let mode = if access.socket_group.is_some() {
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_error)?;
+    if let Some(gid) = access.socket_group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen_error)?;
+    }
+    Ok(listener)
+}
+
+/// Creates the socket directory, or checks an existing one (see [`bind_control`]).
+fn prepare_socket_dir(dir: &Path, access: &ControlAccess) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let refuse = |reason: String| Error::SocketDir {
+        path: dir.to_owned(),
+        reason,
+    };
+    let mode = if access.socket_group.is_some() {
+        0o750
+    } else {
+        0o700
+    };
+    // SAFETY: geteuid(2) cannot fail and touches no memory.
+    let own = unsafe { libc::geteuid() };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(dir)
+                .map_err(|e| refuse(format!("cannot create it: {e}")))?;
+        }
+        Err(e) => return Err(refuse(e.to_string())),
+        Ok(meta) => {
+            if !meta.is_dir() {
+                return Err(refuse(
+                    "it is not a directory (or it is a symbolic link)".into(),
+                ));
+            }
+            if meta.uid() != own {
+                return Err(refuse(format!(
+                    "it belongs to uid {}, not to this backend's uid {own}: give the backend a \
+                     directory of its own (it creates a missing one)",
+                    meta.uid()
+                )));
+            }
+            if meta.mode() & 0o022 != 0 {
+                return Err(refuse(format!(
+                    "others may write to it (mode {:o})",
+                    meta.mode() & 0o7777
+                )));
+            }
+        }
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| refuse(format!("cannot set its mode: {e}")))?;
+    if let Some(gid) = access.socket_group {
+        std::os::unix::fs::chown(dir, None, Some(gid))
+            .map_err(|e| refuse(format!("cannot give it group {gid}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// The README's example, compiled as a doctest.

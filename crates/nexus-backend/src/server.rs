@@ -1,92 +1,94 @@
 // Copyright 2026 The Nexus Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The backend: attached VMs, each served by a vhost-user daemon on its own thread, over
-//! the shared engine.
+//! The backend: attached VMs, each a vhost-user connection served by the shared event loop,
+//! over the shared engine.
 
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
-use vhost::vhost_user::Listener;
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::config::BackendConfig;
-use crate::device::NexusDevice;
+use crate::config::{BackendConfig, ControlAccess};
+use crate::control::{ControlEvent, Peer};
+use crate::device::RequestRing;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::exit_events::ExitEvents;
+use crate::event_loop::EventLoop;
 use crate::invoke::{Invocation, InvocationInput, Invoker, PendingInvocation};
 use crate::session::{QueuedInvocation, Session, lock};
 use crate::stats::{BackendStats, ProcessUsage};
 use crate::tenant::{Tenants, check_key, valid_name};
+use crate::vhost_user::VmChannel;
 
 /// The shared backend (cheap to clone; clones share everything).
 ///
-/// It serves many VMs at once. [`attach`](Self::attach) creates a VM's vhost-user socket,
-/// served by a `VhostUserDaemon` on its own thread; every VM's requests run on the one tokio
-/// runtime given to [`new`](Self::new), with one store client and one HTTP client.
+/// It serves many VMs at once. [`attach`](Self::attach) makes a VM's vhost-user connection —
+/// a socket pair, one end served by the backend's shared event loop, the other returned to
+/// the caller, the VM's frontend — and every VM's requests run on the one tokio runtime given
+/// to [`new`](Self::new), with one store client and one HTTP client.
 #[derive(Clone, Debug)]
 pub struct Backend {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     engine: Arc<Engine>,
     tenants: Tenants,
-    runtime_dir: PathBuf,
+    event_loop: Arc<EventLoop>,
     vms: Mutex<HashMap<String, Attached>>,
-    next_attach: AtomicU64,
+    access: ControlAccess,
+    /// Control peers refused so far (for the log's streaks).
+    pub(crate) refused_peers: AtomicU64,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for channel in self.event_loop.shutdown() {
+            channel.close();
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Attached {
     id: u64,
     session: Arc<Session>,
-    server: VhostServer,
+    channel: Arc<VmChannel>,
+    /// The user that attached the VM; only its peers may reach the VM (`None`: in-process).
+    owner: Option<u32>,
 }
 
+/// Threads of the shared event loop (vhost-user messages and kicks of every VM).
+const EVENT_THREADS: usize = 1;
+
 impl Backend {
-    /// Opens the store, builds the shared clients and prepares the runtime directory.
-    /// Requests run on `runtime`.
+    /// Opens the store, builds the shared clients and starts the event loop. Requests run
+    /// on `runtime`.
     pub fn new(config: BackendConfig, runtime: Handle) -> Result<Self> {
         let tenants = Tenants::from_specs(&config.tenants, &config.store.url)?;
-        std::fs::create_dir_all(&config.runtime_dir).map_err(|source| Error::RuntimeDir {
-            path: config.runtime_dir.clone(),
-            source,
-        })?;
-        if config.runtime_dir.to_str().is_none() {
-            return Err(Error::NonUtf8Path(config.runtime_dir));
-        }
         let engine = Arc::new(Engine::new(&config, runtime)?);
+        let event_loop = EventLoop::start(EVENT_THREADS).map_err(Error::SpawnThread)?;
         log::info!(
-            "backend ready: store {:?}, tenants {:?}, runtime dir {}",
+            "backend ready: store {:?}, tenants {:?}",
             config.store.url,
             tenants.names(),
-            config.runtime_dir.display()
         );
         Ok(Self {
             shared: Arc::new(Shared {
                 engine,
                 tenants,
-                runtime_dir: config.runtime_dir,
+                event_loop,
                 vms: Mutex::new(HashMap::new()),
-                next_attach: AtomicU64::new(1),
+                access: config.control,
+                refused_peers: AtomicU64::new(0),
             }),
         })
-    }
-
-    /// Where per-VM sockets are created.
-    pub fn runtime_dir(&self) -> &Path {
-        &self.shared.runtime_dir
     }
 
     /// The VMs attached now, sorted.
@@ -96,15 +98,23 @@ impl Backend {
         vms
     }
 
-    /// Attaches VM `vm` to tenant `tenant`: creates its vhost-user socket and starts serving
-    /// it. Returns the socket's path, for the VMM to connect to as the vhost-user frontend.
-    pub fn attach(&self, vm: &str, tenant: &str) -> Result<PathBuf> {
-        self.attach_tracked(vm, tenant).map(|(path, _)| path)
+    /// Attaches VM `vm` to tenant `tenant` and starts serving it. Returns the frontend's end
+    /// of the VM's vhost-user connection: whoever holds it is the VM's frontend, and nobody
+    /// else can be.
+    pub fn attach(&self, vm: &str, tenant: &str) -> Result<UnixStream> {
+        self.attach_tracked(vm, tenant, None, None)
+            .map(|(connection, _)| connection)
     }
 
-    /// [`attach`](Self::attach), also returning the attachment's id (for
-    /// [`detach_if`](Self::detach_if)).
-    pub(crate) fn attach_tracked(&self, vm: &str, tenant: &str) -> Result<(PathBuf, u64)> {
+    /// [`attach`](Self::attach) for control peer `peer`, whose connection takes the VM's
+    /// `events`; also returns the attachment's id (for [`detach_if`](Self::detach_if)).
+    pub(crate) fn attach_tracked(
+        &self,
+        vm: &str,
+        tenant: &str,
+        peer: Option<Peer>,
+        events: Option<mpsc::UnboundedSender<ControlEvent>>,
+    ) -> Result<(UnixStream, u64)> {
         if !valid_name(vm) || vm.starts_with('.') {
             return Err(Error::InvalidVmId(vm.to_owned()));
         }
@@ -113,24 +123,55 @@ impl Backend {
         if vms.contains_key(vm) {
             return Err(Error::VmAlreadyAttached(vm.to_owned()));
         }
-        let path = self.shared.runtime_dir.join(format!("{vm}.sock"));
+        let (ours, theirs) = UnixStream::pair().map_err(Error::Connection)?;
+        let event_loop = &self.shared.event_loop;
+        let id = event_loop.next_id();
         let session = Arc::new(Session::new(vm, tenant, self.shared.engine.clone()));
-        let server = VhostServer::start(session.clone(), &path)?;
-        let id = self.shared.next_attach.fetch_add(1, Ordering::Relaxed);
-        log::info!(
-            "vm {vm} attached to tenant {} at {}",
-            session.tenant.name(),
-            path.display()
-        );
+        session.set_events(events);
+        let ring = Arc::new(RequestRing::new(id, session.clone(), event_loop));
+        let channel = VmChannel::new(id, session.clone(), ring, ours).map_err(Error::Connection)?;
+        event_loop.add(channel.clone()).map_err(Error::Connection)?;
+        log::info!("vm {vm} attached to tenant {}", session.tenant.name());
         vms.insert(
             vm.to_owned(),
             Attached {
                 id,
                 session,
-                server,
+                channel,
+                owner: peer.map(|p| p.uid),
             },
         );
-        Ok((path, id))
+        Ok((theirs, id))
+    }
+
+    /// Whether `peer` may use the control socket: the backend's own user, or a user or group
+    /// the configuration names.
+    pub(crate) fn peer_allowed(&self, peer: Peer) -> std::result::Result<(), String> {
+        let access = &self.shared.access;
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let own = unsafe { libc::geteuid() };
+        if peer.uid == own || access.uids.contains(&peer.uid) || access.gids.contains(&peer.gid) {
+            Ok(())
+        } else {
+            Err(format!(
+                "uid {} (gid {}) is not allowed on this backend's control socket",
+                peer.uid, peer.gid
+            ))
+        }
+    }
+
+    /// Whether `peer` may reach VM `vm`: the user that attached it (and the backend's own).
+    pub(crate) fn check_owner(&self, vm: &str, peer: Peer) -> Result<()> {
+        // SAFETY: geteuid(2) cannot fail and touches no memory.
+        let own = unsafe { libc::geteuid() };
+        match lock(&self.shared.vms).get(vm) {
+            None => Err(Error::UnknownVm(vm.to_owned())),
+            Some(a) if a.owner.is_none_or(|uid| uid == peer.uid) || peer.uid == own => Ok(()),
+            Some(_) => Err(Error::NotVmOwner {
+                vm: vm.to_owned(),
+                uid: peer.uid,
+            }),
+        }
     }
 
     /// Starts prefetching object `key` for VM `vm`: a following GET of it (or an invocation
@@ -152,13 +193,13 @@ impl Backend {
         Ok(())
     }
 
-    /// Detaches VM `vm`: closes its vhost-user connection, removes its socket, fails its
-    /// pending invocations. Its acknowledged write-behind uploads still complete.
+    /// Detaches VM `vm`: closes its vhost-user connection, fails its pending invocations.
+    /// Its acknowledged write-behind uploads still complete. Never waits on the guest.
     pub fn detach(&self, vm: &str) -> Result<()> {
         let attached = lock(&self.shared.vms)
             .remove(vm)
             .ok_or_else(|| Error::UnknownVm(vm.to_owned()))?;
-        Self::shut(vm, attached);
+        self.shut(vm, attached);
         Ok(())
     }
 
@@ -173,13 +214,14 @@ impl Backend {
             }
         };
         if let Some(attached) = attached {
-            Self::shut(vm, attached);
+            self.shut(vm, attached);
         }
     }
 
-    fn shut(vm: &str, attached: Attached) {
+    fn shut(&self, vm: &str, attached: Attached) {
+        self.shared.event_loop.remove(attached.id);
         attached.session.detach();
-        attached.server.stop();
+        attached.channel.close();
         log::info!("vm {vm} detached");
     }
 
@@ -187,7 +229,7 @@ impl Backend {
     pub fn detach_all(&self) {
         let vms: Vec<(String, Attached)> = lock(&self.shared.vms).drain().collect();
         for (vm, attached) in vms {
-            Self::shut(&vm, attached);
+            self.shut(&vm, attached);
         }
     }
 
@@ -355,78 +397,6 @@ fn prefetch(session: &Arc<Session>, key: &str) {
     });
 }
 
-/// One VM's vhost-user socket and the thread serving it: one frontend connection at a time,
-/// accepting a new one when a connection ends (a device reset reconnects).
-#[derive(Debug)]
-struct VhostServer {
-    path: PathBuf,
-    stop: Arc<StopSignal>,
-    thread: Option<JoinHandle<()>>,
-}
-
-/// Tells a VM's vhost-user thread to stop, and lets the stopper end its connection.
-#[derive(Default)]
-struct StopSignal {
-    stopping: AtomicBool,
-    connection: Mutex<Option<ShutdownHandle>>,
-    /// The listening socket's descriptor (owned by the serving thread until it is joined).
-    listener: std::sync::atomic::AtomicI32,
-}
-
-impl std::fmt::Debug for StopSignal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StopSignal")
-            .field("stopping", &self.stopping)
-            .finish_non_exhaustive()
-    }
-}
-
-impl VhostServer {
-    fn start(session: Arc<Session>, path: &Path) -> Result<Self> {
-        let mut listener = Listener::new(path, true).map_err(|source| Error::VhostSocket {
-            path: path.to_owned(),
-            source,
-        })?;
-        let stop = Arc::new(StopSignal::default());
-        stop.listener
-            .store(std::os::fd::AsRawFd::as_raw_fd(&listener), Ordering::SeqCst);
-        let thread_stop = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("vhost-{}", session.vm))
-            .spawn(move || serve(&session, &mut listener, &thread_stop))
-            .map_err(Error::SpawnThread)?;
-        Ok(Self {
-            path: path.to_owned(),
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Ends the connection (or the wait for one) and joins the thread; the socket is removed.
-    fn stop(mut self) {
-        {
-            let connection = lock(&self.stop.connection);
-            self.stop.stopping.store(true, Ordering::SeqCst);
-            match connection.as_ref() {
-                Some(handle) => handle.shutdown(),
-                // Waiting in accept: wake it with a connection of our own, or, if the socket
-                // file is gone (removed from under us), by shutting the listening socket.
-                None => {
-                    if UnixStream::connect(&self.path).is_err() {
-                        shut_listener(self.stop.listener.load(Ordering::SeqCst));
-                    }
-                }
-            }
-        }
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                log::error!("the vhost-user thread of {} panicked", self.path.display());
-            }
-        }
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
 /// A streak of failed attempts and the pause before the next: 100 ms, doubling up to 5 s.
 #[derive(Debug, Default)]
 pub(crate) struct Backoff {
@@ -440,86 +410,6 @@ impl Backoff {
         self.count = self.count.saturating_add(1);
         let exponent = (self.count - 1).min(6);
         Duration::from_millis(100 << exponent).min(Duration::from_secs(5))
-    }
-}
-
-/// Makes a thread blocked in `accept` on listening socket `fd` return (Linux: `EINVAL`).
-fn shut_listener(fd: std::os::fd::RawFd) {
-    // SAFETY: shutdown(2) touches no memory of ours; `fd` is the listener that the serving
-    // thread owns and keeps open until `VhostServer::stop` has joined it, which happens after
-    // this call, so it is still that socket.
-    if unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } != 0 {
-        log::warn!(
-            "cannot shut the vhost-user listener: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-/// Closes a daemon's exit events when dropped (after the daemon).
-struct CloseExitEvents(Arc<ExitEvents>);
-
-impl Drop for CloseExitEvents {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-fn serve(session: &Arc<Session>, listener: &mut Listener, stop: &StopSignal) {
-    let mut failures = Backoff::default();
-    while !stop.stopping.load(Ordering::SeqCst) {
-        // Declared before the daemon, so dropped after it: see `ExitEvents`.
-        let exits = CloseExitEvents(Arc::new(ExitEvents::default()));
-        let device = NexusDevice::new(session.clone(), exits.0.clone());
-        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = match VhostUserDaemon::new(format!("nexus-{}", session.vm), device, memory)
-        {
-            Ok(daemon) => daemon,
-            Err(e) => {
-                log::error!(
-                    "vm {}: cannot create the vhost-user daemon: {e}",
-                    session.vm
-                );
-                return;
-            }
-        };
-        if let Err(e) = daemon.start(listener) {
-            if stop.stopping.load(Ordering::SeqCst) {
-                break;
-            }
-            // Out of descriptors, accept fails at once and again while the connection waits
-            // in the backlog: back off, and say so once per streak, not once per attempt.
-            let pause = failures.next();
-            if failures.count == 1 {
-                log::warn!("vm {}: vhost-user connection failed: {e}", session.vm);
-            }
-            std::thread::sleep(pause);
-            continue;
-        }
-        if failures.count > 1 {
-            log::info!(
-                "vm {}: vhost-user connection accepted after {} failed attempts",
-                session.vm,
-                failures.count
-            );
-        }
-        failures = Backoff::default();
-        {
-            let mut connection = lock(&stop.connection);
-            *connection = daemon.shutdown_handle();
-            if stop.stopping.load(Ordering::SeqCst) {
-                daemon.request_shutdown();
-            }
-        }
-        log::info!("vm {}: vhost-user frontend connected", session.vm);
-        let result = daemon.wait();
-        *lock(&stop.connection) = None;
-        match result {
-            Ok(()) => log::info!("vm {}: vhost-user frontend disconnected", session.vm),
-            Err(e) => log::info!("vm {}: vhost-user connection ended: {e}", session.vm),
-        }
-        // Whatever was in flight belongs to the old connection's queue.
-        session.stop_queue();
     }
 }
 

@@ -10,16 +10,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Notify, oneshot, watch};
-use vhost_user_backend::{VringRwLock, VringT};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+use crate::config::VmLimits;
+use crate::control::ControlEvent;
 use crate::engine::{Engine, Traffic, TrafficCounts};
 use crate::error::{Error, Result};
 use crate::invoke::{Invocation, InvocationInput, InvocationResult};
 use crate::tenant::Tenant;
 
-/// How long a reset waits for in-flight requests to finish.
-const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a prefetched object stays cached if nobody reads it.
 const PREFETCH_TTL: Duration = Duration::from_secs(60);
 /// The key-order table is swept of finished entries when it grows past this.
@@ -42,6 +41,10 @@ pub(crate) struct Session {
     pub(crate) tenant: Arc<Tenant>,
     /// The shared I/O engine.
     pub(crate) engine: Arc<Engine>,
+    /// What the VM may use of the backend (its tenant's limits, else the defaults).
+    pub(crate) limits: VmLimits,
+    /// Tells the control connection that attached the VM what happened to it.
+    events: Mutex<Option<mpsc::UnboundedSender<ControlEvent>>>,
     /// The queue generation: completions of an older generation are dropped.
     epoch: Mutex<u64>,
     /// Broadcasts the generation (`u64::MAX` once detached) to cancel parked requests.
@@ -62,11 +65,16 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) fn new(vm: &str, tenant: Arc<Tenant>, engine: Arc<Engine>) -> Self {
-        let limits = engine.limits.clone();
+        let limits = tenant
+            .limits()
+            .cloned()
+            .unwrap_or_else(|| engine.limits.clone());
         Self {
             vm: vm.to_owned(),
             tenant,
             engine,
+            limits: limits.clone(),
+            events: Mutex::new(None),
             epoch: Mutex::new(0),
             cancel: watch::Sender::new(0),
             inflight: Mutex::new(0),
@@ -115,29 +123,51 @@ impl Session {
     }
 
     /// Ends the current queue generation: parked requests are cancelled, late completions
-    /// dropped. Waits (bounded) for in-flight requests to wind down.
-    pub(crate) fn stop_queue(&self) {
-        {
-            let mut epoch = lock(&self.epoch);
-            *epoch += 1;
-            let next = *epoch;
-            self.cancel.send_modify(|current| {
-                if *current != u64::MAX {
-                    *current = next;
-                }
-            });
-        }
+    /// dropped. Called with the ring's lock held, so no answer of the old generation slips in.
+    pub(crate) fn end_generation(&self) {
+        let mut epoch = lock(&self.epoch);
+        *epoch += 1;
+        let next = *epoch;
+        self.cancel.send_modify(|current| {
+            if *current != u64::MAX {
+                *current = next;
+            }
+        });
+    }
+
+    /// Waits (at most `timeout`) until no request is in flight.
+    pub(crate) fn wait_idle(&self, timeout: Duration) {
         let inflight = lock(&self.inflight);
         let (left, _) = self
             .idle
-            .wait_timeout_while(inflight, STOP_TIMEOUT, |n| *n > 0)
+            .wait_timeout_while(inflight, timeout, |n| *n > 0)
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if *left > 0 {
-            log::warn!(
-                "vm {}: {} request(s) still running after the queue stopped; their answers will be dropped",
+            log::info!(
+                "vm {}: {} request(s) still winding down after the queue stopped; their answers will be dropped",
                 self.vm,
                 *left
             );
+        }
+    }
+
+    /// Requests being served now.
+    pub(crate) fn in_flight(&self) -> usize {
+        *lock(&self.inflight)
+    }
+
+    /// Where events about the VM go: the control connection that attached it.
+    pub(crate) fn set_events(&self, events: Option<mpsc::UnboundedSender<ControlEvent>>) {
+        *lock(&self.events) = events;
+    }
+
+    /// Tells the attaching VMM that the guest broke its request queue.
+    pub(crate) fn report_queue_broken(&self, reason: &str) {
+        if let Some(events) = lock(&self.events).as_ref() {
+            let _ = events.send(ControlEvent::QueueBroken {
+                vm: self.vm.clone(),
+                reason: reason.to_owned(),
+            });
         }
     }
 
@@ -232,51 +262,6 @@ impl KeyTurn {
         if let Some(mut earlier) = self.after.take() {
             // Nothing is ever sent: `changed` returns once the earlier turn is dropped.
             while earlier.changed().await.is_ok() {}
-        }
-    }
-}
-
-/// Returns a used chain to the guest, unless its queue generation has ended.
-pub(crate) struct Completion {
-    pub(crate) session: Arc<Session>,
-    pub(crate) vring: VringRwLock,
-    pub(crate) head: u16,
-    pub(crate) epoch: u64,
-}
-
-impl std::fmt::Debug for Completion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Completion")
-            .field("vm", &self.session.vm)
-            .field("head", &self.head)
-            .field("epoch", &self.epoch)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Completion {
-    /// Puts the chain in the used ring with `used_len` bytes written, and signals the guest.
-    pub(crate) fn finish(self, used_len: u32) {
-        let epoch = lock(&self.session.epoch);
-        if *epoch != self.epoch {
-            log::debug!(
-                "vm {}: dropping the answer to chain {} of an ended queue generation",
-                self.session.vm,
-                self.head
-            );
-            return;
-        }
-        if let Err(e) = self.vring.add_used(self.head, used_len) {
-            log::warn!(
-                "vm {}: cannot return chain {}: {e}",
-                self.session.vm,
-                self.head
-            );
-            return;
-        }
-        drop(epoch);
-        if let Err(e) = self.vring.signal_used_queue() {
-            log::warn!("vm {}: cannot signal the guest: {e}", self.session.vm);
         }
     }
 }

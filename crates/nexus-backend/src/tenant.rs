@@ -84,6 +84,7 @@ pub(crate) fn valid_name(name: &str) -> bool {
 pub struct Tenant {
     name: String,
     prefix: String,
+    limits: Option<crate::config::VmLimits>,
 }
 
 impl Tenant {
@@ -110,6 +111,7 @@ impl Tenant {
         Ok(Self {
             name: name.to_owned(),
             prefix,
+            limits: None,
         })
     }
 
@@ -134,7 +136,14 @@ impl Tenant {
                 prefix
             }
         };
-        Self::new(&spec.name, prefix)
+        let mut tenant = Self::new(&spec.name, prefix)?;
+        tenant.limits = spec.limits.clone();
+        Ok(tenant)
+    }
+
+    /// The per-VM limits of this tenant's VMs, if it sets its own.
+    pub fn limits(&self) -> Option<&crate::config::VmLimits> {
+        self.limits.as_ref()
     }
 
     /// The tenant's name.

@@ -100,9 +100,9 @@ fn the_invocation_loop() {
         backend.attach("vm1", "alpha"),
         Err(Error::UnknownTenant(_))
     ));
-    let socket = backend.attach("vm1", "default").unwrap();
+    let connection = backend.attach("vm1", "default").unwrap();
     assert_eq!(backend.attached(), vec!["vm1".to_owned()]);
-    let mut vm = GuestVm::connect(&socket, WINDOW);
+    let mut vm = GuestVm::connect(connection, WINDOW);
 
     // An invocation whose input is an object: prefetched, delivered by NEXT.
     std::fs::create_dir_all(objects.join("in")).unwrap();
@@ -252,9 +252,12 @@ fn the_invocation_loop() {
         Status::Timeout
     );
 
-    // A frontend that goes away and comes back (a device reset) is served again.
+    // A frontend that goes away attaches again (as the device does after losing its
+    // connection) and is served again.
     drop(vm);
-    let mut vm = GuestVm::connect(&socket, WINDOW);
+    backend.detach("vm1").unwrap();
+    let connection = backend.attach("vm1", "default").unwrap();
+    let mut vm = GuestVm::connect(connection, WINDOW);
     let answer = vm.call(
         &Call::new(Command::Get {
             offset: 0,
@@ -289,7 +292,7 @@ fn the_invocation_loop() {
         runtime.block_on(pending),
         Err(Error::VmDetached(_))
     ));
-    assert!(!socket.exists());
+    assert!(vm.frontend_closed(), "the VM's connection is closed");
     assert!(matches!(backend.detach("vm1"), Err(Error::UnknownVm(_))));
     assert!(backend.attached().is_empty());
 }
@@ -369,8 +372,8 @@ fn control_invoke_reports_its_traffic_and_stats_the_totals() {
     assert!(stats["rss_bytes"].as_u64().unwrap() > 0, "{stats}");
     assert!(stats["cpu_seconds"].as_f64().unwrap() >= 0.0, "{stats}");
 
-    let socket = control.attach("vm1", "default");
-    let mut vm = GuestVm::connect(&socket, WINDOW);
+    let connection = control.attach("vm1", "default");
+    let mut vm = GuestVm::connect(connection, WINDOW);
     assert_eq!(control.send(r#"{"op":"stats"}"#)["stats"]["vms"], 1);
 
     // One invocation: 5 bytes of input and a 100 000-byte GET in, a 13-byte write-behind

@@ -101,8 +101,8 @@ fn objects_through_an_s3_compatible_server() {
         ],
     );
     let mut control = backend.connect();
-    let socket = control.attach("vm1", "alpha");
-    let mut vm = GuestVm::connect(&socket, WINDOW);
+    let connection = control.attach("vm1", "alpha");
+    let mut vm = GuestVm::connect(connection, WINDOW);
 
     // PUT objects from empty to 12 MiB (the largest in 8 MiB multipart parts); s3s-fs
     // stores each as a file under its root.

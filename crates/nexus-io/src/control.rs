@@ -4,14 +4,18 @@
 //! A client of the backend's control socket (`docs/nexus-io.md`, "The backend's control
 //! socket"): one JSON object per line, one reply line per request.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::VecDeque;
+use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use log::debug;
 use serde::{Deserialize, Serialize};
 
+use crate::sys::recv_with_fd;
 use crate::{Error, Result};
 
 /// Longest reply line accepted (an `invoke` reply carries the function's result).
@@ -131,7 +135,7 @@ impl Request<'_> {
 struct Reply {
     ok: bool,
     #[serde(default)]
-    socket: Option<String>,
+    connection: Option<String>,
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
@@ -140,25 +144,131 @@ struct Reply {
     invoked: Option<InvokeReply>,
 }
 
-/// The connection, read through a buffer and written directly, one descriptor for both
-/// (and shared with the device's backend monitor, which watches it for hang-ups).
-#[derive(Debug)]
-struct SharedStream(Arc<UnixStream>);
+/// An unsolicited line from the backend about a VM this connection attached.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ControlEvent {
+    /// The guest broke a ring rule; the backend stopped serving the VM's request queue until
+    /// the guest resets the device.
+    QueueBroken {
+        /// The VM.
+        vm: String,
+        /// What the guest did, as the backend saw it.
+        reason: String,
+    },
+}
 
-impl Read for SharedStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        (&*self.0).read(buf)
+/// Handles the events of a connection (see [`ControlClient::set_event_handler`]).
+pub type EventHandler = Box<dyn Fn(ControlEvent) + Send + Sync>;
+
+/// What has been read of the connection and not yet used.
+#[derive(Default)]
+struct Inbox {
+    buffer: Vec<u8>,
+    /// Descriptors that came with the data (an `attach` reply's connection).
+    files: VecDeque<OwnedFd>,
+    /// Events read before a handler was set.
+    early: Vec<ControlEvent>,
+}
+
+/// The connection and its reader, shared with the device's backend monitor (which watches
+/// it for hang-ups and reads the events that arrive while no request is in flight).
+struct Shared {
+    stream: Arc<UnixStream>,
+    inbox: Mutex<Inbox>,
+    handler: Mutex<Option<EventHandler>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
     }
 }
 
 /// A connection to the backend's control socket.
 ///
 /// The device keeps one open for the life of the VM (the backend treats its closing as the
-/// VM going away); a node daemon may open its own to send prefetch hints.
+/// VM going away); a node daemon may open its own to send prefetch hints and invocations.
 #[derive(Debug)]
 pub struct ControlClient {
-    /// Requests are written through `reader.get_ref()`: the same descriptor.
-    reader: BufReader<SharedStream>,
+    shared: Arc<Shared>,
+}
+
+/// The half of a [`ControlClient`] that the backend monitor holds: it reads events.
+#[derive(Debug, Clone)]
+pub(crate) struct EventReader {
+    shared: Arc<Shared>,
+}
+
+impl EventReader {
+    /// Reads whatever complete lines have arrived, without waiting, and hands the events to
+    /// the handler. `Err` if the connection is closed.
+    pub(crate) fn pump(&self) -> std::io::Result<()> {
+        let mut inbox = lock(&self.shared.inbox);
+        let closed = fill(&self.shared.stream, &mut inbox, false)?;
+        while let Some(line) = take_line(&mut inbox.buffer) {
+            handle_unsolicited(&self.shared, &mut inbox, &line);
+        }
+        if closed {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads once into the inbox (`wait`: block up to the socket's timeout; else only what is
+/// there). Returns whether the peer closed the connection.
+fn fill(stream: &UnixStream, inbox: &mut Inbox, wait: bool) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 16 << 10];
+    match recv_with_fd(stream, &mut chunk, !wait) {
+        Ok((0, _)) => Ok(true),
+        Ok((n, file)) => {
+            inbox.buffer.extend_from_slice(&chunk[..n]);
+            inbox.files.extend(file);
+            if inbox.buffer.len() as u64 > MAX_REPLY_LEN {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "a control line longer than the limit",
+                ));
+            }
+            Ok(false)
+        }
+        Err(e) if !wait && e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The first complete line of `buffer`, without its `\n`, removed from it.
+fn take_line(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = buffer.iter().position(|&b| b == b'\n')?;
+    let mut line: Vec<u8> = buffer.drain(..=end).collect();
+    line.pop();
+    Some(line)
+}
+
+/// A line that is no reply: an event (handled), or something unexpected (dropped).
+fn handle_unsolicited(shared: &Shared, inbox: &mut Inbox, line: &[u8]) {
+    match serde_json::from_slice::<ControlEvent>(line) {
+        Ok(event) => match lock(&shared.handler).as_ref() {
+            Some(handler) => handler(event),
+            None => inbox.early.push(event),
+        },
+        Err(_) => debug!(
+            "nexus-io: unexpected line on the control connection: {}",
+            String::from_utf8_lossy(line)
+        ),
+    }
+}
+
+/// Whether `line` is an event line rather than a reply.
+fn is_event(line: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(line)
+        .ok()
+        .is_some_and(|v| v.get("event").is_some())
 }
 
 impl ControlClient {
@@ -174,22 +284,49 @@ impl ControlClient {
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
             .map_err(connect_error)?;
-        Ok(ControlClient {
-            reader: BufReader::new(SharedStream(Arc::new(stream))),
-        })
+        Ok(Self::from_stream(stream))
     }
 
-    /// `attach`: asks for a vhost-user socket for VM `vm` of tenant `tenant`; returns its path.
-    pub fn attach(&mut self, vm: &str, tenant: &str) -> Result<PathBuf> {
-        let reply = self.request(&Request::Attach { vm, tenant })?;
-        reply
-            .socket
-            .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
-            .ok_or(Error::ControlReply {
+    /// A client over `stream`, a connection to the control socket made by the caller (its
+    /// timeouts are the caller's).
+    pub fn from_stream(stream: UnixStream) -> Self {
+        ControlClient {
+            shared: Arc::new(Shared {
+                stream: Arc::new(stream),
+                inbox: Mutex::default(),
+                handler: Mutex::default(),
+            }),
+        }
+    }
+
+    /// `attach`: attaches VM `vm` to tenant `tenant`; returns the VM's vhost-user
+    /// connection, which the backend hands over with its reply (the VMM is its frontend).
+    pub fn attach(&mut self, vm: &str, tenant: &str) -> Result<UnixStream> {
+        let (reply, file) = self.request_with_fd(&Request::Attach { vm, tenant })?;
+        match (reply.connection.as_deref(), file) {
+            (Some("fd"), Some(fd)) => Ok(UnixStream::from(fd)),
+            _ => Err(Error::ControlReply {
                 op: "attach",
                 source: None,
-            })
+            }),
+        }
+    }
+
+    /// Hands every event the backend sends on this connection (about the VMs it attached)
+    /// to `handler`, including those that arrived before.
+    pub fn set_event_handler(&self, handler: EventHandler) {
+        let early = std::mem::take(&mut lock(&self.shared.inbox).early);
+        for event in early {
+            handler(event);
+        }
+        *lock(&self.shared.handler) = Some(handler);
+    }
+
+    /// The event reader the backend monitor holds.
+    pub(crate) fn event_reader(&self) -> EventReader {
+        EventReader {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// `hint`: the next invocation of VM `vm` will read object `key`.
@@ -266,31 +403,47 @@ impl ControlClient {
 
     /// The connection (to watch it for hang-ups).
     pub(crate) fn stream(&self) -> &Arc<UnixStream> {
-        &self.reader.get_ref().0
+        &self.shared.stream
     }
 
     fn request(&mut self, request: &Request<'_>) -> Result<Reply> {
+        self.request_with_fd(request).map(|(reply, _)| reply)
+    }
+
+    /// Sends `request`; its reply, and the descriptor that came with it.
+    fn request_with_fd(&mut self, request: &Request<'_>) -> Result<(Reply, Option<OwnedFd>)> {
         let op = request.name();
         let mut line = serde_json::to_vec(request).map_err(|e| Error::ControlReply {
             op,
             source: Some(e),
         })?;
         line.push(b'\n');
-        (&**self.stream())
+        let mut inbox = lock(&self.shared.inbox);
+        // Descriptors of an earlier reply nobody took are stale.
+        inbox.files.clear();
+        (&*self.shared.stream)
             .write_all(&line)
             .map_err(Error::ControlIo)?;
-        let mut reply = String::new();
-        let n = (&mut self.reader)
-            .take(MAX_REPLY_LEN)
-            .read_line(&mut reply)
-            .map_err(Error::ControlIo)?;
-        if n == 0 {
-            return Err(Error::ControlClosed);
+        let reply = loop {
+            match take_line(&mut inbox.buffer) {
+                Some(line) if is_event(&line) => {
+                    handle_unsolicited(&self.shared, &mut inbox, &line);
+                }
+                Some(line) => break line,
+                None => {
+                    if fill(&self.shared.stream, &mut inbox, true).map_err(Error::ControlIo)? {
+                        return Err(Error::ControlClosed);
+                    }
+                }
+            }
+        };
+        let file = inbox.files.pop_front();
+        // Events that came in the same read as the reply.
+        while let Some(line) = take_line(&mut inbox.buffer) {
+            handle_unsolicited(&self.shared, &mut inbox, &line);
         }
-        if !reply.ends_with('\n') {
-            return Err(Error::ControlReply { op, source: None });
-        }
-        let reply: Reply = serde_json::from_str(&reply).map_err(|e| Error::ControlReply {
+        drop(inbox);
+        let reply: Reply = serde_json::from_slice(&reply).map_err(|e| Error::ControlReply {
             op,
             source: Some(e),
         })?;
@@ -300,15 +453,23 @@ impl ControlClient {
                 message: reply.error.unwrap_or_default(),
             });
         }
-        Ok(reply)
+        Ok((reply, file))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixListener;
+    use std::path::PathBuf;
     use std::thread;
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+    /// A reply line that carries the descriptor of a socket pair's end (the attach reply);
+    /// the server keeps the other end and sends `PING` on it.
+    const WITH_FD: &str = "+";
 
     fn serve(
         replies: &'static [&'static str],
@@ -319,13 +480,23 @@ mod tests {
         let handle = thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut writer = stream;
+            let writer = stream;
             let mut seen = Vec::new();
             for reply in replies {
                 let mut line = String::new();
                 reader.read_line(&mut line).unwrap();
                 seen.push(line);
-                writer.write_all(reply.as_bytes()).unwrap();
+                match reply.strip_prefix(WITH_FD) {
+                    Some(reply) => {
+                        let (ours, theirs) = UnixStream::pair().unwrap();
+                        let n = writer
+                            .send_with_fd(reply.as_bytes(), theirs.as_raw_fd())
+                            .unwrap();
+                        assert_eq!(n, reply.len());
+                        (&ours).write_all(b"PING").unwrap();
+                    }
+                    None => (&writer).write_all(reply.as_bytes()).unwrap(),
+                }
             }
             seen
         });
@@ -396,6 +567,51 @@ mod tests {
     }
 
     #[test]
+    fn events_reach_the_handler_wherever_they_arrive() {
+        let (_dir, path, server) = serve(&[
+            "{\"event\":\"queue_broken\",\"vm\":\"1\",\"reason\":\"a loop\"}\n{\"ok\":true}\n",
+            "{\"ok\":true}\n{\"event\":\"queue_broken\",\"vm\":\"1\",\"reason\":\"later\"}\n",
+        ]);
+        let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
+        // Before a handler exists, events wait; the reply after one is still the reply.
+        c.hint("1", "k").unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        c.set_event_handler(Box::new(move |e| sink.lock().unwrap().push(e)));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [ControlEvent::QueueBroken {
+                vm: "1".into(),
+                reason: "a loop".into()
+            }]
+        );
+        c.hint("1", "k").unwrap();
+        // The second event came after the reply: the monitor's reader takes it.
+        let reader = c.event_reader();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while seen.lock().unwrap().len() < 2 {
+            // The server may have closed already: the lines before the close still count.
+            let _ = reader.pump();
+            assert!(std::time::Instant::now() < deadline, "the event never came");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            seen.lock().unwrap()[1],
+            ControlEvent::QueueBroken {
+                vm: "1".into(),
+                reason: "later".into()
+            }
+        );
+        server.join().unwrap();
+        // The server is gone: the reader says so.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while reader.pump().is_ok() {
+            assert!(std::time::Instant::now() < deadline, "no hang-up seen");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
     fn stats_and_older_backends() {
         let (_dir, path, server) = serve(&[
             "{\"ok\":true,\"stats\":{\"pid\":4242,\"vms\":2,\"in_flight\":1,\"queued_invocations\":3,\"uploads_pending\":4,\"bytes_in\":5000,\"bytes_out\":600,\"requests\":70,\"rss_bytes\":8192,\"cpu_seconds\":1.25,\"a_later_field\":[1]}}\n",
@@ -443,20 +659,24 @@ mod tests {
     #[test]
     fn speaks_json_lines() {
         let (_dir, path, server) = serve(&[
-            "{\"ok\":true,\"socket\":\"/run/vm-1.sock\"}\n",
+            "+{\"ok\":true,\"connection\":\"fd\"}\n",
             "{\"ok\":true}\n",
             "{\"ok\":false,\"error\":\"VM 1 is not attached\"}\n",
             "{\"ok\":true}\n",
             "not json\n",
         ]);
         let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
-        assert_eq!(c.attach("1", "t").unwrap(), PathBuf::from("/run/vm-1.sock"));
+        // The VM's connection arrives with the attach reply.
+        let mut connection = c.attach("1", "t").unwrap();
+        let mut ping = [0u8; 4];
+        connection.read_exact(&mut ping).unwrap();
+        assert_eq!(&ping, b"PING");
         c.hint("1", "in/x").unwrap();
         let e = c.detach("1").unwrap_err();
         assert!(
             matches!(&e, Error::ControlRefused { op: "detach", message } if message == "VM 1 is not attached")
         );
-        // An attach reply without a socket is malformed.
+        // An attach reply without a connection is malformed.
         assert!(matches!(
             c.attach("1", "t"),
             Err(Error::ControlReply { op: "attach", .. })

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use log::{debug, warn};
 use nexus_kvm::IoWindow;
-use nexus_kvm::virtio_mmio::{QueueConfig, VIRTIO_F_VERSION_1, VirtioDevice, interrupt};
+use nexus_kvm::virtio_mmio::{QueueConfig, VirtioDevice, interrupt};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
@@ -19,44 +19,14 @@ use crate::event_handler::{LinkState, WaitOutcome, wait_for_used};
 use crate::link::{BackendLink, Identity, RingSetup};
 use crate::{Error, GuestMemoryMmap, Result, error_chain};
 
-/// The device ID, "NX" (not assigned by the virtio specification).
-pub const DEVICE_ID: u32 = 0x4E58;
-/// The vendor ID, "NXUS".
-pub const VENDOR_ID: u32 = 0x5355_584E;
-/// Feature bit 0: the WAIT register exists (always offered).
-pub const NEXUS_F_WAIT: u64 = 1 << 0;
-/// Feature bit 1: the backend accepts write-behind `PUT`s.
-pub const NEXUS_F_WRITE_BEHIND: u64 = 1 << 1;
-/// The features the device offers.
-pub const DEVICE_FEATURES: u64 = VIRTIO_F_VERSION_1 | NEXUS_F_WAIT | NEXUS_F_WRITE_BEHIND;
-/// Number of queues: the request queue.
-pub const NUM_QUEUES: u32 = 1;
-/// Largest request queue.
-pub const QUEUE_SIZE_MAX: u16 = 256;
-/// What WAIT returns when the device has no backend connection.
-pub const BACKEND_UNAVAILABLE: u32 = 0xFFFF_FFFF;
+pub use nexus_ring::device::wait::{BACKEND_UNAVAILABLE, NEEDS_RESET};
+pub use nexus_ring::device::{
+    DEVICE_FEATURES, DEVICE_ID, NEXUS_F_WAIT, NEXUS_F_WRITE_BEHIND, NUM_QUEUES, QUEUE_SIZE_MAX,
+    VENDOR_ID, config,
+};
+
 /// Longest a WAIT read blocks by default (see [`NexusIo::set_wait_timeout`]).
 pub const WAIT_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// Offsets in the configuration space (register offset `0x100` + these).
-pub mod config {
-    /// `window_base` (u64).
-    pub const WINDOW_BASE: u64 = 0x00;
-    /// `window_size` (u64).
-    pub const WINDOW_SIZE: u64 = 0x08;
-    /// `max_payload` (u32).
-    pub const MAX_PAYLOAD: u64 = 0x10;
-    /// `num_queues` (u32).
-    pub const NUM_QUEUES: u64 = 0x14;
-    /// `queue_size_max` (u32).
-    pub const QUEUE_SIZE_MAX: u64 = 0x18;
-    /// `backend_state` (u32): 1 while connected to the backend.
-    pub const BACKEND_STATE: u64 = 0x1C;
-    /// `WAIT` (u32, read).
-    pub const WAIT: u64 = 0x20;
-    /// Size of the configuration space.
-    pub const SIZE: u64 = 0x24;
-}
 
 /// How the guest learns of completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,16 +224,19 @@ impl NexusIo {
     /// with its base at the used ring's `idx`, so the backend pops again every chain the
     /// guest made available and never got back (the `NEXT` it was parked in), and the
     /// doorbell is rung for it. `attached` is a control connection on which the caller
-    /// already sent `attach` for this VM, with the socket it got back (to send a prefetch
-    /// `hint` before the restore); without it the device attaches itself.
+    /// already sent `attach` for this VM, with the connection it got back (to send a
+    /// prefetch `hint` before the restore); without it the device attaches itself.
     ///
     /// A device that was not live when saved has nothing to resume. If the backend cannot be
     /// reached the device stays disconnected, as after a backend loss, and this says why.
     ///
     /// [`NexusIoState::restore`]: crate::NexusIoState::restore
-    pub fn resume(&mut self, attached: Option<(crate::ControlClient, PathBuf)>) -> Result<()> {
-        if let Some((control, socket)) = attached {
-            self.link.adopt(control, socket);
+    pub fn resume(
+        &mut self,
+        attached: Option<(crate::ControlClient, std::os::unix::net::UnixStream)>,
+    ) -> Result<()> {
+        if let Some((control, connection)) = attached {
+            self.link.adopt(control, connection);
         }
         let Some(active) = &self.active else {
             return Ok(());
@@ -293,6 +266,9 @@ impl NexusIo {
             debug!("nexus-io: WAIT while the device is not live");
             return BACKEND_UNAVAILABLE;
         };
+        if self.state.needs_reset() {
+            return NEEDS_RESET;
+        }
         if !self.state.connected() {
             return BACKEND_UNAVAILABLE;
         }
@@ -306,6 +282,7 @@ impl NexusIo {
             connections,
             self.wait_timeout,
         ) {
+            Ok(WaitOutcome::Used(_)) if self.state.needs_reset() => NEEDS_RESET,
             Ok(WaitOutcome::Used(idx)) => u32::from(idx),
             Ok(WaitOutcome::Lost) => {
                 self.state.set_connected(false);
@@ -323,6 +300,7 @@ impl NexusIo {
         let mut put = |offset: u64, bytes: &[u8]| {
             b[offset as usize..offset as usize + bytes.len()].copy_from_slice(bytes)
         };
+        let mut put = |offset: u32, bytes: &[u8]| put(u64::from(offset), bytes);
         put(config::WINDOW_BASE, &self.window.base().0.to_le_bytes());
         put(config::WINDOW_SIZE, &self.window.size().to_le_bytes());
         put(config::MAX_PAYLOAD, &self.max_payload().to_le_bytes());
@@ -359,7 +337,7 @@ impl VirtioDevice for NexusIo {
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-        if offset == config::WAIT && data.len() == 4 {
+        if offset == u64::from(config::WAIT) && data.len() == 4 {
             let value = self.wait();
             data.copy_from_slice(&value.to_le_bytes());
             return;
@@ -407,7 +385,12 @@ impl VirtioDevice for NexusIo {
         Ok(())
     }
 
+    fn needs_reset(&self) -> bool {
+        self.state.needs_reset()
+    }
+
     fn reset(&mut self) {
+        self.state.clear_needs_reset();
         if self.active.take().is_some() {
             self.link.stop(&self.state);
         } else if !self.state.connected() {

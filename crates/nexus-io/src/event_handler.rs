@@ -29,6 +29,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::GuestMemoryMmap;
+use crate::control::EventReader;
 use crate::sys::{HANGUP, PollFd, READABLE, poll};
 use crate::{Error, Result};
 
@@ -42,6 +43,9 @@ pub(crate) struct LinkState {
     config_changed: AtomicBool,
     /// The call eventfd is an irqfd: a signal on it is an interrupt.
     irqfd: AtomicBool,
+    /// The backend stopped serving the request queue (the guest broke a ring rule): the
+    /// device shows `DEVICE_NEEDS_RESET` until the driver resets it.
+    needs_reset: AtomicBool,
     /// The device's call eventfd (the backend's completions; with an irqfd, also the
     /// configuration change interrupt).
     call: EventFd,
@@ -55,6 +59,7 @@ impl LinkState {
             generation: AtomicU32::new(0),
             config_changed: AtomicBool::new(false),
             irqfd: AtomicBool::new(false),
+            needs_reset: AtomicBool::new(false),
             call,
         }
     }
@@ -88,6 +93,33 @@ impl LinkState {
         self.config_changed.store(false, Ordering::Release);
     }
 
+    /// Whether the backend stopped serving the request queue until a reset.
+    pub(crate) fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::Acquire)
+    }
+
+    /// The backend stopped serving the request queue: the device needs a reset. Wakes a
+    /// waiting WAIT read (which returns `NEEDS_RESET`); with an irqfd, raises a configuration
+    /// change interrupt.
+    pub(crate) fn queue_broken(&self, reason: &str) {
+        if self.needs_reset.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        warn!("nexus-io: the backend stopped serving the request queue: {reason}");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if self.irqfd() {
+            self.config_changed.store(true, Ordering::Release);
+        }
+        if let Err(e) = self.call.write(1) {
+            warn!("nexus-io: cannot wake the guest: {e}");
+        }
+    }
+
+    /// The driver reset the device.
+    pub(crate) fn clear_needs_reset(&self) {
+        self.needs_reset.store(false, Ordering::Release);
+    }
+
     /// Records a change of `backend_state`; with an irqfd, tells the guest through a
     /// configuration change interrupt.
     pub(crate) fn set_connected(&self, connected: bool) {
@@ -116,11 +148,17 @@ const MONITOR_EVENTS: usize = 64;
 const MONITOR_INTEREST: EventSet = EventSet::READ_HANG_UP
     .union(EventSet::HANG_UP)
     .union(EventSet::ERROR);
+/// The control connection is also watched for event lines, once per arrival.
+const CONTROL_INTEREST: EventSet = MONITOR_INTEREST
+    .union(EventSet::IN)
+    .union(EventSet::EDGE_TRIGGERED);
 
 /// One session's connections, as the monitor watches them. They are owned (shared, not
 /// duplicated), so they stay open as long as they are registered with the monitor's epoll.
 struct Watched {
     control: Arc<UnixStream>,
+    /// Reads the backend's event lines on the control connection.
+    events: EventReader,
     /// The vhost-user connection, held to keep `vhost_fd` open.
     _vhost: Frontend,
     /// Its descriptor, read once (`Frontend::as_raw_fd` takes the frontend's lock, which a
@@ -177,7 +215,12 @@ impl BackendMonitor {
         let fds = [watched.control.as_raw_fd(), watched.vhost_fd];
         let mut sessions = self.sessions();
         for (i, fd) in fds.into_iter().enumerate() {
-            let event = EpollEvent::new(MONITOR_INTEREST, token(id, i == 1));
+            let interest = if i == 0 {
+                CONTROL_INTEREST
+            } else {
+                MONITOR_INTEREST
+            };
+            let event = EpollEvent::new(interest, token(id, i == 1));
             if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd, event) {
                 for &fd in &fds[..i] {
                     self.unregister(fd);
@@ -221,13 +264,25 @@ impl BackendMonitor {
                     continue;
                 }
             };
-            let mut sessions = self.sessions();
             for event in &events[..ready] {
                 let (id, vhost) = (event.data() >> 1, event.data() & 1 == 1);
+                let hang_up =
+                    EventSet::from_bits_truncate(event.events).intersects(MONITOR_INTEREST);
+                if !vhost && !hang_up {
+                    // Event lines: read them outside the sessions' lock (a device may be in
+                    // the middle of a request on this connection).
+                    let reader = self.sessions().get(&id).map(|w| w.events.clone());
+                    let closed = reader.is_some_and(|r| r.pump().is_err());
+                    if !closed {
+                        continue;
+                    }
+                }
+                let mut sessions = self.sessions();
                 // Gone already: stopped, or its other connection hung up too.
                 let Some(watched) = self.remove(&mut sessions, id) else {
                     continue;
                 };
+                drop(sessions);
                 debug!(
                     "nexus-io: backend hang-up on the {} connection",
                     if vhost { "vhost-user" } else { "control" }
@@ -258,6 +313,7 @@ impl Monitor {
     /// state is `state`.
     pub(crate) fn start(
         control: Arc<UnixStream>,
+        events: EventReader,
         vhost: Frontend,
         state: Arc<LinkState>,
     ) -> Result<Self> {
@@ -265,6 +321,7 @@ impl Monitor {
         let vhost_fd = vhost.as_raw_fd();
         let id = monitor.add(Watched {
             control,
+            events,
             _vhost: vhost,
             vhost_fd,
             state,
@@ -351,8 +408,10 @@ mod tests {
         let (vhost, vhost_peer) = UnixStream::pair().unwrap();
         let state = Arc::new(LinkState::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
         state.set_connected(true);
+        let client = crate::ControlClient::from_stream(control);
         let monitor = Monitor::start(
-            Arc::new(control),
+            Arc::clone(client.stream()),
+            client.event_reader(),
             Frontend::from_stream(vhost, 1),
             Arc::clone(&state),
         )

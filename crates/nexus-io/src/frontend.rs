@@ -7,7 +7,6 @@
 //! VM's rings and buffers and nothing else of it.
 
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::time::Duration;
 
 use log::{debug, warn};
@@ -50,24 +49,19 @@ impl std::fmt::Debug for VhostSession {
 }
 
 impl VhostSession {
-    /// Connects to `path` and sets the session up: owner, features (the guest's `features`
-    /// that the backend offers), protocol features (`REPLY_ACK` if offered), and the memory
-    /// table — the window alone.
+    /// Sets a session up on `stream`, the VM's connection the backend handed over on
+    /// `attach`: owner, features (the guest's `features` that the backend offers), protocol
+    /// features (`REPLY_ACK` if offered), and the memory table — the window alone.
     pub(crate) fn connect(
-        path: &Path,
+        stream: UnixStream,
         features: u64,
         window: &IoWindow,
         timeout: Duration,
     ) -> Result<Self> {
-        let connect_error = |source| Error::VhostConnect {
-            path: path.to_owned(),
-            source,
-        };
-        let stream = UnixStream::connect(path).map_err(connect_error)?;
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
-            .map_err(connect_error)?;
+            .map_err(Error::VhostConnect)?;
         let mut frontend = Frontend::from_stream(stream, 1);
 
         frontend.set_owner().map_err(vhost_error("SET_OWNER"))?;
@@ -104,10 +98,7 @@ impl VhostSession {
         frontend
             .set_mem_table(&[region])
             .map_err(vhost_error("SET_MEM_TABLE"))?;
-        debug!(
-            "nexus-io: vhost-user session on {} (features {acked:#x}, reply-ack {reply_ack})",
-            path.display()
-        );
+        debug!("nexus-io: vhost-user session (features {acked:#x}, reply-ack {reply_ack})");
         Ok(VhostSession {
             frontend,
             protocol_features,

@@ -72,7 +72,9 @@ use nexus_kvm::micro::DeviceInfo;
 use nexus_kvm::virtio_mmio::{MmioTransport, regs};
 use nexus_kvm::{BusKind, Vm};
 
-pub use control::{BackendStats, ControlClient, InvokeInput, InvokeReply};
+pub use control::{
+    BackendStats, ControlClient, ControlEvent, EventHandler, InvokeInput, InvokeReply,
+};
 pub use device::{
     BACKEND_UNAVAILABLE, DEVICE_FEATURES, DEVICE_ID, InterruptMode, NEXUS_F_WAIT,
     NEXUS_F_WRITE_BEHIND, NexusIo, NexusIoConfig, QUEUE_SIZE_MAX, VENDOR_ID, WAIT_TIMEOUT,
@@ -130,15 +132,9 @@ pub enum Error {
         /// The backend's message.
         message: String,
     },
-    /// The backend's vhost-user socket could not be reached.
-    #[error("Cannot connect to the backend's vhost-user socket {}", path.display())]
-    VhostConnect {
-        /// The socket.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The VM's vhost-user connection could not be set up.
+    #[error("Cannot set up the vhost-user connection to the backend")]
+    VhostConnect(#[source] std::io::Error),
     /// A vhost-user request failed.
     #[error("The vhost-user request {request} failed")]
     Vhost {

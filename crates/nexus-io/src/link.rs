@@ -5,6 +5,7 @@
 //! monitor watching both.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use nexus_kvm::IoWindow;
 use nexus_kvm::virtio_mmio::QueueConfig;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::ControlClient;
+use crate::control::{ControlClient, ControlEvent, EventHandler};
 use crate::event_handler::{LinkState, Monitor};
 use crate::frontend::VhostSession;
 use crate::sys::{HANGUP, PollFd, poll};
@@ -55,9 +56,9 @@ struct Session {
 pub(crate) struct BackendLink {
     control: Option<ControlClient>,
     session: Option<Session>,
-    /// The vhost-user socket of an `attach` sent before the device took the control
+    /// The vhost-user connection of an `attach` sent before the device took the control
     /// connection over ([`BackendLink::adopt`]).
-    adopted: Option<PathBuf>,
+    adopted: Option<UnixStream>,
 }
 
 fn hung_up(connection: &dyn AsRawFd) -> bool {
@@ -115,12 +116,12 @@ impl BackendLink {
     }
 
     /// Takes over `control`, on which the caller already sent `attach` for this VM and got
-    /// `socket` back (for example to send a prefetch `hint` before the device existed); the
-    /// next [`start`](Self::start) connects to `socket` without attaching again.
-    pub(crate) fn adopt(&mut self, control: ControlClient, socket: PathBuf) {
+    /// `connection` back (for example to send a prefetch `hint` before the device existed);
+    /// the next [`start`](Self::start) uses `connection` without attaching again.
+    pub(crate) fn adopt(&mut self, control: ControlClient, connection: UnixStream) {
         self.drop_session();
         self.control = Some(control);
-        self.adopted = Some(socket);
+        self.adopted = Some(connection);
     }
 
     fn connect(
@@ -130,17 +131,19 @@ impl BackendLink {
         state: &Arc<LinkState>,
     ) -> Result<()> {
         self.drop_session();
-        let socket = match self.adopted.take() {
-            Some(socket) => socket,
+        let connection = match self.adopted.take() {
+            Some(connection) => connection,
             None => self.attach(identity)?,
         };
         let attached = (|| {
             let vhost =
-                VhostSession::connect(&socket, ring.features, ring.window, BACKEND_TIMEOUT)?;
+                VhostSession::connect(connection, ring.features, ring.window, BACKEND_TIMEOUT)?;
             let control = self.control.as_ref().expect("attached");
+            control.set_event_handler(event_handler(identity, state));
             // Shared with the monitor, not duplicated: a device holds each connection once.
             let monitor = Monitor::start(
                 Arc::clone(control.stream()),
+                control.event_reader(),
                 vhost.frontend().clone(),
                 Arc::clone(state),
             )?;
@@ -151,11 +154,7 @@ impl BackendLink {
         })();
         match attached {
             Ok(session) => {
-                info!(
-                    "nexus-io: VM {} attached to the backend at {}",
-                    identity.vm_id,
-                    socket.display()
-                );
+                info!("nexus-io: VM {} attached to the backend", identity.vm_id);
                 self.session = Some(session);
                 Ok(())
             }
@@ -171,7 +170,7 @@ impl BackendLink {
 
     /// Sends `attach`, on the current control connection if it is alive (after a `detach`
     /// of whatever session the backend still has for this VM), else on a new one.
-    fn attach(&mut self, identity: &Identity) -> Result<PathBuf> {
+    fn attach(&mut self, identity: &Identity) -> Result<UnixStream> {
         if let Some(control) = self.control.as_mut() {
             if hung_up(&**control.stream()) {
                 self.control = None;
@@ -230,6 +229,21 @@ impl BackendLink {
             drop(session);
         }
     }
+}
+
+/// What the device does with its control connection's events: a queue it broke needs a
+/// reset.
+fn event_handler(identity: &Identity, state: &Arc<LinkState>) -> EventHandler {
+    let vm = identity.vm_id.clone();
+    let state = Arc::clone(state);
+    Box::new(move |event| match event {
+        ControlEvent::QueueBroken { vm: broken, reason } if broken == vm => {
+            state.queue_broken(&reason);
+        }
+        ControlEvent::QueueBroken { vm: other, .. } => {
+            debug!("nexus-io: an event for VM {other} on VM {vm}'s connection ignored");
+        }
+    })
 }
 
 impl Drop for BackendLink {

@@ -291,7 +291,10 @@ mod tests {
         // No backend listens: the device goes live, disconnected.
         w(&mut t, regs::STATUS, 0b1111);
         assert_eq!(r(&mut t, regs::STATUS), 0b1111);
-        assert_eq!(r(&mut t, regs::CONFIG + config::WAIT), BACKEND_UNAVAILABLE);
+        assert_eq!(
+            r(&mut t, regs::CONFIG + u64::from(config::WAIT)),
+            BACKEND_UNAVAILABLE
+        );
 
         let state = NexusIoState::save(&t);
         assert_eq!(state.device.acked_features, VIRTIO_F_VERSION_1 | 1);
@@ -311,16 +314,19 @@ mod tests {
         assert_eq!(NexusIoState::save(&u), state);
         // Nothing listens: resuming says so and leaves the device disconnected.
         assert!(u.device_mut().resume(None).is_err());
-        assert_eq!(r(&mut u, regs::CONFIG + config::WAIT), BACKEND_UNAVAILABLE);
+        assert_eq!(
+            r(&mut u, regs::CONFIG + u64::from(config::WAIT)),
+            BACKEND_UNAVAILABLE
+        );
         for offset in [
             regs::STATUS,
             regs::QUEUE_READY,
             regs::QUEUE_DRIVER_LOW,
-            regs::CONFIG + config::WINDOW_BASE,
-            regs::CONFIG + config::WINDOW_SIZE,
-            regs::CONFIG + config::MAX_PAYLOAD,
-            regs::CONFIG + config::BACKEND_STATE,
-            regs::CONFIG + config::WAIT,
+            regs::CONFIG + u64::from(config::WINDOW_BASE),
+            regs::CONFIG + u64::from(config::WINDOW_SIZE),
+            regs::CONFIG + u64::from(config::MAX_PAYLOAD),
+            regs::CONFIG + u64::from(config::BACKEND_STATE),
+            regs::CONFIG + u64::from(config::WAIT),
         ] {
             assert_eq!(r(&mut u, offset), r(&mut t, offset), "offset {offset:#x}");
         }

@@ -1,11 +1,12 @@
 // Copyright 2026 The Nexus Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! poll(2): the only `unsafe` code of this crate.
+//! poll(2) and recvmsg(2): the only `unsafe` code of this crate.
 
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 /// The peer closed the connection, or the descriptor is in error.
@@ -67,6 +68,68 @@ pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Res
         p.revents = r.revents;
     }
     Ok(n as usize)
+}
+
+/// Reads into `buf` from `stream`, with the descriptor that came with the data if one did
+/// (`SCM_RIGHTS`; it is close-on-exec). `nonblocking`: only what is there now
+/// (`WouldBlock` if nothing is). Returns the bytes read (0: the peer closed).
+pub(crate) fn recv_with_fd(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    nonblocking: bool,
+) -> io::Result<(usize, Option<OwnedFd>)> {
+    // Room for one descriptor's control message (CMSG_SPACE(sizeof(int)) is 24 on Linux);
+    // u64s keep it aligned for cmsghdr.
+    let mut control = [0u64; 4];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is a valid (empty) value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
+    if nonblocking {
+        flags |= libc::MSG_DONTWAIT;
+    }
+    // SAFETY: `msg` points at `iov` (which covers exactly `buf`, borrowed mutably) and at
+    // `control`, both alive for the call; the kernel writes only into them and into `msg`.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut file = None;
+    // SAFETY: `msg` was filled by recvmsg above; CMSG_FIRSTHDR/NXTHDR only read within
+    // `msg_control`/`msg_controllen`, which the kernel set to what it wrote into `control`.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is a non-null header inside `control` (see above).
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN(0) is a constant computation.
+            let data_len = header.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let count = data_len / std::mem::size_of::<RawFd>();
+            for i in 0..count {
+                // SAFETY: the data of an SCM_RIGHTS message is `count` descriptors, within
+                // `control`; read unaligned, as CMSG_DATA gives no alignment promise.
+                let fd = unsafe {
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>().add(i))
+                };
+                // SAFETY: the kernel installed `fd` in this process for us: we own it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                // One descriptor is expected; any more are closed here.
+                if file.is_none() {
+                    file = Some(owned);
+                }
+            }
+        }
+        // SAFETY: as for CMSG_FIRSTHDR.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    Ok((n as usize, file))
 }
 
 #[cfg(test)]

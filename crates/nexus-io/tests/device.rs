@@ -129,7 +129,7 @@ fn serves_requests_with_only_the_window_shared() {
     // Micro-guests take no interrupts.
     assert_eq!(driver.read(regs::INTERRUPT_STATUS), 0);
     // Writes to the config space change nothing.
-    driver.write(regs::CONFIG + config::BACKEND_STATE, 0);
+    driver.write(regs::CONFIG + u64::from(config::BACKEND_STATE), 0);
     assert_eq!(driver.config(config::BACKEND_STATE), 1);
 }
 

@@ -1,7 +1,8 @@
 //! Micro-guest: a hostile driver. Sends deliberately malformed and out-of-window requests and
 //! checks that each one is refused — an `INVALID_REQUEST` (or `UNSUPPORTED_VERSION`) response,
-//! or the chain returned with used length 0 — without the device or backend touching guest
-//! RAM, and that a well-formed request still works afterwards.
+//! the chain returned with used length 0, or, for a chain that breaks a ring rule (too many
+//! descriptors), the queue broken and the device asking for a reset — without the device or
+//! backend touching guest RAM, and that a well-formed request still works afterwards.
 //!
 //! Prints `hostile: <case>: ok (…)` or `hostile: <case>: FAILED (…)` per case, then
 //! `hostile: <passed>/<total> cases behaved`. Exits 0 only if every case behaved; 1 otherwise.
@@ -94,6 +95,9 @@ struct Case {
     id: Option<u64>,
     /// Window buffers the chain points at (kept alive until the request is done).
     keep: Vec<WindowBuf>,
+    /// The chain breaks a ring rule: the backend stops serving the queue and the device
+    /// asks for a reset (the driver's [`Error::QueueBroken`]) instead of answering.
+    breaks_queue: bool,
 }
 
 /// The bytes of a case that lives in guest RAM (outside the window); checked afterwards.
@@ -187,6 +191,7 @@ fn get_case(
         head: Some(head),
         id: expect_id,
         keep: vec![header_buf, key],
+        breaks_queue: false,
     })
 }
 
@@ -226,6 +231,7 @@ fn window_cases(lab: &mut Lab<'_>, window: (u64, u64)) -> Result<Vec<Case>, Erro
         // Refused on the window check, before the header is read: no id to echo.
         id: None,
         keep: vec![header_buf, key],
+        breaks_queue: false,
     });
 
     // Key descriptors outside the window, in several ways.
@@ -248,6 +254,7 @@ fn window_cases(lab: &mut Lab<'_>, window: (u64, u64)) -> Result<Vec<Case>, Erro
             head: Some(head),
             id: None,
             keep: vec![header_buf],
+            breaks_queue: false,
         });
     }
 
@@ -262,6 +269,7 @@ fn window_cases(lab: &mut Lab<'_>, window: (u64, u64)) -> Result<Vec<Case>, Erro
         head: Some(head),
         id: Some(id),
         keep: vec![header_buf, key],
+        breaks_queue: false,
     });
 
     // A zero-length key descriptor.
@@ -279,6 +287,7 @@ fn window_cases(lab: &mut Lab<'_>, window: (u64, u64)) -> Result<Vec<Case>, Erro
         head: Some(head),
         id: None,
         keep: vec![header_buf, key],
+        breaks_queue: false,
     });
 
     // The key after the response head.
@@ -292,6 +301,7 @@ fn window_cases(lab: &mut Lab<'_>, window: (u64, u64)) -> Result<Vec<Case>, Erro
         head: Some(head),
         id: Some(id),
         keep: vec![header_buf, key],
+        breaks_queue: false,
     });
 
     // 40 descriptors: longer than any valid request.
@@ -311,6 +321,7 @@ fn window_cases(lab: &mut Lab<'_>, window: (u64, u64)) -> Result<Vec<Case>, Erro
         head: Some(head),
         id: Some(id),
         keep: vec![header_buf, key, payload],
+        breaks_queue: true,
     });
 
     // A response head too small for a response header: nowhere to answer.
@@ -325,6 +336,7 @@ fn window_cases(lab: &mut Lab<'_>, window: (u64, u64)) -> Result<Vec<Case>, Erro
         head: Some(small),
         id: Some(id),
         keep: vec![header_buf, key],
+        breaks_queue: false,
     });
 
     // No writable descriptor at all.
@@ -337,6 +349,7 @@ fn window_cases(lab: &mut Lab<'_>, window: (u64, u64)) -> Result<Vec<Case>, Erro
         head: None,
         id: Some(id),
         keep: vec![header_buf, key],
+        breaks_queue: false,
     });
     Ok(cases)
 }
@@ -349,7 +362,11 @@ fn check(nexus: &mut Client, case: Case, ram: &[&RamTarget]) -> bool {
     let result = unsafe { nexus.request_raw(&case.chain) };
     let ram_ok = ram.iter().all(|target| target.untouched());
     let verdict: Result<String, String> = match result {
+        Err(Error::QueueBroken) if case.breaks_queue => {
+            Ok(String::from("the queue was broken and the device reset"))
+        }
         Err(error) => Err(format!("driver error: {}", error.report())),
+        Ok(_) if case.breaks_queue => Err(String::from("answered a chain that breaks the ring")),
         Ok(0) => Ok(String::from("used length 0")),
         Ok(used) => match case.head.as_ref() {
             None => Err(format!("used length {used} with no response head")),
@@ -420,6 +437,7 @@ fn ram_cases(nexus: &mut Client, lab_id: &mut u64) -> Result<Vec<bool>, Error> {
         head: Some(head),
         id: None,
         keep: vec![key],
+        breaks_queue: false,
     };
     results.push(check(nexus, case, &[]));
 
@@ -440,6 +458,7 @@ fn ram_cases(nexus: &mut Client, lab_id: &mut u64) -> Result<Vec<bool>, Error> {
         head: None,
         id: Some(*lab_id),
         keep: vec![header, key],
+        breaks_queue: false,
     };
     results.push(check(nexus, case, &[&head_ram, &payload_ram]));
 
@@ -462,6 +481,7 @@ fn ram_cases(nexus: &mut Client, lab_id: &mut u64) -> Result<Vec<bool>, Error> {
         head: Some(head),
         id: None,
         keep: vec![header, key],
+        breaks_queue: false,
     };
     results.push(check(nexus, case, &[&payload_ram]));
     Ok(results)

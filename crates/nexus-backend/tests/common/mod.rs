@@ -7,10 +7,10 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -27,6 +27,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Guest-physical base of the test windows (the micro-guest ABI's).
 pub const WINDOW_BASE: u64 = 0xC000_0000;
@@ -133,10 +134,13 @@ impl Drop for BackendProcess {
     }
 }
 
-/// A control connection (JSON lines).
+/// A control connection (JSON lines; the attach reply carries the VM's connection).
 pub struct Control {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    stream: UnixStream,
+    buffer: Vec<u8>,
+    files: VecDeque<File>,
+    /// Event lines received so far (`{"event":…}`), in order.
+    pub events: Vec<serde_json::Value>,
 }
 
 impl Control {
@@ -144,27 +148,70 @@ impl Control {
         let stream = UnixStream::connect(path).unwrap();
         stream.set_read_timeout(Some(WAIT)).unwrap();
         Self {
-            reader: BufReader::new(stream.try_clone().unwrap()),
-            writer: stream,
+            stream,
+            buffer: Vec::new(),
+            files: VecDeque::new(),
+            events: Vec::new(),
         }
     }
 
-    /// Sends one line, returns the reply.
-    pub fn send(&mut self, line: &str) -> serde_json::Value {
-        self.writer.write_all(line.as_bytes()).unwrap();
-        self.writer.write_all(b"\n").unwrap();
-        let mut reply = String::new();
-        self.reader.read_line(&mut reply).unwrap();
-        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("bad reply {reply:?}: {e}"))
+    /// The next line from the backend (events included).
+    pub fn next_line(&mut self) -> serde_json::Value {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return serde_json::from_slice(&line).unwrap_or_else(|e| {
+                    panic!("bad line {:?}: {e}", String::from_utf8_lossy(&line))
+                });
+            }
+            let mut chunk = [0u8; 65536];
+            let (n, file) = self.stream.recv_with_fd(&mut chunk).expect("control read");
+            assert!(n > 0, "the backend closed the control connection");
+            self.buffer.extend_from_slice(&chunk[..n]);
+            self.files.extend(file);
+        }
     }
 
-    /// Attaches `vm` to `tenant`; the socket path.
-    pub fn attach(&mut self, vm: &str, tenant: &str) -> PathBuf {
+    /// Sends one line, returns the reply (event lines met on the way are kept in `events`).
+    pub fn send(&mut self, line: &str) -> serde_json::Value {
+        self.files.clear();
+        (&self.stream).write_all(line.as_bytes()).unwrap();
+        (&self.stream).write_all(b"\n").unwrap();
+        loop {
+            let reply = self.next_line();
+            if reply.get("event").is_some() {
+                self.events.push(reply);
+                continue;
+            }
+            return reply;
+        }
+    }
+
+    /// Waits for an event line, up to [`WAIT`].
+    pub fn next_event(&mut self) -> serde_json::Value {
+        if !self.events.is_empty() {
+            return self.events.remove(0);
+        }
+        let reply = self.next_line();
+        assert!(
+            reply.get("event").is_some(),
+            "expected an event, got {reply}"
+        );
+        reply
+    }
+
+    /// Attaches `vm` to `tenant`; the VM's vhost-user connection (passed with the reply).
+    pub fn attach(&mut self, vm: &str, tenant: &str) -> UnixStream {
         let reply = self.send(&format!(
             r#"{{"op":"attach","vm":"{vm}","tenant":"{tenant}"}}"#
         ));
         assert_eq!(reply["ok"], true, "{reply}");
-        PathBuf::from(reply["socket"].as_str().unwrap())
+        assert_eq!(reply["connection"], "fd", "{reply}");
+        let file = self
+            .files
+            .pop_front()
+            .expect("a connection with the attach reply");
+        UnixStream::from(std::os::fd::OwnedFd::from(file))
     }
 }
 
@@ -257,8 +304,8 @@ pub struct GuestVm {
 }
 
 impl GuestVm {
-    /// Connects to a VM socket with a `size`-byte window.
-    pub fn connect(socket: &Path, size: u64) -> Self {
+    /// Sets up a VM with a `size`-byte window on `connection` (from an attach).
+    pub fn connect(connection: UnixStream, size: u64) -> Self {
         let name = CString::new("nexus-window").unwrap();
         // SAFETY: memfd_create with a valid C string; the fd is owned by the File below.
         let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
@@ -273,7 +320,7 @@ impl GuestVm {
         )])
         .unwrap();
 
-        let mut frontend = Frontend::connect(socket, 1).expect("connect to the VM socket");
+        let mut frontend = Frontend::from_stream(connection, 1);
         frontend.set_owner().unwrap();
         let features = frontend.get_features().unwrap();
         assert_eq!(features, nexus_backend::FEATURES);
@@ -513,6 +560,18 @@ impl GuestVm {
     }
 
     /// Submits `call` and waits for its answer.
+    /// Whether the backend closed the VM's connection.
+    pub fn frontend_closed(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.frontend.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, borrowed for the call; the descriptor is the frontend's.
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n == 1 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0
+    }
+
     pub fn call(&mut self, call: &Call<'_>) -> Answer {
         let pending = self.submit(call);
         self.wait(pending)

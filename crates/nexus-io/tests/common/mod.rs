@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use nexus_io::NexusIoTransport;
 use nexus_kvm::BusDevice;
 use nexus_kvm::virtio_mmio::{VIRTIO_F_VERSION_1, regs, status};
+use std::os::fd::AsRawFd;
 use vhost::vhost_user::Listener;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{
@@ -48,6 +49,7 @@ use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
 };
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
 const PROTOCOL_FEATURES: u64 = 1 << 30;
@@ -247,10 +249,9 @@ impl Session {
         {
             let connection = self.connection.lock().unwrap();
             self.stopping.store(true, Ordering::SeqCst);
-            match connection.as_ref() {
-                Some(handle) => handle.shutdown(),
-                // Still waiting in accept: wake it with a connection of our own.
-                None => drop(UnixStream::connect(&self.path)),
+            // Still waiting for the connection to start: it will see `stopping`.
+            if let Some(handle) = connection.as_ref() {
+                handle.shutdown();
             }
         }
         let thread = self.thread.lock().unwrap().take();
@@ -360,11 +361,25 @@ fn serve_control(stream: UnixStream, inner: &Arc<Inner>) {
     let mut mine = Vec::new();
     for line in BufReader::new(stream).lines() {
         let Ok(line) = line else { break };
-        let reply = match serde_json::from_str::<serde_json::Value>(&line) {
+        let (reply, connection) = match serde_json::from_str::<serde_json::Value>(&line) {
             Ok(request) => handle_request(&request, inner, &mut mine),
-            Err(e) => serde_json::json!({"ok": false, "error": format!("malformed line: {e}")}),
+            Err(e) => (
+                serde_json::json!({"ok": false, "error": format!("malformed line: {e}")}),
+                None,
+            ),
         };
-        if writeln!(writer, "{reply}").is_err() {
+        let line = format!("{reply}\n");
+        let sent = match connection {
+            // The VM's connection goes with the reply, as the real backend hands it over.
+            Some(connection) => writer
+                .send_with_fd(line.as_bytes(), connection.as_raw_fd())
+                .map(|n| {
+                    assert_eq!(n, line.len(), "a short reply write");
+                })
+                .map_err(std::io::Error::from),
+            None => writer.write_all(line.as_bytes()),
+        };
+        if sent.is_err() {
             break;
         }
     }
@@ -387,13 +402,14 @@ fn handle_request(
     request: &serde_json::Value,
     inner: &Arc<Inner>,
     mine: &mut Vec<String>,
-) -> serde_json::Value {
+) -> (serde_json::Value, Option<UnixStream>) {
     let vm = request["vm"].as_str().unwrap_or_default().to_owned();
     match request["op"].as_str() {
         Some("attach") => {
             let tenant = request["tenant"].as_str().unwrap_or_default().to_owned();
             if inner.sessions.lock().unwrap().contains_key(&vm) {
-                return serde_json::json!({"ok": false, "error": format!("VM {vm} is already attached")});
+                let error = format!("VM {vm} is already attached");
+                return (serde_json::json!({"ok": false, "error": error}), None);
             }
             let n = inner.next_socket.fetch_add(1, Ordering::SeqCst);
             let path = inner.dir.join(format!("vm-{vm}-{n}.sock"));
@@ -411,20 +427,31 @@ fn handle_request(
             )
             .unwrap();
             let session = Session::start(path.clone(), listener, daemon);
+            // The daemon serves one connection: ours, handed to the VMM with the reply. The
+            // socket file goes at once, so nobody else can connect.
+            let connection = UnixStream::connect(&path).unwrap();
+            let _ = std::fs::remove_file(&path);
             inner.sessions.lock().unwrap().insert(vm.clone(), session);
             mine.push(vm);
-            serde_json::json!({"ok": true, "socket": path})
+            (
+                serde_json::json!({"ok": true, "connection": "fd"}),
+                Some(connection),
+            )
         }
         Some("detach") => {
             if detach(inner, &vm) {
                 mine.retain(|v| *v != vm);
-                serde_json::json!({"ok": true})
+                (serde_json::json!({"ok": true}), None)
             } else {
-                serde_json::json!({"ok": false, "error": format!("VM {vm} is not attached")})
+                let error = format!("VM {vm} is not attached");
+                (serde_json::json!({"ok": false, "error": error}), None)
             }
         }
-        Some("hint") => serde_json::json!({"ok": true}),
-        _ => serde_json::json!({"ok": false, "error": "unknown op"}),
+        Some("hint") => (serde_json::json!({"ok": true}), None),
+        _ => (
+            serde_json::json!({"ok": false, "error": "unknown op"}),
+            None,
+        ),
     }
 }
 
@@ -478,11 +505,13 @@ impl Driver {
             .write(offset, &value.to_le_bytes());
     }
 
-    pub fn config(&self, offset: u64) -> u32 {
+    pub fn config(&self, offset: u32) -> u32 {
+        let offset = u64::from(offset);
         self.read(regs::CONFIG + offset)
     }
 
-    pub fn config64(&self, offset: u64) -> u64 {
+    pub fn config64(&self, offset: u32) -> u64 {
+        let offset = u64::from(offset);
         let mut b = [0u8; 8];
         self.transport
             .lock()

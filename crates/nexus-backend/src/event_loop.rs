@@ -1,0 +1,229 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The event loop every attached VM shares: one epoll(7) instance watching each VM's
+//! vhost-user connection and its request queue's kick eventfd, served by a fixed set of
+//! threads — no thread, epoll or eventfd of its own per VM.
+//!
+//! Every descriptor is registered `EPOLLONESHOT`: the thread that takes an event owns that
+//! descriptor until it re-arms it, so one VM's connection (or kick) is never handled by two
+//! threads at once, whatever the number of threads. A kick that is no longer watched (the
+//! queue was stopped or broken) costs nothing: its descriptor is out of the epoll set, so a
+//! guest that keeps ringing the doorbell wakes no thread of the backend.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::session::lock;
+use crate::vhost_user::{Handled, VmChannel};
+
+/// Events taken from the kernel in one wait.
+const EVENTS: usize = 64;
+/// The token of the loop's own stop eventfd.
+const STOP: u64 = u64::MAX;
+
+/// What a token's descriptor is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// The VM's vhost-user connection.
+    Connection,
+    /// The VM's request-queue kick eventfd.
+    Kick,
+}
+
+/// The epoll data of a VM's descriptor.
+pub(crate) fn token(id: u64, source: Source) -> u64 {
+    (id << 1) | u64::from(source == Source::Kick)
+}
+
+fn decode(token: u64) -> (u64, Source) {
+    let source = if token & 1 == 1 {
+        Source::Kick
+    } else {
+        Source::Connection
+    };
+    (token >> 1, source)
+}
+
+/// What a connection is watched for: a message, or the peer closing.
+const CONNECTION: EventSet = EventSet::IN
+    .union(EventSet::READ_HANG_UP)
+    .union(EventSet::ONE_SHOT);
+/// What a kick is watched for.
+const KICK: EventSet = EventSet::IN.union(EventSet::ONE_SHOT);
+
+/// The shared event loop (see the module docs).
+pub(crate) struct EventLoop {
+    epoll: Epoll,
+    channels: Mutex<HashMap<u64, Arc<VmChannel>>>,
+    next_id: AtomicU64,
+    stop: EventFd,
+    stopping: AtomicBool,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("channels", &lock(&self.channels).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventLoop {
+    /// Starts the loop with `threads` threads (at least one).
+    pub(crate) fn start(threads: usize) -> io::Result<Arc<Self>> {
+        let event_loop = Arc::new(Self {
+            epoll: Epoll::new()?,
+            channels: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            stop: EventFd::new(libc::EFD_NONBLOCK)?,
+            stopping: AtomicBool::new(false),
+            threads: Mutex::new(Vec::new()),
+        });
+        event_loop.epoll.ctl(
+            ControlOperation::Add,
+            std::os::fd::AsRawFd::as_raw_fd(&event_loop.stop),
+            EpollEvent::new(EventSet::IN, STOP),
+        )?;
+        for index in 0..threads.max(1) {
+            let serving = Arc::clone(&event_loop);
+            let thread = std::thread::Builder::new()
+                .name(format!("nexus-vhost-{index}"))
+                .spawn(move || serving.run())?;
+            lock(&event_loop.threads).push(thread);
+        }
+        Ok(event_loop)
+    }
+
+    /// A fresh ID for a channel.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Starts serving `channel`'s connection.
+    pub(crate) fn add(&self, channel: Arc<VmChannel>) -> io::Result<()> {
+        let id = channel.id();
+        let fd = channel.connection_fd();
+        lock(&self.channels).insert(id, channel);
+        let added = self.epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(CONNECTION, token(id, Source::Connection)),
+        );
+        if added.is_err() {
+            lock(&self.channels).remove(&id);
+        }
+        added
+    }
+
+    /// Stops serving channel `id` (its connection and kick are no longer watched; an event
+    /// already taken by a thread finishes). The channel is returned for the caller to close.
+    pub(crate) fn remove(&self, id: u64) -> Option<Arc<VmChannel>> {
+        let channel = lock(&self.channels).remove(&id)?;
+        self.forget(channel.connection_fd());
+        if let Some(kick) = channel.kick_fd() {
+            self.forget(kick);
+        }
+        Some(channel)
+    }
+
+    /// Watches `fd` as channel `id`'s kick (again).
+    pub(crate) fn watch_kick(&self, id: u64, fd: RawFd) -> io::Result<()> {
+        let event = EpollEvent::new(KICK, token(id, Source::Kick));
+        match self.epoll.ctl(ControlOperation::Add, fd, event) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                self.epoll.ctl(ControlOperation::Modify, fd, event)
+            }
+            other => other,
+        }
+    }
+
+    /// Stops watching kick `fd`: the guest's doorbell wakes nothing here any more.
+    pub(crate) fn unwatch_kick(&self, fd: RawFd) {
+        self.forget(fd);
+    }
+
+    fn forget(&self, fd: RawFd) {
+        // ENOENT: not watched (never, or no more); EBADF: closed already. Both are fine.
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+
+    /// Re-arms a one-shot descriptor after its event was handled. A descriptor removed
+    /// meanwhile stays removed (`ENOENT`).
+    fn rearm(&self, fd: RawFd, events: EventSet, token: u64) {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token));
+    }
+
+    /// Stops the threads and waits for them; the channels still registered are returned.
+    pub(crate) fn shutdown(&self) -> Vec<Arc<VmChannel>> {
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop.write(1);
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for thread in threads {
+            if thread.join().is_err() {
+                log::error!("an event-loop thread panicked");
+            }
+        }
+        let ids: Vec<u64> = lock(&self.channels).keys().copied().collect();
+        ids.into_iter().filter_map(|id| self.remove(id)).collect()
+    }
+
+    fn run(&self) {
+        let mut events = vec![EpollEvent::default(); EVENTS];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("the event loop stopped: epoll_wait failed: {e}");
+                    return;
+                }
+            };
+            for event in &events[..n] {
+                if event.data() == STOP || self.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                self.dispatch(event.data());
+            }
+        }
+    }
+
+    fn dispatch(&self, token_value: u64) {
+        let (id, source) = decode(token_value);
+        let Some(channel) = lock(&self.channels).get(&id).cloned() else {
+            return;
+        };
+        match source {
+            Source::Connection => match channel.handle_message() {
+                Handled::Continue => {
+                    self.rearm(channel.connection_fd(), CONNECTION, token_value);
+                }
+                Handled::Closed => {
+                    lock(&self.channels).remove(&id);
+                    if let Some(kick) = channel.kick_fd() {
+                        self.forget(kick);
+                    }
+                    self.forget(channel.connection_fd());
+                    channel.disconnected();
+                }
+            },
+            Source::Kick => {
+                if let Some(fd) = channel.handle_kick() {
+                    self.rearm(fd, KICK, token_value);
+                }
+            }
+        }
+    }
+}
