@@ -4,11 +4,12 @@
 //! Test utilities (feature `test-utils`): a `Vec`-backed I/O window, a request builder, the
 //! seedable fuzz input format, sample requests for every op, and the fuzz oracles.
 //!
-//! With feature `virtio` too: a whole split virtqueue as bytes ([`QueueImage`]) and a guest
-//! memory that counts accesses ([`CountingMemory`]).
+//! With feature `virtio` too: a whole split virtqueue as bytes (`QueueImage`), sample queues
+//! and a guest memory that counts accesses (`CountingMemory`).
 //!
-//! The fuzz targets in `fuzz/` are thin wrappers around [`fuzz_raw`], [`fuzz_chain`] and
-//! [`fuzz_queue`], so the same checks also run in this crate's tests over the seed corpus.
+//! The fuzz targets in `fuzz/` are thin wrappers around [`fuzz_raw`], `fuzz_chain` and
+//! `fuzz_queue` (feature `virtio`), so the same checks also run in this crate's tests over the
+//! seed corpus.
 
 // Test scaffolding: a panic here is a fuzzing finding, not a decoder path.
 #![allow(clippy::panic, clippy::arithmetic_side_effects)]
