@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use self::allow::AllowList;
 pub(crate) use self::failure::HttpFailure;
-use self::refusal::{GuestUrlError, check_guest_url, origin_text, redirect_policy};
+use self::refusal::{GuestUrlError, Refusal, check_guest_url, origin_text, redirect_policy};
 use self::resolve::{CheckedResolver, Lookup};
 use crate::config::HttpPolicy;
 use crate::error::{Error, Result};
@@ -51,12 +51,12 @@ use crate::window::WindowMemory;
 
 /// Timeout of an HTTP request whose `arg1` is 0 (still bounded by
 /// [`HttpPolicy::max_timeout`]).
-pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Request headers the backend sets itself.
 const OWN_HEADERS: [&str; 4] = ["host", "content-length", "transfer-encoding", "connection"];
 /// `total` of a response body cut at [`HttpPolicy::max_response_bytes`] whose full length
 /// was not announced.
-pub(crate) const TOTAL_UNKNOWN: u64 = u64::MAX;
+const TOTAL_UNKNOWN: u64 = u64::MAX;
 
 /// The shared HTTP client and the policy it enforces.
 #[derive(Clone, Debug)]
@@ -142,6 +142,10 @@ impl HttpGateway {
         let url = check_guest_url(&self.allow, text).map_err(|error| match error {
             GuestUrlError::Malformed(e) => {
                 HttpFailure::new(Status::InvalidRequest, format!("bad URL: {e}"))
+            }
+            // The protocol's key is an http:// or https:// URL.
+            GuestUrlError::Refused(refusal @ Refusal::Scheme(_)) => {
+                HttpFailure::new(Status::InvalidRequest, refusal.to_string())
             }
             GuestUrlError::Refused(refusal) => {
                 log::debug!("HTTP request refused: {refusal}");
