@@ -52,7 +52,7 @@ impl Engine {
         crate::install_crypto_provider();
         Ok(Self {
             store: Store::open(&config.store)?,
-            http: HttpGateway::new(&config.http.allow)?,
+            http: HttpGateway::new(&config.http)?,
             staging: Staging::new(config.staging_bytes),
             limits: config.limits.clone(),
             invoker: RwLock::new(None),

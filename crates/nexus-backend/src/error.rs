@@ -26,9 +26,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// A `--http-allow` entry is not a host name or `host:port`.
-    #[error("Invalid HTTP allow-list entry `{0}`")]
-    InvalidHttpAllow(String),
+    /// An HTTP allow-list entry (`--http-allow`) is not `scheme://host[:port]`.
+    #[error("Invalid HTTP allow-list entry `{entry}`: {reason}")]
+    InvalidHttpAllow {
+        /// The entry as given.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An attach named a tenant the backend was not configured with.
     #[error("Unknown tenant `{0}`")]
     UnknownTenant(String),

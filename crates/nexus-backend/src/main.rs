@@ -28,7 +28,7 @@ Examples:
   AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... nexus-backend \\
       --listen /run/nexus/backend.sock --store s3://nexus-data \\
       --s3-endpoint http://127.0.0.1:9000 --tenant alpha=nexus-data/alpha \\
-      --http-allow api.example.com
+      --http-allow https://api.example.com --http-allow http://10.0.0.5:8080
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=info) to see them. SIGINT or SIGTERM stops
 the backend: VMs are detached, sockets removed, pending write-behind uploads finished.";
@@ -82,9 +82,12 @@ struct Args {
     #[arg(long = "tenant", value_name = "NAME=BUCKET/PREFIX")]
     tenants: Vec<String>,
 
-    /// A host the HTTP op may reach: HOST (any port) or HOST:PORT (repeatable). Without
-    /// any, the HTTP op is refused.
-    #[arg(long = "http-allow", value_name = "HOST")]
+    /// Where the HTTP op may go (repeatable): http://HOST or https://HOST, plus :PORT for
+    /// another port than the scheme's default (80/443). HOST is a DNS name, an IPv4 address
+    /// or [IPv6]. Loopback, private, link-local and other special addresses are reached only
+    /// when listed as IP literals, even through a name that resolves to them. Without any,
+    /// the HTTP op is refused.
+    #[arg(long = "http-allow", value_name = "SCHEME://HOST[:PORT]")]
     http_allow: Vec<String>,
 
     /// Threads of the shared I/O engine.
@@ -217,7 +220,7 @@ mod tests {
             "--tenant",
             "b=nexus-data",
             "--http-allow",
-            "example.com",
+            "https://example.com",
             "--prefetch-cache-mib",
             "8",
         ])
@@ -229,7 +232,10 @@ mod tests {
             config.backend.store.s3.endpoint.as_deref(),
             Some("http://127.0.0.1:9000")
         );
-        assert_eq!(config.backend.http.allow, vec!["example.com".to_owned()]);
+        assert_eq!(
+            config.backend.http.allow,
+            vec!["https://example.com".to_owned()]
+        );
     }
 
     #[test]

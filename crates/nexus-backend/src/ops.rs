@@ -14,7 +14,7 @@ use nexus_ring::{
 };
 
 use crate::error::Error;
-use crate::http::HttpCall;
+use crate::http::{HttpCall, HttpFailure};
 use crate::invoke::{InvocationInput, InvocationResult, InvokeError, InvokeRequest};
 use crate::session::{
     Durability, KeyTurn, NextClaim, QueuedInvocation, RunningInvocation, Session, WriteBehindTicket,
@@ -71,6 +71,12 @@ impl Reply {
 
     fn from_store(error: &StoreError) -> Self {
         Self::error(error.status(), error.to_string())
+    }
+
+    fn from_http(failure: HttpFailure) -> Self {
+        Self::error(failure.status, failure.message)
+            .total(failure.total)
+            .detail(failure.detail)
     }
 
     /// With these meta area bytes (a record).
@@ -625,19 +631,36 @@ async fn http(
         .key
         .as_deref()
         .ok_or_else(|| Reply::error(Status::InvalidRequest, "no URL"))?;
-    let (body, _room) = copy_payload(session, window, request).await?;
-    let call = HttpCall {
-        url,
-        headers: prepared.meta.as_deref(),
-        body,
-        method,
-        timeout_ms,
+    let gateway = &session.engine.http;
+    // Everything is checked before a byte of the body leaves the window.
+    let call = gateway
+        .check(HttpCall {
+            url,
+            headers: prepared.meta.as_deref(),
+            method,
+            timeout_ms,
+            body_len: request.payload.total_len(),
+        })
+        .map_err(Reply::from_http)?;
+    let deadline = call.deadline;
+    let exchange = async {
+        let (body, room) = copy_payload(session, window, request).await?;
+        gateway
+            .send(call, body, room, window, &request.response)
+            .await
+            .map_err(Reply::from_http)
     };
-    Ok(session
-        .engine
-        .http
-        .execute(call, window, &request.response)
-        .await)
+    let answer = tokio::time::timeout_at(deadline, exchange)
+        .await
+        .map_err(|_| Reply::error(Status::Timeout, "the HTTP request did not finish in time"))??;
+    let mut reply = Reply::ok()
+        .detail(answer.status.into())
+        .payload(answer.written)
+        .total(answer.total);
+    if let Some(headers) = answer.headers {
+        reply = reply.meta(headers);
+    }
+    Ok(reply)
 }
 
 async fn invoke(

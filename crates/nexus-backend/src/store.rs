@@ -87,17 +87,72 @@ impl StoreError {
         }
     }
 
+    /// What a guest is told of an object store error: a short cause. The error itself can
+    /// name the endpoint, the bucket and carry the store's answer (XML bodies with key IDs),
+    /// so it goes to the backend's log only.
     fn from_object_store(error: object_store::Error) -> Self {
-        match error {
+        let mapped = match &error {
             object_store::Error::NotFound { .. } => StoreError::NotFound,
-            object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => {
-                StoreError::PermissionDenied(error.to_string())
+            object_store::Error::PermissionDenied { .. } => {
+                StoreError::PermissionDenied("forbidden".into())
             }
-            object_store::Error::InvalidPath { .. } => StoreError::InvalidKey(error.to_string()),
-            other => StoreError::Unavailable(other.to_string()),
+            object_store::Error::Unauthenticated { .. } => {
+                StoreError::PermissionDenied("not authenticated".into())
+            }
+            object_store::Error::InvalidPath { .. } => {
+                StoreError::InvalidKey("the store cannot represent it".into())
+            }
+            other => StoreError::Unavailable(store_failure(other).into()),
+        };
+        let full = error_chain(&error);
+        match mapped {
+            StoreError::NotFound => log::debug!("object store: {full}"),
+            _ => log::info!("object store request failed ({mapped}): {full}"),
+        }
+        mapped
+    }
+}
+
+/// A short cause for an object store failure that is neither a missing object nor a refusal.
+fn store_failure(error: &object_store::Error) -> &'static str {
+    use object_store::client::{HttpError, HttpErrorKind};
+    match error {
+        object_store::Error::AlreadyExists { .. } => "the object already exists",
+        object_store::Error::Precondition { .. } => "a precondition failed",
+        object_store::Error::NotModified { .. } => "the object was not modified",
+        object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented { .. } => {
+            "the store does not support this operation"
+        }
+        _ => {
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+            while let Some(cause) = source {
+                if let Some(http) = cause.downcast_ref::<HttpError>() {
+                    return match http.kind() {
+                        HttpErrorKind::Connect => "the store could not be reached",
+                        HttpErrorKind::Timeout => "the store did not answer in time",
+                        HttpErrorKind::Request | HttpErrorKind::Interrupted => {
+                            "the connection to the store broke"
+                        }
+                        HttpErrorKind::Decode => "the store sent a bad response",
+                        _ => "the store failed the request",
+                    };
+                }
+                source = cause.source();
+            }
+            "the store failed the request"
         }
     }
+}
+
+/// `error` and its causes, for the log.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 impl From<WindowError> for StoreError {
@@ -327,9 +382,10 @@ where
     F: FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Internal(format!("file I/O task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        log::error!("file I/O task failed: {e}");
+        StoreError::Internal("a file I/O task failed".into())
+    })?
 }
 
 fn info_of(meta: object_store::ObjectMeta) -> ObjectInfo {
@@ -856,5 +912,82 @@ mod tests {
             fs::read_dir(dir.path().join(STAGING_DIR)).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn object_store_errors_reach_guests_sanitised() {
+        use object_store::client::{HttpError, HttpErrorKind};
+        let internals = [
+            "http://10.1.2.3:9000",
+            "secret-bucket",
+            "AKIAEXAMPLEKEYID",
+            "<Error>",
+        ];
+        let upstream = |kind| object_store::Error::Generic {
+            store: "S3",
+            source: Box::new(HttpError::new(
+                kind,
+                io::Error::other(
+                    "error sending request for url \
+                     (http://10.1.2.3:9000/secret-bucket/k?X-Amz-Credential=AKIAEXAMPLEKEYID)",
+                ),
+            )),
+        };
+        let cases = [
+            (
+                StoreError::from_object_store(upstream(HttpErrorKind::Connect)),
+                Status::BackendUnavailable,
+                "storage unavailable: the store could not be reached",
+            ),
+            (
+                StoreError::from_object_store(upstream(HttpErrorKind::Timeout)),
+                Status::BackendUnavailable,
+                "storage unavailable: the store did not answer in time",
+            ),
+            (
+                StoreError::from_object_store(object_store::Error::Generic {
+                    store: "S3",
+                    source: "Received redirect without LOCATION, this normally indicates an \
+                             incorrectly configured region: <Error><Code>PermanentRedirect\
+                             </Code><BucketName>secret-bucket</BucketName></Error>"
+                        .into(),
+                }),
+                Status::BackendUnavailable,
+                "storage unavailable: the store failed the request",
+            ),
+            (
+                StoreError::from_object_store(object_store::Error::PermissionDenied {
+                    path: "secret-bucket/k".into(),
+                    source: "<Error><Code>AccessDenied</Code><AWSAccessKeyId>\
+                             AKIAEXAMPLEKEYID</AWSAccessKeyId></Error>"
+                        .into(),
+                }),
+                Status::PermissionDenied,
+                "the store refused access: forbidden",
+            ),
+            (
+                StoreError::from_object_store(object_store::Error::Unauthenticated {
+                    path: "secret-bucket/k".into(),
+                    source: "InvalidAccessKeyId AKIAEXAMPLEKEYID".into(),
+                }),
+                Status::PermissionDenied,
+                "the store refused access: not authenticated",
+            ),
+            (
+                StoreError::from_object_store(object_store::Error::NotFound {
+                    path: "secret-bucket/k".into(),
+                    source: "http://10.1.2.3:9000 said 404".into(),
+                }),
+                Status::NotFound,
+                "no such object",
+            ),
+        ];
+        for (error, status, message) in cases {
+            let text = error.to_string();
+            assert_eq!((error.status(), text.as_str()), (status, message));
+            for internal in internals {
+                assert!(!text.contains(internal), "{text}");
+            }
+        }
     }
 }

@@ -694,7 +694,10 @@ fn prefetch_http_and_shutdown() {
     });
     let mut backend = start(
         dir.path(),
-        &["--http-allow".to_owned(), format!("127.0.0.1:{port}")],
+        &[
+            "--http-allow".to_owned(),
+            format!("http://127.0.0.1:{port}"),
+        ],
     );
     let objects = dir.path().join("objects");
     let mut control = backend.connect();
