@@ -131,8 +131,8 @@ fn start(dir: &Path, allow: &[String], env: &[(&str, String)]) -> BackendProcess
 
 fn attach(backend: &BackendProcess) -> (common::Control, GuestVm) {
     let mut control = backend.connect();
-    let socket = control.attach("vm1", "default");
-    let vm = GuestVm::connect(&socket, WINDOW);
+    let connection = control.attach("vm1", "default");
+    let vm = GuestVm::connect(connection, WINDOW);
     (control, vm)
 }
 
