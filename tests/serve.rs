@@ -631,3 +631,65 @@ fn a_restarted_daemon_reuses_its_snapshots_unless_the_function_changed() {
     assert_eq!((status, r["output"].as_str()), (200, Some("50\n")), "{r}");
     assert_eq!(daemon.metric(boots), 1.0);
 }
+
+/// Slow or idle HTTP clients cannot hold the node's connections: headers and bodies have
+/// deadlines, and connections beyond the cap wait in the backlog until a slot frees.
+#[test]
+fn slow_clients_are_cut_off_and_connections_are_capped() {
+    let n = node(
+        &[("wordcount", function("wordcount", ""))],
+        &[
+            "--max-connections",
+            "2",
+            "--header-timeout-ms",
+            "500",
+            "--body-timeout-ms",
+            "500",
+        ],
+        10,
+    );
+    let connect = || {
+        let stream = TcpStream::connect(&n.daemon.address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+    };
+    // A client that never finishes its headers is closed at the header deadline.
+    let mut slow_headers = connect();
+    slow_headers
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // A client whose body never comes is answered 408 at the body deadline.
+    let mut slow_body = connect();
+    slow_body
+        .write_all(
+            b"POST /v1/functions/wordcount/invocations HTTP/1.1\r\nHost: x\r\n\
+              Content-Length: 100\r\n\r\n{\"input\":",
+        )
+        .unwrap();
+    // Both slots are taken: a third client is not served until one frees.
+    let start = std::time::Instant::now();
+    let (status, _, _) = n.daemon.request("GET", "/healthz", "");
+    assert_eq!(status, 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "served before a slot freed ({:?})",
+        start.elapsed()
+    );
+    let mut answer = String::new();
+    let _ = slow_headers.read_to_string(&mut answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer:?}"
+    );
+    let mut answer = String::new();
+    slow_body.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    // The node still serves.
+    let (status, body) = n.daemon.invoke(
+        "wordcount",
+        &serde_json::json!({"input_key": "inputs/words.txt"}),
+    );
+    assert_eq!(status, 200, "{body}");
+}

@@ -47,6 +47,16 @@ pub struct ServeArgs {
     /// Snapshot every function before serving (otherwise on its first invocation).
     #[arg(long)]
     prepare: bool,
+    /// HTTP connections open at once; more wait in the listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Longest a client may take to send a request's headers (or idle between requests of
+    /// a kept-alive connection), in ms.
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Longest a client may take to send a request's body, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    body_timeout_ms: u64,
 }
 
 /// Raises this process's open-file limit to its hard limit: every VM holds a dozen
@@ -137,7 +147,17 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         backend.display(),
         state_dir.display()
     );
-    runtime.block_on(http::serve(node.clone(), listener, shutdown_signal()));
+    let limits = http::HttpLimits {
+        max_connections: args.max_connections,
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
+    };
+    runtime.block_on(http::serve(
+        node.clone(),
+        listener,
+        limits,
+        shutdown_signal(),
+    ));
     eprintln!("nexus-vmm serve: shutting down");
     node.shutdown();
     drop(runtime);

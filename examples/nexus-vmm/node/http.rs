@@ -23,9 +23,12 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 
 use super::vm::Input;
 use super::{Invocation, InvocationResult, Node, NodeError};
@@ -143,8 +146,39 @@ fn invocation_answer(result: &InvocationResult) -> Answer {
     answer
 }
 
-async fn read_body(request: Request<Incoming>) -> Result<Bytes, Answer> {
-    match Limited::new(request.into_body(), MAX_BODY).collect().await {
+/// Bounds on the API's connections, so that slow or idle clients cannot hold the node's
+/// descriptors (which its VMs need).
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Connections open at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers (also the idle time allowed
+    /// between requests of a kept-alive connection).
+    pub header_timeout: Duration,
+    /// Longest a client may take to send a request's body.
+    pub body_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+async fn read_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, Answer> {
+    let collect = Limited::new(request.into_body(), MAX_BODY).collect();
+    let Ok(collected) = tokio::time::timeout(timeout, collect).await else {
+        return Err(error_answer(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            &format!("the body did not arrive within {} s", timeout.as_secs()),
+        ));
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error_answer(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -169,7 +203,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     })
 }
 
-async fn route(node: Node, request: Request<Incoming>) -> Answer {
+async fn route(node: Node, request: Request<Incoming>, body_timeout: Duration) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -216,7 +250,7 @@ async fn route(node: Node, request: Request<Incoming>) -> Answer {
         },
         (&Method::POST, ["v1", "functions", name, "invocations"]) => {
             let name = (*name).to_owned();
-            match read_body(request).await {
+            match read_body(request, body_timeout).await {
                 Err(answer) => answer,
                 Ok(body) => match parse_invocation(&body) {
                     Err(message) => {
@@ -239,7 +273,7 @@ async fn route(node: Node, request: Request<Incoming>) -> Answer {
         }
         (&Method::POST, ["v1", "functions", name, "warm"]) => {
             let name = (*name).to_owned();
-            match read_body(request).await {
+            match read_body(request, body_timeout).await {
                 Err(answer) => answer,
                 Ok(body) => match serde_json::from_slice::<WarmBody>(&body) {
                     Err(e) => error_answer(
@@ -299,37 +333,54 @@ async fn route(node: Node, request: Request<Incoming>) -> Answer {
     answer
 }
 
-/// Serves the HTTP API on `listener` until `shutdown` resolves.
+/// Serves the HTTP API on `listener` until `shutdown` resolves, within `limits`.
 pub async fn serve(
     node: Node,
     listener: tokio::net::TcpListener,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
-        tokio::select! {
+        // A free slot first: at the cap, connections wait in the kernel's backlog and cost
+        // the node no descriptor.
+        let slot = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    let node = node.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |request| {
-                            let node = node.clone();
-                            async move { Ok::<_, Infallible>(route(node, request).await) }
-                        });
-                        if let Err(e) = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                        {
-                            log::debug!("HTTP connection: {e}");
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let service = service_fn(move |request| {
+                        let node = node.clone();
+                        async move {
+                            Ok::<_, Infallible>(route(node, request, limits.body_timeout).await)
                         }
                     });
-                }
-                Err(e) => {
-                    log::warn!("HTTP accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
+                    if let Err(e) = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await
+                    {
+                        log::debug!("HTTP connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                log::warn!("HTTP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
