@@ -6,18 +6,25 @@
 //! One always-on process per host serves the I/O of every function VM: object storage
 //! (`GET`, `PUT`, `HEAD`, `DELETE`, `LIST`), HTTP, logs, calls between functions and the
 //! invocation loop (`NEXT`/`COMPLETE`). A VM reaches it through its nexus-io device: the VMM
-//! attaches the VM on the backend's control socket, gets a per-VM vhost-user socket back and
-//! connects to it as the vhost-user frontend, sharing **only the VM's I/O window** (the
-//! memory table holds that one region). Requests are [`nexus_ring`] messages on the device's
-//! request queue; payloads are read and written in place in the window.
+//! attaches the VM on the backend's control socket and receives, with the reply, its end of
+//! the VM's vhost-user connection (a socket pair; no socket file exists), on which it is the
+//! frontend, sharing **only the VM's I/O window** (the memory table holds that one region).
+//! Requests are [`nexus_ring`] messages on the device's request queue; payloads are read and
+//! written in place in the window.
 //!
 //! ```text
-//!  VMM ──control socket (JSON lines)──► Backend::attach ─► <runtime dir>/<vm>.sock
-//!  VMM ──vhost-user (window only)─────► VhostUserDaemon thread ─► NexusDevice::handle_event
-//!                                          pop chain → Decoder → task on the shared runtime
-//!                                          → store / HTTP / invoker → response in the window
-//!                                          → add_used + signal (from the task)
+//!  VMM ──control socket (JSON lines)──► Backend::attach ─► socket pair, one end to the VMM
+//!  VMM ──vhost-user (window only)─────► the event loop (one epoll, all VMs) ─► RequestRing
+//!                                          checked pop (nexus_ring::queue) → Decoder → task
+//!                                          on the shared runtime → store / HTTP / invoker
+//!                                          → response in the window → add_used + signal
 //! ```
+//!
+//! - **Safe to share**: every ring field a guest controls is bounded by `nexus_ring::queue`;
+//!   a guest that breaks a ring rule breaks only its own queue (unwatched, one log line, the
+//!   VMM told) until it resets its device; each VM has bounded requests in flight, staging
+//!   room and write-behind; only allowed users reach the control socket, and a VM only from
+//!   the user that attached it (`docs/security.md`).
 //!
 //! - **One engine**: every VM's requests run on one tokio runtime with one store client, one
 //!   HTTP client and one staging budget ([`BackendConfig::staging_bytes`]).

@@ -98,6 +98,25 @@ impl BackendProcess {
             .unwrap_or(0)
     }
 
+    /// The process's user + system CPU time so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the backend's /proc stat");
+        // The fields after the command name, which ends with the last ')'.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf(3) reads a constant.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        ticks as f64 / hz
+    }
+
+    /// Lines in the backend's log so far.
+    pub fn log_lines(&self) -> usize {
+        self.log().lines().count()
+    }
+
     /// A control connection.
     pub fn connect(&self) -> Control {
         Control::connect(&self.control)
@@ -388,6 +407,11 @@ impl GuestVm {
         WINDOW_BASE + at
     }
 
+    /// Writes window bytes at `addr`.
+    pub fn write_window(&self, addr: u64, bytes: &[u8]) {
+        self.mem.write_slice(bytes, GuestAddress(addr)).unwrap();
+    }
+
     /// Allocates and fills a segment.
     pub fn put_bytes(&mut self, bytes: &[u8]) -> SegmentRef {
         let at = self.alloc(bytes.len() as u64);
@@ -400,6 +424,87 @@ impl GuestVm {
         let mut out = vec![0u8; len];
         self.mem.read_slice(&mut out, GuestAddress(addr)).unwrap();
         out
+    }
+
+    /// Rings the doorbell.
+    pub fn kick(&self) {
+        self.kick.write(1).unwrap();
+    }
+
+    /// Writes descriptor `index` of the table as given (no checks: for hostile tests).
+    pub fn write_descriptor(&mut self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = GuestAddress(WINDOW_BASE + DESC_TABLE + u64::from(index) * 16);
+        let mut raw = [0u8; 16];
+        raw[0..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..16].copy_from_slice(&next.to_le_bytes());
+        self.mem.write_slice(&raw, at).unwrap();
+    }
+
+    /// Makes `heads` available after what was submitted so far, then sets the available
+    /// index `extra` further still, and kicks (no checks: for hostile tests).
+    pub fn publish_raw(&mut self, heads: &[u16], extra: u16) {
+        for (i, head) in heads.iter().enumerate() {
+            let slot = u64::from(self.next_avail.wrapping_add(i as u16) % QUEUE_SIZE);
+            self.mem
+                .write_obj(*head, GuestAddress(WINDOW_BASE + AVAIL_RING + 4 + 2 * slot))
+                .unwrap();
+        }
+        fence(Ordering::SeqCst);
+        let idx = self
+            .next_avail
+            .wrapping_add(heads.len() as u16)
+            .wrapping_add(extra);
+        self.mem
+            .write_obj(idx, GuestAddress(WINDOW_BASE + AVAIL_RING + 2))
+            .unwrap();
+        fence(Ordering::SeqCst);
+        self.kick.write(1).unwrap();
+    }
+
+    /// The device reset of a guest whose queue broke: the ring is stopped
+    /// (`GET_VRING_BASE`), emptied and started again from index 0.
+    pub fn reset_ring(&mut self) {
+        self.frontend.get_vring_base(0).unwrap();
+        self.mem
+            .write_slice(&[0u8; 0x3000], GuestAddress(WINDOW_BASE))
+            .unwrap();
+        self.start_ring();
+        self.next_avail = 0;
+        self.last_used = 0;
+        self.free = (0..QUEUE_SIZE).rev().collect();
+        self.chains.clear();
+        self.done.clear();
+        self.outstanding = 0;
+        self.heap = HEAP;
+    }
+
+    fn start_ring(&mut self) {
+        let host = |mem: &GuestMemoryMmap, offset: u64| {
+            mem.get_host_address(GuestAddress(WINDOW_BASE + offset))
+                .unwrap() as u64
+        };
+        let frontend = &mut self.frontend;
+        frontend.set_vring_num(0, QUEUE_SIZE).unwrap();
+        frontend
+            .set_vring_addr(
+                0,
+                &VringConfigData {
+                    queue_max_size: QUEUE_SIZE,
+                    queue_size: QUEUE_SIZE,
+                    flags: 0,
+                    desc_table_addr: host(&self.mem, DESC_TABLE),
+                    used_ring_addr: host(&self.mem, USED_RING),
+                    avail_ring_addr: host(&self.mem, AVAIL_RING),
+                    log_addr: None,
+                },
+            )
+            .unwrap();
+        frontend.set_vring_base(0, 0).unwrap();
+        frontend.set_vring_call(0, &self.call).unwrap();
+        frontend.set_vring_kick(0, &self.kick).unwrap();
+        frontend.set_vring_enable(0, true).unwrap();
     }
 
     /// Puts a raw chain on the queue and kicks; returns its head.
