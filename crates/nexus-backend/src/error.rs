@@ -26,6 +26,20 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Two tenants whose prefixes overlap: a key could belong to both.
+    #[error(
+        "Tenants `{first}` (prefix `{first_prefix}`) and `{second}` (prefix `{second_prefix}`) overlap: one prefix starts with the other, so a VM of one could touch the other's objects (an empty prefix is the whole store)"
+    )]
+    OverlappingTenants {
+        /// One tenant.
+        first: String,
+        /// Its prefix.
+        first_prefix: String,
+        /// The other tenant.
+        second: String,
+        /// Its prefix.
+        second_prefix: String,
+    },
     /// A `--http-allow` entry is not a host name or `host:port`.
     #[error("Invalid HTTP allow-list entry `{0}`")]
     InvalidHttpAllow(String),

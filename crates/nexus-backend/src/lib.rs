@@ -53,6 +53,8 @@ mod error;
 mod exit_events;
 mod http;
 mod invoke;
+mod listing;
+mod log_limit;
 mod ops;
 mod server;
 mod session;

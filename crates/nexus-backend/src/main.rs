@@ -215,7 +215,7 @@ mod tests {
             "--tenant",
             "a=nexus-data/a",
             "--tenant",
-            "b=nexus-data",
+            "b=nexus-data/b",
             "--http-allow",
             "example.com",
             "--prefetch-cache-mib",
