@@ -148,6 +148,9 @@ pub struct StoreConfig {
     pub s3: S3Options,
 }
 
+/// The store when none is configured.
+pub const DEFAULT_STORE_URL: &str = "file:///var/lib/nexus/objects";
+
 /// Default bound of each VM's prefetch cache.
 pub const DEFAULT_PREFETCH_CACHE_BYTES: u64 = 64 << 20;
 /// Default bound of the bytes each VM may have in write-behind uploads.

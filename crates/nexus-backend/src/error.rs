@@ -40,6 +40,27 @@ pub enum Error {
         /// Its prefix.
         second_prefix: String,
     },
+    /// The configuration file could not be read.
+    #[error("Cannot read configuration file {path}")]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration file is not valid: where, and what is wrong.
+    #[error("Configuration file {path}{}{}: {reason}", line.map(|n| format!(", line {n}")).unwrap_or_default(), key.as_ref().map(|k| format!(", `{k}`")).unwrap_or_default())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// The line at fault (1-based), if known.
+        line: Option<usize>,
+        /// The key at fault (dotted, like `limits.log_burst`), if known.
+        key: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
     /// A `--http-allow` entry is not a host name or `host:port`.
     #[error("Invalid HTTP allow-list entry `{0}`")]
     InvalidHttpAllow(String),

@@ -46,6 +46,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod config_file;
 mod control;
 mod device;
 mod engine;
@@ -69,8 +70,10 @@ use std::time::Duration;
 
 pub use config::{
     BackendConfig, ControlAccess, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES,
-    DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl, VmLimits,
+    DEFAULT_STORE_URL, DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl,
+    VmLimits,
 };
+pub use config_file::{ConfigFile, LimitOverrides, TenantEntry};
 pub use control::{
     ControlInput, ControlReply, ControlRequest, DEFAULT_PARKED_TIMEOUT_MS, InvokeTimings, MAX_LINE,
     parse_request,
