@@ -432,54 +432,59 @@ impl Source<'_> {
     }
 }
 
-/// The dotted key whose name or value covers byte `at` of `text`, if any.
+/// The dotted key whose name or value covers byte `at` of `text` (the innermost), if any.
 fn key_at(text: &str, at: usize) -> Option<String> {
     let document = toml::de::DeTable::parse(text).ok()?;
     let mut path = Vec::new();
     let mut found = None;
-    find_key(document.get_ref(), at, &mut path, &mut found);
+    find_in_table(document.get_ref(), at, &mut path, &mut found);
     found
 }
 
-fn find_key(
+/// Looks for `at` in every entry of `table`, `path` being the table's own key.
+fn find_in_table(
     table: &toml::de::DeTable<'_>,
     at: usize,
     path: &mut Vec<String>,
     found: &mut Option<String>,
 ) {
     for (key, value) in table.iter() {
-        path.push(key.get_ref().to_string());
-        find_in_value(key.span(), value, at, path, found);
+        path.push(format!(".{}", key.get_ref()));
+        if key.span().contains(&at) {
+            *found = Some(dotted(path));
+        }
+        find_in_value(value, at, path, found);
         path.pop();
     }
 }
 
+/// Looks for `at` in `value` and what it holds.
 fn find_in_value(
-    key_span: Range<usize>,
     value: &Spanned<toml::de::DeValue<'_>>,
     at: usize,
     path: &mut Vec<String>,
     found: &mut Option<String>,
 ) {
-    if key_span.contains(&at) || value.span().contains(&at) {
-        *found = Some(path.join("."));
+    if value.span().contains(&at) {
+        *found = Some(dotted(path));
     }
     match value.get_ref() {
-        toml::de::DeValue::Table(table) => find_key(table, at, path, found),
+        toml::de::DeValue::Table(table) => find_in_table(table, at, path, found),
         toml::de::DeValue::Array(items) => {
             for (index, item) in items.iter().enumerate() {
-                if let Some(last) = path.last_mut() {
-                    let base = last.clone();
-                    *last = format!("{base}[{index}]");
-                    find_in_value(0..0, item, at, path, found);
-                    if let Some(last) = path.last_mut() {
-                        *last = base;
-                    }
-                }
+                path.push(format!("[{index}]"));
+                find_in_value(item, at, path, found);
+                path.pop();
             }
         }
         _ => {}
     }
+}
+
+/// `a.b[1].c` from the pieces `.a`, `.b`, `[1]`, `.c`.
+fn dotted(path: &[String]) -> String {
+    let joined = path.concat();
+    joined.strip_prefix('.').unwrap_or(&joined).to_owned()
 }
 
 /// Checks an HTTP allow-list entry: `http://host[:port]` or `https://host[:port]`.
@@ -820,6 +825,11 @@ mod tests {
         assert!(text.contains("file:///DIR or s3://BUCKET"), "{text}");
         let text = error("[store]\nregion = \"x\"");
         assert!(text.contains("missing field `url`"), "{text}");
+        let text = error("[control]\nuids = [1,\n  \"x\"]");
+        assert!(
+            text.contains("line 3") && text.contains("`control.uids[1]`"),
+            "{text}"
+        );
         let text = error("[limits\nlog_burst = 1");
         assert!(text.contains("line 1"), "{text}");
         let text = error("[tenants.\"bad name\"]\nprefix = \"x\"");

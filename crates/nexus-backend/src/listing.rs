@@ -432,8 +432,35 @@ mod tests {
         assert_eq!(pages(root, "nothing/", 10, 1).0, Vec::<String>::new());
     }
 
+    /// One page of a walk from the root: how it ended, the entries looked at, the position
+    /// it reached and the keys it found.
+    fn walk(
+        root: &Path,
+        prefix: &str,
+        token: Option<&str>,
+        budget: u64,
+    ) -> (Flow, u64, Option<String>, Vec<String>) {
+        let base = &prefix[..prefix.rfind('/').map_or(0, |end| end + 1)];
+        let resume = Resume::parse(token);
+        let mut walk = FileWalk {
+            root,
+            prefix,
+            resume: &resume,
+            max: 1000,
+            budget,
+            looked: 0,
+            held: 0,
+            entries: Vec::new(),
+            last_key: None,
+            position: None,
+            entry: |key: &str, _: &Metadata| key.to_owned(),
+        };
+        let flow = walk.dir(base).unwrap();
+        (flow, walk.looked, walk.position, walk.entries)
+    }
+
     #[test]
-    fn a_page_looks_at_about_its_budget() {
+    fn a_page_looks_at_about_its_budget_and_skips_what_it_cannot_list() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         for a in 0..40 {
@@ -441,35 +468,28 @@ mod tests {
                 touch(root, &format!("{a:02}/{b:02}"));
             }
         }
-        let looked = |budget| {
-            let mut walk = FileWalk {
-                root,
-                prefix: "",
-                resume: &Resume::Start,
-                max: 1000,
-                budget,
-                looked: 0,
-                held: 0,
-                entries: Vec::new(),
-                last_key: None,
-                position: None,
-                entry: |key: &str, _: &Metadata| key.to_owned(),
-            };
-            let flow = walk.dir("").unwrap();
-            (flow, walk.looked, walk.position)
-        };
-        // The root (40 entries) then one directory at a time (40 each).
-        let (flow, count, position) = looked(100);
+        // The root (40 entries) then one directory at a time (40 each), until past 100.
+        let (flow, looked, position, keys) = walk(root, "", None, 100);
         assert_eq!(flow, Flow::OutOfBudget);
-        assert_eq!(count, 120);
+        assert_eq!(looked, 120);
         assert_eq!(position.as_deref(), Some("01/"));
-        // Tokens after a whole directory skip it without opening it again.
-        let page = walk_files(root, "", &Resume::parse(Some("01/")), 1000, 45, |k, _| {
-            k.to_owned()
-        })
-        .unwrap();
-        assert_eq!(page.entries.first().map(String::as_str), Some("02/00"));
-        assert_eq!(page.next.as_deref(), Some("02/"));
+        assert_eq!(keys.len(), 80);
+        // A token after a whole directory: the directories before it are not opened again.
+        let (flow, looked, position, keys) = walk(root, "", Some("01/"), 45);
+        assert_eq!((flow, looked), (Flow::OutOfBudget, 80));
+        assert_eq!(keys.first().map(String::as_str), Some("02/00"));
+        assert_eq!(position.as_deref(), Some("02/"));
+        // After a key likewise: the root, `38/` and `39/`.
+        let (flow, looked, _, keys) = walk(root, "", Some("38/10"), 100_000);
+        assert_eq!((flow, looked), (Flow::Done, 120));
+        assert_eq!(keys.len(), 29 + 40);
+        assert_eq!(keys[0], "38/11");
+        // Outside the prefix: the root and `07/` only, even on a budget of 1.
+        let (flow, looked, _, keys) = walk(root, "07", None, 1);
+        assert_eq!((flow, looked, keys.len()), (Flow::Done, 80, 40));
+        // A prefix that is a directory starts there.
+        let (flow, looked, _, keys) = walk(root, "07/1", None, 1);
+        assert_eq!((flow, looked, keys.len()), (Flow::Done, 40, 10));
     }
 
     #[test]

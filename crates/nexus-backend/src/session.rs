@@ -787,6 +787,48 @@ impl Invocations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BackendConfig, S3Options, StoreConfig, StoreUrl};
+
+    #[test]
+    fn a_session_takes_its_tenants_limits_else_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = StoreConfig {
+            url: StoreUrl::File(dir.path().to_owned()),
+            s3: S3Options::default(),
+        };
+        let mut config = BackendConfig::new(store, dir.path().to_owned());
+        config.limits.prefetch_cache_bytes = 12345;
+        let engine = Arc::new(Engine::new(&config, runtime.handle().clone()).unwrap());
+        let own = VmLimits {
+            requests_in_flight: 3,
+            prefetch_cache_bytes: 777,
+            write_behind_requests: 1,
+            log_burst: 0,
+            ..VmLimits::default()
+        };
+        let tenant = Tenant::new("a", "a")
+            .unwrap()
+            .with_limits(Some(own.clone()));
+        let session = Session::new("vm-a", Arc::new(tenant), engine.clone());
+        assert_eq!(session.limits, own);
+        assert_eq!(session.prefetch.limit(), 777);
+        assert!(!session.log_limit.admit(Instant::now()), "a burst of 0");
+        let mut first = session.write_behind.register();
+        assert!(first.reserve(1));
+        assert!(
+            !session.write_behind.register().reserve(1),
+            "one upload at a time"
+        );
+
+        let plain = Session::new("vm-b", Arc::new(Tenant::new("b", "b").unwrap()), engine);
+        assert_eq!(plain.limits, config.limits);
+        assert_eq!(plain.prefetch.limit(), 12345);
+        assert!(plain.log_limit.admit(Instant::now()));
+    }
 
     #[tokio::test]
     async fn write_behind_marks_and_failures() {
