@@ -148,6 +148,9 @@ pub struct StoreConfig {
     pub s3: S3Options,
 }
 
+/// The store when none is configured.
+pub const DEFAULT_STORE_URL: &str = "file:///var/lib/nexus/objects";
+
 /// Default bound of each VM's prefetch cache.
 pub const DEFAULT_PREFETCH_CACHE_BYTES: u64 = 64 << 20;
 /// Default bound of the bytes each VM may have in write-behind uploads.
@@ -236,8 +239,9 @@ pub struct BackendConfig {
     pub store: StoreConfig,
     /// The tenants; empty means one tenant `default` that may touch every object.
     pub tenants: Vec<TenantSpec>,
-    /// Where per-VM vhost-user sockets are created (`<dir>/<vm>.sock`).
-    pub runtime_dir: PathBuf,
+    /// The backend's own state: its record of acknowledged write-behind uploads
+    /// (`uploads.journal`), so that after a restart it can tell which were lost.
+    pub state_dir: PathBuf,
     /// The HTTP op's allow-list and bounds.
     pub http: HttpPolicy,
     /// Per-VM limits of VMs whose tenant sets none of its own.
@@ -252,11 +256,11 @@ pub struct BackendConfig {
 
 impl BackendConfig {
     /// A configuration with the default limits, no tenants and no HTTP hosts.
-    pub fn new(store: StoreConfig, runtime_dir: PathBuf) -> Self {
+    pub fn new(store: StoreConfig, state_dir: PathBuf) -> Self {
         Self {
             store,
             tenants: Vec::new(),
-            runtime_dir,
+            state_dir,
             http: HttpPolicy::default(),
             limits: VmLimits::default(),
             staging_bytes: DEFAULT_STAGING_BYTES,

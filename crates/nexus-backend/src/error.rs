@@ -34,6 +34,41 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// Two tenants whose prefixes overlap: a key could belong to both.
+    #[error(
+        "Tenants `{first}` (prefix `{first_prefix}`) and `{second}` (prefix `{second_prefix}`) overlap: one prefix starts with the other, so a VM of one could touch the other's objects (an empty prefix is the whole store)"
+    )]
+    OverlappingTenants {
+        /// One tenant.
+        first: String,
+        /// Its prefix.
+        first_prefix: String,
+        /// The other tenant.
+        second: String,
+        /// Its prefix.
+        second_prefix: String,
+    },
+    /// The configuration file could not be read.
+    #[error("Cannot read configuration file {path}")]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration file is not valid: where, and what is wrong.
+    #[error("Configuration file {path}{}{}: {reason}", line.map(|n| format!(", line {n}")).unwrap_or_default(), key.as_ref().map(|k| format!(", `{k}`")).unwrap_or_default())]
+    ConfigFile {
+        /// The file.
+        path: PathBuf,
+        /// The line at fault (1-based), if known.
+        line: Option<usize>,
+        /// The key at fault (dotted, like `limits.log_burst`), if known.
+        key: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
     /// An attach named a tenant the backend was not configured with.
     #[error("Unknown tenant `{0}`")]
     UnknownTenant(String),
@@ -65,9 +100,9 @@ pub enum Error {
         /// The tenant.
         tenant: String,
     },
-    /// The runtime directory could not be created or is not usable.
-    #[error("Cannot use runtime directory {path}")]
-    RuntimeDir {
+    /// The state directory could not be created or is not usable.
+    #[error("Cannot use state directory {path}")]
+    StateDir {
         /// The directory.
         path: PathBuf,
         /// The cause.

@@ -53,6 +53,7 @@
 #![deny(missing_docs)]
 
 mod config;
+mod config_file;
 mod control;
 mod device;
 mod engine;
@@ -60,6 +61,8 @@ mod error;
 mod event_loop;
 mod http;
 mod invoke;
+mod listing;
+mod log_limit;
 mod ops;
 mod server;
 mod session;
@@ -76,8 +79,10 @@ use std::time::Duration;
 
 pub use config::{
     BackendConfig, ControlAccess, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES,
-    DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl, VmLimits,
+    DEFAULT_STORE_URL, DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl,
+    VmLimits,
 };
+pub use config_file::{ConfigFile, LimitOverrides, TenantEntry};
 pub use control::{
     CONNECTION_FD, ControlEvent, ControlInput, ControlReply, ControlRequest,
     DEFAULT_PARKED_TIMEOUT_MS, InvokeTimings, MAX_LINE, parse_request,

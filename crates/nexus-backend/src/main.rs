@@ -8,16 +8,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use nexus_backend::{BackendConfig, S3Options, StoreConfig, StoreUrl, TenantSpec};
+use nexus_backend::{BackendConfig, ConfigFile, StoreUrl, TenantSpec};
 
 const AFTER_HELP: &str = "\
 How it is used:
   The VMM (or node daemon) connects to the control socket and sends JSON lines:
-    {\"op\":\"attach\",\"vm\":\"vm1\",\"tenant\":\"alpha\"}  -> {\"ok\":true,\"socket\":\"<runtime dir>/vm1.sock\"}
+    {\"op\":\"attach\",\"vm\":\"vm1\",\"tenant\":\"alpha\"}  -> {\"ok\":true,\"connection\":\"fd\"} + the VM's connection
     {\"op\":\"hint\",\"vm\":\"vm1\",\"key\":\"alpha/in/data\"} -> {\"ok\":true}   (prefetch)
     {\"op\":\"detach\",\"vm\":\"vm1\"}                     -> {\"ok\":true}
-  then connects to the returned socket as the VM's vhost-user frontend, sharing only the
-  VM's I/O window. Closing the control connection detaches the VMs it attached.
+  and is the VM's vhost-user frontend on the connection that came with the reply
+  (SCM_RIGHTS), sharing only the VM's I/O window. Closing the control connection detaches
+  the VMs it attached. Only the backend's user, and the users and groups allowed in the
+  config file's [control] section, may connect.
 
 Examples:
   # Objects as files under /srv/objects, two tenants confined to their own prefixes:
@@ -30,6 +32,17 @@ Examples:
       --s3-endpoint http://127.0.0.1:9000 --tenant alpha=nexus-data/alpha \\
       --http-allow https://api.example.com --http-allow http://10.0.0.5:8080
 
+Configuration file:
+  --config FILE reads a TOML file with the store, the tenants, the per-VM limits ([limits]:
+  requests in flight, prefetch cache, write-behind bytes and requests, staging share, LOG
+  rate and burst, LIST scan budget; a tenant may set its own in [tenants.NAME.limits]), the
+  HTTP policy and who may use the control socket. crates/nexus-backend/backend.example.toml
+  in the Nexus sources shows every key. Flags given on the command line override the file;
+  --tenant and --http-allow replace its whole list. S3 secrets never go in the file: use
+  AWS_SECRET_ACCESS_KEY or the file's store.secret_access_key_file.
+    nexus-backend --config /etc/nexus/backend.toml
+    nexus-backend --config /etc/nexus/backend.toml --listen /tmp/test.sock --io-threads 1
+
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=info) to see them. SIGINT or SIGTERM stops
 the backend: VMs are detached, sockets removed, pending write-behind uploads finished.";
 
@@ -38,22 +51,26 @@ the backend: VMs are detached, sockets removed, pending write-behind uploads fin
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None, after_help = AFTER_HELP)]
 struct Args {
-    /// Control socket to listen on (JSON lines: attach, hint, detach).
+    /// Configuration file (TOML): store, tenants, per-VM limits, HTTP policy, control
+    /// access. Flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Control socket to listen on (JSON lines: attach, hint, detach). Required unless the
+    /// config file sets `listen`.
     #[arg(long, value_name = "SOCKET")]
-    listen: PathBuf,
+    listen: Option<PathBuf>,
 
-    /// Directory for the per-VM vhost-user sockets [default: `<SOCKET>.vms/` next to the
-    /// control socket].
+    /// The backend's own state (its record of acknowledged write-behind uploads, so that a
+    /// restart can tell which were lost) [default: `<SOCKET>.state/` next to the control
+    /// socket].
     #[arg(long, value_name = "DIR")]
-    runtime_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
 
-    /// Where objects are stored: file:///DIR (files under DIR) or s3://BUCKET.
-    #[arg(
-        long,
-        value_name = "URL",
-        default_value = "file:///var/lib/nexus/objects"
-    )]
-    store: String,
+    /// Where objects are stored: file:///DIR (files under DIR) or s3://BUCKET [default:
+    /// file:///var/lib/nexus/objects].
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
 
     /// Endpoint of an S3-compatible service (else AWS_ENDPOINT_URL, else AWS).
     #[arg(long, value_name = "URL")]
@@ -78,7 +95,7 @@ struct Args {
 
     /// A tenant and the objects its VMs may touch (repeatable): NAME=PREFIX for a file
     /// store, NAME=BUCKET or NAME=BUCKET/PREFIX for s3://BUCKET. Without any, one tenant
-    /// `default` may touch everything.
+    /// `default` may touch everything. Prefixes must not overlap.
     #[arg(long = "tenant", value_name = "NAME=BUCKET/PREFIX")]
     tenants: Vec<String>,
 
@@ -90,21 +107,34 @@ struct Args {
     #[arg(long = "http-allow", value_name = "SCHEME://HOST[:PORT]")]
     http_allow: Vec<String>,
 
-    /// Threads of the shared I/O engine.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    io_threads: usize,
+    /// Threads of the shared I/O engine [default: 2].
+    #[arg(long, value_name = "N")]
+    io_threads: Option<usize>,
 
-    /// Bound of each VM's prefetch cache, in MiB (0 disables prefetching).
-    #[arg(long, value_name = "MIB", default_value_t = nexus_backend::DEFAULT_PREFETCH_CACHE_BYTES >> 20)]
-    prefetch_cache_mib: u64,
+    /// Bound of each VM's prefetch cache, in MiB (0 disables prefetching) [default: 64].
+    #[arg(long, value_name = "MIB")]
+    prefetch_cache_mib: Option<u64>,
 
-    /// Bound of each VM's pending write-behind bytes, in MiB; beyond it PUTs are synchronous.
-    #[arg(long, value_name = "MIB", default_value_t = nexus_backend::DEFAULT_WRITE_BEHIND_BYTES >> 20)]
-    write_behind_mib: u64,
+    /// Bound of each VM's pending write-behind bytes, in MiB; beyond it PUTs are synchronous
+    /// [default: 256].
+    #[arg(long, value_name = "MIB")]
+    write_behind_mib: Option<u64>,
 
-    /// Bound of payload bytes staged in the backend's memory over all VMs, in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = nexus_backend::DEFAULT_STAGING_BYTES >> 20)]
-    staging_mib: u64,
+    /// Bound of payload bytes staged in the backend's memory over all VMs, in MiB
+    /// [default: 1024].
+    #[arg(long, value_name = "MIB")]
+    staging_mib: Option<u64>,
+}
+
+/// Why the arguments cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum ArgsError {
+    /// The backend refused them.
+    #[error(transparent)]
+    Backend(#[from] nexus_backend::Error),
+    /// No control socket anywhere.
+    #[error("No control socket: give --listen SOCKET, or `listen` in the config file")]
+    NoListen,
 }
 
 /// What the arguments mean.
@@ -116,39 +146,68 @@ struct Configuration {
 }
 
 impl TryFrom<Args> for Configuration {
-    type Error = nexus_backend::Error;
+    type Error = ArgsError;
 
     fn try_from(args: Args) -> Result<Self, Self::Error> {
-        let url = StoreUrl::parse(&args.store)?;
-        let runtime_dir = args.runtime_dir.unwrap_or_else(|| {
-            let mut dir = args.listen.clone().into_os_string();
-            dir.push(".vms");
-            PathBuf::from(dir)
-        });
+        let mut file = match &args.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        // Flags given explicitly override the file.
+        if let Some(url) = &args.store {
+            file.store = Some(StoreUrl::parse(url)?);
+        }
+        let s3 = &mut file.s3;
+        for (flag, option) in [
+            (args.s3_endpoint, &mut s3.endpoint),
+            (args.s3_region, &mut s3.region),
+            (args.s3_access_key_id, &mut s3.access_key_id),
+            (args.s3_secret_access_key, &mut s3.secret_access_key),
+        ] {
+            if flag.is_some() {
+                *option = flag;
+            }
+        }
+        s3.allow_http |= args.s3_allow_http;
         let tenants = args
             .tenants
             .iter()
             .map(|spec| spec.parse::<TenantSpec>())
             .collect::<Result<Vec<_>, _>>()?;
-        let s3 = S3Options {
-            endpoint: args.s3_endpoint,
-            region: args.s3_region,
-            access_key_id: args.s3_access_key_id,
-            secret_access_key: args.s3_secret_access_key,
-            session_token: None,
-            allow_http: args.s3_allow_http,
-        };
-        let mut backend = BackendConfig::new(StoreConfig { url, s3 }, runtime_dir);
-        backend.tenants = tenants;
-        backend.http.allow = args.http_allow;
-        backend.limits.prefetch_cache_bytes = args.prefetch_cache_mib << 20;
-        backend.limits.write_behind_bytes = args.write_behind_mib << 20;
-        backend.staging_bytes = args.staging_mib << 20;
-        // Tenants are checked against the store now, so a typo fails at start.
-        nexus_backend::Tenants::from_specs(&backend.tenants, &backend.store.url)?;
+        if !tenants.is_empty() {
+            file.tenants.clear();
+        }
+        if !args.http_allow.is_empty() {
+            file.http.allow = args.http_allow;
+        }
+        let mib = |flag: Option<u64>| flag.map(|mib| mib << 20);
+        if let Some(bytes) = mib(args.prefetch_cache_mib) {
+            file.limits.prefetch_cache_bytes = Some(bytes);
+        }
+        if let Some(bytes) = mib(args.write_behind_mib) {
+            file.limits.write_behind_bytes = Some(bytes);
+        }
+        if let Some(bytes) = mib(args.staging_mib) {
+            file.staging_bytes = Some(bytes);
+        }
+        let listen = args
+            .listen
+            .or(file.listen.take())
+            .ok_or(ArgsError::NoListen)?;
+        let state_dir = args.state_dir.or(file.state_dir.take()).unwrap_or_else(|| {
+            let mut dir = listen.clone().into_os_string();
+            dir.push(".state");
+            PathBuf::from(dir)
+        });
+        // Tenants are checked against the store (and each other) now, so a typo fails at start.
+        let mut backend = file.backend_config(state_dir)?;
+        if !tenants.is_empty() {
+            backend.tenants = tenants;
+            nexus_backend::Tenants::from_specs(&backend.tenants, &backend.store.url)?;
+        }
         Ok(Self {
-            listen: args.listen,
-            io_threads: args.io_threads,
+            listen,
+            io_threads: args.io_threads.or(file.io_threads).unwrap_or(2),
             backend,
         })
     }
@@ -159,30 +218,35 @@ fn main() -> ExitCode {
     let config = match Configuration::try_from(Args::parse()) {
         Ok(config) => config,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("{}", report(&e));
             return ExitCode::from(2);
         }
     };
     match nexus_backend::run(config.backend, &config.listen, config.io_threads) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut message = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message = format!("{message}: {cause}");
-                source = cause.source();
-            }
-            log::error!("{message}");
+            log::error!("{}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, `error: cause: …`.
+fn report(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message = format!("{message}: {cause}");
+        source = cause.source();
+    }
+    message
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Configuration, nexus_backend::Error> {
+    fn parse(args: &[&str]) -> Result<Configuration, ArgsError> {
         let mut argv = vec!["nexus-backend"];
         argv.extend_from_slice(args);
         Configuration::try_from(Args::try_parse_from(argv).unwrap())
@@ -193,8 +257,8 @@ mod tests {
         let config = parse(&["--listen", "/run/nexus/backend.sock"]).unwrap();
         assert_eq!(config.listen, PathBuf::from("/run/nexus/backend.sock"));
         assert_eq!(
-            config.backend.runtime_dir,
-            PathBuf::from("/run/nexus/backend.sock.vms")
+            config.backend.state_dir,
+            PathBuf::from("/run/nexus/backend.sock.state")
         );
         assert_eq!(
             config.backend.store.url,
@@ -202,6 +266,11 @@ mod tests {
         );
         assert!(config.backend.tenants.is_empty());
         assert_eq!(config.io_threads, 2);
+        assert_eq!(config.backend.limits, nexus_backend::VmLimits::default());
+        assert_eq!(
+            config.backend.staging_bytes,
+            nexus_backend::DEFAULT_STAGING_BYTES
+        );
     }
 
     #[test]
@@ -209,7 +278,7 @@ mod tests {
         let config = parse(&[
             "--listen",
             "/tmp/b.sock",
-            "--runtime-dir",
+            "--state-dir",
             "/tmp/vms",
             "--store",
             "s3://nexus-data",
@@ -218,14 +287,14 @@ mod tests {
             "--tenant",
             "a=nexus-data/a",
             "--tenant",
-            "b=nexus-data",
+            "b=nexus-data/b",
             "--http-allow",
             "https://example.com",
             "--prefetch-cache-mib",
             "8",
         ])
         .unwrap();
-        assert_eq!(config.backend.runtime_dir, PathBuf::from("/tmp/vms"));
+        assert_eq!(config.backend.state_dir, PathBuf::from("/tmp/vms"));
         assert_eq!(config.backend.tenants.len(), 2);
         assert_eq!(config.backend.limits.prefetch_cache_bytes, 8 << 20);
         assert_eq!(
@@ -254,8 +323,97 @@ mod tests {
             .is_err()
         );
         assert!(
-            Args::try_parse_from(["nexus-backend"]).is_err(),
-            "--listen is required"
+            matches!(parse(&[]), Err(ArgsError::NoListen)),
+            "--listen is required without a config file"
+        );
+        // Overlapping tenants are refused at start, naming both.
+        let error = parse(&[
+            "--listen",
+            "s",
+            "--store",
+            "s3://nexus-data",
+            "--tenant",
+            "a=nexus-data/a",
+            "--tenant",
+            "all=nexus-data",
+        ])
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.contains("`a`") && error.contains("`all`"), "{error}");
+    }
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("backend.toml");
+        std::fs::write(
+            &path,
+            "listen = \"control.sock\"\nio_threads = 3\nstaging_bytes = \"64MiB\"\n\
+             [store]\nurl = \"file:///srv/objects\"\n\
+             [limits]\nprefetch_cache_bytes = \"1MiB\"\nlog_burst = 9\n\
+             [http]\nallow = [\"https://a.example.com\"]\n\
+             [tenants.a]\nprefix = \"a\"\n[tenants.a.limits]\nlog_burst = 1\n\
+             [tenants.b]\nprefix = \"b\"\n",
+        )
+        .unwrap();
+        let config_arg = path.to_str().unwrap();
+        let config = parse(&["--config", config_arg]).unwrap();
+        assert_eq!(config.listen, dir.path().join("control.sock"));
+        assert_eq!(config.io_threads, 3);
+        assert_eq!(config.backend.staging_bytes, 64 << 20);
+        assert_eq!(
+            config.backend.store.url,
+            StoreUrl::File("/srv/objects".into())
+        );
+        assert_eq!(config.backend.limits.prefetch_cache_bytes, 1 << 20);
+        assert_eq!(config.backend.limits.log_burst, 9);
+        assert_eq!(config.backend.tenants.len(), 2);
+        assert_eq!(
+            config.backend.tenants[0].limits.as_ref().unwrap().log_burst,
+            1
+        );
+
+        let config = parse(&[
+            "--config",
+            config_arg,
+            "--listen",
+            "/run/other.sock",
+            "--io-threads",
+            "1",
+            "--prefetch-cache-mib",
+            "8",
+            "--staging-mib",
+            "16",
+            "--http-allow",
+            "b.example.com",
+        ])
+        .unwrap();
+        assert_eq!(config.listen, PathBuf::from("/run/other.sock"));
+        assert_eq!(
+            config.backend.state_dir,
+            PathBuf::from("/run/other.sock.state")
+        );
+        assert_eq!(config.io_threads, 1);
+        assert_eq!(config.backend.staging_bytes, 16 << 20);
+        assert_eq!(config.backend.limits.prefetch_cache_bytes, 8 << 20);
+        assert_eq!(config.backend.limits.log_burst, 9, "not overridden");
+        // A tenant's own limits still win; the rest follow the overridden defaults.
+        let a = config.backend.tenants[0].limits.clone().unwrap();
+        assert_eq!((a.log_burst, a.prefetch_cache_bytes), (1, 8 << 20));
+        assert_eq!(config.backend.http.allow, vec!["b.example.com".to_owned()]);
+
+        // --tenant replaces the file's tenants.
+        let config = parse(&["--config", config_arg, "--tenant", "c=c"]).unwrap();
+        assert_eq!(config.backend.tenants.len(), 1);
+        assert_eq!(config.backend.tenants[0].name, "c");
+
+        // Errors in the file name it.
+        std::fs::write(&path, "[limits]\nlog_burst = \"x\"\n").unwrap();
+        let error = parse(&["--config", config_arg]).err().unwrap().to_string();
+        assert!(
+            error.contains(config_arg) && error.contains("line 2"),
+            "{error}"
         );
     }
 }

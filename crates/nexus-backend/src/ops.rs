@@ -4,7 +4,7 @@
 //! Performing one decoded request and writing its answer into the window.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nexus_ring::records::{EntryList, InvocationContext, LIST_PREFIX_SIZE, ObjectEntry};
@@ -16,6 +16,8 @@ use nexus_ring::{
 use crate::error::Error;
 use crate::http::{HttpCall, HttpFailure};
 use crate::invoke::{InvocationInput, InvocationResult, InvokeError, InvokeRequest};
+use crate::listing::{ListPage, Resume};
+use crate::log_limit::escape_log_text;
 use crate::session::{
     Durability, KeyTurn, NextClaim, QueuedInvocation, RunningInvocation, Session, WriteBehindTicket,
 };
@@ -320,7 +322,7 @@ async fn put(
         {
             if ticket.reserve(len) {
                 // Copy the payload out: the guest may reuse its buffers once we answer.
-                let room = engine.staging.reserve(len).await;
+                let room = session.staging.reserve(len).await;
                 let mut bytes = Vec::with_capacity(len as usize);
                 window
                     .copy_stream_out(&request.payload, 0, len as u32, &mut bytes)
@@ -337,8 +339,10 @@ async fn put(
                 return Ok(Reply::ok());
             }
             log::debug!(
-                "vm {}: write-behind budget exhausted; PUT {key} is done synchronously",
-                session.vm
+                "vm {}: write-behind bounds reached ({} uploads, {} bytes); PUT {key} is done synchronously",
+                session.vm,
+                session.limits.write_behind_requests,
+                session.limits.write_behind_bytes
             );
             prepared.turn = Some(turn);
             drop(ticket);
@@ -353,7 +357,7 @@ async fn put(
         .put(
             &key,
             PutSource::Window(window.clone(), Box::new(request.payload)),
-            &engine.staging,
+            &session.staging,
         )
         .await
     {
@@ -384,7 +388,7 @@ async fn upload_behind(
     let failed = loop {
         match engine
             .store
-            .put(&key, PutSource::Owned(bytes.clone()), &engine.staging)
+            .put(&key, PutSource::Owned(bytes.clone()), &session.staging)
             .await
         {
             Ok(()) => break None,
@@ -481,12 +485,14 @@ async fn list(
             prefix.to_owned()
         }
     };
+    // A token is a key, or a directory and `/` (see `listing`), in the prefix's directory.
+    let base = &prefix[..prefix.rfind('/').map_or(0, |end| end + 1)];
     let token = match prepared.meta.as_deref() {
         None => None,
         Some(bytes) => {
             let token = std::str::from_utf8(bytes)
                 .ok()
-                .filter(|t| check_key(t).is_ok() && t.starts_with(&prefix))
+                .filter(|t| Resume::valid_token(t) && t.starts_with(base))
                 .ok_or_else(|| {
                     Reply::error(
                         Status::InvalidRequest,
@@ -500,10 +506,15 @@ async fn list(
         0 => nexus_ring::limits::MAX_LIST_ENTRIES,
         n => n,
     } as usize;
-    let (entries, more) = session
+    let ListPage { entries, next } = session
         .engine
         .store
-        .list(&prefix, token.as_deref(), max)
+        .list(
+            &prefix,
+            token.as_deref(),
+            max,
+            session.limits.list_scan_budget,
+        )
         .await
         .map_err(|e| Reply::from_store(&e))?;
 
@@ -541,10 +552,14 @@ async fn list(
         .write_stream(&target, 0, &page[..len])
         .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
     let mut reply = Reply::ok().payload(len as u32);
-    if count < entries.len() || more {
-        if let Some(last) = count.checked_sub(1).and_then(|i| entries.get(i)) {
-            reply = reply.meta(last.key.clone().into_bytes());
-        }
+    // Resume after the last entry written if the buffers cut the page short, else where the
+    // store stopped.
+    let next = match count.checked_sub(1).and_then(|i| entries.get(i)) {
+        Some(last) if count < entries.len() => Some(last.key.clone()),
+        _ => next,
+    };
+    if let Some(next) = next {
+        reply = reply.meta(next.into_bytes());
     }
     Ok(reply)
 }
@@ -567,16 +582,38 @@ async fn flush(session: &Session, mark: u64, timeout_ms: u64) -> Reply {
     }
 }
 
+/// LOG: one log record per request, if the VM's rate limit allows it (else `THROTTLED`), with
+/// the text escaped to one line and cut to [`MAX_LOG_LEN`](nexus_ring::limits::MAX_LOG_LEN).
 fn log_lines(
     session: &Session,
     window: &WindowMemory,
     request: &Request,
     level: LogLevel,
 ) -> Reply {
+    let now = Instant::now();
+    let admitted = session.log_limit.admit(now);
+    if let Some(dropped) = session.log_limit.report_due(now) {
+        log::warn!(
+            "vm {}: {dropped} LOG records dropped by the rate limit",
+            session.vm
+        );
+    }
+    if !admitted {
+        let limits = &session.limits;
+        return Reply::error(
+            Status::Throttled,
+            format!(
+                "LOG is limited to {} records a second (bursts of {}) for this VM",
+                limits.log_records_per_second, limits.log_burst
+            ),
+        );
+    }
+    let len = request
+        .payload
+        .total_len()
+        .min(nexus_ring::limits::MAX_LOG_LEN);
     let mut bytes = Vec::new();
-    if let Err(e) =
-        window.copy_stream_out(&request.payload, 0, request.payload.total_len(), &mut bytes)
-    {
+    if let Err(e) = window.copy_stream_out(&request.payload, 0, len, &mut bytes) {
         return Reply::error(Status::Internal, e.to_string());
     }
     session.count_out(bytes.len() as u64);
@@ -591,16 +628,17 @@ fn log_lines(
         .invocations
         .current
         .load(std::sync::atomic::Ordering::Relaxed);
-    let text = String::from_utf8_lossy(&bytes);
-    for line in text.lines() {
-        log::log!(
-            target: "nexus_backend::guest",
-            level,
-            "vm={} tenant={} invocation={invocation}: {line}",
-            session.vm,
-            session.tenant.name()
-        );
-    }
+    let text = escape_log_text(
+        &String::from_utf8_lossy(&bytes),
+        nexus_ring::limits::MAX_LOG_LEN as usize,
+    );
+    log::log!(
+        target: "nexus_backend::guest",
+        level,
+        "vm={} tenant={} invocation={invocation}: {text}",
+        session.vm,
+        session.tenant.name()
+    );
     Reply::ok()
 }
 
@@ -610,7 +648,7 @@ async fn copy_payload(
     request: &Request,
 ) -> Result<(Bytes, crate::staging::StagingPermit), Reply> {
     let len = request.payload.total_len();
-    let room = session.engine.staging.reserve(len.into()).await;
+    let room = session.staging.reserve(len.into()).await;
     let mut bytes = Vec::with_capacity(len as usize);
     window
         .copy_stream_out(&request.payload, 0, len, &mut bytes)

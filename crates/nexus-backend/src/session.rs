@@ -17,6 +17,8 @@ use crate::control::ControlEvent;
 use crate::engine::{Engine, Traffic, TrafficCounts};
 use crate::error::{Error, Result};
 use crate::invoke::{Invocation, InvocationInput, InvocationResult};
+use crate::log_limit::LogRateLimit;
+use crate::staging::Staging;
 use crate::tenant::Tenant;
 
 /// How long a prefetched object stays cached if nobody reads it.
@@ -41,10 +43,14 @@ pub(crate) struct Session {
     pub(crate) tenant: Arc<Tenant>,
     /// The shared I/O engine.
     pub(crate) engine: Arc<Engine>,
-    /// What the VM may use of the backend (its tenant's limits, else the defaults).
+    /// What this VM may use: its tenant's limits, else the backend's defaults.
     pub(crate) limits: VmLimits,
     /// Tells the control connection that attached the VM what happened to it.
     events: Mutex<Option<mpsc::UnboundedSender<ControlEvent>>>,
+    /// The VM's share of the engine's staging budget.
+    pub(crate) staging: Staging,
+    /// The VM's LOG rate limit.
+    pub(crate) log_limit: LogRateLimit,
     /// The queue generation: completions of an older generation are dropped.
     epoch: Mutex<u64>,
     /// Broadcasts the generation (`u64::MAX` once detached) to cancel parked requests.
@@ -64,6 +70,8 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// A session of VM `vm` of `tenant`, with the tenant's limits if it has its own, else the
+    /// engine's defaults.
     pub(crate) fn new(vm: &str, tenant: Arc<Tenant>, engine: Arc<Engine>) -> Self {
         let limits = tenant
             .limits()
@@ -72,6 +80,12 @@ impl Session {
         Self {
             vm: vm.to_owned(),
             tenant,
+            staging: engine.staging.share(limits.staging_bytes),
+            log_limit: LogRateLimit::new(
+                limits.log_records_per_second,
+                limits.log_burst,
+                Instant::now(),
+            ),
             engine,
             limits: limits.clone(),
             events: Mutex::new(None),
@@ -80,7 +94,10 @@ impl Session {
             inflight: Mutex::new(0),
             idle: Condvar::new(),
             key_order: Mutex::new(HashMap::new()),
-            write_behind: Arc::new(WriteBehind::new(limits.write_behind_bytes)),
+            write_behind: Arc::new(WriteBehind::new(
+                limits.write_behind_bytes,
+                limits.write_behind_requests,
+            )),
             prefetch: Arc::new(PrefetchCache::new(limits.prefetch_cache_bytes)),
             invocations: Invocations::default(),
             traffic: Traffic::default(),
@@ -178,6 +195,13 @@ impl Session {
         self.cancel.send_replace(u64::MAX);
         self.invocations.fail_all(&self.vm);
         self.prefetch.clear();
+        let dropped = self.log_limit.take_unreported();
+        if dropped > 0 {
+            log::warn!(
+                "vm {}: {dropped} LOG records dropped by the rate limit",
+                self.vm
+            );
+        }
     }
 
     /// Counts a request as in flight until the guard is dropped.
@@ -266,20 +290,25 @@ impl KeyTurn {
     }
 }
 
-/// A VM's write-behind uploads: which are pending, which failed.
+/// A VM's write-behind uploads: which are pending, which failed, and what they hold of the
+/// VM's bounds.
 #[derive(Debug)]
 pub(crate) struct WriteBehind {
     state: Mutex<WriteBehindState>,
     changed: Notify,
-    limit: u64,
+    max_bytes: u64,
+    max_requests: u32,
 }
 
 #[derive(Debug, Default)]
 struct WriteBehindState {
     next: u64,
-    /// Pending uploads by sequence number, with the bytes each holds.
-    pending: BTreeMap<u64, u64>,
+    /// Pending uploads by sequence number, with what each holds.
+    pending: BTreeMap<u64, Held>,
+    /// Bytes held by reserved uploads.
     bytes: u64,
+    /// Reserved uploads (each holds one request slot).
+    requests: u32,
     /// Failed uploads not yet reported: sequence number and key.
     failed: Vec<(u64, String)>,
 }
@@ -298,12 +327,21 @@ pub(crate) enum Durability {
     },
 }
 
+/// What one registered upload holds of the VM's bounds.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    /// It was accepted as write-behind: it holds a request slot and `bytes`.
+    reserved: bool,
+    bytes: u64,
+}
+
 impl WriteBehind {
-    fn new(limit: u64) -> Self {
+    fn new(max_bytes: u64, max_requests: u32) -> Self {
         Self {
             state: Mutex::new(WriteBehindState::default()),
             changed: Notify::new(),
-            limit,
+            max_bytes,
+            max_requests,
         }
     }
 
@@ -313,7 +351,7 @@ impl WriteBehind {
         let mut state = lock(&self.state);
         let seq = state.next;
         state.next += 1;
-        state.pending.insert(seq, 0);
+        state.pending.insert(seq, Held::default());
         WriteBehindTicket {
             uploads: self.clone(),
             seq,
@@ -357,6 +395,12 @@ impl WriteBehind {
     fn bytes(&self) -> u64 {
         lock(&self.state).bytes
     }
+
+    /// Request slots currently held by pending uploads.
+    #[cfg(test)]
+    fn requests(&self) -> u32 {
+        lock(&self.state).requests
+    }
 }
 
 /// One registered write-behind PUT; finishing (or dropping) it marks it done.
@@ -368,17 +412,29 @@ pub(crate) struct WriteBehindTicket {
 }
 
 impl WriteBehindTicket {
-    /// Claims `bytes` of the VM's write-behind budget; `false` if that would exceed it (the
-    /// PUT is then done synchronously).
+    /// Claims one request slot and `bytes` of the VM's write-behind bounds; `false` if either
+    /// would be exceeded (the PUT is then done synchronously). A ticket reserves once.
     pub(crate) fn reserve(&mut self, bytes: u64) -> bool {
-        let mut state = lock(&self.uploads.state);
-        if state.bytes.saturating_add(bytes) > self.uploads.limit {
+        let uploads = &self.uploads;
+        let mut state = lock(&uploads.state);
+        let over = state.requests >= uploads.max_requests
+            || state.bytes.saturating_add(bytes) > uploads.max_bytes;
+        let reserved = state
+            .pending
+            .get(&self.seq)
+            .is_some_and(|held| held.reserved);
+        if over || reserved {
             return false;
         }
+        let Some(held) = state.pending.get_mut(&self.seq) else {
+            return false;
+        };
+        *held = Held {
+            reserved: true,
+            bytes,
+        };
         state.bytes += bytes;
-        if let Some(held) = state.pending.get_mut(&self.seq) {
-            *held += bytes;
-        }
+        state.requests += 1;
         true
     }
 
@@ -395,7 +451,10 @@ impl WriteBehindTicket {
         {
             let mut state = lock(&self.uploads.state);
             if let Some(held) = state.pending.remove(&self.seq) {
-                state.bytes = state.bytes.saturating_sub(held);
+                if held.reserved {
+                    state.bytes = state.bytes.saturating_sub(held.bytes);
+                    state.requests = state.requests.saturating_sub(1);
+                }
             }
             if let Some(key) = failed {
                 state.failed.push((self.seq, key));
@@ -706,10 +765,52 @@ impl Invocations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BackendConfig, S3Options, StoreConfig, StoreUrl};
+
+    #[test]
+    fn a_session_takes_its_tenants_limits_else_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = StoreConfig {
+            url: StoreUrl::File(dir.path().to_owned()),
+            s3: S3Options::default(),
+        };
+        let mut config = BackendConfig::new(store, dir.path().to_owned());
+        config.limits.prefetch_cache_bytes = 12345;
+        let engine = Arc::new(Engine::new(&config, runtime.handle().clone()).unwrap());
+        let own = VmLimits {
+            requests_in_flight: 3,
+            prefetch_cache_bytes: 777,
+            write_behind_requests: 1,
+            log_burst: 0,
+            ..VmLimits::default()
+        };
+        let tenant = Tenant::new("a", "a")
+            .unwrap()
+            .with_limits(Some(own.clone()));
+        let session = Session::new("vm-a", Arc::new(tenant), engine.clone());
+        assert_eq!(session.limits, own);
+        assert_eq!(session.prefetch.limit(), 777);
+        assert!(!session.log_limit.admit(Instant::now()), "a burst of 0");
+        let mut first = session.write_behind.register();
+        assert!(first.reserve(1));
+        assert!(
+            !session.write_behind.register().reserve(1),
+            "one upload at a time"
+        );
+
+        let plain = Session::new("vm-b", Arc::new(Tenant::new("b", "b").unwrap()), engine);
+        assert_eq!(plain.limits, config.limits);
+        assert_eq!(plain.prefetch.limit(), 12345);
+        assert!(plain.log_limit.admit(Instant::now()));
+    }
 
     #[tokio::test]
     async fn write_behind_marks_and_failures() {
-        let wb = Arc::new(WriteBehind::new(100));
+        let wb = Arc::new(WriteBehind::new(100, 10));
         let mut a = wb.register();
         let b = wb.register();
         let mark = wb.mark();
@@ -741,6 +842,37 @@ mod tests {
         let later = wb.mark();
         drop(c);
         assert_eq!(wb.wait(later).await, Durability::Durable);
+    }
+
+    #[test]
+    fn write_behind_is_bounded_by_requests_and_bytes() {
+        let wb = Arc::new(WriteBehind::new(100, 2));
+        let mut empty = wb.register();
+        let mut small = wb.register();
+        let mut third = wb.register();
+        // A 0-byte PUT still takes a request slot.
+        assert!(empty.reserve(0));
+        assert!(!empty.reserve(0), "a ticket reserves once");
+        assert!(small.reserve(10));
+        assert_eq!((wb.requests(), wb.bytes()), (2, 10));
+        assert!(!third.reserve(0), "beyond two pending uploads");
+        drop(third);
+        empty.finish(None);
+        assert_eq!((wb.requests(), wb.bytes()), (1, 10));
+        let mut big = wb.register();
+        assert!(!big.reserve(91), "beyond 100 bytes");
+        assert!(big.reserve(90));
+        assert_eq!((wb.requests(), wb.bytes()), (2, 100));
+        // A ticket refused (or never reserved) gives nothing back when it ends.
+        let unreserved = wb.register();
+        drop(unreserved);
+        assert_eq!((wb.requests(), wb.bytes()), (2, 100));
+        small.finish(Some("k".into()));
+        big.finish(None);
+        assert_eq!((wb.requests(), wb.bytes()), (0, 0));
+        // Zero request slots: write-behind is off.
+        let off = Arc::new(WriteBehind::new(100, 0));
+        assert!(!off.register().reserve(0));
     }
 
     #[tokio::test]

@@ -8,11 +8,15 @@
 //! - **file store**: GET opens the object's file and reads it straight into the window
 //!   (`read(2)` into the mapped window: page cache → window, one copy); PUT writes from the
 //!   window into a staging file, `fsync`s it, renames it into place and `fsync`s the
-//!   directory, so a PUT is atomic and durable before it is acknowledged.
+//!   directory (and, for every directory the PUT had to create, that directory's parent), so
+//!   a PUT is atomic and durable before it is acknowledged.
 //! - **S3**: GET streams the response body's chunks into the window as they arrive (nothing
 //!   beyond the HTTP client's own buffers); PUT copies the window into the request body (one
 //!   copy), in 8 MiB multipart parts for larger objects, so at most one part per upload is
 //!   staged at a time.
+//!
+//! LIST walks in key order within a scan budget, holding at most a page or two of keys
+//! (see [`crate::listing`]).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
@@ -30,6 +34,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload
 
 use crate::config::{StoreConfig, StoreUrl};
 use crate::error::{Error, Result};
+use crate::listing::{ListPage, Resume, walk_files};
 use crate::staging::Staging;
 use crate::tenant::STAGING_DIR;
 use crate::window::{WindowError, WindowMemory};
@@ -330,24 +335,25 @@ impl Store {
         }
     }
 
-    /// Up to `max` objects whose keys start with `prefix` and sort after `start_after`, in
-    /// ascending byte order, and whether more follow.
+    /// Up to `max` objects whose keys start with `prefix` and come after the continuation
+    /// token `token` (see [`crate::listing`]), in ascending byte order, looking at no more
+    /// than about `budget` objects or directory entries; the page's continuation token, if
+    /// the listing may go on.
     pub(crate) async fn list(
         &self,
         prefix: &str,
-        start_after: Option<&str>,
+        token: Option<&str>,
         max: usize,
-    ) -> std::result::Result<(Vec<ObjectInfo>, bool), StoreError> {
+        budget: u32,
+    ) -> std::result::Result<ListPage<ObjectInfo>, StoreError> {
+        let resume = Resume::parse(token);
+        let budget = u64::from(budget.max(1));
         match self {
             Store::Local(local) => {
-                let (local, prefix, start_after) = (
-                    local.clone(),
-                    prefix.to_owned(),
-                    start_after.map(str::to_owned),
-                );
-                blocking(move || local.list(&prefix, start_after.as_deref(), max)).await
+                let (local, prefix) = (local.clone(), prefix.to_owned());
+                blocking(move || local.list(&prefix, &resume, max, budget)).await
             }
-            Store::Remote(store) => remote_list(store.as_ref(), prefix, start_after, max).await,
+            Store::Remote(store) => remote_list(store.as_ref(), prefix, &resume, max, budget).await,
         }
     }
 
@@ -544,39 +550,52 @@ async fn remote_put(
     Ok(())
 }
 
+/// A page of an S3 listing. S3 lists keys in ascending byte order, so the listing stops at
+/// the first key past the prefix, after `max + 1` keys, or after `budget` objects (resuming
+/// after the last one looked at).
 async fn remote_list(
     store: &dyn ObjectStore,
     prefix: &str,
-    start_after: Option<&str>,
+    resume: &Resume,
     max: usize,
-) -> std::result::Result<(Vec<ObjectInfo>, bool), StoreError> {
+    budget: u64,
+) -> std::result::Result<ListPage<ObjectInfo>, StoreError> {
     // object_store lists whole path segments: list the prefix's directory, filter by bytes.
     let dir = match prefix.rfind('/') {
         Some(end) if end > 0 => Some(Store::path(&prefix[..end])?),
         _ => None,
     };
-    let mut stream = match start_after {
+    let mut stream = match resume.start_after() {
         Some(after) => store.list_with_offset(dir.as_ref(), &Store::path(after)?),
         None => store.list(dir.as_ref()),
     };
-    let mut entries = Vec::new();
+    let mut entries: Vec<ObjectInfo> = Vec::new();
+    let mut looked = 0u64;
     while let Some(meta) = stream.next().await {
         let meta = meta.map_err(StoreError::from_object_store)?;
-        let key = meta.location.as_ref();
-        if !key.starts_with(prefix) || start_after.is_some_and(|after| key <= after) {
-            continue;
+        looked += 1;
+        let key = meta.location.as_ref().to_owned();
+        if key.as_str() > prefix && !key.starts_with(prefix) {
+            break;
         }
-        if entries.len() == max {
-            return Ok((sorted(entries), true));
+        if key.starts_with(prefix) && resume.before_key(&key) {
+            if entries.len() == max {
+                let next = entries.last().map(|last| last.key.clone());
+                return Ok(ListPage { entries, next });
+            }
+            entries.push(info_of(meta));
         }
-        entries.push(info_of(meta));
+        if looked >= budget {
+            return Ok(ListPage {
+                entries,
+                next: Some(key),
+            });
+        }
     }
-    Ok((sorted(entries), false))
-}
-
-fn sorted(mut entries: Vec<ObjectInfo>) -> Vec<ObjectInfo> {
-    entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
-    entries
+    Ok(ListPage {
+        entries,
+        next: None,
+    })
 }
 
 /// A failure to put a file in place: a conflict with what is there (permanent), or not.
@@ -708,16 +727,53 @@ impl LocalStore {
             }
             file.sync_all().map_err(StoreError::from_io)?;
             let parent = target.parent().unwrap_or(&self.root);
-            fs::create_dir_all(parent).map_err(|e| conflict_or_unavailable(&e))?;
+            let created = self.create_dirs(parent)?;
             fs::rename(&temp, &target).map_err(|e| conflict_or_unavailable(&e))?;
-            File::open(parent)
-                .and_then(|dir| dir.sync_all())
-                .map_err(StoreError::from_io)
+            // The object's entry, then the entry of every directory made for it.
+            sync_dir(parent)?;
+            for dir in &created {
+                sync_dir(dir.parent().unwrap_or(&self.root))?;
+            }
+            Ok(())
         })();
         if result.is_err() {
             let _ = fs::remove_file(&temp);
         }
         result
+    }
+
+    /// Creates the directories of `dir` that are missing, outermost first; the ones it found
+    /// missing (a concurrent PUT may have made some of them meanwhile: their parents need a
+    /// sync all the same before this PUT is acknowledged).
+    fn create_dirs(&self, dir: &FsPath) -> std::result::Result<Vec<PathBuf>, StoreError> {
+        let mut missing = Vec::new();
+        let mut at = dir;
+        while at != self.root {
+            match fs::metadata(at) {
+                Ok(meta) if meta.is_dir() => break,
+                Ok(_) => {
+                    return Err(StoreError::Conflict(format!(
+                        "{} is not a directory",
+                        at.display()
+                    )));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => missing.push(at.to_owned()),
+                Err(e) => return Err(conflict_or_unavailable(&e)),
+            }
+            match at.parent() {
+                Some(parent) => at = parent,
+                None => break,
+            }
+        }
+        missing.reverse();
+        for dir in &missing {
+            match fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+                Err(e) => return Err(conflict_or_unavailable(&e)),
+            }
+        }
+        Ok(missing)
     }
 
     fn info(key: &str, meta: &fs::Metadata) -> ObjectInfo {
@@ -759,9 +815,7 @@ impl LocalStore {
             Err(e) => return Err(StoreError::from_io(e)),
         }
         if let Some(parent) = path.parent() {
-            File::open(parent)
-                .and_then(|dir| dir.sync_all())
-                .map_err(StoreError::from_io)?;
+            sync_dir(parent)?;
         }
         Ok(())
     }
@@ -779,67 +833,74 @@ impl LocalStore {
     fn list(
         &self,
         prefix: &str,
-        start_after: Option<&str>,
+        resume: &Resume,
         max: usize,
-    ) -> std::result::Result<(Vec<ObjectInfo>, bool), StoreError> {
-        // Walk only the prefix's directory, then order all matches by key.
-        let base = match prefix.rfind('/') {
-            Some(end) => &prefix[..=end],
-            None => "",
-        };
-        let mut found = Vec::new();
-        let mut pending = vec![base.to_owned()];
-        while let Some(dir_key) = pending.pop() {
-            let entries = match fs::read_dir(self.root.join(&dir_key)) {
-                Ok(entries) => entries,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-                    ) =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(StoreError::from_io(e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(StoreError::from_io)?;
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                let key = format!("{dir_key}{name}");
-                let Ok(kind) = entry.file_type() else {
-                    continue;
-                };
-                if kind.is_dir() {
-                    if dir_key.is_empty() && name == STAGING_DIR {
-                        continue;
-                    }
-                    let sub = format!("{key}/");
-                    if sub.starts_with(prefix) || prefix.starts_with(&sub) {
-                        pending.push(sub);
-                    }
-                } else if kind.is_file()
-                    && key.starts_with(prefix)
-                    && start_after.is_none_or(|after| key.as_str() > after)
-                    && crate::tenant::check_key(&key).is_ok()
-                {
-                    if let Ok(meta) = entry.metadata() {
-                        found.push(Self::info(&key, &meta));
-                    }
-                }
-            }
-        }
-        let mut found = sorted(found);
-        let more = found.len() > max;
-        found.truncate(max);
-        Ok((found, more))
+        budget: u64,
+    ) -> std::result::Result<ListPage<ObjectInfo>, StoreError> {
+        walk_files(&self.root, prefix, resume, max, budget, Self::info).map_err(StoreError::from_io)
     }
+}
+
+/// `fsync`s a directory, so the entries made in it last.
+fn sync_dir(dir: &FsPath) -> std::result::Result<(), StoreError> {
+    #[cfg(test)]
+    tests::SYNCED.with(|synced| synced.borrow_mut().push(dir.to_owned()));
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(StoreError::from_io)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
+
+    thread_local! {
+        /// Directories this thread `fsync`ed, in order.
+        pub(super) static SYNCED: RefCell<Vec<PathBuf>> = const { RefCell::new(Vec::new()) };
+    }
+
+    #[test]
+    fn a_put_syncs_the_parent_of_every_directory_it_makes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = LocalStore::open(root).unwrap();
+        let put = |key: &str| {
+            SYNCED.with(|synced| synced.borrow_mut().clear());
+            let result = store.put(key, &PutSource::Owned(Bytes::from_static(b"x")));
+            (result, SYNCED.with(|synced| synced.take()))
+        };
+        let (result, synced) = put("a/b/c/obj");
+        result.unwrap();
+        // The object's directory, then the parents of `a`, `a/b` and `a/b/c`.
+        assert_eq!(
+            synced,
+            vec![
+                root.join("a/b/c"),
+                root.to_owned(),
+                root.join("a"),
+                root.join("a/b")
+            ]
+        );
+        // Directories that exist need no more than the object's own.
+        let (result, synced) = put("a/b/other");
+        result.unwrap();
+        assert_eq!(synced, vec![root.join("a/b")]);
+        let (result, synced) = put("a/b/d/e");
+        result.unwrap();
+        assert_eq!(synced, vec![root.join("a/b/d"), root.join("a/b")]);
+        let (result, synced) = put("top");
+        result.unwrap();
+        assert_eq!(synced, vec![root.to_owned()]);
+        // A file where a directory should be is a conflict, and nothing is left behind.
+        let (result, _) = put("a/b/other/x");
+        assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+        let (result, _) = put("top/deeper/x");
+        assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+        assert_eq!(&store.fetch("a/b/c/obj", 10).unwrap()[..], b"x");
+        assert_eq!(fs::read_dir(root.join(STAGING_DIR)).unwrap().count(), 0);
+    }
 
     #[test]
     fn get_lengths() {
@@ -871,11 +932,15 @@ mod tests {
         assert!(matches!(store.head("a/x"), Err(StoreError::NotFound)));
         assert_eq!(store.head("c/d/e").unwrap().size, 5);
 
-        let keys = |(entries, more): (Vec<ObjectInfo>, bool)| {
-            (entries.into_iter().map(|e| e.key).collect::<Vec<_>>(), more)
+        let keys = |prefix: &str, token: Option<&str>, max: usize| {
+            let page = store
+                .list(prefix, &Resume::parse(token), max, 100_000)
+                .unwrap();
+            let keys = page.entries.into_iter().map(|e| e.key).collect::<Vec<_>>();
+            (keys, page.next)
         };
         assert_eq!(
-            keys(store.list("", None, 10).unwrap()),
+            keys("", None, 10),
             (
                 vec![
                     "a".into(),
@@ -884,22 +949,16 @@ mod tests {
                     "b/2".into(),
                     "c/d/e".into()
                 ],
-                false
+                None
             )
         );
         assert_eq!(
-            keys(store.list("b", None, 2).unwrap()),
-            (vec!["b.x".into(), "b/1".into()], true)
+            keys("b", None, 2),
+            (vec!["b.x".into(), "b/1".into()], Some("b/1".into()))
         );
-        assert_eq!(
-            keys(store.list("b", Some("b/1"), 2).unwrap()),
-            (vec!["b/2".into()], false)
-        );
-        assert_eq!(
-            keys(store.list("c/d/", None, 10).unwrap()),
-            (vec!["c/d/e".into()], false)
-        );
-        assert_eq!(keys(store.list("zz/", None, 10).unwrap()), (vec![], false));
+        assert_eq!(keys("b", Some("b/1"), 2), (vec!["b/2".into()], None));
+        assert_eq!(keys("c/d/", None, 10), (vec!["c/d/e".into()], None));
+        assert_eq!(keys("zz/", None, 10), (vec![], None));
 
         store.delete("b/1").unwrap();
         store.delete("b/1").unwrap();

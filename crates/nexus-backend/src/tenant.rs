@@ -14,6 +14,9 @@
 //! - A non-empty prefix always denotes a "directory": `a` and `a/` both mean the prefix `a/`,
 //!   so tenant `a` can never reach `ab/…`.
 //! - Without any `--tenant`, one tenant `default` with the empty prefix exists.
+//! - No two tenants overlap: neither prefix may start with the other (so equal prefixes, and
+//!   the empty prefix beside any other tenant, are refused at start). A single tenant may
+//!   have the empty prefix.
 //!
 //! # Object keys
 //!
@@ -27,7 +30,7 @@ use std::sync::Arc;
 
 use nexus_ring::limits::MAX_KEY_LEN;
 
-use crate::config::StoreUrl;
+use crate::config::{StoreUrl, VmLimits};
 use crate::error::{Error, Result};
 
 /// Name of the file store's staging directory; no key may start with it.
@@ -44,7 +47,7 @@ pub struct TenantSpec {
     /// `PREFIX` (file store) or `BUCKET[/PREFIX]` (S3 store).
     pub value: String,
     /// The per-VM limits of the tenant's VMs (`None`: the backend's defaults).
-    pub limits: Option<crate::config::VmLimits>,
+    pub limits: Option<VmLimits>,
 }
 
 impl std::str::FromStr for TenantSpec {
@@ -79,12 +82,12 @@ pub(crate) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A tenant: a name and the key prefix its VMs are confined to.
+/// A tenant: a name, the key prefix its VMs are confined to, and their limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tenant {
     name: String,
     prefix: String,
-    limits: Option<crate::config::VmLimits>,
+    limits: Option<VmLimits>,
 }
 
 impl Tenant {
@@ -115,6 +118,12 @@ impl Tenant {
         })
     }
 
+    /// The same tenant, whose VMs get `limits` (`None`: the backend's defaults).
+    pub fn with_limits(mut self, limits: Option<VmLimits>) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Checks `spec` against the store (see the module docs for the rule).
     pub fn from_spec(spec: &TenantSpec, store: &StoreUrl) -> Result<Self> {
         let prefix = match store.bucket() {
@@ -136,14 +145,7 @@ impl Tenant {
                 prefix
             }
         };
-        let mut tenant = Self::new(&spec.name, prefix)?;
-        tenant.limits = spec.limits.clone();
-        Ok(tenant)
-    }
-
-    /// The per-VM limits of this tenant's VMs, if it sets its own.
-    pub fn limits(&self) -> Option<&crate::config::VmLimits> {
-        self.limits.as_ref()
+        Ok(Self::new(&spec.name, prefix)?.with_limits(spec.limits.clone()))
     }
 
     /// The tenant's name.
@@ -156,9 +158,20 @@ impl Tenant {
         &self.prefix
     }
 
+    /// The per-VM limits of this tenant's VMs, if it has its own (else the backend's
+    /// defaults apply).
+    pub fn limits(&self) -> Option<&VmLimits> {
+        self.limits.as_ref()
+    }
+
     /// Whether a VM of this tenant may touch `key`.
     pub fn allows(&self, key: &str) -> bool {
         key.starts_with(&self.prefix)
+    }
+
+    /// Whether a key could belong to both tenants (one prefix starts with the other).
+    fn overlaps(&self, other: &Tenant) -> bool {
+        self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix)
     }
 }
 
@@ -170,7 +183,8 @@ pub struct Tenants {
 
 impl Tenants {
     /// Checks every spec against the store; no specs means one `default` tenant with access
-    /// to every key. Names must be unique.
+    /// to every key. Names must be unique, and prefixes must not overlap (see the module
+    /// docs).
     pub fn from_specs(specs: &[TenantSpec], store: &StoreUrl) -> Result<Self> {
         let mut by_name = HashMap::new();
         if specs.is_empty() {
@@ -189,6 +203,7 @@ impl Tenants {
                 });
             }
         }
+        check_disjoint(&by_name)?;
         Ok(Self { by_name })
     }
 
@@ -206,6 +221,26 @@ impl Tenants {
         names.sort_unstable();
         names
     }
+}
+
+/// Refuses two tenants whose prefixes overlap. In byte order, a prefix that starts another
+/// sorts before it with only prefixes it also starts in between, so checking neighbours
+/// finds every overlap.
+fn check_disjoint(by_name: &HashMap<String, Arc<Tenant>>) -> Result<()> {
+    let mut tenants: Vec<&Tenant> = by_name.values().map(Arc::as_ref).collect();
+    tenants.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then(a.name.cmp(&b.name)));
+    for pair in tenants.windows(2) {
+        let (first, second) = (pair[0], pair[1]);
+        if first.overlaps(second) {
+            return Err(Error::OverlappingTenants {
+                first: first.name.clone(),
+                first_prefix: first.prefix.clone(),
+                second: second.name.clone(),
+                second_prefix: second.prefix.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Whether `c` may appear in a key.
@@ -367,5 +402,71 @@ mod tests {
         assert_eq!(tenants.names(), vec!["a", "b"]);
         assert!(tenants.get(DEFAULT_TENANT).is_err());
         assert!(Tenants::from_specs(&[spec("a=a"), spec("a=b")], &store).is_err());
+    }
+
+    #[test]
+    fn overlapping_tenants_are_refused() {
+        let store = StoreUrl::File(PathBuf::from("/srv"));
+        let specs = |list: &[&str]| list.iter().map(|s| spec(s)).collect::<Vec<_>>();
+        // Disjoint prefixes, `a` beside `ab`, and one tenant with the empty prefix are fine.
+        for good in [
+            &["a=t/a", "b=t/b", "c=u"][..],
+            &["a=t/a", "ab=t/ab", "a.b=t/a.b"],
+            &["all="],
+            &["x=deep/er/still"],
+        ] {
+            assert!(
+                Tenants::from_specs(&specs(good), &store).is_ok(),
+                "{good:?}"
+            );
+        }
+        for (bad, named) in [
+            (
+                &["a=t", "b=t/b"][..],
+                ["`a` (prefix `t/`)", "`b` (prefix `t/b/`)"],
+            ),
+            (
+                &["a=t/b/", "b=t/b"],
+                ["`a` (prefix `t/b/`)", "`b` (prefix `t/b/`)"],
+            ),
+            (&["all=", "b=x"], ["`all` (prefix ``)", "`b` (prefix `x/`)"]),
+            (
+                &["z=q", "y=r", "all="],
+                ["`all` (prefix ``)", "`z` (prefix `q/`)"],
+            ),
+            (
+                &["a=p/q/r/s", "m=m", "b=p/q"],
+                ["`b` (prefix `p/q/`)", "`a` (prefix `p/q/r/s/`)"],
+            ),
+        ] {
+            let error = Tenants::from_specs(&specs(bad), &store).unwrap_err();
+            assert!(matches!(error, Error::OverlappingTenants { .. }), "{bad:?}");
+            let text = error.to_string();
+            for name in named {
+                assert!(text.contains(name), "{text} should name {name}");
+            }
+        }
+        // The same on an S3 store, where the whole bucket is the empty prefix.
+        let s3 = StoreUrl::S3 {
+            bucket: "nexus-data".into(),
+        };
+        assert!(Tenants::from_specs(&specs(&["a=nexus-data/a", "b=nexus-data"]), &s3).is_err());
+        assert!(Tenants::from_specs(&specs(&["a=nexus-data/a", "b=nexus-data/b"]), &s3).is_ok());
+    }
+
+    #[test]
+    fn tenants_carry_their_limits() {
+        let store = StoreUrl::File(PathBuf::from("/srv"));
+        let limits = VmLimits {
+            log_burst: 3,
+            ..VmLimits::default()
+        };
+        let own = TenantSpec {
+            limits: Some(limits.clone()),
+            ..spec("a=a")
+        };
+        let tenants = Tenants::from_specs(&[own, spec("b=b")], &store).unwrap();
+        assert_eq!(tenants.get("a").unwrap().limits(), Some(&limits));
+        assert_eq!(tenants.get("b").unwrap().limits(), None);
     }
 }

@@ -835,3 +835,192 @@ fn a_detached_vm_can_be_attached_again_and_shutdown_is_prompt() {
     drop(control);
     assert!(backend.terminate().success(), "{}", backend.log());
 }
+
+/// Lines of the backend's log that contain `needle`.
+fn log_lines_with(backend: &BackendProcess, needle: &str) -> Vec<String> {
+    backend
+        .log()
+        .lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_config_file_sets_tenants_and_limits_and_a_log_flood_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("backend.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"io_threads = 1
+[store]
+url = "file://{}"
+[limits]
+list_scan_budget = 4
+[tenants.alpha]
+prefix = "tenants/alpha"
+[tenants.alpha.limits]
+log_records_per_second = 1
+log_burst = 5
+[tenants.beta]
+prefix = "tenants/beta"
+"#,
+            dir.path().join("objects").display()
+        ),
+    )
+    .unwrap();
+    let backend = BackendProcess::start(
+        dir.path(),
+        &["--config".to_owned(), config.display().to_string()],
+        &[],
+    );
+    let mut control = backend.connect();
+    let mut vm = GuestVm::connect(control.attach("flood", "alpha"), WINDOW);
+
+    // A flood of LOGs, each trying to forge a second log line and to colour the terminal.
+    let lines_before = backend.log().lines().count();
+    let started = std::time::Instant::now();
+    let text = b"flood record\nINFO forged line\x1b[31m\n";
+    let (mut ok, mut throttled) = (0u64, 0u64);
+    for _ in 0..300 {
+        let answer = vm.call(
+            &Call::new(Command::Log {
+                level: LogLevel::Info,
+            })
+            .payload(&[text])
+            .response_meta(256),
+        );
+        match answer.header.status {
+            Status::Ok => ok += 1,
+            Status::Throttled => {
+                assert!(answer.meta_text().contains("1 records a second"));
+                throttled += 1;
+            }
+            other => panic!("LOG answered {other}"),
+        }
+    }
+    // A burst of five, then one a second.
+    let allowed = 5 + started.elapsed().as_secs() + 1;
+    assert!(ok >= 5 && ok <= allowed, "{ok} LOGs got through");
+    assert_eq!(ok + throttled, 300);
+
+    // One escaped record per LOG that got through; nothing forged.
+    let records = log_lines_with(&backend, "flood record");
+    assert_eq!(records.len() as u64, ok, "{records:?}");
+    assert!(
+        records[0].contains(r"flood record\nINFO forged line\u{1b}[31m"),
+        "{}",
+        records[0]
+    );
+    assert!(!backend.log().contains('\x1b'));
+    assert!(
+        !backend
+            .log()
+            .lines()
+            .any(|line| line.starts_with("INFO forged"))
+    );
+    // 300 LOGs cost the log a few lines: the records and a summary of the drops (at most
+    // one per 10 s).
+    let grown = (backend.log().lines().count() - lines_before) as u64;
+    let summaries = log_lines_with(&backend, "LOG records dropped by the rate limit");
+    let most = 1 + started.elapsed().as_secs() / 10;
+    assert!(
+        (1..=most).contains(&(summaries.len() as u64)),
+        "{summaries:?}"
+    );
+    assert!(
+        grown <= ok + summaries.len() as u64 + 1,
+        "the log grew by {grown} lines"
+    );
+
+    // Detaching reports the rest: every drop is counted once.
+    let reply = control.send(r#"{"op":"detach","vm":"flood"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let dropped = |line: &String| -> u64 {
+        let (_, rest) = line.split_once("vm flood: ").unwrap();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let summaries = log_lines_with(&backend, "LOG records dropped by the rate limit");
+    assert_eq!(
+        summaries.iter().map(dropped).sum::<u64>(),
+        throttled,
+        "{summaries:?}"
+    );
+    drop(vm);
+
+    // Another tenant without limits of its own gets the defaults (a burst of 200).
+    let mut other = GuestVm::connect(control.attach("quiet", "beta"), WINDOW);
+    for _ in 0..20 {
+        let answer = other.call(
+            &Call::new(Command::Log {
+                level: LogLevel::Info,
+            })
+            .payload(&[b"beta record"]),
+        );
+        assert_eq!(answer.header.status, Status::Ok);
+    }
+    assert_eq!(log_lines_with(&backend, "beta record").len(), 20);
+
+    // LIST pages stay in order under the file's scan budget of 4 entries a page.
+    let mut expected = Vec::new();
+    for i in 0..12 {
+        for name in ["a", "b/c", "d"] {
+            let key = format!("tenants/beta/list/{i:02}/{name}");
+            let answer = put(&mut other, &key, &[b"x"], false);
+            assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+            expected.push(key);
+        }
+    }
+    expected.sort();
+    let mut keys = Vec::new();
+    let mut token: Vec<u8> = Vec::new();
+    let mut pages = 0;
+    loop {
+        let answer = other.call(
+            &Call::new(Command::List { max_entries: 0 })
+                .key(b"tenants/beta/list/")
+                .meta(&token)
+                .response_meta(1024)
+                .buffers(&[64 << 10]),
+        );
+        assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+        let list = EntryList::decode(&answer.payload).unwrap();
+        keys.extend(list.iter().map(|e| e.key.to_owned()));
+        pages += 1;
+        if answer.meta.is_empty() {
+            break;
+        }
+        assert_ne!(token, answer.meta, "no progress");
+        token = answer.meta;
+    }
+    assert_eq!(keys, expected);
+    assert!(
+        pages > 3,
+        "a budget of 4 entries cannot list 36 keys in {pages} pages"
+    );
+}
+
+#[test]
+fn overlapping_tenants_stop_the_backend_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("backend.log");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_nexus-backend"))
+        .arg("--listen")
+        .arg(dir.path().join("control.sock"))
+        .arg("--store")
+        .arg(format!("file://{}", dir.path().join("objects").display()))
+        .args(["--tenant", "alpha=tenants", "--tenant", "beta=tenants/beta"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("`alpha` (prefix `tenants/`)")
+            && log.contains("`beta` (prefix `tenants/beta/`)"),
+        "{log}"
+    );
+}

@@ -681,7 +681,9 @@ impl<R: Registers> Nexus<R> {
     }
 
     /// Sends log text (lines separated by `\n`) to the host, attributed to the current
-    /// invocation. Cut to 64 KiB at a character boundary; empty text sends nothing.
+    /// invocation. Cut to 64 KiB at a character boundary; empty text sends nothing. The
+    /// backend rate-limits LOG per VM: over the limit the text is dropped and
+    /// [`Error::Throttled`] returned.
     pub fn log(&mut self, level: LogLevel, text: &str) -> Result<()> {
         let mut end = text.len().min(MAX_LOG_LEN as usize);
         while !text.is_char_boundary(end) {

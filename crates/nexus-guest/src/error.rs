@@ -59,6 +59,10 @@ pub enum Error {
         /// The version the backend speaks, from `detail`.
         backend_version: u64,
     },
+    /// `THROTTLED`: the VM went over a rate limit the backend sets for it (such as LOG
+    /// records per second); the request was not performed, and may be tried again later.
+    #[error("Throttled: {0}")]
+    Throttled(String),
 
     /// The VM has no nexus-io device (boot-info `device_base` is 0).
     #[error("The VM has no nexus-io device")]
@@ -224,6 +228,7 @@ impl Error {
             Status::UnsupportedVersion => Error::UnsupportedVersion {
                 backend_version: detail,
             },
+            Status::Throttled => Error::Throttled(message),
         })
     }
 
@@ -239,6 +244,7 @@ impl Error {
             Error::Timeout(_) => Status::Timeout,
             Error::Internal(_) => Status::Internal,
             Error::UnsupportedVersion { .. } => Status::UnsupportedVersion,
+            Error::Throttled(_) => Status::Throttled,
             _ => return None,
         })
     }

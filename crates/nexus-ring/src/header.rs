@@ -516,7 +516,7 @@ mod tests {
         };
         assert_eq!(error.to_bytes(), Err(Error::ErrorWithPayload(1)));
         let mut b = header.to_bytes().unwrap();
-        b[6] = 10;
-        assert_eq!(ResponseHeader::decode(&b), Err(Error::UnknownStatus(10)));
+        b[6] = 11;
+        assert_eq!(ResponseHeader::decode(&b), Err(Error::UnknownStatus(11)));
     }
 }

@@ -34,11 +34,15 @@ pub enum Status {
     /// The request header's version is not spoken by the backend; `detail` is the version the
     /// backend speaks.
     UnsupportedVersion = 9,
+    /// The VM went over a rate limit the backend sets for it (such as LOG records per
+    /// second); the request was not performed. The meta area holds a message. Trying again
+    /// later may succeed.
+    Throttled = 10,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 10] = [
+    pub const ALL: [Status; 11] = [
         Status::Ok,
         Status::NotFound,
         Status::PermissionDenied,
@@ -49,6 +53,7 @@ impl Status {
         Status::Timeout,
         Status::Internal,
         Status::UnsupportedVersion,
+        Status::Throttled,
     ];
 
     /// The wire code.
@@ -69,6 +74,7 @@ impl Status {
             7 => Status::Timeout,
             8 => Status::Internal,
             9 => Status::UnsupportedVersion,
+            10 => Status::Throttled,
             _ => return None,
         })
     }
@@ -91,6 +97,7 @@ impl Status {
             Status::Timeout => "TIMEOUT",
             Status::Internal => "INTERNAL",
             Status::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            Status::Throttled => "THROTTLED",
         }
     }
 }
@@ -98,5 +105,21 @@ impl Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_in_order() {
+        for (index, status) in Status::ALL.iter().enumerate() {
+            assert_eq!(status.code() as usize, index);
+            assert_eq!(Status::from_code(status.code()), Some(*status));
+        }
+        assert_eq!(Status::from_code(Status::ALL.len() as u16), None);
+        assert_eq!(Status::Throttled.code(), 10);
+        assert_eq!(Status::Throttled.name(), "THROTTLED");
     }
 }
