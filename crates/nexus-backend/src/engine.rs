@@ -12,9 +12,10 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 
 use crate::config::{BackendConfig, VmLimits};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::http::HttpGateway;
 use crate::invoke::Invoker;
+use crate::journal::{LostUpload, UploadJournal};
 use crate::staging::Staging;
 use crate::store::Store;
 
@@ -34,6 +35,10 @@ pub(crate) struct Engine {
     pub(crate) traffic: Traffic,
     /// Ring requests popped and not yet answered, over all VMs.
     in_flight: AtomicU64,
+    /// The record of acknowledged write-behind uploads (`None`: not kept, for tests).
+    pub(crate) journal: Option<Arc<UploadJournal>>,
+    /// What the journal said an earlier run lost, until the backend takes it.
+    lost: std::sync::Mutex<Vec<(u64, LostUpload)>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -49,6 +54,11 @@ impl Engine {
     /// Builds the engine's clients; runs inside `runtime`'s context.
     pub(crate) fn new(config: &BackendConfig, runtime: Handle) -> Result<Self> {
         let _context = runtime.enter();
+        let (journal, lost) =
+            UploadJournal::open(&config.state_dir).map_err(|source| Error::StateDir {
+                path: config.state_dir.clone(),
+                source,
+            })?;
         crate::install_crypto_provider();
         Ok(Self {
             store: Store::open(&config.store)?,
@@ -60,8 +70,15 @@ impl Engine {
             next_invocation: AtomicU64::new(1),
             traffic: Traffic::default(),
             in_flight: AtomicU64::new(0),
+            journal: Some(Arc::new(journal)),
+            lost: std::sync::Mutex::new(lost),
             runtime,
         })
+    }
+
+    /// The uploads an earlier run of the backend acknowledged and lost (once).
+    pub(crate) fn take_lost(&self) -> Vec<(u64, LostUpload)> {
+        std::mem::take(&mut *crate::session::lock(&self.lost))
     }
 
     /// The registered invoker, if any.

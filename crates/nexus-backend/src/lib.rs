@@ -61,6 +61,7 @@ mod error;
 mod event_loop;
 mod http;
 mod invoke;
+mod journal;
 mod listing;
 mod log_limit;
 mod ops;
@@ -72,6 +73,7 @@ mod store;
 mod tenant;
 mod vhost_user;
 mod window;
+mod write_behind;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

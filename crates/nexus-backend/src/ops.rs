@@ -18,12 +18,11 @@ use crate::http::{HttpCall, HttpFailure};
 use crate::invoke::{InvocationInput, InvocationResult, InvokeError, InvokeRequest};
 use crate::listing::{ListPage, Resume};
 use crate::log_limit::escape_log_text;
-use crate::session::{
-    Durability, KeyTurn, NextClaim, QueuedInvocation, RunningInvocation, Session, WriteBehindTicket,
-};
+use crate::session::{KeyTurn, NextClaim, QueuedInvocation, RunningInvocation, Session};
 use crate::store::{ObjectInfo, PutSource, StoreError, get_length};
 use crate::tenant::{check_key, check_prefix};
 use crate::window::WindowMemory;
+use crate::write_behind::{Durability, WriteBehindTicket};
 
 /// Timeout of an INVOKE whose `arg0` is 0.
 pub(crate) const DEFAULT_INVOKE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -320,7 +319,7 @@ async fn put(
     if write_behind {
         if let (Some(mut ticket), Some(turn)) = (prepared.write_behind.take(), prepared.turn.take())
         {
-            if ticket.reserve(len) {
+            if ticket.reserve(len) && ticket.acknowledge(&key) {
                 // Copy the payload out: the guest may reuse its buffers once we answer.
                 let room = session.staging.reserve(len).await;
                 let mut bytes = Vec::with_capacity(len as usize);

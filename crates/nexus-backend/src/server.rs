@@ -24,6 +24,7 @@ use crate::session::{QueuedInvocation, Session, lock};
 use crate::stats::{BackendStats, ProcessUsage};
 use crate::tenant::{Tenants, check_key, valid_name};
 use crate::vhost_user::VmChannel;
+use crate::write_behind::WriteBehind;
 
 /// The shared backend (cheap to clone; clones share everything).
 ///
@@ -42,6 +43,9 @@ pub(crate) struct Shared {
     tenants: Tenants,
     event_loop: Arc<EventLoop>,
     vms: Mutex<HashMap<String, Attached>>,
+    /// Each VM's write-behind uploads, by VM ID: they outlive an attachment (a VMM that
+    /// reconnects finds them) until nothing is pending or left to report.
+    uploads: Mutex<HashMap<String, Arc<WriteBehind>>>,
     access: ControlAccess,
     /// Control peers refused so far (for the log's streaks).
     pub(crate) refused_peers: AtomicU64,
@@ -73,6 +77,7 @@ impl Backend {
     pub fn new(config: BackendConfig, runtime: Handle) -> Result<Self> {
         let tenants = Tenants::from_specs(&config.tenants, &config.store.url)?;
         let engine = Arc::new(Engine::new(&config, runtime)?);
+        let uploads = lost_uploads(&engine);
         let event_loop = EventLoop::start(EVENT_THREADS).map_err(Error::SpawnThread)?;
         log::info!(
             "backend ready: store {:?}, tenants {:?}",
@@ -85,6 +90,7 @@ impl Backend {
                 tenants,
                 event_loop,
                 vms: Mutex::new(HashMap::new()),
+                uploads: Mutex::new(uploads),
                 access: config.control,
                 refused_peers: AtomicU64::new(0),
             }),
@@ -126,7 +132,14 @@ impl Backend {
         let (ours, theirs) = UnixStream::pair().map_err(Error::Connection)?;
         let event_loop = &self.shared.event_loop;
         let id = event_loop.next_id();
-        let session = Arc::new(Session::new(vm, tenant, self.shared.engine.clone()));
+        let earlier = lock(&self.shared.uploads).get(vm).cloned();
+        let session = Arc::new(Session::with_uploads(
+            vm,
+            tenant,
+            self.shared.engine.clone(),
+            earlier,
+        ));
+        self.keep_uploads(vm, &session.write_behind, vms.len());
         session.set_events(events);
         let ring = Arc::new(RequestRing::new(id, session.clone(), event_loop));
         let channel = VmChannel::new(id, session.clone(), ring, ours).map_err(Error::Connection)?;
@@ -222,7 +235,26 @@ impl Backend {
         self.shared.event_loop.remove(attached.id);
         attached.session.detach();
         attached.channel.close();
+        if attached.session.write_behind.is_idle() {
+            let mut uploads = lock(&self.shared.uploads);
+            if uploads
+                .get(vm)
+                .is_some_and(|u| Arc::ptr_eq(u, &attached.session.write_behind))
+            {
+                uploads.remove(vm);
+            }
+        }
         log::info!("vm {vm} detached");
+    }
+
+    /// Keeps `uploads` as VM `vm`'s, and forgets those of VMs gone with nothing left to do
+    /// once they outnumber the `attached` VMs.
+    fn keep_uploads(&self, vm: &str, uploads: &Arc<WriteBehind>, attached: usize) {
+        let mut all = lock(&self.shared.uploads);
+        all.insert(vm.to_owned(), Arc::clone(uploads));
+        if all.len() > 2 * attached + 64 {
+            all.retain(|_, u| Arc::strong_count(u) > 1 || !u.is_idle());
+        }
     }
 
     /// Detaches every VM.
@@ -366,6 +398,44 @@ impl Backend {
             .map(|a| a.session.clone())
             .ok_or_else(|| Error::UnknownVm(vm.to_owned()))
     }
+}
+
+/// The uploads an earlier run of the backend acknowledged and never finished, by VM: each
+/// is logged, and reported as failed to the VM's next `FLUSH` if it attaches again.
+fn lost_uploads(engine: &Arc<Engine>) -> HashMap<String, Arc<WriteBehind>> {
+    let lost = engine.take_lost();
+    let mut by_vm: HashMap<String, Vec<(u64, String)>> = HashMap::new();
+    for (n, (id, upload)) in lost.into_iter().enumerate() {
+        if n < 20 {
+            log::error!(
+                "vm {}: the write-behind upload of {} was acknowledged by an earlier run of the backend and lost; it is reported to the VM's next FLUSH",
+                upload.vm,
+                upload.key
+            );
+        }
+        by_vm.entry(upload.vm).or_default().push((id, upload.key));
+    }
+    let total: usize = by_vm.values().map(Vec::len).sum();
+    if total > 20 {
+        log::error!(
+            "{total} write-behind uploads of {} VMs were lost by an earlier run of the backend",
+            by_vm.len()
+        );
+    }
+    by_vm
+        .into_iter()
+        .map(|(vm, lost)| {
+            let limits = &engine.limits;
+            let uploads = Arc::new(WriteBehind::new(
+                &vm,
+                limits.write_behind_bytes,
+                limits.write_behind_requests,
+                engine.journal.clone(),
+            ));
+            uploads.adopt_lost(lost);
+            (vm, uploads)
+        })
+        .collect()
 }
 
 /// Runs a prefetch of `key` for `session`, in order with the VM's requests on that key.

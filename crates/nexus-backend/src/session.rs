@@ -4,7 +4,7 @@
 //! One attached VM's state: request ordering per key, write-behind uploads, the prefetch
 //! cache, queued invocations, and the queue generation that cancels in-flight work on a reset.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use crate::invoke::{Invocation, InvocationInput, InvocationResult};
 use crate::log_limit::LogRateLimit;
 use crate::staging::Staging;
 use crate::tenant::Tenant;
+use crate::write_behind::WriteBehind;
 
 /// How long a prefetched object stays cached if nobody reads it.
 const PREFETCH_TTL: Duration = Duration::from_secs(60);
@@ -72,11 +73,31 @@ pub(crate) struct Session {
 impl Session {
     /// A session of VM `vm` of `tenant`, with the tenant's limits if it has its own, else the
     /// engine's defaults.
+    #[cfg(test)]
     pub(crate) fn new(vm: &str, tenant: Arc<Tenant>, engine: Arc<Engine>) -> Self {
+        Self::with_uploads(vm, tenant, engine, None)
+    }
+
+    /// [`new`](Self::new), with the write-behind uploads an earlier attachment of the same VM
+    /// left (still pending, or failed and not yet reported), if any.
+    pub(crate) fn with_uploads(
+        vm: &str,
+        tenant: Arc<Tenant>,
+        engine: Arc<Engine>,
+        uploads: Option<Arc<WriteBehind>>,
+    ) -> Self {
         let limits = tenant
             .limits()
             .cloned()
             .unwrap_or_else(|| engine.limits.clone());
+        let write_behind = uploads.unwrap_or_else(|| {
+            Arc::new(WriteBehind::new(
+                vm,
+                limits.write_behind_bytes,
+                limits.write_behind_requests,
+                engine.journal.clone(),
+            ))
+        });
         Self {
             vm: vm.to_owned(),
             tenant,
@@ -94,10 +115,7 @@ impl Session {
             inflight: Mutex::new(0),
             idle: Condvar::new(),
             key_order: Mutex::new(HashMap::new()),
-            write_behind: Arc::new(WriteBehind::new(
-                limits.write_behind_bytes,
-                limits.write_behind_requests,
-            )),
+            write_behind,
             prefetch: Arc::new(PrefetchCache::new(limits.prefetch_cache_bytes)),
             invocations: Invocations::default(),
             traffic: Traffic::default(),
@@ -287,187 +305,6 @@ impl KeyTurn {
             // Nothing is ever sent: `changed` returns once the earlier turn is dropped.
             while earlier.changed().await.is_ok() {}
         }
-    }
-}
-
-/// A VM's write-behind uploads: which are pending, which failed, and what they hold of the
-/// VM's bounds.
-#[derive(Debug)]
-pub(crate) struct WriteBehind {
-    state: Mutex<WriteBehindState>,
-    changed: Notify,
-    max_bytes: u64,
-    max_requests: u32,
-}
-
-#[derive(Debug, Default)]
-struct WriteBehindState {
-    next: u64,
-    /// Pending uploads by sequence number, with what each holds.
-    pending: BTreeMap<u64, Held>,
-    /// Bytes held by reserved uploads.
-    bytes: u64,
-    /// Reserved uploads (each holds one request slot).
-    requests: u32,
-    /// Failed uploads not yet reported: sequence number and key.
-    failed: Vec<(u64, String)>,
-}
-
-/// What [`WriteBehind::wait`] found.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Durability {
-    /// Every upload before the mark is durable.
-    Durable,
-    /// Some failed: the first one's key and how many.
-    Failed {
-        /// The key of the first failed upload.
-        key: String,
-        /// How many failed.
-        count: u64,
-    },
-}
-
-/// What one registered upload holds of the VM's bounds.
-#[derive(Clone, Copy, Debug, Default)]
-struct Held {
-    /// It was accepted as write-behind: it holds a request slot and `bytes`.
-    reserved: bool,
-    bytes: u64,
-}
-
-impl WriteBehind {
-    fn new(max_bytes: u64, max_requests: u32) -> Self {
-        Self {
-            state: Mutex::new(WriteBehindState::default()),
-            changed: Notify::new(),
-            max_bytes,
-            max_requests,
-        }
-    }
-
-    /// Registers a write-behind PUT in the order requests arrive; FLUSH and COMPLETE wait for
-    /// every ticket registered before their [`mark`](Self::mark).
-    pub(crate) fn register(self: &Arc<Self>) -> WriteBehindTicket {
-        let mut state = lock(&self.state);
-        let seq = state.next;
-        state.next += 1;
-        state.pending.insert(seq, Held::default());
-        WriteBehindTicket {
-            uploads: self.clone(),
-            seq,
-            finished: false,
-        }
-    }
-
-    /// Everything registered so far is before this mark.
-    pub(crate) fn mark(&self) -> u64 {
-        lock(&self.state).next
-    }
-
-    /// Waits until every upload registered before `mark` is durable or failed; failures
-    /// before the mark are reported (once) and forgotten.
-    pub(crate) async fn wait(&self, mark: u64) -> Durability {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            {
-                let mut state = lock(&self.state);
-                if state.pending.range(..mark).next().is_none() {
-                    let (reported, kept): (Vec<_>, Vec<_>) =
-                        state.failed.drain(..).partition(|(seq, _)| *seq < mark);
-                    state.failed = kept;
-                    return match reported.first() {
-                        None => Durability::Durable,
-                        Some((_, key)) => Durability::Failed {
-                            key: key.clone(),
-                            count: reported.len() as u64,
-                        },
-                    };
-                }
-            }
-            changed.await;
-        }
-    }
-
-    /// Bytes currently held by pending uploads.
-    #[cfg(test)]
-    fn bytes(&self) -> u64 {
-        lock(&self.state).bytes
-    }
-
-    /// Request slots currently held by pending uploads.
-    #[cfg(test)]
-    fn requests(&self) -> u32 {
-        lock(&self.state).requests
-    }
-}
-
-/// One registered write-behind PUT; finishing (or dropping) it marks it done.
-#[derive(Debug)]
-pub(crate) struct WriteBehindTicket {
-    uploads: Arc<WriteBehind>,
-    seq: u64,
-    finished: bool,
-}
-
-impl WriteBehindTicket {
-    /// Claims one request slot and `bytes` of the VM's write-behind bounds; `false` if either
-    /// would be exceeded (the PUT is then done synchronously). A ticket reserves once.
-    pub(crate) fn reserve(&mut self, bytes: u64) -> bool {
-        let uploads = &self.uploads;
-        let mut state = lock(&uploads.state);
-        let over = state.requests >= uploads.max_requests
-            || state.bytes.saturating_add(bytes) > uploads.max_bytes;
-        let reserved = state
-            .pending
-            .get(&self.seq)
-            .is_some_and(|held| held.reserved);
-        if over || reserved {
-            return false;
-        }
-        let Some(held) = state.pending.get_mut(&self.seq) else {
-            return false;
-        };
-        *held = Held {
-            reserved: true,
-            bytes,
-        };
-        state.bytes += bytes;
-        state.requests += 1;
-        true
-    }
-
-    /// The upload is over: durable (`None`) or failed for good (`Some(key)`).
-    pub(crate) fn finish(mut self, failed: Option<String>) {
-        self.complete(failed);
-    }
-
-    fn complete(&mut self, failed: Option<String>) {
-        if self.finished {
-            return;
-        }
-        self.finished = true;
-        {
-            let mut state = lock(&self.uploads.state);
-            if let Some(held) = state.pending.remove(&self.seq) {
-                if held.reserved {
-                    state.bytes = state.bytes.saturating_sub(held.bytes);
-                    state.requests = state.requests.saturating_sub(1);
-                }
-            }
-            if let Some(key) = failed {
-                state.failed.push((self.seq, key));
-            }
-        }
-        self.uploads.changed.notify_waiters();
-    }
-}
-
-impl Drop for WriteBehindTicket {
-    fn drop(&mut self) {
-        // Never acknowledged (refused or cancelled): nothing to report.
-        self.complete(None);
     }
 }
 
@@ -806,73 +643,6 @@ mod tests {
         assert_eq!(plain.limits, config.limits);
         assert_eq!(plain.prefetch.limit(), 12345);
         assert!(plain.log_limit.admit(Instant::now()));
-    }
-
-    #[tokio::test]
-    async fn write_behind_marks_and_failures() {
-        let wb = Arc::new(WriteBehind::new(100, 10));
-        let mut a = wb.register();
-        let b = wb.register();
-        let mark = wb.mark();
-        let c = wb.register();
-        assert!(a.reserve(60));
-        let mut d = wb.register();
-        assert!(!d.reserve(41));
-        assert_eq!(wb.bytes(), 60);
-        drop(d);
-
-        let waiter = {
-            let wb = wb.clone();
-            tokio::spawn(async move { wb.wait(mark).await })
-        };
-        a.finish(Some("k/a".into()));
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
-        b.finish(None);
-        assert_eq!(
-            waiter.await.unwrap(),
-            Durability::Failed {
-                key: "k/a".into(),
-                count: 1
-            }
-        );
-        assert_eq!(wb.bytes(), 0);
-        // Reported once only; `c` is after the mark and still pending.
-        assert_eq!(wb.wait(mark).await, Durability::Durable);
-        let later = wb.mark();
-        drop(c);
-        assert_eq!(wb.wait(later).await, Durability::Durable);
-    }
-
-    #[test]
-    fn write_behind_is_bounded_by_requests_and_bytes() {
-        let wb = Arc::new(WriteBehind::new(100, 2));
-        let mut empty = wb.register();
-        let mut small = wb.register();
-        let mut third = wb.register();
-        // A 0-byte PUT still takes a request slot.
-        assert!(empty.reserve(0));
-        assert!(!empty.reserve(0), "a ticket reserves once");
-        assert!(small.reserve(10));
-        assert_eq!((wb.requests(), wb.bytes()), (2, 10));
-        assert!(!third.reserve(0), "beyond two pending uploads");
-        drop(third);
-        empty.finish(None);
-        assert_eq!((wb.requests(), wb.bytes()), (1, 10));
-        let mut big = wb.register();
-        assert!(!big.reserve(91), "beyond 100 bytes");
-        assert!(big.reserve(90));
-        assert_eq!((wb.requests(), wb.bytes()), (2, 100));
-        // A ticket refused (or never reserved) gives nothing back when it ends.
-        let unreserved = wb.register();
-        drop(unreserved);
-        assert_eq!((wb.requests(), wb.bytes()), (2, 100));
-        small.finish(Some("k".into()));
-        big.finish(None);
-        assert_eq!((wb.requests(), wb.bytes()), (0, 0));
-        // Zero request slots: write-behind is off.
-        let off = Arc::new(WriteBehind::new(100, 0));
-        assert!(!off.register().reserve(0));
     }
 
     #[tokio::test]

@@ -122,6 +122,12 @@ impl BackendProcess {
         Control::connect(&self.control)
     }
 
+    /// SIGKILL: the backend dies at once, as in a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, and the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         // SAFETY: sending a signal to our own child process.
