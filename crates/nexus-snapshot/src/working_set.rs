@@ -1,6 +1,6 @@
 //! The working-set file: the pages a recording restore saw the guest touch, with the contents
 //! of the non-zero ones stored contiguously so that a prefetch restore reads them all in one
-//! sequential read (a populated mapping of the file).
+//! sequential read (one `pread` of the whole file into anonymous memory).
 //!
 //! ```text
 //! 0        64                      data offset (page aligned)          end
@@ -15,10 +15,10 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
+use vm_memory::{MmapRegion, VolatileMemory};
 
 use crate::codec::{Decoder, Encoder};
+use crate::file_identity::FileIdentity;
 use crate::memfile::{MemoryFile, temp_path};
 use crate::state::{RegionKind, SnapshotState};
 use crate::{Error, FORMAT_VERSION, PAGE_SIZE, Result};
@@ -34,7 +34,7 @@ pub(crate) struct WorkingSet {
     pub(crate) data_pages: Vec<u64>,
     /// Page-list indices of recorded zero pages, ascending.
     pub(crate) zero_pages: Vec<u64>,
-    /// The whole file, mapped (the pages start at `data_offset`).
+    /// The whole file, read into anonymous memory (the pages start at `data_offset`).
     pub(crate) map: MmapRegion,
     pub(crate) data_offset: usize,
     pub(crate) file_size: u64,
@@ -91,7 +91,7 @@ pub(crate) fn write(
         memory
             .file
             .read_exact_at(dst, (data[i] + 1) * PAGE_SIZE)
-            .map_err(|e| Error::io("read", &memory.path, e))?;
+            .map_err(|e| memory.read_error("read", e))?;
         i = j;
     }
     let mut header = Encoder::default();
@@ -123,14 +123,12 @@ pub(crate) fn write(
     })
 }
 
-/// Maps (populating it: one sequential read of the whole file) and validates the
+/// Reads (one sequential read of the whole file, into anonymous memory) and validates the
 /// working-set file at `path` against the snapshot.
 pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> Result<WorkingSet> {
     let file = File::open(path).map_err(|e| Error::io("read", path, e))?;
-    let found = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
+    let identity = FileIdentity::of_file(&file, path)?;
+    let found = identity.size;
     let mut header = [0u8; HEADER_SIZE];
     let got = crate::memfile::read_up_to(&file, &mut header, 0)
         .map_err(|e| Error::io("read", path, e))?;
@@ -183,8 +181,19 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
             ),
         ));
     }
-    let pages = state.memory.data_pages();
-    if u64::from(page_size) != PAGE_SIZE || data_count > pages || zero_count > pages {
+    // Each listed page is a distinct page of RAM.
+    let ram_pages: u64 = state
+        .memory
+        .regions
+        .iter()
+        .filter(|r| r.kind == RegionKind::Ram)
+        .map(|r| r.pages())
+        .sum();
+    if u64::from(page_size) != PAGE_SIZE
+        || data_count
+            .checked_add(zero_count)
+            .is_none_or(|n| n > ram_pages)
+    {
         return Err(Error::malformed(path, "implausible header"));
     }
     let expected_offset = data_offset(data_count + zero_count);
@@ -196,14 +205,20 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
             found,
         });
     }
-    // One populated mapping: the kernel reads the file sequentially, into the page cache
-    // that every restore of this snapshot shares, and nothing is copied.
-    let map = MmapRegionBuilder::new(found as usize)
-        .with_file_offset(FileOffset::new(file, 0))
-        .with_mmap_prot(libc::PROT_READ)
-        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_POPULATE)
-        .build()
+    // One read of the whole file into anonymous memory, not a mapping of it: a file
+    // truncated while it is read shortens the read (refused below) where a mapping would
+    // fault with SIGBUS on the first page past the new end.
+    let map = MmapRegion::new(found as usize)
         .map_err(|e| Error::io("map", path, std::io::Error::other(e.to_string())))?;
+    let whole = map
+        .get_slice(0, found as usize)
+        .map_err(|e| Error::malformed(path, e.to_string()))?;
+    crate::sys::pread_exact(&file, &whole, 0).map_err(|e| {
+        match identity.check_file(&file, path) {
+            Err(changed @ Error::FileChanged { .. }) => changed,
+            _ => Error::io("read", path, e),
+        }
+    })?;
     let mut hasher = crc32fast::Hasher::new();
     let mut chunk = vec![0u8; 1 << 16];
     let mut indices = Vec::with_capacity(offset as usize - HEADER_SIZE);
