@@ -402,7 +402,8 @@ impl Snapshot {
         // first check but before a lazy mapping of it, which the guest would fault on.
         inner.check_files()?;
         if let (Some(ws), Some(uffd)) = (&working_set, &uffd) {
-            stats.prefetched_pages = install(uffd, &uffd_regions, ws)?;
+            stats.prefetched_pages =
+                install(uffd, &uffd_regions, ws).map_err(|e| ws.changed_or(e))?;
             stats.bytes_read += ws.file_size;
         }
         let faults = match uffd {

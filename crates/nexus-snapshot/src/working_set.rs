@@ -1,6 +1,6 @@
 //! The working-set file: the pages a recording restore saw the guest touch, with the contents
 //! of the non-zero ones stored contiguously so that a prefetch restore reads them all in one
-//! sequential read (one `pread` of the whole file into anonymous memory).
+//! sequential read (a populated mapping of the file).
 //!
 //! ```text
 //! 0        64                      data offset (page aligned)          end
@@ -15,7 +15,8 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use vm_memory::{MmapRegion, VolatileMemory};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, MmapRegion};
 
 use crate::codec::{Decoder, Encoder};
 use crate::file_identity::FileIdentity;
@@ -34,12 +35,16 @@ pub(crate) struct WorkingSet {
     pub(crate) data_pages: Vec<u64>,
     /// Page-list indices of recorded zero pages, ascending.
     pub(crate) zero_pages: Vec<u64>,
-    /// The whole file, read into anonymous memory (the pages start at `data_offset`).
+    /// The whole file, mapped (the pages start at `data_offset`). Only the kernel reads it
+    /// (`UFFDIO_COPY`).
     pub(crate) map: MmapRegion,
     pub(crate) data_offset: usize,
     pub(crate) file_size: u64,
     /// Where it was read from.
     pub(crate) path: PathBuf,
+    /// The file, and its identity when it was opened.
+    file: File,
+    identity: FileIdentity,
 }
 
 /// What writing a working-set file produced.
@@ -123,7 +128,7 @@ pub(crate) fn write(
     })
 }
 
-/// Reads (one sequential read of the whole file, into anonymous memory) and validates the
+/// Maps (populating it: one sequential read of the whole file) and validates the
 /// working-set file at `path` against the snapshot.
 pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> Result<WorkingSet> {
     let file = File::open(path).map_err(|e| Error::io("read", path, e))?;
@@ -205,30 +210,29 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
             found,
         });
     }
-    // One read of the whole file into anonymous memory, not a mapping of it: a file
-    // truncated while it is read shortens the read (refused below) where a mapping would
-    // fault with SIGBUS on the first page past the new end.
-    let map = MmapRegion::new(found as usize)
+    // One populated mapping: the kernel reads the file sequentially, into the page cache
+    // that every restore of this snapshot shares, and the pages are installed from it
+    // without a copy. Only the kernel touches the mapping (UFFDIO_COPY reads it, and fails
+    // with EFAULT past the end of a file truncated meanwhile); this process reads the file
+    // through the descriptor, where a truncation shortens the read instead of faulting with
+    // SIGBUS as a read of the mapping would.
+    let map = MmapRegionBuilder::new(found as usize)
+        .with_file_offset(FileOffset::new(
+            file.try_clone().map_err(|e| Error::io("reopen", path, e))?,
+            0,
+        ))
+        .with_mmap_prot(libc::PROT_READ)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_POPULATE)
+        .build()
         .map_err(|e| Error::io("map", path, std::io::Error::other(e.to_string())))?;
-    let whole = map
-        .get_slice(0, found as usize)
-        .map_err(|e| Error::malformed(path, e.to_string()))?;
-    crate::sys::pread_exact(&file, &whole, 0).map_err(|e| {
-        match identity.check_file(&file, path) {
-            Err(changed @ Error::FileChanged { .. }) => changed,
-            _ => Error::io("read", path, e),
-        }
-    })?;
     let mut hasher = crc32fast::Hasher::new();
     let mut chunk = vec![0u8; 1 << 16];
     let mut indices = Vec::with_capacity(offset as usize - HEADER_SIZE);
     let mut at = HEADER_SIZE;
     while at < found as usize {
         let n = chunk.len().min(found as usize - at);
-        let slice = map
-            .get_slice(at, n)
-            .map_err(|e| Error::malformed(path, e.to_string()))?;
-        slice.copy_to(&mut chunk[..n]);
+        file.read_exact_at(&mut chunk[..n], at as u64)
+            .map_err(|e| changed_or(&file, &identity, path, Error::io("read", path, e)))?;
         hasher.update(&chunk[..n]);
         if at < offset as usize {
             let upto = n.min(offset as usize - at);
@@ -277,5 +281,23 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
         data_offset: offset as usize,
         file_size: found,
         path: path.to_path_buf(),
+        file,
+        identity,
     })
+}
+
+/// [`Error::FileChanged`] if `file` is no longer as `identity` recorded it, else `error`.
+fn changed_or(file: &File, identity: &FileIdentity, path: &Path, error: Error) -> Error {
+    match identity.check_file(file, path) {
+        Err(changed @ Error::FileChanged { .. }) => changed,
+        _ => error,
+    }
+}
+
+impl WorkingSet {
+    /// `error` (a failure to install pages from the mapping), or [`Error::FileChanged`] if
+    /// the file changed since it was read.
+    pub(crate) fn changed_or(&self, error: Error) -> Error {
+        changed_or(&self.file, &self.identity, &self.path, error)
+    }
 }
