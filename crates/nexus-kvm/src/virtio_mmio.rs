@@ -9,7 +9,9 @@
 //! - the status register: `ACKNOWLEDGE` → `DRIVER` → `FEATURES_OK` (refused unless the driver
 //!   accepted `VIRTIO_F_VERSION_1` and nothing the device did not offer) → `DRIVER_OK`, which
 //!   activates the device; writing 0 resets it. Bits may only be added, in that order; a write
-//!   breaking the order is ignored;
+//!   breaking the order is ignored. `FAILED` is taken at any point, but `FEATURES_OK` and
+//!   `DRIVER_OK` written along with it are not (they need the feature check and activation);
+//!   bits the specification does not define are never taken;
 //! - per-queue configuration (size, ready, the three ring addresses), writable only between
 //!   `FEATURES_OK` and `DRIVER_OK` and only while the queue is not ready. Setting `QueueReady`
 //!   checks the queue ([`QueueConfig::check`], then [`VirtioDevice::validate_queue`]); a queue
@@ -20,7 +22,11 @@
 //!   from offset `0x100`.
 //!
 //! Registers below `0x100` are accessed 32 bits at a time; other accesses are ignored (reads
-//! return zeros). The state a snapshot needs is a plain struct, [`MmioTransportState`].
+//! return zeros). The state a snapshot needs is a plain struct, [`MmioTransportState`]; any
+//! state the driver can bring the transport to restores ([`MmioTransport::from_state`]).
+//!
+//! The `mmio_transport` fuzz target (`fuzz/` in the workspace) drives this state machine with
+//! arbitrary register accesses and checks these rules after every one.
 //!
 //! # Example
 //!
@@ -397,7 +403,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     /// A transport in a saved state around `device`. The device is not activated: restoring
-    /// its own state is the caller's business.
+    /// its own state is the caller's business. Refused if the queues do not match the
+    /// device's (count, maxima) or a ready queue fails [`QueueConfig::check`]; a queue that is
+    /// not ready is taken as the driver left it, and checked when it is set ready.
     pub fn from_state(device: D, state: &MmioTransportState) -> Result<Self, Error> {
         let maxima = device.queue_max_sizes();
         if maxima.len() != state.queues.len() {
@@ -406,9 +414,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 found: state.queues.len(),
             });
         }
+        // A queue that is not ready holds whatever the driver wrote (a size above the maximum
+        // too): it is checked when the driver sets it ready, after the restore as before.
         for (index, (queue, &max)) in state.queues.iter().zip(maxima).enumerate() {
-            if queue.max_size != max || queue.size > max || (queue.ready && queue.check().is_err())
-            {
+            if queue.max_size != max || (queue.ready && queue.check().is_err()) {
                 return Err(Error::SavedQueue { index, max });
             }
         }
@@ -629,8 +638,18 @@ impl<D: VirtioDevice> MmioTransport<D> {
             warn!("virtio-mmio: status {value:#x} written to a device that needs a reset, ignored");
             return;
         }
-        // The driver never sets DEVICE_NEEDS_RESET; it may write it back as it read it.
-        let new = (value & !status::DEVICE_NEEDS_RESET) | (old & status::DEVICE_NEEDS_RESET);
+        // The driver sets only its own bits: never DEVICE_NEEDS_RESET (it may write it back as
+        // it read it), nor bits the specification does not define.
+        const DRIVER_BITS: u32 = status::ACKNOWLEDGE
+            | status::DRIVER
+            | status::FEATURES_OK
+            | status::DRIVER_OK
+            | status::FAILED;
+        let undefined = value & !(DRIVER_BITS | status::DEVICE_NEEDS_RESET);
+        if undefined != 0 {
+            warn!("virtio-mmio: undefined status bits {undefined:#x} written, not taken");
+        }
+        let new = (value & DRIVER_BITS) | (old & !DRIVER_BITS);
         if new & old != old {
             warn!("virtio-mmio: status {value:#x} clears bits of {old:#x}, ignored");
             return;
@@ -649,7 +668,14 @@ impl<D: VirtioDevice> MmioTransport<D> {
             return;
         }
         if new & status::FAILED != 0 {
-            self.status = new;
+            // The driver gave up. FEATURES_OK and DRIVER_OK need the device's agreement (the
+            // feature check, activation), which a failed driver does not get: written along
+            // with FAILED they are not taken.
+            let unagreed = added & (status::FEATURES_OK | status::DRIVER_OK);
+            if unagreed != 0 {
+                warn!("virtio-mmio: status bits {unagreed:#x} written with FAILED, not taken");
+            }
+            self.status = new & !unagreed;
             return;
         }
         if added & status::FEATURES_OK != 0 {
@@ -953,6 +979,60 @@ mod tests {
     }
 
     #[test]
+    fn failed_does_not_carry_features_ok_or_driver_ok_past_their_checks() {
+        // Found by the mmio_transport fuzz target: one write of every bit from reset set
+        // FEATURES_OK with no features negotiated, and DRIVER_OK without activation.
+        // (Bits 0x10 and 0x20, which the specification does not define, are not taken.)
+        let mut t = MmioTransport::new(Mock::default());
+        w(&mut t, regs::STATUS, 0xff);
+        assert_eq!(
+            r(&mut t, regs::STATUS),
+            status::ACKNOWLEDGE | status::DRIVER | status::FAILED
+        );
+        w(&mut t, regs::STATUS, 0);
+        w(&mut t, regs::STATUS, 0x31);
+        assert_eq!(r(&mut t, regs::STATUS), status::ACKNOWLEDGE);
+        assert!(t.device().activated.is_none());
+        // After FEATURES_OK was agreed, DRIVER_OK still needs activation.
+        let mut t = negotiated();
+        w(&mut t, regs::STATUS, 0b1111 | status::FAILED);
+        assert_eq!(r(&mut t, regs::STATUS), 0b1011 | status::FAILED);
+        assert!(t.device().activated.is_none());
+        // Features the device never offered are not agreed either.
+        let mut t = MmioTransport::new(Mock::default());
+        w(&mut t, regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, regs::DRIVER_FEATURES, 0x8000_0000);
+        w(&mut t, regs::STATUS, 0b1011 | status::FAILED);
+        assert_eq!(r(&mut t, regs::STATUS) & status::FEATURES_OK, 0);
+        // A reset starts over.
+        w(&mut t, regs::STATUS, 0);
+        assert_eq!(r(&mut t, regs::STATUS), 0);
+    }
+
+    #[test]
+    fn a_queue_mid_setup_with_any_size_saves_and_restores() {
+        // Found by the mmio_transport fuzz target: a driver that wrote a QueueNum above
+        // QueueNumMax (and had not set the queue ready) made the transport's saved state
+        // unrestorable, so a guest could make its VM's snapshot unusable.
+        let mut t = negotiated();
+        set_queue(&mut t, 0, 1000, 0xC000_0000);
+        w(&mut t, regs::QUEUE_SEL, 1);
+        w(&mut t, regs::QUEUE_NUM, u32::MAX);
+        let state = t.state();
+        assert_eq!(
+            (state.queues[0].size, state.queues[1].size),
+            (1000, u16::MAX)
+        );
+        let mut u = MmioTransport::from_state(Mock::default(), &state).unwrap();
+        assert_eq!(u.state(), state);
+        // The size is still refused when the driver sets the queue ready.
+        w(&mut u, regs::QUEUE_SEL, 0);
+        w(&mut u, regs::QUEUE_READY, 1);
+        assert_eq!(r(&mut u, regs::QUEUE_READY), 0);
+        assert_ne!(r(&mut u, regs::STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
     fn queue_setup_only_between_features_ok_and_driver_ok() {
         let mut t = MmioTransport::new(Mock::default());
         w(&mut t, regs::STATUS, 3);
@@ -1080,6 +1160,12 @@ mod tests {
                 found: 1
             }
         );
+        let mut bad = state.clone();
+        bad.queues[0].max_size = 128;
+        assert!(matches!(
+            MmioTransport::from_state(Mock::default(), &bad),
+            Err(Error::SavedQueue { index: 0, .. })
+        ));
         let mut bad = state;
         bad.queues[0].size = 12;
         assert!(matches!(

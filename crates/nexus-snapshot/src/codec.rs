@@ -143,11 +143,19 @@ pub(crate) fn raw_from<T: FromBytes>(bytes: &[u8], what: &str) -> DecodeResult<T
     })
 }
 
-/// A list of `count: u32`, `reserved: u32`, then `count` raw kernel structures.
-pub(crate) fn raw_list_from<T: FromBytes>(bytes: &[u8], what: &str) -> DecodeResult<Vec<T>> {
+/// A list of `count: u32`, `reserved: u32`, then `count` raw kernel structures; more than
+/// `max` entries are refused before anything is allocated.
+pub(crate) fn raw_list_from<T: FromBytes>(
+    bytes: &[u8],
+    what: &str,
+    max: usize,
+) -> DecodeResult<Vec<T>> {
     let mut d = Decoder::new(bytes, "a list");
     let count = d.u32()? as usize;
     let _reserved = d.u32()?;
+    if count > max {
+        return err(format!("{what} has {count} entries (at most {max})"));
+    }
     let size = std::mem::size_of::<T>();
     let body = d.rest();
     if count.checked_mul(size) != Some(body.len()) {
@@ -205,11 +213,18 @@ mod tests {
         }; 3];
         let mut e = Encoder::default();
         raw_list(&mut e, &entries);
-        let back: Vec<kvm_bindings::kvm_msr_entry> = raw_list_from(&e.buf, "MSRs").unwrap();
+        let back: Vec<kvm_bindings::kvm_msr_entry> = raw_list_from(&e.buf, "MSRs", 3).unwrap();
         assert_eq!(back, entries);
         assert!(
-            raw_list_from::<kvm_bindings::kvm_msr_entry>(&e.buf[..e.buf.len() - 1], "MSRs")
+            raw_list_from::<kvm_bindings::kvm_msr_entry>(&e.buf[..e.buf.len() - 1], "MSRs", 3)
                 .is_err()
         );
+        // A count above the bound is refused from the count alone.
+        let err = raw_list_from::<kvm_bindings::kvm_msr_entry>(&e.buf, "MSRs", 2).unwrap_err();
+        assert!(err.0.contains("3 entries (at most 2)"), "{}", err.0);
+        let mut huge = Encoder::default();
+        huge.u32(u32::MAX);
+        huge.u32(0);
+        assert!(raw_list_from::<kvm_bindings::kvm_msr_entry>(&huge.buf, "MSRs", 256).is_err());
     }
 }

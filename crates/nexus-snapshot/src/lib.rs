@@ -29,6 +29,13 @@
 //! The I/O window is always restored eagerly into a new memfd, so that it can again be shared
 //! with the backend.
 //!
+//! A [`Snapshot`] is meant to be opened once and restored from many times. [`Snapshot::open`]
+//! records the identity of its state and memory files (device, inode, size, modification
+//! time), and every restore checks it again ([`Snapshot::check_files`]): a file truncated,
+//! rewritten, replaced or removed since is refused with [`Error::FileChanged`] rather than
+//! mapped. A state file larger than the format's bounds allow ([`limits`]) is refused from
+//! its size, before it is read ([`Error::StateFileTooLarge`]).
+//!
 //! # Example
 //!
 //! ```no_run
@@ -59,6 +66,8 @@
 
 mod codec;
 pub mod devices;
+mod file_identity;
+pub mod limits;
 mod memfile;
 mod persist;
 mod restore;
@@ -72,6 +81,7 @@ mod working_set;
 
 use std::path::{Path, PathBuf};
 
+pub use file_identity::FileChange;
 pub use persist::{DeviceState, Persist};
 pub use restore::{
     FaultServer, FaultStats, RestoreMode, RestoreOptions, RestoreStats, RestoredVm, Snapshot,
@@ -152,6 +162,37 @@ pub enum Error {
         expected: u64,
         /// Its actual size.
         found: u64,
+    },
+    /// The state file is larger than the format allows ([`limits::MAX_STATE_FILE_SIZE`]); it
+    /// was refused from its size, without reading it.
+    #[error("{} is {size} bytes; a state file is at most {max} bytes", path.display())]
+    StateFileTooLarge {
+        /// The state file.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The largest state file the format allows.
+        max: u64,
+    },
+    /// A snapshot file changed after [`Snapshot::open`] recorded it (truncated, replaced,
+    /// removed or written to): restoring from it is refused. Open the snapshot again to
+    /// restore from the files as they are now.
+    #[error("{} changed after the snapshot was opened: {change}", path.display())]
+    FileChanged {
+        /// The state or memory file.
+        path: PathBuf,
+        /// What changed.
+        change: FileChange,
+    },
+    /// Saving would exceed a bound of the format ([`limits`]).
+    #[error("A snapshot holds at most {max} {what}; this one has {found}")]
+    LimitExceeded {
+        /// What is counted or measured ("vCPUs", "device sections", …).
+        what: &'static str,
+        /// How many there are.
+        found: u64,
+        /// The bound.
+        max: u64,
     },
     /// A checksum does not match: the file is corrupted.
     #[error("{} is corrupted: {what} checksum is {found:#010x}, expected {expected:#010x}", path.display())]

@@ -21,6 +21,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, Memo
 use zerocopy::IntoBytes;
 
 use crate::codec::{Decoder, Encoder};
+use crate::file_identity::FileIdentity;
 use crate::state::{MemoryLayout, MemoryRegion, RegionKind, SnapshotState};
 use crate::{Error, FORMAT_VERSION, PAGE_SIZE, Result};
 
@@ -217,6 +218,8 @@ pub(crate) struct MemoryFile {
     pub(crate) path: PathBuf,
     pub(crate) file: File,
     pub(crate) bitmap: PageBitmap,
+    /// The file as it was opened (`fstat` of `file`).
+    identity: FileIdentity,
 }
 
 impl MemoryFile {
@@ -225,10 +228,8 @@ impl MemoryFile {
     pub(crate) fn open(path: &Path, state: &SnapshotState) -> Result<Self> {
         let layout = &state.memory;
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
+        let identity = FileIdentity::of_file(&file, path)?;
+        let size = identity.size;
         let mut header = vec![0u8; PAGE_SIZE as usize];
         let got = read_up_to(&file, &mut header, 0).map_err(|e| Error::io("read", path, e))?;
         if got >= 8 && header[..8] != MEMORY_MAGIC {
@@ -326,7 +327,25 @@ impl MemoryFile {
             path: path.to_path_buf(),
             file,
             bitmap,
+            identity,
         })
+    }
+
+    /// Fails with [`Error::FileChanged`] if the file changed since it was opened: truncated
+    /// or written to (`fstat` of the open descriptor, the one every restore maps or reads),
+    /// or replaced or removed (`stat` of the path).
+    pub(crate) fn check(&self) -> Result<()> {
+        self.identity.check_file(&self.file, &self.path)?;
+        self.identity.check_path(&self.path)
+    }
+
+    /// The error for a failed read of the file: [`Error::FileChanged`] if it changed (a read
+    /// past a new end), else the read's own error.
+    pub(crate) fn read_error(&self, op: &'static str, e: std::io::Error) -> Error {
+        match self.identity.check_file(&self.file, &self.path) {
+            Err(changed @ Error::FileChanged { .. }) => changed,
+            _ => Error::io(op, &self.path, e),
+        }
     }
 
     /// Reads the non-zero pages of `r` into `dst` (fresh, zeroed memory), one `pread` per run
@@ -343,7 +362,7 @@ impl MemoryFile {
                     source: e,
                 })?;
             crate::sys::pread_exact(&self.file, &slice, r.file_offset + offset_in_region)
-                .map_err(|e| Error::io("read", &self.path, e))?;
+                .map_err(|e| self.read_error("read", e))?;
             read += len;
         }
         Ok(read)

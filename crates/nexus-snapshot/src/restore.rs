@@ -9,6 +9,7 @@ use nexus_kvm::{IoWindow, Vcpu, VcpuConfig, Vm, VmMemory};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, MmapRegion, VolatileMemory};
 
+use crate::file_identity::FileIdentity;
 use crate::memfile::MemoryFile;
 use crate::persist::DeviceState;
 use crate::state::{MemoryRegion, RegionKind, SnapshotState};
@@ -101,12 +102,21 @@ pub(crate) struct SnapshotInner {
     pub(crate) files: SnapshotFiles,
     pub(crate) state: SnapshotState,
     pub(crate) memory: MemoryFile,
+    /// The state file as it was read.
+    state_identity: FileIdentity,
     /// The memory file mapped read-only, shared by the userfaultfd handlers.
     source: OnceLock<MmapRegion>,
     open_time: Duration,
 }
 
 impl SnapshotInner {
+    /// Fails with [`Error::FileChanged`] if the memory file or the state file changed since
+    /// the snapshot was opened.
+    pub(crate) fn check_files(&self) -> Result<()> {
+        self.memory.check()?;
+        self.state_identity.check_path(&self.files.state)
+    }
+
     /// The read-only mapping of the memory file, mapped on first use.
     pub(crate) fn source(&self) -> std::io::Result<&MmapRegion> {
         if let Some(s) = self.source.get() {
@@ -195,11 +205,14 @@ impl FaultServer {
     }
 
     /// Writes the pages recorded so far to the snapshot's working-set file (replacing any
-    /// older one), for later [`RestoreMode::Prefetch`] restores.
+    /// older one), for later [`RestoreMode::Prefetch`] restores. Refused with
+    /// [`Error::FileChanged`] if the snapshot's files changed since it was opened.
     pub fn write_working_set(&self) -> Result<WorkingSetReport> {
         let recorded = self.shared.recorded.as_ref().ok_or(Error::NotRecording)?;
         let pages = recorded.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let inner = &self.snapshot;
+        // The pages are copied from the memory file: it must still be the snapshot's.
+        inner.check_files()?;
         let report =
             working_set::write(&inner.files.working_set, &inner.state, &inner.memory, pages)?;
         log::info!(
@@ -220,10 +233,16 @@ fn anonymous_region(r: &MemoryRegion) -> Result<GuestRegionMmap> {
 impl Snapshot {
     /// Opens the snapshot `files` and validates the state file and the memory file (header,
     /// version, checksums, that the memory file is the state file's). Nothing is mapped yet.
+    ///
+    /// A state file larger than the format allows ([`crate::limits::MAX_STATE_FILE_SIZE`]) is
+    /// refused from its size, unread ([`Error::StateFileTooLarge`]). The identity of both files
+    /// (device, inode, size, modification time, from `fstat` of the opened descriptors) is
+    /// recorded: every restore checks it again ([`Snapshot::check_files`]).
     pub fn open(files: &SnapshotFiles) -> Result<Self> {
         let start = Instant::now();
-        let bytes = std::fs::read(&files.state).map_err(|e| Error::io("read", &files.state, e))?;
+        let (bytes, state_identity) = crate::state::read_file(&files.state)?;
         let state = SnapshotState::from_file_bytes(&bytes, &files.state)?;
+        drop(bytes);
         let memory = MemoryFile::open(&files.memory, &state)?;
         log::debug!(
             "Opened snapshot {:#018x}: {} vCPU(s), {} of {} pages stored",
@@ -237,6 +256,7 @@ impl Snapshot {
                 files: files.clone(),
                 state,
                 memory,
+                state_identity,
                 source: OnceLock::new(),
                 open_time: start.elapsed(),
             }),
@@ -258,6 +278,20 @@ impl Snapshot {
         self.inner.open_time
     }
 
+    /// Fails with [`Error::FileChanged`], naming the file and the change, if the memory file
+    /// or the state file is no longer the one [`Snapshot::open`] opened: truncated, extended
+    /// or written to (`fstat` of the memory file's descriptor, which restores map and read),
+    /// replaced or removed (`stat` of the paths). [`Snapshot::restore`] checks this before it
+    /// maps or reads anything and again once guest memory is prepared.
+    ///
+    /// A change is final for this `Snapshot`: even when the file is put back as it was, its
+    /// modification time (or inode) differs, so every later restore is refused too. Open the
+    /// snapshot again ([`Snapshot::open`] validates the files as they are now) to restore
+    /// from it.
+    pub fn check_files(&self) -> Result<()> {
+        self.inner.check_files()
+    }
+
     /// Whether a working-set file for this snapshot exists (it is validated only when a
     /// [`RestoreMode::Prefetch`] restore reads it).
     pub fn has_working_set(&self) -> bool {
@@ -266,6 +300,12 @@ impl Snapshot {
 
     /// Restores a VM. Every file is validated before the VM is built, so an error leaves
     /// nothing behind.
+    ///
+    /// A restore from files that changed since [`Snapshot::open`] is refused with
+    /// [`Error::FileChanged`] ([`Snapshot::check_files`]), in every mode: it is checked before
+    /// anything is mapped or read and again once guest memory is prepared, and a read that
+    /// comes up short because the memory file shrank is reported the same way. A file changed
+    /// after that (while the restored VM runs) is beyond what a restore can check.
     pub fn restore(&self, options: &RestoreOptions) -> Result<RestoredVm> {
         let start = Instant::now();
         let inner = &self.inner;
@@ -274,6 +314,7 @@ impl Snapshot {
         if options.record_working_set && mode != RestoreMode::Uffd {
             return Err(Error::RecordNeedsUffd(mode));
         }
+        inner.check_files()?;
         let working_set = match mode {
             RestoreMode::Prefetch => Some(working_set::read(
                 &inner.files.working_set,
@@ -357,8 +398,12 @@ impl Snapshot {
                 }
             }
         }
+        // A change while memory was prepared: in particular a memory file truncated after the
+        // first check but before a lazy mapping of it, which the guest would fault on.
+        inner.check_files()?;
         if let (Some(ws), Some(uffd)) = (&working_set, &uffd) {
-            stats.prefetched_pages = install(uffd, &uffd_regions, ws)?;
+            stats.prefetched_pages =
+                install(uffd, &uffd_regions, ws).map_err(|e| ws.changed_or(e))?;
             stats.bytes_read += ws.file_size;
         }
         let faults = match uffd {

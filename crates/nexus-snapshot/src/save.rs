@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nexus_kvm::{Vcpu, Vm};
 
+use crate::limits::{MAX_DEVICE_NAME_LEN, MAX_DEVICE_STATE_LEN, MAX_DEVICES, MAX_VCPUS};
 use crate::memfile::{self, temp_path};
 use crate::persist::{DeviceState, check_unique};
 use crate::state::SnapshotState;
@@ -43,6 +44,36 @@ fn new_id() -> u64 {
     h.finish()
 }
 
+/// Fails unless `vcpus` vCPUs and `devices` fit the format's bounds ([`crate::limits`]).
+fn check_limits(vcpus: usize, devices: &[DeviceState]) -> Result<()> {
+    let check = |what, found: usize, max: usize| {
+        if found > max {
+            Err(Error::LimitExceeded {
+                what,
+                found: found as u64,
+                max: max as u64,
+            })
+        } else {
+            Ok(())
+        }
+    };
+    check("vCPUs", vcpus, MAX_VCPUS)?;
+    check("device sections", devices.len(), MAX_DEVICES)?;
+    for d in devices {
+        check(
+            "bytes of name in one device section",
+            d.name.len(),
+            MAX_DEVICE_NAME_LEN,
+        )?;
+        check(
+            "bytes of state in one device section",
+            d.data.len(),
+            MAX_DEVICE_STATE_LEN,
+        )?;
+    }
+    Ok(())
+}
+
 /// Saves a paused VM — `vm`, its stopped `vcpus` (all of them, by index) and its devices'
 /// sections — to `files`: the memory file first, then the state file, each written to a
 /// temporary file and renamed into place, so that a state file is only ever found next to
@@ -50,7 +81,9 @@ fn new_id() -> u64 {
 /// (it belongs to the previous snapshot).
 ///
 /// The vCPUs must not be running; any port or MMIO access KVM is still completing is
-/// finished first ([`Vcpu::complete_pending_io`]).
+/// finished first ([`Vcpu::complete_pending_io`]). More vCPUs or device sections than the
+/// format holds, or a longer device name or state, are refused
+/// ([`Error::LimitExceeded`], [`crate::limits`]) before anything is written.
 pub fn save(
     vm: &Vm,
     vcpus: &mut [Vcpu],
@@ -62,6 +95,7 @@ pub fn save(
     if ids.is_empty() || ids.iter().enumerate().any(|(i, &id)| id != i as u64) {
         return Err(Error::VcpuIds(ids));
     }
+    check_limits(vcpus.len(), devices)?;
     check_unique(devices)?;
     let vcpu_states = vcpus
         .iter_mut()
@@ -120,4 +154,50 @@ pub fn save(
         report.total
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{MAX_DEVICE_NAME_LEN, MAX_DEVICE_STATE_LEN, MAX_DEVICES, MAX_VCPUS};
+
+    fn device(name: &str, len: usize) -> DeviceState {
+        DeviceState {
+            name: name.into(),
+            version: 1,
+            data: vec![0; len],
+        }
+    }
+
+    #[test]
+    fn saving_past_a_bound_of_the_format_is_refused() {
+        let exceeded = |r: Result<()>| match r {
+            Err(Error::LimitExceeded { what, found, max }) => (what, found, max),
+            other => panic!("expected LimitExceeded, got {other:?}"),
+        };
+        let at_bounds = vec![device(
+            &"n".repeat(MAX_DEVICE_NAME_LEN),
+            MAX_DEVICE_STATE_LEN,
+        )];
+        check_limits(MAX_VCPUS, &at_bounds).unwrap();
+        assert_eq!(
+            exceeded(check_limits(MAX_VCPUS + 1, &[])),
+            ("vCPUs", 257, 256)
+        );
+        let many: Vec<_> = (0..=MAX_DEVICES)
+            .map(|i| device(&format!("d{i}"), 0))
+            .collect();
+        assert_eq!(
+            exceeded(check_limits(1, &many)),
+            ("device sections", 65, 64)
+        );
+        let long_name = [device(&"n".repeat(MAX_DEVICE_NAME_LEN + 1), 0)];
+        assert_eq!(exceeded(check_limits(1, &long_name)).1, 256);
+        let big = [device("big", MAX_DEVICE_STATE_LEN + 1)];
+        let err = check_limits(1, &big).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "A snapshot holds at most 65536 bytes of state in one device section; this one has 65537"
+        );
+    }
 }

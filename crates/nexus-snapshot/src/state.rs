@@ -9,12 +9,19 @@
 //! └────────┴────────┴────────┴─────────────────┴──────────────┴─────────┘
 //! ```
 
+use std::fs::File;
+use std::io::Read;
 use std::path::Path;
 
 use nexus_kvm::MemoryConfig;
 use nexus_kvm::layout::WINDOW_START;
 
 use crate::codec::{DecodeError, DecodeResult, Decoder, Encoder};
+use crate::file_identity::FileIdentity;
+use crate::limits::{
+    MAX_CREATOR_LEN, MAX_DEVICE_NAME_LEN, MAX_DEVICE_STATE_LEN, MAX_DEVICES, MAX_REGIONS,
+    MAX_STATE_FILE_SIZE, MAX_VCPUS,
+};
 use crate::persist::{DeviceState, check_unique};
 use crate::vcpu::VcpuState;
 use crate::vm_state::VmState;
@@ -203,8 +210,10 @@ impl MemoryLayout {
             return Err(DecodeError(format!("page size {page_size} is not 4096")));
         }
         let count = d.u32()?;
-        if count > 3 {
-            return Err(DecodeError(format!("{count} memory regions (at most 3)")));
+        if count as usize > MAX_REGIONS {
+            return Err(DecodeError(format!(
+                "{count} memory regions (at most {MAX_REGIONS})"
+            )));
         }
         let mut regions = Vec::new();
         for _ in 0..count {
@@ -364,6 +373,11 @@ impl SnapshotState {
         let id = m.u64()?;
         let created_unix_ns = m.u64()?;
         let len = m.u16()? as usize;
+        if len > MAX_CREATOR_LEN {
+            return Err(DecodeError(format!(
+                "the creator is {len} bytes (at most {MAX_CREATOR_LEN})"
+            )));
+        }
         let creator = String::from_utf8(m.take(len)?.to_vec())
             .map_err(|_| DecodeError("the creator is not UTF-8".into()))?;
         m.finish()?;
@@ -374,6 +388,9 @@ impl SnapshotState {
             let (tag, p) = d.record()?;
             match tag {
                 VCPU if devices.is_empty() => {
+                    if vcpus.len() == MAX_VCPUS {
+                        return Err(DecodeError(format!("more than {MAX_VCPUS} vCPUs")));
+                    }
                     let v = VcpuState::decode(p)?;
                     if v.id != vcpus.len() as u64 {
                         return Err(DecodeError(format!(
@@ -385,17 +402,12 @@ impl SnapshotState {
                     vcpus.push(v);
                 }
                 DEVICE => {
-                    let mut r = Decoder::new(p, "a DEVICE record");
-                    let name_len = r.u16()? as usize;
-                    let _reserved = r.u16()?;
-                    let version = r.u32()?;
-                    let name = String::from_utf8(r.take(name_len)?.to_vec())
-                        .map_err(|_| DecodeError("a device name is not UTF-8".into()))?;
-                    devices.push(DeviceState {
-                        name,
-                        version,
-                        data: r.rest().to_vec(),
-                    });
+                    if devices.len() == MAX_DEVICES {
+                        return Err(DecodeError(format!(
+                            "more than {MAX_DEVICES} device sections"
+                        )));
+                    }
+                    devices.push(decode_device(p)?);
                 }
                 other => {
                     return Err(DecodeError(format!(
@@ -425,6 +437,58 @@ impl SnapshotState {
     }
 }
 
+/// A `DEVICE` record's payload.
+fn decode_device(p: &[u8]) -> DecodeResult<DeviceState> {
+    let mut r = Decoder::new(p, "a DEVICE record");
+    let name_len = r.u16()? as usize;
+    let _reserved = r.u16()?;
+    let version = r.u32()?;
+    if name_len > MAX_DEVICE_NAME_LEN {
+        return Err(DecodeError(format!(
+            "a device name is {name_len} bytes (at most {MAX_DEVICE_NAME_LEN})"
+        )));
+    }
+    let name = String::from_utf8(r.take(name_len)?.to_vec())
+        .map_err(|_| DecodeError("a device name is not UTF-8".into()))?;
+    let data = r.rest();
+    if data.len() > MAX_DEVICE_STATE_LEN {
+        return Err(DecodeError(format!(
+            "device {name:?} has {} bytes of state (at most {MAX_DEVICE_STATE_LEN})",
+            data.len()
+        )));
+    }
+    Ok(DeviceState {
+        name,
+        version,
+        data: data.to_vec(),
+    })
+}
+
+/// Reads the state file at `path` through one descriptor: its identity (`fstat`) first, and
+/// its bytes only if its size is within [`MAX_STATE_FILE_SIZE`].
+pub(crate) fn read_file(path: &Path) -> Result<(Vec<u8>, FileIdentity)> {
+    let file = File::open(path).map_err(|e| Error::io("read", path, e))?;
+    let identity = FileIdentity::of_file(&file, path)?;
+    let too_large = |size| Error::StateFileTooLarge {
+        path: path.to_path_buf(),
+        size,
+        max: MAX_STATE_FILE_SIZE,
+    };
+    if identity.size > MAX_STATE_FILE_SIZE {
+        return Err(too_large(identity.size));
+    }
+    let mut bytes = Vec::with_capacity(identity.size as usize);
+    // Never more than the bound, even if the file grows while it is read.
+    (&file)
+        .take(MAX_STATE_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::io("read", path, e))?;
+    if bytes.len() as u64 > MAX_STATE_FILE_SIZE {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok((bytes, identity))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,6 +515,159 @@ mod tests {
                 data: vec![1, 2, 3],
             }],
         }
+    }
+
+    /// A state file with every bound reached: the longest creator, three memory regions, a
+    /// VM record with every sub-record, the most vCPUs with every sub-record and the longest
+    /// lists, and the most devices with the longest names and states.
+    fn largest_state() -> SnapshotState {
+        use crate::limits::{MAX_CPUID_ENTRIES, MAX_MSRS};
+        use crate::vm_state::IrqchipState;
+        use kvm_bindings::{kvm_cpuid_entry2, kvm_irqchip, kvm_msr_entry};
+
+        let mut s = state();
+        s.creator = "c".repeat(MAX_CREATOR_LEN);
+        s.memory = MemoryLayout::for_config(MemoryConfig {
+            ram_size: 4 << 30,
+            window_size: 1 << 20,
+        });
+        assert_eq!(s.memory.regions.len(), MAX_REGIONS);
+        let chip = |chip_id| kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        s.vm = VmState {
+            clock: Some(Default::default()),
+            irqchip: Some(IrqchipState {
+                pic_master: chip(0),
+                pic_slave: chip(1),
+                ioapic: chip(2),
+                pit: Some(Default::default()),
+            }),
+        };
+        s.vcpus = (0..MAX_VCPUS as u64)
+            .map(|id| {
+                let mut v = sample(id);
+                v.debug_regs = Some(Default::default());
+                v.lapic = Some(Default::default());
+                v.msrs = vec![kvm_msr_entry::default(); MAX_MSRS];
+                v.cpuid = vec![kvm_cpuid_entry2::default(); MAX_CPUID_ENTRIES];
+                v
+            })
+            .collect();
+        s.devices = (0..MAX_DEVICES)
+            .map(|i| DeviceState {
+                name: format!("{i:0width$}", width = MAX_DEVICE_NAME_LEN),
+                version: 1,
+                data: vec![0xa5; MAX_DEVICE_STATE_LEN],
+            })
+            .collect();
+        s
+    }
+
+    #[test]
+    fn the_largest_state_file_is_exactly_the_derived_bound() {
+        let s = largest_state();
+        let bytes = s.to_file_bytes();
+        assert_eq!(bytes.len() as u64, MAX_STATE_FILE_SIZE);
+        // The number the documentation gives.
+        assert_eq!(MAX_STATE_FILE_SIZE, 9_602_165);
+        let back = SnapshotState::from_file_bytes(&bytes, Path::new("x")).unwrap();
+        assert_eq!(back.vcpus.len(), MAX_VCPUS);
+        assert_eq!(back.devices.len(), MAX_DEVICES);
+    }
+
+    #[test]
+    fn counts_and_lengths_past_the_bounds_are_refused() {
+        let p = PathBuf::from("/snap/vm.state");
+        let refused = |s: SnapshotState, want: &str| {
+            let err = SnapshotState::from_file_bytes(&s.to_file_bytes(), &p).unwrap_err();
+            assert!(matches!(err, Error::Malformed { .. }), "{err}");
+            assert!(err.to_string().contains(want), "{err} lacks {want}");
+        };
+        let mut s = state();
+        s.creator = "c".repeat(MAX_CREATOR_LEN + 1);
+        refused(s, "the creator is 256 bytes (at most 255)");
+        let mut s = state();
+        s.vcpus = (0..=MAX_VCPUS as u64).map(sample).collect();
+        refused(s, "more than 256 vCPUs");
+        let mut s = state();
+        s.vcpus[0].msrs = vec![Default::default(); crate::limits::MAX_MSRS + 1];
+        refused(s, "the MSRS record has 257 entries (at most 256)");
+        let mut s = state();
+        s.vcpus[1].cpuid = vec![Default::default(); crate::limits::MAX_CPUID_ENTRIES + 1];
+        refused(s, "the CPUID record has 257 entries (at most 256)");
+        let mut s = state();
+        s.devices = (0..=MAX_DEVICES)
+            .map(|i| DeviceState {
+                name: format!("d{i}"),
+                version: 1,
+                data: vec![],
+            })
+            .collect();
+        refused(s, "more than 64 device sections");
+        let mut s = state();
+        s.devices[0].name = "n".repeat(MAX_DEVICE_NAME_LEN + 1);
+        refused(s, "a device name is 256 bytes (at most 255)");
+        let mut s = state();
+        s.devices[0].data = vec![0; MAX_DEVICE_STATE_LEN + 1];
+        refused(
+            s,
+            "device \"serial\" has 65537 bytes of state (at most 65536)",
+        );
+    }
+
+    /// Bytes this process has read through read(2) and friends so far.
+    fn bytes_read_by_this_process() -> u64 {
+        let io = std::fs::read_to_string("/proc/self/io").unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("rchar: "))
+            .and_then(|n| n.parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn an_oversized_state_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.state");
+        // A sparse 1 GiB file: reading it would read 1 GiB of zeros.
+        let file = File::create(&path).unwrap();
+        file.set_len(1 << 30).unwrap();
+        let before = bytes_read_by_this_process();
+        let err = read_file(&path).unwrap_err();
+        let read = bytes_read_by_this_process() - before;
+        assert!(
+            matches!(err, Error::StateFileTooLarge { size, max, .. }
+                if size == 1 << 30 && max == MAX_STATE_FILE_SIZE),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        // Other tests of this process may read files meanwhile, but not a gigabyte.
+        assert!(read < 256 << 20, "{read} bytes were read");
+
+        // One byte over the bound is refused; at the bound the file is read (and then
+        // refused for what it holds).
+        file.set_len(MAX_STATE_FILE_SIZE + 1).unwrap();
+        assert!(matches!(
+            read_file(&path),
+            Err(Error::StateFileTooLarge { .. })
+        ));
+        file.set_len(MAX_STATE_FILE_SIZE).unwrap();
+        let (bytes, identity) = read_file(&path).unwrap();
+        assert_eq!(bytes.len() as u64, MAX_STATE_FILE_SIZE);
+        assert_eq!(identity.size, MAX_STATE_FILE_SIZE);
+        assert!(matches!(
+            SnapshotState::from_file_bytes(&bytes, &path),
+            Err(Error::BadMagic { .. })
+        ));
+
+        // The largest valid state file opens.
+        std::fs::write(&path, largest_state().to_file_bytes()).unwrap();
+        let (bytes, _) = read_file(&path).unwrap();
+        SnapshotState::from_file_bytes(&bytes, &path).unwrap();
     }
 
     #[test]

@@ -11,6 +11,7 @@ use nexus_kvm::Vcpu;
 use crate::codec::{
     DecodeError, DecodeResult, Decoder, Encoder, raw_from, raw_list, raw_list_from,
 };
+use crate::limits::{MAX_CPUID_ENTRIES, MAX_MSRS};
 use crate::{Error, Result};
 
 /// The MSRs a snapshot saves, in the order they are restored (`IA32_TSC` before the TSC
@@ -351,11 +352,11 @@ impl VcpuState {
                 XSAVE => s.xsave = Some(Box::new(raw_from(p, "the XSAVE record")?)),
                 XCRS => s.xcrs = Some(raw_from(p, "the XCRS record")?),
                 DEBUGREGS => s.debug_regs = Some(raw_from(p, "the DEBUGREGS record")?),
-                MSRS => s.msrs = raw_list_from(p, "the MSRS record")?,
+                MSRS => s.msrs = raw_list_from(p, "the MSRS record", MAX_MSRS)?,
                 LAPIC => s.lapic = Some(raw_from(p, "the LAPIC record")?),
                 EVENTS => s.events = Some(raw_from(p, "the EVENTS record")?),
                 MP_STATE => mp_state = Some(raw_from(p, "the MP_STATE record")?),
-                CPUID => cpuid = Some(raw_list_from(p, "the CPUID record")?),
+                CPUID => cpuid = Some(raw_list_from(p, "the CPUID record", MAX_CPUID_ENTRIES)?),
                 TSC_KHZ => {
                     let mut t = Decoder::new(p, "the TSC_KHZ record");
                     s.tsc_khz = Some(t.u32()?);
@@ -373,19 +374,6 @@ impl VcpuState {
         s.sregs = sregs.ok_or_else(|| missing("SREGS"))?;
         s.mp_state = mp_state.ok_or_else(|| missing("MP_STATE"))?;
         s.cpuid = cpuid.ok_or_else(|| missing("CPUID"))?;
-        if s.cpuid.len() > KVM_MAX_CPUID_ENTRIES {
-            return Err(DecodeError(format!(
-                "vCPU {id} has {} CPUID entries (at most {KVM_MAX_CPUID_ENTRIES})",
-                s.cpuid.len()
-            )));
-        }
-        if s.msrs.len() > kvm_bindings::KVM_MAX_MSR_ENTRIES {
-            return Err(DecodeError(format!(
-                "vCPU {id} has {} MSRs (at most {})",
-                s.msrs.len(),
-                kvm_bindings::KVM_MAX_MSR_ENTRIES
-            )));
-        }
         Ok(s)
     }
 }

@@ -16,9 +16,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
+use vm_memory::{FileOffset, MmapRegion};
 
 use crate::codec::{Decoder, Encoder};
+use crate::file_identity::FileIdentity;
 use crate::memfile::{MemoryFile, temp_path};
 use crate::state::{RegionKind, SnapshotState};
 use crate::{Error, FORMAT_VERSION, PAGE_SIZE, Result};
@@ -34,12 +35,16 @@ pub(crate) struct WorkingSet {
     pub(crate) data_pages: Vec<u64>,
     /// Page-list indices of recorded zero pages, ascending.
     pub(crate) zero_pages: Vec<u64>,
-    /// The whole file, mapped (the pages start at `data_offset`).
+    /// The whole file, mapped (the pages start at `data_offset`). Only the kernel reads it
+    /// (`UFFDIO_COPY`).
     pub(crate) map: MmapRegion,
     pub(crate) data_offset: usize,
     pub(crate) file_size: u64,
     /// Where it was read from.
     pub(crate) path: PathBuf,
+    /// The file, and its identity when it was opened.
+    file: File,
+    identity: FileIdentity,
 }
 
 /// What writing a working-set file produced.
@@ -91,7 +96,7 @@ pub(crate) fn write(
         memory
             .file
             .read_exact_at(dst, (data[i] + 1) * PAGE_SIZE)
-            .map_err(|e| Error::io("read", &memory.path, e))?;
+            .map_err(|e| memory.read_error("read", e))?;
         i = j;
     }
     let mut header = Encoder::default();
@@ -127,10 +132,8 @@ pub(crate) fn write(
 /// working-set file at `path` against the snapshot.
 pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> Result<WorkingSet> {
     let file = File::open(path).map_err(|e| Error::io("read", path, e))?;
-    let found = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, e))?
-        .len();
+    let identity = FileIdentity::of_file(&file, path)?;
+    let found = identity.size;
     let mut header = [0u8; HEADER_SIZE];
     let got = crate::memfile::read_up_to(&file, &mut header, 0)
         .map_err(|e| Error::io("read", path, e))?;
@@ -183,8 +186,19 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
             ),
         ));
     }
-    let pages = state.memory.data_pages();
-    if u64::from(page_size) != PAGE_SIZE || data_count > pages || zero_count > pages {
+    // Each listed page is a distinct page of RAM.
+    let ram_pages: u64 = state
+        .memory
+        .regions
+        .iter()
+        .filter(|r| r.kind == RegionKind::Ram)
+        .map(|r| r.pages())
+        .sum();
+    if u64::from(page_size) != PAGE_SIZE
+        || data_count
+            .checked_add(zero_count)
+            .is_none_or(|n| n > ram_pages)
+    {
         return Err(Error::malformed(path, "implausible header"));
     }
     let expected_offset = data_offset(data_count + zero_count);
@@ -197,9 +211,16 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
         });
     }
     // One populated mapping: the kernel reads the file sequentially, into the page cache
-    // that every restore of this snapshot shares, and nothing is copied.
+    // that every restore of this snapshot shares, and the pages are installed from it
+    // without a copy. Only the kernel touches the mapping (UFFDIO_COPY reads it, and fails
+    // with EFAULT past the end of a file truncated meanwhile); this process reads the file
+    // through the descriptor, where a truncation shortens the read instead of faulting with
+    // SIGBUS as a read of the mapping would.
     let map = MmapRegionBuilder::new(found as usize)
-        .with_file_offset(FileOffset::new(file, 0))
+        .with_file_offset(FileOffset::new(
+            file.try_clone().map_err(|e| Error::io("reopen", path, e))?,
+            0,
+        ))
         .with_mmap_prot(libc::PROT_READ)
         .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_POPULATE)
         .build()
@@ -210,10 +231,8 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
     let mut at = HEADER_SIZE;
     while at < found as usize {
         let n = chunk.len().min(found as usize - at);
-        let slice = map
-            .get_slice(at, n)
-            .map_err(|e| Error::malformed(path, e.to_string()))?;
-        slice.copy_to(&mut chunk[..n]);
+        file.read_exact_at(&mut chunk[..n], at as u64)
+            .map_err(|e| changed_or(&file, &identity, path, Error::io("read", path, e)))?;
         hasher.update(&chunk[..n]);
         if at < offset as usize {
             let upto = n.min(offset as usize - at);
@@ -262,5 +281,23 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
         data_offset: offset as usize,
         file_size: found,
         path: path.to_path_buf(),
+        file,
+        identity,
     })
+}
+
+/// [`Error::FileChanged`] if `file` is no longer as `identity` recorded it, else `error`.
+fn changed_or(file: &File, identity: &FileIdentity, path: &Path, error: Error) -> Error {
+    match identity.check_file(file, path) {
+        Err(changed @ Error::FileChanged { .. }) => changed,
+        _ => error,
+    }
+}
+
+impl WorkingSet {
+    /// `error` (a failure to install pages from the mapping), or [`Error::FileChanged`] if
+    /// the file changed since it was read.
+    pub(crate) fn changed_or(&self, error: Error) -> Error {
+        changed_or(&self.file, &self.identity, &self.path, error)
+    }
 }

@@ -13,7 +13,9 @@ use nexus_kvm::micro::{self, MicroGuestPorts};
 use nexus_kvm::serial::{Console, SerialDevice, SerialIrq};
 use nexus_kvm::{BusKind, MemoryConfig, VcpuConfig, VcpuStop, Vm, VmConfig};
 use nexus_snapshot::devices::SERIAL;
-use nexus_snapshot::{DeviceState, Error, RestoreMode, RestoreOptions, Snapshot, SnapshotFiles};
+use nexus_snapshot::{
+    DeviceState, Error, FileChange, RestoreMode, RestoreOptions, Snapshot, SnapshotFiles,
+};
 
 /// Long enough (a few hundred ms natively) to be stopped in the middle.
 const ITERATIONS: u64 = 100_000_000;
@@ -450,6 +452,152 @@ fn bad_snapshots_are_refused_naming_the_file_and_reason() {
         let r = restore_and_run(&s, RestoreMode::Prefetch, false);
         assert_eq!(r.code, counter().1);
     }
+}
+
+const EVERY_MODE: [RestoreMode; 4] = [
+    RestoreMode::Eager,
+    RestoreMode::Lazy,
+    RestoreMode::Uffd,
+    RestoreMode::Prefetch,
+];
+
+/// The change a refused restore reports, after checking that it names `path`.
+fn change_of(
+    result: nexus_snapshot::Result<nexus_snapshot::RestoredVm>,
+    path: &Path,
+) -> FileChange {
+    match result {
+        Err(Error::FileChanged { path: p, change }) => {
+            assert_eq!(p, path);
+            change
+        }
+        Err(other) => panic!("expected FileChanged for {}, got {other}", path.display()),
+        Ok(_) => panic!("a restore from a changed {} succeeded", path.display()),
+    }
+}
+
+fn restore_in(
+    snapshot: &Snapshot,
+    mode: RestoreMode,
+) -> nexus_snapshot::Result<nexus_snapshot::RestoredVm> {
+    snapshot.restore(&RestoreOptions {
+        mode,
+        ..Default::default()
+    })
+}
+
+/// Replaces `path` by a copy of itself renamed over it (a new inode, the same bytes).
+fn replace_by_copy(path: &Path) {
+    let tmp = path.with_extension("replacement");
+    std::fs::copy(path, &tmp).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn a_memory_file_changed_after_open_refuses_every_restore_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, before) = snapshot_in(dir.path(), 1 << 20);
+    restore_and_run(&snapshot, RestoreMode::Uffd, true);
+    let files = snapshot.files().clone();
+    let backup = dir.path().join("vm.mem.backup");
+    std::fs::copy(&files.memory, &backup).unwrap();
+    let len = std::fs::metadata(&files.memory).unwrap().len();
+    check_run(
+        &restore_and_run(&snapshot, RestoreMode::Lazy, false),
+        &before,
+    );
+
+    // Truncated in place, into guest RAM: a lazy mapping would fault past the new end.
+    truncate(&files.memory, len / 2);
+    for mode in EVERY_MODE {
+        let change = change_of(restore_in(&snapshot, mode), &files.memory);
+        assert_eq!(
+            change,
+            FileChange::Resized {
+                was: len,
+                now: len - len / 2
+            },
+            "{mode:?}"
+        );
+    }
+    let err = snapshot.check_files().unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&files.memory.display().to_string()) && msg.contains("size changed"),
+        "{msg}"
+    );
+
+    // Put back as it was, in place: its size matches again, but it was written to since the
+    // snapshot was opened, so this snapshot stays refused...
+    std::fs::copy(&backup, &files.memory).unwrap();
+    assert_eq!(std::fs::metadata(&files.memory).unwrap().len(), len);
+    for mode in EVERY_MODE {
+        let change = change_of(restore_in(&snapshot, mode), &files.memory);
+        assert!(
+            matches!(change, FileChange::Modified | FileChange::Resized { .. }),
+            "{mode:?}: {change}"
+        );
+    }
+    // ...until it is opened again.
+    let reopened = Snapshot::open(&files).unwrap();
+    check_run(
+        &restore_and_run(&reopened, RestoreMode::Lazy, false),
+        &before,
+    );
+
+    // Replaced by another file (renamed over it): the open descriptor still reads the old
+    // one, but the snapshot on disk is no longer the one opened.
+    replace_by_copy(&files.memory);
+    for mode in EVERY_MODE {
+        let change = change_of(restore_in(&reopened, mode), &files.memory);
+        assert!(
+            matches!(change, FileChange::Replaced { was_inode, inode, .. } if was_inode != inode),
+            "{mode:?}: {change}"
+        );
+    }
+    std::fs::remove_file(&files.memory).unwrap();
+    assert_eq!(
+        change_of(restore_in(&reopened, RestoreMode::Eager), &files.memory),
+        FileChange::Removed
+    );
+    std::fs::copy(&backup, &files.memory).unwrap();
+
+    // The state file is watched too.
+    let reopened = Snapshot::open(&files).unwrap();
+    replace_by_copy(&files.state);
+    assert!(matches!(
+        change_of(restore_in(&reopened, RestoreMode::Uffd), &files.state),
+        FileChange::Replaced { .. }
+    ));
+
+    // The process survived all of it, and the files as they are now restore in every mode.
+    let reopened = Snapshot::open(&files).unwrap();
+    for mode in EVERY_MODE {
+        check_run(&restore_and_run(&reopened, mode, false), &before);
+    }
+}
+
+#[test]
+fn an_oversized_state_file_is_refused_before_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, _) = snapshot_in(dir.path(), 0);
+    let files = snapshot.files().clone();
+    // Its first bytes are still a valid header; the rest is a 1 GiB hole.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&files.state)
+        .unwrap();
+    f.set_len(1 << 30).unwrap();
+    let started = std::time::Instant::now();
+    match Snapshot::open(&files) {
+        Err(Error::StateFileTooLarge { path, size, max }) => {
+            assert_eq!(path, files.state);
+            assert_eq!(size, 1 << 30);
+            assert_eq!(max, nexus_snapshot::limits::MAX_STATE_FILE_SIZE);
+        }
+        other => panic!("expected StateFileTooLarge, got {other:?}"),
+    }
+    eprintln!("refused in {:?}", started.elapsed());
 }
 
 #[test]
