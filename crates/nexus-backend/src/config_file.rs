@@ -109,6 +109,11 @@ pub struct TenantEntry {
     pub bucket: Option<String>,
     /// `[tenants.NAME.limits]`: what it changes of the defaults.
     pub limits: LimitOverrides,
+    /// `control_uids`: control peers (by user ID) allowed to attach VMs of this tenant
+    /// (with `control_gids` both empty: any peer allowed on the control socket).
+    pub control_uids: Vec<u32>,
+    /// `control_gids`: control peers (by group ID) allowed to attach VMs of this tenant.
+    pub control_gids: Vec<u32>,
 }
 
 impl TenantEntry {
@@ -136,6 +141,8 @@ impl TenantEntry {
             name: self.name.clone(),
             value,
             limits: (!self.limits.is_empty()).then(|| self.limits.apply(defaults)),
+            control_uids: self.control_uids.clone(),
+            control_gids: self.control_gids.clone(),
         })
     }
 }
@@ -428,6 +435,8 @@ impl Source<'_> {
             prefix: tenant.prefix.into_inner(),
             bucket: tenant.bucket,
             limits: tenant.limits,
+            control_uids: tenant.control_uids,
+            control_gids: tenant.control_gids,
         })
     }
 }
@@ -708,6 +717,10 @@ struct RawTenant {
     bucket: Option<String>,
     #[serde(default)]
     limits: LimitOverrides,
+    #[serde(default)]
+    control_uids: Vec<u32>,
+    #[serde(default)]
+    control_gids: Vec<u32>,
 }
 
 #[cfg(test)]

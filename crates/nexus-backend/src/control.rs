@@ -268,7 +268,7 @@ impl Backend {
         }
     }
 
-    async fn control_connection(self, stream: UnixStream) {
+    async fn control_connection(self, mut stream: UnixStream) {
         let peer = match stream.peer_cred() {
             Ok(cred) => Peer {
                 uid: cred.uid(),
@@ -280,7 +280,7 @@ impl Backend {
             }
         };
         if let Err(reason) = self.peer_allowed(peer) {
-            self.refuse_peer(&stream, peer, &reason).await;
+            self.refuse_peer(&mut stream, peer, &reason).await;
             return;
         }
         let (reader, mut writer) = stream.into_split();
@@ -342,7 +342,7 @@ impl Backend {
     }
 
     /// Tells a peer it may not use the socket (once per streak in the log).
-    async fn refuse_peer(&self, stream: &UnixStream, peer: Peer, reason: &str) {
+    async fn refuse_peer(&self, stream: &mut UnixStream, peer: Peer, reason: &str) {
         let refusals = self
             .shared
             .refused_peers
@@ -356,7 +356,11 @@ impl Backend {
             );
         }
         let reply = ControlReply::error(format!("Permission denied: {reason}"));
-        let _ = stream.try_write(reply.to_line().as_bytes());
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.write_all(reply.to_line().as_bytes()),
+        )
+        .await;
     }
 
     async fn control_request(

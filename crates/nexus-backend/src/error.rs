@@ -136,6 +136,14 @@ pub enum Error {
     /// A VM's vhost-user connection could not be made or served.
     #[error("Cannot set up the VM's vhost-user connection")]
     Connection(#[source] io::Error),
+    /// A control peer may not attach VMs of this tenant.
+    #[error("uid {uid} may not attach VMs of tenant `{tenant}`")]
+    TenantNotPermitted {
+        /// The tenant.
+        tenant: String,
+        /// The peer's user ID.
+        uid: u32,
+    },
     /// A control peer named a VM another user attached.
     #[error("VM `{vm}` was attached by another user than uid {uid}")]
     NotVmOwner {

@@ -125,6 +125,16 @@ impl Backend {
             return Err(Error::InvalidVmId(vm.to_owned()));
         }
         let tenant = self.shared.tenants.get(tenant)?;
+        if let Some(peer) = peer {
+            // SAFETY: geteuid(2) cannot fail and touches no memory.
+            let own = unsafe { libc::geteuid() };
+            if peer.uid != own && !tenant.admits(peer.uid, peer.gid) {
+                return Err(Error::TenantNotPermitted {
+                    tenant: tenant.name().to_owned(),
+                    uid: peer.uid,
+                });
+            }
+        }
         let mut vms = lock(&self.shared.vms);
         if vms.contains_key(vm) {
             return Err(Error::VmAlreadyAttached(vm.to_owned()));

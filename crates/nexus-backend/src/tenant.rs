@@ -48,6 +48,11 @@ pub struct TenantSpec {
     pub value: String,
     /// The per-VM limits of the tenant's VMs (`None`: the backend's defaults).
     pub limits: Option<VmLimits>,
+    /// Control peers (user IDs) allowed to attach the tenant's VMs; with `control_gids` both
+    /// empty, every peer allowed on the control socket may.
+    pub control_uids: Vec<u32>,
+    /// Control peers (group IDs) allowed to attach the tenant's VMs.
+    pub control_gids: Vec<u32>,
 }
 
 impl std::str::FromStr for TenantSpec {
@@ -70,6 +75,8 @@ impl std::str::FromStr for TenantSpec {
             name: name.to_owned(),
             value: value.to_owned(),
             limits: None,
+            control_uids: Vec::new(),
+            control_gids: Vec::new(),
         })
     }
 }
@@ -88,6 +95,8 @@ pub struct Tenant {
     name: String,
     prefix: String,
     limits: Option<VmLimits>,
+    control_uids: Vec<u32>,
+    control_gids: Vec<u32>,
 }
 
 impl Tenant {
@@ -115,6 +124,8 @@ impl Tenant {
             name: name.to_owned(),
             prefix,
             limits: None,
+            control_uids: Vec::new(),
+            control_gids: Vec::new(),
         })
     }
 
@@ -145,7 +156,10 @@ impl Tenant {
                 prefix
             }
         };
-        Ok(Self::new(&spec.name, prefix)?.with_limits(spec.limits.clone()))
+        let mut tenant = Self::new(&spec.name, prefix)?.with_limits(spec.limits.clone());
+        tenant.control_uids = spec.control_uids.clone();
+        tenant.control_gids = spec.control_gids.clone();
+        Ok(tenant)
     }
 
     /// The tenant's name.
@@ -162,6 +176,13 @@ impl Tenant {
     /// defaults apply).
     pub fn limits(&self) -> Option<&VmLimits> {
         self.limits.as_ref()
+    }
+
+    /// Whether a control peer with user `uid` and group `gid` may attach VMs of this tenant.
+    pub fn admits(&self, uid: u32, gid: u32) -> bool {
+        (self.control_uids.is_empty() && self.control_gids.is_empty())
+            || self.control_uids.contains(&uid)
+            || self.control_gids.contains(&gid)
     }
 
     /// Whether a VM of this tenant may touch `key`.

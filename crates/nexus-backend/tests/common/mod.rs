@@ -54,8 +54,16 @@ pub struct BackendProcess {
 impl BackendProcess {
     /// Starts `nexus-backend --listen <dir>/control.sock` with `args` and `env`.
     pub fn start(dir: &Path, args: &[String], env: &[(&str, String)]) -> Self {
-        let control = dir.join("control.sock");
-        let log = dir.join("backend.log");
+        Self::start_at(dir.join("control.sock"), dir.join("backend.log"), args, env)
+    }
+
+    /// Starts `nexus-backend --listen <control>` with `args` and `env`, its log at `log`.
+    pub fn start_at(
+        control: PathBuf,
+        log: PathBuf,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> Self {
         let mut process = Process::new(env!("CARGO_BIN_EXE_nexus-backend"));
         process
             .arg("--listen")
