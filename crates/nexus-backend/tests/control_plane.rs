@@ -215,8 +215,8 @@ fn tenants_and_vms_are_reached_only_by_their_users() {
     assert!(error(0).contains("tenant `alpha`"), "{}", error(0));
     assert_eq!(replies[1]["ok"], true, "{}", replies[1]);
     assert_eq!(replies[1]["connection"], "fd");
-    for i in 2..5 {
-        assert_eq!(replies[i]["ok"], false, "{}", replies[i]);
+    for (i, reply) in replies.iter().enumerate().take(5).skip(2) {
+        assert_eq!(reply["ok"], false, "{reply}");
         assert!(error(i).contains("another user"), "{}", error(i));
     }
     assert_eq!(replies[5]["ok"], true, "{}", replies[5]);
