@@ -180,6 +180,13 @@ pub struct VmLimits {
     /// LIST: most objects (and directories) looked at for one page before it ends early with
     /// a continuation token.
     pub list_scan_budget: u32,
+    /// LIST: objects (and directories) looked at per second on average over a VM's listings
+    /// (with one second's worth as burst); a VM that lists faster waits.
+    pub list_scan_per_second: u32,
+    /// Milliseconds of the backend's CPU the VM may use a second (its requests' work, kicks
+    /// and blocking I/O included), with one second's worth as burst; past it, its requests
+    /// wait in the ring.
+    pub cpu_millis_per_second: u32,
 }
 
 impl Default for VmLimits {
@@ -193,6 +200,8 @@ impl Default for VmLimits {
             log_records_per_second: 100,
             log_burst: 200,
             list_scan_budget: 100_000,
+            list_scan_per_second: 100_000,
+            cpu_millis_per_second: 200,
         }
     }
 }

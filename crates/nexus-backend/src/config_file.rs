@@ -175,6 +175,12 @@ pub struct LimitOverrides {
     /// [`VmLimits::list_scan_budget`] (at least 1).
     #[serde(default, deserialize_with = "positive_u32")]
     pub list_scan_budget: Option<u32>,
+    /// [`VmLimits::list_scan_per_second`] (at least 1).
+    #[serde(default, deserialize_with = "positive_u32")]
+    pub list_scan_per_second: Option<u32>,
+    /// [`VmLimits::cpu_millis_per_second`] (at least 1).
+    #[serde(default, deserialize_with = "positive_u32")]
+    pub cpu_millis_per_second: Option<u32>,
 }
 
 impl LimitOverrides {
@@ -195,6 +201,12 @@ impl LimitOverrides {
                 .unwrap_or(base.log_records_per_second),
             log_burst: self.log_burst.unwrap_or(base.log_burst),
             list_scan_budget: self.list_scan_budget.unwrap_or(base.list_scan_budget),
+            list_scan_per_second: self
+                .list_scan_per_second
+                .unwrap_or(base.list_scan_per_second),
+            cpu_millis_per_second: self
+                .cpu_millis_per_second
+                .unwrap_or(base.cpu_millis_per_second),
         }
     }
 

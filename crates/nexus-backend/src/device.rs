@@ -28,6 +28,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::cpu_share::{Metered, thread_cpu};
 use crate::event_loop::EventLoop;
 use crate::ops::{self, Prepared};
 use crate::session::{InflightGuard, Session, lock};
@@ -59,8 +60,19 @@ struct RingState {
     watched: bool,
     /// The guest broke a ring rule; nothing is served until the ring is stopped.
     broken: Option<RingFault>,
-    /// The drain stopped at the in-flight limit; the next answer resumes it.
-    throttled: bool,
+    /// Why the drain stopped early, if it did: the kick is not watched meanwhile.
+    throttled: Option<Throttle>,
+    /// A timer will resume the drain (the VM's CPU share is spent).
+    timer_armed: bool,
+}
+
+/// Why a VM's chains wait in the ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Throttle {
+    /// At its requests-in-flight limit: the next answer resumes the drain.
+    InFlight,
+    /// Its CPU share is spent: a timer resumes the drain once it is paid back.
+    Cpu,
 }
 
 impl RingState {
@@ -106,7 +118,8 @@ impl RequestRing {
                 enabled: true,
                 watched: false,
                 broken: None,
-                throttled: false,
+                throttled: None,
+                timer_armed: false,
             }),
             breaks: Mutex::new(BreakLog {
                 since: Instant::now(),
@@ -222,7 +235,7 @@ impl RequestRing {
             state.watched = false;
             return;
         };
-        let want = state.serving();
+        let want = state.serving() && state.throttled.is_none();
         if want && !state.watched {
             match event_loop.watch_kick(self.id, kick) {
                 Ok(()) => state.watched = true,
@@ -242,7 +255,7 @@ impl RequestRing {
             let mut state = lock(&self.state);
             state.queue.set_ready(false);
             state.broken = None;
-            state.throttled = false;
+            state.throttled = None;
             self.update_watch(&mut state);
             state.kick = None;
             state.call = None;
@@ -266,13 +279,22 @@ impl RequestRing {
             }
             kick.as_raw_fd()
         };
-        self.process();
+        self.drain();
         lock(&self.state).watched.then_some(fd)
     }
 
     /// Drains the queue: with notifications off, take every available chain (up to the
     /// in-flight limit); turn them back on and go again if more arrived meanwhile.
     pub(crate) fn process(self: &Arc<Self>) {
+        let start = thread_cpu();
+        self.drain();
+        self.session
+            .cpu
+            .charge_outside_tasks(thread_cpu().saturating_sub(start));
+    }
+
+    /// The drain without its CPU charged (the event loop charges its whole turn).
+    pub(crate) fn drain(self: &Arc<Self>) {
         let mut state = lock(&self.state);
         if !state.serving() {
             return;
@@ -280,6 +302,7 @@ impl RequestRing {
         let Some(window) = state.window.clone() else {
             return;
         };
+        state.throttled = None;
         let decoder = Decoder::new(window.window());
         let limit = self.session.limits.requests_in_flight.max(1) as usize;
         let mut signal = false;
@@ -288,7 +311,13 @@ impl RequestRing {
             let _ = state.queue.disable_notification(memory);
             let drained = loop {
                 if self.session.in_flight() >= limit {
-                    state.throttled = true;
+                    state.throttled = Some(Throttle::InFlight);
+                    break Ok(false);
+                }
+                let wait = self.session.cpu.wait();
+                if !wait.is_zero() {
+                    state.throttled = Some(Throttle::Cpu);
+                    self.resume_after(&mut state, wait);
                     break Ok(false);
                 }
                 match ring::pop_checked(&mut state.queue, memory, nexus_ring::MAX_CHAIN_LEN) {
@@ -322,12 +351,26 @@ impl RequestRing {
                 signal_used(call);
             }
         }
+        self.update_watch(&mut state);
+    }
+
+    /// Resumes the drain after `wait` (once; the VM's CPU share is being paid back).
+    fn resume_after(self: &Arc<Self>, state: &mut RingState, wait: Duration) {
+        if std::mem::replace(&mut state.timer_armed, true) {
+            return;
+        }
+        let ring = Arc::clone(self);
+        self.session.engine.runtime.spawn(async move {
+            tokio::time::sleep(wait).await;
+            lock(&ring.state).timer_armed = false;
+            ring.process();
+        });
     }
 
     /// The guest broke a ring rule: stop serving the queue until it is reset.
     fn break_queue(&self, state: &mut RingState, fault: RingFault) {
         state.broken = Some(fault.clone());
-        state.throttled = false;
+        state.throttled = None;
         self.update_watch(state);
         self.session.end_generation();
         self.log_break(&fault);
@@ -480,7 +523,7 @@ impl Completion {
                     signal_used(call);
                 }
             }
-            std::mem::take(&mut state.throttled)
+            state.throttled == Some(Throttle::InFlight)
         };
         drop(inflight);
         if resume {
@@ -573,18 +616,23 @@ fn dispatch(
     }
     let session = session.clone();
     let window = window.clone();
-    session.engine.runtime.clone().spawn(async move {
-        let epoch = completion.epoch();
-        let reply = tokio::select! {
-            reply = ops::execute(&session, &window, &request, prepared) => reply,
-            () = session.cancelled(epoch) => {
-                log::debug!("vm {}: request {} cancelled", session.vm, request.id());
-                return;
-            }
-        };
-        let used = ops::respond(&window, request.id(), &request.response, reply);
-        completion.finish(used);
-    });
+    let share = Arc::clone(&session.cpu);
+    session
+        .engine
+        .runtime
+        .clone()
+        .spawn(Metered::new(share, async move {
+            let epoch = completion.epoch();
+            let reply = tokio::select! {
+                reply = ops::execute(&session, &window, &request, prepared) => reply,
+                () = session.cancelled(epoch) => {
+                    log::debug!("vm {}: request {} cancelled", session.vm, request.id());
+                    return;
+                }
+            };
+            let used = ops::respond(&window, request.id(), &request.response, reply);
+            completion.finish(used);
+        }));
     None
 }
 

@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::cpu_share::{CpuShare, thread_cpu};
 use crate::session::lock;
 use crate::vhost_user::{Handled, VmChannel};
 
@@ -58,6 +59,18 @@ const CONNECTION: EventSet = EventSet::IN
     .union(EventSet::ONE_SHOT);
 /// What a kick is watched for.
 const KICK: EventSet = EventSet::IN.union(EventSet::ONE_SHOT);
+
+/// Charges a VM the CPU the event loop spent on it since `since`, when dropped.
+struct Charge<'a> {
+    share: &'a CpuShare,
+    since: std::time::Duration,
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        self.share.charge(thread_cpu().saturating_sub(self.since));
+    }
+}
 
 /// The shared event loop (see the module docs).
 pub(crate) struct EventLoop {
@@ -191,19 +204,26 @@ impl EventLoop {
                     return;
                 }
             };
+            let mut woke = thread_cpu();
             for event in &events[..n] {
                 if event.data() == STOP || self.stopping.load(Ordering::SeqCst) {
                     return;
                 }
-                self.dispatch(event.data());
+                self.dispatch(event.data(), woke);
+                woke = thread_cpu();
             }
         }
     }
 
-    fn dispatch(&self, token_value: u64) {
+    fn dispatch(&self, token_value: u64, woke: std::time::Duration) {
         let (id, source) = decode(token_value);
         let Some(channel) = lock(&self.channels).get(&id).cloned() else {
             return;
+        };
+        // The turn is the VM's: from the wake-up to the end of its handling.
+        let _charge = Charge {
+            share: channel.cpu(),
+            since: woke,
         };
         match source {
             Source::Connection => match channel.handle_message() {

@@ -55,6 +55,7 @@
 mod config;
 mod config_file;
 mod control;
+mod cpu_share;
 mod device;
 mod engine;
 mod error;
@@ -65,6 +66,7 @@ mod journal;
 mod listing;
 mod log_limit;
 mod ops;
+mod scan_rate;
 mod server;
 mod session;
 mod staging;

@@ -98,6 +98,8 @@ pub(crate) struct ListPage<T> {
     pub(crate) entries: Vec<T>,
     /// The continuation token, if the listing may go on.
     pub(crate) next: Option<String>,
+    /// Objects (S3) or directory entries (file store) looked at for this page.
+    pub(crate) looked: u64,
 }
 
 /// Lists the objects of a file store rooted at `root` whose keys start with `prefix` and come
@@ -136,6 +138,7 @@ pub(crate) fn walk_files<T>(
     Ok(ListPage {
         entries: walk.entries,
         next,
+        looked: walk.looked,
     })
 }
 

@@ -13,6 +13,7 @@ use nexus_ring::{
     Status,
 };
 
+use crate::cpu_share::Metered;
 use crate::error::Error;
 use crate::http::{HttpCall, HttpFailure};
 use crate::invoke::{InvocationInput, InvocationResult, InvokeError, InvokeRequest};
@@ -330,11 +331,12 @@ async fn put(
                 session.prefetch.invalidate(&key);
                 let upload = engine.upload_started();
                 let session = session.clone();
-                engine.runtime.spawn(async move {
+                let share = Arc::clone(&session.cpu);
+                engine.runtime.spawn(Metered::new(share, async move {
                     let _room = room;
                     let _upload = upload;
                     upload_behind(&session, key, Bytes::from(bytes), turn, ticket).await;
-                });
+                }));
                 return Ok(Reply::ok());
             }
             log::debug!(
@@ -505,7 +507,16 @@ async fn list(
         0 => nexus_ring::limits::MAX_LIST_ENTRIES,
         n => n,
     } as usize;
-    let ListPage { entries, next } = session
+    // Past its listing rate, a VM waits (no CPU) until it has paid its earlier pages back.
+    let debt = session.list_rate.wait();
+    if !debt.is_zero() {
+        tokio::time::sleep(debt).await;
+    }
+    let ListPage {
+        entries,
+        next,
+        looked,
+    } = session
         .engine
         .store
         .list(
@@ -516,6 +527,12 @@ async fn list(
         )
         .await
         .map_err(|e| Reply::from_store(&e))?;
+    session.list_rate.charge(looked);
+    log::debug!(
+        "vm {}: LIST page of {} entries looked at {looked} (waited {debt:?} first)",
+        session.vm,
+        entries.len()
+    );
 
     let target = request.response.payload;
     let capacity = target.total_len() as usize;
@@ -942,13 +959,17 @@ async fn complete(
     } else {
         // Report completion once the uploads made before COMPLETE are durable.
         let write_behind = session.write_behind.clone();
-        session.engine.runtime.spawn(async move {
-            let report = match write_behind.wait(mark).await {
-                Durability::Durable => Ok(result),
-                Durability::Failed { key, count } => Err(Error::UploadFailed { key, count }),
-            };
-            let _ = running.reply.send(report);
-        });
+        let share = Arc::clone(&session.cpu);
+        session
+            .engine
+            .runtime
+            .spawn(Metered::new(share, async move {
+                let report = match write_behind.wait(mark).await {
+                    Durability::Durable => Ok(result),
+                    Durability::Failed { key, count } => Err(Error::UploadFailed { key, count }),
+                };
+                let _ = running.reply.send(report);
+            }));
     }
     Ok(Reply::ok())
 }

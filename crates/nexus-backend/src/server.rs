@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{BackendConfig, ControlAccess};
 use crate::control::{ControlEvent, Peer};
+use crate::cpu_share::Metered;
 use crate::device::RequestRing;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -456,25 +457,30 @@ fn prefetch(session: &Arc<Session>, key: &str) {
     let mut turn = session.take_turn(key);
     let session = session.clone();
     let key = key.to_owned();
-    session.engine.runtime.clone().spawn(async move {
-        turn.ready().await;
-        let limit = session.prefetch.limit();
-        match session.engine.store.fetch(&key, limit).await {
-            Ok(bytes) => {
-                log::debug!(
-                    "vm {}: prefetched {key} ({} bytes)",
-                    session.vm,
-                    bytes.len()
-                );
-                session.prefetch.complete(slot, Some(bytes));
+    let share = Arc::clone(&session.cpu);
+    session
+        .engine
+        .runtime
+        .clone()
+        .spawn(Metered::new(share, async move {
+            turn.ready().await;
+            let limit = session.prefetch.limit();
+            match session.engine.store.fetch(&key, limit).await {
+                Ok(bytes) => {
+                    log::debug!(
+                        "vm {}: prefetched {key} ({} bytes)",
+                        session.vm,
+                        bytes.len()
+                    );
+                    session.prefetch.complete(slot, Some(bytes));
+                }
+                Err(e) => {
+                    log::info!("vm {}: prefetch of {key} failed: {e}", session.vm);
+                    session.prefetch.complete(slot, None);
+                }
             }
-            Err(e) => {
-                log::info!("vm {}: prefetch of {key} failed: {e}", session.vm);
-                session.prefetch.complete(slot, None);
-            }
-        }
-        drop(turn);
-    });
+            drop(turn);
+        }));
 }
 
 /// A streak of failed attempts and the pause before the next: 100 ms, doubling up to 5 s.

@@ -14,10 +14,12 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::config::VmLimits;
 use crate::control::ControlEvent;
+use crate::cpu_share::CpuShare;
 use crate::engine::{Engine, Traffic, TrafficCounts};
 use crate::error::{Error, Result};
 use crate::invoke::{Invocation, InvocationInput, InvocationResult};
 use crate::log_limit::LogRateLimit;
+use crate::scan_rate::ScanRate;
 use crate::staging::Staging;
 use crate::tenant::Tenant;
 use crate::write_behind::WriteBehind;
@@ -52,6 +54,10 @@ pub(crate) struct Session {
     pub(crate) staging: Staging,
     /// The VM's LOG rate limit.
     pub(crate) log_limit: LogRateLimit,
+    /// The VM's listing rate (entries looked at per second).
+    pub(crate) list_rate: ScanRate,
+    /// The VM's share of the backend's CPU.
+    pub(crate) cpu: Arc<CpuShare>,
     /// The queue generation: completions of an older generation are dropped.
     epoch: Mutex<u64>,
     /// Broadcasts the generation (`u64::MAX` once detached) to cancel parked requests.
@@ -107,6 +113,8 @@ impl Session {
                 limits.log_burst,
                 Instant::now(),
             ),
+            list_rate: ScanRate::new(limits.list_scan_per_second),
+            cpu: Arc::new(CpuShare::new(limits.cpu_millis_per_second)),
             engine,
             limits: limits.clone(),
             events: Mutex::new(None),

@@ -33,6 +33,7 @@ use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::config::{StoreConfig, StoreUrl};
+use crate::cpu_share::CpuShare;
 use crate::error::{Error, Result};
 use crate::listing::{ListPage, Resume, walk_files};
 use crate::staging::Staging;
@@ -388,10 +389,12 @@ where
     F: FnOnce() -> std::result::Result<T, StoreError> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        log::error!("file I/O task failed: {e}");
-        StoreError::Internal("a file I/O task failed".into())
-    })?
+    tokio::task::spawn_blocking(CpuShare::charging_blocking(f))
+        .await
+        .map_err(|e| {
+            log::error!("file I/O task failed: {e}");
+            StoreError::Internal("a file I/O task failed".into())
+        })?
 }
 
 fn info_of(meta: object_store::ObjectMeta) -> ObjectInfo {
@@ -581,7 +584,11 @@ async fn remote_list(
         if key.starts_with(prefix) && resume.before_key(&key) {
             if entries.len() == max {
                 let next = entries.last().map(|last| last.key.clone());
-                return Ok(ListPage { entries, next });
+                return Ok(ListPage {
+                    entries,
+                    next,
+                    looked,
+                });
             }
             entries.push(info_of(meta));
         }
@@ -589,12 +596,14 @@ async fn remote_list(
             return Ok(ListPage {
                 entries,
                 next: Some(key),
+                looked,
             });
         }
     }
     Ok(ListPage {
         entries,
         next: None,
+        looked,
     })
 }
 

@@ -147,6 +147,11 @@ impl VmChannel {
         self.ring.kicked()
     }
 
+    /// The VM's share of the backend's CPU (the event loop charges its turns for the VM).
+    pub(crate) fn cpu(&self) -> &crate::cpu_share::CpuShare {
+        &self.session.cpu
+    }
+
     /// The frontend closed the connection: the queue stops (the VM stays attached until it
     /// is detached; a new `attach` replaces it).
     pub(crate) fn disconnected(&self) {

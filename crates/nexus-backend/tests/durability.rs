@@ -70,11 +70,13 @@ fn a_reconnected_vm_still_waits_for_the_uploads_of_its_earlier_connection() {
     let dir = tempfile::tempdir().unwrap();
     let (_store, port) = black_hole();
     let backend = backend(dir.path(), port);
-    let (control, mut vm) = attach(&backend, "vm1");
+    let (mut control, mut vm) = attach(&backend, "vm1");
     assert_eq!(put_behind(&mut vm, "out/pending"), Status::Ok);
-    // The VMM's connections go away (it reconnects, as after losing them): the VM is
-    // detached with its upload still running.
+    // The VMM reconnects (as nexus-io does after losing its connection: detach, then attach
+    // anew): the VM is detached with its upload still running.
     drop(vm);
+    let reply = control.send(r#"{"op":"detach","vm":"vm1"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
     drop(control);
     let (_control, mut vm) = attach(&backend, "vm1");
     // The upload of the earlier connection still counts: no OK while it runs.
