@@ -773,7 +773,7 @@ impl<R: Registers> smoltcp::phy::Device for VirtioNet<R> {
 }
 
 /// The internet checksum's one's-complement sum of `data` added to `sum` (not folded).
-fn sum_words(mut sum: u32, data: &[u8]) -> u32 {
+pub(crate) fn sum_words(mut sum: u32, data: &[u8]) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for pair in &mut chunks {
         sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
@@ -785,7 +785,7 @@ fn sum_words(mut sum: u32, data: &[u8]) -> u32 {
 }
 
 /// Folds a 32-bit sum to 16 bits (one's complement addition).
-fn fold(mut sum: u32) -> u16 {
+pub(crate) fn fold(mut sum: u32) -> u16 {
     while sum > 0xFFFF {
         sum = (sum & 0xFFFF) + (sum >> 16);
     }

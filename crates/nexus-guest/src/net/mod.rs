@@ -51,6 +51,11 @@ pub mod stack;
 pub mod transport;
 pub mod virtio;
 
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
 pub use config::{BootConfig, NetConfig, positional_args};
 pub use driver::{NetDeviceInfo, NetDriverConfig, NetStats, VirtioNet};
 pub use error::{NetError, Result};

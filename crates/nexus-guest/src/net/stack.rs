@@ -238,6 +238,15 @@ impl<L: Link> NetStack<L> {
         Ok(self.sockets.get_mut::<tcp::Socket<'static>>(handle))
     }
 
+    /// The socket of `connection` (tests look at its tuning).
+    #[cfg(test)]
+    pub(crate) fn tcp_for_test(
+        &mut self,
+        connection: &TcpConnection<L>,
+    ) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut(connection.handle)
+    }
+
     /// An ephemeral port no socket uses.
     fn ephemeral_port(&mut self) -> u16 {
         loop {
@@ -381,12 +390,13 @@ impl<L: Link> Net<L> {
 
     /// A listening socket on `port`.
     pub fn listen(&self, port: u16) -> Result<TcpListener<L>> {
-        let handle = self.listen_socket(port)?;
-        Ok(TcpListener {
+        let mut listener = TcpListener {
             net: self.clone(),
             port,
-            handle: Some(handle),
-        })
+            sockets: Vec::new(),
+        };
+        listener.refill()?;
+        Ok(listener)
     }
 
     /// A new socket listening on `port`, and its epoch.
@@ -417,6 +427,11 @@ pub struct TcpConnection<L: Link> {
 }
 
 impl<L: Link> TcpConnection<L> {
+    /// The socket and its epoch.
+    pub(crate) fn id(&self) -> (SocketHandle, u64) {
+        (self.handle, self.epoch)
+    }
+
     /// Sets how long a send or receive waits for the peer (default [`IO_TIMEOUT`]).
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
@@ -495,6 +510,21 @@ impl<L: Link> Transport for TcpConnection<L> {
             })
     }
 
+    fn flush(&mut self) -> Result<()> {
+        let (handle, epoch) = (self.handle, self.epoch);
+        self.net
+            .block_until(Some(self.timeout), "TCP flush", |stack| {
+                let socket = stack.tcp(handle, epoch)?;
+                if socket.send_queue() == 0 {
+                    return Ok(Some(()));
+                }
+                if !socket.may_send() && socket.state() == tcp::State::Closed {
+                    return Err(NetError::ConnectionReset);
+                }
+                Ok(None)
+            })
+    }
+
     fn is_reusable(&mut self) -> bool {
         // Let the stack take in a FIN or reset that may have arrived while idle.
         if self.net.poll().is_err() {
@@ -508,13 +538,18 @@ impl<L: Link> Transport for TcpConnection<L> {
     }
 }
 
-/// A listening TCP socket: accepts one connection at a time.
+/// Listening sockets per listener: smoltcp has no accept queue (a listening socket
+/// becomes the connection), so a listener keeps this many sockets listening, and a client
+/// that connects while another connection is being served is not refused.
+pub const LISTEN_BACKLOG: usize = 4;
+
+/// A listening TCP port.
 #[derive(Debug)]
 pub struct TcpListener<L: Link> {
     net: Net<L>,
     port: u16,
-    /// The socket listening (or, after `accept`, none until the next `accept`).
-    handle: Option<(SocketHandle, u64)>,
+    /// The sockets listening (or connected and not yet accepted), with their epoch.
+    sockets: Vec<(SocketHandle, u64)>,
 }
 
 impl<L: Link> TcpListener<L> {
@@ -523,48 +558,76 @@ impl<L: Link> TcpListener<L> {
         self.port
     }
 
-    /// Waits for a connection (for ever when `timeout` is `None`).
-    ///
-    /// smoltcp has no accept queue: the listening socket itself becomes the connection. The
-    /// listener opens a new listening socket on the next call — so while a connection is
-    /// being served, a second client's SYN is refused; the invocation server serves one
-    /// request at a time anyway.
-    pub fn accept(&mut self, timeout: Option<Duration>) -> Result<TcpConnection<L>> {
-        let (handle, epoch) = match self.handle {
-            Some((handle, epoch)) if epoch == self.net.with(|s| s.epoch) => (handle, epoch),
-            // A reseed dropped the socket (or the last one was accepted): listen anew.
-            _ => self.net.listen_socket(self.port)?,
-        };
-        self.handle = Some((handle, epoch));
+    /// Refills the backlog (after accepts, or a reseed that dropped the sockets).
+    fn refill(&mut self) -> Result<()> {
+        let epoch = self.net.with(|stack| stack.epoch);
+        self.sockets.retain(|&(_, e)| e == epoch);
+        while self.sockets.len() < LISTEN_BACKLOG {
+            let socket = self.net.listen_socket(self.port)?;
+            self.sockets.push(socket);
+        }
+        Ok(())
+    }
+
+    /// Checks the listening sockets (inside a poll loop): takes the first that is
+    /// connected, resets those whose handshake failed.
+    pub(crate) fn ready(&mut self, stack: &mut NetStack<L>) -> Result<Option<(SocketHandle, u64)>> {
         let port = self.port;
-        self.net.block_until(timeout, "TCP accept", |stack| {
-            let socket = stack.tcp(handle, epoch)?;
-            Ok(match socket.state() {
-                tcp::State::Established | tcp::State::CloseWait => Some(()),
-                tcp::State::Listen | tcp::State::SynReceived => None,
+        for index in 0..self.sockets.len() {
+            let (handle, epoch) = self.sockets[index];
+            let Ok(socket) = stack.tcp(handle, epoch) else {
+                continue;
+            };
+            match socket.state() {
+                tcp::State::Listen | tcp::State::SynReceived => {}
+                tcp::State::Established | tcp::State::CloseWait => {
+                    self.sockets.remove(index);
+                    stack.stats.accepts += 1;
+                    return Ok(Some((handle, epoch)));
+                }
                 // The peer gave up during the handshake: listen again.
                 _ => {
                     socket.abort();
-                    let _ = socket.listen(port);
-                    None
+                    socket.listen(port).map_err(|_| NetError::Listen(port))?;
                 }
-            })
-        })?;
-        self.handle = None;
-        self.net.with(|stack| stack.stats.accepts += 1);
-        Ok(TcpConnection {
+            }
+        }
+        Ok(None)
+    }
+
+    /// The connection of `(handle, epoch)`, taken from the backlog.
+    pub(crate) fn connection(&self, (handle, epoch): (SocketHandle, u64)) -> TcpConnection<L> {
+        TcpConnection {
             net: self.net.clone(),
             handle,
             epoch,
             timeout: IO_TIMEOUT,
-        })
+        }
+    }
+
+    /// The stack.
+    pub(crate) fn net(&self) -> &Net<L> {
+        &self.net
+    }
+
+    /// Prepares for [`ready`](Self::ready) checks: refills the backlog.
+    pub(crate) fn prepare(&mut self) -> Result<()> {
+        self.refill()
+    }
+
+    /// Waits for a connection (for ever when `timeout` is `None`).
+    pub fn accept(&mut self, timeout: Option<Duration>) -> Result<TcpConnection<L>> {
+        self.refill()?;
+        let net = self.net.clone();
+        let pair = net.block_until(timeout, "TCP accept", |stack| self.ready(stack))?;
+        Ok(self.connection(pair))
     }
 }
 
 impl<L: Link> Drop for TcpListener<L> {
     fn drop(&mut self) {
-        if let Some((handle, epoch)) = self.handle.take() {
-            if let Ok(mut stack) = self.net.0.try_borrow_mut() {
+        if let Ok(mut stack) = self.net.0.try_borrow_mut() {
+            for (handle, epoch) in self.sockets.drain(..) {
                 stack.abort(handle, epoch);
             }
         }

@@ -21,6 +21,12 @@ pub trait Transport {
 
     /// Whether the stream can carry another exchange: open both ways, with nothing unread.
     fn is_reusable(&mut self) -> bool;
+
+    /// Blocks until everything sent has reached the peer (a transport that keeps sending
+    /// in the background may return at once).
+    fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Opens connections to one server.

@@ -139,18 +139,25 @@ fn response_head(
     head
 }
 
-/// The invocation server: one listener, one request at a time.
+/// The invocation server: one listener, one request at a time (over any number of kept
+/// connections).
 #[derive(Debug)]
 pub struct HttpServer<L: Link> {
     listener: TcpListener<L>,
-    connection: Option<TcpConnection<L>>,
-    /// Whether the connection stays open after the pending response.
-    keep_alive: bool,
-    /// A request was returned and awaits its response.
-    responding: bool,
+    connections: Vec<TcpConnection<L>>,
+    /// The connection of the request awaiting its response, and whether it stays open.
+    responding: Option<(usize, bool)>,
     head: Vec<u8>,
     max_body: usize,
     stats: ServerStats,
+}
+
+/// What a wait of the server found.
+enum Ready {
+    /// Connection `i` has bytes (or closed).
+    Connection(usize),
+    /// A new connection.
+    New((smoltcp::iface::SocketHandle, u64)),
 }
 
 impl<L: Link> HttpServer<L> {
@@ -158,9 +165,8 @@ impl<L: Link> HttpServer<L> {
     pub fn new(net: &Net<L>, port: u16) -> Result<Self> {
         Ok(Self {
             listener: net.listen(port)?,
-            connection: None,
-            keep_alive: true,
-            responding: false,
+            connections: Vec::new(),
+            responding: None,
             head: Vec::new(),
             max_body: DEFAULT_MAX_BODY,
             stats: ServerStats::default(),
@@ -182,35 +188,58 @@ impl<L: Link> HttpServer<L> {
         self.listener.port()
     }
 
-    /// Waits for the next request (accepting a connection if none is open). A request that
-    /// was returned before must have been answered. Malformed requests are answered 400
-    /// (413 for a body over the limit) and their connection closed; this goes on waiting.
-    /// `timeout` bounds the wait for a connection; `None` waits for ever.
+    /// Waits until a kept connection has bytes (or closed) or a new one arrives.
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<Ready> {
+        self.listener.prepare()?;
+        let net = self.listener.net().clone();
+        let ids: Vec<_> = self.connections.iter().map(TcpConnection::id).collect();
+        let listener = &mut self.listener;
+        net.block_until(timeout, "HTTP request", |stack| {
+            for (index, &(handle, epoch)) in ids.iter().enumerate() {
+                let ready = stack
+                    .tcp(handle, epoch)
+                    .map_or(true, |socket| socket.can_recv() || !socket.may_recv());
+                if ready {
+                    return Ok(Some(Ready::Connection(index)));
+                }
+            }
+            Ok(listener.ready(stack)?.map(Ready::New))
+        })
+    }
+
+    /// Waits for the next request. A request returned before must have been answered.
+    /// Malformed requests are answered 400 (413 for a body over the limit) and their
+    /// connection closed; this goes on waiting. `timeout` bounds each wait for the peers;
+    /// `None` waits for ever.
     pub fn next_request(&mut self, timeout: Option<Duration>) -> Result<ServerRequest> {
-        if self.responding {
+        if self.responding.is_some() {
             return Err(NetError::Http("the previous request has no response yet"));
         }
         loop {
-            if self.connection.is_none() {
-                self.connection = Some(self.listener.accept(timeout)?);
-                self.stats.connections += 1;
-            }
-            let Some(connection) = self.connection.as_mut() else {
-                continue;
+            let index = match self.wait(timeout)? {
+                Ready::New(id) => {
+                    self.connections.push(self.listener.connection(id));
+                    self.stats.connections += 1;
+                    continue;
+                }
+                Ready::Connection(index) => index,
             };
+            let connection = &mut self.connections[index];
             match read_request(connection, &mut self.head, self.max_body) {
                 Ok(Some((request, keep_alive))) => {
                     self.stats.requests += 1;
-                    self.keep_alive = keep_alive;
-                    self.responding = true;
+                    self.responding = Some((index, keep_alive));
                     return Ok(request);
                 }
                 // The client closed (or dropped) its connection between requests.
-                Ok(None) | Err(NetError::ConnectionReset | NetError::Stale) => {
-                    self.connection = None;
-                }
-                Err(NetError::ConnectionClosed(_) | NetError::Timeout(_)) => {
-                    self.connection = None;
+                Ok(None)
+                | Err(
+                    NetError::ConnectionReset
+                    | NetError::Stale
+                    | NetError::ConnectionClosed(_)
+                    | NetError::Timeout(_),
+                ) => {
+                    self.connections.swap_remove(index);
                 }
                 Err(error) => {
                     self.stats.refused += 1;
@@ -220,33 +249,39 @@ impl<L: Link> HttpServer<L> {
                     };
                     let head = response_head(status, "text/plain", Some(0), false);
                     let _ = connection.send(head.as_bytes());
-                    self.connection = None;
+                    let _ = connection.flush();
+                    self.connections.swap_remove(index);
                 }
             }
         }
     }
 
-    fn finish(&mut self) {
-        self.responding = false;
-        if !self.keep_alive {
-            self.connection = None;
+    /// Sends a response on the pending request's connection, through `send`, and waits
+    /// until the peer has it all.
+    fn answer(
+        &mut self,
+        send: impl FnOnce(&mut TcpConnection<L>, bool) -> Result<()>,
+    ) -> Result<()> {
+        let (index, keep_alive) = self
+            .responding
+            .take()
+            .ok_or(NetError::Http("no request to respond to"))?;
+        let connection = &mut self.connections[index];
+        let result = send(connection, keep_alive).and_then(|()| connection.flush());
+        if result.is_err() || !keep_alive {
+            self.connections.swap_remove(index);
         }
+        result
     }
 
-    /// Answers the pending request with `status` and `body`.
+    /// Answers the pending request with `status` and `body`; returns once the client has
+    /// it all (the function may compute for long after, without polling the stack).
     pub fn respond(&mut self, status: u16, content_type: &str, body: &[u8]) -> Result<()> {
-        let head = response_head(status, content_type, Some(body.len()), self.keep_alive);
-        let result = match self.connection.as_mut() {
-            Some(connection) => connection
-                .send(head.as_bytes())
-                .and_then(|()| connection.send(body)),
-            None => Err(NetError::ConnectionClosed("the client went away")),
-        };
-        if result.is_err() {
-            self.connection = None;
-        }
-        self.finish();
-        result
+        self.answer(|connection, keep_alive| {
+            let head = response_head(status, content_type, Some(body.len()), keep_alive);
+            connection.send(head.as_bytes())?;
+            connection.send(body)
+        })
     }
 
     /// Answers the pending request with `status` and a chunked body of `chunks`.
@@ -256,18 +291,11 @@ impl<L: Link> HttpServer<L> {
         content_type: &str,
         chunks: &[&[u8]],
     ) -> Result<()> {
-        let head = response_head(status, content_type, None, self.keep_alive);
-        let result = match self.connection.as_mut() {
-            Some(connection) => connection
-                .send(head.as_bytes())
-                .and_then(|()| send_chunked(connection, chunks)),
-            None => Err(NetError::ConnectionClosed("the client went away")),
-        };
-        if result.is_err() {
-            self.connection = None;
-        }
-        self.finish();
-        result
+        self.answer(|connection, keep_alive| {
+            let head = response_head(status, content_type, None, keep_alive);
+            connection.send(head.as_bytes())?;
+            send_chunked(connection, chunks)
+        })
     }
 }
 
