@@ -25,7 +25,7 @@ pub trait IoBuf: Deref<Target = [u8]> + DerefMut {
     fn capacity(&self) -> usize;
 
     /// Appends `data`; fails if it does not fit a fixed buffer.
-    fn append(&mut self, data: &[u8]) -> Result<()>;
+    fn append_slice(&mut self, data: &[u8]) -> Result<()>;
 
     /// Empties it (the capacity stays).
     fn clear(&mut self);
@@ -36,7 +36,7 @@ impl IoBuf for WindowBuf {
         WindowBuf::capacity(self)
     }
 
-    fn append(&mut self, data: &[u8]) -> Result<()> {
+    fn append_slice(&mut self, data: &[u8]) -> Result<()> {
         self.extend_from_slice(data)
     }
 
@@ -50,7 +50,7 @@ impl IoBuf for Vec<u8> {
         Vec::capacity(self)
     }
 
-    fn append(&mut self, data: &[u8]) -> Result<()> {
+    fn append_slice(&mut self, data: &[u8]) -> Result<()> {
         self.extend_from_slice(data);
         Ok(())
     }
@@ -147,7 +147,7 @@ mod tests {
     pub(crate) fn shout<Io: ObjectIo>(io: &mut Io, input: &str, output: &str) -> Result<usize> {
         let data = io.get(input)?;
         let mut out = io.alloc(data.len())?;
-        out.append(&data.to_ascii_uppercase())?;
+        out.append_slice(&data.to_ascii_uppercase())?;
         io.put_buf(output, &out)?;
         let mut part = io.alloc(3)?;
         let size = io.get_into(output, 1, &mut part)?;

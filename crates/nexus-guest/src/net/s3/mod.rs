@@ -399,12 +399,12 @@ impl<C: Connector> S3Client<C> {
         let mut request = S3Request::new(Method::Get, key);
         request.headers = &headers;
         let max = self.config.max_object;
-        self.call(&request, |exchange| match exchange.status() {
+        let answer = self.call(&request, |exchange| match exchange.status() {
             206 => {
                 let total = content_range_total(exchange.head())
                     .ok_or(Error::UnexpectedReply("206 without a Content-Range size"))?;
                 let n = exchange.read_into(buf).map_err(net_error)?;
-                Ok((n, total))
+                Ok(Some((n, total)))
             }
             // The server ignored the range: take the part asked for from the whole object.
             200 => {
@@ -416,19 +416,20 @@ impl<C: Connector> S3Client<C> {
                     .min(whole.len());
                 let n = (whole.len() - start).min(buf.len());
                 buf[..n].copy_from_slice(&whole[start..start + n]);
-                Ok((n, total))
+                Ok(Some((n, total)))
             }
-            // At or past the end (or an empty object).
+            // At or past the end (or an empty object); not every server says the size.
             416 => {
                 let total = content_range_total(exchange.head());
-                let _ = exchange.discard();
-                match total {
-                    Some(total) => Ok((0, total)),
-                    None => Err(Error::UnexpectedReply("416 without a Content-Range size")),
-                }
+                exchange.discard().map_err(net_error)?;
+                Ok(total.map(|total| (0, total)))
             }
             _ => Err(failure(exchange)),
-        })
+        })?;
+        match answer {
+            Some(answer) => Ok(answer),
+            None => Ok((0, self.head(key)?.size)),
+        }
     }
 
     /// Writes an object (the body streams from `data`).
