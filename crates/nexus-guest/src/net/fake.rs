@@ -62,6 +62,9 @@ fn read_u16(addr: u64) -> u16 {
     u16::from_le_bytes(read(addr, 2).try_into().unwrap())
 }
 
+/// A descriptor: `(addr, len, writable)`.
+type Segment = (u64, u32, bool);
+
 /// One queue as the device sees it.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct FakeQueue {
@@ -81,7 +84,7 @@ impl FakeQueue {
     }
 
     /// The next available chain: `(head, [(addr, len, writable)])`.
-    fn pop(&mut self) -> Option<(u16, Vec<(u64, u32, bool)>)> {
+    fn pop(&mut self) -> Option<(u16, Vec<Segment>)> {
         if self.ready != 1 || read_u16(self.avail + 2) == self.last_avail {
             return None;
         }

@@ -378,7 +378,10 @@ mod tests {
         }
     }
 
-    fn client(answers: &[(&[u8], bool)]) -> (HttpClient<Scripted>, Rc<RefCell<Vec<Vec<u8>>>>) {
+    /// What was sent on each connection.
+    type Sent = Rc<RefCell<Vec<Vec<u8>>>>;
+
+    fn client(answers: &[(&[u8], bool)]) -> (HttpClient<Scripted>, Sent) {
         let sent = Rc::new(RefCell::new(Vec::new()));
         let connector = Scripted {
             answers: answers.iter().map(|(a, r)| (a.to_vec(), *r)).collect(),
@@ -482,7 +485,7 @@ mod tests {
         assert_eq!(client.stats().retries, 0);
     }
 
-    fn client_pair() -> (HttpClient<Scripted>, Rc<RefCell<Vec<Vec<u8>>>>) {
+    fn client_pair() -> (HttpClient<Scripted>, Sent) {
         client(&[
             (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
             (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
