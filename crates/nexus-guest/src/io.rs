@@ -8,7 +8,7 @@
 //! window) and the in-guest fabric (`net::S3Client`, feature `net`: virtio-net, TCP/IP,
 //! HTTP and SigV4 in the guest, buffers on its heap). Each keeps its own best way of moving
 //! bytes: the buffer type is the implementation's ([`WindowBuf`], zero copy on the nexus-io
-//! path; `Vec<u8>` on the network path), and errors are the crate's one [`Error`] enum, the
+//! path; `Vec<u8>` on the network path), and errors are the crate's one [`Error`](crate::Error) enum, the
 //! same kinds for the same failures.
 
 use alloc::vec::Vec;

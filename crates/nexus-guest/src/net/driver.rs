@@ -8,7 +8,7 @@
 //! `MAC`, `MTU`, `STATUS`, `CSUM`, `GUEST_CSUM` when offered, checks `FEATURES_OK`, reads the
 //! config space, sets up queue 0 (receive) and queue 1 (transmit) — each the largest power of
 //! two up to the device's `QueueNumMax` and the driver's limit — in heap blocks
-//! ([`DmaBlock`]: rings first, then one buffer per descriptor), posts every receive buffer,
+//! (heap blocks: rings first, then one buffer per descriptor), posts every receive buffer,
 //! sets `DRIVER_OK` and rings the receive doorbell.
 //!
 //! Every packet, both ways, is a `virtio_net_hdr_v1` followed by the Ethernet frame, in one
