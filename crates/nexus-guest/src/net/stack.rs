@@ -540,8 +540,9 @@ impl<L: Link> Transport for TcpConnection<L> {
 
 /// Listening sockets per listener: smoltcp has no accept queue (a listening socket
 /// becomes the connection), so a listener keeps this many sockets listening, and a client
-/// that connects while another connection is being served is not refused.
-pub const LISTEN_BACKLOG: usize = 4;
+/// that connects while another connection is being served is not refused. Each socket has
+/// its buffers from the start (smoltcp cannot grow them), so the backlog is kept small.
+pub const LISTEN_BACKLOG: usize = 2;
 
 /// A listening TCP port.
 #[derive(Debug)]
