@@ -14,6 +14,9 @@ use core::ops::Range;
 /// Guest-physical address of the boot-info block (the value of `RDI` at entry).
 pub const BOOT_INFO_ADDR: u64 = 0x2000;
 
+/// Size of the virtio-net device's register block (a virtio-mmio slot of the MMIO hole).
+pub const NET_DEVICE_SIZE: u64 = 0x1000;
+
 /// The boot-info block, exactly as the VMM lays it out (`docs/micro-guest-abi.md`).
 ///
 /// The fields are private: a `&BootInfo` is obtained only from [`BootInfo::from_ptr`], so the
@@ -40,7 +43,7 @@ pub struct BootInfo {
     serial_port: u16,
     exit_port: u16,
     reserved: u32,
-    reserved2: u64,
+    net_device_base: u64,
 }
 
 // The layout is the ABI: pin every offset the document gives.
@@ -65,7 +68,7 @@ const _: () = {
     assert!(offset_of!(BootInfo, serial_port) == 112);
     assert!(offset_of!(BootInfo, exit_port) == 114);
     assert!(offset_of!(BootInfo, reserved) == 116);
-    assert!(offset_of!(BootInfo, reserved2) == 120);
+    assert!(offset_of!(BootInfo, net_device_base) == 120);
     assert!(size_of::<ArgEntry>() == 16);
     assert!(size_of::<MemoryMapEntry>() == 24);
     assert!(offset_of!(MemoryMapEntry, kind) == 16);
@@ -330,6 +333,17 @@ impl BootInfo {
         }
     }
 
+    /// The virtio-net device's MMIO register block ([`NET_DEVICE_SIZE`] bytes), if the VM
+    /// has one (boot-info `net_device_base`, offset 120; 0 means none — older VMMs left the
+    /// field reserved and zero).
+    pub const fn net_device(&self) -> Option<Range<u64>> {
+        if self.net_device_base == 0 {
+            None
+        } else {
+            Some(self.net_device_base..self.net_device_base.saturating_add(NET_DEVICE_SIZE))
+        }
+    }
+
     /// Base port of the 8250 console.
     pub const fn serial_port(&self) -> u16 {
         self.serial_port
@@ -482,7 +496,7 @@ mod tests {
             serial_port: 0x3F8,
             exit_port: 0xF4,
             reserved: 0,
-            reserved2: 0,
+            net_device_base: 0xE000_1000,
         });
         Fixture {
             info,
@@ -511,6 +525,7 @@ mod tests {
         assert_eq!(info.stack_top(), 0x800_0000);
         assert_eq!(info.window(), Some(0xC000_0000..0xC100_0000));
         assert_eq!(info.device(), Some(0xE000_0000..0xE000_1000));
+        assert_eq!(info.net_device(), Some(0xE000_1000..0xE000_2000));
         assert_eq!(info.serial_port(), 0x3F8);
         assert_eq!(info.exit_port(), 0xF4);
         assert_eq!(info.argc(), 3);
@@ -540,6 +555,7 @@ mod tests {
         f.info.window_base = 0;
         f.info.window_size = 0;
         f.info.device_base = 0;
+        f.info.net_device_base = 0;
         f.info.mem_map = 0;
         f.info.mem_map_len = 0;
         let info = parse(&f).unwrap();
@@ -547,6 +563,7 @@ mod tests {
         assert_eq!(info.args().next(), None);
         assert_eq!(info.window(), None);
         assert_eq!(info.device(), None);
+        assert_eq!(info.net_device(), None);
         assert!(info.memory_map().is_empty());
     }
 
@@ -572,6 +589,7 @@ mod tests {
         put(72, &0x200u64.to_le_bytes());
         put(112, &0x3F8u16.to_le_bytes());
         put(114, &0xF4u16.to_le_bytes());
+        put(120, &0xE000_1000u64.to_le_bytes());
         let ptr = (&raw as *const Raw).cast::<BootInfo>();
         // SAFETY: `raw` is 128 aligned bytes; no arguments, no memory map.
         let info = unsafe { BootInfo::from_ptr(ptr) }.unwrap();
@@ -582,6 +600,7 @@ mod tests {
         assert_eq!(info.device(), Some(0xE000_0000..0xE000_0200));
         assert_eq!(info.serial_port(), 0x3F8);
         assert_eq!(info.exit_port(), 0xF4);
+        assert_eq!(info.net_device(), Some(0xE000_1000..0xE000_2000));
         assert_eq!(info.argc(), 0);
     }
 

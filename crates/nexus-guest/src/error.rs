@@ -198,6 +198,13 @@ pub enum Error {
     /// The runtime's device handle was already taken.
     #[error("The nexus-io device is already in use")]
     DeviceInUse,
+    /// The in-guest network fabric (feature `net`) failed in a way that is not one of the
+    /// statuses above: the device, the stack, or an answer that is not HTTP or S3 as
+    /// spoken here. (Failing to reach the server is `BackendUnavailable`, as on the
+    /// nexus-io path.)
+    #[cfg(feature = "net")]
+    #[error("Network error")]
+    Net(#[source] crate::net::NetError),
 }
 
 /// The result type of the driver.

@@ -18,6 +18,13 @@
 //!   and [`MmioRegisters`](mmio::MmioRegisters), volatile access through a pointer — the
 //!   identity-mapped address in a micro-guest, a `/dev/mem` mapping in a Linux process.
 //!
+//! - [`io`]: [`ObjectIo`](io::ObjectIo), the one I/O interface of functions, implemented by
+//!   [`Nexus`] and — feature `net` — by the in-guest S3 client, so one function source
+//!   builds for both paths.
+//! - `net` (feature `net`): the in-guest network fabric Nexus is measured against — a
+//!   virtio-net driver, smoltcp, an HTTP/1.1 client and server, and an S3 client with
+//!   SigV4. Its credentials come in the boot arguments; TLS is off.
+//!
 //! - [`boot`]: the boot-info block ([`BootInfo`]) — validated once, then safe accessors for
 //!   the heap, the I/O window, the device, the arguments (as `&str`) and the memory map.
 //! - [`heap`]: [`FreeListHeap`](heap::FreeListHeap), the first-fit coalescing allocator
@@ -58,7 +65,10 @@ mod client;
 pub mod device;
 mod error;
 pub mod heap;
+pub mod io;
 pub mod mmio;
+#[cfg(feature = "net")]
+pub mod net;
 #[cfg(all(feature = "rt", target_arch = "x86_64"))]
 pub mod rt;
 #[cfg(any(test, all(feature = "rt", target_arch = "x86_64")))]

@@ -37,6 +37,8 @@ pub const RING_AREA: usize = 0x2000;
 pub const DESC_F_NEXT: u16 = 1;
 /// `VIRTQ_DESC_F_WRITE`.
 pub const DESC_F_WRITE: u16 = 2;
+/// `VIRTQ_USED_F_NO_NOTIFY`: in the used ring's flags, the device needs no doorbell.
+pub const USED_F_NO_NOTIFY: u16 = 1;
 
 const DESC_SIZE: usize = 16;
 const USED_ELEM_SIZE: usize = 8;
@@ -233,6 +235,17 @@ impl SplitQueue {
     /// Consumes the used ring up to `used.idx`: marks those chains done and stores the new
     /// consumed index in `used_event`.
     pub fn reap(&mut self, window: &WindowMapping) -> Result<Reaped, QueueError> {
+        self.reap_each(window, |_, _| {})
+    }
+
+    /// [`reap`](Self::reap), calling `completed(head, used_len)` for every chain found done,
+    /// in the order the device used them (a network driver delivers frames in that order).
+    /// Spurious entries are counted, not reported.
+    pub fn reap_each(
+        &mut self,
+        window: &WindowMapping,
+        mut completed: impl FnMut(u16, u32),
+    ) -> Result<Reaped, QueueError> {
         let used_idx = window.load_u16(self.layout.used + 2, Ordering::Acquire);
         let pending = used_idx.wrapping_sub(self.last_used);
         if pending == 0 {
@@ -260,7 +273,9 @@ impl SplitQueue {
                             chain_len,
                             seq,
                             used_len,
-                        }
+                        };
+                        // `id` indexes `slots`, whose length is the queue size (a u16).
+                        completed(id as u16, used_len);
                     }
                     _ => reaped.spurious += 1,
                 },
@@ -294,6 +309,13 @@ impl SplitQueue {
             }
             _ => None,
         }
+    }
+
+    /// Whether the device asks not to be notified (`VIRTQ_USED_F_NO_NOTIFY` in the used
+    /// ring's flags). Read after making chains available (`add` ends with a full fence), as
+    /// the virtio specification requires.
+    pub fn notification_suppressed(&self, window: &WindowMapping) -> bool {
+        window.load_u16(self.layout.used, Ordering::Acquire) & USED_F_NO_NOTIFY != 0
     }
 
     /// Whether request `seq` (head `head`) is still in flight (submitted, not yet claimed).

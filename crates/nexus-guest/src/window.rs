@@ -168,7 +168,7 @@ impl WindowMapping {
     /// # Safety
     ///
     /// The caller owns the range exclusively (an allocator extent) and no `&mut` to it lives.
-    unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+    pub(crate) unsafe fn bytes(&self, offset: usize, len: usize) -> &[u8] {
         let ptr = self.at(offset, len);
         // SAFETY: inside the window and valid (`new`'s contract); window memory is always
         // initialised; exclusivity is the caller's guarantee.
@@ -182,7 +182,7 @@ impl WindowMapping {
     /// The caller owns the range exclusively (an allocator extent) and no other reference to
     /// it lives.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn bytes_mut(&self, offset: usize, len: usize) -> &mut [u8] {
+    pub(crate) unsafe fn bytes_mut(&self, offset: usize, len: usize) -> &mut [u8] {
         let ptr = self.at(offset, len);
         // SAFETY: as for `bytes`, and the caller guarantees no other reference.
         unsafe { core::slice::from_raw_parts_mut(ptr, len) }

@@ -195,6 +195,33 @@ pub fn nexus() -> Result<Nexus<MmioRegisters>> {
     nexus
 }
 
+/// Set once [`net`] has handed out the network device.
+#[cfg(feature = "net")]
+static NET_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The micro-guest's network (feature `net`): the virtio-net device of its boot-info block
+/// brought up, and the TCP/IP stack over it configured by the boot arguments (which are
+/// returned, parsed: the S3 endpoint and credentials, the invocation port).
+///
+/// Succeeds once per VM: a second call fails with
+/// [`NetError::NoDevice`](crate::net::NetError::NoDevice) (the device is taken), as does a
+/// call in a VM without the device or in a program not started by [`entry!`](crate::entry).
+#[cfg(feature = "net")]
+pub fn net() -> crate::net::Result<(crate::net::GuestNet, crate::net::BootConfig)> {
+    let boot = BOOT_INFO.load(Ordering::Acquire);
+    if boot.is_null() || NET_TAKEN.swap(true, Ordering::AcqRel) {
+        return Err(crate::net::NetError::NoDevice);
+    }
+    // SAFETY: `BOOT_INFO` is only set by `__start`, to the block the VMM handed the guest,
+    // which the ABI keeps valid and unchanged for the guest's life; its network device is
+    // this VM's, identity mapped; `NET_TAKEN` makes this the only user.
+    let net = unsafe { crate::net::from_boot_info(&*boot) };
+    if net.is_err() {
+        NET_TAKEN.store(false, Ordering::Release);
+    }
+    net
+}
+
 /// Set once the panic handler has started, to stop a panic inside it from recursing.
 static PANICKING: AtomicBool = AtomicBool::new(false);
 
