@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod hostile;
+
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs::File;
