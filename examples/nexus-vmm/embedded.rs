@@ -26,7 +26,7 @@ impl EmbeddedBackend {
             url: StoreUrl::File(store.to_path_buf()),
             s3: S3Options::default(),
         };
-        let config = BackendConfig::new(store, dir.join("vms"));
+        let config = BackendConfig::new(store, dir.join("backend-state"));
         let backend = Backend::new(config, runtime.handle().clone())?;
         let socket = dir.join("backend.sock");
         let _ = std::fs::remove_file(&socket);
