@@ -204,6 +204,101 @@ impl EventLoop {
     }
 }
 
+/// The event loop held inside a turn ([`EventLoop::hold`]): nothing of the process is served
+/// until this is dropped.
+#[cfg(any(test, feature = "test-utils"))]
+pub(crate) struct LoopHold {
+    event_loop: Arc<EventLoop>,
+    id: u64,
+    blocker: Arc<Blocker>,
+    release: Option<std::sync::mpsc::Sender<()>>,
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+impl std::fmt::Debug for LoopHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoopHold").field("id", &self.id).finish()
+    }
+}
+
+/// A device whose one turn waits for its release.
+#[cfg(any(test, feature = "test-utils"))]
+struct Blocker {
+    kick: vmm_sys_util::eventfd::EventFd,
+    other: vmm_sys_util::eventfd::EventFd,
+    entered: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    release: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+impl LoopDevice for Blocker {
+    fn note(&self, _id: u64, _source: Source, _events: EventSet) -> bool {
+        let _ = self.kick.read();
+        true
+    }
+
+    fn turn(&self, _id: u64) -> bool {
+        let entered = self.entered.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let release = self.release.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(entered) = entered {
+            let _ = entered.send(());
+        }
+        if let Some(release) = release {
+            let _ = release.recv();
+        }
+        false
+    }
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+impl EventLoop {
+    /// Holds the loop thread inside a turn until the returned guard is dropped: events that
+    /// come meanwhile are all seen at once afterwards, in the order they came.
+    pub(crate) fn hold(self: &Arc<Self>) -> std::io::Result<LoopHold> {
+        use std::os::fd::AsRawFd;
+        use std::sync::mpsc::channel;
+        use vmm_sys_util::eventfd::EventFd;
+        let (entered, inside) = channel();
+        let (release, released) = channel();
+        let blocker = Arc::new(Blocker {
+            kick: EventFd::new(libc::EFD_NONBLOCK)?,
+            other: EventFd::new(libc::EFD_NONBLOCK)?,
+            entered: Mutex::new(Some(entered)),
+            release: Mutex::new(Some(released)),
+        });
+        let id = self.register(
+            Arc::clone(&blocker) as Arc<dyn LoopDevice>,
+            blocker.kick.as_raw_fd(),
+            blocker.other.as_raw_fd(),
+            EventSet::EDGE_TRIGGERED,
+        )?;
+        blocker.kick.write(1)?;
+        let hold = LoopHold {
+            event_loop: Arc::clone(self),
+            id,
+            blocker,
+            release: Some(release),
+        };
+        inside
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?;
+        Ok(hold)
+    }
+}
+
+#[cfg(any(test, feature = "test-utils"))]
+impl Drop for LoopHold {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        drop(self.release.take());
+        self.event_loop.unregister(
+            self.id,
+            self.blocker.kick.as_raw_fd(),
+            self.blocker.other.as_raw_fd(),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

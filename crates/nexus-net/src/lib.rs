@@ -62,6 +62,8 @@ pub mod header;
 pub mod persist;
 pub mod stats;
 pub mod tap;
+#[cfg(feature = "test-utils")]
+pub mod test_utils;
 
 use std::sync::{Arc, Mutex, PoisonError};
 

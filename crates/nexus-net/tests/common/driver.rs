@@ -18,7 +18,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 
 /// Guest RAM of the test VMs.
 pub const RAM_SIZE: u64 = 16 << 20;
-/// Entries per queue.
+/// Entries per queue (unless set otherwise: [`Driver::queue_size`]).
 pub const QUEUE_SIZE: u16 = 32;
 /// Buffers of one chain (slot): the header at +0, the frame at +16.
 pub const SLOT: u64 = 0x800;
@@ -54,13 +54,13 @@ pub struct Ring {
 }
 
 impl Ring {
-    fn new(index: u32, base: u64) -> Self {
+    fn new(index: u32, base: u64, size: u16) -> Self {
         Ring {
             index,
             desc: base,
             avail: base + 0x1000,
             used: base + 0x2000,
-            size: QUEUE_SIZE,
+            size,
             avail_idx: 0,
             last_used: 0,
         }
@@ -96,6 +96,8 @@ pub struct Driver {
     tx_free: Vec<u16>,
     /// Bytes of each receive chain's frame buffer.
     pub rx_frame_len: u32,
+    /// Entries per queue at the next set-up (at most 256).
+    pub queue_size: u16,
 }
 
 impl Driver {
@@ -103,10 +105,11 @@ impl Driver {
         Driver {
             transport,
             mem,
-            rx: Ring::new(0, RX_RINGS),
-            tx: Ring::new(1, TX_RINGS),
+            rx: Ring::new(0, RX_RINGS, QUEUE_SIZE),
+            tx: Ring::new(1, TX_RINGS, QUEUE_SIZE),
             tx_free: Vec::new(),
             rx_frame_len: 1514,
+            queue_size: QUEUE_SIZE,
         }
     }
 
@@ -159,8 +162,8 @@ impl Driver {
         self.mem
             .write_slice(&[0u8; 0x3000], GuestAddress(TX_RINGS))
             .unwrap();
-        self.rx = Ring::new(0, RX_RINGS);
-        self.tx = Ring::new(1, TX_RINGS);
+        self.rx = Ring::new(0, RX_RINGS, self.queue_size);
+        self.tx = Ring::new(1, TX_RINGS, self.queue_size);
         self.write(regs::STATUS, status::ACKNOWLEDGE);
         self.write(regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         self.write(regs::DEVICE_FEATURES_SEL, 1);
@@ -197,7 +200,7 @@ impl Driver {
     /// The whole set-up with `features`: both queues, every receive buffer posted, DRIVER_OK.
     /// Returns the status.
     pub fn init(&mut self, features: u64) -> u32 {
-        self.init_with(features, QUEUE_SIZE / 2)
+        self.init_with(features, self.queue_size / 2)
     }
 
     /// [`init`](Self::init) with only `rx_chains` receive chains posted.
@@ -208,7 +211,7 @@ impl Driver {
         for slot in 0..rx_chains {
             self.post_rx(slot);
         }
-        self.tx_free = (0..QUEUE_SIZE / 2).rev().collect();
+        self.tx_free = (0..self.queue_size / 2).rev().collect();
         self.write(regs::STATUS, 0b1111);
         self.status()
     }
@@ -310,6 +313,21 @@ impl Driver {
             assert_eq!(len, 0, "transmit chains are returned with no bytes written");
             self.tx_free.push(id / 2);
             n += 1;
+        }
+        n
+    }
+
+    /// Makes every transmit chain the device finished available again as it is (same
+    /// descriptors, same frame), ringing if the device asks: a guest that floods its transmit
+    /// queue from a polling loop. Returns the chains made available.
+    pub fn republish_tx(&mut self) -> usize {
+        let mut n = 0;
+        while let Some((id, _)) = self.take_used(Q::Tx) {
+            self.publish(Q::Tx, id as u16);
+            n += 1;
+        }
+        if n > 0 {
+            self.kick_if_wanted(Q::Tx);
         }
         n
     }

@@ -45,15 +45,20 @@ pub fn mac_string(mac: [u8; 6]) -> String {
 /// Makes tap `name` in `ns` and configures its host side: `HOST_IP/24`, up, and the guest's
 /// MAC as the neighbour for `GUEST_IP`.
 pub fn host_tap(ns: &NetNs, name: &str) -> Tap {
+    host_tap_with(ns, name, HOST_IP, GUEST_IP)
+}
+
+/// [`host_tap`] with other addresses (both in one /24).
+pub fn host_tap_with(ns: &NetNs, name: &str, host_ip: Ipv4Addr, guest_ip: Ipv4Addr) -> Tap {
     let owned = name.to_owned();
     let tap = ns
         .run(move || Tap::open(Some(&owned)))
         .unwrap_or_else(|e| panic!("cannot make tap {name}: {e:?}"));
     assert_eq!(tap.name(), name);
-    ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", name]);
+    ns.ip(&["addr", "add", &format!("{host_ip}/24"), "dev", name]);
     ns.ip(&["link", "set", name, "up"]);
     let mac = mac_string(GUEST_MAC);
-    let guest = GUEST_IP.to_string();
+    let guest = guest_ip.to_string();
     ns.ip(&["neigh", "replace", &guest, "lladdr", &mac, "dev", name, "nud", "permanent"]);
     tap
 }
