@@ -30,7 +30,9 @@ use std::time::Duration;
 
 use log::{debug, warn};
 use nexus_kvm::virtio_mmio::QueueConfig;
-use nexus_ring::queue::{CheckedChain, RingFault, enable_notification_checked, pop_checked};
+use nexus_ring::queue::{
+    CheckedChain, RingFault, enable_notification_checked, pending, pop_checked,
+};
 use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, VolatileSlice};
@@ -227,7 +229,7 @@ impl NetIo {
     pub(crate) fn new(tap: Tap, memory: GuestMemoryMmap) -> Result<Self> {
         Ok(NetIo {
             tap,
-            kick: EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?,
+            kick: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?,
             call: CallEvent::new().map_err(|e| Error::EventFd(e.into()))?,
             memory,
             stats: Arc::default(),
@@ -429,7 +431,7 @@ impl NetIo {
         };
         if std::mem::take(&mut state.kicked) {
             state.tx_ready = true;
-            if state.rx_stalled {
+            if state.rx_stalled && pending(&queues.rx, &self.memory)? > 0 {
                 // The guest added receive buffers: watch the tap again (re-arming the edge
                 // reports frames already waiting), without receive notifications.
                 state.rx_stalled = false;
