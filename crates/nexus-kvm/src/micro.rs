@@ -620,8 +620,15 @@ mod tests {
         assert_eq!(r64(BOOT_INFO_ADDR + 64), MMIO_START);
         assert_eq!(r64(BOOT_INFO_ADDR + 120), MMIO_START + 0x1000);
         // The block stays version 1, 128 bytes.
-        assert_eq!(m.read_obj::<u32>(GuestAddress(BOOT_INFO_ADDR + 8)).unwrap(), 1);
-        assert_eq!(m.read_obj::<u32>(GuestAddress(BOOT_INFO_ADDR + 12)).unwrap(), 128);
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(BOOT_INFO_ADDR + 8)).unwrap(),
+            1
+        );
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(BOOT_INFO_ADDR + 12))
+                .unwrap(),
+            128
+        );
         // Only the net device: the nexus-io fields stay 0.
         load_with_net_device(&m, CFG, &elf, &[], None, Some(net)).unwrap();
         assert_eq!(r64(BOOT_INFO_ADDR + 64), 0);

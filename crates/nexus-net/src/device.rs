@@ -344,7 +344,10 @@ mod tests {
 
     #[test]
     fn the_features_are_the_contract_s() {
-        assert_eq!(DEVICE_FEATURES, (1 << 32) | (1 << 16) | (1 << 5) | (1 << 3) | 0b11);
+        assert_eq!(
+            DEVICE_FEATURES,
+            (1 << 32) | (1 << 16) | (1 << 5) | (1 << 3) | 0b11
+        );
         assert_eq!(MAX_FRAME_LEN, 1514);
         assert_eq!(config::WAIT + 4, config::SIZE);
     }

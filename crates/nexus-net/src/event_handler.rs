@@ -81,7 +81,9 @@ pub(crate) enum QueueFault {
         found: &'static str,
     },
     /// A buffer outside guest RAM.
-    #[error("the buffer at {addr:#x} ({len} bytes) of the chain at head {head} is not in guest RAM")]
+    #[error(
+        "the buffer at {addr:#x} ({len} bytes) of the chain at head {head} is not in guest RAM"
+    )]
     OutsideMemory {
         /// Head of the chain.
         head: u16,
@@ -230,7 +232,7 @@ impl NetIo {
         Ok(NetIo {
             tap,
             kick: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?,
-            call: CallEvent::new().map_err(|e| Error::EventFd(e.into()))?,
+            call: CallEvent::new().map_err(Error::EventFd)?,
             memory,
             stats: Arc::default(),
             needs_reset: AtomicBool::new(false),
@@ -492,14 +494,12 @@ impl NetIo {
     ) -> std::result::Result<Drain, QueueFault> {
         let mem = &self.memory;
         let tx = &mut queues.tx;
-        tx.disable_notification(mem)
-            .map_err(QueueFault::UsedRing)?;
+        tx.disable_notification(mem).map_err(QueueFault::UsedRing)?;
         let mut frame = Vec::with_capacity(MAX_CHAIN_LEN);
         for _ in 0..QUEUE_BUDGET {
             let Some(chain) = pop_checked(tx, mem, MAX_CHAIN_LEN)? else {
                 if enable_notification_checked(tx, mem)? {
-                    tx.disable_notification(mem)
-                        .map_err(QueueFault::UsedRing)?;
+                    tx.disable_notification(mem).map_err(QueueFault::UsedRing)?;
                     continue;
                 }
                 return Ok(Drain::Done);
@@ -531,7 +531,10 @@ impl NetIo {
                     }
                     Err(e) => {
                         if !std::mem::replace(error_logged, true) {
-                            warn!("nexus-net {}: cannot write to the tap: {e}", self.tap.name());
+                            warn!(
+                                "nexus-net {}: cannot write to the tap: {e}",
+                                self.tap.name()
+                            );
                         }
                         self.stats.tx_dropped();
                     }
@@ -567,8 +570,7 @@ impl NetIo {
                                 break 'turn Drain::Done;
                             }
                             if enable_notification_checked(rx, mem)? {
-                                rx.disable_notification(mem)
-                                    .map_err(QueueFault::UsedRing)?;
+                                rx.disable_notification(mem).map_err(QueueFault::UsedRing)?;
                                 continue;
                             }
                             // Frames wait and the guest has no buffer: notifications stay on,
@@ -602,11 +604,16 @@ impl NetIo {
                         chain = None;
                         self.stats.received(n - NET_HDR_LEN);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break 'turn Drain::Done,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        break 'turn Drain::Done;
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         if !std::mem::replace(error_logged, true) {
-                            warn!("nexus-net {}: cannot read from the tap: {e}", self.tap.name());
+                            warn!(
+                                "nexus-net {}: cannot read from the tap: {e}",
+                                self.tap.name()
+                            );
                         }
                         break 'turn Drain::Done;
                     }

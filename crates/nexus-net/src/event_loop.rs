@@ -238,8 +238,16 @@ impl LoopDevice for Blocker {
     }
 
     fn turn(&self, _id: u64) -> bool {
-        let entered = self.entered.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let release = self.release.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let entered = self
+            .entered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let release = self
+            .release
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(entered) = entered {
             let _ = entered.send(());
         }

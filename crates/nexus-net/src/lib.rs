@@ -75,8 +75,8 @@ use nexus_kvm::{BusKind, Vm, VmMemory};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 pub use device::{
-    DEVICE_FEATURES, DEVICE_ID, NexusNet, NexusNetConfig, QUEUE_SIZE_MAX, VENDOR_ID,
-    WAIT_NOT_LIVE, WAIT_TIMEOUT, wait_value,
+    DEVICE_FEATURES, DEVICE_ID, NexusNet, NexusNetConfig, QUEUE_SIZE_MAX, VENDOR_ID, WAIT_NOT_LIVE,
+    WAIT_TIMEOUT, wait_value,
 };
 pub use event_handler::{QUEUE_BUDGET, QueuePosition};
 pub use nexus_kvm::virtio_mmio::{MmioTransportState, QueueConfig, VirtioDevice};
@@ -167,9 +167,8 @@ pub fn guest_ram(memory: &VmMemory) -> Result<GuestMemoryMmap> {
 
 /// Whether `memory` is `vm`'s RAM: the same regions, mapped at the same host addresses.
 fn is_vm_ram(vm: &Vm, memory: &GuestMemoryMmap) -> bool {
-    let host = |r: &nexus_kvm::memory::GuestRegionMmap| {
-        r.get_host_address(MemoryRegionAddress(0)).ok()
-    };
+    let host =
+        |r: &nexus_kvm::memory::GuestRegionMmap| r.get_host_address(MemoryRegionAddress(0)).ok();
     let window = vm.memory().window().map(|w| w.base());
     let ram: Vec<_> = vm
         .memory()

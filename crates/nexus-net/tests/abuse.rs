@@ -78,14 +78,20 @@ fn an_indirect_descriptor_is_refused() {
 #[test]
 fn a_chain_longer_than_16_descriptors_is_refused() {
     refused("nxt-long", |vm| {
-        let chain: Vec<(u16, u16)> = (1..=16).map(|next| (F_NEXT, next)).chain([(0, 0)]).collect();
+        let chain: Vec<(u16, u16)> = (1..=16)
+            .map(|next| (F_NEXT, next))
+            .chain([(0, 0)])
+            .collect();
         assert_eq!(chain.len(), 17);
         tx_chain(&mut vm.driver, &chain);
     });
     // Sixteen are fine (and the frame, 16 × 64 bytes less the header, goes out).
     let mut vm = TestVm::new("nxt-long16");
     vm.driver.init(BASIC);
-    let chain: Vec<(u16, u16)> = (1..=15).map(|next| (F_NEXT, next)).chain([(0, 0)]).collect();
+    let chain: Vec<(u16, u16)> = (1..=15)
+        .map(|next| (F_NEXT, next))
+        .chain([(0, 0)])
+        .collect();
     tx_chain(&mut vm.driver, &chain);
     wait_until("the frame", || vm.counters().tx_frames == 1);
     assert_eq!(vm.counters().tx_bytes, 16 * 64 - 12);

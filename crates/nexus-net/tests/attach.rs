@@ -128,7 +128,10 @@ fn a_guest_doorbell_reaches_the_device_without_an_exit() {
 
     assert_eq!(vm.run().expect("the guest exits"), 0);
     let exits = vm.exit_counters();
-    assert_eq!(exits.mmio_write, 0, "the doorbell never left KVM: {exits:?}");
+    assert_eq!(
+        exits.mmio_write, 0,
+        "the doorbell never left KVM: {exits:?}"
+    );
     assert_eq!(exits.mmio_read, 0);
 
     let reply = driver.recv_matching("the ARP reply", |r| parse_arp_reply(&r.frame));

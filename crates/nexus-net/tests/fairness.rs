@@ -165,7 +165,8 @@ fn a_turn_serves_at_most_a_budget_of_chains_then_the_next_device() {
     // `a` had work left when `b` was served.
     assert!(b_at < chains, "{}", String::from_utf8_lossy(&order));
     assert_eq!(
-        b_at, QUEUE_BUDGET,
+        b_at,
+        QUEUE_BUDGET,
         "`b` is served after one turn of `a`: {}",
         String::from_utf8_lossy(&order)
     );

@@ -10,8 +10,8 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::driver::Q;
-use nexus_kvm::BusDevice;
 use common::{BASIC, GUEST_IP, GUEST_MAC, TestVm, wait_until};
+use nexus_kvm::BusDevice;
 use nexus_kvm::virtio_mmio::{MMIO_MAGIC_VALUE, regs, status};
 use nexus_net::device::{
     LINK_UP, MTU, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, config,
@@ -65,7 +65,10 @@ fn features_the_device_does_not_offer_are_refused() {
         d.write(regs::STATUS, 0);
         d.write(regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         d.write(regs::DRIVER_FEATURES_SEL, 0);
-        d.write(regs::DRIVER_FEATURES, (VIRTIO_NET_F_MAC | (1 << bit)) as u32);
+        d.write(
+            regs::DRIVER_FEATURES,
+            (VIRTIO_NET_F_MAC | (1 << bit)) as u32,
+        );
         d.write(regs::DRIVER_FEATURES_SEL, 1);
         d.write(regs::DRIVER_FEATURES, 1);
         d.write(regs::STATUS, 0b1011);

@@ -66,12 +66,21 @@ fn a_restored_device_resumes_on_a_new_tap_without_a_reset() {
     vm.ns.ip(&["link", "set", "nxt-snap", "down"]);
     let tap = host_tap(&vm.ns, "nxt-snap2");
     let host_mac = common::mac_string(host_mac);
-    vm.ns.ip(&["link", "set", "dev", "nxt-snap2", "address", &host_mac]);
+    vm.ns
+        .ip(&["link", "set", "dev", "nxt-snap2", "address", &host_mac]);
     // (A new address flushes the neighbours: the guest's again.)
     let guest_mac = common::mac_string(common::GUEST_MAC);
     let guest_ip = GUEST_IP.to_string();
     vm.ns.ip(&[
-        "neigh", "replace", &guest_ip, "lladdr", &guest_mac, "dev", "nxt-snap2", "nud", "permanent",
+        "neigh",
+        "replace",
+        &guest_ip,
+        "lladdr",
+        &guest_mac,
+        "dev",
+        "nxt-snap2",
+        "nud",
+        "permanent",
     ]);
     let memory = guest_memory();
     memory.write_slice(&saved_memory, GuestAddress(0)).unwrap();
@@ -130,6 +139,9 @@ fn a_device_that_was_not_live_restores_idle() {
     let tap = host_tap(&vm.ns, "nxt-snapbad2");
     assert!(matches!(
         state.restore(tap, guest_memory()),
-        Err(nexus_net::Error::RingOutsideMemory { queue: "transmit", .. })
+        Err(nexus_net::Error::RingOutsideMemory {
+            queue: "transmit",
+            ..
+        })
     ));
 }

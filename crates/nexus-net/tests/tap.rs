@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use common::frames::{arp_request, parse_arp_reply};
 use common::netns::NetNs;
 use common::{GUEST_IP, GUEST_MAC, HOST_IP, host_tap};
+use nexus_net::Tap;
 use nexus_net::header::{NET_HDR_LEN, NetHeader};
 use nexus_net::tap::{Error, ReadFrame};
-use nexus_net::Tap;
 use vm_memory::VolatileSlice;
 
 #[test]
@@ -23,7 +23,10 @@ fn the_tap_has_a_vnet_header_and_no_packet_information() {
     let tap = ns.run(|| Tap::open(Some("nxt-flags"))).unwrap();
     assert_eq!(tap.name(), "nxt-flags");
     let details = ns.ip(&["-d", "link", "show", "dev", "nxt-flags"]);
-    assert!(details.contains("tun type tap pi off vnet_hdr on"), "{details}");
+    assert!(
+        details.contains("tun type tap pi off vnet_hdr on"),
+        "{details}"
+    );
     // Not persistent: the interface goes with the tap.
     assert!(details.contains("persist off"), "{details}");
     drop(tap);

@@ -60,7 +60,10 @@ fn udp_datagrams_go_both_ways() {
         });
         assert_eq!(udp.payload, reply.as_bytes());
         assert_eq!(udp.src, (HOST_IP, 7000));
-        assert!(udp.checksum_valid, "without GUEST_CSUM frames come checksummed");
+        assert!(
+            udp.checksum_valid,
+            "without GUEST_CSUM frames come checksummed"
+        );
     }
     let counters = vm.counters();
     assert_eq!(counters.tx_frames, 21);
@@ -84,11 +87,8 @@ fn checksum_offload_is_honoured_both_ways() {
     };
     // A partial checksum without NEEDS_CSUM is a wrong checksum: the namespace's stack drops
     // the datagram. With NEEDS_CSUM the same bytes are taken. (The order of arrival shows it.)
-    vm.driver.send_plain(&udp_frame(
-        &ends,
-        b"no flag: dropped",
-        UdpChecksum::Partial,
-    ));
+    vm.driver
+        .send_plain(&udp_frame(&ends, b"no flag: dropped", UdpChecksum::Partial));
     vm.driver.send(
         partial,
         &udp_frame(&ends, b"NEEDS_CSUM: taken", UdpChecksum::Partial),
@@ -152,7 +152,10 @@ fn without_receive_buffers_frames_wait_for_the_guest() {
     std::thread::sleep(Duration::from_millis(50));
     let counters = vm.counters();
     assert_eq!(counters.rx_no_buffer, 1, "stalled once, not spinning");
-    assert_eq!(counters.rx_dropped, 0, "nothing dropped: the frame waits in the tap");
+    assert_eq!(
+        counters.rx_dropped, 0,
+        "nothing dropped: the frame waits in the tap"
+    );
     // A doorbell for transmit only: still no buffer, still stalled (and counted once).
     vm.driver
         .send_plain(&arp_request(GUEST_MAC, GUEST_IP, HOST_IP));
@@ -209,7 +212,11 @@ fn frames_that_do_not_fit_are_dropped_and_counted() {
     vm.driver
         .send_plain(&arp_request(GUEST_MAC, GUEST_IP, HOST_IP));
     wait_until("the drop", || vm.counters().rx_dropped >= 1);
-    assert_eq!(vm.driver.used_idx(Q::Rx), used, "no used entry for a dropped frame");
+    assert_eq!(
+        vm.driver.used_idx(Q::Rx),
+        used,
+        "no used entry for a dropped frame"
+    );
     assert_eq!(vm.driver.status() & status::DEVICE_NEEDS_RESET, 0);
     let NetCounters { ring_faults, .. } = vm.counters();
     assert_eq!(ring_faults, 0);

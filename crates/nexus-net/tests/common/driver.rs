@@ -236,8 +236,12 @@ impl Driver {
         let slot = ring.avail + 4 + 2 * u64::from(ring.avail_idx % ring.size);
         mem.write_obj(head, GuestAddress(slot)).unwrap();
         ring.avail_idx = ring.avail_idx.wrapping_add(1);
-        mem.store(ring.avail_idx, GuestAddress(ring.avail + 2), Ordering::Release)
-            .unwrap();
+        mem.store(
+            ring.avail_idx,
+            GuestAddress(ring.avail + 2),
+            Ordering::Release,
+        )
+        .unwrap();
     }
 
     /// Rings the doorbell for `q` (as the ioeventfd would: the device's kick eventfd).
@@ -273,8 +277,22 @@ impl Driver {
     pub fn post_rx(&mut self, slot: u16) {
         let base = RX_BUFFERS + u64::from(slot) * SLOT;
         let head = 2 * slot;
-        self.write_desc(Q::Rx, head, base, NET_HDR_LEN as u32, F_WRITE | F_NEXT, head + 1);
-        self.write_desc(Q::Rx, head + 1, base + FRAME_AT, self.rx_frame_len, F_WRITE, 0);
+        self.write_desc(
+            Q::Rx,
+            head,
+            base,
+            NET_HDR_LEN as u32,
+            F_WRITE | F_NEXT,
+            head + 1,
+        );
+        self.write_desc(
+            Q::Rx,
+            head + 1,
+            base + FRAME_AT,
+            self.rx_frame_len,
+            F_WRITE,
+            0,
+        );
         self.publish(Q::Rx, head);
     }
 
@@ -301,8 +319,12 @@ impl Driver {
         let id: u32 = mem.read_obj(GuestAddress(at)).unwrap();
         let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap();
         ring.last_used = ring.last_used.wrapping_add(1);
-        mem.store(ring.last_used, GuestAddress(ring.used_event()), Ordering::Release)
-            .unwrap();
+        mem.store(
+            ring.last_used,
+            GuestAddress(ring.used_event()),
+            Ordering::Release,
+        )
+        .unwrap();
         Some((id as u16, len))
     }
 
@@ -323,7 +345,7 @@ impl Driver {
     pub fn republish_tx(&mut self) -> usize {
         let mut n = 0;
         while let Some((id, _)) = self.take_used(Q::Tx) {
-            self.publish(Q::Tx, id as u16);
+            self.publish(Q::Tx, id);
             n += 1;
         }
         if n > 0 {
@@ -383,7 +405,9 @@ impl Driver {
                 let slot = head / 2;
                 let base = RX_BUFFERS + u64::from(slot) * SLOT;
                 let mut header = [0u8; NET_HDR_LEN];
-                self.mem.read_slice(&mut header, GuestAddress(base)).unwrap();
+                self.mem
+                    .read_slice(&mut header, GuestAddress(base))
+                    .unwrap();
                 let frame_len = (len as usize).saturating_sub(NET_HDR_LEN);
                 let mut frame = vec![0u8; frame_len];
                 self.mem
@@ -406,7 +430,11 @@ impl Driver {
 
     /// The first received frame `accept` takes (others are dropped); fails the test after
     /// 10 s.
-    pub fn recv_matching<T>(&mut self, what: &str, mut accept: impl FnMut(&Received) -> Option<T>) -> T {
+    pub fn recv_matching<T>(
+        &mut self,
+        what: &str,
+        mut accept: impl FnMut(&Received) -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

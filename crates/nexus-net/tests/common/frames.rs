@@ -146,7 +146,10 @@ pub fn parse_udp(f: &[u8]) -> Option<Udp> {
 
 /// The pseudo-header sum a partial checksum of this UDP frame must hold.
 pub fn partial_checksum(u: &Udp) -> u16 {
-    sum(&[], pseudo_header_sum(u.src.0, u.dst.0, (8 + u.payload.len()) as u16))
+    sum(
+        &[],
+        pseudo_header_sum(u.src.0, u.dst.0, (8 + u.payload.len()) as u16),
+    )
 }
 
 #[test]

@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nexus_kvm::virtio_mmio::MmioTransport;
-use nexus_net::device::{VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS};
+use nexus_net::device::{
+    VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS,
+};
 use nexus_net::{GuestMemoryMmap, NetCounters, NetStats, NexusNet, NexusNetConfig, Tap};
 
 use driver::Driver;
@@ -33,7 +35,8 @@ pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 /// The guest's MAC.
 pub const GUEST_MAC: [u8; 6] = [0x02, 0x4e, 0x58, 0, 0, 0x02];
 /// Features without offloads.
-pub const BASIC: u64 = VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU | VIRTIO_NET_F_STATUS;
+pub const BASIC: u64 =
+    VIRTIO_F_VERSION_1 | VIRTIO_NET_F_MAC | VIRTIO_NET_F_MTU | VIRTIO_NET_F_STATUS;
 
 pub fn mac_string(mac: [u8; 6]) -> String {
     mac.iter()
@@ -59,7 +62,17 @@ pub fn host_tap_with(ns: &NetNs, name: &str, host_ip: Ipv4Addr, guest_ip: Ipv4Ad
     ns.ip(&["link", "set", name, "up"]);
     let mac = mac_string(GUEST_MAC);
     let guest = guest_ip.to_string();
-    ns.ip(&["neigh", "replace", &guest, "lladdr", &mac, "dev", name, "nud", "permanent"]);
+    ns.ip(&[
+        "neigh",
+        "replace",
+        &guest,
+        "lladdr",
+        &mac,
+        "dev",
+        name,
+        "nud",
+        "permanent",
+    ]);
     tap
 }
 
