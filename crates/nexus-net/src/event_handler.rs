@@ -200,6 +200,17 @@ fn tap_interest(rx_stalled: bool, tx_blocked: bool) -> EventSet {
     interest
 }
 
+/// What one read from the tap gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Received {
+    /// A frame of this many bytes (header included) is in the chain.
+    Frame(u32),
+    /// The frame was dropped (or the read interrupted): the chain is still free.
+    Dropped,
+    /// No frame (or the tap failed): the chain is still free.
+    Nothing,
+}
+
 /// How a queue's part of a turn ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Drain {
@@ -504,47 +515,62 @@ impl NetIo {
                 }
                 return Ok(Drain::Done);
             };
-            frame.clear();
-            let header = tx_buffers(mem, &chain, &mut frame)?;
-            let frame_len: usize = frame.iter().map(|s| s.len()).sum();
-            let checked = match header {
-                None => Err("a chain shorter than the header".to_owned()),
-                Some(_) if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&frame_len) => {
-                    Err(format!("a frame of {frame_len} bytes"))
-                }
-                Some(header) => header::check_tx(header, queues.csum).map_err(|e| e.to_string()),
-            };
-            match checked {
-                Err(why) => {
-                    debug!("nexus-net {}: transmit refused: {why}", self.tap.name());
-                    self.stats.tx_dropped();
-                }
-                Ok(header) => match self.tap.write_frame(&header, &frame) {
-                    Ok(_) => {
-                        *error_logged = false;
-                        self.stats.sent(frame_len);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        // Give the chain back; it goes out once the tap is writable.
-                        tx.set_next_avail(tx.next_avail().wrapping_sub(1));
-                        return Ok(Drain::Blocked);
-                    }
-                    Err(e) => {
-                        if !std::mem::replace(error_logged, true) {
-                            warn!(
-                                "nexus-net {}: cannot write to the tap: {e}",
-                                self.tap.name()
-                            );
-                        }
-                        self.stats.tx_dropped();
-                    }
-                },
+            if !self.send(&chain, queues.csum, &mut frame, error_logged)? {
+                // The tap is full: give the chain back; it goes out once the tap is writable.
+                tx.set_next_avail(tx.next_avail().wrapping_sub(1));
+                return Ok(Drain::Blocked);
             }
             tx.add_used(mem, chain.head(), 0)
                 .map_err(QueueFault::UsedRing)?;
             *used = true;
         }
         Ok(Drain::More)
+    }
+
+    /// Sends the frame of a transmit chain, or drops it (counted) if the header or its
+    /// length breaks the contract or the tap refuses it. Returns false if the tap is full.
+    fn send<'m>(
+        &'m self,
+        chain: &CheckedChain,
+        csum: bool,
+        frame: &mut Vec<VolatileSlice<'m>>,
+        error_logged: &mut bool,
+    ) -> std::result::Result<bool, QueueFault> {
+        frame.clear();
+        let header = tx_buffers(&self.memory, chain, frame)?;
+        let frame_len: usize = frame.iter().map(|s| s.len()).sum();
+        let header = match header {
+            None => Err("a chain shorter than the header".to_owned()),
+            Some(_) if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&frame_len) => {
+                Err(format!("a frame of {frame_len} bytes"))
+            }
+            Some(header) => header::check_tx(header, csum).map_err(|e| e.to_string()),
+        };
+        let header = match header {
+            Ok(header) => header,
+            Err(why) => {
+                debug!("nexus-net {}: transmit refused: {why}", self.tap.name());
+                self.stats.tx_dropped();
+                return Ok(true);
+            }
+        };
+        match self.tap.write_frame(&header, frame) {
+            Ok(_) => {
+                *error_logged = false;
+                self.stats.sent(frame_len);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => {
+                if !std::mem::replace(error_logged, true) {
+                    warn!(
+                        "nexus-net {}: cannot write to the tap: {e}",
+                        self.tap.name()
+                    );
+                }
+                self.stats.tx_dropped();
+            }
+        }
+        Ok(true)
     }
 
     /// Receive: at most [`QUEUE_BUDGET`] frames (or chains) from the tap.
@@ -559,11 +585,11 @@ impl NetIo {
         let rx = &mut queues.rx;
         let mut buffers = Vec::with_capacity(MAX_CHAIN_LEN);
         // The chain popped and not used yet (a frame too large for it leaves it to the next).
-        let mut chain: Option<(CheckedChain, usize)> = None;
+        let mut chain: Option<CheckedChain> = None;
         let outcome = 'turn: {
             for _ in 0..QUEUE_BUDGET {
-                let (head, capacity) = match &chain {
-                    Some((chain, capacity)) => (chain.head(), *capacity),
+                let head = match &chain {
+                    Some(chain) => chain.head(),
                     None => {
                         let Some(popped) = pop_checked(rx, mem, MAX_CHAIN_LEN)? else {
                             if !self.tap.has_frame().unwrap_or(true) {
@@ -578,45 +604,19 @@ impl NetIo {
                             break 'turn Drain::Blocked;
                         };
                         buffers.clear();
-                        let capacity = rx_buffers(mem, &popped, &mut buffers)?;
-                        let head = popped.head();
-                        chain = Some((popped, capacity));
-                        (head, capacity)
+                        rx_buffers(mem, &popped, &mut buffers)?;
+                        chain.insert(popped).head()
                     }
                 };
-                match self.tap.read_frame(&buffers) {
-                    Ok(ReadFrame::Frame(0)) => break 'turn Drain::Done,
-                    Ok(ReadFrame::TooLarge) => {
-                        // Dropped; the chain waits for the next frame.
-                        debug!(
-                            "nexus-net {}: a frame did not fit a {capacity}-byte chain",
-                            self.tap.name()
-                        );
-                        self.stats.rx_dropped();
-                    }
-                    Ok(ReadFrame::Frame(n)) if n < NET_HDR_LEN => self.stats.rx_dropped(),
-                    Ok(ReadFrame::Frame(n)) => {
-                        *error_logged = false;
-                        finish_rx_header(&buffers, guest_csum);
-                        rx.add_used(mem, head, n as u32)
-                            .map_err(QueueFault::UsedRing)?;
+                match self.read_frame(&buffers, guest_csum, error_logged) {
+                    Received::Frame(len) => {
+                        rx.add_used(mem, head, len).map_err(QueueFault::UsedRing)?;
                         *used = true;
                         chain = None;
-                        self.stats.received(n - NET_HDR_LEN);
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        break 'turn Drain::Done;
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        if !std::mem::replace(error_logged, true) {
-                            warn!(
-                                "nexus-net {}: cannot read from the tap: {e}",
-                                self.tap.name()
-                            );
-                        }
-                        break 'turn Drain::Done;
-                    }
+                    // The chain waits for the next frame.
+                    Received::Dropped => {}
+                    Received::Nothing => break 'turn Drain::Done,
                 }
             }
             Drain::More
@@ -626,6 +626,45 @@ impl NetIo {
             rx.set_next_avail(rx.next_avail().wrapping_sub(1));
         }
         Ok(outcome)
+    }
+
+    /// Reads a frame from the tap into `buffers` (a receive chain) and completes its header.
+    fn read_frame(
+        &self,
+        buffers: &[VolatileSlice<'_>],
+        guest_csum: bool,
+        error_logged: &mut bool,
+    ) -> Received {
+        match self.tap.read_frame(buffers) {
+            Ok(ReadFrame::Frame(n)) if n >= NET_HDR_LEN => {
+                *error_logged = false;
+                finish_rx_header(buffers, guest_csum);
+                self.stats.received(n - NET_HDR_LEN);
+                // At most the chain's length, which is a u32 sum.
+                Received::Frame(n as u32)
+            }
+            Ok(ReadFrame::Frame(0)) => Received::Nothing,
+            Ok(read) => {
+                debug!(
+                    "nexus-net {}: a frame did not fit a receive chain ({read:?})",
+                    self.tap.name()
+                );
+                self.stats.rx_dropped();
+                Received::Dropped
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Received::Dropped,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock
+                    && !std::mem::replace(error_logged, true)
+                {
+                    warn!(
+                        "nexus-net {}: cannot read from the tap: {e}",
+                        self.tap.name()
+                    );
+                }
+                Received::Nothing
+            }
+        }
     }
 
     /// A ring fault: stop serving both queues until the driver resets the device.
@@ -731,12 +770,12 @@ fn tx_buffers<'m>(
     Ok((have == NET_HDR_LEN).then(|| NetHeader::from_bytes(&header)))
 }
 
-/// The receive chain's slices of guest memory, into `buffers`; returns their bytes.
+/// The receive chain's slices of guest memory, into `buffers`.
 fn rx_buffers<'m>(
     mem: &'m GuestMemoryMmap,
     chain: &CheckedChain,
     buffers: &mut Vec<VolatileSlice<'m>>,
-) -> std::result::Result<usize, QueueFault> {
+) -> std::result::Result<(), QueueFault> {
     let head = chain.head();
     let mut capacity = 0usize;
     for (index, d) in chain.descriptors().iter().enumerate() {
@@ -765,7 +804,7 @@ fn rx_buffers<'m>(
     if buffers.len() > MAX_SEGMENTS {
         return Err(QueueFault::Fragmented { head });
     }
-    Ok(capacity)
+    Ok(())
 }
 
 /// Completes the header the kernel wrote at the start of `buffers`: `num_buffers` = 1, and
