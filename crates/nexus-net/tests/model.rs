@@ -85,7 +85,7 @@ fn the_wait_register_reports_both_used_indices() {
     // Live, nothing used yet, nothing to consume: the read sleeps its timeout and reports
     // both indices (0).
     assert_eq!(vm.driver.wait(), 0);
-    let host_mac = vm.arp();
+    vm.arp();
     let socket = vm.host_socket(7100);
     let guest = (GUEST_IP, 5000);
     // Three datagrams for the guest, none consumed: WAIT returns at once with the receive
@@ -105,7 +105,6 @@ fn the_wait_register_reports_both_used_indices() {
     for _ in 0..3 {
         vm.driver.recv(Duration::from_secs(5)).expect("a frame");
     }
-    let _ = host_mac;
     let sender = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
         socket.send_to(b"wake", guest).unwrap();

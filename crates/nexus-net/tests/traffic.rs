@@ -221,3 +221,19 @@ fn frames_that_do_not_fit_are_dropped_and_counted() {
     let NetCounters { ring_faults, .. } = vm.counters();
     assert_eq!(ring_faults, 0);
 }
+
+#[test]
+fn the_test_frames_have_the_right_checksums() {
+    let ends = common::frames::UdpEnds {
+        src_mac: [2, 0, 0, 0, 0, 2],
+        dst_mac: [2, 0, 0, 0, 0, 1],
+        src: (GUEST_IP, 5000),
+        dst: (HOST_IP, 7000),
+    };
+    let full = parse_udp(&udp_frame(&ends, b"hello", UdpChecksum::Full)).unwrap();
+    assert!(full.checksum_valid);
+    assert_eq!(full.payload, b"hello");
+    let partial = parse_udp(&udp_frame(&ends, b"hello", UdpChecksum::Partial)).unwrap();
+    assert!(!partial.checksum_valid);
+    assert_eq!(partial.checksum, partial_checksum(&partial));
+}
