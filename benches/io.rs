@@ -178,6 +178,7 @@ fn run_guest(elf: &[u8], backend: &Backend, args: &[String]) -> GuestRun {
             },
             args: args.to_vec(),
             device: Some(nexus_io::device_info()),
+            net_device: None,
             console: Console::new(out.clone()),
         },
     )

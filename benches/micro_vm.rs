@@ -25,6 +25,7 @@ fn config(args: &[&str]) -> MicroVmConfig {
         },
         args: args.iter().map(|s| s.to_string()).collect(),
         device: None,
+        net_device: None,
         console: Console::sink(),
     }
 }

@@ -134,6 +134,7 @@ fn run(args: RunArgs) -> Result<u32> {
         memory: memory(&args),
         args: args.args.clone(),
         device: args.backend.as_ref().map(|_| nexus_io::device_info()),
+        net_device: None,
         console: Console::new(std::io::stdout()),
     };
     let start = Instant::now();
@@ -231,6 +232,7 @@ fn demo_run(name: &str, args: &[&str], backend: Option<&std::path::Path>) -> Res
         memory,
         args: args.iter().map(|s| s.to_string()).collect(),
         device: backend.map(|_| nexus_io::device_info()),
+        net_device: None,
         console: Console::new(out.clone()),
     };
     let start = Instant::now();

@@ -38,6 +38,7 @@
 //!     memory: MemoryConfig { ram_size: 64 << 20, window_size: 16 << 20 },
 //!     args: vec![],
 //!     device: Some(nexus_io::device_info()),
+//!     net_device: None,
 //!     console: Console::new(std::io::stdout()),
 //! })?;
 //! let device = NexusIo::new(NexusIoConfig {

@@ -28,6 +28,7 @@
 //!     memory: MemoryConfig { ram_size: 64 << 20, window_size: 0 },
 //!     args: vec!["world".into()],
 //!     device: None,
+//!     net_device: None,
 //!     console: Console::new(std::io::stdout()),
 //! };
 //! let mut vm = MicroVm::new(&elf, config).unwrap();

@@ -152,7 +152,8 @@ pub struct LoadedGuest {
     pub cr3: u64,
 }
 
-/// The nexus-io (or any) device a micro-guest is told about in its boot-info.
+/// A device a micro-guest is told about in its boot-info: the nexus-io device
+/// (`device_base`, `device_size`) or the virtio-net device (`net_device_base`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DeviceInfo {
     /// MMIO base.
@@ -172,13 +173,27 @@ fn write<T: vm_memory::ByteValued>(
 }
 
 /// Loads the micro-guest `elf` into `mem` (sized by `config`), writes the boot structures,
-/// and returns where everything is.
+/// and returns where everything is. The boot-info names `device` (the nexus-io device) and
+/// no virtio-net device; [`load_with_net_device`] names both.
 pub fn load(
     mem: &GuestMemoryMmap,
     config: MemoryConfig,
     elf: &[u8],
     args: &[String],
     device: Option<DeviceInfo>,
+) -> std::result::Result<LoadedGuest, LoadError> {
+    load_with_net_device(mem, config, elf, args, device, None)
+}
+
+/// [`load`], with the boot-info also naming a virtio-net device (`net_device_base`, offset
+/// 120; 0 for none).
+pub fn load_with_net_device(
+    mem: &GuestMemoryMmap,
+    config: MemoryConfig,
+    elf: &[u8],
+    args: &[String],
+    device: Option<DeviceInfo>,
+    net_device: Option<DeviceInfo>,
 ) -> std::result::Result<LoadedGuest, LoadError> {
     let image = ElfImage::parse(elf)?;
     if config.ram_size > config.low_ram_size() {
@@ -307,7 +322,7 @@ pub fn load(
         (88, ARGS_ADDR),
         (96, map_addr),
         (104, map.len() as u64),
-        (120, 0),
+        (120, net_device.map_or(0, |d| d.base)),
     ];
     for (off, val) in fields {
         write(mem, val, BOOT_INFO_ADDR + off, "boot info")?;
@@ -448,6 +463,9 @@ pub struct MicroVmConfig {
     pub args: Vec<String>,
     /// The device the boot-info names (the nexus-io device), if any.
     pub device: Option<DeviceInfo>,
+    /// The virtio-net device the boot-info names (`net_device_base`), if any: the in-guest
+    /// networking baseline (crate `nexus-net`).
+    pub net_device: Option<DeviceInfo>,
     /// Where the console goes.
     pub console: Console,
 }
@@ -459,12 +477,13 @@ impl MicroVm {
             memory: config.memory,
             irqchip: false,
         })?;
-        let loaded = load(
+        let loaded = load_with_net_device(
             vm.memory().guest(),
             config.memory,
             elf,
             &config.args,
             config.device,
+            config.net_device,
         )?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             config.console.clone(),
@@ -581,6 +600,39 @@ mod tests {
         assert_eq!(s, "héllo".as_bytes());
         assert_eq!(m.read_obj::<u16>(GuestAddress(0x20_0000)).unwrap(), 0xfeeb);
         assert_eq!(r64(BOOT_INFO_ADDR + 104), 3);
+        assert_eq!(r64(BOOT_INFO_ADDR + 120), 0, "no virtio-net device");
+    }
+
+    #[test]
+    fn names_the_net_device_at_offset_120() {
+        let m = mem(CFG);
+        let elf = tiny_elf(0x20_0000, &[0xeb, 0xfe], 0x1000);
+        let io = DeviceInfo {
+            base: MMIO_START,
+            size: 0x1000,
+        };
+        let net = DeviceInfo {
+            base: MMIO_START + 0x1000,
+            size: 0x1000,
+        };
+        load_with_net_device(&m, CFG, &elf, &[], Some(io), Some(net)).unwrap();
+        let r64 = |a: u64| m.read_obj::<u64>(GuestAddress(a)).unwrap();
+        assert_eq!(r64(BOOT_INFO_ADDR + 64), MMIO_START);
+        assert_eq!(r64(BOOT_INFO_ADDR + 120), MMIO_START + 0x1000);
+        // The block stays version 1, 128 bytes.
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(BOOT_INFO_ADDR + 8)).unwrap(),
+            1
+        );
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(BOOT_INFO_ADDR + 12))
+                .unwrap(),
+            128
+        );
+        // Only the net device: the nexus-io fields stay 0.
+        load_with_net_device(&m, CFG, &elf, &[], None, Some(net)).unwrap();
+        assert_eq!(r64(BOOT_INFO_ADDR + 64), 0);
+        assert_eq!(r64(BOOT_INFO_ADDR + 120), MMIO_START + 0x1000);
     }
 
     #[test]

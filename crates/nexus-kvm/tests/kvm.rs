@@ -42,6 +42,7 @@ fn vm(code: &[u8], out: &ConsoleBuffer) -> MicroVm {
         },
         args: vec![],
         device: None,
+        net_device: None,
         console: Console::new(out.clone()),
     };
     MicroVm::new(&elf(code), config).unwrap()

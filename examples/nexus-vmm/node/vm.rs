@@ -102,6 +102,7 @@ pub fn take_snapshot(
             memory: config.memory,
             args: vec![],
             device: Some(nexus_io::device_info()),
+            net_device: None,
             console,
         },
     )?;

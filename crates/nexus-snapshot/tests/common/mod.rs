@@ -176,6 +176,7 @@ pub fn boot(elf: &[u8], ram: u64, window: u64) -> Booted {
             },
             args: vec![],
             device: None,
+            net_device: None,
             console: Console::new(output.clone()),
         },
     )
