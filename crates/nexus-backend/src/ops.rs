@@ -4,7 +4,7 @@
 //! Performing one decoded request and writing its answer into the window.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nexus_ring::records::{EntryList, InvocationContext, LIST_PREFIX_SIZE, ObjectEntry};
@@ -589,7 +589,7 @@ fn log_lines(
     request: &Request,
     level: LogLevel,
 ) -> Reply {
-    let now = Instant::now();
+    let now = tokio::time::Instant::now();
     let admitted = session.log_limit.admit(now);
     if let Some(dropped) = session.log_limit.report_due(now) {
         log::warn!(

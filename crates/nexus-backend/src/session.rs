@@ -105,7 +105,7 @@ impl Session {
             log_limit: LogRateLimit::new(
                 limits.log_records_per_second,
                 limits.log_burst,
-                Instant::now(),
+                tokio::time::Instant::now(),
             ),
             engine,
             limits: limits.clone(),
@@ -321,7 +321,8 @@ struct CacheEntry {
     id: u64,
     state: watch::Receiver<Fetch>,
     size: u64,
-    since: Instant,
+    /// On tokio's clock, so that a paused clock (tests, the fuzzing harness) drives the TTL.
+    since: tokio::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -382,7 +383,7 @@ impl PrefetchCache {
                 id,
                 state: rx,
                 size: 0,
-                since: Instant::now(),
+                since: tokio::time::Instant::now(),
             },
         );
         Some(PrefetchSlot {
@@ -423,7 +424,7 @@ impl PrefetchCache {
                 state.bytes += size;
                 if let Some(entry) = state.entries.get_mut(&slot.key) {
                     entry.size = size;
-                    entry.since = Instant::now();
+                    entry.since = tokio::time::Instant::now();
                 }
                 slot.state.send_replace(Fetch::Ready(bytes));
             }
@@ -631,7 +632,10 @@ mod tests {
         let session = Session::new("vm-a", Arc::new(tenant), engine.clone());
         assert_eq!(session.limits, own);
         assert_eq!(session.prefetch.limit(), 777);
-        assert!(!session.log_limit.admit(Instant::now()), "a burst of 0");
+        assert!(
+            !session.log_limit.admit(tokio::time::Instant::now()),
+            "a burst of 0"
+        );
         let mut first = session.write_behind.register();
         assert!(first.reserve(1));
         assert!(
@@ -642,7 +646,7 @@ mod tests {
         let plain = Session::new("vm-b", Arc::new(Tenant::new("b", "b").unwrap()), engine);
         assert_eq!(plain.limits, config.limits);
         assert_eq!(plain.prefetch.limit(), 12345);
-        assert!(plain.log_limit.admit(Instant::now()));
+        assert!(plain.log_limit.admit(tokio::time::Instant::now()));
     }
 
     #[tokio::test]

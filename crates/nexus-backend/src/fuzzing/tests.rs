@@ -1,0 +1,137 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The harness run on hand-written scenarios (each reaching the answers it is about) and on
+//! a deterministic stream of pseudo-random ones.
+
+use super::scenario::{Action, Options, Scenario, Step};
+use super::*;
+
+#[test]
+fn a_put_is_read_back() {
+    let report = run(&Scenario {
+        options: Options::default(),
+        steps: vec![
+            Step::settled(Action::Put {
+                key: 0,
+                len: 4,
+                seed: 3,
+                segments: 2,
+                write_behind: false,
+            }),
+            Step::settled(Action::Get {
+                key: 0,
+                offset: 1,
+                max_len: 0,
+                capacity: 4,
+                buffers: 3,
+            }),
+        ],
+    });
+    assert_eq!(report.answers(Op::Put, Status::Ok), 1);
+    assert_eq!(report.answers(Op::Get, Status::Ok), 1);
+}
+
+/// What each seed is about: (op, status, least count).
+fn expected(name: &str) -> &'static [(Op, Status, usize)] {
+    match name {
+        "objects" => &[
+            (Op::Put, Status::Ok, 3),
+            (Op::Get, Status::Ok, 5),
+            (Op::Get, Status::NotFound, 1),
+            (Op::Head, Status::Ok, 1),
+            (Op::Head, Status::NotFound, 1),
+            (Op::Delete, Status::Ok, 2),
+        ],
+        "refused_keys" => &[
+            (Op::Get, Status::PermissionDenied, 1),
+            (Op::Put, Status::PermissionDenied, 2),
+            (Op::Delete, Status::PermissionDenied, 1),
+            (Op::Head, Status::PermissionDenied, 1),
+            (Op::Put, Status::InvalidRequest, 1),
+            (Op::Get, Status::InvalidRequest, 1),
+            (Op::Delete, Status::InvalidRequest, 1),
+            (Op::List, Status::PermissionDenied, 1),
+            (Op::List, Status::InvalidRequest, 2),
+        ],
+        "write_behind" => &[
+            (Op::Put, Status::Ok, 3),
+            (Op::Flush, Status::Ok, 2),
+            (Op::List, Status::Ok, 2),
+            (Op::Get, Status::Ok, 2),
+        ],
+        "write_behind_bounds" => &[(Op::Put, Status::Ok, 4), (Op::Flush, Status::Ok, 1)],
+        "list_pages" => &[
+            (Op::List, Status::Ok, 10),
+            (Op::List, Status::InvalidRequest, 2),
+            (Op::List, Status::TooLarge, 1),
+        ],
+        "invocations" => &[
+            (Op::Next, Status::Ok, 3),
+            (Op::Next, Status::Timeout, 1),
+            (Op::Next, Status::TooLarge, 1),
+            (Op::Complete, Status::Ok, 3),
+            (Op::Complete, Status::NotFound, 1),
+        ],
+        "calls_and_logs" => &[
+            (Op::Invoke, Status::Ok, 3),
+            (Op::Invoke, Status::Timeout, 1),
+            (Op::Invoke, Status::NotFound, 1),
+            (Op::Invoke, Status::InvalidRequest, 1),
+            (Op::Http, Status::PermissionDenied, 1),
+            (Op::Http, Status::InvalidRequest, 1),
+            (Op::Log, Status::Ok, 3),
+            (Op::Log, Status::Throttled, 1),
+        ],
+        "prefetch" => &[(Op::Get, Status::Ok, 4), (Op::Put, Status::Ok, 1)],
+        "one_at_a_time" => &[
+            (Op::Put, Status::Ok, 2),
+            (Op::Get, Status::Ok, 1),
+            (Op::Next, Status::Timeout, 1),
+            (Op::Flush, Status::Ok, 1),
+            (Op::List, Status::Ok, 1),
+        ],
+        _ => panic!("no expectations for seed {name}"),
+    }
+}
+
+#[test]
+fn every_seed_passes_the_oracles_and_reaches_its_answers() {
+    for (name, scenario) in seeds() {
+        assert_eq!(Scenario::from_bytes(&scenario.to_bytes()), scenario, "{name}");
+        let report = run(&scenario);
+        assert_eq!(report.skipped, 0, "{name}: {report:?}");
+        for &(op, status, least) in expected(name) {
+            assert!(
+                report.answers(op, status) >= least,
+                "{name}: {least} {op} answered {status:?} expected: {report:?}"
+            );
+        }
+    }
+    let invocations = seeds()
+        .into_iter()
+        .find(|(name, _)| *name == "invocations")
+        .map(|(_, scenario)| run(&scenario))
+        .unwrap();
+    assert_eq!(invocations.invocations_completed, 3);
+}
+
+/// A deterministic stream of pseudo-random scenarios (xorshift bytes, decoded like a
+/// fuzzer's input), short enough for every test run.
+#[test]
+fn pseudo_random_scenarios_pass_the_oracles() {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..300 {
+        let len = scenario::OPTIONS_LEN + scenario::STEP_LEN * (4 + (next() % 40) as usize);
+        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        let input = Scenario::from_bytes(&bytes);
+        let report = std::panic::catch_unwind(|| run(&input));
+        assert!(report.is_ok(), "round {round}: {input:?}");
+    }
+}
