@@ -279,7 +279,9 @@ async fn get(
         turn.ready().await;
     }
     let target = request.response.payload;
-    if let Some(cached) = session.prefetch.lookup(&key).await {
+    // Every prefetch begun before this GET arrived has finished by its turn; one still
+    // running began later and waits for this GET's turn, so it must not be waited for.
+    if let Some(cached) = session.prefetch.fetched(&key) {
         let size = cached.len() as u64;
         let n = get_length(size, offset, max_len, target.total_len());
         if n > 0 {

@@ -460,6 +460,22 @@ impl PrefetchCache {
         }
     }
 
+    /// The cached object if its prefetch has finished; never waits. For requests on the
+    /// key, which run in key order after every prefetch begun before they arrived: a fetch
+    /// still running was begun after them, and waits for their turn to end.
+    pub(crate) fn fetched(&self, key: &str) -> Option<Bytes> {
+        let mut state = lock(&self.state);
+        let entry = state.entries.get(key)?;
+        if entry.since.elapsed() >= PREFETCH_TTL && entry.size > 0 {
+            Self::remove_locked(&mut state, key);
+            return None;
+        }
+        match &*entry.state.borrow() {
+            Fetch::Ready(bytes) => Some(bytes.clone()),
+            Fetch::Running | Fetch::Failed => None,
+        }
+    }
+
     /// Forgets `key` (it was written, deleted, or read to its end).
     pub(crate) fn invalidate(&self, key: &str) {
         Self::remove_locked(&mut lock(&self.state), key);
@@ -694,6 +710,22 @@ mod tests {
         drop(dead);
         assert_eq!(cache.lookup("d").await, None);
         assert!(cache.begin("d").is_some());
+    }
+
+    /// A GET that arrived before a hint of its key runs before that prefetch (key order),
+    /// so it must not wait for it: it takes only a finished fetch. (It waited, and the
+    /// prefetch waited for the GET's turn: the GET was never answered and the key stuck.)
+    #[tokio::test]
+    async fn a_request_on_the_key_takes_only_a_finished_prefetch() {
+        let cache = PrefetchCache::new(10);
+        let slot = cache.begin("k").unwrap();
+        assert_eq!(cache.fetched("k"), None, "running: not waited for");
+        cache.complete(slot, Some(Bytes::from_static(b"abc")));
+        assert_eq!(cache.fetched("k").unwrap(), &b"abc"[..]);
+        let failed = cache.begin("f").unwrap();
+        cache.complete(failed, None);
+        assert_eq!(cache.fetched("f"), None);
+        assert_eq!(cache.fetched("none"), None);
     }
 
     #[tokio::test]

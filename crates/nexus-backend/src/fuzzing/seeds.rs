@@ -354,7 +354,6 @@ pub fn seeds() -> Vec<(&'static str, Scenario)> {
                     s(Action::Hint { key: key::A }),
                     s(Action::Advance { ms: 6 }),
                     s(get(key::A, 0, 0, 5)),
-                    s(Action::Hint { key: key::OUTSIDE }),
                 ],
             },
         ),

@@ -135,3 +135,44 @@ fn pseudo_random_scenarios_pass_the_oracles() {
         assert!(report.is_ok(), "round {round}: {input:?}");
     }
 }
+
+/// Found by the fuzzer: a GET dispatched, then a hint of its key (here through an
+/// invocation's input) before the GET's task ran. The GET waited for the prefetch, which
+/// waited for the GET's turn: the GET was never answered and the key was stuck for good.
+#[test]
+fn a_get_sent_before_a_hint_of_its_key_is_answered() {
+    for hint in [
+        Action::Hint { key: 0 },
+        Action::Queue {
+            input: 0,
+            object: true,
+            async_durability: false,
+            function: 0,
+        },
+    ] {
+        let report = run(&Scenario {
+            options: Options {
+                seeded: true,
+                ..Options::default()
+            },
+            steps: vec![
+                Step::unsettled(Action::Get {
+                    key: 0,
+                    offset: 0,
+                    max_len: 0,
+                    capacity: 5,
+                    buffers: 0,
+                }),
+                Step::settled(hint),
+                Step::settled(Action::Get {
+                    key: 0,
+                    offset: 0,
+                    max_len: 0,
+                    capacity: 5,
+                    buffers: 1,
+                }),
+            ],
+        });
+        assert_eq!(report.answers(Op::Get, Status::Ok), 2, "{report:?}");
+    }
+}
