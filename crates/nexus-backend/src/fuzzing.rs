@@ -195,7 +195,8 @@ fn build(runtime: &tokio::runtime::Runtime, options: &scenario::Options) -> Part
     let guest = guest::Guest::new();
     let window = WindowMemory::new(Arc::new(guest.mem.clone())).expect("one region");
     ring.set_window(window);
-    ring.set_size(guest::QUEUE_SIZE).expect("a valid queue size");
+    ring.set_size(guest::QUEUE_SIZE)
+        .expect("a valid queue size");
     ring.set_addresses(guest::DESC_TABLE, guest::AVAIL_RING, guest::USED_RING)
         .expect("valid ring addresses");
     let kick = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd");

@@ -319,8 +319,13 @@ async fn put(
     let len = u64::from(request.payload.total_len());
     let engine = &session.engine;
     if write_behind {
-        if let (Some(mut ticket), Some(turn)) = (prepared.write_behind.take(), prepared.turn.take())
+        if let (Some(mut ticket), Some(mut turn)) =
+            (prepared.write_behind.take(), prepared.turn.take())
         {
+            // The key's turn first: an acknowledged upload must not hold staging room while
+            // it waits for an earlier request on its key, which may itself wait for staging
+            // room (a synchronous PUT): neither would ever go on.
+            turn.ready().await;
             if ticket.reserve(len) && ticket.acknowledge(&key) {
                 // Copy the payload out: the guest may reuse its buffers once we answer.
                 let room = session.staging.reserve(len).await;

@@ -111,7 +111,10 @@ impl Staging {
             None => (&self.global, self.total),
         };
         let free = u64::try_from(semaphore.available_permits()).unwrap_or(u64::MAX);
-        (u64::from(units).saturating_sub(free) * UNIT, u64::from(units) * UNIT)
+        (
+            u64::from(units).saturating_sub(free) * UNIT,
+            u64::from(units) * UNIT,
+        )
     }
 
     /// [`usage`](Self::usage) of the global budget this one is a share of.

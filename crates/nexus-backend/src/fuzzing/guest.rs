@@ -102,8 +102,9 @@ fn split(len: usize, count: usize) -> Vec<usize> {
 
 impl Guest {
     pub(crate) fn new() -> Self {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(WINDOW_BASE), WINDOW_SIZE as usize)])
-            .expect("an anonymous mapping of a few MiB");
+        let mem =
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(WINDOW_BASE), WINDOW_SIZE as usize)])
+                .expect("an anonymous mapping of a few MiB");
         Self {
             mem,
             free: (0..SLOTS).rev().collect(),
@@ -237,7 +238,10 @@ impl Guest {
             .unwrap_or_else(|e| panic!("request {}: bad response header: {e}", sent.id));
         let meta_capacity = sent.response_head.len - RESPONSE_HEADER_SIZE as u32;
         if let Err(e) = header.check_reply(sent.id, meta_capacity, sent.capacity) {
-            panic!("request {}: the guest refuses the answer {header:?}: {e}", sent.id);
+            panic!(
+                "request {}: the guest refuses the answer {header:?}: {e}",
+                sent.id
+            );
         }
         assert_eq!(
             Ok(used),

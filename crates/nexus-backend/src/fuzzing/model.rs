@@ -544,9 +544,10 @@ impl<'r> Harness<'r> {
                 } else {
                     self.delivered[usize::from(which) % self.delivered.len()]
                 };
-                let completing = self.outstanding.values().any(
-                    |p| matches!(p.what, What::Complete { number: n, .. } if n == number),
-                );
+                let completing = self
+                    .outstanding
+                    .values()
+                    .any(|p| matches!(p.what, What::Complete { number: n, .. } if n == number));
                 if completing {
                     // One COMPLETE of an invocation at a time: which of two wins is a race.
                     number = pick(&scenario::BOGUS_INVOCATIONS, which);
@@ -860,9 +861,7 @@ impl<'r> Harness<'r> {
         let base = &prefix[..prefix.rfind('/').map_or(0, |end| end + 1)];
         let token = match token.map(std::str::from_utf8) {
             None => None,
-            Some(Ok(token)) if Resume::valid_token(token) && token.starts_with(base) => {
-                Some(token)
-            }
+            Some(Ok(token)) if Resume::valid_token(token) && token.starts_with(base) => Some(token),
             Some(_) => {
                 assert_eq!(status, Status::InvalidRequest, "{context}: a bad token");
                 return;
@@ -1172,9 +1171,15 @@ impl<'r> Harness<'r> {
             limits.write_behind_bytes
         );
         let (held, share) = session.staging.usage();
-        assert!(held <= share, "staging: {held} held of a {share}-byte share");
+        assert!(
+            held <= share,
+            "staging: {held} held of a {share}-byte share"
+        );
         let (held, total) = session.staging.global_usage();
-        assert!(held <= total, "staging: {held} held of a {total}-byte budget");
+        assert!(
+            held <= total,
+            "staging: {held} held of a {total}-byte budget"
+        );
         assert!(
             session.in_flight() <= limits.requests_in_flight.max(1) as usize,
             "{} requests in flight, the limit is {}",
@@ -1207,7 +1212,11 @@ impl<'r> Harness<'r> {
         }
         let engine = &self.parts.engine;
         assert_eq!(engine.uploads_pending(), 0, "uploads still pending");
-        assert_eq!(session.write_behind.requests(), 0, "write-behind slots held");
+        assert_eq!(
+            session.write_behind.requests(),
+            0,
+            "write-behind slots held"
+        );
         assert_eq!(session.write_behind.bytes(), 0, "write-behind bytes held");
         assert_eq!(session.staging.usage().0, 0, "staging room held by the VM");
         assert_eq!(session.staging.global_usage().0, 0, "staging room held");
@@ -1254,9 +1263,10 @@ impl<'r> Harness<'r> {
 /// The key a request is on (GET, PUT, HEAD, DELETE).
 fn keyed(what: &What) -> Option<usize> {
     match what {
-        What::Get { key, .. } | What::Put { key, .. } | What::Head { key } | What::Delete { key } => {
-            Some(*key)
-        }
+        What::Get { key, .. }
+        | What::Put { key, .. }
+        | What::Head { key }
+        | What::Delete { key } => Some(*key),
         _ => None,
     }
 }

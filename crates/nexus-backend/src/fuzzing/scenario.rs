@@ -174,7 +174,14 @@ pub const HTTP_HEADERS: [Option<&[u8]>; 3] = [
 /// reversed, `fail` an error document, `slow` answers after 120 s, `missing`, `denied` and
 /// `busy` fail, any other name is not found.
 pub const FUNCTIONS: [&[u8]; 8] = [
-    b"echo", b"fail", b"slow", b"missing", b"denied", b"busy", b"\xff\xfe", b"other",
+    b"echo",
+    b"fail",
+    b"slow",
+    b"missing",
+    b"denied",
+    b"busy",
+    b"\xff\xfe",
+    b"other",
 ];
 
 /// Function names of invocations queued through the API.
@@ -208,7 +215,8 @@ pub struct Options {
 /// `requests_in_flight` choices.
 pub const IN_FLIGHT: [u32; 4] = [64, 1, 2, 4];
 /// `(write_behind_requests, write_behind_bytes)` choices.
-pub const WRITE_BEHIND: [(u32, u64); 4] = [(256, 256 << 20), (0, 256 << 20), (1, 4096), (2, 30_000)];
+pub const WRITE_BEHIND: [(u32, u64); 4] =
+    [(256, 256 << 20), (0, 256 << 20), (1, 4096), (2, 30_000)];
 /// `(VM share, global budget)` staging choices, in bytes (the budget's unit is 64 KiB).
 pub const STAGING: [(u64, u64); 4] = [
     (256 << 20, 1 << 30),
@@ -542,7 +550,14 @@ impl Step {
                 capacity,
             } => (
                 8,
-                [function, u8::from(asynchronous), timeout, input, capacity, 0],
+                [
+                    function,
+                    u8::from(asynchronous),
+                    timeout,
+                    input,
+                    capacity,
+                    0,
+                ],
             ),
             Action::Next {
                 timeout,
