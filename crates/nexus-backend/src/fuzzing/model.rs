@@ -867,6 +867,15 @@ impl<'r> Harness<'r> {
                 return;
             }
         };
+        if token.is_some_and(|token| token.ends_with('/')) {
+            // Directory tokens come from the file store's walk; an S3 listing refuses them.
+            assert_eq!(
+                status,
+                Status::InvalidRequest,
+                "{context}: a directory token"
+            );
+            return;
+        }
         let resume = Resume::parse(token);
         let expected: Vec<(&String, &Vec<u8>)> = self
             .model
