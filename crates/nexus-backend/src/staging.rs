@@ -104,7 +104,7 @@ impl Staging {
 
     /// Bytes held now from this budget (the VM's share, or the whole budget), in whole
     /// units, and the budget's size.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn usage(&self) -> (u64, u64) {
         let (semaphore, units) = match &self.share {
             Some((share, units)) => (share, *units),
@@ -118,7 +118,7 @@ impl Staging {
     }
 
     /// [`usage`](Self::usage) of the global budget this one is a share of.
-    #[cfg(any(test, feature = "fuzzing"))]
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn global_usage(&self) -> (u64, u64) {
         let free = u64::try_from(self.global.available_permits()).unwrap_or(u64::MAX);
         (
