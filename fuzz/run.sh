@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for N seconds each (default 60) and fails on any crash.
+# Runs every fuzz target (nexus-ring, the virtio-mmio transport, the backend's operation layer)
+# for N seconds each (default 60) and fails on any crash.
 #
 #   bash fuzz/run.sh [seconds]
 #

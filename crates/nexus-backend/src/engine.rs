@@ -60,9 +60,42 @@ impl Engine {
                 source,
             })?;
         crate::install_crypto_provider();
-        Ok(Self {
-            store: Store::open(&config.store)?,
-            http: HttpGateway::new(&config.http)?,
+        let store = Store::open(&config.store)?;
+        let http = HttpGateway::new(&config.http)?;
+        Ok(Self::from_parts(
+            config,
+            store,
+            http,
+            Some(Arc::new(journal)),
+            lost,
+            runtime,
+        ))
+    }
+
+    /// An engine over `store` and `http` that keeps no upload journal, for the
+    /// operation-layer harness ([`crate::fuzzing`]); `config`'s store, state directory and
+    /// HTTP policy are not used.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn with_store(
+        config: &BackendConfig,
+        store: Store,
+        http: HttpGateway,
+        runtime: Handle,
+    ) -> Self {
+        Self::from_parts(config, store, http, None, Vec::new(), runtime)
+    }
+
+    fn from_parts(
+        config: &BackendConfig,
+        store: Store,
+        http: HttpGateway,
+        journal: Option<Arc<UploadJournal>>,
+        lost: Vec<(u64, LostUpload)>,
+        runtime: Handle,
+    ) -> Self {
+        Self {
+            store,
+            http,
             staging: Staging::new(config.staging_bytes),
             limits: config.limits.clone(),
             invoker: RwLock::new(None),
@@ -70,10 +103,10 @@ impl Engine {
             next_invocation: AtomicU64::new(1),
             traffic: Traffic::default(),
             in_flight: AtomicU64::new(0),
-            journal: Some(Arc::new(journal)),
+            journal,
             lost: std::sync::Mutex::new(lost),
             runtime,
-        })
+        }
     }
 
     /// The uploads an earlier run of the backend acknowledged and lost (once).

@@ -60,6 +60,8 @@ mod device;
 mod engine;
 mod error;
 mod event_loop;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod http;
 mod invoke;
 mod journal;

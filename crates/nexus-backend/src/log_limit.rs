@@ -11,10 +11,15 @@
 //!
 //! The record's text is escaped ([`escape_log_text`]) so that it stays one line whatever the
 //! guest sends.
+//!
+//! Time is tokio's clock ([`tokio::time::Instant`]): the system's monotonic clock in the
+//! backend, a paused clock that only moves when told to under the operation-layer harness.
 
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::session::lock;
 

@@ -4,7 +4,7 @@
 //! Performing one decoded request and writing its answer into the window.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use nexus_ring::records::{EntryList, InvocationContext, LIST_PREFIX_SIZE, ObjectEntry};
@@ -280,7 +280,9 @@ async fn get(
         turn.ready().await;
     }
     let target = request.response.payload;
-    if let Some(cached) = session.prefetch.lookup(&key).await {
+    // Every prefetch begun before this GET arrived has finished by its turn; one still
+    // running began later and waits for this GET's turn, so it must not be waited for.
+    if let Some(cached) = session.prefetch.fetched(&key) {
         let size = cached.len() as u64;
         let n = get_length(size, offset, max_len, target.total_len());
         if n > 0 {
@@ -318,8 +320,13 @@ async fn put(
     let len = u64::from(request.payload.total_len());
     let engine = &session.engine;
     if write_behind {
-        if let (Some(mut ticket), Some(turn)) = (prepared.write_behind.take(), prepared.turn.take())
+        if let (Some(mut ticket), Some(mut turn)) =
+            (prepared.write_behind.take(), prepared.turn.take())
         {
+            // The key's turn first: an acknowledged upload must not hold staging room while
+            // it waits for an earlier request on its key, which may itself wait for staging
+            // room (a synchronous PUT): neither would ever go on.
+            turn.ready().await;
             if ticket.reserve(len) && ticket.acknowledge(&key) {
                 // Copy the payload out: the guest may reuse its buffers once we answer.
                 let room = session.staging.reserve(len).await;
@@ -606,7 +613,7 @@ fn log_lines(
     request: &Request,
     level: LogLevel,
 ) -> Reply {
-    let now = Instant::now();
+    let now = tokio::time::Instant::now();
     let admitted = session.log_limit.admit(now);
     if let Some(dropped) = session.log_limit.report_due(now) {
         log::warn!(

@@ -111,7 +111,7 @@ impl Session {
             log_limit: LogRateLimit::new(
                 limits.log_records_per_second,
                 limits.log_burst,
-                Instant::now(),
+                tokio::time::Instant::now(),
             ),
             list_rate: ScanRate::new(limits.list_scan_per_second),
             cpu: Arc::new(CpuShare::new(limits.cpu_millis_per_second)),
@@ -329,7 +329,8 @@ struct CacheEntry {
     id: u64,
     state: watch::Receiver<Fetch>,
     size: u64,
-    since: Instant,
+    /// On tokio's clock, so that a paused clock (tests, the fuzzing harness) drives the TTL.
+    since: tokio::time::Instant,
 }
 
 #[derive(Debug, Default)]
@@ -390,7 +391,7 @@ impl PrefetchCache {
                 id,
                 state: rx,
                 size: 0,
-                since: Instant::now(),
+                since: tokio::time::Instant::now(),
             },
         );
         Some(PrefetchSlot {
@@ -431,7 +432,7 @@ impl PrefetchCache {
                 state.bytes += size;
                 if let Some(entry) = state.entries.get_mut(&slot.key) {
                     entry.size = size;
-                    entry.since = Instant::now();
+                    entry.since = tokio::time::Instant::now();
                 }
                 slot.state.send_replace(Fetch::Ready(bytes));
             }
@@ -464,6 +465,22 @@ impl PrefetchCache {
         match fetched {
             Fetch::Ready(bytes) => Some(bytes),
             _ => None,
+        }
+    }
+
+    /// The cached object if its prefetch has finished; never waits. For requests on the
+    /// key, which run in key order after every prefetch begun before they arrived: a fetch
+    /// still running was begun after them, and waits for their turn to end.
+    pub(crate) fn fetched(&self, key: &str) -> Option<Bytes> {
+        let mut state = lock(&self.state);
+        let entry = state.entries.get(key)?;
+        if entry.since.elapsed() >= PREFETCH_TTL && entry.size > 0 {
+            Self::remove_locked(&mut state, key);
+            return None;
+        }
+        match &*entry.state.borrow() {
+            Fetch::Ready(bytes) => Some(bytes.clone()),
+            Fetch::Running | Fetch::Failed => None,
         }
     }
 
@@ -639,7 +656,10 @@ mod tests {
         let session = Session::new("vm-a", Arc::new(tenant), engine.clone());
         assert_eq!(session.limits, own);
         assert_eq!(session.prefetch.limit(), 777);
-        assert!(!session.log_limit.admit(Instant::now()), "a burst of 0");
+        assert!(
+            !session.log_limit.admit(tokio::time::Instant::now()),
+            "a burst of 0"
+        );
         let mut first = session.write_behind.register();
         assert!(first.reserve(1));
         assert!(
@@ -650,7 +670,7 @@ mod tests {
         let plain = Session::new("vm-b", Arc::new(Tenant::new("b", "b").unwrap()), engine);
         assert_eq!(plain.limits, config.limits);
         assert_eq!(plain.prefetch.limit(), 12345);
-        assert!(plain.log_limit.admit(Instant::now()));
+        assert!(plain.log_limit.admit(tokio::time::Instant::now()));
     }
 
     #[tokio::test]
@@ -698,6 +718,22 @@ mod tests {
         drop(dead);
         assert_eq!(cache.lookup("d").await, None);
         assert!(cache.begin("d").is_some());
+    }
+
+    /// A GET that arrived before a hint of its key runs before that prefetch (key order),
+    /// so it must not wait for it: it takes only a finished fetch. (It waited, and the
+    /// prefetch waited for the GET's turn: the GET was never answered and the key stuck.)
+    #[tokio::test]
+    async fn a_request_on_the_key_takes_only_a_finished_prefetch() {
+        let cache = PrefetchCache::new(10);
+        let slot = cache.begin("k").unwrap();
+        assert_eq!(cache.fetched("k"), None, "running: not waited for");
+        cache.complete(slot, Some(Bytes::from_static(b"abc")));
+        assert_eq!(cache.fetched("k").unwrap(), &b"abc"[..]);
+        let failed = cache.begin("f").unwrap();
+        cache.complete(failed, None);
+        assert_eq!(cache.fetched("f"), None);
+        assert_eq!(cache.fetched("none"), None);
     }
 
     #[tokio::test]

@@ -102,6 +102,31 @@ impl Staging {
         }
     }
 
+    /// Bytes held now from this budget (the VM's share, or the whole budget), in whole
+    /// units, and the budget's size.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        let (semaphore, units) = match &self.share {
+            Some((share, units)) => (share, *units),
+            None => (&self.global, self.total),
+        };
+        let free = u64::try_from(semaphore.available_permits()).unwrap_or(u64::MAX);
+        (
+            u64::from(units).saturating_sub(free) * UNIT,
+            u64::from(units) * UNIT,
+        )
+    }
+
+    /// [`usage`](Self::usage) of the global budget this one is a share of.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn global_usage(&self) -> (u64, u64) {
+        let free = u64::try_from(self.global.available_permits()).unwrap_or(u64::MAX);
+        (
+            u64::from(self.total).saturating_sub(free) * UNIT,
+            u64::from(self.total) * UNIT,
+        )
+    }
+
     /// Room for `bytes` if it is free now.
     #[cfg(test)]
     pub(crate) fn try_reserve(&self, bytes: u64) -> Option<StagingPermit> {

@@ -354,6 +354,14 @@ impl Store {
                 let (local, prefix) = (local.clone(), prefix.to_owned());
                 blocking(move || local.list(&prefix, &resume, max, budget)).await
             }
+            Store::Remote(_) if matches!(resume, Resume::AfterDir(_)) => {
+                // Only the file store's walk hands out directory tokens. An S3 listing would
+                // have to walk the whole directory to get past it, and a page cut short
+                // inside it would hand out a token before the one it was given.
+                Err(StoreError::InvalidKey(
+                    "a directory token does not belong to this store's listings".into(),
+                ))
+            }
             Store::Remote(store) => remote_list(store.as_ref(), prefix, &resume, max, budget).await,
         }
     }
@@ -909,6 +917,28 @@ mod tests {
         assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
         assert_eq!(&store.fetch("a/b/c/obj", 10).unwrap()[..], b"x");
         assert_eq!(fs::read_dir(root.join(STAGING_DIR)).unwrap().count(), 0);
+    }
+
+    /// A directory token (only the file store hands them out) is refused by an S3 listing:
+    /// a page cut short by the scan budget inside the directory handed out a token before
+    /// the one it was given, and the next page listed keys again.
+    #[tokio::test]
+    async fn a_remote_listing_refuses_directory_tokens() {
+        let memory = Arc::new(object_store::memory::InMemory::new());
+        for key in ["t/a.b", "t/a/b", "t/b"] {
+            memory
+                .put(&Path::parse(key).unwrap(), PutPayload::from_static(b"x"))
+                .await
+                .unwrap();
+        }
+        let store = Store::Remote(memory);
+        let page = store.list("t/", Some("t/a.b"), 10, 1).await.unwrap();
+        assert_eq!(page.next.as_deref(), Some("t/a/b"), "a key token goes on");
+        let refused = store.list("t/", Some("t/a/"), 10, 1).await;
+        assert!(
+            matches!(refused, Err(StoreError::InvalidKey(_))),
+            "{refused:?}"
+        );
     }
 
     #[test]

@@ -177,13 +177,13 @@ impl WriteBehind {
     }
 
     /// Bytes currently held by pending uploads.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn bytes(&self) -> u64 {
         lock(&self.state).bytes
     }
 
     /// Request slots currently held by pending uploads.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fuzzing"))]
     pub(crate) fn requests(&self) -> u32 {
         lock(&self.state).requests
     }
