@@ -142,6 +142,10 @@ pub(crate) fn limits(options: &scenario::Options) -> (VmLimits, u64) {
         log_records_per_second,
         log_burst,
         list_scan_budget: SCAN_BUDGETS[pick(options.scan_budget, SCAN_BUDGETS.len())],
+        // Pacing runs on the paused clock; the CPU share is metered in real thread time,
+        // which a fuzzer cannot control: give it room so that runs are deterministic.
+        list_scan_per_second: 100_000,
+        cpu_millis_per_second: 1_000_000,
     };
     (limits, global)
 }
