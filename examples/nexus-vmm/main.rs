@@ -406,6 +406,11 @@ fn demo() -> Result<()> {
             ),
         )?;
     }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("nexus-node")
+        .enable_all()
+        .build()?;
     let node = node::Node::new(
         node::NodeConfig {
             backend: backend.socket().to_path_buf(),
@@ -417,6 +422,7 @@ fn demo() -> Result<()> {
             wait_timeout: Duration::from_secs(1),
         },
         node::registry::load_dir(&functions_dir)?,
+        runtime.handle().clone(),
     )?;
     eprintln!("nexus: [3/4] snapshotting each function parked in NEXT…");
     for f in &demo_functions {
@@ -451,15 +457,15 @@ fn demo() -> Result<()> {
         let mut runs = Vec::new();
         for start in ["cold", "warm"] {
             let output_key = format!("outputs/{}.{start}", f.name);
-            let result = node
-                .invoke(
+            let result = runtime
+                .block_on(node.invoke(
                     f.name,
                     node::Invocation {
                         input: f.input.clone(),
                         output_key: Some(output_key.clone()),
                         request_id: String::new(),
                     },
-                )
+                ))
                 .with_context(|| format!("The {start} invocation of {} failed", f.name))?;
             if result.start != start || result.outcome != "success" {
                 bail!(
@@ -494,7 +500,8 @@ fn demo() -> Result<()> {
             warm.output_len
         );
     }
-    node.shutdown();
+    runtime.block_on(node.shutdown());
+    drop(runtime);
     drop(backend);
     println!("\nOutputs (kept for you to inspect):");
     for path in outputs {

@@ -107,6 +107,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         (None, Some(e)) => e.socket().to_path_buf(),
         (None, None) => unreachable!("checked above"),
     };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(args.max_vms + 64)
+        .thread_name("nexus-node")
+        .enable_all()
+        .build()?;
     let node = Node::new(
         NodeConfig {
             backend: backend.clone(),
@@ -118,8 +124,10 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             wait_timeout: Duration::from_millis(args.wait_timeout_ms),
         },
         functions,
+        runtime.handle().clone(),
     )?;
-    node.backend_stats()
+    runtime
+        .block_on(node.backend_stats())
         .with_context(|| format!("The backend does not answer on {}", backend.display()))?;
     if args.prepare {
         for name in node.function_names() {
@@ -131,12 +139,6 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             );
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(args.max_queue + args.max_vms + 64)
-        .thread_name("nexus-http")
-        .enable_all()
-        .build()?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("Cannot listen on {}", args.listen))?;
@@ -159,7 +161,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         shutdown_signal(),
     ));
     eprintln!("nexus-vmm serve: shutting down");
-    node.shutdown();
+    runtime.block_on(node.shutdown());
     drop(runtime);
     drop(embedded);
     Ok(())

@@ -8,21 +8,21 @@
 //! `invoke` attaches on the backend's control socket and sends the prefetch `hint` first,
 //! then restores the VM, resumes the nexus-io device on that same attachment (the backend
 //! re-pops the parked `NEXT`: the guest notices nothing), runs the vCPU on its thread, sends
-//! `invoke` on a second control connection and prints the result and where the time went.
+//! `invoke` with the node's client ([`BackendClient`]) and prints the result and where the
+//! time went.
 
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use nexus::guests;
-use nexus_io::{ControlClient, InvokeInput};
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::serial::Console;
 use nexus_snapshot::{Snapshot, SnapshotFiles};
 
-use crate::node::vm::{self, FunctionVmConfig};
+use crate::node::backend::BackendClient;
+use crate::node::vm::{self, Call, CallFailure, FunctionVm, FunctionVmConfig, Input};
 
 /// How long `snapshot` waits for the function to park in `NEXT`.
 const PARK_TIMEOUT: Duration = Duration::from_secs(60);
@@ -120,6 +120,11 @@ pub fn snapshot(args: SnapshotArgs) -> Result<()> {
         },
     };
     let vm_id = format!("snapshot-{}", std::process::id());
+    let runtime = control_runtime()?;
+    let client = BackendClient::new(args.backend.clone());
+    let parked = |vm: &str, timeout: Duration| -> Result<()> {
+        Ok(runtime.block_on(client.parked(vm, timeout))?)
+    };
     let taken = vm::take_snapshot(
         &elf,
         &config,
@@ -127,6 +132,7 @@ pub fn snapshot(args: SnapshotArgs) -> Result<()> {
         &args.out,
         Console::new(std::io::stderr()),
         PARK_TIMEOUT,
+        &parked,
     )?;
     let report = taken.report;
     println!(
@@ -151,8 +157,8 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
         .clone()
         .unwrap_or_else(|| format!("invoke-{}", std::process::id()));
     let input = match (&args.input, &args.inline) {
-        (Some(key), _) => InvokeInput::Key(key),
-        (None, Some(text)) => InvokeInput::Inline(text),
+        (Some(key), _) => Input::Key(key.clone()),
+        (None, Some(text)) => Input::Inline(text.clone()),
         (None, None) => bail!("Give --input KEY or --inline TEXT"),
     };
     let hint = if args.no_hint {
@@ -181,54 +187,29 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
         Console::new(std::io::stderr()),
         None,
     )?;
-    let vm::Restored {
-        vm: _vm,
-        vcpu,
-        faults,
-        recording: record,
-        stats,
-        hinted,
-        total: restored_at,
-    } = restored;
-
-    let mut client = ControlClient::connect(&args.backend, INVOKE_TIMEOUT)?;
-    let run_start = Instant::now();
-    let handle = vcpu.spawn("vcpu0".into())?;
-    let (tx, rx) = mpsc::channel();
-    {
-        let (vm_id, output, request_id) =
-            (vm_id.clone(), args.output.clone(), args.request_id.clone());
-        let input = match input {
-            InvokeInput::Key(k) => (true, k.to_owned()),
-            InvokeInput::Inline(t) => (false, t.to_owned()),
-        };
-        std::thread::spawn(move || {
-            let input = if input.0 {
-                InvokeInput::Key(&input.1)
-            } else {
-                InvokeInput::Inline(&input.1)
-            };
-            let sent = Instant::now();
-            let reply = client.invoke(&vm_id, input, output.as_deref(), request_id.as_deref());
-            let _ = tx.send((sent, reply));
-        });
-    }
-    let (sent, reply) = loop {
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(done) => break done,
-            Err(mpsc::RecvTimeoutError::Timeout) if handle.is_finished() => {
-                let (_, result) = handle.join()?;
-                bail!("The function stopped before it completed: {result:?}");
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("The invoke thread died"),
-        }
+    let stats = restored.stats;
+    let (hinted, restored_at) = (restored.hinted, restored.total);
+    let runtime = control_runtime()?;
+    let client = BackendClient::new(args.backend.clone());
+    let mut vm = FunctionVm::start(&vm_id, restored)?;
+    let call = Call {
+        input,
+        output_key: args.output.clone(),
+        request_id: args.request_id.clone().unwrap_or_default(),
+        timeout: INVOKE_TIMEOUT,
+        return_output: true,
     };
-    let done = t0.elapsed();
-    let (_vcpu, _) = handle.stop()?;
-    let reply = reply.context("The invocation failed")?;
-    let faults_seen = faults.as_ref().map(|f| f.stats());
-    if let (true, Some(faults)) = (record, &faults) {
+    let done = match runtime.block_on(vm.call(&client, &call)) {
+        Ok(done) => done,
+        Err(CallFailure::Crashed(why)) => bail!("The function stopped before it completed: {why}"),
+        Err(CallFailure::Timeout(limit)) => {
+            bail!("The function did not complete within {} s", limit.as_secs())
+        }
+        Err(CallFailure::Backend(e)) => return Err(e).context("The invocation failed"),
+    };
+    let elapsed = t0.elapsed();
+    let faults_seen = vm.faults().map(|f| f.stats());
+    if let (true, Some(faults)) = (vm.recording, vm.faults()) {
         let ws = faults.write_working_set()?;
         println!(
             "working set recorded: {} pages ({} zero) in {}",
@@ -237,16 +218,19 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
             ws.path.display()
         );
     }
+    vm.stop();
 
-    let t = |name: &str| reply.timings.get(name).copied().unwrap_or(0) as f64 / 1e3;
-    let to_next = ms(sent.saturating_duration_since(run_start)) + t("next_served_us");
-    println!("outcome: {}", reply.outcome);
-    println!("output_len: {}", reply.output_len);
-    println!(
-        "output ({}): {}",
-        reply.output_encoding,
-        reply.output.trim_end_matches('\n')
-    );
+    let reply = &done.invoked.reply;
+    let timings = reply.timings.clone().unwrap_or_default();
+    let t = |us: u64| us as f64 / 1e3;
+    let output = &done.invoked.output;
+    let (encoding, text) = match std::str::from_utf8(output) {
+        Ok(text) => ("utf8", text.to_owned()),
+        Err(_) => ("base64", nexus_ring::control::base64(output)),
+    };
+    println!("outcome: {}", done.invoked.outcome());
+    println!("output_len: {}", reply.output_len.unwrap_or(0));
+    println!("output ({encoding}): {}", text.trim_end_matches('\n'));
     println!(
         "timings (ms): hint={:.3} restore={:.3} restore_memory={:.3} resume={:.3} \
          next_served={:.3} function={:.3} durable={:.3} output_store={:.3} total={:.3}",
@@ -254,19 +238,31 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
         ms(stats.total),
         ms(stats.memory),
         ms(restored_at) - ms(hinted) - ms(stats.total),
-        to_next,
-        t("function_us"),
-        t("durable_us"),
-        t("output_store_us"),
-        ms(done),
+        t(timings.next_served_us),
+        t(timings.function_us),
+        t(timings.durable_us),
+        t(timings.output_store_us),
+        ms(elapsed),
     );
     println!(
         "restore mode {:?}: {} bytes read before the VM ran, {} pages prefetched, {} pages \
-         faulted in",
+         faulted in; {} KVM exits during the invocation",
         stats.mode,
         stats.bytes_read,
         stats.prefetched_pages,
-        faults_seen.map_or(0, |f| f.pages_faulted)
+        faults_seen.map_or(0, |f| f.pages_faulted),
+        done.exits
     );
-    Ok(if reply.outcome == "success" { 0 } else { 1 })
+    Ok(if done.invoked.outcome() == "success" {
+        0
+    } else {
+        1
+    })
+}
+
+/// A single-threaded runtime for the control requests of one command.
+fn control_runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
 }

@@ -26,7 +26,8 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
@@ -35,200 +36,16 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::invoke::{Invocation, InvocationInput};
 use crate::server::Backend;
-use crate::stats::BackendStats;
 
-/// How long `parked` waits by default.
-pub const DEFAULT_PARKED_TIMEOUT_MS: u64 = 30_000;
+pub use nexus_ring::control::{
+    CONNECTION_FD, ControlEvent, ControlInput, ControlReply, ControlRequest,
+    DEFAULT_PARKED_TIMEOUT_MS, InvokeTimings, MAX_LINE,
+};
 
-/// The longest request line accepted.
-pub const MAX_LINE: usize = 64 << 10;
-
-/// One control request.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-pub enum ControlRequest {
-    /// Attach VM `vm` to tenant `tenant`; its vhost-user connection comes back with the reply.
-    Attach {
-        /// The VM's ID.
-        vm: String,
-        /// The tenant's name.
-        tenant: String,
-    },
-    /// Prefetch object `key` for VM `vm`.
-    Hint {
-        /// The VM's ID.
-        vm: String,
-        /// The object key.
-        key: String,
-    },
-    /// Drop VM `vm`'s session.
-    Detach {
-        /// The VM's ID.
-        vm: String,
-    },
-    /// Run one invocation on VM `vm` (its next `NEXT` receives it); reply when the function
-    /// completed and its write-behind uploads — and `output`, if given — are durable.
-    Invoke {
-        /// The VM's ID.
-        vm: String,
-        /// The input: an object of the VM's tenant or inline text.
-        input: ControlInput,
-        /// Store the function's result at this key (under the tenant's rules).
-        #[serde(default)]
-        output: Option<String>,
-        /// The function's name in the invocation context (default `function`).
-        #[serde(default)]
-        function: Option<String>,
-        /// The request id in the invocation context (default empty).
-        #[serde(default)]
-        request_id: Option<String>,
-        /// `false`: leave a successful result stored at `output` out of the reply (`output`
-        /// is then empty and `output_encoding` is `none`; `output_len` stays). Default `true`.
-        #[serde(default)]
-        return_output: Option<bool>,
-    },
-    /// Reply once VM `vm` has a `NEXT` parked, waiting for an invocation.
-    Parked {
-        /// The VM's ID.
-        vm: String,
-        /// Give up after this long ([`DEFAULT_PARKED_TIMEOUT_MS`] if absent).
-        #[serde(default)]
-        timeout_ms: Option<u64>,
-    },
-    /// Report [`BackendStats`]: VMs, queue depth, traffic totals, memory and CPU time.
-    Stats {},
-}
-
-impl ControlRequest {
-    /// The VM the request names, if it names one.
-    pub fn vm(&self) -> Option<&str> {
-        match self {
-            ControlRequest::Attach { vm, .. }
-            | ControlRequest::Hint { vm, .. }
-            | ControlRequest::Detach { vm }
-            | ControlRequest::Invoke { vm, .. }
-            | ControlRequest::Parked { vm, .. } => Some(vm),
-            ControlRequest::Stats {} => None,
-        }
-    }
-}
-
-/// The input of a control `invoke`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum ControlInput {
-    /// `{"key":"K"}`: an object of the VM's tenant (prefetched at once).
-    Key(String),
-    /// `{"inline":"TEXT"}`: the bytes of this text.
-    Inline(String),
-}
-
-/// Where an `invoke` spent its time, in microseconds.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InvokeTimings {
-    /// From the request to the guest's `NEXT` being answered with the invocation.
-    pub next_served_us: u64,
-    /// From then to the function's `COMPLETE`.
-    pub function_us: u64,
-    /// From `COMPLETE` to its write-behind uploads being durable.
-    pub durable_us: u64,
-    /// Storing `output` (0 without one).
-    pub output_store_us: u64,
-    /// From the request to the reply.
-    pub total_us: u64,
-}
-
-/// One control reply.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ControlReply {
-    /// Whether the request succeeded.
-    pub ok: bool,
-    /// `"fd"` (attach): the VM's vhost-user connection is the descriptor passed with this
-    /// line (`SCM_RIGHTS`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection: Option<String>,
-    /// What went wrong.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// `success` or `error` (invoke).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
-    /// The length of the function's result (invoke).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_len: Option<u64>,
-    /// The function's result: the text if it is UTF-8, else base64 (invoke).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<String>,
-    /// `utf8` or `base64`: how `output` is encoded (invoke).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_encoding: Option<String>,
-    /// Where the invocation spent its time (invoke).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timings: Option<InvokeTimings>,
-    /// Payload bytes the backend wrote into the VM's window during the invocation: its input
-    /// delivered by `NEXT`, GET data, LIST pages, HTTP and INVOKE results (invoke).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_in: Option<u64>,
-    /// Payload bytes the backend read out of the VM's window during the invocation: PUT data
-    /// (write-behind included), the `COMPLETE` result, LOG text, HTTP and INVOKE bodies
-    /// (invoke).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_out: Option<u64>,
-    /// Ring requests of the VM served during the invocation, its `NEXT` and `COMPLETE`
-    /// included (invoke).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requests: Option<u64>,
-    /// The backend's figures (stats).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stats: Option<BackendStats>,
-}
-
-impl ControlReply {
-    /// `{"ok":true}`.
-    pub fn ok() -> Self {
-        Self {
-            ok: true,
-            connection: None,
-            error: None,
-            outcome: None,
-            output_len: None,
-            output: None,
-            output_encoding: None,
-            timings: None,
-            bytes_in: None,
-            bytes_out: None,
-            requests: None,
-            stats: None,
-        }
-    }
-
-    /// `{"ok":false,"error":MESSAGE}`.
-    pub fn error(message: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(message.into()),
-            ..Self::ok()
-        }
-    }
-
-    /// The reply as one line of JSON, with its `\n`.
-    pub fn to_line(&self) -> String {
-        let mut line = serde_json::to_string(self)
-            .unwrap_or_else(|_| r#"{"ok":false,"error":"internal error"}"#.to_owned());
-        line.push('\n');
-        line
-    }
-}
-
-/// Parses one request line (without its `\n`); the error says what is wrong.
-pub fn parse_request(line: &str) -> Result<ControlRequest, String> {
-    serde_json::from_str(line.trim_end_matches('\r')).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            format!("malformed line: {e}")
-        } else {
-            format!("bad request: {e}")
-        }
-    })
+/// Parses one request line (without its `\n`): its tag, if any, and the request; the error
+/// says what is wrong.
+pub fn parse_request(line: &str) -> Result<(Option<u64>, ControlRequest), String> {
+    nexus_ring::control::decode_request(line).map_err(|e| e.to_string())
 }
 
 impl Backend {
@@ -288,18 +105,20 @@ impl Backend {
         let (events, mut event_rx) = mpsc::unbounded_channel::<ControlEvent>();
         let mut attached: Vec<(String, u64)> = Vec::new();
         let mut line = Vec::new();
-        let mut running: Option<Pin<Box<dyn Future<Output = Answer> + Send>>> = None;
+        // Untagged requests are answered in order, one at a time; tagged ones concurrently.
+        let mut sequential: Option<Pending> = None;
+        let mut tagged: FuturesUnordered<Pending> = FuturesUnordered::new();
         loop {
+            let reading = sequential.is_none() && tagged.len() < MAX_TAGGED;
             tokio::select! {
-                answer = async { running.as_mut().expect("guarded").await }, if running.is_some() => {
-                    running = None;
-                    if let Some(vm) = &answer.detached {
-                        attached.retain(|(v, _)| v != vm);
+                answer = async { sequential.as_mut().expect("guarded").await }, if sequential.is_some() => {
+                    sequential = None;
+                    if !self.answered(&mut writer, &mut attached, answer).await {
+                        break;
                     }
-                    if let Some(entry) = answer.attached.clone() {
-                        attached.push(entry);
-                    }
-                    if send_answer(&mut writer, answer).await.is_err() {
+                }
+                Some(answer) = tagged.next(), if !tagged.is_empty() => {
+                    if !self.answered(&mut writer, &mut attached, answer).await {
                         break;
                     }
                 }
@@ -309,7 +128,7 @@ impl Backend {
                         break;
                     }
                 }
-                read = read_line(&mut reader, &mut line), if running.is_none() => {
+                read = read_line(&mut reader, &mut line), if reading => {
                     match read {
                         Ok(Line::Closed) => break,
                         Err(e) => {
@@ -322,13 +141,30 @@ impl Backend {
                             break;
                         }
                         Ok(Line::Complete) => {
-                            let text = String::from_utf8_lossy(&line).trim_end_matches('\n').to_owned();
+                            let text = String::from_utf8_lossy(&line);
+                            let parsed = parse_request(text.trim_end_matches('\n'));
                             line.clear();
+                            let (tag, request) = match parsed {
+                                Ok(parsed) => parsed,
+                                Err(message) => {
+                                    let reply = ControlReply::error(message);
+                                    if writer.write_all(reply.to_line().as_bytes()).await.is_err() {
+                                        break;
+                                    }
+                                    continue;
+                                }
+                            };
                             let backend = self.clone();
                             let events = events.clone();
-                            running = Some(Box::pin(async move {
-                                backend.control_request(&text, peer, events).await
-                            }));
+                            let pending: Pending = Box::pin(async move {
+                                let mut answer = backend.control_request(request, peer, events).await;
+                                answer.reply.tag = tag;
+                                answer
+                            });
+                            match tag {
+                                Some(_) => tagged.push(pending),
+                                None => sequential = Some(pending),
+                            }
                         }
                     }
                 }
@@ -339,6 +175,23 @@ impl Backend {
             let backend = self.clone();
             let _ = tokio::task::spawn_blocking(move || backend.detach_if(&vm, id)).await;
         }
+    }
+
+    /// Writes an answer and keeps the connection's VMs up to date; `false` if the
+    /// connection is gone.
+    async fn answered(
+        &self,
+        writer: &mut OwnedWriteHalf,
+        attached: &mut Vec<(String, u64)>,
+        answer: Answer,
+    ) -> bool {
+        if let Some(vm) = &answer.detached {
+            attached.retain(|(v, _)| v != vm);
+        }
+        if let Some(entry) = answer.attached.clone() {
+            attached.push(entry);
+        }
+        send_answer(writer, answer).await.is_ok()
     }
 
     /// Tells a peer it may not use the socket (once per streak in the log).
@@ -365,14 +218,10 @@ impl Backend {
 
     async fn control_request(
         &self,
-        line: &str,
+        request: ControlRequest,
         peer: Peer,
         events: mpsc::UnboundedSender<ControlEvent>,
     ) -> Answer {
-        let request = match parse_request(line) {
-            Ok(request) => request,
-            Err(message) => return Answer::reply(ControlReply::error(message)),
-        };
         log::debug!("control: {request:?}");
         if let Some(vm) = request.vm() {
             if !matches!(request, ControlRequest::Attach { .. }) {
@@ -391,7 +240,7 @@ impl Backend {
                         },
                         connection: Some(connection),
                         attached: Some((vm, id)),
-                        detached: None,
+                        ..Answer::default()
                     },
                     Err(e) => Answer::reply(ControlReply::error(e.to_string())),
                 }
@@ -420,6 +269,7 @@ impl Backend {
                 function,
                 request_id,
                 return_output,
+                binary,
             } => {
                 let invocation = Invocation {
                     function: function.unwrap_or_else(|| "function".into()),
@@ -432,11 +282,25 @@ impl Backend {
                     ControlInput::Inline(text) => InvocationInput::Bytes(Bytes::from(text)),
                 };
                 let stored_only = return_output == Some(false) && output.is_some();
-                Answer::reply(
-                    self.control_invoke(&vm, invocation, input, output.as_deref(), stored_only)
-                        .await
-                        .unwrap_or_else(ControlReply::error),
-                )
+                let binary = binary == Some(true);
+                match self
+                    .control_invoke(
+                        &vm,
+                        invocation,
+                        input,
+                        output.as_deref(),
+                        stored_only,
+                        binary,
+                    )
+                    .await
+                {
+                    Ok((reply, payload)) => Answer {
+                        reply,
+                        payload,
+                        ..Answer::default()
+                    },
+                    Err(message) => Answer::reply(ControlReply::error(message)),
+                }
             }
             ControlRequest::Parked { vm, timeout_ms } => {
                 let timeout = timeout_ms.unwrap_or(DEFAULT_PARKED_TIMEOUT_MS);
@@ -468,7 +332,8 @@ impl Backend {
         input: InvocationInput,
         output: Option<&str>,
         stored_only: bool,
-    ) -> Result<ControlReply, String> {
+        binary: bool,
+    ) -> Result<(ControlReply, Option<Bytes>), String> {
         let start = Instant::now();
         // Held to the end, the session keeps counting even if the VM is detached meanwhile.
         let session = self.session(vm).map_err(|e| e.to_string())?;
@@ -499,23 +364,33 @@ impl Backend {
             output_store_us,
             total_us: micros(start.elapsed()),
         };
-        let (text, encoding) = match std::str::from_utf8(&result.output) {
+        let (text, encoding, payload) = match std::str::from_utf8(&result.output) {
             // Stored at `output`, and the caller asked not to have it back.
-            _ if success && stored_only => (String::new(), "none"),
-            Ok(text) => (text.to_owned(), "utf8"),
-            Err(_) => (base64(&result.output), "base64"),
+            _ if success && stored_only => (None, "none", None),
+            _ if binary => (
+                None,
+                nexus_ring::control::BINARY,
+                Some(result.output.clone()),
+            ),
+            Ok(text) => (Some(text.to_owned()), "utf8", None),
+            Err(_) => (
+                Some(nexus_ring::control::base64(&result.output)),
+                "base64",
+                None,
+            ),
         };
-        Ok(ControlReply {
+        let reply = ControlReply {
             outcome: Some(if success { "success" } else { "error" }.into()),
             output_len: Some(result.output.len() as u64),
-            output: Some(text),
+            output: text,
             output_encoding: Some(encoding.into()),
             timings: Some(timings),
             bytes_in: Some(moved.bytes_in),
             bytes_out: Some(moved.bytes_out),
             requests: Some(moved.requests),
             ..ControlReply::ok()
-        })
+        };
+        Ok((reply, payload))
     }
 }
 
@@ -528,55 +403,29 @@ pub(crate) struct Peer {
     pub(crate) gid: u32,
 }
 
-/// An unsolicited line on the control connection that attached a VM.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ControlEvent {
-    /// The guest broke a ring rule: the backend stopped serving the VM's request queue until
-    /// the guest resets the device (`{"event":"queue_broken","vm":"ID","reason":"…"}`).
-    QueueBroken {
-        /// The VM.
-        vm: String,
-        /// What the guest did.
-        reason: String,
-    },
-}
-
-impl ControlEvent {
-    /// The event as one line of JSON, with its `\n`.
-    pub fn to_line(&self) -> String {
-        let value = match self {
-            ControlEvent::QueueBroken { vm, reason } => serde_json::json!({
-                "event": "queue_broken",
-                "vm": vm,
-                "reason": reason,
-            }),
-        };
-        let mut line = value.to_string();
-        line.push('\n');
-        line
-    }
-}
-
-/// The value of `connection` in an `attach` reply: the connection is the descriptor that
-/// came with the line.
-pub const CONNECTION_FD: &str = "fd";
-
 /// A request's answer and what it did to the connection's VMs.
+#[derive(Default)]
 struct Answer {
     reply: ControlReply,
     /// The vhost-user connection to hand over with the reply (`attach`).
     connection: Option<std::os::unix::net::UnixStream>,
+    /// Raw bytes that follow the reply line (an invoke's result, `binary`).
+    payload: Option<Bytes>,
     attached: Option<(String, u64)>,
     detached: Option<String>,
 }
+
+/// A request being served.
+type Pending = Pin<Box<dyn Future<Output = Answer> + Send>>;
+
+/// Tagged requests one connection may have in flight; past it, its next line waits.
+const MAX_TAGGED: usize = 4096;
 
 impl Answer {
     fn reply(reply: ControlReply) -> Self {
         Self {
             reply,
-            connection: None,
-            attached: None,
-            detached: None,
+            ..Self::default()
         }
     }
 }
@@ -630,7 +479,11 @@ impl ScmSocket for RawSocket {
 async fn send_answer(writer: &mut OwnedWriteHalf, answer: Answer) -> std::io::Result<()> {
     let line = answer.reply.to_line();
     let Some(connection) = answer.connection else {
-        return writer.write_all(line.as_bytes()).await;
+        writer.write_all(line.as_bytes()).await?;
+        if let Some(payload) = answer.payload {
+            writer.write_all(&payload).await?;
+        }
+        return Ok(());
     };
     let socket: &UnixStream = writer.as_ref();
     let bytes = line.as_bytes();
@@ -656,185 +509,26 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = u32::from(b[0]) << 16 | u32::from(b[1]) << 8 | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn requests() {
+    fn requests_and_their_tags() {
         assert_eq!(
-            parse_request(r#"{"op":"attach","vm":"vm1","tenant":"t"}"#),
-            Ok(ControlRequest::Attach {
-                vm: "vm1".into(),
-                tenant: "t".into()
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"vm":"a","key":"in/x","op":"hint"}"#),
-            Ok(ControlRequest::Hint {
-                vm: "a".into(),
-                key: "in/x".into()
-            })
-        );
-        assert_eq!(
-            parse_request("{\"op\":\"detach\",\"vm\":\"a\"}\r"),
-            Ok(ControlRequest::Detach { vm: "a".into() })
-        );
-        assert_eq!(
-            parse_request(r#"{"op":"invoke","vm":"a","input":{"key":"in/x"},"output":"out/y"}"#),
-            Ok(ControlRequest::Invoke {
-                vm: "a".into(),
-                input: ControlInput::Key("in/x".into()),
-                output: Some("out/y".into()),
-                function: None,
-                request_id: None,
-                return_output: None,
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"op":"invoke","vm":"a","input":{"inline":"hi"}}"#),
-            Ok(ControlRequest::Invoke {
-                vm: "a".into(),
-                input: ControlInput::Inline("hi".into()),
-                output: None,
-                function: None,
-                request_id: None,
-                return_output: None,
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"op":"parked","vm":"a"}"#),
-            Ok(ControlRequest::Parked {
-                vm: "a".into(),
-                timeout_ms: None
-            })
-        );
-        assert_eq!(
-            parse_request(r#"{"op":"stats"}"#),
-            Ok(ControlRequest::Stats {})
-        );
-        assert_eq!(
-            parse_request(
-                r#"{"op":"invoke","vm":"a","input":{"key":"k"},"output":"o","return_output":false}"#
-            ),
-            Ok(ControlRequest::Invoke {
-                vm: "a".into(),
-                input: ControlInput::Key("k".into()),
-                output: Some("o".into()),
-                function: None,
-                request_id: None,
-                return_output: Some(false),
-            })
-        );
-        assert!(parse_request(r#"{"op":"invoke","vm":"a","input":{"blob":"x"}}"#).is_err());
-        for bad in [
-            "",
-            "not json",
-            "{}",
-            r#"{"op":"launch","vm":"a"}"#,
-            r#"{"op":"attach","vm":"a"}"#,
-            r#"{"op":"attach","vm":"a","tenant":"t","extra":1}"#,
-            r#"{"op":"detach","vm":7}"#,
-            r#"["detach"]"#,
-            r#"{"op":"detach","vm":"a"} trailing"#,
-            r#"{"op":"stats","vm":"a"}"#,
-        ] {
-            let error = parse_request(bad).unwrap_err();
-            assert!(!error.is_empty(), "{bad}");
-        }
-        assert!(
-            parse_request("{")
-                .unwrap_err()
-                .starts_with("malformed line")
+            parse_request(r#"{"op":"hint","vm":"a","key":"in/x","tag":4}"#),
+            Ok((
+                Some(4),
+                ControlRequest::Hint {
+                    vm: "a".into(),
+                    key: "in/x".into()
+                }
+            ))
         );
         assert!(
-            parse_request(r#"{"op":"nope"}"#)
+            parse_request(r#"{"op":"attach","vm":"a"}"#)
                 .unwrap_err()
                 .starts_with("bad request")
-        );
-    }
-
-    #[test]
-    fn base64_encodes() {
-        for (raw, encoded) in [
-            (&b""[..], ""),
-            (b"f", "Zg=="),
-            (b"fo", "Zm8="),
-            (b"foo", "Zm9v"),
-            (b"foobar", "Zm9vYmFy"),
-            (b"\xff\xfe", "//4="),
-        ] {
-            assert_eq!(base64(raw), encoded);
-        }
-    }
-
-    #[test]
-    fn replies() {
-        assert_eq!(ControlReply::ok().to_line(), "{\"ok\":true}\n");
-        assert_eq!(
-            ControlReply::error("Unknown tenant `x`").to_line(),
-            "{\"ok\":false,\"error\":\"Unknown tenant `x`\"}\n"
-        );
-        let attach = ControlReply {
-            connection: Some(CONNECTION_FD.into()),
-            ..ControlReply::ok()
-        };
-        assert_eq!(attach.to_line(), "{\"ok\":true,\"connection\":\"fd\"}\n");
-        assert_eq!(
-            ControlEvent::QueueBroken {
-                vm: "vm1".into(),
-                reason: "loop".into()
-            }
-            .to_line(),
-            "{\"event\":\"queue_broken\",\"reason\":\"loop\",\"vm\":\"vm1\"}\n"
-        );
-        let invoked = ControlReply {
-            bytes_in: Some(5),
-            bytes_out: Some(7),
-            requests: Some(3),
-            ..ControlReply::ok()
-        };
-        assert_eq!(
-            invoked.to_line(),
-            "{\"ok\":true,\"bytes_in\":5,\"bytes_out\":7,\"requests\":3}\n"
-        );
-        let stats = ControlReply {
-            stats: Some(BackendStats {
-                pid: 42,
-                vms: 1,
-                rss_bytes: 4096,
-                cpu_seconds: 0.25,
-                ..BackendStats::default()
-            }),
-            ..ControlReply::ok()
-        };
-        assert_eq!(
-            stats.to_line(),
-            "{\"ok\":true,\"stats\":{\"pid\":42,\"vms\":1,\"in_flight\":0,\
-             \"queued_invocations\":0,\"uploads_pending\":0,\"bytes_in\":0,\"bytes_out\":0,\
-             \"requests\":0,\"rss_bytes\":4096,\"cpu_seconds\":0.25}}\n"
         );
     }
 }

@@ -10,17 +10,26 @@ use std::process::ExitCode;
 use clap::Parser;
 use nexus_backend::{BackendConfig, ConfigFile, StoreUrl, TenantSpec};
 
-const AFTER_HELP: &str = "\
-How it is used:
-  The VMM (or node daemon) connects to the control socket and sends JSON lines:
-    {\"op\":\"attach\",\"vm\":\"vm1\",\"tenant\":\"alpha\"}  -> {\"ok\":true,\"connection\":\"fd\"} + the VM's connection
-    {\"op\":\"hint\",\"vm\":\"vm1\",\"key\":\"alpha/in/data\"} -> {\"ok\":true}   (prefetch)
-    {\"op\":\"detach\",\"vm\":\"vm1\"}                     -> {\"ok\":true}
-  and is the VM's vhost-user frontend on the connection that came with the reply
-  (SCM_RIGHTS), sharing only the VM's I/O window. Closing the control connection detaches
-  the VMs it attached. Only the backend's user, and the users and groups allowed in the
-  config file's [control] section, may connect.
+/// `--help`'s epilogue, its list of control operations taken from the protocol's own.
+fn after_help() -> String {
+    let ops: String = nexus_ring::control::OPS
+        .iter()
+        .map(|(op, what)| format!("    {op:<8} {what}\n"))
+        .collect();
+    format!(
+        "How it is used:
+  The VMM (or node daemon) connects to the control socket and sends JSON lines
+  ({{\"op\":\"attach\",\"vm\":\"vm1\",\"tenant\":\"alpha\"}}); docs/nexus-io.md has each one:
+{ops}  After attach it is the VM's vhost-user frontend on the connection that came with the
+  reply (SCM_RIGHTS), sharing only the VM's I/O window. Closing the control connection
+  detaches the VMs it attached. Only the backend's user, and the users and groups allowed in
+  the config file's [control] section, may connect.
 
+{AFTER_HELP}"
+    )
+}
+
+const AFTER_HELP: &str = "\
 Examples:
   # Objects as files under /srv/objects, two tenants confined to their own prefixes:
   nexus-backend --listen /run/nexus/backend.sock --store file:///srv/objects \\
@@ -49,7 +58,7 @@ the backend: VMs are detached, sockets removed, pending write-behind uploads fin
 /// The shared I/O backend of the Nexus hypervisor: serves object storage, HTTP, logs and
 /// invocations to many function VMs at once over vhost-user, through one I/O engine.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None, after_help = AFTER_HELP)]
+#[command(version, about, long_about = None, after_help = after_help())]
 struct Args {
     /// Configuration file (TOML): store, tenants, per-VM limits, HTTP policy, control
     /// access. Flags given on the command line override it.

@@ -5,35 +5,7 @@
 //! [`Backend::stats`](crate::Backend::stats)), and the process's own resident memory and CPU
 //! time read from `/proc/self`.
 
-use serde::{Deserialize, Serialize};
-
-/// What the backend is doing now and has done since it started.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct BackendStats {
-    /// The backend's process ID.
-    pub pid: u32,
-    /// VMs attached now.
-    pub vms: u64,
-    /// Ring requests popped and not yet answered, over all VMs (the backend's queue depth; a
-    /// `NEXT` parked waiting for an invocation counts).
-    pub in_flight: u64,
-    /// Invocations queued and not yet taken by a `NEXT`, over all VMs.
-    pub queued_invocations: u64,
-    /// Acknowledged write-behind uploads not yet durable.
-    pub uploads_pending: u64,
-    /// Payload bytes written into VM windows since the backend started (GET data, `NEXT`
-    /// inputs, LIST pages, HTTP and INVOKE results), detached VMs included.
-    pub bytes_in: u64,
-    /// Payload bytes read out of VM windows since the backend started (PUT data, `COMPLETE`
-    /// results, LOG text, HTTP and INVOKE bodies), detached VMs included.
-    pub bytes_out: u64,
-    /// Ring requests served since the backend started, detached VMs included.
-    pub requests: u64,
-    /// The process's resident set, in bytes (0 if `/proc` cannot be read).
-    pub rss_bytes: u64,
-    /// User plus system CPU time of the process, in seconds (0 if `/proc` cannot be read).
-    pub cpu_seconds: f64,
-}
+pub use nexus_ring::control::BackendStats;
 
 /// The process's resident set and CPU time.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -1,8 +1,11 @@
 // Copyright 2026 The Nexus Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! A client of the backend's control socket (`docs/nexus-io.md`, "The backend's control
-//! socket"): one JSON object per line, one reply line per request.
+//! The device's client of the backend's control socket (`docs/nexus-io.md`, "The backend's
+//! control socket"; the protocol's types are `nexus_ring::control`'s): what a VMM needs for
+//! its VMs — `attach` (the VM's vhost-user connection comes back with the reply), `hint`,
+//! `detach` — and the events the backend sends about them. Invocations are a node daemon's
+//! business, not the device's.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -13,150 +16,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use log::debug;
-use serde::{Deserialize, Serialize};
+use nexus_ring::control::{
+    CONNECTION_FD, ControlLine, ControlReply, ControlRequest, encode_request,
+};
 
 use crate::sys::recv_with_fd;
 use crate::{Error, Result};
 
-/// Longest reply line accepted (an `invoke` reply carries the function's result).
-const MAX_REPLY_LEN: u64 = 192 << 20;
+/// Longest line accepted from the backend.
+const MAX_REPLY_LEN: u64 = 1 << 20;
 
-#[derive(Serialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-enum Request<'a> {
-    Attach {
-        vm: &'a str,
-        tenant: &'a str,
-    },
-    Hint {
-        vm: &'a str,
-        key: &'a str,
-    },
-    Detach {
-        vm: &'a str,
-    },
-    Invoke {
-        vm: &'a str,
-        input: InvokeInput<'a>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        output: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        request_id: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        return_output: Option<bool>,
-    },
-    Parked {
-        vm: &'a str,
-        timeout_ms: u64,
-    },
-    Stats,
-}
-
-/// The input of an [`ControlClient::invoke`].
-#[derive(Debug, Clone, Copy, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InvokeInput<'a> {
-    /// An object of the VM's tenant.
-    Key(&'a str),
-    /// Inline text.
-    Inline(&'a str),
-}
-
-/// The backend's answer to `invoke`.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct InvokeReply {
-    /// `success` or `error`.
-    pub outcome: String,
-    /// Length of the function's result.
-    pub output_len: u64,
-    /// The result: text, or base64 if `output_encoding` says so.
-    pub output: String,
-    /// `utf8` or `base64`.
-    pub output_encoding: String,
-    /// Where the invocation spent its time (microseconds, by name).
-    pub timings: std::collections::BTreeMap<String, u64>,
-    /// Payload bytes the backend wrote into the VM's window during the invocation (its
-    /// input, GET data, …); 0 from a backend that does not report it.
-    #[serde(default)]
-    pub bytes_in: u64,
-    /// Payload bytes the backend read out of the VM's window during the invocation (PUT
-    /// data, the result, …); 0 from a backend that does not report it.
-    #[serde(default)]
-    pub bytes_out: u64,
-    /// Ring requests the VM made during the invocation, its `NEXT` and `COMPLETE` included;
-    /// 0 from a backend that does not report it.
-    #[serde(default)]
-    pub requests: u64,
-}
-
-/// The backend's answer to `stats`: what it is doing now and has done since it started.
-///
-/// The backend's own type has the same fields; a field this version does not know is
-/// ignored, and one the backend does not send is 0.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(default)]
-pub struct BackendStats {
-    /// The backend's process ID.
-    pub pid: u32,
-    /// VMs attached now.
-    pub vms: u64,
-    /// Ring requests being served now, over all VMs (a parked `NEXT` counts).
-    pub in_flight: u64,
-    /// Invocations queued and not yet taken by a `NEXT`, over all VMs.
-    pub queued_invocations: u64,
-    /// Acknowledged write-behind uploads not yet durable.
-    pub uploads_pending: u64,
-    /// Payload bytes written into VM windows since the backend started.
-    pub bytes_in: u64,
-    /// Payload bytes read out of VM windows since the backend started.
-    pub bytes_out: u64,
-    /// Ring requests served since the backend started.
-    pub requests: u64,
-    /// The backend's resident set, in bytes.
-    pub rss_bytes: u64,
-    /// The backend's user plus system CPU time, in seconds.
-    pub cpu_seconds: f64,
-}
-
-impl Request<'_> {
-    fn name(&self) -> &'static str {
-        match self {
-            Request::Attach { .. } => "attach",
-            Request::Hint { .. } => "hint",
-            Request::Detach { .. } => "detach",
-            Request::Invoke { .. } => "invoke",
-            Request::Parked { .. } => "parked",
-            Request::Stats => "stats",
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct Reply {
-    ok: bool,
-    #[serde(default)]
-    connection: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
-    #[serde(default)]
-    stats: Option<BackendStats>,
-    #[serde(flatten)]
-    invoked: Option<InvokeReply>,
-}
-
-/// An unsolicited line from the backend about a VM this connection attached.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum ControlEvent {
-    /// The guest broke a ring rule; the backend stopped serving the VM's request queue until
-    /// the guest resets the device.
-    QueueBroken {
-        /// The VM.
-        vm: String,
-        /// What the guest did, as the backend saw it.
-        reason: String,
-    },
-}
+pub use nexus_ring::control::ControlEvent;
 
 /// Handles the events of a connection (see [`ControlClient::set_event_handler`]).
 pub type EventHandler = Box<dyn Fn(ControlEvent) + Send + Sync>;
@@ -252,19 +122,20 @@ fn take_line(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
 
 /// A line that is no reply: an event (handled), or something unexpected (dropped).
 fn handle_unsolicited(shared: &Shared, inbox: &mut Inbox, line: &[u8]) {
-    match serde_json::from_slice::<ControlEvent>(line) {
-        Ok(event) => match lock(&shared.handler).as_ref() {
+    match ControlLine::parse(line) {
+        Ok(ControlLine::Event(event)) => match lock(&shared.handler).as_ref() {
             Some(handler) => handler(event),
             None => inbox.early.push(event),
         },
-        Err(_) => debug!(
+        _ => debug!(
             "nexus-io: unexpected line on the control connection: {}",
             String::from_utf8_lossy(line)
         ),
     }
 }
 
-/// Whether `line` is an event line rather than a reply.
+/// Whether `line` is an event line rather than a reply (an event of a kind this version
+/// does not know is one too).
 fn is_event(line: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(line)
         .ok()
@@ -302,9 +173,13 @@ impl ControlClient {
     /// `attach`: attaches VM `vm` to tenant `tenant`; returns the VM's vhost-user
     /// connection, which the backend hands over with its reply (the VMM is its frontend).
     pub fn attach(&mut self, vm: &str, tenant: &str) -> Result<UnixStream> {
-        let (reply, file) = self.request_with_fd(&Request::Attach { vm, tenant })?;
+        let request = ControlRequest::Attach {
+            vm: vm.to_owned(),
+            tenant: tenant.to_owned(),
+        };
+        let (reply, file) = self.request_with_fd(&request)?;
         match (reply.connection.as_deref(), file) {
-            (Some("fd"), Some(fd)) => Ok(UnixStream::from(fd)),
+            (Some(CONNECTION_FD), Some(fd)) => Ok(UnixStream::from(fd)),
             _ => Err(Error::ControlReply {
                 op: "attach",
                 source: None,
@@ -331,74 +206,17 @@ impl ControlClient {
 
     /// `hint`: the next invocation of VM `vm` will read object `key`.
     pub fn hint(&mut self, vm: &str, key: &str) -> Result<()> {
-        self.request(&Request::Hint { vm, key }).map(drop)
+        let request = ControlRequest::Hint {
+            vm: vm.to_owned(),
+            key: key.to_owned(),
+        };
+        self.request(&request).map(drop)
     }
 
     /// `detach`: drops VM `vm`'s session.
     pub fn detach(&mut self, vm: &str) -> Result<()> {
-        self.request(&Request::Detach { vm }).map(drop)
-    }
-
-    /// `invoke`: runs one invocation on VM `vm` and waits for it to complete (give the
-    /// connection a timeout long enough). `output` stores the result there; `request_id`
-    /// is passed in the invocation context.
-    pub fn invoke(
-        &mut self,
-        vm: &str,
-        input: InvokeInput<'_>,
-        output: Option<&str>,
-        request_id: Option<&str>,
-    ) -> Result<InvokeReply> {
-        self.invoke_request(Request::Invoke {
-            vm,
-            input,
-            output,
-            request_id,
-            return_output: None,
-        })
-    }
-
-    /// `invoke` with the result stored at `output` and left out of the reply (which still
-    /// carries its length, and the error document if the function failed): for a caller
-    /// that needs the result stored, not sent back. A large result then costs no encoding
-    /// and no copy through the control socket.
-    pub fn invoke_stored(
-        &mut self,
-        vm: &str,
-        input: InvokeInput<'_>,
-        output: &str,
-        request_id: Option<&str>,
-    ) -> Result<InvokeReply> {
-        self.invoke_request(Request::Invoke {
-            vm,
-            input,
-            output: Some(output),
-            request_id,
-            return_output: Some(false),
-        })
-    }
-
-    fn invoke_request(&mut self, request: Request<'_>) -> Result<InvokeReply> {
-        let reply = self.request(&request)?;
-        reply.invoked.ok_or(Error::ControlReply {
-            op: "invoke",
-            source: None,
-        })
-    }
-
-    /// `parked`: waits (at most `timeout`) until VM `vm` has a `NEXT` parked.
-    pub fn parked(&mut self, vm: &str, timeout: Duration) -> Result<()> {
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        self.request(&Request::Parked { vm, timeout_ms }).map(drop)
-    }
-
-    /// `stats`: the backend's figures (VMs, queue depth, traffic totals, memory, CPU time).
-    pub fn stats(&mut self) -> Result<BackendStats> {
-        let reply = self.request(&Request::Stats)?;
-        reply.stats.ok_or(Error::ControlReply {
-            op: "stats",
-            source: None,
-        })
+        self.request(&ControlRequest::Detach { vm: vm.to_owned() })
+            .map(drop)
     }
 
     /// The connection (to watch it for hang-ups).
@@ -406,18 +224,17 @@ impl ControlClient {
         &self.shared.stream
     }
 
-    fn request(&mut self, request: &Request<'_>) -> Result<Reply> {
+    fn request(&mut self, request: &ControlRequest) -> Result<ControlReply> {
         self.request_with_fd(request).map(|(reply, _)| reply)
     }
 
     /// Sends `request`; its reply, and the descriptor that came with it.
-    fn request_with_fd(&mut self, request: &Request<'_>) -> Result<(Reply, Option<OwnedFd>)> {
-        let op = request.name();
-        let mut line = serde_json::to_vec(request).map_err(|e| Error::ControlReply {
-            op,
-            source: Some(e),
-        })?;
-        line.push(b'\n');
+    fn request_with_fd(
+        &mut self,
+        request: &ControlRequest,
+    ) -> Result<(ControlReply, Option<OwnedFd>)> {
+        let op = request.op();
+        let line = encode_request(request, None);
         let mut inbox = lock(&self.shared.inbox);
         // Descriptors of an earlier reply nobody took are stale.
         inbox.files.clear();
@@ -443,10 +260,11 @@ impl ControlClient {
             handle_unsolicited(&self.shared, &mut inbox, &line);
         }
         drop(inbox);
-        let reply: Reply = serde_json::from_slice(&reply).map_err(|e| Error::ControlReply {
-            op,
-            source: Some(e),
-        })?;
+        let reply: ControlReply =
+            serde_json::from_slice(&reply).map_err(|e| Error::ControlReply {
+                op,
+                source: Some(e),
+            })?;
         if !reply.ok {
             return Err(Error::ControlRefused {
                 op,
@@ -504,69 +322,6 @@ mod tests {
     }
 
     #[test]
-    fn invoke_stored_asks_for_no_output() {
-        let (_dir, path, server) = serve(&[
-            "{\"ok\":true,\"outcome\":\"success\",\"output_len\":4096,\"output\":\"\",\"output_encoding\":\"none\",\"timings\":{}}\n",
-        ]);
-        let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
-        let reply = c
-            .invoke_stored("1", InvokeInput::Key("in/x"), "out/y", Some("r"))
-            .unwrap();
-        assert_eq!(
-            (
-                reply.output_len,
-                reply.output.as_str(),
-                reply.output_encoding.as_str()
-            ),
-            (4096, "", "none")
-        );
-        assert_eq!(
-            server.join().unwrap()[0],
-            "{\"op\":\"invoke\",\"vm\":\"1\",\"input\":{\"key\":\"in/x\"},\"output\":\"out/y\",\"request_id\":\"r\",\"return_output\":false}\n"
-        );
-    }
-
-    #[test]
-    fn invoke_and_parked() {
-        let (_dir, path, server) = serve(&[
-            "{\"ok\":true}\n",
-            "{\"ok\":true,\"outcome\":\"success\",\"output_len\":3,\"output\":\"42\\n\",\"output_encoding\":\"utf8\",\"timings\":{\"function_us\":7},\"bytes_in\":105,\"bytes_out\":3,\"requests\":4}\n",
-            "{\"ok\":true}\n",
-        ]);
-        let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
-        c.parked("1", Duration::from_millis(250)).unwrap();
-        let reply = c
-            .invoke("1", InvokeInput::Key("in/x"), Some("out/y"), None)
-            .unwrap();
-        assert_eq!(reply.outcome, "success");
-        assert_eq!(reply.output, "42\n");
-        assert_eq!(reply.output_len, 3);
-        assert_eq!(reply.timings["function_us"], 7);
-        assert_eq!(
-            (reply.bytes_in, reply.bytes_out, reply.requests),
-            (105, 3, 4)
-        );
-        // A bare `ok` is not an invoke reply.
-        assert!(matches!(
-            c.invoke("1", InvokeInput::Inline("hi"), None, Some("r")),
-            Err(Error::ControlReply { op: "invoke", .. })
-        ));
-        let seen = server.join().unwrap();
-        assert_eq!(
-            seen[0],
-            "{\"op\":\"parked\",\"vm\":\"1\",\"timeout_ms\":250}\n"
-        );
-        assert_eq!(
-            seen[1],
-            "{\"op\":\"invoke\",\"vm\":\"1\",\"input\":{\"key\":\"in/x\"},\"output\":\"out/y\"}\n"
-        );
-        assert_eq!(
-            seen[2],
-            "{\"op\":\"invoke\",\"vm\":\"1\",\"input\":{\"inline\":\"hi\"},\"request_id\":\"r\"}\n"
-        );
-    }
-
-    #[test]
     fn events_reach_the_handler_wherever_they_arrive() {
         let (_dir, path, server) = serve(&[
             "{\"event\":\"queue_broken\",\"vm\":\"1\",\"reason\":\"a loop\"}\n{\"ok\":true}\n",
@@ -609,51 +364,6 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no hang-up seen");
             thread::sleep(Duration::from_millis(5));
         }
-    }
-
-    #[test]
-    fn stats_and_older_backends() {
-        let (_dir, path, server) = serve(&[
-            "{\"ok\":true,\"stats\":{\"pid\":4242,\"vms\":2,\"in_flight\":1,\"queued_invocations\":3,\"uploads_pending\":4,\"bytes_in\":5000,\"bytes_out\":600,\"requests\":70,\"rss_bytes\":8192,\"cpu_seconds\":1.25,\"a_later_field\":[1]}}\n",
-            "{\"ok\":true,\"stats\":{\"pid\":9}}\n",
-            "{\"ok\":true}\n",
-            "{\"ok\":true,\"outcome\":\"error\",\"output_len\":0,\"output\":\"\",\"output_encoding\":\"utf8\",\"timings\":{}}\n",
-        ]);
-        let mut c = ControlClient::connect(&path, Duration::from_secs(5)).unwrap();
-        assert_eq!(
-            c.stats().unwrap(),
-            BackendStats {
-                pid: 4242,
-                vms: 2,
-                in_flight: 1,
-                queued_invocations: 3,
-                uploads_pending: 4,
-                bytes_in: 5000,
-                bytes_out: 600,
-                requests: 70,
-                rss_bytes: 8192,
-                cpu_seconds: 1.25,
-            }
-        );
-        // Fields the backend does not send are 0.
-        assert_eq!(
-            c.stats().unwrap(),
-            BackendStats {
-                pid: 9,
-                ..BackendStats::default()
-            }
-        );
-        assert!(matches!(
-            c.stats(),
-            Err(Error::ControlReply { op: "stats", .. })
-        ));
-        // An invoke reply without the traffic fields (an older backend) still parses.
-        let reply = c.invoke("1", InvokeInput::Inline("x"), None, None).unwrap();
-        assert_eq!(reply.outcome, "error");
-        assert_eq!((reply.bytes_in, reply.bytes_out, reply.requests), (0, 0, 0));
-        let seen = server.join().unwrap();
-        assert_eq!(seen[0], "{\"op\":\"stats\"}\n");
-        assert_eq!(seen[2], "{\"op\":\"stats\"}\n");
     }
 
     #[test]

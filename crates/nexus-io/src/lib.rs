@@ -73,9 +73,7 @@ use nexus_kvm::micro::DeviceInfo;
 use nexus_kvm::virtio_mmio::{MmioTransport, regs};
 use nexus_kvm::{BusKind, Vm};
 
-pub use control::{
-    BackendStats, ControlClient, ControlEvent, EventHandler, InvokeInput, InvokeReply,
-};
+pub use control::{ControlClient, ControlEvent, EventHandler};
 pub use device::{
     BACKEND_UNAVAILABLE, DEVICE_FEATURES, DEVICE_ID, InterruptMode, NEXUS_F_WAIT,
     NEXUS_F_WRITE_BEHIND, NexusIo, NexusIoConfig, QUEUE_SIZE_MAX, VENDOR_ID, WAIT_TIMEOUT,

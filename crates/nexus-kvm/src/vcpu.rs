@@ -353,12 +353,24 @@ impl Vcpu {
     }
 
     /// Runs this vCPU on a thread of its own; the handle stops and joins it.
-    pub fn spawn(mut self, name: String) -> Result<VcpuHandle> {
+    pub fn spawn(self, name: String) -> Result<VcpuHandle> {
+        self.spawn_with_exit(name, |_| {})
+    }
+
+    /// [`spawn`](Self::spawn), calling `on_exit` on the vCPU's thread with how its run
+    /// ended, just before the thread ends (so that an event-driven caller learns of a guest
+    /// that crashed or exited without polling the handle).
+    pub fn spawn_with_exit(
+        mut self,
+        name: String,
+        on_exit: impl FnOnce(&Result<VcpuStop>) + Send + 'static,
+    ) -> Result<VcpuHandle> {
         let stop = self.stop_flag();
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
                 let result = self.run();
+                on_exit(&result);
                 (self, result)
             })
             .map_err(Error::Thread)?;

@@ -88,6 +88,8 @@
 extern crate alloc;
 
 mod chain;
+#[cfg(feature = "control")]
+pub mod control;
 pub mod device;
 mod error;
 mod header;

@@ -193,48 +193,29 @@ async fn read_body(request: Request<Incoming>, timeout: Duration) -> Result<Byte
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Answer> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        error_answer(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            &format!("the request's task failed: {e}"),
-        )
-    })
-}
-
 async fn route(node: Node, request: Request<Incoming>, body_timeout: Duration) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let answer = match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => {
-            let n = node.clone();
-            match blocking(move || (n.backend_stats(), n.vm_total())).await {
-                Ok((Ok(_), vms)) => json_answer(
-                    StatusCode::OK,
-                    &json!({"status": "ok", "vms": vms, "functions": node.function_names().len(), "backend": "ok"}),
-                ),
-                Ok((Err(e), vms)) => json_answer(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &json!({"status": "degraded", "vms": vms, "backend": format!("{e:#}")}),
-                ),
-                Err(answer) => answer,
-            }
-        }
+        (&Method::GET, ["healthz"]) => match node.backend_stats().await {
+            Ok(_) => json_answer(
+                StatusCode::OK,
+                &json!({"status": "ok", "vms": node.vm_total(), "functions": node.function_names().len(), "backend": "ok"}),
+            ),
+            Err(e) => json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "degraded", "vms": node.vm_total(), "backend": e.to_string()}),
+            ),
+        },
         (&Method::GET, ["metrics"]) => {
-            let n = node.clone();
-            match blocking(move || n.metrics().render(&n.gauges())).await {
-                Ok(text) => {
-                    let mut response = Response::new(Full::new(Bytes::from(text)));
-                    response.headers_mut().insert(
-                        CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                    );
-                    response
-                }
-                Err(answer) => answer,
-            }
+            let text = node.metrics().render(&node.gauges().await);
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
         }
         (&Method::GET, ["v1", "functions"]) => {
             let functions: Vec<_> = node
@@ -260,14 +241,10 @@ async fn route(node: Node, request: Request<Incoming>, body_timeout: Duration) -
                             error_answer(StatusCode::BAD_REQUEST, "InvalidRequest", &message)
                         }
                     }
-                    Ok(invocation) => {
-                        let n = node.clone();
-                        match blocking(move || n.invoke(&name, invocation)).await {
-                            Ok(Ok(result)) => invocation_answer(&result),
-                            Ok(Err(e)) => node_error(&e),
-                            Err(answer) => answer,
-                        }
-                    }
+                    Ok(invocation) => match node.invoke(&name, invocation).await {
+                        Ok(result) => invocation_answer(&result),
+                        Err(e) => node_error(&e),
+                    },
                 },
             }
         }
@@ -282,15 +259,13 @@ async fn route(node: Node, request: Request<Incoming>, body_timeout: Duration) -
                         &format!("the body must be {{\"count\":N}}: {e}"),
                     ),
                     Ok(warm) => {
-                        let n = node.clone();
                         let start = std::time::Instant::now();
-                        match blocking(move || {
-                            let started = n.warm(&name, warm.count);
-                            (started, n.function_info(&name))
-                        })
-                        .await
+                        match node
+                            .warm(&name, warm.count)
+                            .await
+                            .and_then(|started| Ok((started, node.function_info(&name)?)))
                         {
-                            Ok((Ok(started), Ok(info))) => json_answer(
+                            Ok((started, info)) => json_answer(
                                 StatusCode::OK,
                                 &json!({
                                     "function": info.name,
@@ -300,8 +275,7 @@ async fn route(node: Node, request: Request<Incoming>, body_timeout: Duration) -
                                     "elapsed_ms": start.elapsed().as_secs_f64() * 1e3,
                                 }),
                             ),
-                            Ok((Err(e), _)) | Ok((_, Err(e))) => node_error(&e),
-                            Err(answer) => answer,
+                            Err(e) => node_error(&e),
                         }
                     }
                 },

@@ -100,7 +100,7 @@ pub struct Gauges {
     /// The node daemon's CPU time, seconds.
     pub vmm_cpu: f64,
     /// The backend's figures, if it answered.
-    pub backend: Option<nexus_io::BackendStats>,
+    pub backend: Option<nexus_ring::control::BackendStats>,
 }
 
 /// The node's counters and histograms.

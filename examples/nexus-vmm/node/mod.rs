@@ -2,38 +2,46 @@
 //! starts from each function's snapshot with the input prefetched during the restore, a
 //! wall-clock limit per invocation, and metrics. [`http`] puts it behind an HTTP API.
 //!
-//! Every VM runs in this process, its vCPU on a thread of its own; the shared backend is
-//! reached only through its control socket, so it may be a separate process or embedded.
+//! # Threads
+//!
+//! The control plane is async and runs on a small multi-threaded tokio runtime: the HTTP
+//! API, the [`scheduler`] (an invocation that finds no VM waits without a thread), the
+//! [`backend`] client (one connection carries every request in flight), the idle reaper.
+//! An invocation on a warm VM is a handful of awaits and no thread hand-off. Each VM's vCPU
+//! runs on a thread of its own and blocks only in `KVM_RUN` (and, parked, in the guest's
+//! `WAIT`). Work that blocks — restoring a VM, taking a snapshot, joining a stopped vCPU's
+//! thread — goes to the runtime's blocking pool.
+//!
+//! The shared backend is reached only through its control socket, so it may be a separate
+//! process or embedded.
 
+pub mod backend;
 pub mod http;
 pub mod metrics;
 pub mod registry;
+pub mod scheduler;
 pub mod vm;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::serial::Console;
+use nexus_ring::control::BackendStats;
 use nexus_snapshot::{Snapshot, SnapshotFiles};
 use serde::Serialize;
 
+use backend::BackendClient;
 use metrics::{Gauges, Metrics, Observation, Start};
 use registry::FunctionSpec;
-use vm::{Call, CallDone, CallFailure, ControlPool, FunctionVm, FunctionVmConfig, GuestLog, Input};
-
-/// Which parked VM takes the next invocation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Pick {
-    /// The most recently used: few VMs stay hot, the others time out (the default).
-    Mru,
-    /// The least recently used: invocations spread over every parked VM.
-    Lru,
-}
+use scheduler::{Caps, Grant, Refusal, Scheduler, Victim};
+pub use scheduler::{Pick, VmCounts};
+use vm::{Call, CallDone, CallFailure, FunctionVm, FunctionVmConfig, GuestLog, Input};
 
 /// The node's settings.
 #[derive(Clone, Debug)]
@@ -173,17 +181,6 @@ pub struct FunctionInfo {
     pub invocations: u64,
 }
 
-/// VMs of a function by state.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct VmCounts {
-    /// Parked, waiting for an invocation.
-    pub idle: usize,
-    /// Running an invocation.
-    pub busy: usize,
-    /// Being restored.
-    pub starting: usize,
-}
-
 /// A registered function and its snapshot.
 #[derive(Debug)]
 struct Function {
@@ -192,34 +189,14 @@ struct Function {
     snapshot: Mutex<Option<Arc<Snapshot>>>,
 }
 
-#[derive(Debug, Default)]
-struct Pool {
-    idle: VecDeque<FunctionVm>,
-    busy: usize,
-    starting: usize,
-}
-
-impl Pool {
-    fn vms(&self) -> usize {
-        self.idle.len() + self.busy + self.starting
-    }
-}
-
-#[derive(Debug, Default)]
-struct Pools {
-    by_function: BTreeMap<String, Pool>,
-    total: usize,
-    waiting: usize,
-}
-
 #[derive(Debug)]
 struct Inner {
     config: NodeConfig,
     functions: BTreeMap<String, Function>,
-    pools: Mutex<Pools>,
-    changed: Condvar,
+    scheduler: Scheduler<FunctionVm>,
     metrics: Metrics,
-    control: ControlPool,
+    backend: BackendClient,
+    runtime: tokio::runtime::Handle,
     next_vm: AtomicU64,
     closing: AtomicBool,
 }
@@ -234,20 +211,33 @@ pub struct Node {
 const PARK_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Node {
-    /// A node serving `functions` through the backend of `config`; starts the idle reaper.
-    pub fn new(config: NodeConfig, functions: BTreeMap<String, FunctionSpec>) -> Result<Self> {
+    /// A node serving `functions` through the backend of `config`, its control plane on
+    /// `runtime` (a multi-threaded runtime: blocking work waits on it from its blocking
+    /// pool); starts the idle reaper there.
+    pub fn new(
+        config: NodeConfig,
+        functions: BTreeMap<String, FunctionSpec>,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self> {
         std::fs::create_dir_all(&config.snapshot_dir).with_context(|| {
             format!(
                 "Cannot create the snapshot directory {}",
                 config.snapshot_dir.display()
             )
         })?;
-        let mut pools = Pools::default();
-        for name in functions.keys() {
-            pools.by_function.insert(name.clone(), Pool::default());
-        }
+        let scheduler = Scheduler::new(
+            Caps {
+                max_vms: config.max_vms,
+                max_queue: config.max_queue,
+                queue_timeout: config.queue_timeout,
+                pick: config.pick,
+            },
+            functions
+                .iter()
+                .map(|(name, spec)| (name.clone(), spec.file.limits.max_vms, spec.keep_alive())),
+        );
         let inner = Arc::new(Inner {
-            control: ControlPool::new(&config.backend),
+            backend: BackendClient::new(config.backend.clone()),
             config,
             functions: functions
                 .into_iter()
@@ -261,17 +251,13 @@ impl Node {
                     )
                 })
                 .collect(),
-            pools: Mutex::new(pools),
-            changed: Condvar::new(),
+            scheduler,
             metrics: Metrics::default(),
+            runtime: runtime.clone(),
             next_vm: AtomicU64::new(1),
             closing: AtomicBool::new(false),
         });
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("nexus-reaper".into())
-            .spawn(move || reaper(weak))
-            .context("Cannot start the idle reaper")?;
+        runtime.spawn(reaper(Arc::downgrade(&inner)));
         Ok(Node { inner })
     }
 
@@ -292,14 +278,9 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound(name.to_owned()))
     }
 
-    fn pools(&self) -> MutexGuard<'_, Pools> {
-        self.inner.pools.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// One function's figures.
     pub fn function_info(&self, name: &str) -> Result<FunctionInfo, NodeError> {
         let f = self.function(name)?;
-        let vms = self.vm_counts(name);
         let file = &f.spec.file;
         Ok(FunctionInfo {
             name: name.to_owned(),
@@ -310,41 +291,25 @@ impl Node {
             restore: file.restore,
             limits: file.limits.clone(),
             snapshot: lock(&f.snapshot).is_some(),
-            vms,
+            vms: self.inner.scheduler.counts(name),
             invocations: self.inner.metrics.invocations_of(name),
         })
     }
 
-    fn vm_counts(&self, name: &str) -> VmCounts {
-        self.pools()
-            .by_function
-            .get(name)
-            .map(|p| VmCounts {
-                idle: p.idle.len(),
-                busy: p.busy,
-                starting: p.starting,
-            })
-            .unwrap_or_default()
-    }
-
     /// VMs on the node now.
     pub fn vm_total(&self) -> usize {
-        self.pools().total
+        self.inner.scheduler.total()
     }
 
     /// The gauges of a scrape (asks the backend for its figures).
-    pub fn gauges(&self) -> Gauges {
-        let (vms, queue_depth) = {
-            let pools = self.pools();
-            let vms = pools
-                .by_function
-                .iter()
-                .map(|(f, p)| (f.clone(), p.idle.len(), p.busy, p.starting))
-                .collect();
-            (vms, pools.waiting)
-        };
+    pub async fn gauges(&self) -> Gauges {
+        let (counts, queue_depth) = self.inner.scheduler.all_counts();
+        let vms = counts
+            .into_iter()
+            .map(|(f, c)| (f, c.idle, c.busy, c.starting))
+            .collect();
         let (vmm_rss, vmm_cpu) = metrics::self_usage();
-        let backend = self.backend_stats().ok();
+        let backend = self.backend_stats().await.ok();
         Gauges {
             vms,
             queue_depth,
@@ -355,14 +320,24 @@ impl Node {
     }
 
     /// The backend's figures (also a health check of the backend).
-    pub fn backend_stats(&self) -> Result<nexus_io::BackendStats> {
-        self.inner.control.with(|c| c.stats())
+    pub async fn backend_stats(&self) -> Result<BackendStats, backend::BackendError> {
+        self.inner.backend.stats().await
     }
 
-    /// Creates the snapshot of function `name` now if it has none.
+    /// Creates the snapshot of function `name` now if it has none. Blocks (it boots the
+    /// function): call it from a thread that is not one of the runtime's workers.
     pub fn prepare(&self, name: &str) -> Result<Arc<Snapshot>> {
         let f = self.function(name)?;
         self.snapshot_of(f)
+    }
+
+    /// [`prepare`](Self::prepare) on the runtime's blocking pool.
+    pub async fn prepare_async(&self, name: &str) -> Result<Arc<Snapshot>> {
+        let node = self.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || node.prepare(&name))
+            .await
+            .context("the snapshot task failed")?
     }
 
     fn snapshot_of(&self, f: &Function) -> Result<Arc<Snapshot>> {
@@ -399,6 +374,13 @@ impl Node {
         }
         let _ = std::fs::remove_file(&identity_path);
         let vm_id = self.vm_id(&spec.name, "snapshot");
+        let backend = &self.inner.backend;
+        let parked = |vm: &str, timeout: Duration| -> Result<()> {
+            self.inner
+                .runtime
+                .block_on(backend.parked(vm, timeout))
+                .map_err(anyhow::Error::from)
+        };
         let taken = vm::take_snapshot(
             &elf,
             &self.vm_config(spec),
@@ -406,6 +388,7 @@ impl Node {
             &dir,
             Console::new(GuestLog::new(&vm_id)),
             PARK_TIMEOUT,
+            &parked,
         )
         .with_context(|| format!("Cannot snapshot function `{}`", spec.name))?;
         self.inner.metrics.vm_started(&spec.name, "boot");
@@ -451,8 +434,18 @@ impl Node {
         format!("{function}-{kind}-{}-{n}", std::process::id())
     }
 
-    /// Restores a new VM of `f` (the caller reserved its place in the pools).
-    fn start_vm(&self, f: &Function, hint: Option<&str>) -> Result<FunctionVm> {
+    /// Restores a new VM of `name` (the caller reserved its place with the scheduler), on
+    /// the runtime's blocking pool.
+    async fn start_vm(&self, name: &str, hint: Option<String>) -> Result<FunctionVm> {
+        let node = self.clone();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || node.start_vm_blocking(&name, hint.as_deref()))
+            .await
+            .context("the restore task failed")?
+    }
+
+    fn start_vm_blocking(&self, name: &str, hint: Option<&str>) -> Result<FunctionVm> {
+        let f = self.function(name)?;
         let spec = &f.spec;
         let t0 = Instant::now();
         let created = lock(&f.snapshot).is_none();
@@ -488,161 +481,148 @@ impl Node {
         Ok(vm)
     }
 
-    /// Gets a VM of `f` for one invocation: a parked one, else a new one if the caps allow
-    /// (evicting an idle VM of another function when only the node's cap is in the way),
-    /// else waits in the queue.
-    fn acquire(&self, f: &Function, hint: Option<&str>) -> Result<(FunctionVm, Start), NodeError> {
-        let name = &f.spec.name;
-        let config = &self.inner.config;
-        let deadline = Instant::now() + config.queue_timeout;
-        let mut queued = false;
-        let mut pools = self.pools();
-        let unqueue = |pools: &mut Pools, queued: &mut bool| {
-            if std::mem::take(queued) {
-                pools.waiting -= 1;
+    /// Stops VMs the scheduler handed back, in the background.
+    fn stop_vms(&self, victims: Vec<Victim<FunctionVm>>, detach: bool) {
+        if !victims.is_empty() {
+            let node = self.clone();
+            self.inner
+                .runtime
+                .spawn(async move { node.retire(victims, detach).await });
+        }
+    }
+
+    /// Stops VMs the scheduler handed back, off the runtime's workers (joining a vCPU
+    /// thread blocks); `detach` first drops their backend sessions (failing an invocation
+    /// still pending on one).
+    async fn retire(&self, victims: Vec<Victim<FunctionVm>>, detach: bool) {
+        if detach {
+            for victim in &victims {
+                if let Err(e) = self.inner.backend.detach(&victim.vm.id).await {
+                    log::debug!("vm {}: detach: {e}", victim.vm.id);
+                }
             }
-        };
-        loop {
-            let pools_ref = &mut *pools;
-            let pool = pools_ref
-                .by_function
-                .get_mut(name)
-                .expect("every function has a pool");
-            let taken = match config.pick {
-                Pick::Mru => pool.idle.pop_back(),
-                Pick::Lru => pool.idle.pop_front(),
+        }
+        let stopped = tokio::task::spawn_blocking(move || {
+            let mut stopped = Vec::with_capacity(victims.len());
+            for Victim {
+                function,
+                vm,
+                reason,
+            } in victims
+            {
+                log::debug!("vm {}: stopping it ({reason})", vm.id);
+                vm.stop();
+                stopped.push((function, reason));
+            }
+            stopped
+        })
+        .await;
+        for (function, reason) in stopped.unwrap_or_default() {
+            self.inner.metrics.vm_stopped(&function, reason);
+        }
+    }
+
+    /// Gets a VM of `name` for one invocation: a parked one, else a new one if the caps
+    /// allow (the scheduler evicts an idle VM of another function when only the node's cap
+    /// is in the way), else waits in the queue.
+    async fn acquire(
+        &self,
+        name: &str,
+        hint: Option<&str>,
+    ) -> Result<(FunctionVm, Start), NodeError> {
+        let grant = self
+            .inner
+            .scheduler
+            .acquire(name, |victim| self.stop_vms(vec![victim], false))
+            .await
+            .map_err(|refusal| match refusal {
+                Refusal::QueueFull { .. } => NodeError::TooManyRequests(refusal.to_string()),
+                Refusal::TimedOut { .. } | Refusal::Closing => {
+                    NodeError::Unavailable(refusal.to_string())
+                }
+            })?;
+        match grant {
+            Grant::Warm(vm) => Ok((vm, Start::Warm)),
+            Grant::Start => {
+                let started = self.start_vm(name, hint.map(str::to_owned)).await;
+                match started {
+                    Ok(vm) => {
+                        let vm = self.inner.scheduler.started(name, Some(vm));
+                        Ok((vm.expect("a started VM comes back"), Start::Cold))
+                    }
+                    Err(e) => {
+                        self.inner.scheduler.started(name, None);
+                        Err(NodeError::Unavailable(format!("{e:#}")))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Returns a VM after an invocation: parked again if it is healthy, else stopped (its
+    /// backend session dropped first) before this resolves.
+    async fn release(&self, function: &str, vm: FunctionVm, healthy: bool, reason: &'static str) {
+        if let Some(vm) = self.inner.scheduler.release(function, vm, healthy) {
+            let reason = if healthy { "shutdown" } else { reason };
+            let victim = Victim {
+                function: function.to_owned(),
+                vm,
+                reason,
             };
-            if let Some(vm) = taken.as_ref().filter(|vm| !vm.is_alive()) {
-                // Its guest ended while parked (a lost backend makes the runtime loop give
-                // up, for one): drop it and look again.
-                log::warn!("vm {}: found dead in the pool, dropping it", vm.id);
-                pools_ref.total -= 1;
-                let dead = taken.expect("checked");
-                drop(pools);
-                dead.stop();
-                self.inner.metrics.vm_stopped(name, "dead");
-                self.inner.changed.notify_all();
-                pools = self.pools();
-                continue;
-            }
-            if let Some(vm) = taken {
-                pool.busy += 1;
-                unqueue(pools_ref, &mut queued);
-                return Ok((vm, Start::Warm));
-            }
-            if pool.vms() < f.spec.file.limits.max_vms {
-                if pools_ref.total < config.max_vms {
-                    pool.starting += 1;
-                    pools_ref.total += 1;
-                    unqueue(pools_ref, &mut queued);
-                    drop(pools);
-                    let started = self.start_vm(f, hint);
-                    let mut pools = self.pools();
-                    let pool = pools.by_function.get_mut(name).expect("pool");
-                    pool.starting -= 1;
-                    return match started {
-                        Ok(vm) => {
-                            pool.busy += 1;
-                            Ok((vm, Start::Cold))
-                        }
-                        Err(e) => {
-                            pools.total -= 1;
-                            self.inner.changed.notify_all();
-                            Err(NodeError::Unavailable(format!("{e:#}")))
-                        }
-                    };
-                }
-                if let Some((victim_function, victim)) = evict_idle(pools_ref) {
-                    drop(pools);
-                    victim.stop();
-                    self.inner.metrics.vm_stopped(&victim_function, "evicted");
-                    pools = self.pools();
-                    continue;
-                }
-            }
-            if !queued {
-                if pools_ref.waiting >= config.max_queue {
-                    return Err(NodeError::TooManyRequests(format!(
-                        "{} invocations are waiting for a VM already (the node's --max-queue)",
-                        pools_ref.waiting
-                    )));
-                }
-                pools_ref.waiting += 1;
-                queued = true;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                unqueue(pools_ref, &mut queued);
-                return Err(NodeError::Unavailable(format!(
-                    "no VM of `{name}` became free within {} ms (max_vms {} for the function, \
-                     {} for the node)",
-                    config.queue_timeout.as_millis(),
-                    f.spec.file.limits.max_vms,
-                    config.max_vms
-                )));
-            }
-            pools = self
-                .inner
-                .changed
-                .wait_timeout(pools, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            self.retire(vec![victim], true).await;
         }
     }
 
-    /// Returns a VM after an invocation: parked again if it is healthy, else stopped.
-    fn release(&self, function: &str, vm: FunctionVm, healthy: bool, reason: &'static str) {
-        let stopped = {
-            let mut pools = self.pools();
-            let pools = &mut *pools;
-            let pool = pools.by_function.get_mut(function).expect("pool");
-            pool.busy -= 1;
-            if healthy && !self.inner.closing.load(Ordering::Acquire) {
-                pool.idle.push_back(vm);
-                None
-            } else {
-                pools.total -= 1;
-                Some(vm)
-            }
-        };
-        self.inner.changed.notify_all();
-        if let Some(vm) = stopped {
-            // Detach first: the backend fails the invocation still pending on the VM.
-            if let Err(e) = self.inner.control.with(|c| c.detach(&vm.id)) {
-                log::debug!("vm {}: detach: {e:#}", vm.id);
-            }
-            vm.stop();
-            self.inner.metrics.vm_stopped(function, reason);
-        }
-    }
-
-    /// Runs one invocation of function `name`.
-    pub fn invoke(
+    /// Runs one invocation of function `name`. The invocation runs to its end (or its
+    /// timeout) even if the caller stops waiting for it, so that its VM is always returned.
+    pub async fn invoke(
         &self,
         name: &str,
         invocation: Invocation,
     ) -> Result<InvocationResult, NodeError> {
-        self.attempt(name, invocation, Instant::now(), true)
-    }
-
-    /// One attempt at an invocation; `retry` allows a second one on another VM when a
-    /// parked VM turns out to have lost its backend session (the backend restarted, say).
-    fn attempt(
-        &self,
-        name: &str,
-        invocation: Invocation,
-        t0: Instant,
-        retry: bool,
-    ) -> Result<InvocationResult, NodeError> {
-        let f = self.function(name)?;
+        self.function(name)?;
         if invocation.output_key.as_deref() == Some("") {
             return Err(NodeError::BadRequest("output_key is empty".into()));
         }
+        let node = self.clone();
+        let name = name.to_owned();
+        let task = tokio::spawn(async move {
+            let t0 = Instant::now();
+            match node.attempt(&name, &invocation, t0).await {
+                Err(Attempt::Retry(why)) => {
+                    log::warn!("{why}; retrying on another VM");
+                    node.attempt(&name, &invocation, t0)
+                        .await
+                        .map_err(|e| match e {
+                            Attempt::Failed(e) => e,
+                            Attempt::Retry(why) => NodeError::Backend(why),
+                        })
+                }
+                Err(Attempt::Failed(e)) => Err(e),
+                Ok(result) => Ok(result),
+            }
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(NodeError::Unavailable(format!(
+                "the invocation's task failed: {e}"
+            )))
+        })
+    }
+
+    /// One attempt at an invocation. A warm VM that turns out to have lost its backend
+    /// session (the backend restarted, say) asks for a second attempt on another VM.
+    async fn attempt(
+        &self,
+        name: &str,
+        invocation: &Invocation,
+        t0: Instant,
+    ) -> Result<InvocationResult, Attempt> {
+        let f = self.function(name)?;
         let hint = match &invocation.input {
             Input::Key(key) => Some(key.as_str()),
             Input::Inline(_) => None,
         };
-        let (mut vm, start) = self.acquire(f, hint)?;
+        let (mut vm, start) = self.acquire(name, hint).await?;
         let acquired = t0.elapsed();
         let (snapshot, restore) = if start == Start::Cold {
             (vm.snapshot_time, vm.restore_time)
@@ -659,9 +639,11 @@ impl Node {
             output_key: invocation.output_key.clone(),
             request_id: request_id.clone(),
             timeout: f.spec.timeout(),
+            return_output: false,
         };
-        let result = vm.call(&self.inner.control, &call);
+        let result = vm.call(&self.inner.backend, &call).await;
         let observe = |outcome: &'static str, done: Option<&CallDone>| {
+            let reply = done.map(|d| &d.invoked.reply);
             self.inner.metrics.invocation(&Observation {
                 function: name,
                 outcome,
@@ -669,45 +651,55 @@ impl Node {
                 latency: t0.elapsed(),
                 start_latency: acquired,
                 exits: done.map_or(0, |d| d.exits),
-                bytes_in: done.map_or(0, |d| d.reply.bytes_in),
-                bytes_out: done.map_or(0, |d| d.reply.bytes_out),
+                bytes_in: reply.and_then(|r| r.bytes_in).unwrap_or(0),
+                bytes_out: reply.and_then(|r| r.bytes_out).unwrap_or(0),
             });
         };
         match result {
             Ok(done) => {
-                if vm.recording && vm.invocations == 1 {
-                    self.write_working_set(f, &vm);
-                }
-                let success = done.reply.outcome == "success";
+                let vm = if vm.recording && vm.invocations == 1 {
+                    self.write_working_set(name, vm).await
+                } else {
+                    vm
+                };
+                let success = done.invoked.outcome() == "success";
                 observe(if success { "success" } else { "error" }, Some(&done));
                 let vm_id = vm.id.clone();
-                self.release(name, vm, true, "");
-                let reply = done.reply;
-                let t = |key: &str| reply.timings.get(key).copied().unwrap_or(0) as f64 / 1e3;
+                self.release(name, vm, true, "").await;
+                let CallDone { invoked, exits } = done;
+                let reply = invoked.reply;
+                let timings = reply.timings.clone().unwrap_or_default();
+                let t = |us: u64| us as f64 / 1e3;
                 let stored = invocation.output_key.is_some() && success;
+                let (output, output_encoding) = if stored {
+                    (None, "none".to_owned())
+                } else {
+                    let (text, encoding) = output_text(invoked.output);
+                    (Some(text), encoding.to_owned())
+                };
                 let queue = acquired.saturating_sub(restore).saturating_sub(snapshot);
                 Ok(InvocationResult {
                     function: name.to_owned(),
                     request_id,
                     start: start.as_str(),
                     vm: vm_id,
-                    outcome: reply.outcome.clone(),
-                    output: (!stored).then(|| reply.output.clone()),
-                    output_encoding: reply.output_encoding.clone(),
-                    output_len: reply.output_len,
-                    output_key: invocation.output_key.filter(|_| stored),
-                    vm_exits: done.exits,
-                    bytes_in: reply.bytes_in,
-                    bytes_out: reply.bytes_out,
-                    requests: reply.requests,
+                    outcome: invoked_outcome(&reply),
+                    output,
+                    output_encoding,
+                    output_len: reply.output_len.unwrap_or(0),
+                    output_key: invocation.output_key.clone().filter(|_| stored),
+                    vm_exits: exits,
+                    bytes_in: reply.bytes_in.unwrap_or(0),
+                    bytes_out: reply.bytes_out.unwrap_or(0),
+                    requests: reply.requests.unwrap_or(0),
                     timings_ms: Timings {
                         queue: ms(queue),
                         snapshot: ms(snapshot),
                         restore: ms(restore),
-                        next_served: t("next_served_us"),
-                        function: t("function_us"),
-                        durable: t("durable_us"),
-                        output_store: t("output_store_us"),
+                        next_served: t(timings.next_served_us),
+                        function: t(timings.function_us),
+                        durable: t(timings.durable_us),
+                        output_store: t(timings.output_store_us),
                         total: ms(t0.elapsed()),
                     },
                 })
@@ -717,148 +709,202 @@ impl Node {
                     "vm {}: invocation {request_id} timed out after {limit:?}; stopping the VM",
                     vm.id
                 );
-                self.release(name, vm, false, "timeout");
+                self.release(name, vm, false, "timeout").await;
                 observe("timeout", None);
-                Err(NodeError::Timeout(limit))
+                Err(NodeError::Timeout(limit).into())
             }
             Err(CallFailure::Crashed(why)) => {
                 log::warn!("vm {}: invocation {request_id}: {why}", vm.id);
-                self.release(name, vm, false, "crash");
+                self.release(name, vm, false, "crash").await;
                 observe("crash", None);
-                Err(NodeError::Crashed(why))
+                Err(NodeError::Crashed(why).into())
             }
             Err(CallFailure::Backend(why)) => {
                 // A refused invocation (an input object that does not exist, say) leaves the
                 // VM parked in NEXT: keep it if the backend says so.
                 let parked = self
                     .inner
-                    .control
-                    .with(|c| c.parked(&vm.id, Duration::from_millis(200)))
+                    .backend
+                    .parked(&vm.id, Duration::from_millis(200))
+                    .await
                     .is_ok();
                 let vm_id = vm.id.clone();
-                self.release(name, vm, parked, "failed");
-                if !parked && start == Start::Warm && retry {
-                    log::warn!("vm {vm_id}: the backend lost it ({why}); retrying on another VM");
-                    return self.attempt(name, invocation, t0, false);
+                self.release(name, vm, parked, "failed").await;
+                if !parked && start == Start::Warm && why.is_connection() {
+                    return Err(Attempt::Retry(format!(
+                        "vm {vm_id}: the backend lost it ({why})"
+                    )));
                 }
                 observe("failed", None);
-                Err(NodeError::Backend(why))
+                Err(NodeError::Backend(why.to_string()).into())
             }
         }
     }
 
-    fn write_working_set(&self, f: &Function, vm: &FunctionVm) {
+    /// Writes the working set the VM's restore recorded (its first invocation is over) and
+    /// reopens the function's snapshot with it, on the blocking pool.
+    async fn write_working_set(&self, name: &str, vm: FunctionVm) -> FunctionVm {
+        let node = self.clone();
+        let name = name.to_owned();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            node.write_working_set_blocking(&name, &vm);
+            let _ = tx.send(vm);
+        });
+        rx.await.expect("the working-set task hands the VM back")
+    }
+
+    fn write_working_set_blocking(&self, name: &str, vm: &FunctionVm) {
         let Some(faults) = vm.faults() else { return };
+        let Ok(f) = self.function(name) else { return };
         match faults.write_working_set() {
             Ok(report) => {
                 log::info!(
-                    "function {}: working set recorded ({} pages) for prefetch restores",
-                    f.spec.name,
+                    "function {name}: working set recorded ({} pages) for prefetch restores",
                     report.data_pages
                 );
                 if let Err(e) = self.reload_snapshot(f) {
-                    log::warn!(
-                        "function {}: cannot reopen the snapshot: {e:#}",
-                        f.spec.name
-                    );
+                    log::warn!("function {name}: cannot reopen the snapshot: {e:#}");
                 }
             }
-            Err(e) => log::warn!(
-                "function {}: recording the working set failed: {e}",
-                f.spec.name
-            ),
+            Err(e) => log::warn!("function {name}: recording the working set failed: {e}"),
         }
     }
 
     /// Starts VMs of `name` until `count` are parked (within the caps); returns how many
     /// it started.
-    pub fn warm(&self, name: &str, count: usize) -> Result<usize, NodeError> {
-        let f = self.function(name)?;
-        self.snapshot_of(f)
+    pub async fn warm(&self, name: &str, count: usize) -> Result<usize, NodeError> {
+        self.function(name)?;
+        self.prepare_async(name)
+            .await
             .map_err(|e| NodeError::Unavailable(format!("{e:#}")))?;
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .min(4);
-        let started = AtomicU64::new(0);
-        let failure: Mutex<Option<NodeError>> = Mutex::new(None);
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| {
-                    loop {
-                        if lock(&failure).is_some() {
-                            return;
-                        }
-                        // Reserve a place, or stop.
-                        {
-                            let mut pools = self.pools();
-                            let pools = &mut *pools;
-                            let pool = pools.by_function.get_mut(name).expect("pool");
-                            if pool.idle.len() + pool.starting >= count {
-                                return;
-                            }
-                            if pool.vms() >= f.spec.file.limits.max_vms
-                                || pools.total >= self.inner.config.max_vms
-                            {
-                                let pool_vms = pool.vms();
-                                let total = pools.total;
-                                *lock(&failure) = Some(NodeError::TooManyRequests(format!(
-                                    "cannot park {count} VMs of `{name}`: {pool_vms} VMs of it \
-                                     (max_vms {}), {total} on the node (--max-vms {})",
-                                    f.spec.file.limits.max_vms, self.inner.config.max_vms
-                                )));
-                                return;
-                            }
-                            pool.starting += 1;
-                            pools.total += 1;
-                        }
-                        let vm = self.start_vm(f, None).and_then(|vm| {
-                            self.inner
-                                .control
-                                .with(|c| c.parked(&vm.id, PARK_TIMEOUT))
-                                .map(|()| vm)
-                        });
-                        let mut pools = self.pools();
-                        let pools = &mut *pools;
-                        let pool = pools.by_function.get_mut(name).expect("pool");
-                        pool.starting -= 1;
-                        match vm {
-                            Ok(vm) => {
-                                pool.idle.push_back(vm);
-                                started.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                pools.total -= 1;
-                                *lock(&failure) = Some(NodeError::Unavailable(format!("{e:#}")));
-                            }
-                        }
-                        self.inner.changed.notify_all();
-                    }
-                });
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let node = self.clone();
+            let name = name.to_owned();
+            let failed = Arc::clone(&failed);
+            tasks.spawn(async move { node.warm_some(&name, count, &failed).await });
+        }
+        let mut started = 0;
+        let mut failure = None;
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(Ok(n)) => started += n,
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(e) => {
+                    failure = failure.or(Some(NodeError::Unavailable(format!(
+                        "a warming task failed: {e}"
+                    ))));
+                }
             }
-        });
-        match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        }
+        match failure {
             Some(e) => Err(e),
-            None => Ok(started.into_inner() as usize),
+            None => Ok(started),
         }
     }
 
-    /// Stops every idle VM and refuses to park more (for shutdown).
-    pub fn shutdown(&self) {
-        self.inner.closing.store(true, Ordering::Release);
-        let vms: Vec<(String, FunctionVm)> = {
-            let mut pools = self.pools();
-            let pools = &mut *pools;
-            let mut all = Vec::new();
-            for (f, pool) in pools.by_function.iter_mut() {
-                all.extend(pool.idle.drain(..).map(|vm| (f.clone(), vm)));
+    /// One warming worker: starts VMs while places remain and no worker failed.
+    async fn warm_some(
+        &self,
+        name: &str,
+        count: usize,
+        failed: &AtomicBool,
+    ) -> Result<usize, NodeError> {
+        let scheduler = &self.inner.scheduler;
+        let mut started = 0;
+        while !failed.load(Ordering::Acquire) {
+            match scheduler.reserve_warm(name, count) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(why) => {
+                    failed.store(true, Ordering::Release);
+                    return Err(NodeError::TooManyRequests(why));
+                }
             }
-            pools.total -= all.len();
-            all
-        };
-        for (f, vm) in vms {
-            vm.stop();
-            self.inner.metrics.vm_stopped(&f, "shutdown");
+            let vm = match self.start_vm(name, None).await {
+                Ok(vm) => match self.inner.backend.parked(&vm.id, PARK_TIMEOUT).await {
+                    Ok(()) => Ok(vm),
+                    Err(e) => {
+                        let id = vm.id.clone();
+                        self.stop_vms(
+                            vec![Victim {
+                                function: name.to_owned(),
+                                vm,
+                                reason: "failed",
+                            }],
+                            true,
+                        );
+                        Err(anyhow::anyhow!("vm {id} did not park in NEXT: {e}"))
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            match vm {
+                Ok(vm) => {
+                    scheduler.warmed(name, Some(vm));
+                    started += 1;
+                }
+                Err(e) => {
+                    scheduler.warmed(name, None);
+                    failed.store(true, Ordering::Release);
+                    return Err(NodeError::Unavailable(format!("{e:#}")));
+                }
+            }
         }
+        Ok(started)
+    }
+
+    /// Stops every idle VM and refuses further invocations (for shutdown); resolves once
+    /// the idle VMs are stopped. Busy VMs stop as their invocations end.
+    pub async fn shutdown(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        let victims = self.inner.scheduler.close();
+        let stopped = tokio::task::spawn_blocking(move || {
+            victims
+                .into_iter()
+                .map(|Victim { function, vm, .. }| {
+                    vm.stop();
+                    function
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for function in stopped {
+            self.inner.metrics.vm_stopped(&function, "shutdown");
+        }
+    }
+}
+
+/// How an attempt at an invocation ended, when it produced no result.
+enum Attempt {
+    /// For good.
+    Failed(NodeError),
+    /// The warm VM had lost its backend session: try another.
+    Retry(String),
+}
+
+impl From<NodeError> for Attempt {
+    fn from(e: NodeError) -> Self {
+        Attempt::Failed(e)
+    }
+}
+
+/// The outcome the backend reported.
+fn invoked_outcome(reply: &nexus_ring::control::ControlReply) -> String {
+    reply.outcome.clone().unwrap_or_else(|| "error".into())
+}
+
+/// A result as JSON text: itself if it is UTF-8, else base64.
+fn output_text(output: Bytes) -> (String, &'static str) {
+    match String::from_utf8(output.into()) {
+        Ok(text) => (text, "utf8"),
+        Err(e) => (nexus_ring::control::base64(e.as_bytes()), "base64"),
     }
 }
 
@@ -878,60 +924,19 @@ fn snapshot_identity(elf: &[u8], spec: &FunctionSpec) -> String {
     )
 }
 
-/// Takes the least recently used idle VM of any function.
-fn evict_idle(pools: &mut Pools) -> Option<(String, FunctionVm)> {
-    let (function, _) = pools
-        .by_function
-        .iter()
-        .filter_map(|(f, p)| p.idle.front().map(|vm| (f.clone(), vm.last_used)))
-        .min_by_key(|(_, used)| *used)?;
-    let vm = pools.by_function.get_mut(&function)?.idle.pop_front()?;
-    pools.total -= 1;
-    Some((function, vm))
-}
-
-/// Stops VMs idle for longer than their function's keep-alive, once a second.
-fn reaper(node: Weak<Inner>) {
+/// Stops VMs idle for longer than their function's keep-alive (and those whose guest
+/// ended), once a second, until the node is dropped or shut down.
+async fn reaper(node: Weak<Inner>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        std::thread::sleep(Duration::from_secs(1));
+        tick.tick().await;
         let Some(inner) = node.upgrade() else { return };
         if inner.closing.load(Ordering::Acquire) {
             return;
         }
-        let now = Instant::now();
-        let expired: Vec<(String, FunctionVm, &'static str)> = {
-            let mut pools = inner.pools.lock().unwrap_or_else(|p| p.into_inner());
-            let pools = &mut *pools;
-            let mut expired = Vec::new();
-            for (name, pool) in pools.by_function.iter_mut() {
-                let keep = inner.functions[name].spec.keep_alive();
-                // Oldest first: VMs are parked in the order they finished.
-                while pool
-                    .idle
-                    .front()
-                    .is_some_and(|vm| now.saturating_duration_since(vm.last_used) > keep)
-                {
-                    expired.extend(pool.idle.pop_front().map(|vm| (name.clone(), vm, "idle")));
-                }
-                // And any whose guest ended while parked.
-                if pool.idle.iter().any(|vm| !vm.is_alive()) {
-                    let (alive, dead): (VecDeque<_>, VecDeque<_>) =
-                        pool.idle.drain(..).partition(FunctionVm::is_alive);
-                    pool.idle = alive;
-                    expired.extend(dead.into_iter().map(|vm| (name.clone(), vm, "dead")));
-                }
-            }
-            pools.total -= expired.len();
-            expired
-        };
-        if !expired.is_empty() {
-            inner.changed.notify_all();
-        }
-        for (f, vm, reason) in expired {
-            log::debug!("vm {}: stopping it ({reason})", vm.id);
-            vm.stop();
-            inner.metrics.vm_stopped(&f, reason);
-        }
+        let expired = inner.scheduler.reap(Instant::now());
+        Node { inner }.stop_vms(expired, false);
     }
 }
 

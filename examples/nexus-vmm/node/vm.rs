@@ -5,21 +5,22 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nexus_io::{ControlClient, InvokeInput, InvokeReply, NexusIoConfig, NexusIoState};
+use nexus_io::{ControlClient, NexusIoConfig, NexusIoState};
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
 use nexus_kvm::serial::Console;
 use nexus_kvm::stats::StatsFd;
 use nexus_kvm::{VcpuConfig, VcpuHandle, VcpuStop};
+use nexus_ring::control::ControlInput;
 use nexus_snapshot::{
     DeviceState, FaultServer, RestoreMode, RestoreOptions, RestoreStats, SaveReport, Snapshot,
     SnapshotFiles,
 };
 
+use super::backend::{BackendClient, BackendError, InvokeRequest, Invoked};
 use crate::snapshot::RestoreArg;
 
 /// The nexus-io device's section in the state file.
@@ -95,6 +96,7 @@ pub fn take_snapshot(
     out: &Path,
     console: Console,
     park_timeout: Duration,
+    parked: &dyn Fn(&str, Duration) -> Result<()>,
 ) -> Result<SnapshotTaken> {
     let micro = MicroVm::new(
         elf,
@@ -126,8 +128,6 @@ pub fn take_snapshot(
     let handle = vcpu.spawn(format!("{vm_id}-vcpu"))?;
 
     // Wait for the function to park in NEXT (the device attaches on the guest's DRIVER_OK).
-    let mut control =
-        ControlClient::connect(&config.backend, park_timeout + Duration::from_secs(5))?;
     let deadline = Instant::now() + park_timeout;
     loop {
         if handle.is_finished() {
@@ -137,7 +137,7 @@ pub fn take_snapshot(
                 describe_stop(&result)
             );
         }
-        match control.parked(vm_id, Duration::from_millis(200)) {
+        match parked(vm_id, Duration::from_millis(200)) {
             Ok(()) => break,
             Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
             Err(e) => return Err(e).context("The function did not park in NEXT"),
@@ -295,10 +295,11 @@ pub enum Input {
 }
 
 impl Input {
-    fn as_control(&self) -> InvokeInput<'_> {
+    /// The input as the backend's control protocol carries it.
+    pub fn to_control(&self) -> ControlInput {
         match self {
-            Input::Key(k) => InvokeInput::Key(k),
-            Input::Inline(t) => InvokeInput::Inline(t),
+            Input::Key(k) => ControlInput::Key(k.clone()),
+            Input::Inline(t) => ControlInput::Inline(t.clone()),
         }
     }
 }
@@ -314,6 +315,9 @@ pub struct Call {
     pub request_id: String,
     /// The wall-clock limit.
     pub timeout: Duration,
+    /// Whether a result stored at `output_key` is sent back too (a successful result that
+    /// is stored is not, by default: it would cross the control socket for nothing).
+    pub return_output: bool,
 }
 
 /// Why an invocation did not produce a result. After any of these the VM is not reused.
@@ -324,14 +328,14 @@ pub enum CallFailure {
     /// The guest crashed (or its vCPU stopped) during the invocation.
     Crashed(String),
     /// The backend refused or failed the invocation (a missing input object, say).
-    Backend(String),
+    Backend(BackendError),
 }
 
 /// What an invocation produced.
 #[derive(Debug)]
 pub struct CallDone {
-    /// The backend's reply (outcome, result, timings, window bytes).
-    pub reply: InvokeReply,
+    /// The backend's answer (outcome, result, timings, window bytes).
+    pub invoked: Invoked,
     /// KVM exits of the vCPU during the invocation (0 if the statistics are unavailable).
     pub exits: u64,
 }
@@ -353,6 +357,8 @@ pub struct FunctionVm {
     /// Whether its restore is recording the working set (written after its first invocation).
     pub recording: bool,
     vcpu: Option<VcpuHandle>,
+    /// How the vCPU's run ended, once it has (set by the vCPU thread as it ends).
+    ended: tokio::sync::watch::Receiver<Option<String>>,
     stats: Option<StatsFd>,
     faults: Option<FaultServer>,
     // Dropped after the vCPU (see Drop): the device's connection closing detaches the VM.
@@ -371,7 +377,10 @@ impl FunctionVm {
             ..
         } = restored;
         let stats = vcpu.stats().ok();
-        let handle = vcpu.spawn(format!("{id}-vcpu"))?;
+        let (tell, ended) = tokio::sync::watch::channel(None);
+        let handle = vcpu.spawn_with_exit(format!("{id}-vcpu"), move |result| {
+            tell.send_replace(Some(describe_stop(result)));
+        })?;
         let now = Instant::now();
         Ok(FunctionVm {
             id: id.to_owned(),
@@ -381,6 +390,7 @@ impl FunctionVm {
             snapshot_time: Duration::ZERO,
             recording,
             vcpu: Some(handle),
+            ended,
             stats,
             faults,
             _vm: vm,
@@ -389,7 +399,7 @@ impl FunctionVm {
 
     /// Whether the vCPU still runs (a guest that crashed or exited while parked is dead).
     pub fn is_alive(&self) -> bool {
-        self.vcpu.as_ref().is_some_and(|h| !h.is_finished())
+        self.ended.borrow().is_none()
     }
 
     /// KVM exits of the vCPU so far.
@@ -405,92 +415,43 @@ impl FunctionVm {
         self.faults.as_ref()
     }
 
-    /// Runs one invocation through the backend's control socket (a connection of `pool`),
-    /// watching the vCPU and the clock meanwhile.
-    pub fn call(&mut self, pool: &ControlPool, call: &Call) -> Result<CallDone, CallFailure> {
-        let start = Instant::now();
+    /// Runs one invocation through the backend, within the call's wall-clock limit, and
+    /// notices at once if the guest ends meanwhile. Nothing here blocks a thread.
+    pub async fn call(
+        &mut self,
+        backend: &BackendClient,
+        call: &Call,
+    ) -> Result<CallDone, CallFailure> {
         let exits_before = self.exits();
-        let (mut client, mut pooled) = pool
-            .take()
-            .map_err(|e| CallFailure::Backend(format!("{e:#}")))?;
-        let (tx, rx) = mpsc::channel();
-        {
-            let (vm, call) = (self.id.clone(), call.clone());
-            let socket = pool.socket.clone();
-            std::thread::Builder::new()
-                .name(format!("{vm}-invoke"))
-                .spawn(move || {
-                    let reply = loop {
-                        let input = call.input.as_control();
-                        let request_id = Some(call.request_id.as_str());
-                        let reply = match &call.output_key {
-                            Some(key) => client.invoke_stored(&vm, input, key, request_id),
-                            None => client.invoke(&vm, input, None, request_id),
-                        };
-                        match reply {
-                            // A pooled connection the backend closed (it restarted): the
-                            // request never arrived, so send it again on a new one.
-                            Err(e) if pooled && stale(&e) => {
-                                match ControlClient::connect(&socket, CONTROL_TIMEOUT) {
-                                    Ok(fresh) => {
-                                        client = fresh;
-                                        pooled = false;
-                                    }
-                                    Err(e) => break Err(e),
-                                }
-                            }
-                            other => break other,
-                        }
-                    };
-                    let _ = tx.send((reply, client));
-                })
-                .map_err(|e| CallFailure::Backend(format!("Cannot start a thread: {e}")))?;
-        }
-        let deadline = start + call.timeout;
-        let reply = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(20))) {
-                Ok((reply, client)) => {
-                    let kept = match &reply {
-                        Ok(_) => true,
-                        // The backend answered with an error line: the connection is fine.
-                        Err(nexus_io::Error::ControlRefused { .. }) => true,
-                        Err(_) => false,
-                    };
-                    if kept {
-                        pool.give_back(client);
-                    }
-                    break reply;
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.vcpu.as_ref().is_none_or(VcpuHandle::is_finished) {
-                        let why = match self.vcpu.take().map(VcpuHandle::join) {
-                            Some(Ok((_, result))) => describe_stop(&result),
-                            Some(Err(e)) => e.to_string(),
-                            None => "the vCPU is gone".into(),
-                        };
-                        return Err(CallFailure::Crashed(why));
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(CallFailure::Timeout(call.timeout));
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(CallFailure::Backend("the invoke thread ended".into()));
-                }
-            }
+        let request = InvokeRequest {
+            vm: self.id.clone(),
+            input: call.input.to_control(),
+            output: call.output_key.clone(),
+            request_id: call.request_id.clone(),
+            return_output: call.return_output,
         };
-        let reply =
-            reply.map_err(|e| CallFailure::Backend(format!("{:#}", anyhow::Error::new(e))))?;
+        let mut ended = self.ended.clone();
+        let invoked = tokio::select! {
+            invoked = backend.invoke(request) => invoked.map_err(CallFailure::Backend)?,
+            why = ended.wait_for(Option::is_some) => {
+                let why = match why {
+                    Ok(why) => why.clone().unwrap_or_default(),
+                    Err(_) => "the vCPU is gone".into(),
+                };
+                return Err(CallFailure::Crashed(why));
+            }
+            () = tokio::time::sleep(call.timeout) => return Err(CallFailure::Timeout(call.timeout)),
+        };
         self.invocations += 1;
         self.last_used = Instant::now();
         Ok(CallDone {
             exits: self.exits().saturating_sub(exits_before),
-            reply,
+            invoked,
         })
     }
 
     /// Stops the vCPU (at once, even in the middle of an invocation) and releases the VM.
+    /// Blocks until the vCPU thread has ended.
     pub fn stop(mut self) {
         self.stop_vcpu();
     }
@@ -508,76 +469,13 @@ impl Drop for FunctionVm {
     }
 }
 
-/// Control connections for invocations (each blocks while its invocation runs, so the
-/// node keeps one per invocation in flight, reused).
-#[derive(Debug)]
-pub struct ControlPool {
-    socket: PathBuf,
-    idle: std::sync::Mutex<Vec<ControlClient>>,
-}
-
-/// How long a control request may take: invocations are bounded by the node's own timers.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-
-impl ControlPool {
-    /// Connections to the control socket at `socket`.
-    pub fn new(socket: &Path) -> Self {
-        ControlPool {
-            socket: socket.to_owned(),
-            idle: std::sync::Mutex::new(Vec::new()),
-        }
+impl super::scheduler::PooledVm for FunctionVm {
+    fn last_used(&self) -> Instant {
+        self.last_used
     }
 
-    /// An idle connection (and `true`), or a new one (and `false`).
-    pub fn take(&self) -> Result<(ControlClient, bool)> {
-        if let Some(client) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() {
-            return Ok((client, true));
-        }
-        let client = ControlClient::connect(&self.socket, CONTROL_TIMEOUT).with_context(|| {
-            format!(
-                "Cannot reach the backend's control socket {}",
-                self.socket.display()
-            )
-        })?;
-        Ok((client, false))
-    }
-
-    /// Returns a healthy connection for reuse.
-    pub fn give_back(&self, client: ControlClient) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < 64 {
-            idle.push(client);
-        }
-    }
-
-    /// Runs `f` on a pooled connection, returning it if `f` succeeded. A pooled connection
-    /// that the backend closed meanwhile (it restarted) is replaced and `f` run again: `f`
-    /// must be a request that is safe to repeat when it did not arrive.
-    pub fn with<T>(&self, f: impl Fn(&mut ControlClient) -> nexus_io::Result<T>) -> Result<T> {
-        let (mut client, pooled) = self.take()?;
-        let mut result = f(&mut client);
-        if pooled && result.as_ref().is_err_and(stale) {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            client = self.take()?.0;
-            result = f(&mut client);
-        }
-        if result.is_ok() || matches!(result, Err(nexus_io::Error::ControlRefused { .. })) {
-            self.give_back(client);
-        }
-        Ok(result?)
-    }
-}
-
-/// Whether `e` says the connection was closed by the backend before the request arrived (a
-/// pooled connection to a backend that restarted).
-fn stale(e: &nexus_io::Error) -> bool {
-    match e {
-        nexus_io::Error::ControlClosed => true,
-        nexus_io::Error::ControlIo(io) => matches!(
-            io.kind(),
-            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
-        ),
-        _ => false,
+    fn is_alive(&self) -> bool {
+        FunctionVm::is_alive(self)
     }
 }
 

@@ -1,0 +1,276 @@
+//! The node's client of the backend's control socket for what is the node's business:
+//! invocations, `parked`, `stats`, `detach` (a VM's own device speaks `attach`/`hint` on
+//! its own connection, `nexus_io::ControlClient`).
+//!
+//! Event-driven: one connection carries every request in flight, each with a tag; a reader
+//! task hands each reply to the request waiting for it. An invocation's result comes back
+//! once, as raw bytes after its reply line (`"binary":true`): no thread per call, no polling,
+//! no base64. A connection the backend closed (it restarted) fails the requests in flight on
+//! it and is replaced by the next request.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use nexus_ring::control::{
+    BackendStats, ControlInput, ControlLine, ControlReply, ControlRequest, encode_request,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+
+/// Why a request to the backend failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The backend could not be reached, or the connection broke before the reply: the
+    /// request may not have been performed.
+    #[error("the backend's control socket failed: {0}")]
+    Connection(String),
+    /// The backend answered with an error.
+    #[error("{0}")]
+    Refused(String),
+    /// The reply was not what the protocol says.
+    #[error("the backend sent a malformed reply: {0}")]
+    Malformed(String),
+}
+
+impl BackendError {
+    /// Whether the request never got an answer because the connection failed.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, BackendError::Connection(_))
+    }
+}
+
+/// What an invocation produced, as the backend reports it.
+#[derive(Debug, Clone, Default)]
+pub struct Invoked {
+    /// The reply's figures (outcome, timings, bytes moved…).
+    pub reply: ControlReply,
+    /// The function's result (empty if it was only stored).
+    pub output: Bytes,
+}
+
+impl Invoked {
+    /// `success` or `error`.
+    pub fn outcome(&self) -> &str {
+        self.reply.outcome.as_deref().unwrap_or("error")
+    }
+}
+
+/// One invocation for the backend.
+#[derive(Debug, Clone)]
+pub struct InvokeRequest {
+    /// The VM.
+    pub vm: String,
+    /// Its input.
+    pub input: ControlInput,
+    /// Store the result here (then it is not sent back).
+    pub output: Option<String>,
+    /// The request id of the invocation context.
+    pub request_id: String,
+    /// Whether a result stored at `output` is sent back too.
+    pub return_output: bool,
+}
+
+type Waiter = oneshot::Sender<Result<(ControlReply, Bytes), BackendError>>;
+
+/// One connection: its writer, and the requests waiting for a reply on it.
+#[derive(Debug)]
+struct Connection {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    waiting: Arc<Mutex<Option<HashMap<u64, Waiter>>>>,
+}
+
+/// The client (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct BackendClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    socket: PathBuf,
+    connection: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    next_tag: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BackendClient {
+    /// A client of the backend listening on `socket` (it connects on first use).
+    pub fn new(socket: PathBuf) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                socket,
+                connection: tokio::sync::Mutex::new(None),
+                next_tag: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// Runs one invocation; resolves once the function completed and its uploads (and the
+    /// result, if it is to be stored) are durable.
+    pub async fn invoke(&self, request: InvokeRequest) -> Result<Invoked, BackendError> {
+        let stored = request.output.is_some();
+        let return_output = request.return_output;
+        let (reply, output) = self
+            .request(ControlRequest::Invoke {
+                vm: request.vm,
+                input: request.input,
+                output: request.output,
+                function: None,
+                request_id: (!request.request_id.is_empty()).then_some(request.request_id),
+                return_output: stored.then_some(return_output),
+                binary: Some(true),
+            })
+            .await?;
+        if reply.outcome.is_none() {
+            return Err(BackendError::Malformed(
+                "an invoke reply without its outcome".into(),
+            ));
+        }
+        Ok(Invoked { reply, output })
+    }
+
+    /// Resolves once VM `vm` is parked in `NEXT` (at most `timeout`).
+    pub async fn parked(&self, vm: &str, timeout: Duration) -> Result<(), BackendError> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.request(ControlRequest::Parked {
+            vm: vm.to_owned(),
+            timeout_ms: Some(timeout_ms),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// The backend's figures.
+    pub async fn stats(&self) -> Result<BackendStats, BackendError> {
+        let (reply, _) = self.request(ControlRequest::Stats {}).await?;
+        reply
+            .stats
+            .ok_or_else(|| BackendError::Malformed("a stats reply without its figures".into()))
+    }
+
+    /// Drops VM `vm`'s session (its pending invocation fails).
+    pub async fn detach(&self, vm: &str) -> Result<(), BackendError> {
+        self.request(ControlRequest::Detach { vm: vm.to_owned() })
+            .await
+            .map(drop)
+    }
+
+    /// Sends `request` with a fresh tag and waits for its reply (and the bytes after it).
+    async fn request(
+        &self,
+        request: ControlRequest,
+    ) -> Result<(ControlReply, Bytes), BackendError> {
+        let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
+        let line = encode_request(&request, Some(tag));
+        let connection = self.connection().await?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = lock(&connection.waiting);
+            let Some(waiting) = waiting.as_mut() else {
+                return Err(BackendError::Connection("the connection closed".into()));
+            };
+            waiting.insert(tag, tx);
+        }
+        let sent = connection.writer.lock().await.write_all(&line).await;
+        if let Err(e) = sent {
+            self.forget(&connection).await;
+            return Err(BackendError::Connection(e.to_string()));
+        }
+        let (reply, output) = rx
+            .await
+            .map_err(|_| BackendError::Connection("the connection closed".into()))??;
+        if !reply.ok {
+            return Err(BackendError::Refused(reply.error.unwrap_or_default()));
+        }
+        Ok((reply, output))
+    }
+
+    /// The live connection, made if there is none.
+    async fn connection(&self) -> Result<Arc<Connection>, BackendError> {
+        let mut slot = self.inner.connection.lock().await;
+        if let Some(connection) = slot.as_ref().filter(|c| lock(&c.waiting).is_some()) {
+            return Ok(Arc::clone(connection));
+        }
+        let stream = UnixStream::connect(&self.inner.socket).await.map_err(|e| {
+            BackendError::Connection(format!("{}: {e}", self.inner.socket.display()))
+        })?;
+        let (reader, writer) = stream.into_split();
+        let connection = Arc::new(Connection {
+            writer: tokio::sync::Mutex::new(writer),
+            waiting: Arc::new(Mutex::new(Some(HashMap::new()))),
+        });
+        tokio::spawn(read_replies(reader, Arc::clone(&connection.waiting)));
+        *slot = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+
+    /// Drops `connection` (its waiters fail) so that the next request makes a new one.
+    async fn forget(&self, connection: &Arc<Connection>) {
+        fail_all(&connection.waiting, "the connection failed");
+        let mut slot = self.inner.connection.lock().await;
+        if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, connection)) {
+            *slot = None;
+        }
+    }
+}
+
+fn fail_all(waiting: &Mutex<Option<HashMap<u64, Waiter>>>, why: &str) {
+    if let Some(waiting) = lock(waiting).take() {
+        for (_, waiter) in waiting {
+            let _ = waiter.send(Err(BackendError::Connection(why.into())));
+        }
+    }
+}
+
+/// Hands every reply on `reader` to the request waiting for its tag, until the connection
+/// ends; then fails whatever still waits.
+async fn read_replies(reader: OwnedReadHalf, waiting: Arc<Mutex<Option<HashMap<u64, Waiter>>>>) {
+    let mut reader = BufReader::with_capacity(64 << 10, reader);
+    let mut line = Vec::new();
+    let why = loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line).await {
+            Ok(0) => break "the backend closed the connection".to_owned(),
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+        let reply = match ControlLine::parse(line.strip_suffix(b"\n").unwrap_or(&line)) {
+            Ok(ControlLine::Reply(reply)) => reply,
+            // Events go to the connection that attached a VM; this one attaches none.
+            Ok(ControlLine::Event(event)) => {
+                log::debug!("backend event on the node's connection: {event:?}");
+                continue;
+            }
+            Err(e) => break format!("a malformed line from the backend: {e}"),
+        };
+        let mut output = Vec::new();
+        if reply.binary() {
+            let len = reply.output_len.unwrap_or(0);
+            if let Err(e) = (&mut reader).take(len).read_to_end(&mut output).await {
+                break e.to_string();
+            }
+            if output.len() as u64 != len {
+                break "the connection closed in the middle of a result".to_owned();
+            }
+        }
+        let Some(tag) = reply.tag else {
+            log::warn!("an untagged reply on the node's connection: {reply:?}");
+            continue;
+        };
+        let waiter = lock(&waiting).as_mut().and_then(|w| w.remove(&tag));
+        if let Some(waiter) = waiter {
+            let _ = waiter.send(Ok((reply, Bytes::from(output))));
+        }
+    };
+    log::debug!("the node's backend connection ended: {why}");
+    fail_all(&waiting, &why);
+}
