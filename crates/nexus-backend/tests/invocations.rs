@@ -481,7 +481,8 @@ fn control_invoke_reports_its_traffic_and_stats_the_totals() {
 
 /// A backend of this process serving its control socket in `dir` (until dropped).
 struct ControlServer {
-    runtime: tokio::runtime::Runtime,
+    /// Runs the control server (dropped last).
+    _runtime: tokio::runtime::Runtime,
     backend: Backend,
     path: std::path::PathBuf,
     objects: std::path::PathBuf,
@@ -521,7 +522,7 @@ impl ControlServer {
             }
         });
         Self {
-            runtime,
+            _runtime: runtime,
             backend,
             path,
             objects,
