@@ -5,176 +5,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Backend, nexus_vmm};
+use common::daemon::{Daemon, Node, function, node, sample_text};
 use serde_json::{Value, json};
-
-/// A `nexus-vmm serve` process, killed on drop.
-struct Daemon {
-    child: Child,
-    address: String,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    /// Starts the daemon over `backend` with the function files `functions` (name, TOML).
-    fn start(dir: &Path, backend: &Backend, functions: &[(&str, String)], extra: &[&str]) -> Self {
-        let functions_dir = dir.join("functions");
-        std::fs::create_dir_all(&functions_dir).unwrap();
-        for (name, toml) in functions {
-            std::fs::write(functions_dir.join(format!("{name}.toml")), toml).unwrap();
-        }
-        let log = dir.join("serve.log");
-        let mut child = Command::new(nexus_vmm())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--backend",
-                backend.socket(),
-            ])
-            .arg("--functions")
-            .arg(&functions_dir)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("nexus-vmm serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let address = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no address in {line:?}; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_owned();
-        Daemon {
-            child,
-            address,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// One HTTP/1.1 request; returns the status, the headers (lowercase names) and the body.
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: &str,
-    ) -> (u16, Vec<(String, String)>, String) {
-        let mut stream = TcpStream::connect(&self.address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(120)))
-            .unwrap();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.address,
-            body.len()
-        )
-        .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP answer");
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .expect("a status line");
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        (status, headers, body.to_owned())
-    }
-
-    fn json(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
-        let (status, _, body) = self.request(method, path, body);
-        let value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {body}"));
-        (status, value)
-    }
-
-    fn invoke(&self, function: &str, body: &Value) -> (u16, Value) {
-        self.json(
-            "POST",
-            &format!("/v1/functions/{function}/invocations"),
-            &body.to_string(),
-        )
-    }
-
-    /// The value of the metric line that starts with `series` (0 if absent).
-    fn metric(&self, series: &str) -> f64 {
-        let (status, _, text) = self.request("GET", "/metrics", "");
-        assert_eq!(status, 200);
-        text.lines()
-            .filter(|l| l.starts_with(series))
-            .filter_map(|l| l[series.len()..].trim().parse::<f64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn function(guest: &str, limits: &str) -> String {
-    format!("guest = \"{guest}\"\nmemory_mib = 32\nwindow_mib = 16\n\n[limits]\n{limits}\n")
-}
-
-fn sample_text(words: usize) -> String {
-    let vocabulary = ["the", "node", "keeps", "parked", "VMs\n", "warm"];
-    (0..words)
-        .map(|i| vocabulary[i % vocabulary.len()])
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-struct Node {
-    _dir: tempfile::TempDir,
-    store: std::path::PathBuf,
-    backend: Backend,
-    daemon: Daemon,
-}
-
-fn node(functions: &[(&str, String)], extra: &[&str], words: usize) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(store.join("inputs")).unwrap();
-    std::fs::write(store.join("inputs/words.txt"), sample_text(words)).unwrap();
-    let backend = Backend::local(dir.path(), &store);
-    let daemon = Daemon::start(dir.path(), &backend, functions, extra);
-    Node {
-        _dir: dir,
-        store,
-        backend,
-        daemon,
-    }
-}
 
 #[test]
 fn cold_then_warm_then_errors_and_metrics() {
@@ -270,8 +106,13 @@ fn cold_then_warm_then_errors_and_metrics() {
             "{bad}: {e}"
         );
     }
+    // The caller's mistakes the backend finds are 4xx too, and the VM stays parked.
     let (status, e) = d.invoke("wordcount", &json!({"input_key": "inputs/missing.txt"}));
-    assert_eq!(status, 502, "{e}");
+    assert_eq!(
+        (status, e["error"].as_str()),
+        (404, Some("ResourceNotFound")),
+        "{e}"
+    );
     assert!(
         e["message"]
             .as_str()
@@ -279,6 +120,30 @@ fn cold_then_warm_then_errors_and_metrics() {
             .contains("inputs/missing.txt"),
         "{e}"
     );
+    for bad in [
+        json!({"input_key": "inputs/../words.txt"}),
+        json!({"input": "x", "output_key": "outputs//x"}),
+    ] {
+        let (status, e) = d.invoke("wordcount", &bad);
+        assert_eq!(
+            (status, e["error"].as_str()),
+            (400, Some("InvalidRequest")),
+            "{bad}: {e}"
+        );
+    }
+    let (status, r) = d.invoke("wordcount", &body);
+    assert_eq!((status, r["start"].as_str()), (200, Some("warm")), "{r}");
+    assert_eq!(r["vm"], cold["vm"]);
+    // An inline input larger than a control line: it goes to the backend as raw bytes.
+    let text = sample_text(40_000);
+    assert!(text.len() > 64 << 10);
+    let (status, r) = d.invoke("wordcount", &json!({"input": text}));
+    assert_eq!(
+        (status, r["output"].as_str()),
+        (200, Some("40000\n")),
+        "{r}"
+    );
+    assert_eq!(r["bytes_in"].as_u64(), Some(text.len() as u64));
     let (status, _) = d.json("DELETE", "/v1/functions", "");
     assert_eq!(status, 405);
 
@@ -286,7 +151,7 @@ fn cold_then_warm_then_errors_and_metrics() {
     let warm_ok = d.metric(
         "nexus_invocations_total{function=\"wordcount\",outcome=\"success\",start=\"warm\"}",
     );
-    assert_eq!(warm_ok, 1.0);
+    assert_eq!(warm_ok, 3.0);
     assert_eq!(
         d.metric("nexus_cold_starts_total{function=\"wordcount\"}"),
         1.0
@@ -306,11 +171,11 @@ fn cold_then_warm_then_errors_and_metrics() {
     );
     assert_eq!(
         d.metric("nexus_requests_rejected_total{status=\"404\"}"),
-        1.0
+        2.0
     );
     assert_eq!(
         d.metric("nexus_requests_rejected_total{status=\"400\"}"),
-        5.0
+        7.0
     );
     assert_eq!(
         d.metric("nexus_vms{function=\"wordcount\",state=\"idle\"}"),

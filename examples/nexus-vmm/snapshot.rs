@@ -158,7 +158,7 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
         .unwrap_or_else(|| format!("invoke-{}", std::process::id()));
     let input = match (&args.input, &args.inline) {
         (Some(key), _) => Input::Key(key.clone()),
-        (None, Some(text)) => Input::Inline(text.clone()),
+        (None, Some(text)) => Input::Inline(text.clone().into()),
         (None, None) => bail!("Give --input KEY or --inline TEXT"),
     };
     let hint = if args.no_hint {

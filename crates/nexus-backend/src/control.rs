@@ -8,10 +8,20 @@
 //! | `{"op":"attach","vm":"ID","tenant":"NAME"}` | `{"ok":true,"connection":"fd"}` with the VM's vhost-user connection attached (`SCM_RIGHTS`) |
 //! | `{"op":"hint","vm":"ID","key":"KEY"}` | `{"ok":true}` |
 //! | `{"op":"detach","vm":"ID"}` | `{"ok":true}` |
-//! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"},"output":"KEY"?,"return_output":false?}` | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…},"bytes_in":N,"bytes_out":N,"requests":N}` once the function completed |
+//! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"}\|{"binary":N},"output":"KEY"?,"return_output":false?,"binary":true?}` (with `{"binary":N}`, N raw bytes of input follow the line) | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…},"bytes_in":N,"bytes_out":N,"requests":N}` once the function completed (with `"binary":true`, the result's raw bytes follow it) |
 //! | `{"op":"parked","vm":"ID","timeout_ms":N?}` | `{"ok":true}` once a `NEXT` of the VM is parked |
 //! | `{"op":"stats"}` | `{"ok":true,"stats":{"pid":N,"vms":N,"in_flight":N,…}}` ([`BackendStats`]) |
-//! | anything else | `{"ok":false,"error":"MESSAGE"}` |
+//! | anything else | `{"ok":false,"error":"MESSAGE","code":"CODE"}` |
+//!
+//! Every refusal carries an [`ErrorCode`] (`code`) that says whose fault it is: an input
+//! object that does not exist is `not_found`, a bad or forbidden key `invalid`, a VM that is
+//! not attached `unknown_vm`, a failing store `unavailable`.
+//!
+//! A binary input is read off the connection as it arrives, at most [`MAX_BINARY_INPUT`]
+//! bytes (a request that announces more is refused and the connection closed, since the
+//! stream cannot be resynchronised) and at most [`MAX_HELD_INPUT`] bytes held for one
+//! connection's invocations in flight at once: past that, the input is read and dropped and
+//! the request refused `throttled`.
 //!
 //! A connection that closes detaches the VMs it attached (and that are still attached by it).
 //! The backend may also send, between replies, event lines about the VMs a connection
@@ -36,11 +46,18 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::invoke::{Invocation, InvocationInput};
 use crate::server::Backend;
+use crate::store::StoreError;
 
 pub use nexus_ring::control::{
     CONNECTION_FD, ControlEvent, ControlInput, ControlReply, ControlRequest,
-    DEFAULT_PARKED_TIMEOUT_MS, InvokeTimings, MAX_LINE,
+    DEFAULT_PARKED_TIMEOUT_MS, ErrorCode, InvokeTimings, MAX_BINARY_INPUT, MAX_LINE,
 };
+
+use crate::error::Error;
+
+/// Binary input bytes one control connection may hold for its invocations in flight; past
+/// it, further binary inputs are refused `throttled` until earlier invocations end.
+pub const MAX_HELD_INPUT: u64 = 64 << 20;
 
 /// Parses one request line (without its `\n`): its tag, if any, and the request; the error
 /// says what is wrong.
@@ -101,10 +118,14 @@ impl Backend {
             return;
         }
         let (reader, mut writer) = stream.into_split();
-        let mut reader = BufReader::new(reader);
+        let mut reader = BufReader::with_capacity(64 << 10, reader);
         let (events, mut event_rx) = mpsc::unbounded_channel::<ControlEvent>();
         let mut attached: Vec<(String, u64)> = Vec::new();
         let mut line = Vec::new();
+        // An invoke whose binary input is being read, and the input bytes the connection's
+        // invocations in flight hold.
+        let mut incoming: Option<Incoming> = None;
+        let mut held: u64 = 0;
         // Untagged requests are answered in order, one at a time; tagged ones concurrently.
         let mut sequential: Option<Pending> = None;
         let mut tagged: FuturesUnordered<Pending> = FuturesUnordered::new();
@@ -113,11 +134,13 @@ impl Backend {
             tokio::select! {
                 answer = async { sequential.as_mut().expect("guarded").await }, if sequential.is_some() => {
                     sequential = None;
+                    held = held.saturating_sub(answer.held);
                     if !self.answered(&mut writer, &mut attached, answer).await {
                         break;
                     }
                 }
                 Some(answer) = tagged.next(), if !tagged.is_empty() => {
+                    held = held.saturating_sub(answer.held);
                     if !self.answered(&mut writer, &mut attached, answer).await {
                         break;
                     }
@@ -128,44 +151,65 @@ impl Backend {
                         break;
                     }
                 }
-                read = read_line(&mut reader, &mut line), if reading => {
-                    match read {
-                        Ok(Line::Closed) => break,
+                read = read_next(&mut reader, &mut line, &mut incoming), if reading => {
+                    let next = match read {
+                        Ok(Read::Line(Line::Closed)) | Ok(Read::InputCut) => break,
                         Err(e) => {
                             log::info!("control connection failed: {e}");
                             break;
                         }
-                        Ok(Line::TooLong) => {
-                            let reply = ControlReply::error(format!("line longer than {MAX_LINE} bytes"));
+                        Ok(Read::Line(Line::TooLong)) => {
+                            let reply = ControlReply::refused(
+                                ErrorCode::Invalid,
+                                format!("line longer than {MAX_LINE} bytes"),
+                            );
                             let _ = writer.write_all(reply.to_line().as_bytes()).await;
                             break;
                         }
-                        Ok(Line::Complete) => {
+                        Ok(Read::Line(Line::Complete)) => {
                             let text = String::from_utf8_lossy(&line);
                             let parsed = parse_request(text.trim_end_matches('\n'));
                             line.clear();
-                            let (tag, request) = match parsed {
-                                Ok(parsed) => parsed,
-                                Err(message) => {
-                                    let reply = ControlReply::error(message);
-                                    if writer.write_all(reply.to_line().as_bytes()).await.is_err() {
-                                        break;
-                                    }
-                                    continue;
-                                }
-                            };
-                            let backend = self.clone();
-                            let events = events.clone();
-                            let pending: Pending = Box::pin(async move {
-                                let mut answer = backend.control_request(request, peer, events).await;
-                                answer.reply.tag = tag;
-                                answer
-                            });
-                            match tag {
-                                Some(_) => tagged.push(pending),
-                                None => sequential = Some(pending),
+                            match parsed {
+                                Ok((tag, request)) => self.admit(tag, request, &mut incoming, &mut held),
+                                Err(message) => Next::Refuse(None, ControlReply::refused(ErrorCode::Invalid, message)),
                             }
                         }
+                        Ok(Read::InputComplete) => match incoming.take() {
+                            Some(Incoming { tag, request, input, refusal: None, .. }) => {
+                                Next::Serve(tag, request, Some(Bytes::from(input)))
+                            }
+                            Some(Incoming { tag, refusal: Some(reply), .. }) => Next::Refuse(tag, reply),
+                            None => continue,
+                        },
+                    };
+                    let (tag, request, input) = match next {
+                        Next::Wait => continue,
+                        Next::Close(reply) => {
+                            let _ = writer.write_all(reply.to_line().as_bytes()).await;
+                            break;
+                        }
+                        Next::Refuse(tag, mut reply) => {
+                            reply.tag = tag;
+                            if writer.write_all(reply.to_line().as_bytes()).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                        Next::Serve(tag, request, input) => (tag, request, input),
+                    };
+                    let backend = self.clone();
+                    let events = events.clone();
+                    let input_len = input.as_ref().map_or(0, |i| i.len() as u64);
+                    let pending: Pending = Box::pin(async move {
+                        let mut answer = backend.control_request(request, input, peer, events).await;
+                        answer.reply.tag = tag;
+                        answer.held = input_len;
+                        answer
+                    });
+                    match tag {
+                        Some(_) => tagged.push(pending),
+                        None => sequential = Some(pending),
                     }
                 }
             }
@@ -175,6 +219,58 @@ impl Backend {
             let backend = self.clone();
             let _ = tokio::task::spawn_blocking(move || backend.detach_if(&vm, id)).await;
         }
+    }
+
+    /// What to do with a request just read: serve it, or first read the binary input that
+    /// follows its line (into `incoming`, counted in `held`), or refuse it.
+    fn admit(
+        &self,
+        tag: Option<u64>,
+        request: ControlRequest,
+        incoming: &mut Option<Incoming>,
+        held: &mut u64,
+    ) -> Next {
+        let len = request.payload_len();
+        if len == 0 {
+            return Next::Serve(tag, request, None);
+        }
+        if len > MAX_BINARY_INPUT {
+            return Next::Close(ControlReply {
+                tag,
+                ..ControlReply::refused(
+                    ErrorCode::Invalid,
+                    format!(
+                        "a binary input may be at most {MAX_BINARY_INPUT} bytes ({len} announced)"
+                    ),
+                )
+            });
+        }
+        let refusal = if held.saturating_add(len) > MAX_HELD_INPUT {
+            Some(ControlReply::refused(
+                ErrorCode::Throttled,
+                format!(
+                    "this connection holds {} bytes of binary input already (at most \
+                     {MAX_HELD_INPUT}); try again once earlier invocations end",
+                    *held
+                ),
+            ))
+        } else {
+            *held = held.saturating_add(len);
+            None
+        };
+        let input = match refusal {
+            // Bounded by MAX_BINARY_INPUT above.
+            None => Vec::with_capacity(usize::try_from(len).unwrap_or(0)),
+            Some(_) => Vec::new(),
+        };
+        *incoming = Some(Incoming {
+            tag,
+            request,
+            input,
+            remaining: len,
+            refusal,
+        });
+        Next::Wait
     }
 
     /// Writes an answer and keeps the connection's VMs up to date; `false` if the
@@ -208,7 +304,8 @@ impl Backend {
                 refusals + 1
             );
         }
-        let reply = ControlReply::error(format!("Permission denied: {reason}"));
+        let reply =
+            ControlReply::refused(ErrorCode::Forbidden, format!("Permission denied: {reason}"));
         let _ = tokio::time::timeout(
             Duration::from_secs(1),
             stream.write_all(reply.to_line().as_bytes()),
@@ -216,9 +313,11 @@ impl Backend {
         .await;
     }
 
+    /// Serves one request; `input` is the binary input that followed its line, if any.
     async fn control_request(
         &self,
         request: ControlRequest,
+        input: Option<Bytes>,
         peer: Peer,
         events: mpsc::UnboundedSender<ControlEvent>,
     ) -> Answer {
@@ -226,7 +325,7 @@ impl Backend {
         if let Some(vm) = request.vm() {
             if !matches!(request, ControlRequest::Attach { .. }) {
                 if let Err(e) = self.check_owner(vm, peer) {
-                    return Answer::reply(ControlReply::error(e.to_string()));
+                    return Answer::reply(refusal(&e));
                 }
             }
         }
@@ -242,20 +341,22 @@ impl Backend {
                         attached: Some((vm, id)),
                         ..Answer::default()
                     },
-                    Err(e) => Answer::reply(ControlReply::error(e.to_string())),
+                    Err(e) => Answer::reply(refusal(&e)),
                 }
             }
             ControlRequest::Hint { vm, key } => Answer::reply(match self.hint(&vm, &key) {
                 Ok(()) => ControlReply::ok(),
-                Err(e) => ControlReply::error(e.to_string()),
+                Err(e) => refusal(&e),
             }),
             ControlRequest::Detach { vm } => {
                 let backend = self.clone();
                 let name = vm.clone();
                 let reply = match tokio::task::spawn_blocking(move || backend.detach(&name)).await {
                     Ok(Ok(())) => ControlReply::ok(),
-                    Ok(Err(e)) => ControlReply::error(e.to_string()),
-                    Err(e) => ControlReply::error(format!("detach failed: {e}")),
+                    Ok(Err(e)) => refusal(&e),
+                    Err(e) => {
+                        ControlReply::refused(ErrorCode::Internal, format!("detach failed: {e}"))
+                    }
                 };
                 Answer {
                     detached: reply.ok.then_some(vm),
@@ -264,7 +365,7 @@ impl Backend {
             }
             ControlRequest::Invoke {
                 vm,
-                input,
+                input: described,
                 output,
                 function,
                 request_id,
@@ -277,9 +378,17 @@ impl Backend {
                     deadline_ms: 0,
                     async_durability: false,
                 };
-                let input = match input {
-                    ControlInput::Key(key) => InvocationInput::Object(key),
-                    ControlInput::Inline(text) => InvocationInput::Bytes(Bytes::from(text)),
+                let input = match (described, input) {
+                    (ControlInput::Key(key), _) => InvocationInput::Object(key),
+                    (ControlInput::Inline(text), _) => InvocationInput::Bytes(Bytes::from(text)),
+                    (ControlInput::Binary(_), Some(bytes)) => InvocationInput::Bytes(bytes),
+                    (ControlInput::Binary(0), None) => InvocationInput::Bytes(Bytes::new()),
+                    (ControlInput::Binary(_), None) => {
+                        return Answer::reply(ControlReply::refused(
+                            ErrorCode::Internal,
+                            "the binary input was not read",
+                        ));
+                    }
                 };
                 let stored_only = return_output == Some(false) && output.is_some();
                 let binary = binary == Some(true);
@@ -299,7 +408,7 @@ impl Backend {
                         payload,
                         ..Answer::default()
                     },
-                    Err(message) => Answer::reply(ControlReply::error(message)),
+                    Err(reply) => Answer::reply(reply),
                 }
             }
             ControlRequest::Parked { vm, timeout_ms } => {
@@ -309,12 +418,13 @@ impl Backend {
                     match self.next_parked(&vm) {
                         Ok(true) => break ControlReply::ok(),
                         Ok(false) if Instant::now() >= deadline => {
-                            break ControlReply::error(format!(
-                                "VM `{vm}` did not park in NEXT within {timeout} ms"
-                            ));
+                            break ControlReply::refused(
+                                ErrorCode::Unavailable,
+                                format!("VM `{vm}` did not park in NEXT within {timeout} ms"),
+                            );
                         }
                         Ok(false) => tokio::time::sleep(Duration::from_millis(2)).await,
-                        Err(e) => break ControlReply::error(e.to_string()),
+                        Err(e) => break refusal(&e),
                     }
                 })
             }
@@ -325,6 +435,7 @@ impl Backend {
         }
     }
 
+    /// Runs one invocation; a refusal is the reply to send, its code set.
     async fn control_invoke(
         &self,
         vm: &str,
@@ -333,26 +444,44 @@ impl Backend {
         output: Option<&str>,
         stored_only: bool,
         binary: bool,
-    ) -> Result<(ControlReply, Option<Bytes>), String> {
+    ) -> Result<(ControlReply, Option<Bytes>), ControlReply> {
         let start = Instant::now();
         // Held to the end, the session keeps counting even if the VM is detached meanwhile.
-        let session = self.session(vm).map_err(|e| e.to_string())?;
+        let session = self.session(vm).map_err(|e| refusal(&e))?;
+        // An output key the result could not be stored at is refused before the function
+        // runs, not after.
+        if let Some(key) = output {
+            check_output_key(key, &session.tenant).map_err(|e| refusal(&e))?;
+        }
         let before = session.traffic();
-        let pending = self
-            .invoke(vm, invocation, input)
-            .map_err(|e| e.to_string())?;
+        let pending = self.invoke(vm, invocation, input).map_err(|e| match e {
+            // The invocation context (function, request id) does not encode.
+            Error::InputUnavailable { ref key, .. } if key.is_empty() => {
+                ControlReply::refused(ErrorCode::Invalid, e.to_string())
+            }
+            e => refusal(&e),
+        })?;
         let number = pending.number();
         let result = pending.await;
         let durable = Instant::now();
         // One invocation at a time per VM: what moved meanwhile is this invocation's.
         let moved = session.traffic().since(before);
         let times = self.invocation_times(vm, number);
-        let result = result.map_err(|e| e.to_string())?;
+        let result = match result {
+            Ok(result) => result,
+            Err(e @ Error::InputUnavailable { .. }) => {
+                let code = input_failure(&session, &e).await;
+                return Err(ControlReply::refused(code, e.to_string()));
+            }
+            Err(e) => return Err(refusal(&e)),
+        };
         let success = result.outcome == nexus_ring::Outcome::Success;
         let mut output_store_us = 0;
         if let (Some(key), true) = (output, success) {
             let t = Instant::now();
-            self.store_output(vm, key, result.output.clone()).await?;
+            self.store_output(vm, key, result.output.clone())
+                .await
+                .map_err(|message| ControlReply::refused(ErrorCode::Unavailable, message))?;
             output_store_us = micros(t.elapsed());
         }
         let (delivered, completed) = times.unwrap_or((start, None));
@@ -394,6 +523,61 @@ impl Backend {
     }
 }
 
+/// The code of a refusal for `error`.
+fn error_code(error: &Error) -> ErrorCode {
+    match error {
+        Error::UnknownTenant(_) => ErrorCode::NotFound,
+        Error::InvalidVmId(_)
+        | Error::VmAlreadyAttached(_)
+        | Error::InvalidKey { .. }
+        | Error::KeyNotPermitted { .. } => ErrorCode::Invalid,
+        Error::UnknownVm(_) | Error::VmDetached(_) => ErrorCode::UnknownVm,
+        Error::TenantNotPermitted { .. } | Error::NotVmOwner { .. } => ErrorCode::Forbidden,
+        Error::InputUnavailable { .. } | Error::UploadFailed { .. } | Error::ObjectStore(_) => {
+            ErrorCode::Unavailable
+        }
+        _ => ErrorCode::Internal,
+    }
+}
+
+/// The reply refusing a request for `error`.
+fn refusal(error: &Error) -> ControlReply {
+    ControlReply::refused(error_code(error), error.to_string())
+}
+
+/// Checks that a result may be stored at `key` for a VM of `tenant`.
+fn check_output_key(key: &str, tenant: &crate::Tenant) -> crate::Result<()> {
+    crate::check_key(key).map_err(|reason| Error::InvalidKey {
+        key: key.to_owned(),
+        reason,
+    })?;
+    if !tenant.allows(key) {
+        return Err(Error::KeyNotPermitted {
+            key: key.to_owned(),
+            tenant: tenant.name().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Why an invocation's input could not be read (`error`, an [`Error::InputUnavailable`]):
+/// the store is asked once more about the object, so that an object that does not exist is
+/// told from a store that failed. Only refused invocations pay for the question.
+async fn input_failure(session: &crate::session::Session, error: &Error) -> ErrorCode {
+    let Error::InputUnavailable { key, .. } = error else {
+        return error_code(error);
+    };
+    if key.is_empty() {
+        return ErrorCode::Internal;
+    }
+    match session.engine.store.head(key).await {
+        Err(StoreError::NotFound) => ErrorCode::NotFound,
+        Err(StoreError::InvalidKey(_)) => ErrorCode::Invalid,
+        // There now, or the store failed: not the caller's mistake.
+        Ok(_) | Err(_) => ErrorCode::Unavailable,
+    }
+}
+
 /// Who is on the other end of a control connection (`SO_PEERCRED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Peer {
@@ -411,6 +595,8 @@ struct Answer {
     connection: Option<std::os::unix::net::UnixStream>,
     /// Raw bytes that follow the reply line (an invoke's result, `binary`).
     payload: Option<Bytes>,
+    /// Binary input bytes the request held while it was served.
+    held: u64,
     attached: Option<(String, u64)>,
     detached: Option<String>,
 }
@@ -435,6 +621,80 @@ enum Line {
     Complete,
     Closed,
     TooLong,
+}
+
+/// How a read of the connection ended: a line, or the binary input being read.
+enum Read {
+    Line(Line),
+    /// The binary input of `incoming` is complete.
+    InputComplete,
+    /// The connection closed in the middle of a binary input.
+    InputCut,
+}
+
+/// An `invoke` whose binary input is being read off the connection.
+struct Incoming {
+    tag: Option<u64>,
+    request: ControlRequest,
+    /// What arrived so far (nothing is kept of an input read only to be skipped).
+    input: Vec<u8>,
+    /// Bytes still to come.
+    remaining: u64,
+    /// The reply to send once a refused request's input has been skipped.
+    refusal: Option<ControlReply>,
+}
+
+/// What the connection does with the request just read.
+enum Next {
+    /// Serve it, with its binary input if it had one.
+    Serve(Option<u64>, ControlRequest, Option<Bytes>),
+    /// Answer it with this refusal (and the tag).
+    Refuse(Option<u64>, ControlReply),
+    /// Read its binary input first.
+    Wait,
+    /// Answer it with this refusal and close the connection.
+    Close(ControlReply),
+}
+
+/// Reads the binary input being received if there is one, else the next line (cancel safe,
+/// as both of its parts are).
+async fn read_next<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+    incoming: &mut Option<Incoming>,
+) -> std::io::Result<Read> {
+    match incoming {
+        None => read_line(reader, line).await.map(Read::Line),
+        Some(incoming) => Ok(if read_input(reader, incoming).await? {
+            Read::InputComplete
+        } else {
+            Read::InputCut
+        }),
+    }
+}
+
+/// Reads the rest of `incoming`'s binary input, keeping it unless the request was refused;
+/// `false` if the connection closed first. Cancel safe: what a read took is recorded before
+/// the next await.
+async fn read_input<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    incoming: &mut Incoming,
+) -> std::io::Result<bool> {
+    while incoming.remaining > 0 {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(false);
+        }
+        let take = usize::try_from(incoming.remaining)
+            .unwrap_or(usize::MAX)
+            .min(available.len());
+        if incoming.refusal.is_none() {
+            incoming.input.extend_from_slice(&available[..take]);
+        }
+        reader.consume(take);
+        incoming.remaining -= take as u64;
+    }
+    Ok(true)
 }
 
 /// Reads one line into `line` (which keeps what an interrupted read took: cancel safe).

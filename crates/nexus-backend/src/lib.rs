@@ -91,7 +91,8 @@ pub use config::{
 pub use config_file::{ConfigFile, LimitOverrides, TenantEntry};
 pub use control::{
     CONNECTION_FD, ControlEvent, ControlInput, ControlReply, ControlRequest,
-    DEFAULT_PARKED_TIMEOUT_MS, InvokeTimings, MAX_LINE, parse_request,
+    DEFAULT_PARKED_TIMEOUT_MS, ErrorCode, InvokeTimings, MAX_BINARY_INPUT, MAX_HELD_INPUT,
+    MAX_LINE, parse_request,
 };
 pub use device::{FEATURES, NEXUS_F_WAIT, NEXUS_F_WRITE_BEHIND, QUEUE_SIZE_MAX};
 pub use error::{Error, Result};

@@ -478,3 +478,267 @@ fn control_invoke_reports_its_traffic_and_stats_the_totals() {
     let _ = stop.send(());
     runtime.block_on(serving).unwrap();
 }
+
+/// A backend of this process serving its control socket in `dir` (until dropped).
+struct ControlServer {
+    /// Runs the control server (dropped last).
+    _runtime: tokio::runtime::Runtime,
+    backend: Backend,
+    path: std::path::PathBuf,
+    objects: std::path::PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ControlServer {
+    fn start(dir: &std::path::Path) -> Self {
+        let objects = dir.join("objects");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let config = BackendConfig::new(
+            StoreConfig {
+                url: StoreUrl::File(objects.clone()),
+                s3: S3Options::default(),
+            },
+            dir.join("vms"),
+        );
+        let backend = Backend::new(config, runtime.handle().clone()).unwrap();
+        let path = dir.join("control.sock");
+        let listener = {
+            let _context = runtime.enter();
+            tokio::net::UnixListener::bind(&path).unwrap()
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        runtime.spawn({
+            let backend = backend.clone();
+            async move {
+                backend
+                    .serve_control(listener, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            }
+        });
+        Self {
+            _runtime: runtime,
+            backend,
+            path,
+            objects,
+            stop: Some(stop),
+        }
+    }
+
+    fn connect(&self) -> common::Control {
+        common::Control::connect(&self.path)
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An invoke line with a binary input of `len` bytes (and a binary result), tagged.
+fn binary_invoke(vm: &str, len: usize, tag: u64) -> Vec<u8> {
+    format!(
+        "{{\"op\":\"invoke\",\"vm\":\"{vm}\",\"input\":{{\"binary\":{len}}},\"binary\":true,\"tag\":{tag}}}\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn control_invoke_takes_binary_input_and_returns_binary_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControlServer::start(dir.path());
+    let mut control = server.connect();
+    let mut vm = GuestVm::connect(control.attach("vm1", "default"), WINDOW);
+
+    // Any bytes (a newline, 0xff, NULs), and more than a control line may hold.
+    let mut input = common::pattern(300_000, 5);
+    input[..4].copy_from_slice(b"\n\xff\0{");
+    let invoking = std::thread::spawn({
+        let path = server.path.clone();
+        let input = input.clone();
+        move || {
+            let mut control = common::Control::connect(&path);
+            let mut request = binary_invoke("vm1", input.len(), 7);
+            request.extend_from_slice(&input);
+            control.write_raw(&request);
+            let reply = control.next_line();
+            let output = control.read_bytes(reply["output_len"].as_u64().unwrap() as usize);
+            // The connection is in step after the bytes: it serves the next request.
+            let stats = control.send(r#"{"op":"stats"}"#);
+            (reply, output, stats)
+        }
+    });
+    let answer = next(&mut vm, &[262_144, 65_536]);
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert_eq!(answer.payload, input);
+    let number = InvocationContext::decode(&answer.meta).unwrap().invocation;
+    let result = b"\xfe\x00result\n";
+    assert_eq!(complete(&mut vm, number, result).header.status, Status::Ok);
+    let (reply, output, stats) = invoking.join().unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["tag"], 7, "{reply}");
+    assert_eq!(reply["output_encoding"], "binary", "{reply}");
+    assert_eq!(reply["bytes_in"], input.len(), "{reply}");
+    assert_eq!(output, result);
+    assert_eq!(stats["ok"], true, "{stats}");
+
+    // An empty binary input is an empty input.
+    let invoking = std::thread::spawn({
+        let path = server.path.clone();
+        move || {
+            let mut control = common::Control::connect(&path);
+            control.write_raw(&binary_invoke("vm1", 0, 8));
+            control.next_line()
+        }
+    });
+    let answer = next(&mut vm, &[64]);
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert!(answer.payload.is_empty());
+    let number = InvocationContext::decode(&answer.meta).unwrap().invocation;
+    assert_eq!(complete(&mut vm, number, b"-").header.status, Status::Ok);
+    let reply = invoking.join().unwrap();
+    assert_eq!(
+        (reply["ok"].clone(), reply["bytes_in"].clone()),
+        (true.into(), 0.into()),
+        "{reply}"
+    );
+}
+
+#[test]
+fn control_refusals_carry_a_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControlServer::start(dir.path());
+    let mut control = server.connect();
+    let mut vm = GuestVm::connect(control.attach("vm1", "default"), WINDOW);
+    let refused = |reply: &serde_json::Value, code: &str| {
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert_eq!(reply["code"], code, "{reply}");
+        assert!(!reply["error"].as_str().unwrap().is_empty(), "{reply}");
+    };
+
+    // The caller's mistakes.
+    refused(&control.send(r#"{"op":"nope"}"#), "invalid");
+    refused(
+        &control.send(r#"{"op":"invoke","vm":"vm1","input":{"key":"in/../x"}}"#),
+        "invalid",
+    );
+    refused(
+        &control.send(r#"{"op":"invoke","vm":"vm1","input":{"inline":"x"},"output":"out//y"}"#),
+        "invalid",
+    );
+    refused(
+        &control.send(r#"{"op":"attach","vm":"vm2","tenant":"nobody"}"#),
+        "not_found",
+    );
+    // The VM's absence.
+    refused(
+        &control.send(r#"{"op":"invoke","vm":"ghost","input":{"inline":"x"}}"#),
+        "unknown_vm",
+    );
+    refused(
+        &control.send(r#"{"op":"detach","vm":"ghost"}"#),
+        "unknown_vm",
+    );
+
+    // An input object that does not exist: refused once the VM asks for it, and the VM's
+    // NEXT is still there for the next invocation.
+    let invoking = std::thread::spawn({
+        let path = server.path.clone();
+        move || {
+            common::Control::connect(&path)
+                .send(r#"{"op":"invoke","vm":"vm1","input":{"key":"in/missing.txt"}}"#)
+        }
+    });
+    let parked = vm.submit(
+        &Call::new(Command::Next { timeout_ms: 0 })
+            .response_meta(536)
+            .buffers(&[4096]),
+    );
+    let reply = invoking.join().unwrap();
+    refused(&reply, "not_found");
+    assert!(
+        reply["error"].as_str().unwrap().contains("in/missing.txt"),
+        "{reply}"
+    );
+    std::fs::create_dir_all(server.objects.join("in")).unwrap();
+    std::fs::write(server.objects.join("in/there.txt"), b"here").unwrap();
+    let invoking = std::thread::spawn({
+        let path = server.path.clone();
+        move || {
+            common::Control::connect(&path)
+                .send(r#"{"op":"invoke","vm":"vm1","input":{"key":"in/there.txt"}}"#)
+        }
+    });
+    let answer = vm.wait(parked);
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert_eq!(answer.payload, b"here");
+    let number = InvocationContext::decode(&answer.meta).unwrap().invocation;
+    assert_eq!(complete(&mut vm, number, b"ok").header.status, Status::Ok);
+    assert_eq!(invoking.join().unwrap()["ok"], true);
+    drop(server);
+}
+
+#[test]
+fn binary_inputs_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ControlServer::start(dir.path());
+    let mut control = server.connect();
+    let _vm = GuestVm::connect(control.attach("vm1", "default"), WINDOW);
+    let max = nexus_backend::MAX_BINARY_INPUT as usize;
+    let held = nexus_backend::MAX_HELD_INPUT as usize;
+
+    // Inputs no VM takes yet stay held by the connection, up to its budget; past it, an
+    // input is read and dropped, and refused `throttled`; the connection goes on.
+    let mut sender = server.connect();
+    let chunk = vec![0x5a_u8; max];
+    let fits = held / max;
+    for tag in 1..=fits as u64 {
+        sender.write_raw(&binary_invoke("vm1", max, tag));
+        sender.write_raw(&chunk);
+    }
+    sender.write_raw(&binary_invoke("vm1", 10, 99));
+    sender.write_raw(b"0123456789");
+    let reply = sender.next_line();
+    assert_eq!(
+        (reply["tag"].clone(), reply["code"].clone()),
+        (99.into(), "throttled".into()),
+        "{reply}"
+    );
+    assert_eq!(sender.send(r#"{"op":"stats","tag":100}"#)["ok"], true);
+    assert_eq!(
+        server.backend.stats().queued_invocations,
+        fits as u64,
+        "the held inputs are queued"
+    );
+    // Dropping the VM fails them, which frees the budget.
+    assert_eq!(control.send(r#"{"op":"detach","vm":"vm1"}"#)["ok"], true);
+    for _ in 0..fits {
+        let reply = sender.next_line();
+        assert_eq!(reply["code"], "unknown_vm", "{reply}");
+    }
+    let _vm = GuestVm::connect(control.attach("vm1", "default"), WINDOW);
+    sender.write_raw(&binary_invoke("vm1", 10, 101));
+    sender.write_raw(b"0123456789");
+    let start = Instant::now();
+    while server.backend.stats().queued_invocations == 0 {
+        assert!(start.elapsed() < common::WAIT, "the input was not accepted");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    // One that announces more than the maximum is refused and its connection closed: the
+    // stream cannot be trusted to be in step.
+    let mut greedy = server.connect();
+    greedy.write_raw(&binary_invoke("vm1", max + 1, 1));
+    let reply = greedy.next_line();
+    assert_eq!(reply["code"], "invalid", "{reply}");
+    assert!(greedy.closed());
+    drop(server);
+}

@@ -10,7 +10,11 @@
 //! requests of one connection are served concurrently and their replies carry the same tag,
 //! in whatever order they finish; untagged requests are answered in order. An `invoke` with
 //! `"binary":true` is answered by a reply line with `"output_encoding":"binary"` followed by
-//! exactly `output_len` raw bytes of the result (no base64, no JSON escaping). An `attach`
+//! exactly `output_len` raw bytes of the result (no base64, no JSON escaping). Symmetrically,
+//! an `invoke` whose input is `{"binary":N}` ([`ControlInput::Binary`]) is followed by exactly
+//! N raw bytes of input after its request line (at most [`MAX_BINARY_INPUT`]). A refused
+//! request's reply carries a machine-readable [`ErrorCode`] in `code` beside its `error`
+//! text. An `attach`
 //! reply carries the VM's vhost-user connection as an `SCM_RIGHTS` descriptor. Between
 //! replies, the backend may send event lines ([`ControlEvent`]) to the connection that
 //! attached a VM.
@@ -29,6 +33,10 @@ pub const DEFAULT_PARKED_TIMEOUT_MS: u64 = 30_000;
 pub const CONNECTION_FD: &str = "fd";
 /// The value of `output_encoding` when the result follows the reply line as raw bytes.
 pub const BINARY: &str = "binary";
+/// The largest binary input ([`ControlInput::Binary`]) a backend accepts after one request
+/// line; a request that announces more is refused and its connection closed (the stream
+/// cannot be trusted to be in step any more).
+pub const MAX_BINARY_INPUT: u64 = 16 << 20;
 
 /// The control operations with a line of what each does (for `--help` and the docs).
 pub const OPS: &[(&str, &str)] = &[
@@ -127,6 +135,18 @@ impl ControlRequest {
         }
     }
 
+    /// How many raw bytes follow the request's line: the length of a binary input
+    /// ([`ControlInput::Binary`]), else 0.
+    pub fn payload_len(&self) -> u64 {
+        match self {
+            ControlRequest::Invoke {
+                input: ControlInput::Binary(len),
+                ..
+            } => *len,
+            _ => 0,
+        }
+    }
+
     /// The request's `op`.
     pub fn op(&self) -> &'static str {
         match self {
@@ -146,8 +166,67 @@ impl ControlRequest {
 pub enum ControlInput {
     /// `{"key":"K"}`: an object of the VM's tenant (prefetched at once).
     Key(String),
-    /// `{"inline":"TEXT"}`: the bytes of this text.
+    /// `{"inline":"TEXT"}`: the bytes of this text (it travels in the request line, so it is
+    /// bounded by [`MAX_LINE`] and must be UTF-8).
     Inline(String),
+    /// `{"binary":N}`: the N raw bytes that follow the request line (any bytes, at most
+    /// [`MAX_BINARY_INPUT`]); the symmetric of a binary result.
+    Binary(u64),
+}
+
+/// Why a request was refused, for programs (`code` of a refused reply; the `error` text is
+/// for people). Each names who is at fault, so that a client can tell its caller's mistakes
+/// from the backend's failures. A code this version does not know reads as
+/// [`ErrorCode::Other`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// `not_found`: something the request names does not exist — an invocation's input
+    /// object, an `attach`'s tenant. The caller's mistake.
+    NotFound,
+    /// `invalid`: the request is malformed or asks for what it may not — a bad object key, a
+    /// key outside the tenant's prefix, a bad VM ID or request id, a binary input over
+    /// [`MAX_BINARY_INPUT`], an unknown op. The caller's mistake.
+    Invalid,
+    /// `unknown_vm`: the VM named is not attached (any more): it was detached, or the
+    /// backend restarted since it was attached.
+    UnknownVm,
+    /// `forbidden`: the peer may not act on this VM or tenant (another user attached the VM;
+    /// the tenant does not list the peer).
+    Forbidden,
+    /// `throttled`: a limit of the backend refused the request for now (binary inputs held
+    /// for one connection); the same request may succeed later.
+    Throttled,
+    /// `unavailable`: the store or a VM could not do it now (the store failed or is out of
+    /// reach, an upload failed, a VM did not park in time); retrying may help.
+    Unavailable,
+    /// `internal`: anything else.
+    Internal,
+    /// A code of a later version.
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorCode {
+    /// The code as it is written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::UnknownVm => "unknown_vm",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Throttled => "throttled",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Other => "other",
+        }
+    }
+}
+
+impl core::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Where an `invoke` spent its time, in microseconds.
@@ -210,6 +289,9 @@ pub struct ControlReply {
     /// What went wrong.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What went wrong, for programs (a refused request; absent from older backends).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
     /// `success` or `error` (invoke).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<String>,
@@ -258,6 +340,14 @@ impl ControlReply {
         }
     }
 
+    /// `{"ok":false,"error":MESSAGE,"code":CODE}`.
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: Some(code),
+            ..Self::error(message)
+        }
+    }
+
     /// Whether the result follows the line as raw bytes.
     pub fn binary(&self) -> bool {
         self.output_encoding.as_deref() == Some(BINARY)
@@ -296,7 +386,10 @@ impl ControlEvent {
 }
 
 /// A line the backend sent: a reply, or an event.
-#[allow(clippy::large_enum_variant, reason = "replies are the common case; no box for them")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "replies are the common case; no box for them"
+)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum ControlLine {
     /// A reply to a request.
@@ -493,6 +586,80 @@ mod tests {
         };
         assert_eq!(reply.stats.unwrap().pid, 9);
         assert!(ControlLine::parse(br#"{"event":"unknown_kind"}"#).is_err());
+    }
+
+    #[test]
+    fn binary_inputs_and_error_codes() {
+        let invoke = ControlRequest::Invoke {
+            vm: "vm-1".into(),
+            input: ControlInput::Binary(6),
+            output: None,
+            function: None,
+            request_id: None,
+            return_output: None,
+            binary: Some(true),
+        };
+        assert_eq!(invoke.payload_len(), 6);
+        let line = encode_request(&invoke, Some(2));
+        let text = core::str::from_utf8(&line).unwrap();
+        assert!(text.contains(r#""input":{"binary":6}"#), "{text}");
+        assert_eq!(decode_request(text.trim_end()).unwrap(), (Some(2), invoke));
+        assert_eq!(ControlRequest::Stats {}.payload_len(), 0);
+        let key = ControlRequest::Invoke {
+            vm: "a".into(),
+            input: ControlInput::Key("k".into()),
+            output: None,
+            function: None,
+            request_id: None,
+            return_output: None,
+            binary: None,
+        };
+        assert_eq!(key.payload_len(), 0);
+        for bad in [
+            r#"{"op":"invoke","vm":"a","input":{"binary":-1}}"#,
+            r#"{"op":"invoke","vm":"a","input":{"binary":"6"}}"#,
+            r#"{"op":"invoke","vm":"a","input":{"binary":6,"key":"k"}}"#,
+        ] {
+            assert!(decode_request(bad).is_err(), "{bad}");
+        }
+
+        let refused = ControlReply::refused(ErrorCode::NotFound, "no such object");
+        assert_eq!(
+            refused.to_line(),
+            "{\"ok\":false,\"error\":\"no such object\",\"code\":\"not_found\"}\n"
+        );
+        for code in [
+            ErrorCode::NotFound,
+            ErrorCode::Invalid,
+            ErrorCode::UnknownVm,
+            ErrorCode::Forbidden,
+            ErrorCode::Throttled,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            let line = ControlReply::refused(code, "x").to_line();
+            assert!(
+                line.contains(&alloc::format!("\"code\":\"{code}\"")),
+                "{line}"
+            );
+            let ControlLine::Reply(reply) = ControlLine::parse(line.trim_end().as_bytes()).unwrap()
+            else {
+                panic!("a reply")
+            };
+            assert_eq!(reply.code, Some(code));
+        }
+        // A code of a later version is read, as `other`; a reply without one has none.
+        let ControlLine::Reply(reply) =
+            ControlLine::parse(br#"{"ok":false,"error":"x","code":"later"}"#).unwrap()
+        else {
+            panic!("a reply")
+        };
+        assert_eq!(reply.code, Some(ErrorCode::Other));
+        let ControlLine::Reply(reply) = ControlLine::parse(br#"{"ok":false,"error":"x"}"#).unwrap()
+        else {
+            panic!("a reply")
+        };
+        assert_eq!(reply.code, None);
     }
 
     #[test]

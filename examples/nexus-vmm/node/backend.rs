@@ -4,9 +4,14 @@
 //!
 //! Event-driven: one connection carries every request in flight, each with a tag; a reader
 //! task hands each reply to the request waiting for it. An invocation's result comes back
-//! once, as raw bytes after its reply line (`"binary":true`): no thread per call, no polling,
-//! no base64. A connection the backend closed (it restarted) fails the requests in flight on
-//! it and is replaced by the next request.
+//! once, as raw bytes after its reply line (`"binary":true`), and an inline input goes as
+//! raw bytes after the request line (`{"binary":N}`): no thread per call, no polling, no
+//! base64. A request is written whole even if its caller stops waiting (the write is a task
+//! of its own), so that the stream stays in step. A connection the backend closed (it
+//! restarted) fails the requests in flight on it and is replaced by the next request.
+//!
+//! A refusal carries the backend's [`ErrorCode`], so that the node can tell its caller's
+//! mistakes (an input object that does not exist) from the backend's failures.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,7 +21,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use nexus_ring::control::{
-    BackendStats, ControlInput, ControlLine, ControlReply, ControlRequest, encode_request,
+    BackendStats, ControlInput, ControlLine, ControlReply, ControlRequest, ErrorCode,
+    MAX_BINARY_INPUT, encode_request,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -30,9 +36,15 @@ pub enum BackendError {
     /// request may not have been performed.
     #[error("the backend's control socket failed: {0}")]
     Connection(String),
-    /// The backend answered with an error.
-    #[error("{0}")]
-    Refused(String),
+    /// The backend answered with an error; `code` says whose fault it is (absent from
+    /// backends older than the codes).
+    #[error("{message}")]
+    Refused {
+        /// The backend's code.
+        code: Option<ErrorCode>,
+        /// The backend's message.
+        message: String,
+    },
     /// The reply was not what the protocol says.
     #[error("the backend sent a malformed reply: {0}")]
     Malformed(String),
@@ -42,6 +54,14 @@ impl BackendError {
     /// Whether the request never got an answer because the connection failed.
     pub fn is_connection(&self) -> bool {
         matches!(self, BackendError::Connection(_))
+    }
+
+    /// The backend's code of a refusal.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            BackendError::Refused { code, .. } => *code,
+            _ => None,
+        }
     }
 }
 
@@ -61,13 +81,22 @@ impl Invoked {
     }
 }
 
+/// The input of an invocation, as the node sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvokeInput {
+    /// An object of the VM's tenant.
+    Key(String),
+    /// These bytes (sent raw after the request line, at most [`MAX_BINARY_INPUT`]).
+    Bytes(Bytes),
+}
+
 /// One invocation for the backend.
 #[derive(Debug, Clone)]
 pub struct InvokeRequest {
     /// The VM.
     pub vm: String,
     /// Its input.
-    pub input: ControlInput,
+    pub input: InvokeInput,
     /// Store the result here (then it is not sent back).
     pub output: Option<String>,
     /// The request id of the invocation context.
@@ -119,16 +148,34 @@ impl BackendClient {
     pub async fn invoke(&self, request: InvokeRequest) -> Result<Invoked, BackendError> {
         let stored = request.output.is_some();
         let return_output = request.return_output;
+        let (input, payload) = match request.input {
+            InvokeInput::Key(key) => (ControlInput::Key(key), None),
+            InvokeInput::Bytes(bytes) => {
+                let len = bytes.len() as u64;
+                if len > MAX_BINARY_INPUT {
+                    return Err(BackendError::Refused {
+                        code: Some(ErrorCode::Invalid),
+                        message: format!(
+                            "an inline input may be at most {MAX_BINARY_INPUT} bytes ({len} given)"
+                        ),
+                    });
+                }
+                (ControlInput::Binary(len), Some(bytes))
+            }
+        };
         let (reply, output) = self
-            .request(ControlRequest::Invoke {
-                vm: request.vm,
-                input: request.input,
-                output: request.output,
-                function: None,
-                request_id: (!request.request_id.is_empty()).then_some(request.request_id),
-                return_output: stored.then_some(return_output),
-                binary: Some(true),
-            })
+            .request_with(
+                ControlRequest::Invoke {
+                    vm: request.vm,
+                    input,
+                    output: request.output,
+                    function: None,
+                    request_id: (!request.request_id.is_empty()).then_some(request.request_id),
+                    return_output: stored.then_some(return_output),
+                    binary: Some(true),
+                },
+                payload,
+            )
             .await?;
         if reply.outcome.is_none() {
             return Err(BackendError::Malformed(
@@ -169,6 +216,15 @@ impl BackendClient {
         &self,
         request: ControlRequest,
     ) -> Result<(ControlReply, Bytes), BackendError> {
+        self.request_with(request, None).await
+    }
+
+    /// [`request`](Self::request), with `payload` sent after the line (a binary input).
+    async fn request_with(
+        &self,
+        request: ControlRequest,
+        payload: Option<Bytes>,
+    ) -> Result<(ControlReply, Bytes), BackendError> {
         let tag = self.inner.next_tag.fetch_add(1, Ordering::Relaxed);
         let line = encode_request(&request, Some(tag));
         let connection = self.connection().await?;
@@ -180,7 +236,19 @@ impl BackendClient {
             };
             waiting.insert(tag, tx);
         }
-        let sent = connection.writer.lock().await.write_all(&line).await;
+        // A task of its own: a request cut in the middle (its caller gave up) would put the
+        // stream out of step.
+        let writing = Arc::clone(&connection);
+        let sent = tokio::spawn(async move {
+            let mut writer = writing.writer.lock().await;
+            writer.write_all(&line).await?;
+            if let Some(payload) = payload {
+                writer.write_all(&payload).await?;
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = sent {
             self.forget(&connection).await;
             return Err(BackendError::Connection(e.to_string()));
@@ -189,7 +257,10 @@ impl BackendClient {
             .await
             .map_err(|_| BackendError::Connection("the connection closed".into()))??;
         if !reply.ok {
-            return Err(BackendError::Refused(reply.error.unwrap_or_default()));
+            return Err(BackendError::Refused {
+                code: reply.code,
+                message: reply.error.unwrap_or_default(),
+            });
         }
         Ok((reply, output))
     }

@@ -7,17 +7,20 @@
 //! | `GET /v1/functions`, `GET /v1/functions/{name}` | the functions, their settings and VMs |
 //! | `GET /healthz` | 200 `{"status":"ok",…}`, 503 if the backend does not answer |
 //! | `GET /metrics` | Prometheus text format |
+//! | `POST /2015-03-31/functions/{name}/invocations` | the Lambda Invoke API ([`lambda`](super::lambda)) |
 //!
-//! Errors are `{"error":"TYPE","message":"…"}`: 400 `InvalidRequest`, 404 `ResourceNotFound`,
-//! 405 `MethodNotAllowed`, 413 `RequestTooLarge`, 429 `TooManyRequests`, 502 `FunctionError`
-//! (the function completed with an error: the answer also carries its result fields),
-//! `FunctionCrashed` and `BackendError`, 503 `ServiceUnavailable`, 504 `FunctionTimeout`.
+//! Errors are `{"error":"TYPE","message":"…"}`: 400 `InvalidRequest` (a malformed body, a bad
+//! key), 404 `ResourceNotFound` (no such function, or no such input object), 405
+//! `MethodNotAllowed`, 413 `RequestTooLarge`, 429 `TooManyRequests`, 502 `FunctionError` (the
+//! function completed with an error: the answer also carries its result fields),
+//! `FunctionCrashed` and `BackendError` (the backend failed), 503 `ServiceUnavailable`, 504
+//! `FunctionTimeout`.
 
 use std::convert::Infallible;
 use std::future::Future;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
@@ -30,13 +33,19 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+use super::lambda::Lambda;
+use super::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use super::vm::Input;
 use super::{Invocation, InvocationResult, Node, NodeError};
 
-/// The largest request body.
-pub const MAX_BODY: usize = 1 << 20;
-/// The largest inline input (it travels in one line of the backend's control socket).
-pub const MAX_INLINE_INPUT: usize = 48 << 10;
+/// The largest inline input, in bytes: Lambda's limit on a synchronous payload (it travels
+/// to the backend as raw bytes after the request line).
+pub const MAX_INLINE_INPUT: usize = 6 * 1024 * 1024;
+/// The largest request body of `/v1` (an inline input as a JSON string, and the rest).
+pub const MAX_BODY: usize = 8 << 20;
+/// How much of a body over its limit is read and dropped before the refusal is sent, so
+/// that a client still sending is not cut off before it reads the answer.
+const MAX_DRAIN: usize = 16 << 20;
 
 /// The body of an invocation request.
 #[derive(Debug, Deserialize)]
@@ -72,7 +81,9 @@ fn error_answer(status: StatusCode, kind: &str, message: &str) -> Answer {
 
 fn node_error(e: &NodeError) -> Answer {
     let (status, kind) = match e {
-        NodeError::NotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFound"),
+        NodeError::NotFound(_) | NodeError::ObjectNotFound(_) => {
+            (StatusCode::NOT_FOUND, "ResourceNotFound")
+        }
         NodeError::BadRequest(_) => (StatusCode::BAD_REQUEST, "InvalidRequest"),
         NodeError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequests"),
         NodeError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
@@ -92,7 +103,7 @@ fn parse_invocation(body: &[u8]) -> Result<Invocation, String> {
         serde_json::from_slice(body).map_err(|e| format!("malformed JSON body: {e}"))?;
     let input = match (body.input_key, body.input) {
         (Some(key), None) if !key.is_empty() => Input::Key(key),
-        (None, Some(text)) if text.len() <= MAX_INLINE_INPUT => Input::Inline(text),
+        (None, Some(text)) if text.len() <= MAX_INLINE_INPUT => Input::Inline(text.into()),
         (None, Some(text)) => {
             return Err(format!(
                 "an inline input may be at most {MAX_INLINE_INPUT} bytes ({} given): store it \
@@ -169,35 +180,86 @@ impl Default for HttpLimits {
     }
 }
 
-async fn read_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, Answer> {
-    let collect = Limited::new(request.into_body(), MAX_BODY).collect();
-    let Ok(collected) = tokio::time::timeout(timeout, collect).await else {
-        return Err(error_answer(
-            StatusCode::REQUEST_TIMEOUT,
-            "RequestTimeout",
-            &format!("the body did not arrive within {} s", timeout.as_secs()),
-        ));
-    };
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error_answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestTooLarge",
-            &format!("the body may be at most {MAX_BODY} bytes"),
-        )),
-        Err(e) => Err(error_answer(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            &format!("cannot read the body: {e}"),
-        )),
-    }
+/// Why a request's body was not read.
+#[derive(Debug)]
+pub(super) enum BodyError {
+    /// It did not arrive in time.
+    TimedOut(Duration),
+    /// It is longer than the limit.
+    TooLarge(usize),
+    /// The connection failed.
+    Broken(String),
 }
 
-async fn route(node: Node, request: Request<Incoming>, body_timeout: Duration) -> Answer {
+/// Reads a request's body, at most `limit` bytes, within `timeout`. A body over the limit is
+/// read on (and dropped) up to [`MAX_DRAIN`] bytes, so that the client can read the refusal.
+pub(super) async fn read_body_limited(
+    body: Incoming,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, BodyError> {
+    let read = async move {
+        let mut body = body;
+        let mut kept = bytes::BytesMut::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen = seen.saturating_add(data.len());
+            if seen <= limit {
+                kept.extend_from_slice(&data);
+            } else if seen > limit.saturating_add(MAX_DRAIN) {
+                break;
+            }
+        }
+        if seen > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        Ok(kept.freeze())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut(timeout)))
+}
+
+async fn read_body(request: Request<Incoming>, timeout: Duration) -> Result<Bytes, Answer> {
+    read_body_limited(request.into_body(), MAX_BODY, timeout)
+        .await
+        .map_err(|e| match e {
+            BodyError::TimedOut(timeout) => error_answer(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeout",
+                &format!("the body did not arrive within {} s", timeout.as_secs()),
+            ),
+            BodyError::TooLarge(limit) => error_answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLarge",
+                &format!("the body may be at most {limit} bytes"),
+            ),
+            BodyError::Broken(e) => error_answer(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                &format!("cannot read the body: {e}"),
+            ),
+        })
+}
+
+async fn route(
+    node: Node,
+    lambda: Arc<Lambda>,
+    request: Request<Incoming>,
+    body_timeout: Duration,
+) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let answer = match (&method, segments.as_slice()) {
+        (_, [super::lambda::API_VERSION, "functions", name, "invocations"]) => {
+            let name = (*name).to_owned();
+            lambda.invoke(request, &name, body_timeout).await
+        }
         (&Method::GET, ["healthz"]) => match node.backend_stats().await {
             Ok(_) => json_answer(
                 StatusCode::OK,
@@ -211,10 +273,9 @@ async fn route(node: Node, request: Request<Incoming>, body_timeout: Duration) -
         (&Method::GET, ["metrics"]) => {
             let text = node.metrics().render(&node.gauges().await);
             let mut response = Response::new(Full::new(Bytes::from(text)));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
             response
         }
         (&Method::GET, ["v1", "functions"]) => {
@@ -307,9 +368,22 @@ async fn route(node: Node, request: Request<Incoming>, body_timeout: Duration) -
     answer
 }
 
-/// Serves the HTTP API on `listener` until `shutdown` resolves, within `limits`.
+/// Serves the HTTP API on `listener` until `shutdown` resolves, within `limits`; then drops
+/// the Lambda API's queued events (counted and logged).
 pub async fn serve(
     node: Node,
+    listener: tokio::net::TcpListener,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let lambda = Arc::new(Lambda::start(node.clone()));
+    serve_until(node, Arc::clone(&lambda), listener, limits, shutdown).await;
+    lambda.close();
+}
+
+async fn serve_until(
+    node: Node,
+    lambda: Arc<Lambda>,
     listener: tokio::net::TcpListener,
     limits: HttpLimits,
     shutdown: impl Future<Output = ()>,
@@ -334,12 +408,16 @@ pub async fn serve(
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 let node = node.clone();
+                let lambda = Arc::clone(&lambda);
                 tokio::spawn(async move {
                     let _slot = slot;
                     let service = service_fn(move |request| {
                         let node = node.clone();
+                        let lambda = Arc::clone(&lambda);
                         async move {
-                            Ok::<_, Infallible>(route(node, request, limits.body_timeout).await)
+                            Ok::<_, Infallible>(
+                                route(node, lambda, request, limits.body_timeout).await,
+                            )
                         }
                     });
                     if let Err(e) = http1::Builder::new()
@@ -370,7 +448,7 @@ mod tests {
         assert_eq!(i.input, Input::Key("in/a.txt".into()));
         assert_eq!(i.output_key.as_deref(), Some("out/b"));
         let i = parse_invocation(br#"{"input":"one two","request_id":"r-1"}"#).unwrap();
-        assert_eq!(i.input, Input::Inline("one two".into()));
+        assert_eq!(i.input, Input::Inline(Bytes::from_static(b"one two")));
         assert_eq!(i.request_id, "r-1");
         for (bad, needle) in [
             (&b""[..], "JSON object"),

@@ -1,53 +1,31 @@
-//! The node's metrics, rendered in the Prometheus text exposition format (version 0.0.4).
+//! The node's metrics, through `prometheus-client`, in the Prometheus text exposition format
+//! (version 0.0.4).
 //!
-//! Counters and histograms are kept here; gauges (VMs, queue depth, memory, CPU) are read
-//! when `/metrics` is scraped and passed to [`Metrics::render`].
+//! Counters and histograms live in a [`Registry`] and are updated as things happen; gauges
+//! that describe the node now (VMs, queue depth, memory, CPU, the backend's figures) are read
+//! when `/metrics` is scraped and passed to [`Metrics::render`], which encodes them through a
+//! [`Collector`].
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the latency histogram buckets.
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds (seconds) of the latency histograms' buckets: 1 ms (a warm invocation) to a
+/// minute (a slow function, a snapshot taken on a cold start).
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
-
-/// A histogram with [`LATENCY_BUCKETS`].
-#[derive(Clone, Debug, Default)]
-pub struct Histogram {
-    /// Observations per bucket (not cumulative), then the `+Inf` bucket.
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-impl Histogram {
-    /// Records one observation.
-    pub fn observe(&mut self, seconds: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; LATENCY_BUCKETS.len() + 1];
-        }
-        let bucket = LATENCY_BUCKETS
-            .iter()
-            .position(|&le| seconds <= le)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.counts[bucket] += 1;
-        self.sum += seconds;
-        self.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += self.counts.get(i).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
-    }
-}
 
 /// How an invocation was started.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,25 +46,59 @@ impl Start {
     }
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    /// (function, outcome, start) → count.
-    invocations: BTreeMap<(String, &'static str, &'static str), u64>,
-    /// (function, start) → latency of completed invocations.
-    latency: BTreeMap<(String, &'static str), Histogram>,
-    /// (function, start) → time to get a VM (queueing plus restore).
-    start_latency: BTreeMap<(String, &'static str), Histogram>,
-    /// function → KVM exits of its invocations.
-    exits: BTreeMap<String, u64>,
-    /// (function, direction) → payload bytes through the window.
-    bytes: BTreeMap<(String, &'static str), u64>,
-    /// (function, how) → VMs started.
-    vm_starts: BTreeMap<(String, &'static str), u64>,
-    /// (function, reason) → VMs stopped.
-    vm_stops: BTreeMap<(String, &'static str), u64>,
-    /// (status) → requests rejected before reaching a function.
-    rejected: BTreeMap<u16, u64>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabels {
+    function: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InvocationLabels {
+    function: String,
+    outcome: &'static str,
+    start: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StartLabels {
+    function: String,
+    start: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    function: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HowLabels {
+    function: String,
+    how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    function: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    function: String,
+    outcome: &'static str,
+}
+
+/// A histogram with [`LATENCY_BUCKETS`].
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS.iter().copied())
+}
+
+type Latencies = Family<StartLabels, Histogram, fn() -> Histogram>;
 
 /// The gauges read at scrape time.
 #[derive(Clone, Debug, Default)]
@@ -101,12 +113,6 @@ pub struct Gauges {
     pub vmm_cpu: f64,
     /// The backend's figures, if it answered.
     pub backend: Option<nexus_ring::control::BackendStats>,
-}
-
-/// The node's counters and histograms.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    inner: Mutex<Inner>,
 }
 
 /// What one finished invocation adds.
@@ -130,299 +136,413 @@ pub struct Observation<'a> {
     pub bytes_out: u64,
 }
 
+/// The node's counters and histograms, and the encoder of a scrape.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// The scrape's gauges; held while a scrape encodes them.
+    scrape: std::sync::Arc<ScrapeGauges>,
+    invocations: Family<InvocationLabels, Counter>,
+    cold_starts: Family<FunctionLabels, Counter>,
+    warm_starts: Family<FunctionLabels, Counter>,
+    latency: Latencies,
+    acquire: Latencies,
+    exits: Family<FunctionLabels, Counter>,
+    bytes: Family<DirectionLabels, Counter>,
+    vm_starts: Family<HowLabels, Counter>,
+    vm_stops: Family<ReasonLabels, Counter>,
+    rejected: Family<StatusLabels, Counter>,
+    events_queued: Family<FunctionLabels, Counter>,
+    events_refused: Family<FunctionLabels, Counter>,
+    events_dropped: Family<FunctionLabels, Counter>,
+    events_done: Family<OutcomeLabels, Counter>,
+    event_queue: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Metrics {
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// Every metric at zero.
+    pub fn new() -> Self {
+        let latencies = || Latencies::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let metrics = Metrics {
+            registry: Registry::default(),
+            scrape: std::sync::Arc::default(),
+            invocations: Family::default(),
+            cold_starts: Family::default(),
+            warm_starts: Family::default(),
+            latency: latencies(),
+            acquire: latencies(),
+            exits: Family::default(),
+            bytes: Family::default(),
+            vm_starts: Family::default(),
+            vm_stops: Family::default(),
+            rejected: Family::default(),
+            events_queued: Family::default(),
+            events_refused: Family::default(),
+            events_dropped: Family::default(),
+            events_done: Family::default(),
+            event_queue: Gauge::default(),
+        };
+        metrics.registered()
+    }
+
+    /// Registers every metric (counters are named without `_total`: the encoder adds it).
+    fn registered(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "nexus_invocations",
+            "Invocations finished, by function, outcome and start (cold or warm)",
+            self.invocations.clone(),
+        );
+        r.register(
+            "nexus_cold_starts",
+            "Invocations served by a cold VM, by function",
+            self.cold_starts.clone(),
+        );
+        r.register(
+            "nexus_warm_starts",
+            "Invocations served by a warm VM, by function",
+            self.warm_starts.clone(),
+        );
+        r.register(
+            "nexus_invocation_duration_seconds",
+            "Invocation latency in the node, request to answer, by function and start",
+            self.latency.clone(),
+        );
+        r.register(
+            "nexus_vm_acquire_duration_seconds",
+            "Time to get a VM for an invocation (queueing, and the restore of a cold start)",
+            self.acquire.clone(),
+        );
+        r.register(
+            "nexus_vm_exits",
+            "KVM exits of the vCPU during invocations, by function",
+            self.exits.clone(),
+        );
+        r.register(
+            "nexus_window_bytes",
+            "Payload bytes moved through the I/O windows during invocations (in: into the guest)",
+            self.bytes.clone(),
+        );
+        r.register(
+            "nexus_vm_starts",
+            "VMs started, by function and how (restore from the snapshot, or boot)",
+            self.vm_starts.clone(),
+        );
+        r.register(
+            "nexus_vm_stops",
+            "VMs stopped, by function and reason",
+            self.vm_stops.clone(),
+        );
+        r.register(
+            "nexus_requests_rejected",
+            "Invocation requests answered with an error before reaching a function, by status",
+            self.rejected.clone(),
+        );
+        r.register(
+            "nexus_lambda_events_queued",
+            "Event invocations (Lambda API) accepted into the in-memory queue, by function",
+            self.events_queued.clone(),
+        );
+        r.register(
+            "nexus_lambda_events_refused",
+            "Event invocations (Lambda API) refused because the queue was full, by function",
+            self.events_refused.clone(),
+        );
+        r.register(
+            "nexus_lambda_events_dropped",
+            "Queued event invocations (Lambda API) lost without running (the node shut down), by function",
+            self.events_dropped.clone(),
+        );
+        r.register(
+            "nexus_lambda_events_done",
+            "Queued event invocations (Lambda API) that ran, by function and outcome",
+            self.events_done.clone(),
+        );
+        r.register(
+            "nexus_lambda_event_queue_depth",
+            "Event invocations (Lambda API) queued and not yet running",
+            self.event_queue.clone(),
+        );
+        r.register_collector(Box::new(std::sync::Arc::clone(&self.scrape)));
+        self
     }
 
     /// Records a finished invocation.
     pub fn invocation(&self, o: &Observation<'_>) {
-        let mut inner = self.inner();
-        let f = o.function.to_owned();
-        *inner
-            .invocations
-            .entry((f.clone(), o.outcome, o.start.as_str()))
-            .or_default() += 1;
-        inner
-            .latency
-            .entry((f.clone(), o.start.as_str()))
-            .or_default()
+        let function = o.function.to_owned();
+        let start = o.start.as_str();
+        self.invocations
+            .get_or_create(&InvocationLabels {
+                function: function.clone(),
+                outcome: o.outcome,
+                start,
+            })
+            .inc();
+        let by_start = FunctionLabels {
+            function: function.clone(),
+        };
+        match o.start {
+            Start::Cold => self.cold_starts.get_or_create(&by_start).inc(),
+            Start::Warm => self.warm_starts.get_or_create(&by_start).inc(),
+        };
+        let labels = StartLabels {
+            function: function.clone(),
+            start,
+        };
+        self.latency
+            .get_or_create(&labels)
             .observe(o.latency.as_secs_f64());
-        inner
-            .start_latency
-            .entry((f.clone(), o.start.as_str()))
-            .or_default()
+        self.acquire
+            .get_or_create(&labels)
             .observe(o.start_latency.as_secs_f64());
-        *inner.exits.entry(f.clone()).or_default() += o.exits;
-        *inner.bytes.entry((f.clone(), "in")).or_default() += o.bytes_in;
-        *inner.bytes.entry((f, "out")).or_default() += o.bytes_out;
+        self.exits.get_or_create(&by_start).inc_by(o.exits);
+        for (direction, n) in [("in", o.bytes_in), ("out", o.bytes_out)] {
+            self.bytes
+                .get_or_create(&DirectionLabels {
+                    function: function.clone(),
+                    direction,
+                })
+                .inc_by(n);
+        }
     }
 
     /// Records a VM started for `function` (`restore` or `boot`).
     pub fn vm_started(&self, function: &str, how: &'static str) {
-        *self
-            .inner()
-            .vm_starts
-            .entry((function.to_owned(), how))
-            .or_default() += 1;
+        self.vm_starts
+            .get_or_create(&HowLabels {
+                function: function.to_owned(),
+                how,
+            })
+            .inc();
     }
 
     /// Records a VM of `function` stopped (`idle`, `timeout`, `crash`, `evicted`, `failed`,
     /// `shutdown`).
     pub fn vm_stopped(&self, function: &str, reason: &'static str) {
-        *self
-            .inner()
-            .vm_stops
-            .entry((function.to_owned(), reason))
-            .or_default() += 1;
+        self.vm_stops
+            .get_or_create(&ReasonLabels {
+                function: function.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// Records a request refused with `status` before it reached a function.
     pub fn rejected(&self, status: u16) {
-        *self.inner().rejected.entry(status).or_default() += 1;
+        self.rejected.get_or_create(&StatusLabels { status }).inc();
+    }
+
+    /// Records an event invocation of `function` queued (the queue now holds one more).
+    pub fn event_queued(&self, function: &str) {
+        self.events_queued
+            .get_or_create(&function_labels(function))
+            .inc();
+        self.event_queue.inc();
+    }
+
+    /// Records an event invocation of `function` refused: the queue was full.
+    pub fn event_refused(&self, function: &str) {
+        self.events_refused
+            .get_or_create(&function_labels(function))
+            .inc();
+    }
+
+    /// Records a queued event invocation of `function` taken off the queue to run.
+    pub fn event_started(&self) {
+        self.event_queue.dec();
+    }
+
+    /// Records a queued event invocation of `function` that ran, with its outcome
+    /// (`success`, `error`, or the node's failure: `timeout`, `crash`, `failed`…).
+    pub fn event_done(&self, function: &str, outcome: &'static str) {
+        self.events_done
+            .get_or_create(&OutcomeLabels {
+                function: function.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Records a queued event invocation of `function` dropped without running.
+    pub fn event_dropped(&self, function: &str) {
+        self.events_dropped
+            .get_or_create(&function_labels(function))
+            .inc();
+        self.event_queue.dec();
     }
 
     /// Invocations of `function` so far (all outcomes).
     pub fn invocations_of(&self, function: &str) -> u64 {
-        self.inner()
-            .invocations
-            .iter()
-            .filter(|((f, _, _), _)| f == function)
-            .map(|(_, n)| n)
-            .sum()
+        let labels = function_labels(function);
+        let count = |family: &Family<FunctionLabels, Counter>| {
+            family.get(&labels).map_or(0, |counter| counter.get())
+        };
+        count(&self.cold_starts) + count(&self.warm_starts)
     }
 
-    /// The whole exposition.
+    /// The whole exposition, with the scrape's `gauges`.
     pub fn render(&self, gauges: &Gauges) -> String {
-        let inner = self.inner();
+        // One scrape at a time: the gauges encoded are its own.
+        let _scrape = lock(&self.scrape.encoding);
+        *lock(&self.scrape.gauges) = gauges.clone();
         let mut out = String::with_capacity(8 << 10);
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-        };
-
-        family(
-            &mut out,
-            "nexus_invocations_total",
-            "counter",
-            "Invocations finished, by function, outcome and start (cold or warm).",
-        );
-        for ((f, outcome, start), n) in &inner.invocations {
-            let _ = writeln!(
-                out,
-                "nexus_invocations_total{{function=\"{f}\",outcome=\"{outcome}\",start=\"{start}\"}} {n}"
-            );
-        }
-        for (name, start) in [
-            ("nexus_cold_starts_total", "cold"),
-            ("nexus_warm_starts_total", "warm"),
-        ] {
-            family(
-                &mut out,
-                name,
-                "counter",
-                &format!("Invocations served by a {start} VM, by function."),
-            );
-            let mut per_function: BTreeMap<&str, u64> = BTreeMap::new();
-            for ((f, _, s), n) in &inner.invocations {
-                if *s == start {
-                    *per_function.entry(f).or_default() += n;
-                }
-            }
-            for (f, n) in per_function {
-                let _ = writeln!(out, "{name}{{function=\"{f}\"}} {n}");
-            }
-        }
-        family(
-            &mut out,
-            "nexus_invocation_duration_seconds",
-            "histogram",
-            "Invocation latency in the node, request to answer, by function and start.",
-        );
-        for ((f, start), h) in &inner.latency {
-            h.render(
-                &mut out,
-                "nexus_invocation_duration_seconds",
-                &format!("function=\"{f}\",start=\"{start}\""),
-            );
-        }
-        family(
-            &mut out,
-            "nexus_vm_acquire_duration_seconds",
-            "histogram",
-            "Time to get a VM for an invocation (queueing, and the restore of a cold start).",
-        );
-        for ((f, start), h) in &inner.start_latency {
-            h.render(
-                &mut out,
-                "nexus_vm_acquire_duration_seconds",
-                &format!("function=\"{f}\",start=\"{start}\""),
-            );
-        }
-        family(
-            &mut out,
-            "nexus_vm_exits_total",
-            "counter",
-            "KVM exits of the vCPU during invocations, by function.",
-        );
-        for (f, n) in &inner.exits {
-            let _ = writeln!(out, "nexus_vm_exits_total{{function=\"{f}\"}} {n}");
-        }
-        family(
-            &mut out,
-            "nexus_window_bytes_total",
-            "counter",
-            "Payload bytes moved through the I/O windows during invocations (in: into the guest).",
-        );
-        for ((f, dir), n) in &inner.bytes {
-            let _ = writeln!(
-                out,
-                "nexus_window_bytes_total{{function=\"{f}\",direction=\"{dir}\"}} {n}"
-            );
-        }
-        family(
-            &mut out,
-            "nexus_vm_starts_total",
-            "counter",
-            "VMs started, by function and how (restore from the snapshot, or boot).",
-        );
-        for ((f, how), n) in &inner.vm_starts {
-            let _ = writeln!(
-                out,
-                "nexus_vm_starts_total{{function=\"{f}\",how=\"{how}\"}} {n}"
-            );
-        }
-        family(
-            &mut out,
-            "nexus_vm_stops_total",
-            "counter",
-            "VMs stopped, by function and reason.",
-        );
-        for ((f, reason), n) in &inner.vm_stops {
-            let _ = writeln!(
-                out,
-                "nexus_vm_stops_total{{function=\"{f}\",reason=\"{reason}\"}} {n}"
-            );
-        }
-        family(
-            &mut out,
-            "nexus_requests_rejected_total",
-            "counter",
-            "Invocation requests answered with an error before reaching a function, by status.",
-        );
-        for (status, n) in &inner.rejected {
-            let _ = writeln!(
-                out,
-                "nexus_requests_rejected_total{{status=\"{status}\"}} {n}"
-            );
-        }
-        family(
-            &mut out,
-            "nexus_vms",
-            "gauge",
-            "VMs of the node, by function and state.",
-        );
-        for (f, idle, busy, starting) in &gauges.vms {
-            for (state, n) in [("idle", idle), ("busy", busy), ("starting", starting)] {
-                let _ = writeln!(out, "nexus_vms{{function=\"{f}\",state=\"{state}\"}} {n}");
-            }
-        }
-        family(
-            &mut out,
-            "nexus_queue_depth",
-            "gauge",
-            "Invocations waiting for a VM.",
-        );
-        let _ = writeln!(out, "nexus_queue_depth {}", gauges.queue_depth);
-        family(
-            &mut out,
-            "nexus_vmm_resident_bytes",
-            "gauge",
-            "Resident memory of the node daemon, which runs every VMM (guest memory it touched included).",
-        );
-        let _ = writeln!(out, "nexus_vmm_resident_bytes {}", gauges.vmm_rss);
-        family(
-            &mut out,
-            "nexus_vmm_cpu_seconds_total",
-            "counter",
-            "CPU time of the node daemon (vCPUs included).",
-        );
-        let _ = writeln!(out, "nexus_vmm_cpu_seconds_total {}", gauges.vmm_cpu);
-        family(
-            &mut out,
-            "nexus_backend_up",
-            "gauge",
-            "Whether the shared backend answered the scrape's stats request.",
-        );
-        let _ = writeln!(
-            out,
-            "nexus_backend_up {}",
-            u8::from(gauges.backend.is_some())
-        );
-        if let Some(b) = &gauges.backend {
-            let rows: [(&str, &str, &str, String); 9] = [
-                (
-                    "nexus_backend_resident_bytes",
-                    "gauge",
-                    "Resident memory of the shared backend.",
-                    b.rss_bytes.to_string(),
-                ),
-                (
-                    "nexus_backend_cpu_seconds_total",
-                    "counter",
-                    "CPU time of the shared backend.",
-                    b.cpu_seconds.to_string(),
-                ),
-                (
-                    "nexus_backend_vms",
-                    "gauge",
-                    "VMs attached to the shared backend.",
-                    b.vms.to_string(),
-                ),
-                (
-                    "nexus_backend_queue_depth",
-                    "gauge",
-                    "Ring requests the backend is serving now, all VMs.",
-                    b.in_flight.to_string(),
-                ),
-                (
-                    "nexus_backend_queued_invocations",
-                    "gauge",
-                    "Invocations queued in the backend and not yet taken by a VM.",
-                    b.queued_invocations.to_string(),
-                ),
-                (
-                    "nexus_backend_uploads_pending",
-                    "gauge",
-                    "Write-behind uploads not yet durable.",
-                    b.uploads_pending.to_string(),
-                ),
-                (
-                    "nexus_backend_requests_total",
-                    "counter",
-                    "Ring requests served by the backend.",
-                    b.requests.to_string(),
-                ),
-                (
-                    "nexus_backend_window_bytes_in_total",
-                    "counter",
-                    "Payload bytes the backend wrote into windows.",
-                    b.bytes_in.to_string(),
-                ),
-                (
-                    "nexus_backend_window_bytes_out_total",
-                    "counter",
-                    "Payload bytes the backend read from windows.",
-                    b.bytes_out.to_string(),
-                ),
-            ];
-            for (name, kind, help, value) in rows {
-                family(&mut out, name, kind, help);
-                let _ = writeln!(out, "{name} {value}");
-            }
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            log::warn!("metrics: encoding failed: {e}");
         }
         out
     }
+}
+
+fn function_labels(function: &str) -> FunctionLabels {
+    FunctionLabels {
+        function: function.to_owned(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The gauges of the scrape being encoded.
+#[derive(Debug, Default)]
+struct ScrapeGauges {
+    /// Held by a scrape from setting the gauges to encoding them.
+    encoding: Mutex<()>,
+    gauges: Mutex<Gauges>,
+}
+
+impl Collector for ScrapeGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let g = lock(&self.gauges).clone();
+        {
+            let mut vms = encoder.encode_descriptor(
+                "nexus_vms",
+                "VMs of the node, by function and state.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (function, idle, busy, starting) in &g.vms {
+                for (state, n) in [("idle", idle), ("busy", busy), ("starting", starting)] {
+                    let labels = [("function", function.as_str()), ("state", state)];
+                    ConstGauge::new(*n as i64).encode(vms.encode_family(&labels)?)?;
+                }
+            }
+        }
+        gauge(
+            &mut encoder,
+            "nexus_queue_depth",
+            "Invocations waiting for a VM.",
+            g.queue_depth as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "nexus_vmm_resident_bytes",
+            "Resident memory of the node daemon, which runs every VMM (guest memory it touched included).",
+            g.vmm_rss as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "nexus_vmm_cpu_seconds",
+            "CPU time of the node daemon (vCPUs included).",
+            g.vmm_cpu,
+        )?;
+        gauge(
+            &mut encoder,
+            "nexus_backend_up",
+            "Whether the shared backend answered the scrape's stats request.",
+            i64::from(g.backend.is_some()),
+        )?;
+        let Some(b) = &g.backend else { return Ok(()) };
+        gauge(
+            &mut encoder,
+            "nexus_backend_resident_bytes",
+            "Resident memory of the shared backend.",
+            b.rss_bytes as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "nexus_backend_cpu_seconds",
+            "CPU time of the shared backend.",
+            b.cpu_seconds,
+        )?;
+        for (name, help, value) in [
+            (
+                "nexus_backend_vms",
+                "VMs attached to the shared backend.",
+                b.vms,
+            ),
+            (
+                "nexus_backend_queue_depth",
+                "Ring requests the backend is serving now, all VMs.",
+                b.in_flight,
+            ),
+            (
+                "nexus_backend_queued_invocations",
+                "Invocations queued in the backend and not yet taken by a VM.",
+                b.queued_invocations,
+            ),
+            (
+                "nexus_backend_uploads_pending",
+                "Write-behind uploads not yet durable.",
+                b.uploads_pending,
+            ),
+        ] {
+            gauge(&mut encoder, name, help, value as i64)?;
+        }
+        for (name, help, value) in [
+            (
+                "nexus_backend_requests",
+                "Ring requests served by the backend.",
+                b.requests,
+            ),
+            (
+                "nexus_backend_window_bytes_in",
+                "Payload bytes the backend wrote into windows.",
+                b.bytes_in,
+            ),
+            (
+                "nexus_backend_window_bytes_out",
+                "Payload bytes the backend read from windows.",
+                b.bytes_out,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(family.encode_family(&NO_LABELS)?)?;
+        }
+        Ok(())
+    }
+}
+
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// Encodes one unlabelled gauge.
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> std::fmt::Result {
+    let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(family)
+}
+
+/// Encodes one unlabelled counter (`name` without `_total`, which the encoder adds).
+fn counter(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> std::fmt::Result {
+    let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    ConstCounter::new(value).encode(family)
 }
 
 /// This process's resident set (bytes) and CPU time (seconds), from `/proc/self`.
@@ -453,39 +573,54 @@ pub fn self_usage() -> (u64, f64) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let mut h = Histogram::default();
-        for s in [0.0005, 0.003, 0.003, 7.0, 100.0] {
-            h.observe(s);
+    fn observation(start: Start, latency_ms: u64) -> Observation<'static> {
+        Observation {
+            function: "wc",
+            outcome: "success",
+            start,
+            latency: Duration::from_millis(latency_ms),
+            start_latency: Duration::from_millis(1),
+            exits: 10,
+            bytes_in: 100,
+            bytes_out: 2,
         }
-        let mut out = String::new();
-        h.render(&mut out, "x", "f=\"a\"");
-        assert!(out.contains("x_bucket{f=\"a\",le=\"0.001\"} 1\n"), "{out}");
-        assert!(out.contains("x_bucket{f=\"a\",le=\"0.005\"} 3\n"), "{out}");
-        assert!(out.contains("x_bucket{f=\"a\",le=\"5\"} 3\n"), "{out}");
-        assert!(out.contains("x_bucket{f=\"a\",le=\"10\"} 4\n"), "{out}");
-        assert!(out.contains("x_bucket{f=\"a\",le=\"+Inf\"} 5\n"), "{out}");
-        assert!(out.contains("x_count{f=\"a\"} 5\n"), "{out}");
     }
 
     #[test]
-    fn render_counts_invocations() {
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        for ms in [0, 3, 3, 7_000, 100_000] {
+            m.invocation(&observation(Start::Warm, ms));
+        }
+        let out = m.render(&Gauges::default());
+        let name = "nexus_invocation_duration_seconds";
+        let labels = "function=\"wc\",start=\"warm\"";
+        for line in [
+            format!("{name}_bucket{{{labels},le=\"0.001\"}} 1"),
+            format!("{name}_bucket{{{labels},le=\"0.005\"}} 3"),
+            format!("{name}_bucket{{{labels},le=\"5\"}} 3"),
+            format!("{name}_bucket{{{labels},le=\"10\"}} 4"),
+            format!("{name}_bucket{{{labels},le=\"+Inf\"}} 5"),
+            format!("{name}_count{{{labels}}} 5"),
+        ] {
+            assert!(out.lines().any(|l| l == line), "missing {line}:\n{out}");
+        }
+    }
+
+    #[test]
+    fn render_counts_invocations_and_events() {
         let m = Metrics::default();
         for start in [Start::Cold, Start::Warm, Start::Warm] {
-            m.invocation(&Observation {
-                function: "wc",
-                outcome: "success",
-                start,
-                latency: Duration::from_millis(3),
-                start_latency: Duration::from_millis(1),
-                exits: 10,
-                bytes_in: 100,
-                bytes_out: 2,
-            });
+            m.invocation(&observation(start, 3));
         }
         m.vm_stopped("wc", "timeout");
         m.rejected(404);
+        m.event_queued("wc");
+        m.event_queued("wc");
+        m.event_started();
+        m.event_done("wc", "success");
+        m.event_dropped("wc");
+        m.event_refused("wc");
         let text = m.render(&Gauges {
             vms: vec![("wc".into(), 1, 0, 0)],
             queue_depth: 2,
@@ -494,6 +629,7 @@ mod tests {
             backend: None,
         });
         for line in [
+            "# TYPE nexus_invocations_total counter",
             "nexus_invocations_total{function=\"wc\",outcome=\"success\",start=\"warm\"} 2",
             "nexus_cold_starts_total{function=\"wc\"} 1",
             "nexus_warm_starts_total{function=\"wc\"} 2",
@@ -501,13 +637,42 @@ mod tests {
             "nexus_window_bytes_total{function=\"wc\",direction=\"in\"} 300",
             "nexus_vm_stops_total{function=\"wc\",reason=\"timeout\"} 1",
             "nexus_requests_rejected_total{status=\"404\"} 1",
+            "nexus_lambda_events_queued_total{function=\"wc\"} 2",
+            "nexus_lambda_events_done_total{function=\"wc\",outcome=\"success\"} 1",
+            "nexus_lambda_events_dropped_total{function=\"wc\"} 1",
+            "nexus_lambda_events_refused_total{function=\"wc\"} 1",
+            "nexus_lambda_event_queue_depth 0",
+            "# TYPE nexus_vms gauge",
             "nexus_vms{function=\"wc\",state=\"idle\"} 1",
             "nexus_queue_depth 2",
+            "nexus_vmm_resident_bytes 4096",
+            "nexus_vmm_cpu_seconds_total 1.5",
             "nexus_backend_up 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
+        assert!(!text.contains("nexus_backend_vms"), "{text}");
         assert_eq!(m.invocations_of("wc"), 3);
+        assert_eq!(m.invocations_of("other"), 0);
+
+        // With the backend's figures.
+        let text = m.render(&Gauges {
+            backend: Some(nexus_ring::control::BackendStats {
+                vms: 3,
+                requests: 7,
+                cpu_seconds: 0.25,
+                ..Default::default()
+            }),
+            ..Gauges::default()
+        });
+        for line in [
+            "nexus_backend_up 1",
+            "nexus_backend_vms 3",
+            "nexus_backend_requests_total 7",
+            "nexus_backend_cpu_seconds_total 0.25",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+        }
         let (rss, _) = self_usage();
         assert!(rss > 0);
     }

@@ -17,6 +17,7 @@
 
 pub mod backend;
 pub mod http;
+pub mod lambda;
 pub mod metrics;
 pub mod registry;
 pub mod scheduler;
@@ -68,6 +69,9 @@ pub enum NodeError {
     /// No such function (404).
     #[error("no function is named `{0}`")]
     NotFound(String),
+    /// An object the invocation names does not exist: its input object (404).
+    #[error("{0}")]
+    ObjectNotFound(String),
     /// The request is wrong (400).
     #[error("{0}")]
     BadRequest(String),
@@ -83,9 +87,24 @@ pub enum NodeError {
     /// The function's VM crashed during the invocation (502).
     #[error("the function's VM failed during the invocation: {0}")]
     Crashed(String),
-    /// The backend failed the invocation (502): an input object that does not exist, say.
+    /// The backend failed the invocation (502): its store failed, say.
     #[error("the backend could not run the invocation: {0}")]
     Backend(String),
+}
+
+impl NodeError {
+    /// The error for the backend's refusal of an invocation, by its code: the caller's
+    /// mistakes (an input object that does not exist, a bad key) are told from the backend's
+    /// failures.
+    fn from_backend(why: &backend::BackendError) -> Self {
+        use nexus_ring::control::ErrorCode;
+        match why.code() {
+            Some(ErrorCode::NotFound) => NodeError::ObjectNotFound(why.to_string()),
+            Some(ErrorCode::Invalid) => NodeError::BadRequest(why.to_string()),
+            Some(ErrorCode::Throttled) => NodeError::TooManyRequests(why.to_string()),
+            _ => NodeError::Backend(why.to_string()),
+        }
+    }
 }
 
 /// One invocation request.
@@ -144,6 +163,10 @@ pub struct InvocationResult {
     /// Where the result was stored.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
+    /// The result's (or error document's) bytes as the function wrote them, unless it was
+    /// stored at `output_key` (for APIs that answer with raw bytes).
+    #[serde(skip)]
+    pub raw_output: Bytes,
     /// KVM exits of the vCPU during the invocation.
     pub vm_exits: u64,
     /// Payload bytes written into the VM's window (input, GETs).
@@ -269,6 +292,11 @@ impl Node {
     /// The registered functions' names.
     pub fn function_names(&self) -> Vec<String> {
         self.inner.functions.keys().cloned().collect()
+    }
+
+    /// Whether a function is named `name`.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.inner.functions.contains_key(name)
     }
 
     fn function(&self, name: &str) -> Result<&Function, NodeError> {
@@ -671,6 +699,7 @@ impl Node {
                 let timings = reply.timings.clone().unwrap_or_default();
                 let t = |us: u64| us as f64 / 1e3;
                 let stored = invocation.output_key.is_some() && success;
+                let raw_output = invoked.output.clone();
                 let (output, output_encoding) = if stored {
                     (None, "none".to_owned())
                 } else {
@@ -688,6 +717,7 @@ impl Node {
                     output_encoding,
                     output_len: reply.output_len.unwrap_or(0),
                     output_key: invocation.output_key.clone().filter(|_| stored),
+                    raw_output,
                     vm_exits: exits,
                     bytes_in: reply.bytes_in.unwrap_or(0),
                     bytes_out: reply.bytes_out.unwrap_or(0),
@@ -736,7 +766,7 @@ impl Node {
                     )));
                 }
                 observe("failed", None);
-                Err(NodeError::Backend(why.to_string()).into())
+                Err(NodeError::from_backend(&why).into())
             }
         }
     }

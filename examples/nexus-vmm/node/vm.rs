@@ -8,19 +8,19 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use nexus_io::{ControlClient, NexusIoConfig, NexusIoState};
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
 use nexus_kvm::serial::Console;
 use nexus_kvm::stats::StatsFd;
 use nexus_kvm::{VcpuConfig, VcpuHandle, VcpuStop};
-use nexus_ring::control::ControlInput;
 use nexus_snapshot::{
     DeviceState, FaultServer, RestoreMode, RestoreOptions, RestoreStats, SaveReport, Snapshot,
     SnapshotFiles,
 };
 
-use super::backend::{BackendClient, BackendError, InvokeRequest, Invoked};
+use super::backend::{BackendClient, BackendError, InvokeInput, InvokeRequest, Invoked};
 use crate::snapshot::RestoreArg;
 
 /// The nexus-io device's section in the state file.
@@ -290,16 +290,16 @@ pub fn restore(
 pub enum Input {
     /// An object key of the function's tenant.
     Key(String),
-    /// Inline text.
-    Inline(String),
+    /// Inline bytes (any bytes).
+    Inline(Bytes),
 }
 
 impl Input {
-    /// The input as the backend's control protocol carries it.
-    pub fn to_control(&self) -> ControlInput {
+    /// The input as the node's backend client sends it.
+    pub fn to_control(&self) -> InvokeInput {
         match self {
-            Input::Key(k) => ControlInput::Key(k.clone()),
-            Input::Inline(t) => ControlInput::Inline(t.clone()),
+            Input::Key(k) => InvokeInput::Key(k.clone()),
+            Input::Inline(bytes) => InvokeInput::Bytes(bytes.clone()),
         }
     }
 }

@@ -222,6 +222,29 @@ impl Control {
         }
     }
 
+    /// Writes `bytes` as they are (a request line and what follows it).
+    pub fn write_raw(&mut self, bytes: &[u8]) {
+        (&self.stream).write_all(bytes).unwrap();
+    }
+
+    /// The next `n` raw bytes (what follows a reply line with a binary result).
+    pub fn read_bytes(&mut self, n: usize) -> Vec<u8> {
+        while self.buffer.len() < n {
+            let mut chunk = [0u8; 65536];
+            let (got, file) = self.stream.recv_with_fd(&mut chunk).expect("control read");
+            assert!(got > 0, "the backend closed the control connection");
+            self.buffer.extend_from_slice(&chunk[..got]);
+            self.files.extend(file);
+        }
+        self.buffer.drain(..n).collect()
+    }
+
+    /// Whether the backend closed the connection (nothing more to read).
+    pub fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 1];
+        matches!(self.stream.recv_with_fd(&mut chunk), Ok((0, _)))
+    }
+
     /// Waits for an event line, up to [`WAIT`].
     pub fn next_event(&mut self) -> serde_json::Value {
         if !self.events.is_empty() {
