@@ -1,3 +1,6 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
 //! Save and restore of device state: the [`Persist`] trait every device implements in its own
 //! crate.
 //!

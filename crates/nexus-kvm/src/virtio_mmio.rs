@@ -19,11 +19,11 @@
 //!   whose activation fails;
 //! - `QueueNotify` (for VMMs that do not catch it with an ioeventfd), the interrupt status and
 //!   acknowledgement, the configuration generation, and the device-specific configuration space
-//!   from offset `0x100`.
+//!   from offset `regs::CONFIG` (`0x100`).
 //!
 //! The register map (offsets, magic, version, status and interrupt bits) is defined once, in
 //! `nexus_ring::mmio`, for this transport and the guest drivers alike; it is re-exported here.
-//! Registers below `0x100` are accessed 32 bits at a time; other accesses are ignored (reads
+//! Registers below `regs::CONFIG` are accessed 32 bits at a time; other accesses are ignored (reads
 //! return zeros). The state a snapshot needs is a plain struct, [`MmioTransportState`]; any
 //! state the driver can bring the transport to restores ([`MmioTransport::from_state`]).
 //!
