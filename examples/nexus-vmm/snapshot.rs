@@ -15,11 +15,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use nexus::guests;
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::serial::Console;
-use nexus_snapshot::{Snapshot, SnapshotFiles};
+use nexus_snapshot::{RestoreMode, Snapshot, SnapshotFiles};
 
 use crate::node::backend::BackendClient;
 use crate::node::vm::{self, Call, CallFailure, FunctionVm, FunctionVmConfig, Input};
@@ -52,19 +52,6 @@ pub struct SnapshotArgs {
     tenant: String,
 }
 
-/// How `invoke` brings guest RAM back.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum RestoreArg {
-    /// Read every stored page before the VM runs.
-    Eager,
-    /// Map the memory file copy-on-write.
-    Lazy,
-    /// Serve pages on first touch through userfaultfd.
-    Uffd,
-    /// Install the recorded working set first (recorded by this restore if there is none).
-    Prefetch,
-}
-
 #[derive(Args)]
 pub struct InvokeArgs {
     /// The snapshot directory written by `nexus-vmm snapshot`.
@@ -73,9 +60,10 @@ pub struct InvokeArgs {
     /// The shared backend's control socket.
     #[arg(long, value_name = "SOCKET")]
     backend: PathBuf,
-    /// How guest RAM is restored.
-    #[arg(long, value_enum, default_value_t = RestoreArg::Lazy)]
-    restore: RestoreArg,
+    /// How guest RAM is restored (`prefetch` without a recorded working set records one:
+    /// userfaultfd, recording, for the next prefetch restore).
+    #[arg(long, value_enum, default_value_t = RestoreMode::Lazy)]
+    restore: RestoreMode,
     /// The input object (prefetched while the VM is restored).
     #[arg(long, value_name = "KEY", conflicts_with = "inline")]
     input: Option<String>,
@@ -168,7 +156,7 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
     };
     let files = SnapshotFiles::in_dir(&args.snapshot);
     let snapshot = Snapshot::open(&files)?;
-    if args.restore == RestoreArg::Prefetch && !snapshot.has_working_set() {
+    if args.restore == RestoreMode::Prefetch && !snapshot.has_working_set() {
         println!(
             "no working set yet: recording one during this restore (uffd + record) for the \
              next prefetch restore"

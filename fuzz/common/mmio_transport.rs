@@ -23,8 +23,8 @@
 //! ```
 
 use nexus_kvm::virtio_mmio::{
-    MMIO_MAGIC_VALUE, MMIO_VERSION, MmioTransport, MmioTransportState, QueueConfig,
-    VIRTIO_F_VERSION_1, VirtioDevice, regs, status,
+    MAGIC, MmioTransport, MmioTransportState, QueueConfig, VERSION, VIRTIO_F_VERSION_1,
+    VirtioDevice, regs, status,
 };
 use nexus_kvm::{BusAction, BusDevice};
 
@@ -37,8 +37,11 @@ pub const CONFIG_LEN: usize = 64;
 /// Most steps run from one input.
 pub const MAX_STEPS: usize = 512;
 
+/// Where the configuration space starts, as a bus offset.
+const CONFIG: u64 = regs::CONFIG as u64;
+
 /// Every register of the map, for steps that pick one by index.
-pub const KNOWN_REGS: &[u64] = &[
+pub const KNOWN_REGS: &[u32] = &[
     regs::MAGIC_VALUE,
     regs::VERSION,
     regs::DEVICE_ID,
@@ -138,7 +141,7 @@ impl Input {
                 let op = s[0];
                 let raw_offset = u16::from_le_bytes([s[1], s[2]]);
                 let offset = if op & 0x10 != 0 {
-                    KNOWN_REGS[usize::from(raw_offset) % KNOWN_REGS.len()]
+                    u64::from(KNOWN_REGS[usize::from(raw_offset) % KNOWN_REGS.len()])
                 } else {
                     u64::from(raw_offset)
                 };
@@ -466,8 +469,8 @@ fn check_status(t: &MmioTransport<Mock>, state: &MmioTransportState) {
     }
 }
 
-fn is_register(step: &Step, offset: u64) -> bool {
-    step.offset == offset && step.width == 4
+fn is_register(step: &Step, offset: u32) -> bool {
+    step.offset == u64::from(offset) && step.width == 4
 }
 
 /// What a run went through.
@@ -534,10 +537,10 @@ fn read(t: &mut MmioTransport<Mock>, step: &Step, before: &MmioTransportState) {
     let mut data = [0xa5u8; 8];
     let data = &mut data[..step.width];
     t.read(step.offset, data);
-    if step.offset >= regs::CONFIG {
+    if step.offset >= CONFIG {
         assert_eq!(
             t.device().last_config_access,
-            Some((step.offset - regs::CONFIG, step.width)),
+            Some((step.offset - CONFIG, step.width)),
             "configuration read forwarded wrongly"
         );
         return;
@@ -551,9 +554,10 @@ fn read(t: &mut MmioTransport<Mock>, step: &Step, before: &MmioTransportState) {
         return;
     }
     let value = u32::from_le_bytes(data[..4].try_into().unwrap());
-    let expected = match step.offset {
-        regs::MAGIC_VALUE => Some(MMIO_MAGIC_VALUE),
-        regs::VERSION => Some(MMIO_VERSION),
+    // Below CONFIG: the offset fits the register map's u32.
+    let expected = match step.offset as u32 {
+        regs::MAGIC_VALUE => Some(MAGIC),
+        regs::VERSION => Some(VERSION),
         regs::STATUS => Some(before.status),
         regs::QUEUE_NUM_MAX => Some(
             before
@@ -590,7 +594,7 @@ fn check_step(
 ) {
     let write = step.kind == Kind::Write;
     let register_write =
-        write && step.offset < regs::CONFIG && step.width == 4 && step.offset.is_multiple_of(4);
+        write && step.offset < CONFIG && step.width == 4 && step.offset.is_multiple_of(4);
     let value = step.value as u32;
     let status_write = register_write && is_register(step, regs::STATUS);
     let ready_write = register_write && is_register(step, regs::QUEUE_READY);

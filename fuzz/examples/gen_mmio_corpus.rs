@@ -17,20 +17,20 @@ mod harness;
 use harness::{Input, Kind, Setup, Step};
 use nexus_kvm::virtio_mmio::{VIRTIO_F_VERSION_1, regs, status};
 
-fn step(kind: Kind, width: usize, offset: u64, value: u64) -> Step {
+fn step(kind: Kind, width: usize, offset: u32, value: u64) -> Step {
     Step {
         kind,
         width,
-        offset,
+        offset: offset.into(),
         value,
     }
 }
 
-fn w(offset: u64, value: u32) -> Step {
+fn w(offset: u32, value: u32) -> Step {
     step(Kind::Write, 4, offset, u64::from(value))
 }
 
-fn r(offset: u64) -> Step {
+fn r(offset: u32) -> Step {
     step(Kind::Read, 4, offset, 0)
 }
 

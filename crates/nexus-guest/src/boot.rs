@@ -14,9 +14,6 @@ use core::ops::Range;
 /// Guest-physical address of the boot-info block (the value of `RDI` at entry).
 pub const BOOT_INFO_ADDR: u64 = 0x2000;
 
-/// Size of the virtio-net device's register block (a virtio-mmio slot of the MMIO hole).
-pub const NET_DEVICE_SIZE: u64 = 0x1000;
-
 /// The boot-info block, exactly as the VMM lays it out (`docs/micro-guest-abi.md`).
 ///
 /// The fields are private: a `&BootInfo` is obtained only from [`BootInfo::from_ptr`], so the
@@ -333,14 +330,15 @@ impl BootInfo {
         }
     }
 
-    /// The virtio-net device's MMIO register block ([`NET_DEVICE_SIZE`] bytes), if the VM
+    /// The virtio-net device's MMIO register block (`nexus_ring::mmio::BLOCK_SIZE` bytes), if the VM
     /// has one (boot-info `net_device_base`, offset 120; 0 means none — older VMMs left the
     /// field reserved and zero).
     pub const fn net_device(&self) -> Option<Range<u64>> {
         if self.net_device_base == 0 {
             None
         } else {
-            Some(self.net_device_base..self.net_device_base.saturating_add(NET_DEVICE_SIZE))
+            let size = nexus_ring::mmio::BLOCK_SIZE as u64;
+            Some(self.net_device_base..self.net_device_base.saturating_add(size))
         }
     }
 

@@ -1,8 +1,11 @@
 //! The nexus-io device, driver side: negotiation, the request queue, completions, WAIT and
 //! the backend-unavailable path (`docs/nexus-io.md`).
 //!
-//! [`NexusIo`] brings the device up (when the [`Nexus`](crate::Nexus) client is created): checks the register block (magic,
-//! version 2, device ID `0x4E58`), resets it, sets `ACKNOWLEDGE` and `DRIVER`, accepts
+//! The device's contract (ID, feature bits, config layout, WAIT values) is
+//! `nexus_ring::device`, the register map `nexus_ring::mmio`.
+//!
+//! [`NexusIo`] brings the device up (when the [`Nexus`](crate::Nexus) client is created):
+//! checks the register block (magic, version 2, the nexus-io device ID), resets it, sets `ACKNOWLEDGE` and `DRIVER`, accepts
 //! `VIRTIO_F_VERSION_1` and `NEXUS_F_WAIT` (both required) and `NEXUS_F_WRITE_BEHIND` (if
 //! offered), checks `FEATURES_OK`, reads the config space (the window it reports must be the
 //! one mapped), places queue 0's rings at the start of the window, sets `QueueReady` and
@@ -12,7 +15,7 @@
 //! the doorbell (`QueueNotify`, an ioeventfd: no exit to the VMM);
 //! [`wait`](NexusIo::wait) polls the used ring for a short, bounded while, then reads the
 //! WAIT register, which sleeps on the host until the used ring moves past `used_event`.
-//! When WAIT reads `0xFFFF_FFFF` the device has no backend: every request in flight fails
+//! When WAIT reads `BACKEND_UNAVAILABLE` the device has no backend: every request in flight fails
 //! with [`Error::BackendUnavailable`], the device is reset (`Status` = 0), and it is set up
 //! again before the next request — whose `DRIVER_OK` makes the device reconnect.
 
@@ -21,7 +24,10 @@ use alloc::rc::Rc;
 use nexus_ring::ChainDescriptor;
 
 use crate::error::{Error, Result};
-use crate::mmio::{Registers, features, regs, status};
+use nexus_ring::device::{self as contract, config, wait};
+use nexus_ring::mmio::{self, regs, status};
+
+use crate::mmio::{Registers, config_register, features};
 use crate::virtqueue::{MAX_QUEUE_SIZE, QueueError, RING_AREA, SplitQueue};
 use crate::window::SharedWindow;
 
@@ -100,10 +106,7 @@ impl<R: Registers> NexusIo<R> {
         let magic = regs.read(regs::MAGIC_VALUE);
         let version = regs.read(regs::VERSION);
         let device_id = regs.read(regs::DEVICE_ID);
-        if magic != regs::MAGIC
-            || version != regs::MMIO_VERSION
-            || device_id != regs::DEVICE_ID_NEXUS
-        {
+        if magic != mmio::MAGIC || version != mmio::VERSION || device_id != contract::DEVICE_ID {
             return Err(Error::NotNexusDevice {
                 magic,
                 version,
@@ -173,7 +176,7 @@ impl<R: Registers> NexusIo<R> {
     /// Reads the config space's `backend_state` now (one VM exit): whether the device is
     /// connected to the backend.
     pub fn backend_connected(&mut self) -> bool {
-        self.regs.read(regs::BACKEND_STATE) == 1
+        self.regs.read(config_register(config::BACKEND_STATE)) == 1
     }
 
     /// Descriptors free in the request queue (0 if it is not set up).
@@ -276,12 +279,12 @@ impl<R: Registers> NexusIo<R> {
                 u64::from(regs.read(offset)) | u64::from(regs.read(offset + 4)) << 32
             };
             let config = DeviceConfig {
-                window_base: read64(&mut self.regs, regs::WINDOW_BASE),
-                window_size: read64(&mut self.regs, regs::WINDOW_SIZE),
-                max_payload: self.regs.read(regs::MAX_PAYLOAD),
-                num_queues: self.regs.read(regs::NUM_QUEUES),
-                queue_size_max: self.regs.read(regs::QUEUE_SIZE_MAX),
-                backend_state: self.regs.read(regs::BACKEND_STATE),
+                window_base: read64(&mut self.regs, config_register(config::WINDOW_BASE)),
+                window_size: read64(&mut self.regs, config_register(config::WINDOW_SIZE)),
+                max_payload: self.regs.read(config_register(config::MAX_PAYLOAD)),
+                num_queues: self.regs.read(config_register(config::NUM_QUEUES)),
+                queue_size_max: self.regs.read(config_register(config::QUEUE_SIZE_MAX)),
+                backend_state: self.regs.read(config_register(config::BACKEND_STATE)),
             };
             if self.regs.read(regs::CONFIG_GENERATION) == generation {
                 return config;
@@ -289,7 +292,7 @@ impl<R: Registers> NexusIo<R> {
         }
     }
 
-    /// The backend is gone (WAIT read `0xFFFF_FFFF`) or the device broke the queue: fail
+    /// The backend is gone (WAIT read `BACKEND_UNAVAILABLE`) or the device broke the queue: fail
     /// everything in flight (their tickets belong to the old epoch), reset the device, and
     /// leave the setup to the next request.
     fn reset(&mut self) {
@@ -372,12 +375,12 @@ impl<R: Registers> NexusIo<R> {
             }
             waited = true;
             self.stats.wait_reads += 1;
-            match self.regs.read(regs::WAIT) {
-                regs::WAIT_BACKEND_UNAVAILABLE => {
+            match self.regs.read(config_register(config::WAIT)) {
+                wait::BACKEND_UNAVAILABLE => {
                     self.reset();
                     return Err(Error::backend_lost());
                 }
-                regs::WAIT_NEEDS_RESET => {
+                wait::NEEDS_RESET => {
                     self.reset();
                     self.stats.needs_reset += 1;
                     return Err(Error::QueueBroken);

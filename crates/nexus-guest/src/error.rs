@@ -84,11 +84,11 @@ pub enum Error {
     /// The register block is not a virtio-mmio version 2 nexus-io device.
     #[error("Not a nexus-io device: magic {magic:#x}, version {version}, device id {device_id:#x}")]
     NotNexusDevice {
-        /// `MagicValue` (must be `0x7472_6976`, "virt").
+        /// `MagicValue` (must be `nexus_ring::mmio::MAGIC`, "virt").
         magic: u32,
         /// `Version` (must be 2).
         version: u32,
-        /// `DeviceID` (must be `0x4E58`).
+        /// `DeviceID` (must be `nexus_ring::device::DEVICE_ID`).
         device_id: u32,
     },
     /// Feature negotiation failed: `VIRTIO_F_VERSION_1` or `NEXUS_F_WAIT` not offered, or the

@@ -25,7 +25,10 @@ use nexus_ring::{
 };
 
 use crate::client::Nexus;
-use crate::mmio::{Registers, features, regs, status};
+use nexus_ring::device::{self as contract, config, wait};
+use nexus_ring::mmio::{self, regs, status};
+
+use crate::mmio::{Registers, features};
 use crate::window::WindowMapping;
 
 /// Guest-physical base of the fake window.
@@ -215,8 +218,8 @@ impl FakeDevice {
         let mapping = unsafe { WindowMapping::new(ptr, WINDOW_BASE, size as u64) }.unwrap();
         let state = FakeState {
             mem: Mem { ptr, window },
-            magic: regs::MAGIC,
-            device_id: regs::DEVICE_ID_NEXUS,
+            magic: mmio::MAGIC,
+            device_id: contract::DEVICE_ID,
             offered: features::VIRTIO_F_VERSION_1
                 | features::NEXUS_F_WAIT
                 | features::NEXUS_F_WRITE_BEHIND,
@@ -694,14 +697,51 @@ impl Backend {
     }
 }
 
+impl FakeState {
+    /// A read of field `offset` of the config space.
+    fn read_config(&mut self, offset: u32) -> u32 {
+        match offset {
+            config::WINDOW_BASE => self.config_window.0 as u32,
+            o if o == config::WINDOW_BASE + 4 => (self.config_window.0 >> 32) as u32,
+            config::WINDOW_SIZE => self.config_window.1 as u32,
+            o if o == config::WINDOW_SIZE + 4 => (self.config_window.1 >> 32) as u32,
+            config::MAX_PAYLOAD => self.max_payload,
+            config::NUM_QUEUES => contract::NUM_QUEUES,
+            config::QUEUE_SIZE_MAX => u32::from(contract::QUEUE_SIZE_MAX),
+            config::BACKEND_STATE => u32::from(self.connected),
+            config::WAIT => {
+                self.wait_reads += 1;
+                let used_event = self.used_event();
+                self.used_event_at_wait.push(used_event);
+                if !self.connected {
+                    return wait::BACKEND_UNAVAILABLE;
+                }
+                if self.broken {
+                    return wait::NEEDS_RESET;
+                }
+                if self.wait_timeouts > 0 {
+                    self.wait_timeouts -= 1;
+                } else if !self.process_on_notify {
+                    self.process();
+                }
+                u32::from(self.used_idx)
+            }
+            other => {
+                self.unexpected.push(std::format!("read config {other:#x}"));
+                0
+            }
+        }
+    }
+}
+
 impl Registers for FakeDevice {
     fn read(&mut self, offset: u32) -> u32 {
         let mut s = self.state();
         match offset {
             regs::MAGIC_VALUE => s.magic,
-            regs::VERSION => regs::MMIO_VERSION,
+            regs::VERSION => mmio::VERSION,
             regs::DEVICE_ID => s.device_id,
-            regs::VENDOR_ID => regs::VENDOR_ID_NEXUS,
+            regs::VENDOR_ID => contract::VENDOR_ID,
             regs::DEVICE_FEATURES => match s.device_features_sel {
                 0 => s.offered as u32,
                 1 => (s.offered >> 32) as u32,
@@ -717,31 +757,7 @@ impl Registers for FakeDevice {
             regs::QUEUE_READY => s.queue_ready,
             regs::STATUS => s.status,
             regs::CONFIG_GENERATION => 0,
-            regs::WINDOW_BASE => s.config_window.0 as u32,
-            o if o == regs::WINDOW_BASE + 4 => (s.config_window.0 >> 32) as u32,
-            regs::WINDOW_SIZE => s.config_window.1 as u32,
-            o if o == regs::WINDOW_SIZE + 4 => (s.config_window.1 >> 32) as u32,
-            regs::MAX_PAYLOAD => s.max_payload,
-            regs::NUM_QUEUES => 1,
-            regs::QUEUE_SIZE_MAX => 256,
-            regs::BACKEND_STATE => u32::from(s.connected),
-            regs::WAIT => {
-                s.wait_reads += 1;
-                let used_event = s.used_event();
-                s.used_event_at_wait.push(used_event);
-                if !s.connected {
-                    return regs::WAIT_BACKEND_UNAVAILABLE;
-                }
-                if s.broken {
-                    return regs::WAIT_NEEDS_RESET;
-                }
-                if s.wait_timeouts > 0 {
-                    s.wait_timeouts -= 1;
-                } else if !s.process_on_notify {
-                    s.process();
-                }
-                u32::from(s.used_idx)
-            }
+            o if o >= regs::CONFIG => s.read_config(o - regs::CONFIG),
             other => {
                 s.unexpected.push(std::format!("read {other:#x}"));
                 0

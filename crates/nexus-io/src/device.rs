@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, warn};
-use nexus_kvm::IoWindow;
+use nexus_kvm::WindowRegion;
 use nexus_kvm::virtio_mmio::{QueueConfig, VirtioDevice, interrupt};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
@@ -48,7 +48,7 @@ pub struct NexusIoConfig {
     pub tenant: String,
     /// The VM's I/O window: the rings and every buffer live in it, and it is all the backend
     /// is given.
-    pub window: IoWindow,
+    pub window: WindowRegion,
     /// The interrupt line, for VMs with an interrupt controller.
     pub irq: Option<u32>,
 }
@@ -65,7 +65,7 @@ struct ActiveQueue {
 #[derive(Debug)]
 pub struct NexusIo {
     identity: Identity,
-    window: IoWindow,
+    window: WindowRegion,
     /// The window alone, as guest memory (what the device may read).
     window_memory: GuestMemoryMmap,
     irq: Option<u32>,
@@ -122,7 +122,7 @@ impl NexusIo {
     }
 
     /// The I/O window.
-    pub fn window(&self) -> &IoWindow {
+    pub fn window(&self) -> &WindowRegion {
         &self.window
     }
 

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use log::{debug, warn};
-use nexus_kvm::IoWindow;
+use nexus_kvm::WindowRegion;
 use nexus_kvm::virtio_mmio::QueueConfig;
 use vhost::vhost_user::message::{
     VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -55,7 +55,7 @@ impl VhostSession {
     pub(crate) fn connect(
         stream: UnixStream,
         features: u64,
-        window: &IoWindow,
+        window: &WindowRegion,
         timeout: Duration,
     ) -> Result<Self> {
         stream
@@ -120,7 +120,7 @@ impl VhostSession {
         &mut self,
         queue: &QueueConfig,
         base: u16,
-        window: &IoWindow,
+        window: &WindowRegion,
         kick: &EventFd,
         call: &EventFd,
     ) -> Result<()> {

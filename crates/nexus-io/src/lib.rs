@@ -9,8 +9,10 @@
 //! of the VM the backend is given. The contract is `docs/nexus-io.md` of the Nexus repository.
 //!
 //! - [`NexusIo`] is the device model ([`device`]): a [`VirtioDevice`] for the
-//!   [`MmioTransport`] of `nexus-kvm`, with device ID `0x4E58`, the WAIT register, and the
-//!   configuration space the guest finds its window in.
+//!   [`MmioTransport`] of `nexus-kvm`, with the WAIT register and the configuration space the
+//!   guest finds its window in. Its contract with the guest driver and the backend (device
+//!   ID, feature bits, configuration layout, WAIT values) is defined once, in
+//!   `nexus_ring::device`, and re-exported here.
 //! - On `DRIVER_OK` the device checks that the rings lie in the window, sends `attach` on the
 //!   backend's control socket ([`ControlClient`]), and sets up a vhost-user session as the
 //!   **frontend**: its memory table holds exactly one region, the window.
@@ -70,8 +72,9 @@ use kvm_ioctls::IoEventAddress;
 use log::debug;
 use nexus_kvm::layout::{MMIO_DEVICE_SIZE, mmio_device_base};
 use nexus_kvm::micro::DeviceInfo;
-use nexus_kvm::virtio_mmio::{MmioTransport, regs};
+use nexus_kvm::virtio_mmio::MmioTransport;
 use nexus_kvm::{BusKind, Vm};
+use nexus_ring::mmio::regs;
 
 pub use control::{ControlClient, ControlEvent, EventHandler};
 pub use device::{
@@ -217,11 +220,12 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Where [`attach`] puts the device: the first slot of the MMIO hole. Give it to the
-/// micro-guest loader (the boot-info's `device_base`, `device_size`).
+/// Where [`attach`] puts the device: its slot of the MMIO hole
+/// (`nexus_ring::device::MMIO_SLOT`, the first). Give it to the micro-guest loader (the
+/// boot-info's `device_base`, `device_size`).
 pub fn device_info() -> DeviceInfo {
     DeviceInfo {
-        base: mmio_device_base(0).0,
+        base: mmio_device_base(nexus_ring::device::MMIO_SLOT).0,
         size: MMIO_DEVICE_SIZE,
     }
 }
@@ -262,7 +266,7 @@ pub fn attach_transport(vm: &Vm, mut transport: NexusIoTransport) -> Result<Atta
         }
         device.set_interrupt_mode(InterruptMode::Wait);
     }
-    let doorbell = IoEventAddress::Mmio(info.base + regs::QUEUE_NOTIFY);
+    let doorbell = IoEventAddress::Mmio(info.base + u64::from(regs::QUEUE_NOTIFY));
     vm.register_ioeventfd(device.kick_eventfd(), doorbell, None)
         .map_err(Error::IoEventFd)?;
     let transport = Arc::new(Mutex::new(transport));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use nexus_kvm::IoWindow;
+use nexus_kvm::WindowRegion;
 use nexus_kvm::virtio_mmio::QueueConfig;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -38,7 +38,7 @@ pub(crate) struct RingSetup<'a> {
     pub(crate) queue: &'a QueueConfig,
     /// The ring's base: 0 for a fresh ring, the used `idx` for a restored one.
     pub(crate) base: u16,
-    pub(crate) window: &'a IoWindow,
+    pub(crate) window: &'a WindowRegion,
     pub(crate) kick: &'a EventFd,
     pub(crate) call: &'a EventFd,
 }

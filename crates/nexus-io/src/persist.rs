@@ -12,11 +12,13 @@
 //! guest's next WAIT reads `BACKEND_UNAVAILABLE` and its driver recovers as from a backend
 //! loss (fails what was in flight, resets, sets the device up again).
 //!
-//! [`NexusIoState::to_bytes`] is the device's section of a snapshot (format version
-//! [`NexusIoState::STATE_VERSION`]): little-endian fields in the order of the structs,
+//! [`NexusIoState::to_bytes`] is the device's section of a snapshot, named `"nexus-io"` (its
+//! [`Persist`] implementation: [`Persist::SECTION`]), format version
+//! [`NexusIoState::STATE_VERSION`]: little-endian fields in the order of the structs,
 //! a queue as `max_size u16, size u16, ready u8, desc u64, avail u64, used u64`, an optional
 //! value as a `0`/`1` byte before it, the transport's queues behind their `u32` count.
 
+use nexus_kvm::persist::Persist;
 use nexus_kvm::virtio_mmio::{MmioTransport, MmioTransportState, QueueConfig};
 
 use crate::device::{NexusIo, NexusIoConfig, QUEUE_SIZE_MAX};
@@ -241,15 +243,33 @@ impl NexusIoState {
     }
 }
 
+/// The device's snapshot section: [`NexusIoState::to_bytes`] under the name `"nexus-io"`.
+/// Restoring gives the state; [`NexusIoState::restore`] then rebuilds the device over the
+/// restored window.
+impl Persist for NexusIoState {
+    const SECTION: &'static str = "nexus-io";
+    const STATE_VERSION: u32 = NexusIoState::STATE_VERSION;
+    type RestoreArgs = ();
+    type Error = Error;
+
+    fn save_state(&self) -> Vec<u8> {
+        self.to_bytes()
+    }
+
+    fn restore_state((): (), version: u32, bytes: &[u8]) -> Result<Self> {
+        Self::from_bytes(version, bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::device::{BACKEND_UNAVAILABLE, config};
     use nexus_kvm::BusDevice;
-    use nexus_kvm::memory::IoWindow;
+    use nexus_kvm::memory::WindowRegion;
     use nexus_kvm::virtio_mmio::{VIRTIO_F_VERSION_1, regs, status};
 
-    fn config(window: &IoWindow) -> NexusIoConfig {
+    fn config(window: &WindowRegion) -> NexusIoConfig {
         NexusIoConfig {
             control_socket: "/nonexistent/nexus-backend.sock".into(),
             vm_id: "vm-1".into(),
@@ -259,19 +279,19 @@ mod tests {
         }
     }
 
-    fn r(t: &mut NexusIoTransport, offset: u64) -> u32 {
+    fn r(t: &mut NexusIoTransport, offset: u32) -> u32 {
         let mut b = [0u8; 4];
-        t.read(offset, &mut b);
+        t.read(offset.into(), &mut b);
         u32::from_le_bytes(b)
     }
 
-    fn w(t: &mut NexusIoTransport, offset: u64, value: u32) {
-        t.write(offset, &value.to_le_bytes());
+    fn w(t: &mut NexusIoTransport, offset: u32, value: u32) {
+        t.write(offset.into(), &value.to_le_bytes());
     }
 
     #[test]
     fn state_round_trips() {
-        let window = IoWindow::new(1 << 20).unwrap();
+        let window = WindowRegion::new(1 << 20).unwrap();
         let base = window.base().0;
         let mut t = MmioTransport::new(NexusIo::new(config(&window)).unwrap());
         w(&mut t, regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
@@ -291,10 +311,7 @@ mod tests {
         // No backend listens: the device goes live, disconnected.
         w(&mut t, regs::STATUS, 0b1111);
         assert_eq!(r(&mut t, regs::STATUS), 0b1111);
-        assert_eq!(
-            r(&mut t, regs::CONFIG + u64::from(config::WAIT)),
-            BACKEND_UNAVAILABLE
-        );
+        assert_eq!(r(&mut t, regs::CONFIG + config::WAIT), BACKEND_UNAVAILABLE);
 
         let state = NexusIoState::save(&t);
         assert_eq!(state.device.acked_features, VIRTIO_F_VERSION_1 | 1);
@@ -303,6 +320,16 @@ mod tests {
         let bytes = state.to_bytes();
         assert_eq!(
             NexusIoState::from_bytes(NexusIoState::STATE_VERSION, &bytes).unwrap(),
+            state
+        );
+        // The snapshot section: the same bytes, under the device's name.
+        assert_eq!(
+            (<NexusIoState as Persist>::SECTION, state.save_state()),
+            ("nexus-io", bytes.clone())
+        );
+        assert_eq!(
+            NexusIoState::restore_state((), <NexusIoState as Persist>::STATE_VERSION, &bytes)
+                .unwrap(),
             state
         );
         assert!(NexusIoState::from_bytes(2, &bytes).is_err());
@@ -314,25 +341,22 @@ mod tests {
         assert_eq!(NexusIoState::save(&u), state);
         // Nothing listens: resuming says so and leaves the device disconnected.
         assert!(u.device_mut().resume(None).is_err());
-        assert_eq!(
-            r(&mut u, regs::CONFIG + u64::from(config::WAIT)),
-            BACKEND_UNAVAILABLE
-        );
+        assert_eq!(r(&mut u, regs::CONFIG + config::WAIT), BACKEND_UNAVAILABLE);
         for offset in [
             regs::STATUS,
             regs::QUEUE_READY,
             regs::QUEUE_DRIVER_LOW,
-            regs::CONFIG + u64::from(config::WINDOW_BASE),
-            regs::CONFIG + u64::from(config::WINDOW_SIZE),
-            regs::CONFIG + u64::from(config::MAX_PAYLOAD),
-            regs::CONFIG + u64::from(config::BACKEND_STATE),
-            regs::CONFIG + u64::from(config::WAIT),
+            regs::CONFIG + config::WINDOW_BASE,
+            regs::CONFIG + config::WINDOW_SIZE,
+            regs::CONFIG + config::MAX_PAYLOAD,
+            regs::CONFIG + config::BACKEND_STATE,
+            regs::CONFIG + config::WAIT,
         ] {
             assert_eq!(r(&mut u, offset), r(&mut t, offset), "offset {offset:#x}");
         }
 
         // Another window is refused.
-        let other = IoWindow::new(2 << 20).unwrap();
+        let other = WindowRegion::new(2 << 20).unwrap();
         assert!(matches!(
             state.restore(config(&other)),
             Err(Error::StateWindow { .. })

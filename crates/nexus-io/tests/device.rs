@@ -18,7 +18,7 @@ use common::{Driver, TestBackend, wait_until};
 use nexus_io::device::config;
 use nexus_io::{BACKEND_UNAVAILABLE, Error, InterruptMode, NexusIo, NexusIoConfig};
 use nexus_kvm::layout::WINDOW_START;
-use nexus_kvm::memory::{IoWindow, MemoryConfig};
+use nexus_kvm::memory::{MemoryConfig, WindowRegion};
 use nexus_kvm::virtio_mmio::{VIRTIO_F_VERSION_1, interrupt, regs, status};
 use nexus_kvm::{Vm, VmConfig};
 
@@ -86,15 +86,21 @@ fn serves_requests_with_only_the_window_shared() {
     let backend = TestBackend::start(&control_path(&dir), true);
     let (_vm, mut driver) = setup(&control_path(&dir));
 
-    assert_eq!(driver.read(regs::MAGIC_VALUE), 0x7472_6976);
+    assert_eq!(
+        driver.read(regs::MAGIC_VALUE),
+        nexus_kvm::virtio_mmio::MAGIC
+    );
     assert_eq!(driver.read(regs::VERSION), 2);
-    assert_eq!(driver.read(regs::DEVICE_ID), 0x4E58);
-    assert_eq!(driver.read(regs::VENDOR_ID), 0x5355_584E);
+    assert_eq!(driver.read(regs::DEVICE_ID), nexus_io::DEVICE_ID);
+    assert_eq!(driver.read(regs::VENDOR_ID), nexus_io::VENDOR_ID);
     assert_eq!(driver.config64(config::WINDOW_BASE), WINDOW_START);
     assert_eq!(driver.config64(config::WINDOW_SIZE), WINDOW_SIZE);
     assert_eq!(driver.config(config::MAX_PAYLOAD), WINDOW_SIZE as u32);
     assert_eq!(driver.config(config::NUM_QUEUES), 1);
-    assert_eq!(driver.config(config::QUEUE_SIZE_MAX), 256);
+    assert_eq!(
+        driver.config(config::QUEUE_SIZE_MAX),
+        u32::from(nexus_io::QUEUE_SIZE_MAX)
+    );
     assert_eq!(driver.config(config::BACKEND_STATE), 0);
     let generation = driver.read(regs::CONFIG_GENERATION);
 
@@ -129,7 +135,7 @@ fn serves_requests_with_only_the_window_shared() {
     // Micro-guests take no interrupts.
     assert_eq!(driver.read(regs::INTERRUPT_STATUS), 0);
     // Writes to the config space change nothing.
-    driver.write(regs::CONFIG + u64::from(config::BACKEND_STATE), 0);
+    driver.write(regs::CONFIG + config::BACKEND_STATE, 0);
     assert_eq!(driver.config(config::BACKEND_STATE), 1);
 }
 
@@ -347,7 +353,7 @@ fn vms_with_an_irqchip_get_an_irqfd() {
         control_socket: control.clone(),
         vm_id: "x".into(),
         tenant: "acme".into(),
-        window: IoWindow::new(2 << 20).unwrap(),
+        window: WindowRegion::new(2 << 20).unwrap(),
         irq: Some(5),
     })
     .unwrap();

@@ -35,8 +35,9 @@ pub const WINDOW_MAX_SIZE: u64 = 0x2000_0000;
 pub const MMIO_START: u64 = 0xE000_0000;
 /// End of the MMIO hole (exclusive).
 pub const MMIO_END: u64 = 0xFEC0_0000;
-/// Size of one virtio-mmio device's register block.
-pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
+/// Size of one virtio-mmio device's register block (`nexus_ring::mmio::BLOCK_SIZE`): the
+/// size of a slot in the MMIO hole.
+pub const MMIO_DEVICE_SIZE: u64 = nexus_ring::mmio::BLOCK_SIZE as u64;
 
 /// GDT (and TSS) page.
 pub const GDT_ADDR: u64 = 0x1000;

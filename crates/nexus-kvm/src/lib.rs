@@ -9,6 +9,9 @@
 //! - [`vcpu`]: vCPUs and their run loop (one thread each), with a clean stop from another
 //!   thread and typed errors for crashes;
 //! - [`serial`]: an 8250 console (vm-superio) writing to any writer;
+//! - [`persist`]: the [`Persist`](persist::Persist) trait through which every device saves
+//!   and restores its state, under its own section name in a snapshot;
+//! - [`virtio_mmio`]: a virtio-mmio transport over the register map of `nexus_ring::mmio`;
 //! - [`micro`]: the micro-guest loader — a static ELF started at CPL 3 (see
 //!   `docs/micro-guest-abi.md`);
 //! - [`linux`]: the Linux loader — an ELF `vmlinux` through its PVH entry or a bzImage
@@ -44,6 +47,7 @@ pub mod layout;
 pub mod linux;
 pub mod memory;
 pub mod micro;
+pub mod persist;
 pub mod serial;
 pub mod stats;
 pub mod vcpu;
@@ -52,7 +56,7 @@ pub mod vm;
 pub mod x86;
 
 pub use bus::{BusAction, BusDevice};
-pub use memory::{GuestMemoryMmap, IoWindow, MemoryConfig, VmMemory};
+pub use memory::{GuestMemoryMmap, MemoryConfig, VmMemory, WindowRegion};
 pub use vcpu::{CrashReport, ExitCounters, Vcpu, VcpuConfig, VcpuHandle, VcpuStop};
 pub use vm::{BusKind, Vm, VmConfig};
 

@@ -122,14 +122,16 @@ impl MemoryConfig {
     }
 }
 
-/// The I/O window: a memfd-backed region of guest-physical memory outside RAM.
+/// The I/O window's memory: a memfd-backed region of guest-physical memory outside RAM, which
+/// the VMM maps and shares with the backend. (The ring protocol's view of a window, the range
+/// that bounds every guest address, is `nexus_ring::IoWindow`.)
 #[derive(Debug, Clone)]
-pub struct IoWindow {
+pub struct WindowRegion {
     memfd: Arc<File>,
     region: Arc<GuestRegionMmap>,
 }
 
-impl IoWindow {
+impl WindowRegion {
     /// Creates a window of `size` bytes at [`WINDOW_START`].
     pub fn new(size: u64) -> Result<Self> {
         let memfd = create_memfd("nexus-io-window", size)?;
@@ -140,7 +142,7 @@ impl IoWindow {
             Some(file_offset),
         )
         .map_err(Error::Mmap)?;
-        Ok(IoWindow {
+        Ok(WindowRegion {
             memfd: Arc::new(memfd),
             region: Arc::new(region),
         })
@@ -196,7 +198,7 @@ fn create_memfd(name: &str, size: u64) -> Result<File> {
 pub struct VmMemory {
     config: MemoryConfig,
     guest: GuestMemoryMmap,
-    window: Option<IoWindow>,
+    window: Option<WindowRegion>,
 }
 
 impl VmMemory {
@@ -210,7 +212,7 @@ impl VmMemory {
             regions.push(Arc::new(region));
         }
         let window = if config.window_size > 0 {
-            let window = IoWindow::new(config.window_size)?;
+            let window = WindowRegion::new(config.window_size)?;
             regions.push(Arc::clone(window.region()));
             Some(window)
         } else {
@@ -229,7 +231,7 @@ impl VmMemory {
     pub fn from_parts(
         config: MemoryConfig,
         ram: Vec<Arc<GuestRegionMmap>>,
-        window: Option<IoWindow>,
+        window: Option<WindowRegion>,
     ) -> Result<Self> {
         config.validate()?;
         let mut regions = ram;
@@ -256,7 +258,7 @@ impl VmMemory {
     }
 
     /// The I/O window, if the VM has one.
-    pub fn window(&self) -> Option<&IoWindow> {
+    pub fn window(&self) -> Option<&WindowRegion> {
         self.window.as_ref()
     }
 

@@ -19,9 +19,11 @@
 //!   whose activation fails;
 //! - `QueueNotify` (for VMMs that do not catch it with an ioeventfd), the interrupt status and
 //!   acknowledgement, the configuration generation, and the device-specific configuration space
-//!   from offset `0x100`.
+//!   from offset `regs::CONFIG` (`0x100`).
 //!
-//! Registers below `0x100` are accessed 32 bits at a time; other accesses are ignored (reads
+//! The register map (offsets, magic, version, status and interrupt bits) is defined once, in
+//! `nexus_ring::mmio`, for this transport and the guest drivers alike; it is re-exported here.
+//! Registers below `regs::CONFIG` are accessed 32 bits at a time; other accesses are ignored (reads
 //! return zeros). The state a snapshot needs is a plain struct, [`MmioTransportState`]; any
 //! state the driver can bring the transport to restores ([`MmioTransport::from_state`]).
 //!
@@ -32,7 +34,7 @@
 //!
 //! ```
 //! use nexus_kvm::virtio_mmio::{regs, status, MmioTransport, QueueConfig, VirtioDevice,
-//!     VIRTIO_F_VERSION_1};
+//!     MAGIC, VIRTIO_F_VERSION_1};
 //! use nexus_kvm::BusDevice;
 //!
 //! struct Null;
@@ -51,109 +53,21 @@
 //!
 //! let mut t = MmioTransport::new(Null);
 //! let mut word = [0u8; 4];
-//! t.read(regs::MAGIC_VALUE, &mut word);
-//! assert_eq!(&word, b"virt");
-//! t.write(regs::STATUS, &status::ACKNOWLEDGE.to_le_bytes());
+//! t.read(regs::MAGIC_VALUE.into(), &mut word);
+//! assert_eq!(u32::from_le_bytes(word), MAGIC);
+//! t.write(regs::STATUS.into(), &status::ACKNOWLEDGE.to_le_bytes());
 //! ```
 
 use log::{debug, warn};
 
 use crate::bus::{BusAction, BusDevice};
 
-/// `MagicValue`: the bytes `"virt"` read as a little-endian `u32`.
-pub const MMIO_MAGIC_VALUE: u32 = 0x7472_6976;
-/// `Version` of the modern (non-legacy) virtio-mmio interface.
-pub const MMIO_VERSION: u32 = 2;
-/// Feature bit 32: the device and driver follow virtio 1.x (required by this transport).
-pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// Largest queue size of a split virtqueue.
 pub const MAX_QUEUE_SIZE: u16 = 32768;
 
-/// Register offsets inside the device's MMIO block.
-pub mod regs {
-    /// `MagicValue` (R).
-    pub const MAGIC_VALUE: u64 = 0x000;
-    /// `Version` (R).
-    pub const VERSION: u64 = 0x004;
-    /// `DeviceID` (R).
-    pub const DEVICE_ID: u64 = 0x008;
-    /// `VendorID` (R).
-    pub const VENDOR_ID: u64 = 0x00c;
-    /// `DeviceFeatures` (R): the word selected by `DeviceFeaturesSel`.
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    /// `DeviceFeaturesSel` (W).
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    /// `DriverFeatures` (W): the word selected by `DriverFeaturesSel`.
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    /// `DriverFeaturesSel` (W).
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    /// `QueueSel` (W).
-    pub const QUEUE_SEL: u64 = 0x030;
-    /// `QueueNumMax` (R).
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    /// `QueueNum` (W).
-    pub const QUEUE_NUM: u64 = 0x038;
-    /// `QueueReady` (RW).
-    pub const QUEUE_READY: u64 = 0x044;
-    /// `QueueNotify` (W).
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    /// `InterruptStatus` (R).
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    /// `InterruptACK` (W).
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    /// `Status` (RW).
-    pub const STATUS: u64 = 0x070;
-    /// `QueueDescLow`.
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    /// `QueueDescHigh`.
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    /// `QueueDriverLow` (the available ring).
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
-    /// `QueueDriverHigh`.
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
-    /// `QueueDeviceLow` (the used ring).
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    /// `QueueDeviceHigh`.
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-    /// `SHMSel` (W): shared memory regions (this transport has none).
-    pub const SHM_SEL: u64 = 0x0ac;
-    /// `SHMLenLow` (R).
-    pub const SHM_LEN_LOW: u64 = 0x0b0;
-    /// `SHMLenHigh` (R).
-    pub const SHM_LEN_HIGH: u64 = 0x0b4;
-    /// `SHMBaseLow` (R).
-    pub const SHM_BASE_LOW: u64 = 0x0b8;
-    /// `SHMBaseHigh` (R).
-    pub const SHM_BASE_HIGH: u64 = 0x0bc;
-    /// `ConfigGeneration` (R).
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
-    /// Start of the device-specific configuration space.
-    pub const CONFIG: u64 = 0x100;
-}
-
-/// Bits of the `Status` register.
-pub mod status {
-    /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
-    /// The guest has a driver for it.
-    pub const DRIVER: u32 = 2;
-    /// The driver is set up and the device is live.
-    pub const DRIVER_OK: u32 = 4;
-    /// Feature negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
-    /// The device hit an error it cannot recover from without a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 64;
-    /// The driver gave up on the device.
-    pub const FAILED: u32 = 128;
-}
-
-/// Bits of the `InterruptStatus` register.
-pub mod interrupt {
-    /// A used buffer notification.
-    pub const VRING: u32 = 1;
-    /// A configuration change notification.
-    pub const CONFIG: u32 = 2;
-}
+/// The register map: its one definition is `nexus_ring::mmio` (shared with the guest
+/// drivers), re-exported here for VMMs.
+pub use nexus_ring::mmio::{MAGIC, VERSION, VIRTIO_F_VERSION_1, interrupt, regs, status};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -483,11 +397,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         self.status |= status::DEVICE_NEEDS_RESET;
     }
 
-    fn read_register(&mut self, offset: u64) -> u32 {
+    fn read_register(&mut self, offset: u32) -> u32 {
         let queue = self.selected_queue().copied().unwrap_or_default();
         match offset {
-            regs::MAGIC_VALUE => MMIO_MAGIC_VALUE,
-            regs::VERSION => MMIO_VERSION,
+            regs::MAGIC_VALUE => MAGIC,
+            regs::VERSION => VERSION,
             regs::DEVICE_ID => self.device.device_type(),
             regs::VENDOR_ID => self.device.vendor_id(),
             regs::DEVICE_FEATURES => match self.device_features_sel {
@@ -522,7 +436,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
-    fn write_register(&mut self, offset: u64, value: u32) {
+    fn write_register(&mut self, offset: u32, value: u32) {
         match offset {
             regs::DEVICE_FEATURES_SEL => self.device_features_sel = value,
             regs::DRIVER_FEATURES_SEL => self.driver_features_sel = value,
@@ -587,7 +501,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
-    fn write_queue_field(&mut self, offset: u64, value: u32) {
+    fn write_queue_field(&mut self, offset: u32, value: u32) {
         let Some(queue) = self.configurable_queue("a write") else {
             return;
         };
@@ -714,9 +628,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
 impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if offset >= regs::CONFIG {
-            self.device.read_config(offset - regs::CONFIG, data);
-        } else if data.len() == 4 && offset % 4 == 0 {
+        let config = u64::from(regs::CONFIG);
+        if offset >= config {
+            self.device.read_config(offset - config, data);
+        } else if let (4, 0, Ok(offset)) = (data.len(), offset % 4, u32::try_from(offset)) {
             let value = self.read_register(offset);
             data.copy_from_slice(&value.to_le_bytes());
         } else {
@@ -729,9 +644,12 @@ impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) -> BusAction {
-        if offset >= regs::CONFIG {
-            self.device.write_config(offset - regs::CONFIG, data);
-        } else if let (Ok(bytes), 0) = (<[u8; 4]>::try_from(data), offset % 4) {
+        let config = u64::from(regs::CONFIG);
+        if offset >= config {
+            self.device.write_config(offset - config, data);
+        } else if let (Ok(bytes), 0, Ok(offset)) =
+            (<[u8; 4]>::try_from(data), offset % 4, u32::try_from(offset))
+        {
             self.write_register(offset, u32::from_le_bytes(bytes));
         } else {
             warn!(
@@ -821,14 +739,17 @@ mod tests {
         }
     }
 
-    fn r(t: &mut MmioTransport<Mock>, offset: u64) -> u32 {
+    fn r(t: &mut MmioTransport<Mock>, offset: u32) -> u32 {
         let mut b = [0u8; 4];
-        t.read(offset, &mut b);
+        t.read(offset.into(), &mut b);
         u32::from_le_bytes(b)
     }
 
-    fn w(t: &mut MmioTransport<Mock>, offset: u64, value: u32) {
-        assert_eq!(t.write(offset, &value.to_le_bytes()), BusAction::Continue);
+    fn w(t: &mut MmioTransport<Mock>, offset: u32, value: u32) {
+        assert_eq!(
+            t.write(offset.into(), &value.to_le_bytes()),
+            BusAction::Continue
+        );
     }
 
     /// Status up to FEATURES_OK with VERSION_1 and bit 0.
@@ -860,7 +781,7 @@ mod tests {
     #[test]
     fn identifies_itself() {
         let mut t = MmioTransport::new(Mock::default());
-        assert_eq!(r(&mut t, regs::MAGIC_VALUE), MMIO_MAGIC_VALUE);
+        assert_eq!(r(&mut t, regs::MAGIC_VALUE), MAGIC);
         assert_eq!(r(&mut t, regs::VERSION), 2);
         assert_eq!(r(&mut t, regs::DEVICE_ID), 0x4e58);
         assert_eq!(r(&mut t, regs::VENDOR_ID), 0x5355_584e);
@@ -913,9 +834,9 @@ mod tests {
         assert_eq!(r(&mut t, regs::INTERRUPT_STATUS), interrupt::VRING);
         w(&mut t, regs::INTERRUPT_ACK, interrupt::VRING);
         assert_eq!(t.device().acked, interrupt::VRING);
-        t.write(regs::CONFIG + 2, &[0xaa, 0xbb]);
+        t.write(u64::from(regs::CONFIG) + 2, &[0xaa, 0xbb]);
         let mut b = [0u8; 3];
-        t.read(regs::CONFIG + 1, &mut b);
+        t.read(u64::from(regs::CONFIG) + 1, &mut b);
         assert_eq!(b, [0, 0xaa, 0xbb]);
         // Queue set-up is closed once live.
         w(&mut t, regs::QUEUE_NUM, 8);
@@ -1124,13 +1045,13 @@ mod tests {
     fn narrow_register_accesses_are_ignored() {
         let mut t = MmioTransport::new(Mock::default());
         let mut b = [0xffu8; 2];
-        t.read(regs::MAGIC_VALUE, &mut b);
+        t.read(regs::MAGIC_VALUE.into(), &mut b);
         assert_eq!(b, [0, 0]);
         let mut b = [0xffu8; 4];
-        t.read(regs::MAGIC_VALUE + 2, &mut b);
+        t.read(u64::from(regs::MAGIC_VALUE) + 2, &mut b);
         assert_eq!(b, [0; 4]);
-        t.write(regs::STATUS, &[1]);
-        t.write(regs::STATUS + 1, &[1, 0, 0, 0]);
+        t.write(regs::STATUS.into(), &[1]);
+        t.write(u64::from(regs::STATUS) + 1, &[1, 0, 0, 0]);
         assert_eq!(r(&mut t, regs::STATUS), 0);
     }
 

@@ -3,7 +3,7 @@
 
 //! The device model: identity, features, configuration space, the WAIT register, activation
 //! and reset. The contract with the guest driver is `docs/nexus-net.md`; its constants are
-//! here.
+//! defined once, in `nexus_ring::net`, and re-exported here.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,77 +18,21 @@ use crate::stats::NetStats;
 use crate::tap::Tap;
 use crate::{Error, GuestMemoryMmap, Result};
 
-pub use nexus_kvm::virtio_mmio::VIRTIO_F_VERSION_1;
+pub use nexus_ring::net::{
+    DEVICE_FEATURES, DEVICE_ID, ETHERNET_HEADER_LEN, LINK_UP, MTU, QUEUE_SIZE_MAX, RX_QUEUE,
+    TX_QUEUE, VENDOR_ID, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM,
+    VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, WAIT_NOT_LIVE, config, wait_value,
+};
 
-/// The virtio device ID of a network device.
-pub const DEVICE_ID: u32 = 1;
-/// The vendor ID, "NXUS".
-pub const VENDOR_ID: u32 = 0x5355_584E;
-
-/// `VIRTIO_NET_F_CSUM` (bit 0): the driver may send frames with a partial checksum.
-pub const VIRTIO_NET_F_CSUM: u64 = 1 << 0;
-/// `VIRTIO_NET_F_GUEST_CSUM` (bit 1): the driver takes frames with a partial checksum.
-pub const VIRTIO_NET_F_GUEST_CSUM: u64 = 1 << 1;
-/// `VIRTIO_NET_F_MTU` (bit 3): the configuration space holds the MTU.
-pub const VIRTIO_NET_F_MTU: u64 = 1 << 3;
-/// `VIRTIO_NET_F_MAC` (bit 5): the configuration space holds the MAC.
-pub const VIRTIO_NET_F_MAC: u64 = 1 << 5;
-/// `VIRTIO_NET_F_STATUS` (bit 16): the configuration space holds the link status.
-pub const VIRTIO_NET_F_STATUS: u64 = 1 << 16;
-/// The features the device offers: nothing else (no segmentation offload, no mergeable
-/// buffers, no control queue, no multiqueue, no `EVENT_IDX`, no indirect descriptors).
-pub const DEVICE_FEATURES: u64 = VIRTIO_F_VERSION_1
-    | VIRTIO_NET_F_CSUM
-    | VIRTIO_NET_F_GUEST_CSUM
-    | VIRTIO_NET_F_MTU
-    | VIRTIO_NET_F_MAC
-    | VIRTIO_NET_F_STATUS;
-
-/// Queue 0: receive.
-pub const RX_QUEUE: usize = 0;
-/// Queue 1: transmit.
-pub const TX_QUEUE: usize = 1;
-/// Largest queue, in entries.
-pub const QUEUE_SIZE_MAX: u16 = 256;
 /// Most descriptors in a chain.
 pub const MAX_CHAIN_LEN: usize = 16;
-/// The MTU (`mtu` in the configuration space).
-pub const MTU: u16 = 1500;
 /// Shortest frame the device sends: an Ethernet header.
-pub const MIN_FRAME_LEN: usize = 14;
+pub const MIN_FRAME_LEN: usize = ETHERNET_HEADER_LEN;
 /// Longest frame (Ethernet header and MTU; no FCS).
-pub const MAX_FRAME_LEN: usize = 14 + MTU as usize;
-/// `status` bit 0: the link is up (always).
-pub const LINK_UP: u16 = 1;
+pub const MAX_FRAME_LEN: usize = ETHERNET_HEADER_LEN + MTU as usize;
 
-/// What a WAIT read returns when the device is not live or needs a reset.
-pub const WAIT_NOT_LIVE: u32 = 0xFFFF_FFFF;
 /// Longest a WAIT read blocks by default (see [`NexusNet::set_wait_timeout`]).
 pub const WAIT_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// Offsets in the configuration space (register offset `0x100` plus these), little endian.
-pub mod config {
-    /// `mac` (6 bytes).
-    pub const MAC: u32 = 0x00;
-    /// `status` (u16): [`LINK_UP`](super::LINK_UP).
-    pub const STATUS: u32 = 0x06;
-    /// `max_virtqueue_pairs` (u16): 1.
-    pub const MAX_VIRTQUEUE_PAIRS: u32 = 0x08;
-    /// `mtu` (u16): [`MTU`](super::MTU).
-    pub const MTU: u32 = 0x0A;
-    /// `WAIT` (u32, read only): the Nexus extension (see [`wait_value`](super::wait_value)).
-    pub const WAIT: u32 = 0x40;
-    /// Size of the configuration space.
-    pub const SIZE: u32 = 0x44;
-}
-
-/// The WAIT value for these used indices: `rx_used | tx_used << 16`.
-///
-/// Both indices at `0xFFFF` give [`WAIT_NOT_LIVE`]'s value; a driver that reads it while it
-/// knows the device live tells the two apart by `Status` (`DEVICE_NEEDS_RESET`).
-pub const fn wait_value(rx_used: u16, tx_used: u16) -> u32 {
-    rx_used as u32 | (tx_used as u32) << 16
-}
 
 /// The queues' names, for messages.
 const QUEUE_NAMES: [&str; 2] = ["receive", "transmit"];
@@ -299,7 +243,8 @@ impl VirtioDevice for NexusNet {
     }
 
     fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> Result<()> {
-        let rings = [RX_QUEUE, TX_QUEUE].map(|i| queues.get(i).copied().unwrap_or_default());
+        let rings =
+            [RX_QUEUE, TX_QUEUE].map(|i| queues.get(usize::from(i)).copied().unwrap_or_default());
         self.set_live(features, rings, [QueuePosition::default(); 2])
     }
 
@@ -333,22 +278,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_wait_value_packs_both_used_indices() {
-        assert_eq!(wait_value(0, 0), 0);
-        assert_eq!(wait_value(0x1234, 0xABCD), 0xABCD_1234);
-        assert_eq!(wait_value(1, 0), 1);
-        assert_eq!(wait_value(0, 1), 0x1_0000);
-        // The one collision the contract has: see `wait_value`'s docs.
-        assert_eq!(wait_value(0xFFFF, 0xFFFF), WAIT_NOT_LIVE);
-    }
-
-    #[test]
-    fn the_features_are_the_contract_s() {
-        assert_eq!(
-            DEVICE_FEATURES,
-            (1 << 32) | (1 << 16) | (1 << 5) | (1 << 3) | 0b11
-        );
-        assert_eq!(MAX_FRAME_LEN, 1514);
-        assert_eq!(config::WAIT + 4, config::SIZE);
+    fn frames_are_an_ethernet_header_and_at_most_the_mtu() {
+        assert_eq!((MIN_FRAME_LEN, MAX_FRAME_LEN), (14, 1514));
     }
 }

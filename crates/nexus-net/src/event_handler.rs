@@ -44,7 +44,7 @@ use crate::device::{
     WAIT_NOT_LIVE, wait_value,
 };
 use crate::event_loop::{EventLoop, LoopDevice, Source};
-use crate::header::{self, FLAGS_OFFSET, NET_HDR_LEN, NUM_BUFFERS_OFFSET, NetHeader};
+use crate::header::{self, HDR_FLAGS_OFFSET, HDR_NUM_BUFFERS_OFFSET, HEADER_LEN, NetHeader};
 use crate::stats::NetStats;
 use crate::tap::{MAX_SEGMENTS, ReadFrame, Tap};
 use crate::{Error, GuestMemoryMmap, Result};
@@ -636,10 +636,10 @@ impl NetIo {
         error_logged: &mut bool,
     ) -> Received {
         match self.tap.read_frame(buffers) {
-            Ok(ReadFrame::Frame(n)) if n >= NET_HDR_LEN => {
+            Ok(ReadFrame::Frame(n)) if n >= HEADER_LEN => {
                 *error_logged = false;
                 finish_rx_header(buffers, guest_csum);
-                self.stats.received(n - NET_HDR_LEN);
+                self.stats.received(n - HEADER_LEN);
                 // At most the chain's length, which is a u32 sum.
                 Received::Frame(n as u32)
             }
@@ -737,7 +737,7 @@ fn tx_buffers<'m>(
     frame: &mut Vec<VolatileSlice<'m>>,
 ) -> std::result::Result<Option<NetHeader>, QueueFault> {
     let head = chain.head();
-    let mut header = [0u8; NET_HDR_LEN];
+    let mut header = [0u8; HEADER_LEN];
     let mut have = 0;
     for (index, d) in chain.descriptors().iter().enumerate() {
         if d.writable {
@@ -753,7 +753,7 @@ fn tx_buffers<'m>(
             len: d.len,
         };
         let len = d.len as usize;
-        let take = (NET_HDR_LEN - have).min(len);
+        let take = (HEADER_LEN - have).min(len);
         if take > 0 {
             mem.read_slice(&mut header[have..have + take], GuestAddress(d.addr))
                 .map_err(|_| outside())?;
@@ -767,7 +767,7 @@ fn tx_buffers<'m>(
     if frame.len() > MAX_SEGMENTS {
         return Err(QueueFault::Fragmented { head });
     }
-    Ok((have == NET_HDR_LEN).then(|| NetHeader::from_bytes(&header)))
+    Ok((have == HEADER_LEN).then(|| NetHeader::from_bytes(&header)))
 }
 
 /// The receive chain's slices of guest memory, into `buffers`.
@@ -795,7 +795,7 @@ fn rx_buffers<'m>(
         }
         capacity += d.len as usize;
     }
-    if capacity < NET_HDR_LEN {
+    if capacity < HEADER_LEN {
         return Err(QueueFault::TooShort {
             head,
             len: capacity,
@@ -810,9 +810,9 @@ fn rx_buffers<'m>(
 /// Completes the header the kernel wrote at the start of `buffers`: `num_buffers` = 1, and
 /// `flags` cleared for a guest without `GUEST_CSUM` (which must see none).
 fn finish_rx_header(buffers: &[VolatileSlice<'_>], guest_csum: bool) {
-    write_at(buffers, NUM_BUFFERS_OFFSET, &1u16.to_le_bytes());
+    write_at(buffers, HDR_NUM_BUFFERS_OFFSET, &1u16.to_le_bytes());
     if !guest_csum {
-        write_at(buffers, FLAGS_OFFSET, &[0]);
+        write_at(buffers, HDR_FLAGS_OFFSET, &[0]);
     }
 }
 

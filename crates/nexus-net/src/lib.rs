@@ -12,7 +12,9 @@
 //!
 //! - [`NexusNet`] is the device model ([`device`]): a [`VirtioDevice`] for the
 //!   [`MmioTransport`] of `nexus-kvm`, device ID 1, two queues (receive, transmit), the MAC,
-//!   link status and MTU in its configuration space, and the WAIT register.
+//!   link status and MTU in its configuration space, and the WAIT register. The contract's
+//!   constants (IDs, feature bits, configuration layout, WAIT value, `virtio_net_hdr_v1`) are
+//!   defined once, in `nexus_ring::net`, and re-exported here.
 //! - [`Tap`] ([`tap`]) opens the tap (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`) in the calling
 //!   thread's network namespace; the device takes any tap the caller made.
 //! - The I/O path ([`event_handler`]) moves frames between the queues (in guest RAM, chains
@@ -70,8 +72,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use kvm_ioctls::IoEventAddress;
 use nexus_kvm::layout::{MMIO_DEVICE_SIZE, mmio_device_base};
 use nexus_kvm::micro::DeviceInfo;
-use nexus_kvm::virtio_mmio::{MmioTransport, regs};
+use nexus_kvm::virtio_mmio::MmioTransport;
 use nexus_kvm::{BusKind, Vm, VmMemory};
+use nexus_ring::mmio::regs;
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 pub use device::{
@@ -143,12 +146,12 @@ pub enum Error {
 /// Result of this crate.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Where [`attach`] puts the device: the second slot of the MMIO hole (nexus-io is in the
-/// first). Give it to the micro-guest loader (`MicroVmConfig::net_device`: the boot-info's
-/// `net_device_base`).
+/// Where [`attach`] puts the device: its slot of the MMIO hole (`nexus_ring::net::MMIO_SLOT`,
+/// the second; nexus-io is in the first). Give it to the micro-guest loader
+/// (`MicroVmConfig::net_device`: the boot-info's `net_device_base`).
 pub fn device_info() -> DeviceInfo {
     DeviceInfo {
-        base: mmio_device_base(1).0,
+        base: mmio_device_base(nexus_ring::net::MMIO_SLOT).0,
         size: MMIO_DEVICE_SIZE,
     }
 }
@@ -212,7 +215,7 @@ pub fn attach_transport(vm: &Vm, transport: NexusNetTransport) -> Result<Attache
         return Err(Error::MemoryMismatch);
     }
     let stats = device.stats();
-    let doorbell = IoEventAddress::Mmio(info.base + regs::QUEUE_NOTIFY);
+    let doorbell = IoEventAddress::Mmio(info.base + u64::from(regs::QUEUE_NOTIFY));
     vm.register_ioeventfd(device.kick_eventfd(), doorbell, None)
         .map_err(Error::IoEventFd)?;
     let transport = Arc::new(Mutex::new(transport));

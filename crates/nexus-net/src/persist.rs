@@ -15,12 +15,14 @@
 //! it pops goes back to the used ring, or back to the available ring, in the same turn), so
 //! `next_avail == next_used` at rest.
 //!
-//! [`NexusNetState::to_bytes`] is the device's section of a snapshot (format version
-//! [`NexusNetState::STATE_VERSION`]): little-endian fields in the order of the structs, a
+//! [`NexusNetState::to_bytes`] is the device's section of a snapshot, named `"nexus-net"` (its
+//! [`Persist`] implementation: [`Persist::SECTION`]), format version
+//! [`NexusNetState::STATE_VERSION`]: little-endian fields in the order of the structs, a
 //! queue configuration as `max_size u16, size u16, ready u8, desc u64, avail u64, used u64`,
 //! an optional value as a `0`/`1` byte before it, the transport's queues behind their `u32`
 //! count.
 
+use nexus_kvm::persist::Persist;
 use nexus_kvm::virtio_mmio::{MmioTransport, MmioTransportState, QueueConfig};
 
 use crate::device::{NexusNet, NexusNetConfig};
@@ -254,6 +256,23 @@ impl NexusNetState {
     }
 }
 
+/// The device's snapshot section: [`NexusNetState::to_bytes`] under the name `"nexus-net"`.
+/// Restoring gives the state; [`NexusNetState::restore`] then rebuilds the device on a new tap.
+impl Persist for NexusNetState {
+    const SECTION: &'static str = "nexus-net";
+    const STATE_VERSION: u32 = NexusNetState::STATE_VERSION;
+    type RestoreArgs = ();
+    type Error = Error;
+
+    fn save_state(&self) -> Vec<u8> {
+        self.to_bytes()
+    }
+
+    fn restore_state((): (), version: u32, bytes: &[u8]) -> Result<Self> {
+        Self::from_bytes(version, bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +344,12 @@ mod tests {
             let mut longer = bytes.clone();
             longer.push(0);
             assert!(NexusNetState::from_bytes(1, &longer).is_err());
+            // The snapshot section: the same bytes, under the device's name.
+            assert_eq!(
+                (<NexusNetState as Persist>::SECTION, state.save_state()),
+                ("nexus-net", bytes.clone())
+            );
+            assert_eq!(NexusNetState::restore_state((), 1, &bytes).unwrap(), state);
         }
         // A flag byte other than 0 or 1 is refused.
         let mut bytes = live_state().to_bytes();

@@ -49,7 +49,8 @@ fn elf(code: &[u8]) -> Vec<u8> {
 /// `mov rax, QueueNotify; mov dword [rax], 1; xor eax, eax; out 0xf4, eax`: one doorbell,
 /// then exit 0.
 fn ring_the_doorbell() -> Vec<u8> {
-    let notify = nexus_net::device_info().base + nexus_kvm::virtio_mmio::regs::QUEUE_NOTIFY;
+    let notify =
+        nexus_net::device_info().base + u64::from(nexus_kvm::virtio_mmio::regs::QUEUE_NOTIFY);
     let mut code = vec![0x48, 0xb8];
     code.extend_from_slice(&notify.to_le_bytes());
     code.extend_from_slice(&[0xc7, 0x00, 0x01, 0, 0, 0]);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::driver::Q;
 use common::{BASIC, GUEST_IP, GUEST_MAC, TestVm, wait_until};
 use nexus_kvm::BusDevice;
-use nexus_kvm::virtio_mmio::{MMIO_MAGIC_VALUE, regs, status};
+use nexus_kvm::virtio_mmio::{MAGIC, regs, status};
 use nexus_net::device::{
     LINK_UP, MTU, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, config,
 };
@@ -22,7 +22,7 @@ use nexus_net::{DEVICE_FEATURES, DEVICE_ID, VENDOR_ID, WAIT_NOT_LIVE, wait_value
 fn identity_features_and_configuration_space() {
     let vm = TestVm::new("nxt-ident");
     let d = &vm.driver;
-    assert_eq!(d.read(regs::MAGIC_VALUE), MMIO_MAGIC_VALUE);
+    assert_eq!(d.read(regs::MAGIC_VALUE), MAGIC);
     assert_eq!(d.read(regs::VERSION), 2);
     assert_eq!(d.read(regs::DEVICE_ID), DEVICE_ID);
     assert_eq!(DEVICE_ID, 1);
@@ -51,7 +51,7 @@ fn identity_features_and_configuration_space() {
         .transport
         .lock()
         .unwrap()
-        .write(regs::CONFIG, &[0xaa; 6]);
+        .write(regs::CONFIG.into(), &[0xaa; 6]);
     assert_eq!(d.config_bytes(config::MAC, 6), GUEST_MAC);
     assert_eq!(d.read(regs::CONFIG_GENERATION), 0);
 }

@@ -105,7 +105,7 @@ fn a_restored_device_resumes_on_a_new_tap_without_a_reset() {
     });
     assert_eq!(udp.payload, b"after");
     // The offloads were set up again on the new tap.
-    assert_eq!(header.flags, nexus_net::header::F_NEEDS_CSUM);
+    assert_eq!(header.flags, nexus_net::header::HDR_F_NEEDS_CSUM);
     vm.driver.send(
         NetHeader::default(),
         &udp_frame(&ends, b"after too", UdpChecksum::Full),

@@ -13,7 +13,7 @@ use common::frames::{arp_request, parse_arp_reply};
 use common::netns::NetNs;
 use common::{GUEST_IP, GUEST_MAC, HOST_IP, host_tap};
 use nexus_net::Tap;
-use nexus_net::header::{NET_HDR_LEN, NetHeader};
+use nexus_net::header::{HEADER_LEN, NetHeader};
 use nexus_net::tap::{Error, ReadFrame};
 use vm_memory::VolatileSlice;
 
@@ -85,7 +85,7 @@ fn frames_are_read_and_written_with_their_header() {
             &[VolatileSlice::from(&mut body[..])],
         )
         .unwrap();
-    assert_eq!(written, NET_HDR_LEN + request.len());
+    assert_eq!(written, HEADER_LEN + request.len());
 
     // The reply, read into a header buffer and a frame buffer.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -93,7 +93,7 @@ fn frames_are_read_and_written_with_their_header() {
         assert!(Instant::now() < deadline, "no reply on the tap");
         std::thread::sleep(Duration::from_millis(1));
     }
-    let mut header = [0xffu8; NET_HDR_LEN];
+    let mut header = [0xffu8; HEADER_LEN];
     let read = tap
         .read_frame(&[
             VolatileSlice::from(&mut header[..]),
@@ -103,10 +103,10 @@ fn frames_are_read_and_written_with_their_header() {
     let ReadFrame::Frame(n) = read else {
         panic!("{read:?}")
     };
-    assert_eq!(n, NET_HDR_LEN + 42);
+    assert_eq!(n, HEADER_LEN + 42);
     let header = NetHeader::from_bytes(&header);
     assert_eq!((header.flags, header.gso_type), (0, 0));
-    let (_, ip, target) = parse_arp_reply(&frame[..n - NET_HDR_LEN]).expect("an ARP reply");
+    let (_, ip, target) = parse_arp_reply(&frame[..n - HEADER_LEN]).expect("an ARP reply");
     assert_eq!((ip, target), (HOST_IP, GUEST_IP));
 
     // A frame that does not fit is cut short and said so, even when it would fill the
@@ -121,7 +121,7 @@ fn frames_are_read_and_written_with_their_header() {
         assert!(Instant::now() < deadline, "no second reply on the tap");
         std::thread::sleep(Duration::from_millis(1));
     }
-    let mut short = [0u8; NET_HDR_LEN + 41];
+    let mut short = [0u8; HEADER_LEN + 41];
     assert_eq!(
         tap.read_frame(&[VolatileSlice::from(&mut short[..])])
             .unwrap(),

@@ -16,7 +16,7 @@ use common::frames::{
 use common::{BASIC, GUEST_IP, GUEST_MAC, HOST_IP, TestVm, wait_until};
 use nexus_kvm::virtio_mmio::status;
 use nexus_net::device::{VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM};
-use nexus_net::header::{F_NEEDS_CSUM, NetHeader};
+use nexus_net::header::{HDR_F_NEEDS_CSUM, NetHeader};
 use nexus_net::{NetCounters, wait_value};
 
 #[test]
@@ -80,7 +80,7 @@ fn checksum_offload_is_honoured_both_ways() {
     let socket = vm.host_socket(7001);
     let ends = vm.to_host(host_mac, 7001);
     let partial = NetHeader {
-        flags: F_NEEDS_CSUM,
+        flags: HDR_F_NEEDS_CSUM,
         csum_start: UDP_START as u16,
         csum_offset: UDP_CSUM_OFFSET as u16,
         ..NetHeader::default()
@@ -104,7 +104,11 @@ fn checksum_offload_is_honoured_both_ways() {
             .map(|u| (r.header, u))
     });
     assert_eq!(udp.payload, b"partial back");
-    assert_eq!(header.flags & F_NEEDS_CSUM, F_NEEDS_CSUM, "{header:?}");
+    assert_eq!(
+        header.flags & HDR_F_NEEDS_CSUM,
+        HDR_F_NEEDS_CSUM,
+        "{header:?}"
+    );
     assert_eq!(usize::from(header.csum_start), UDP_START);
     assert_eq!(usize::from(header.csum_offset), UDP_CSUM_OFFSET);
     assert_eq!(udp.checksum, partial_checksum(&udp));

@@ -34,6 +34,15 @@
 //!
 //! The format is specified byte by byte in `docs/protocol.md` of the Nexus repository.
 //!
+//! Beside the ring protocol, the crate is the one home of the other contracts between the
+//! guest and the host (dependency-free, available without any feature):
+//!
+//! - [`mmio`]: the virtio-mmio register map (offsets, magic, version, status bits), used by
+//!   the VMM's transport and the guest drivers;
+//! - [`device`]: the nexus-io device (ID, feature bits, configuration space, WAIT values);
+//! - [`net`]: the virtio-net device of the in-guest networking baseline (ID, feature bits,
+//!   configuration space with its WAIT register, `virtio_net_hdr_v1`).
+//!
 //! # Example
 //!
 //! ```
@@ -94,6 +103,8 @@ pub mod device;
 mod error;
 mod header;
 pub mod limits;
+pub mod mmio;
+pub mod net;
 mod op;
 pub mod records;
 mod status;

@@ -1,37 +1,18 @@
-//! Device state: the [`Persist`] trait a device implements and the opaque, named sections
-//! ([`DeviceState`]) the state file stores.
+//! Device state: the opaque, named sections ([`DeviceState`]) the state file stores, each
+//! produced by a device's [`Persist`] implementation (the trait is `nexus-kvm`'s, so that a
+//! device implements it in its own crate) under the device's [`Persist::SECTION`].
 
 use crate::{Error, Result};
 
-/// Save and restore of one device's state.
-///
-/// The bytes are the device's own format: the snapshot stores them opaquely, under the name
-/// the VMM gives the device, with [`Persist::STATE_VERSION`] beside them, so that a device can
-/// change its format without changing the snapshot's.
-pub trait Persist: Sized {
-    /// Version of the format [`Persist::save_state`] writes.
-    const STATE_VERSION: u32;
-    /// What restoring needs besides the saved bytes (an output, an interrupt line, memory…).
-    type RestoreArgs;
-    /// Why restoring failed.
-    type Error: std::error::Error + Send + Sync + 'static;
-
-    /// The device's state.
-    fn save_state(&self) -> Vec<u8>;
-
-    /// A device rebuilt from `bytes`, written by `save_state` with format `version`.
-    fn restore_state(
-        args: Self::RestoreArgs,
-        version: u32,
-        bytes: &[u8],
-    ) -> std::result::Result<Self, Self::Error>;
-}
+/// Save and restore of one device's state; defined in `nexus-kvm` so that every device
+/// crate can implement it, re-exported here.
+pub use nexus_kvm::persist::Persist;
 
 /// One device's section of a snapshot: a name unique within the snapshot, the device's
 /// format version, and its bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceState {
-    /// The device's name (for example `"serial"`, `"virtio-mmio@0xe0000000"`, `"nexus-io"`).
+    /// The device's name: its [`Persist::SECTION`] (for example `"serial"`, `"nexus-io"`).
     pub name: String,
     /// The device's state format version.
     pub version: u32,
@@ -40,10 +21,10 @@ pub struct DeviceState {
 }
 
 impl DeviceState {
-    /// Saves `device` under `name`.
-    pub fn save<P: Persist>(name: impl Into<String>, device: &P) -> Self {
+    /// Saves `device` in its section ([`Persist::SECTION`]).
+    pub fn save<P: Persist>(device: &P) -> Self {
         DeviceState {
-            name: name.into(),
+            name: P::SECTION.into(),
             version: P::STATE_VERSION,
             data: device.save_state(),
         }
@@ -55,6 +36,11 @@ impl DeviceState {
             name: self.name.clone(),
             source: Box::new(e),
         })
+    }
+
+    /// Restores device `P` from its section ([`Persist::SECTION`]) in `devices`.
+    pub fn restore_from<P: Persist>(devices: &[DeviceState], args: P::RestoreArgs) -> Result<P> {
+        Self::find(devices, P::SECTION)?.restore(args)
     }
 
     /// The section named `name` in `devices`.
@@ -84,6 +70,7 @@ mod tests {
     struct Counter(u32);
 
     impl Persist for Counter {
+        const SECTION: &'static str = "counter";
         const STATE_VERSION: u32 = 3;
         type RestoreArgs = u32;
         type Error = std::io::Error;
@@ -105,8 +92,8 @@ mod tests {
 
     #[test]
     fn sections_round_trip_and_refusals_name_the_device() {
-        let s = DeviceState::save("counter", &Counter(5));
-        assert_eq!(s.version, 3);
+        let s = DeviceState::save(&Counter(5));
+        assert_eq!((s.name.as_str(), s.version), ("counter", 3));
         assert_eq!(s.restore::<Counter>(1).unwrap(), Counter(6));
         let bad = DeviceState {
             version: 4,
@@ -120,6 +107,14 @@ mod tests {
             Err(Error::DuplicateDevice(_))
         ));
         assert!(DeviceState::find(&list, "counter").is_ok());
+        assert_eq!(
+            DeviceState::restore_from::<Counter>(&list[..1], 2).unwrap(),
+            Counter(7)
+        );
+        assert!(matches!(
+            DeviceState::restore_from::<Counter>(&[], 2),
+            Err(Error::MissingDevice(name)) if name == "counter"
+        ));
         assert!(matches!(
             DeviceState::find(&list, "nope"),
             Err(Error::MissingDevice(_))

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nexus_kvm::memory::GuestRegionMmap;
-use nexus_kvm::{IoWindow, Vcpu, VcpuConfig, Vm, VmMemory};
+use nexus_kvm::{Vcpu, VcpuConfig, Vm, VmMemory, WindowRegion};
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, MmapRegion, VolatileMemory};
 
@@ -21,7 +21,16 @@ use crate::{Error, PAGE_SIZE, Result, SnapshotFiles};
 pub use crate::working_set::WorkingSetReport;
 
 /// How guest RAM is brought back.
+///
+/// With feature `serde` it is (de)serialized by its lowercase name (`"eager"`, `"lazy"`,
+/// `"uffd"`, `"prefetch"`); with feature `clap` it is a `clap::ValueEnum` with the same names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum RestoreMode {
     /// Read every non-zero page into fresh anonymous memory before the VM runs.
     #[default]
@@ -350,7 +359,7 @@ impl Snapshot {
         for r in &state.memory.regions {
             match r.kind {
                 RegionKind::Window => {
-                    let w = IoWindow::new(r.size).map_err(Error::Memory)?;
+                    let w = WindowRegion::new(r.size).map_err(Error::Memory)?;
                     stats.bytes_read += inner.memory.fill(r, w.region())?;
                     window = Some(w);
                 }

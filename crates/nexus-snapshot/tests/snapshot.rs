@@ -12,7 +12,6 @@ use nexus_kvm::layout::{SERIAL_PORT, SERIAL_PORT_LEN};
 use nexus_kvm::micro::{self, MicroGuestPorts};
 use nexus_kvm::serial::{Console, SerialDevice, SerialIrq};
 use nexus_kvm::{BusKind, MemoryConfig, VcpuConfig, VcpuStop, Vm, VmConfig};
-use nexus_snapshot::devices::SERIAL;
 use nexus_snapshot::{
     DeviceState, Error, FileChange, RestoreMode, RestoreOptions, Snapshot, SnapshotFiles,
 };
@@ -166,7 +165,7 @@ fn a_restored_vm_can_be_snapshotted_again() {
         let (vcpu, result) = handle.stop().unwrap();
         assert_eq!(result.unwrap(), VcpuStop::Stopped);
         let files = SnapshotFiles::in_dir(dir.path().join(format!("{mode:?}")));
-        let section = DeviceState::save(SERIAL, &*serial.lock().unwrap());
+        let section = DeviceState::save(&*serial.lock().unwrap());
         nexus_snapshot::save(&restored.vm, &mut [vcpu], &[section], &files).unwrap();
         let again = Snapshot::open(&files).unwrap();
         let r = restore_and_run(&again, RestoreMode::Eager, false);
@@ -265,7 +264,7 @@ fn a_vm_with_an_irqchip_round_trips() {
     assert_eq!(result.unwrap(), VcpuStop::Stopped);
     let dir = tempfile::tempdir().unwrap();
     let files = SnapshotFiles::in_dir(dir.path());
-    let section = DeviceState::save(SERIAL, &*serial.lock().unwrap());
+    let section = DeviceState::save(&*serial.lock().unwrap());
     nexus_snapshot::save(&vm, &mut [vcpu], &[section], &files).unwrap();
     let snapshot = Snapshot::open(&files).unwrap();
     let state = snapshot.state();
@@ -607,7 +606,7 @@ fn saving_refuses_bad_vcpu_lists_and_duplicate_devices() {
     let mut b = boot(&counter_elf(10, 4096), RAM, 0);
     let err = nexus_snapshot::save(&b.vm, &mut [], &[], &files).unwrap_err();
     assert!(matches!(err, Error::VcpuIds(_)), "{err}");
-    let s = DeviceState::save(SERIAL, &*b.serial.lock().unwrap());
+    let s = DeviceState::save(&*b.serial.lock().unwrap());
     let err = nexus_snapshot::save(
         &b.vm,
         std::slice::from_mut(&mut b.vcpu),

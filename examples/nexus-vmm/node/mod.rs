@@ -193,7 +193,7 @@ pub struct FunctionInfo {
     /// The backend tenant.
     pub tenant: String,
     /// Restore mode of cold starts.
-    pub restore: registry::RestoreSetting,
+    pub restore: nexus_snapshot::RestoreMode,
     /// Limits.
     pub limits: registry::Limits,
     /// Whether its snapshot exists.
@@ -486,7 +486,7 @@ impl Node {
         let id = self.vm_id(&spec.name, "vm");
         let restored = vm::restore(
             &snapshot,
-            spec.file.restore.into(),
+            spec.file.restore,
             &vm::RestoreTarget {
                 backend: &self.inner.config.backend,
                 tenant: &spec.file.tenant,

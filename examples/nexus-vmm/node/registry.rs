@@ -21,34 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use nexus_snapshot::RestoreMode;
 use serde::{Deserialize, Serialize};
-
-use crate::snapshot::RestoreArg;
-
-/// How cold starts bring guest RAM back (the registry's spelling of [`RestoreArg`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RestoreSetting {
-    /// Read every stored page before the VM runs.
-    Eager,
-    /// Map the memory file copy-on-write.
-    Lazy,
-    /// Serve pages on first touch through userfaultfd.
-    Uffd,
-    /// Install the recorded working set first (the first cold start records it).
-    Prefetch,
-}
-
-impl From<RestoreSetting> for RestoreArg {
-    fn from(setting: RestoreSetting) -> Self {
-        match setting {
-            RestoreSetting::Eager => RestoreArg::Eager,
-            RestoreSetting::Lazy => RestoreArg::Lazy,
-            RestoreSetting::Uffd => RestoreArg::Uffd,
-            RestoreSetting::Prefetch => RestoreArg::Prefetch,
-        }
-    }
-}
 
 /// A function's limits.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -87,9 +61,10 @@ pub struct FunctionFile {
     /// The backend tenant.
     #[serde(default = "default_tenant")]
     pub tenant: String,
-    /// How cold starts restore guest RAM.
+    /// How cold starts restore guest RAM (`prefetch`: the first cold start, which finds no
+    /// working set, restores with userfaultfd and records one).
     #[serde(default = "default_restore")]
-    pub restore: RestoreSetting,
+    pub restore: RestoreMode,
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
@@ -104,8 +79,8 @@ fn default_window() -> u64 {
 fn default_tenant() -> String {
     "default".into()
 }
-fn default_restore() -> RestoreSetting {
-    RestoreSetting::Lazy
+fn default_restore() -> RestoreMode {
+    RestoreMode::Lazy
 }
 
 /// A registered function: its name, its file's settings and its guest's ELF.
@@ -224,7 +199,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(spec.file.memory_mib, 64);
-        assert_eq!(spec.file.restore, RestoreSetting::Lazy);
+        assert_eq!(spec.file.restore, RestoreMode::Lazy);
         assert_eq!(spec.file.limits, Limits::default());
         assert_eq!(spec.timeout(), Duration::from_secs(30));
         let text = format!(
@@ -234,7 +209,7 @@ mod tests {
         let spec = parse("g-2", &text, &dir).unwrap();
         assert_eq!(spec.elf, elf);
         assert_eq!(spec.file.memory_mib, 128);
-        assert_eq!(spec.file.restore, RestoreSetting::Eager);
+        assert_eq!(spec.file.restore, RestoreMode::Eager);
         assert_eq!(spec.file.limits.max_vms, 2);
         assert_eq!(spec.file.limits.keep_alive_s, 300);
         std::fs::remove_file(elf).unwrap();

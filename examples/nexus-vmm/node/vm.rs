@@ -21,10 +21,6 @@ use nexus_snapshot::{
 };
 
 use super::backend::{BackendClient, BackendError, InvokeInput, InvokeRequest, Invoked};
-use crate::snapshot::RestoreArg;
-
-/// The nexus-io device's section in the state file.
-pub const NEXUS_IO_SECTION: &str = "nexus-io";
 
 /// A console sink that sends each line the guest prints to the log (`guest` target, debug
 /// level), prefixed with the VM's ID. Lines are cut at 1 KiB.
@@ -153,12 +149,8 @@ pub fn take_snapshot(
         let serial = serial.lock().unwrap_or_else(|p| p.into_inner());
         let transport = attached.transport.lock().unwrap_or_else(|p| p.into_inner());
         vec![
-            DeviceState::save(nexus_snapshot::devices::SERIAL, &*serial),
-            DeviceState {
-                name: NEXUS_IO_SECTION.into(),
-                version: NexusIoState::STATE_VERSION,
-                data: NexusIoState::save(&transport).to_bytes(),
-            },
+            DeviceState::save(&*serial),
+            DeviceState::save(&NexusIoState::save(&transport)),
         ]
     };
     std::fs::create_dir_all(out).with_context(|| format!("Cannot create {}", out.display()))?;
@@ -202,13 +194,24 @@ pub struct RestoreTarget<'a> {
     pub hint: Option<&'a str>,
 }
 
-/// Restores VM `vm_id` from `snapshot`: attaches it on the backend and sends the prefetch
+/// How a restore in `mode` runs, and whether it records the working set: `Prefetch` needs a
+/// recorded working set, so without one it restores with userfaultfd and records it (for the
+/// next prefetch restore).
+fn restore_mode(mode: RestoreMode, has_working_set: bool) -> (RestoreMode, bool) {
+    match mode {
+        RestoreMode::Prefetch if !has_working_set => (RestoreMode::Uffd, true),
+        mode => (mode, false),
+    }
+}
+
+/// Restores VM `vm_id` from `snapshot` in `mode` (`Prefetch` records the working set if the
+/// snapshot has none yet, see [`Restored::recording`]): attaches it on the backend and sends the prefetch
 /// `hint` first (the backend fetches the input while guest memory comes back), restores,
 /// reconnects the nexus-io device on that same attachment (the backend re-pops the parked
 /// `NEXT`: the guest notices nothing). `wait_timeout` sets the device's WAIT timeout.
 pub fn restore(
     snapshot: &Snapshot,
-    mode: RestoreArg,
+    mode: RestoreMode,
     target: &RestoreTarget<'_>,
     console: Console,
     wait_timeout: Option<Duration>,
@@ -226,13 +229,7 @@ pub fn restore(
         control.hint(vm_id, key)?;
     }
     let hinted = t0.elapsed();
-    let (mode, recording) = match mode {
-        RestoreArg::Eager => (RestoreMode::Eager, false),
-        RestoreArg::Lazy => (RestoreMode::Lazy, false),
-        RestoreArg::Uffd => (RestoreMode::Uffd, false),
-        RestoreArg::Prefetch if snapshot.has_working_set() => (RestoreMode::Prefetch, false),
-        RestoreArg::Prefetch => (RestoreMode::Uffd, true),
-    };
+    let (mode, recording) = restore_mode(mode, snapshot.has_working_set());
     let restored = snapshot.restore(&RestoreOptions {
         mode,
         record_working_set: recording,
@@ -252,8 +249,7 @@ pub fn restore(
         );
     }
     nexus_snapshot::devices::attach_micro_devices(&vm, &devices, console)?;
-    let section = DeviceState::find(&devices, NEXUS_IO_SECTION)?;
-    let state = NexusIoState::from_bytes(section.version, &section.data)?;
+    let state: NexusIoState = DeviceState::restore_from(&devices, ())?;
     let window = vm
         .memory()
         .window()
@@ -487,5 +483,22 @@ pub fn describe_stop(result: &nexus_kvm::Result<VcpuStop>) -> String {
         Ok(other) => format!("the vCPU stopped: {other:?}"),
         Err(nexus_kvm::Error::GuestCrash(report)) => format!("the guest crashed: {report}"),
         Err(e) => format!("the vCPU failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetch_records_the_working_set_when_there_is_none() {
+        use RestoreMode::{Eager, Lazy, Prefetch, Uffd};
+        assert_eq!(restore_mode(Prefetch, false), (Uffd, true));
+        assert_eq!(restore_mode(Prefetch, true), (Prefetch, false));
+        for mode in [Eager, Lazy, Uffd] {
+            for recorded in [false, true] {
+                assert_eq!(restore_mode(mode, recorded), (mode, false));
+            }
+        }
     }
 }

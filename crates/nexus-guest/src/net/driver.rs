@@ -37,12 +37,26 @@ use nexus_ring::ChainDescriptor;
 
 use super::dma::DmaBlock;
 use super::error::{NetError, Result};
-use super::virtio::{
-    self, DEFAULT_MTU, ETHERNET_HEADER_LEN, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HEADER_LEN,
-    MAX_MTU, NetHeader, RX_QUEUE, TX_QUEUE, config, features,
-};
-use crate::mmio::{Registers, regs, status};
+use super::virtio::{ACCEPTED_FEATURES, MAX_MTU};
+use crate::mmio::{Registers, config_register};
 use crate::virtqueue::{MAX_QUEUE_SIZE, RING_AREA, SplitQueue};
+use nexus_ring::mmio::{self, regs, status};
+use nexus_ring::net::{
+    self as contract, ETHERNET_HEADER_LEN, HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, HEADER_LEN, LINK_UP,
+    MTU, NetHeader, RX_QUEUE, TX_QUEUE, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_MTU, VIRTIO_NET_F_STATUS, config,
+};
+
+/// The aligned config word holding `mac[4..6]` and `status`.
+const STATUS_WORD: u32 = config::STATUS & !3;
+/// The aligned config word holding `max_virtqueue_pairs` and `mtu`.
+const MTU_WORD: u32 = config::MTU & !3;
+const _: () = assert!(config::MAC % 4 == 0 && STATUS_WORD == config::MAC + 4);
+
+/// The 16-bit config field at `offset`, out of the aligned 32-bit word that holds it.
+fn half(word: u32, offset: u32) -> u16 {
+    (word >> (8 * (offset % 4))) as u16
+}
 
 /// Frames queued between two transmit doorbells at most, within one poll.
 pub const TX_KICK_BATCH: u16 = 32;
@@ -94,13 +108,13 @@ pub struct NetDeviceInfo {
 impl NetDeviceInfo {
     /// Whether the device completes transmitted checksums (`VIRTIO_NET_F_CSUM`).
     pub fn tx_checksum_offload(&self) -> bool {
-        self.features & features::CSUM != 0
+        self.features & VIRTIO_NET_F_CSUM != 0
     }
 
     /// Whether received packets may come with partial or validated checksums
     /// (`VIRTIO_NET_F_GUEST_CSUM`).
     pub fn rx_checksum_offload(&self) -> bool {
-        self.features & features::GUEST_CSUM != 0
+        self.features & VIRTIO_NET_F_GUEST_CSUM != 0
     }
 }
 
@@ -292,7 +306,7 @@ impl<R: Registers> VirtioNet<R> {
             info: NetDeviceInfo {
                 features: 0,
                 mac: config.fallback_mac,
-                mtu: DEFAULT_MTU,
+                mtu: MTU,
                 rx_queue_size: 0,
                 tx_queue_size: 0,
             },
@@ -339,10 +353,10 @@ impl<R: Registers> VirtioNet<R> {
         let version = self.regs.read(regs::VERSION);
         let device_id = self.regs.read(regs::DEVICE_ID);
         let vendor_id = self.regs.read(regs::VENDOR_ID);
-        if magic != regs::MAGIC
-            || version != regs::MMIO_VERSION
-            || device_id != virtio::DEVICE_ID_NET
-            || vendor_id != virtio::VENDOR_ID_NEXUS
+        if magic != mmio::MAGIC
+            || version != mmio::VERSION
+            || device_id != contract::DEVICE_ID
+            || vendor_id != contract::VENDOR_ID
         {
             return Err(NetError::NotNetDevice {
                 magic,
@@ -377,10 +391,10 @@ impl<R: Registers> VirtioNet<R> {
         self.regs.write(regs::DEVICE_FEATURES_SEL, 0);
         let low = u64::from(self.regs.read(regs::DEVICE_FEATURES));
         let offered = high << 32 | low;
-        if offered & features::VERSION_1 == 0 {
+        if offered & VIRTIO_F_VERSION_1 == 0 {
             return self.fail(device_status, NetError::FeatureNegotiation { offered });
         }
-        let accepted = offered & features::ACCEPTED;
+        let accepted = offered & ACCEPTED_FEATURES;
         self.regs.write(regs::DRIVER_FEATURES_SEL, 0);
         self.regs.write(regs::DRIVER_FEATURES, accepted as u32);
         self.regs.write(regs::DRIVER_FEATURES_SEL, 1);
@@ -441,13 +455,14 @@ impl<R: Registers> VirtioNet<R> {
     fn read_config(&mut self, accepted: u64) -> ([u8; 6], bool, u16) {
         loop {
             let generation = self.regs.read(regs::CONFIG_GENERATION);
-            let mac_low = self.regs.read(config::MAC_LOW).to_le_bytes();
-            let mac_high = self.regs.read(config::MAC_HIGH_STATUS);
-            let pairs_mtu = self.regs.read(config::PAIRS_MTU);
+            // Three aligned words: mac[0..4]; mac[4..6] and status; the pairs and mtu.
+            let mac_low = self.regs.read(config_register(config::MAC)).to_le_bytes();
+            let mac_high = self.regs.read(config_register(STATUS_WORD));
+            let mtu_word = self.regs.read(config_register(MTU_WORD));
             if self.regs.read(regs::CONFIG_GENERATION) != generation {
                 continue;
             }
-            let mac = if accepted & features::MAC != 0 {
+            let mac = if accepted & VIRTIO_NET_F_MAC != 0 {
                 let high = mac_high.to_le_bytes();
                 [
                     mac_low[0], mac_low[1], mac_low[2], mac_low[3], high[0], high[1],
@@ -455,12 +470,12 @@ impl<R: Registers> VirtioNet<R> {
             } else {
                 self.config.fallback_mac
             };
-            let link_up = accepted & features::STATUS == 0
-                || (mac_high >> 16) as u16 & config::STATUS_LINK_UP != 0;
-            let mtu = if accepted & features::MTU != 0 {
-                (pairs_mtu >> 16) as u16
+            let link_up = accepted & VIRTIO_NET_F_STATUS == 0
+                || half(mac_high, config::STATUS) & LINK_UP != 0;
+            let mtu = if accepted & VIRTIO_NET_F_MTU != 0 {
+                half(mtu_word, config::MTU)
             } else {
-                DEFAULT_MTU
+                MTU
             };
             return (mac, link_up, mtu);
         }
@@ -559,8 +574,8 @@ impl<R: Registers> VirtioNet<R> {
             return Ok(());
         }
         self.stats.wait_reads += 1;
-        let value = self.regs.read(config::WAIT);
-        if value == virtio::WAIT_RESET {
+        let value = self.regs.read(config_register(config::WAIT));
+        if value == contract::WAIT_NOT_LIVE {
             return Err(self.reset("the WAIT register read 0xFFFF_FFFF"));
         }
         self.reap()

@@ -24,13 +24,14 @@ pub enum NetError {
         "Not the Nexus virtio-net device: magic {magic:#x}, version {version}, device id {device_id}, vendor {vendor_id:#x}"
     )]
     NotNetDevice {
-        /// `MagicValue` (must be `0x7472_6976`).
+        /// `MagicValue` (must be `nexus_ring::mmio::MAGIC`).
         magic: u32,
         /// `Version` (must be 2).
         version: u32,
         /// `DeviceID` (must be 1).
         device_id: u32,
-        /// `VendorID` (must be `0x5355_584E`: the WAIT register is a Nexus extension).
+        /// `VendorID` (must be `nexus_ring::net::VENDOR_ID`: the WAIT register is a Nexus
+        /// extension).
         vendor_id: u32,
     },
     /// `VIRTIO_F_VERSION_1` not offered, or the device refused `FEATURES_OK`.

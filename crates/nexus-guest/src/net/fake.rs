@@ -22,8 +22,12 @@ use smoltcp::time::Instant;
 use super::driver::{fold, sum_words};
 use super::error::Result;
 use super::link::{Clock, Link};
-use super::virtio::{self, HEADER_LEN, NetHeader, config, features};
-use crate::mmio::{Registers, regs, status};
+use crate::mmio::Registers;
+use nexus_ring::mmio::{self, regs, status};
+use nexus_ring::net::{
+    self as contract, HDR_F_NEEDS_CSUM, HEADER_LEN, NetHeader, VIRTIO_F_VERSION_1, config,
+    wait_value,
+};
 
 /// Reads `len` bytes at host address `addr`.
 fn read(addr: u64, len: usize) -> Vec<u8> {
@@ -189,19 +193,14 @@ impl FakeNet {
     /// A device offering everything the contract lists.
     pub(crate) fn new() -> Self {
         let queue = FakeQueue {
-            num_max: 256,
+            num_max: u32::from(contract::QUEUE_SIZE_MAX),
             ..FakeQueue::default()
         };
         Self(Rc::new(RefCell::new(FakeNetState {
-            magic: regs::MAGIC,
-            device_id: virtio::DEVICE_ID_NET,
-            vendor_id: virtio::VENDOR_ID_NEXUS,
-            offered: features::VERSION_1
-                | features::MAC
-                | features::MTU
-                | features::CSUM
-                | features::GUEST_CSUM
-                | features::STATUS,
+            magic: mmio::MAGIC,
+            device_id: contract::DEVICE_ID,
+            vendor_id: contract::VENDOR_ID,
+            offered: contract::DEVICE_FEATURES,
             driver_features: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
@@ -263,7 +262,7 @@ impl FakeNetState {
             self.queues[1].push_used(head, 0);
             let header = NetHeader::parse(&bytes).expect("a header");
             let mut frame = bytes[HEADER_LEN..].to_vec();
-            if header.flags & virtio::HDR_F_NEEDS_CSUM != 0 {
+            if header.flags & HDR_F_NEEDS_CSUM != 0 {
                 // What the host's stack does with a partial checksum.
                 let start = usize::from(header.csum_start);
                 let at = start + usize::from(header.csum_offset);
@@ -321,7 +320,7 @@ impl FakeNetState {
             return value;
         }
         if !self.live() {
-            return virtio::WAIT_RESET;
+            return contract::WAIT_NOT_LIVE;
         }
         self.process_tx();
         self.deliver_rx();
@@ -333,7 +332,32 @@ impl FakeNetState {
             }
             self.deliver_rx();
         }
-        u32::from(self.queues[0].used_idx) | u32::from(self.queues[1].used_idx) << 16
+        wait_value(self.queues[0].used_idx, self.queues[1].used_idx)
+    }
+
+    /// A 32-bit read of the config space at `offset`: the WAIT register, or the aligned word
+    /// of the fields laid out as the contract says.
+    fn read_config(&mut self, offset: u32) -> u32 {
+        if offset == config::WAIT {
+            return self.wait();
+        }
+        let mut image = [0u8; config::SIZE as usize];
+        let mut put = |at: u32, bytes: &[u8]| {
+            image[at as usize..at as usize + bytes.len()].copy_from_slice(bytes);
+        };
+        put(config::MAC, &self.mac);
+        put(config::STATUS, &self.link_status.to_le_bytes());
+        put(config::MAX_VIRTQUEUE_PAIRS, &1u16.to_le_bytes());
+        put(config::MTU, &self.mtu.to_le_bytes());
+        let at = offset as usize;
+        match image.get(at..at + 4) {
+            Some(word) if offset % 4 == 0 => u32::from_le_bytes(word.try_into().unwrap()),
+            _ => {
+                self.unexpected
+                    .push(std::format!("read config {offset:#x}"));
+                0
+            }
+        }
     }
 
     fn write_status(&mut self, value: u32) {
@@ -345,7 +369,7 @@ impl FakeNetState {
         let mut value = value;
         if value & status::FEATURES_OK != 0 && self.status & status::FEATURES_OK == 0 {
             let ok = !self.refuse_features_ok
-                && self.driver_features & features::VERSION_1 != 0
+                && self.driver_features & VIRTIO_F_VERSION_1 != 0
                 && self.driver_features & !self.offered == 0;
             if !ok {
                 value &= !status::FEATURES_OK;
@@ -373,7 +397,7 @@ impl Registers for FakeNet {
         let queue = s.queue_sel as usize;
         match offset {
             regs::MAGIC_VALUE => s.magic,
-            regs::VERSION => regs::MMIO_VERSION,
+            regs::VERSION => mmio::VERSION,
             regs::DEVICE_ID => s.device_id,
             regs::VENDOR_ID => s.vendor_id,
             regs::DEVICE_FEATURES => match s.device_features_sel {
@@ -385,12 +409,7 @@ impl Registers for FakeNet {
             regs::QUEUE_READY => s.queues.get(queue).map_or(0, |q| q.ready),
             regs::STATUS => s.status,
             regs::CONFIG_GENERATION => 0,
-            config::MAC_LOW => u32::from_le_bytes(s.mac[..4].try_into().unwrap()),
-            config::MAC_HIGH_STATUS => {
-                u32::from(s.mac[4]) | u32::from(s.mac[5]) << 8 | u32::from(s.link_status) << 16
-            }
-            config::PAIRS_MTU => 1 | u32::from(s.mtu) << 16,
-            config::WAIT => s.wait(),
+            o if o >= regs::CONFIG => s.read_config(o - regs::CONFIG),
             other => {
                 s.unexpected.push(std::format!("read {other:#x}"));
                 0

@@ -20,10 +20,13 @@ use super::error::NetError;
 use super::fake::{ChannelLink, FakeNet, StdClock};
 use super::http::{HttpClient, HttpServer, Method, Request};
 use super::stack::{Net, NetStack, StackConnector};
-use super::virtio::{HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, NetHeader, features};
 use super::{NetConfig, config::DEFAULT_TCP_BUFFER};
 use crate::mmio::status::*;
 use core::net::Ipv4Addr;
+use nexus_ring::net::{
+    HDR_F_DATA_VALID, HDR_F_NEEDS_CSUM, NetHeader, VIRTIO_F_VERSION_1, VIRTIO_NET_F_CSUM,
+    VIRTIO_NET_F_MAC,
+};
 
 const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -114,7 +117,7 @@ fn negotiates_and_posts_every_receive_buffer() {
 
 #[test]
 fn negotiation_needs_version_1_and_the_nexus_device() {
-    let (device, fake) = driver(|s| s.offered = features::MAC);
+    let (device, fake) = driver(|s| s.offered = VIRTIO_NET_F_MAC);
     assert!(matches!(device, Err(NetError::FeatureNegotiation { .. })));
     // FAILED, then the reset of the driver's drop (its rings' memory goes).
     assert_ne!(
@@ -142,11 +145,11 @@ fn negotiation_needs_version_1_and_the_nexus_device() {
 
     // Only what is offered is taken: no checksum offload, no MAC (a fallback), no MTU.
     let (device, fake) = driver(|s| {
-        s.offered = features::VERSION_1;
+        s.offered = VIRTIO_F_VERSION_1;
         s.queues[0].num_max = 100;
     });
     let device = device.unwrap();
-    assert_eq!(fake.state().driver_features, features::VERSION_1);
+    assert_eq!(fake.state().driver_features, VIRTIO_F_VERSION_1);
     assert_eq!(device.info().mac, NetDriverConfig::default().fallback_mac);
     assert_eq!(device.info().rx_queue_size, 64);
     assert!(matches!(
@@ -230,7 +233,7 @@ fn transmits_with_checksum_offload_and_batched_doorbells() {
     assert_eq!(device.stats().tx_csum_offloaded, 3);
 
     // Without CSUM the stack's own checksum goes out untouched.
-    let (device, fake) = driver(|s| s.offered &= !features::CSUM);
+    let (device, fake) = driver(|s| s.offered &= !VIRTIO_NET_F_CSUM);
     let mut device = device.unwrap();
     let token = device.transmit(Instant::ZERO).unwrap();
     token.consume(frame.len(), |buf| buf.copy_from_slice(&frame));

@@ -492,31 +492,29 @@ impl Driver {
         }
     }
 
-    pub fn read(&self, offset: u64) -> u32 {
+    pub fn read(&self, offset: u32) -> u32 {
         let mut b = [0u8; 4];
-        self.transport.lock().unwrap().read(offset, &mut b);
+        self.transport.lock().unwrap().read(offset.into(), &mut b);
         u32::from_le_bytes(b)
     }
 
-    pub fn write(&self, offset: u64, value: u32) {
+    pub fn write(&self, offset: u32, value: u32) {
         self.transport
             .lock()
             .unwrap()
-            .write(offset, &value.to_le_bytes());
+            .write(offset.into(), &value.to_le_bytes());
     }
 
     pub fn config(&self, offset: u32) -> u32 {
-        let offset = u64::from(offset);
         self.read(regs::CONFIG + offset)
     }
 
     pub fn config64(&self, offset: u32) -> u64 {
-        let offset = u64::from(offset);
         let mut b = [0u8; 8];
         self.transport
             .lock()
             .unwrap()
-            .read(regs::CONFIG + offset, &mut b);
+            .read((regs::CONFIG + offset).into(), &mut b);
         u64::from_le_bytes(b)
     }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nexus_kvm::BusDevice;
 use nexus_kvm::virtio_mmio::{regs, status};
 use nexus_net::device::config;
-use nexus_net::header::{NET_HDR_LEN, NetHeader};
+use nexus_net::header::{HEADER_LEN, NetHeader};
 use nexus_net::{DEVICE_FEATURES, GuestMemoryMmap, NexusNetTransport, WAIT_NOT_LIVE};
 use vm_memory::{Address, Bytes, GuestAddress};
 
@@ -113,17 +113,17 @@ impl Driver {
         }
     }
 
-    pub fn read(&self, offset: u64) -> u32 {
+    pub fn read(&self, offset: u32) -> u32 {
         let mut b = [0u8; 4];
-        self.transport.lock().unwrap().read(offset, &mut b);
+        self.transport.lock().unwrap().read(offset.into(), &mut b);
         u32::from_le_bytes(b)
     }
 
-    pub fn write(&self, offset: u64, value: u32) {
+    pub fn write(&self, offset: u32, value: u32) {
         self.transport
             .lock()
             .unwrap()
-            .write(offset, &value.to_le_bytes());
+            .write(offset.into(), &value.to_le_bytes());
     }
 
     pub fn status(&self) -> u32 {
@@ -136,13 +136,13 @@ impl Driver {
         self.transport
             .lock()
             .unwrap()
-            .read(regs::CONFIG + u64::from(offset), &mut b);
+            .read((regs::CONFIG + offset).into(), &mut b);
         b
     }
 
     /// One WAIT read.
     pub fn wait(&self) -> u32 {
-        self.read(regs::CONFIG + u64::from(config::WAIT))
+        self.read(regs::CONFIG + config::WAIT)
     }
 
     fn ring(&mut self, q: Q) -> &mut Ring {
@@ -281,7 +281,7 @@ impl Driver {
             Q::Rx,
             head,
             base,
-            NET_HDR_LEN as u32,
+            HEADER_LEN as u32,
             F_WRITE | F_NEXT,
             head + 1,
         );
@@ -374,7 +374,7 @@ impl Driver {
             .write_slice(frame, GuestAddress(base + FRAME_AT))
             .unwrap();
         let head = 2 * slot;
-        self.write_desc(Q::Tx, head, base, NET_HDR_LEN as u32, F_NEXT, head + 1);
+        self.write_desc(Q::Tx, head, base, HEADER_LEN as u32, F_NEXT, head + 1);
         self.write_desc(Q::Tx, head + 1, base + FRAME_AT, frame.len() as u32, 0, 0);
         self.publish(Q::Tx, head);
         self.kick_if_wanted(Q::Tx);
@@ -404,11 +404,11 @@ impl Driver {
             if let Some((head, len)) = self.take_used(Q::Rx) {
                 let slot = head / 2;
                 let base = RX_BUFFERS + u64::from(slot) * SLOT;
-                let mut header = [0u8; NET_HDR_LEN];
+                let mut header = [0u8; HEADER_LEN];
                 self.mem
                     .read_slice(&mut header, GuestAddress(base))
                     .unwrap();
-                let frame_len = (len as usize).saturating_sub(NET_HDR_LEN);
+                let frame_len = (len as usize).saturating_sub(HEADER_LEN);
                 let mut frame = vec![0u8; frame_len];
                 self.mem
                     .read_slice(&mut frame, GuestAddress(base + FRAME_AT))

@@ -11,7 +11,7 @@ use nexus_kvm::layout::{MIN_RAM_SIZE, WINDOW_START};
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
 use nexus_kvm::serial::Console;
 use nexus_kvm::{BusAction, BusDevice, BusKind, MemoryConfig, Vcpu, VcpuStop, Vm};
-use nexus_snapshot::devices::{SERIAL, attach_micro_devices};
+use nexus_snapshot::devices::attach_micro_devices;
 use nexus_snapshot::{
     DeviceState, FaultStats, RestoreMode, RestoreOptions, RestoreStats, SaveReport, Snapshot,
     SnapshotFiles,
@@ -209,7 +209,7 @@ pub fn run_uninterrupted(elf: &[u8], ram: u64) -> (u32, String) {
 
 /// Saves a booted, stopped VM.
 pub fn save(b: &mut Booted, files: &SnapshotFiles) -> SaveReport {
-    let serial = DeviceState::save(SERIAL, &*b.serial.lock().unwrap());
+    let serial = DeviceState::save(&*b.serial.lock().unwrap());
     nexus_snapshot::save(&b.vm, std::slice::from_mut(&mut b.vcpu), &[serial], files)
         .expect("save the snapshot")
 }
