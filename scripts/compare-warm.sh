@@ -55,17 +55,17 @@ for round in $(seq 1 "$rounds"); do
         printf 'guest = "wordcount"\nmemory_mib = 32\nwindow_mib = 8\nrestore = "lazy"\n' \
             > "$dir/fns/wordcount.toml"
         port=$((port + 1))
-        timeout 600 "$tree/target/release/nexus-backend" --listen "$dir/b.sock" \
+        timeout 900 "$tree/target/release/nexus-backend" --listen "$dir/b.sock" \
             --store "file://$dir/store" > "$dir/backend.log" 2>&1 &
         pids+=($!)
         backend=$!
         for _ in $(seq 1 100); do [ -S "$dir/b.sock" ] && break; sleep 0.1; done
-        timeout 600 "$tree/target/release/examples/nexus-vmm" serve \
+        timeout 900 "$tree/target/release/examples/nexus-vmm" serve \
             --listen "127.0.0.1:$port" --backend "$dir/b.sock" --functions "$dir/fns" \
             --state-dir "$dir/state" --max-vms 4000 --prepare > "$dir/serve.log" 2>&1 &
         pids+=($!)
         serve=$!
-        for _ in $(seq 1 1200); do
+        for _ in $(seq 1 3000); do
             curl -sf "http://127.0.0.1:$port/healthz" > /dev/null 2>&1 && break
             sleep 0.1
         done

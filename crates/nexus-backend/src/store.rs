@@ -280,6 +280,11 @@ impl Store {
     ) -> std::result::Result<GetOutcome, StoreError> {
         match self {
             Store::Local(local) => {
+                // A small object already in the page cache is read here, on the async
+                // worker: a trip to the blocking pool would cost more than the read.
+                if let Some(got) = local.get_cached_into(key, offset, max_len, window, &target)? {
+                    return Ok(got);
+                }
                 let (local, key, window) = (local.clone(), key.to_owned(), window.clone());
                 blocking(move || local.get_into(&key, offset, max_len, &window, &target)).await
             }
@@ -390,6 +395,9 @@ impl Store {
         }
     }
 }
+
+/// The most bytes a GET from the local store reads on the async worker, from the page cache.
+const CACHED_READ_MAX: u64 = 256 << 10;
 
 /// Runs blocking file I/O off the async workers.
 async fn blocking<T, F>(f: F) -> std::result::Result<T, StoreError>
@@ -688,6 +696,40 @@ impl LocalStore {
         Ok((file, meta))
     }
 
+    /// [`get_into`](Self::get_into) if there are at most [`CACHED_READ_MAX`] bytes to read and
+    /// all of them are in the page cache, without waiting for the disk for them (`None`
+    /// otherwise: read it the normal way). Opening the file may still touch the disk for a
+    /// cold inode.
+    fn get_cached_into(
+        &self,
+        key: &str,
+        offset: u64,
+        max_len: u64,
+        window: &WindowMemory,
+        target: &SegmentList,
+    ) -> std::result::Result<Option<GetOutcome>, StoreError> {
+        let (file, meta) = self.open_object(key)?;
+        let size = meta.len();
+        let written = get_length(size, offset, max_len, target.total_len());
+        if u64::from(written) > CACHED_READ_MAX {
+            return Ok(None);
+        }
+        let pieces = target
+            .cover(0, written)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let mut at = offset;
+        for piece in pieces {
+            if !window
+                .read_from_cached_file(piece, &file, at)
+                .map_err(StoreError::from)?
+            {
+                return Ok(None);
+            }
+            at = at.saturating_add(u64::from(piece.len));
+        }
+        Ok(Some(GetOutcome { written, size }))
+    }
+
     fn get_into(
         &self,
         key: &str,
@@ -950,6 +992,71 @@ mod tests {
         assert_eq!(get_length(10, 11, 0, 100), 0);
         assert_eq!(get_length(0, 0, 0, 100), 0);
         assert_eq!(get_length(u64::MAX, u64::MAX - 1, 0, u32::MAX), 1);
+    }
+
+    #[test]
+    fn local_gets_into_a_window_small_from_the_cache_and_large_the_slow_way() {
+        use nexus_ring::SegmentRef;
+        use vm_memory::{GuestAddress, GuestMemoryMmap};
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(LocalStore::open(dir.path()).unwrap());
+        let big: Vec<u8> = (0..(CACHED_READ_MAX as u32 + 4096))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        local
+            .put(
+                "small",
+                &PutSource::Owned(Bytes::from_static(b"hello, window")),
+            )
+            .unwrap();
+        local
+            .put("big", &PutSource::Owned(Bytes::from(big.clone())))
+            .unwrap();
+        let store = Store::Local(local);
+        let mem =
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0x10_0000), 1 << 20)]).unwrap();
+        let window = WindowMemory::new(Arc::new(mem)).unwrap();
+        // Two segments, so that a read spans them.
+        let target = SegmentList::from_slice(&[
+            SegmentRef::new(0x10_0000, 5),
+            SegmentRef::new(0x18_0000, 0x7_0000),
+        ])
+        .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let got = store
+                .get_into("small", 2, 0, &window, target.clone())
+                .await
+                .unwrap();
+            assert_eq!((got.written, got.size), (11, 13));
+            assert_eq!(
+                window.copy_out(SegmentRef::new(0x10_0000, 5)).unwrap(),
+                b"llo, "
+            );
+            assert_eq!(
+                window.copy_out(SegmentRef::new(0x18_0000, 6)).unwrap(),
+                b"window"
+            );
+            let got = store
+                .get_into("big", 1, 0, &window, target.clone())
+                .await
+                .unwrap();
+            assert_eq!(got.size, big.len() as u64);
+            assert_eq!(got.written as usize, big.len() - 1);
+            let mut read = window.copy_out(SegmentRef::new(0x10_0000, 5)).unwrap();
+            read.extend(
+                window
+                    .copy_out(SegmentRef::new(0x18_0000, got.written - 5))
+                    .unwrap(),
+            );
+            assert_eq!(read, &big[1..]);
+            assert!(matches!(
+                store.get_into("missing", 0, 0, &window, target).await,
+                Err(StoreError::NotFound)
+            ));
+        });
     }
 
     #[test]

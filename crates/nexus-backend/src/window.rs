@@ -176,6 +176,46 @@ impl WindowMemory {
             .map_err(Self::memory_error(segment.addr))
     }
 
+    /// Reads `segment` from `file` at `offset` only if the file's bytes are in the page cache
+    /// (`preadv2(RWF_NOWAIT)`: the read never waits for the disk). `Ok(false)` when they are
+    /// not all there — nothing is known about the segment's bytes then, and the caller reads
+    /// the normal way.
+    pub(crate) fn read_from_cached_file(
+        &self,
+        segment: SegmentRef,
+        file: &File,
+        offset: u64,
+    ) -> Result<bool, WindowError> {
+        self.check(segment.addr, segment.len.into())?;
+        let slice = self
+            .mem
+            .get_slice(GuestAddress(segment.addr), segment.len as usize)
+            .map_err(Self::memory_error(segment.addr))?;
+        let guard = slice.ptr_guard_mut();
+        let Ok(offset) = libc::off_t::try_from(offset) else {
+            return Ok(false);
+        };
+        let iov = libc::iovec {
+            iov_base: guard.as_ptr().cast(),
+            iov_len: slice.len(),
+        };
+        // SAFETY: `iov` covers `slice`, a mapped range of the window checked above and kept
+        // mapped by `self.mem` (and `guard`) for the call; the kernel writes at most
+        // `iov_len` bytes there. The window is guest memory that the guest may change at any
+        // time: no Rust reference to it exists, the bytes are only ever copied volatilely.
+        let n = unsafe {
+            libc::preadv2(
+                std::os::fd::AsRawFd::as_raw_fd(file),
+                &iov,
+                1,
+                offset,
+                libc::RWF_NOWAIT,
+            )
+        };
+        // EAGAIN (not cached), EOPNOTSUPP (no RWF_NOWAIT here), a short read: the slow way.
+        Ok(usize::try_from(n).is_ok_and(|n| n == slice.len()))
+    }
+
     /// Writes `segment` from the window straight to `file`'s current position (one copy:
     /// window → page cache).
     pub(crate) fn write_to_file(
@@ -211,6 +251,29 @@ mod tests {
         assert!(w.write(0x1ffd, b"abcd").is_err());
         assert!(w.write(0xfff, b"a").is_err());
         assert!(w.copy_out(SegmentRef::new(u64::MAX, 2)).is_err());
+    }
+
+    #[test]
+    fn cached_reads_fill_the_segment_or_say_no() {
+        let w = window();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"0123456789").unwrap();
+        // Just written: in the page cache.
+        assert!(
+            w.read_from_cached_file(SegmentRef::new(0x1800, 4), &file, 3)
+                .unwrap()
+        );
+        assert_eq!(w.copy_out(SegmentRef::new(0x1800, 4)).unwrap(), b"3456");
+        // Past the end: a short read, which is a no.
+        assert!(
+            !w.read_from_cached_file(SegmentRef::new(0x1800, 4), &file, 8)
+                .unwrap()
+        );
+        // Outside the window: an error, whatever the file.
+        assert!(
+            w.read_from_cached_file(SegmentRef::new(0x1ffe, 4), &file, 0)
+                .is_err()
+        );
     }
 
     #[test]
