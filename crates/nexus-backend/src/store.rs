@@ -1027,7 +1027,7 @@ mod tests {
             .unwrap();
         runtime.block_on(async {
             let got = store
-                .get_into("small", 2, 0, &window, target.clone())
+                .get_into("small", 2, 0, &window, target)
                 .await
                 .unwrap();
             assert_eq!((got.written, got.size), (11, 13));
@@ -1040,7 +1040,7 @@ mod tests {
                 b"window"
             );
             let got = store
-                .get_into("big", 1, 0, &window, target.clone())
+                .get_into("big", 1, 0, &window, target)
                 .await
                 .unwrap();
             assert_eq!(got.size, big.len() as u64);
