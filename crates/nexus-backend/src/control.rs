@@ -426,6 +426,7 @@ impl Backend {
                     request_id: request_id.unwrap_or_default(),
                     deadline_ms: 0,
                     async_durability: false,
+                    output_key: output.clone(),
                 };
                 let input = match input {
                     ControlInput::Key(key) => InvocationInput::Object(key),
@@ -485,7 +486,9 @@ impl Backend {
         let result = result.map_err(|e| e.to_string())?;
         let success = result.outcome == nexus_ring::Outcome::Success;
         let mut output_store_us = 0;
-        if let (Some(key), true) = (output, success) {
+        // A guest that stored the result at the key itself (durably: COMPLETE waited for its
+        // upload) said so; for any other, store it here.
+        if let (Some(key), true, false) = (output, success, result.stored) {
             let t = Instant::now();
             self.store_output(vm, key, result.output.clone()).await?;
             output_store_us = micros(t.elapsed());

@@ -27,6 +27,10 @@ pub struct Invocation {
     pub deadline_ms: u64,
     /// The caller accepts completion before the function's write-behind uploads are durable.
     pub async_durability: bool,
+    /// Where the caller wants the result stored (an object key of the VM's tenant), if
+    /// anywhere. A guest that understands the field receives it in its invocation context and
+    /// may store the result there itself ([`InvocationResult::stored`]).
+    pub output_key: Option<String>,
 }
 
 /// The input of an invocation, delivered in the payload of the VM's `NEXT` response.
@@ -46,6 +50,10 @@ pub struct InvocationResult {
     pub outcome: Outcome,
     /// The function's result or error document.
     pub output: Bytes,
+    /// The guest stored `output` at the invocation's output key itself (COMPLETE flag
+    /// `STORED`, for an invocation whose context carried the key): whoever asked for the key
+    /// must not store it again. Always false for an error.
+    pub stored: bool,
 }
 
 /// The result of [`Backend::invoke`](crate::Backend::invoke): resolves once the function

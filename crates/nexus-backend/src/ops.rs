@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use nexus_ring::records::{EntryList, InvocationContext, LIST_PREFIX_SIZE, ObjectEntry};
+use nexus_ring::records::{
+    EntryList, INVOCATION_CONTEXT_WITH_KEY_MAX_LEN, InvocationContext, LIST_PREFIX_SIZE,
+    ObjectEntry,
+};
 use nexus_ring::{
     Command, LogLevel, Outcome, RESPONSE_HEADER_SIZE, Request, ResponseHeader, ResponseTarget,
     Status,
@@ -254,7 +257,15 @@ pub(crate) async fn execute(
         Command::Complete {
             invocation,
             outcome,
-        } => complete(session, window, request, prepared.mark, invocation, outcome).await,
+            stored,
+        } => {
+            let ending = Ending {
+                number: invocation,
+                outcome,
+                stored,
+            };
+            complete(session, window, request, prepared.mark, ending).await
+        }
     };
     let reply = result.unwrap_or_else(|reply| reply);
     // `payload_len` is exactly what was written to the payload buffers.
@@ -901,13 +912,20 @@ async fn deliver(
         session.invocations.push_front(queued);
         return Err(Reply::error(Status::BackendUnavailable, reason));
     }
-    let invocation = &queued.invocation;
+    let mut invocation = queued.invocation;
+    // Only a guest that offered room for the output key understands it (protocol.md §5.2).
+    // For any other, the key is the caller's business: the running invocation forgets it, so
+    // that a `STORED` flag from that guest means nothing.
+    if request.response.meta_capacity() < INVOCATION_CONTEXT_WITH_KEY_MAX_LEN {
+        invocation.output_key = None;
+    }
     let context = InvocationContext {
         invocation: queued.number,
         deadline_ms: invocation.deadline_ms,
         async_durability: invocation.async_durability,
         function: &invocation.function,
         request_id: &invocation.request_id,
+        output_key: invocation.output_key.as_deref(),
     };
     let meta = context
         .to_vec()
@@ -921,11 +939,19 @@ async fn deliver(
     session.invocations.start(
         queued.number,
         RunningInvocation {
-            invocation: queued.invocation,
+            invocation,
             reply: queued.reply,
         },
     );
     Ok(Reply::ok().meta(meta).payload(size as u32).total(size))
+}
+
+/// What a COMPLETE reports.
+struct Ending {
+    number: u64,
+    outcome: Outcome,
+    /// The guest stored the result at the output key itself.
+    stored: bool,
 }
 
 async fn complete(
@@ -933,9 +959,13 @@ async fn complete(
     window: &WindowMemory,
     request: &Request,
     mark: u64,
-    number: u64,
-    outcome: Outcome,
+    ending: Ending,
 ) -> OpResult {
+    let Ending {
+        number,
+        outcome,
+        stored,
+    } = ending;
     let Some(running) = session.invocations.finish(number) else {
         return Err(Reply::error(
             Status::NotFound,
@@ -953,7 +983,14 @@ async fn complete(
         }
     };
     drop(room);
-    let result = InvocationResult { outcome, output };
+    // The decoder refuses `STORED` with an error; a key the guest never saw was cleared on
+    // delivery.
+    let stored = stored && running.invocation.output_key.is_some();
+    let result = InvocationResult {
+        outcome,
+        output,
+        stored,
+    };
     if running.invocation.async_durability {
         let _ = running.reply.send(Ok(result));
     } else {
