@@ -427,6 +427,7 @@ impl Backend {
                     deadline_ms: 0,
                     async_durability: false,
                     output_key: output.clone(),
+                    return_output: return_output != Some(false),
                 };
                 let input = match input {
                     ControlInput::Key(key) => InvocationInput::Object(key),
@@ -488,7 +489,7 @@ impl Backend {
         let mut output_store_us = 0;
         // A guest that stored the result at the key itself (durably: COMPLETE waited for its
         // upload) said so; for any other, store it here.
-        if let (Some(key), true, false) = (output, success, result.stored) {
+        if let (Some(key), true, None) = (output, success, result.stored_len) {
             let t = Instant::now();
             self.store_output(vm, key, result.output.clone()).await?;
             output_store_us = micros(t.elapsed());
@@ -510,7 +511,8 @@ impl Backend {
         };
         Ok(ControlReply {
             outcome: Some(if success { "success" } else { "error" }.into()),
-            output_len: Some(result.output.len() as u64),
+            // A result the guest stored is not read back unless it is wanted.
+            output_len: Some(result.stored_len.unwrap_or(result.output.len() as u64)),
             output: Some(text),
             output_encoding: Some(encoding.into()),
             timings: Some(timings),

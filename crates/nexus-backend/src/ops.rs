@@ -972,24 +972,32 @@ async fn complete(
             format!("invocation {number} is not running in this VM"),
         ));
     };
-    let (output, room) = match copy_payload(session, window, request).await {
-        Ok(copied) => copied,
-        Err(reply) => {
-            let _ = running.reply.send(Err(Error::InputUnavailable {
-                key: String::new(),
-                reason: "the result could not be read".into(),
-            }));
-            return Err(reply);
-        }
-    };
-    drop(room);
     // The decoder refuses `STORED` with an error; a key the guest never saw was cleared on
     // delivery.
     let stored = stored && running.invocation.output_key.is_some();
+    let stored_len = stored.then(|| u64::from(request.payload.total_len()));
+    // A result the guest stored is read out of the window only if the caller wants it back.
+    let output = if stored && !running.invocation.return_output {
+        Bytes::new()
+    } else {
+        match copy_payload(session, window, request).await {
+            Ok((output, room)) => {
+                drop(room);
+                output
+            }
+            Err(reply) => {
+                let _ = running.reply.send(Err(Error::InputUnavailable {
+                    key: String::new(),
+                    reason: "the result could not be read".into(),
+                }));
+                return Err(reply);
+            }
+        }
+    };
     let result = InvocationResult {
         outcome,
         output,
-        stored,
+        stored_len,
     };
     if running.invocation.async_durability {
         let _ = running.reply.send(Ok(result));

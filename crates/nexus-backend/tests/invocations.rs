@@ -39,7 +39,7 @@ impl Invoker for Echo {
                     Ok(InvocationResult {
                         outcome: Outcome::Success,
                         output: Bytes::from(output),
-                        stored: false,
+                        stored_len: None,
                     })
                 }
                 "slow" => {
@@ -59,6 +59,7 @@ fn invocation(function: &str) -> Invocation {
         deadline_ms: 1_900_000_000_000,
         async_durability: false,
         output_key: None,
+        return_output: true,
     }
 }
 
@@ -563,6 +564,39 @@ fn the_output_key_goes_to_guests_with_room_for_it_and_a_stored_result_is_not_sto
         b"stored by the guest"
     );
 
+    // Stored by the guest and not wanted back: the result is not even read out of the window
+    // (bytes out: the PUT's alone), yet its length is reported.
+    let reply = invoke(
+        r#"{"op":"invoke","vm":"vm1","input":{"inline":"e"},"output":"out/e","return_output":false}"#,
+    );
+    let answer = next_with_key_room(&mut vm);
+    let context = InvocationContext::decode(&answer.meta).unwrap();
+    let put = vm.call(
+        &Call::new(Command::Put { write_behind: true })
+            .key(b"out/e")
+            .payload(&[b"result e"]),
+    );
+    assert_eq!(put.header.status, Status::Ok);
+    let done = complete_stored(&mut vm, context.invocation, b"result e", true);
+    assert_eq!(done.header.status, Status::Ok);
+    let reply = reply.join().unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        (
+            &reply["output"],
+            &reply["output_encoding"],
+            &reply["output_len"]
+        ),
+        (
+            &serde_json::json!(""),
+            &serde_json::json!("none"),
+            &serde_json::json!(8)
+        ),
+        "{reply}"
+    );
+    assert_eq!(reply["bytes_out"], 8, "{reply}");
+    assert_eq!(std::fs::read(objects.join("out/e")).unwrap(), b"result e");
+
     // Without the flag, the backend stores the result as before.
     let reply = invoke(r#"{"op":"invoke","vm":"vm1","input":{"inline":"b"},"output":"out/b"}"#);
     let answer = next_with_key_room(&mut vm);
@@ -615,7 +649,7 @@ fn the_output_key_goes_to_guests_with_room_for_it_and_a_stored_result_is_not_sto
         Status::Ok
     );
     let result = runtime.block_on(pending).unwrap();
-    assert!(result.stored);
+    assert_eq!(result.stored_len, Some(8));
     assert_eq!(&result.output[..], b"result d");
     // Nobody stored anything: the library leaves storing to its caller.
     assert!(!objects.join("out/d").exists());

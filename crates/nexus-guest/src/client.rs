@@ -189,6 +189,8 @@ struct Call<'a> {
     meta: &'a [u8],
     payload: Option<&'a WindowBuf>,
     meta_capacity: u32,
+    /// The backend answers at once: poll for the answer a little longer before WAIT.
+    quick: bool,
 }
 
 impl<'a> Call<'a> {
@@ -199,7 +201,13 @@ impl<'a> Call<'a> {
             meta: &[],
             payload: None,
             meta_capacity: MESSAGE_CAPACITY,
+            quick: false,
         }
+    }
+
+    fn quick(mut self, quick: bool) -> Self {
+        self.quick = quick;
+        self
     }
 
     fn key(mut self, key: &'a [u8]) -> Self {
@@ -402,11 +410,17 @@ impl<R: Registers> Nexus<R> {
 
     /// Makes one request and checks the response (not its status).
     fn call(&mut self, call: Call<'_>, response: Response<'_>) -> Result<Reply> {
+        let spins = if call.quick {
+            self.device.quick_poll_spins()
+        } else {
+            self.device.poll_spins()
+        };
         let mut prepared = self.prepare(call, response)?;
         // SAFETY: the chain's writable descriptors are the control block's response head and
         // the response buffer, both window buffers `prepared` holds, with no reference into
         // them alive until the request completes or fails.
-        let used = unsafe { self.device.request(&prepared.chain) };
+        let used = unsafe { self.device.submit(&prepared.chain) }
+            .and_then(|ticket| self.device.wait_polling(ticket, spins));
         prepared.finish(used)
     }
 
@@ -587,7 +601,8 @@ impl<R: Registers> Nexus<R> {
         self.call(
             Call::new(Command::Put { write_behind })
                 .key(key.as_bytes())
-                .payload(buf),
+                .payload(buf)
+                .quick(write_behind),
             Response::None,
         )?
         .ok()?;
@@ -877,7 +892,7 @@ impl<R: Registers> Nexus<R> {
 
     /// Reports how an invocation ended and waits for the next one: COMPLETE and NEXT made
     /// available together under **one** doorbell, the COMPLETE's answer taken by polling (up
-    /// to the device's [`batch_poll_spins`](NexusIo::batch_poll_spins)) so that the one WAIT
+    /// to the device's [`quick_poll_spins`](NexusIo::quick_poll_spins)) so that the one WAIT
     /// read that follows returns with the next invocation. A warm invocation then costs the
     /// guest two exits: this doorbell and that WAIT read.
     ///
@@ -908,7 +923,7 @@ impl<R: Registers> Nexus<R> {
         let tickets = unsafe { self.device.submit_all([&complete.chain, &next.chain]) };
         let (done, delivered) = match tickets {
             Ok([complete_ticket, next_ticket]) => {
-                let spins = self.device.batch_poll_spins();
+                let spins = self.device.quick_poll_spins();
                 let done = self.device.wait_polling(complete_ticket, spins);
                 let delivered = self.device.wait(next_ticket);
                 (done, delivered)
@@ -1088,6 +1103,20 @@ mod tests {
         );
         drop(buf);
         assert_no_leak(&nexus);
+    }
+
+    #[test]
+    fn write_behind_puts_are_polled_for_longer() {
+        // The fake answers on WAIT reads only: every request polls its budget, then reads.
+        let (mut nexus, fake) = fake::nexus_with(1 << 20, |s| s.process_on_notify = false);
+        nexus.device_mut().set_poll_spins(3);
+        nexus.device_mut().set_quick_poll_spins(100);
+        nexus.put_behind("k", b"v").unwrap();
+        assert_eq!(nexus.device().stats().spins, 100);
+        nexus.put("k", b"w").unwrap();
+        assert_eq!(nexus.device().stats().spins, 103);
+        assert_eq!(fake.state().wait_reads, 2);
+        assert_eq!(fake.state().backend.objects["k"], b"w");
     }
 
     #[test]
@@ -1368,7 +1397,7 @@ mod tests {
         done.unwrap();
         assert_eq!(next.unwrap().number, 6);
         assert_eq!(fake.state().wait_reads, reads + 1);
-        assert!(nexus.device().stats().spins >= u64::from(nexus.device().batch_poll_spins()));
+        assert!(nexus.device().stats().spins >= u64::from(nexus.device().quick_poll_spins()));
         // Lost backend: both fail, and the next request sets the device up again.
         {
             let mut s = fake.state();

@@ -31,16 +31,16 @@ pub const MIN_WINDOW_SIZE: u64 = RING_AREA as u64 + 0x1_0000;
 /// Default number of used-ring polls before a WAIT read.
 pub const DEFAULT_POLL_SPINS: u32 = 512;
 
-/// Default number of used-ring polls before a WAIT read for a request submitted together with
-/// one that may park (a COMPLETE beside the next NEXT, see
-/// [`Nexus::complete_and_next`](crate::Nexus::complete_and_next)). A WAIT read returns when
-/// *any* request completes, so waiting for the quick one in WAIT would cost a second read
-/// for the one that parks; polling a little longer for the quick one saves that exit when
-/// the backend answers within the poll. On the development machine a poll is about 23 ns, so
-/// this is about 50 µs — one and a half VM exits' worth — which covered nearly every
-/// COMPLETE there (most are answered before the vCPU polls at all: the doorbell wakes the
-/// backend, which often runs first).
-pub const DEFAULT_BATCH_POLL_SPINS: u32 = 2048;
+/// Default number of used-ring polls before a WAIT read for a request the backend answers
+/// at once, without waiting for storage or the network: a write-behind PUT (answered once its
+/// payload is copied), and a COMPLETE submitted beside the next NEXT
+/// ([`Nexus::complete_and_next`](crate::Nexus::complete_and_next)) — where waiting in WAIT
+/// would cost a second read, since a WAIT read returns when *any* request completes.
+/// Polling a little longer for such an answer saves a WAIT exit whenever it comes within the
+/// poll. On the development machine a poll is about 23 ns, so this is about 50 µs — one and a
+/// half VM exits' worth — which covered nearly every such answer there (most come before the
+/// vCPU polls at all: the doorbell wakes the backend, which often runs first).
+pub const DEFAULT_QUICK_POLL_SPINS: u32 = 2048;
 
 /// The device's config space (`docs/nexus-io.md`), as read at setup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,7 @@ pub struct NexusIo<R> {
     epoch: u64,
     seq: u64,
     poll_spins: u32,
-    batch_poll_spins: u32,
+    quick_poll_spins: u32,
     stats: DriverStats,
 }
 
@@ -147,7 +147,7 @@ impl<R: Registers> NexusIo<R> {
             epoch: 0,
             seq: 0,
             poll_spins: DEFAULT_POLL_SPINS,
-            batch_poll_spins: DEFAULT_BATCH_POLL_SPINS,
+            quick_poll_spins: DEFAULT_QUICK_POLL_SPINS,
             stats: DriverStats::default(),
         };
         device.setup()?;
@@ -174,20 +174,26 @@ impl<R: Registers> NexusIo<R> {
         self.stats
     }
 
+    /// How many times [`wait`](Self::wait) polls the used ring before reading WAIT
+    /// ([`DEFAULT_POLL_SPINS`] unless set).
+    pub fn poll_spins(&self) -> u32 {
+        self.poll_spins
+    }
+
     /// Sets how many times [`wait`](Self::wait) polls the used ring before reading WAIT.
     pub fn set_poll_spins(&mut self, spins: u32) {
         self.poll_spins = spins;
     }
 
-    /// How many times the used ring is polled before reading WAIT for a request submitted
-    /// beside one that may park ([`DEFAULT_BATCH_POLL_SPINS`] unless set).
-    pub fn batch_poll_spins(&self) -> u32 {
-        self.batch_poll_spins
+    /// How many times the used ring is polled before reading WAIT for a request the backend
+    /// answers at once ([`DEFAULT_QUICK_POLL_SPINS`] unless set).
+    pub fn quick_poll_spins(&self) -> u32 {
+        self.quick_poll_spins
     }
 
-    /// Sets [`batch_poll_spins`](Self::batch_poll_spins).
-    pub fn set_batch_poll_spins(&mut self, spins: u32) {
-        self.batch_poll_spins = spins;
+    /// Sets [`quick_poll_spins`](Self::quick_poll_spins).
+    pub fn set_quick_poll_spins(&mut self, spins: u32) {
+        self.quick_poll_spins = spins;
     }
 
     /// Whether the queue is live (false after the backend was lost, until the next request

@@ -393,6 +393,12 @@ where
                         error.report()
                     );
                 }
+                // The NEXT beside the COMPLETE had the window less the result it was still
+                // holding: an input too large for that stays queued, and a NEXT alone (the
+                // result is freed now) has the whole window.
+                if matches!(next, Err(Error::TooLarge { .. })) {
+                    continue;
+                }
                 next
             }
         };
@@ -657,6 +663,35 @@ mod tests {
         drop(s);
         let allocator = nexus.window_allocator();
         assert_eq!(allocator.free_bytes(), allocator.capacity());
+    }
+
+    #[test]
+    fn an_input_too_large_beside_the_held_result_is_fetched_by_a_next_alone() {
+        // A 1 MiB window: a 400 KB result held while the NEXT beside its COMPLETE offers
+        // what is left, which a 700 KB input does not fit.
+        let (mut nexus, fake) = fake::nexus();
+        queue(&fake, 1, None, &[b'a'; 400_000]);
+        queue(&fake, 2, None, &[b'b'; 700_000]);
+        let mut console = String::new();
+        let options = Options {
+            max_next_failures: 1,
+            ..Options::new("shout")
+        };
+        assert_eq!(serve(&mut nexus, &options, &mut console, shout), EXIT_ERROR);
+        let s = fake.state();
+        let completed: Vec<(u64, usize)> = s
+            .backend
+            .completed
+            .iter()
+            .map(|(n, _, r)| (*n, r.len()))
+            .collect();
+        assert_eq!(completed, [(1, 400_000), (2, 700_000)]);
+        assert!(s.backend.completed[1].2.iter().all(|&b| b == b'B'));
+        // Only the final TIMEOUT was reported: the TOO_LARGE was not a failure.
+        assert_eq!(
+            console.lines().collect::<Vec<_>>(),
+            ["shout: next invocation: Timed out: no invocation"]
+        );
     }
 
     #[test]
