@@ -34,6 +34,10 @@ fn next_call<'a>(timeout_ms: u64) -> Call<'a> {
     Call::new(Command::Next { timeout_ms }).meta_capacity(INVOCATION_CONTEXT_WITH_KEY_MAX_LEN)
 }
 
+/// How far a buffer held while a NEXT is posted may push the NEXT's input buffer before
+/// [`Nexus::shifts_next_input`] says it moves it.
+const INPUT_SHIFT_TOLERANCE: usize = 0x1_0000;
+
 /// The response payload buffer a LIST offers first (retried with what TOO_LARGE asks for).
 const LIST_BUFFER: usize = 0x1_0000;
 
@@ -158,11 +162,13 @@ impl<'a> Completion<'a> {
     }
 
     fn call(&self) -> Call<'a> {
+        // Answered as soon as the result is copied (or not even that).
         let call = Call::new(Command::Complete {
             invocation: self.number,
             outcome: self.outcome,
             stored: self.stored,
-        });
+        })
+        .quick(true);
         match self.result {
             Some(result) => call.payload(result),
             None => call,
@@ -393,6 +399,25 @@ impl<R: Registers> Nexus<R> {
     /// with [`put_buf`](Self::put_buf).
     pub fn alloc(&self, len: usize) -> Result<WindowBuf> {
         self.window.alloc(len)
+    }
+
+    /// Whether holding `held` while a NEXT is posted would put the next input more than
+    /// 64 KiB away from where it goes without `held` (a NEXT's input buffer is the largest free
+    /// block of the window). An input that lands elsewhere touches window pages the previous
+    /// inputs did not, and first touches of guest memory cost VM exits (shadow or nested page
+    /// faults): with a large result still held, or one that splits the free space, report it
+    /// with [`complete_with`](Self::complete_with), free it, then post the NEXT, rather than
+    /// [`complete_and_next`](Self::complete_and_next).
+    pub fn shifts_next_input(&self, held: &WindowBuf) -> bool {
+        let allocator = self.window.allocator();
+        let with = allocator.largest_free_offset();
+        let mut without = allocator;
+        without.free(held.window_offset(), held.capacity());
+        match (with, without.largest_free_offset()) {
+            (Some(with), Some(without)) => with.abs_diff(without) > INPUT_SHIFT_TOLERANCE,
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
     }
 
     /// A window buffer holding a copy of `data`.

@@ -382,6 +382,26 @@ where
     loop {
         let next = match finished.take() {
             None => nexus.next_invocation(),
+            // A result that would push the next input elsewhere in the window (to pages the
+            // VM never touched, each a VM exit to map): complete, free it, then NEXT.
+            Some(done)
+                if done
+                    .result
+                    .as_ref()
+                    .is_some_and(|r| nexus.shifts_next_input(r)) =>
+            {
+                if let Err(error) = nexus.complete_with(&done.completion()) {
+                    let _ = writeln!(
+                        console,
+                        "{}: complete {}: {}",
+                        options.name,
+                        done.number,
+                        error.report()
+                    );
+                }
+                drop(done);
+                nexus.next_invocation()
+            }
             Some(done) => {
                 let (completed, next) = nexus.complete_and_next(&done.completion());
                 if let Err(error) = completed {
@@ -667,11 +687,11 @@ mod tests {
 
     #[test]
     fn an_input_too_large_beside_the_held_result_is_fetched_by_a_next_alone() {
-        // A 1 MiB window: a 400 KB result held while the NEXT beside its COMPLETE offers
-        // what is left, which a 700 KB input does not fit.
+        // A 1 MiB window: a 40 KB result (too small to move the next input) held while the
+        // NEXT beside its COMPLETE offers what is left, which a 1000 KB input does not fit.
         let (mut nexus, fake) = fake::nexus();
-        queue(&fake, 1, None, &[b'a'; 400_000]);
-        queue(&fake, 2, None, &[b'b'; 700_000]);
+        queue(&fake, 1, None, &[b'a'; 40_000]);
+        queue(&fake, 2, None, &[b'b'; 1_000_000]);
         let mut console = String::new();
         let options = Options {
             max_next_failures: 1,
@@ -685,12 +705,66 @@ mod tests {
             .iter()
             .map(|(n, _, r)| (*n, r.len()))
             .collect();
-        assert_eq!(completed, [(1, 400_000), (2, 700_000)]);
+        assert_eq!(completed, [(1, 40_000), (2, 1_000_000)]);
         assert!(s.backend.completed[1].2.iter().all(|&b| b == b'B'));
+        // NEXT; COMPLETE + NEXT (TOO_LARGE); NEXT; then the 1000 KB result would move the
+        // next input: COMPLETE; NEXT (TIMEOUT).
+        assert_eq!(s.notifies, 5);
         // Only the final TIMEOUT was reported: the TOO_LARGE was not a failure.
         assert_eq!(
             console.lines().collect::<Vec<_>>(),
             ["shout: next invocation: Timed out: no invocation"]
+        );
+    }
+
+    #[test]
+    fn a_result_that_would_move_the_next_input_is_completed_before_the_next() {
+        // A 300 KB result at the start of the window: beside it, the next input would land
+        // 300 KB further on, in pages no input touched. A 3 KB one moves it by 3 KB only.
+        let (mut nexus, fake) = fake::nexus();
+        queue(&fake, 1, None, &[b'a'; 300_000]);
+        queue(&fake, 2, None, &[b'b'; 3_000]);
+        queue(&fake, 3, None, &[b'c'; 300_000]);
+        let mut offsets = Vec::new();
+        let mut console = String::new();
+        let options = Options {
+            max_next_failures: 1,
+            ..Options::new("shout")
+        };
+        let code = serve(
+            &mut nexus,
+            &options,
+            &mut console,
+            |n: &mut Nexus<FakeDevice>, i| {
+                offsets.push(i.input.window_offset());
+                shout(n, i)
+            },
+        );
+        assert_eq!(code, EXIT_ERROR);
+        // Every input at the same place, give or take the small result held beside one.
+        assert_eq!(offsets[1], offsets[0]);
+        assert!(offsets[2] - offsets[0] < 4096 + 1024, "{offsets:?}");
+        let s = fake.state();
+        assert_eq!(s.backend.completed.len(), 3);
+        // NEXT; COMPLETE; NEXT; COMPLETE + NEXT; COMPLETE; NEXT (TIMEOUT).
+        assert_eq!(s.notifies, 6);
+        let ops: Vec<Op> = s
+            .seen
+            .iter()
+            .map(|seen| seen.decoded.as_ref().unwrap().op())
+            .collect();
+        use nexus_ring::Op;
+        assert_eq!(
+            ops,
+            [
+                Op::Next,
+                Op::Complete,
+                Op::Next,
+                Op::Complete,
+                Op::Next,
+                Op::Complete,
+                Op::Next
+            ]
         );
     }
 
