@@ -13,7 +13,9 @@
 //!   NEXT again, for ever. COMPLETE and the following NEXT go to the device together under
 //!   one doorbell, and no console line is printed per invocation, so a warm invocation costs
 //!   the guest two VM exits: that doorbell and the WAIT read that returns with the next
-//!   invocation ([`Nexus::complete_and_next`]). A NEXT that fails is tried again; after
+//!   invocation ([`Nexus::complete_and_next`]) — unless holding the result would move the next
+//!   input elsewhere in the window ([`Nexus::shifts_next_input`]): then COMPLETE goes alone,
+//!   the result is freed, and NEXT follows. A NEXT that fails is tried again; after
 //!   [`MAX_NEXT_FAILURES`] failures in a row the guest exits with [`EXIT_ERROR`].
 //! - **The output key.** When the caller asked for the result to be stored
 //!   ([`Invocation::output_key`]), the runtime stores it there with a write-behind PUT
