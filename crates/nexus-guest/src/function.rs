@@ -497,12 +497,20 @@ where
     }
 }
 
-/// The usage line.
+/// The usage lines.
 fn usage(options: &Options, console: &mut dyn Write) -> u32 {
+    let name = &options.name;
     let _ = writeln!(
         console,
-        "usage: {name}                       (serve invocations)\n       {name} --verbose             (serve, one line per invocation)\n       {name} INPUT_KEY OUTPUT_KEY  (one run over stored objects)",
-        name = options.name
+        "usage: {name}                       (serve invocations)"
+    );
+    let _ = writeln!(
+        console,
+        "       {name} --verbose             (serve, one line per invocation)"
+    );
+    let _ = writeln!(
+        console,
+        "       {name} INPUT_KEY OUTPUT_KEY  (one run over stored objects)"
     );
     EXIT_USAGE
 }
