@@ -214,7 +214,7 @@ fn main() {
     );
     let mut runs = Vec::new();
     for round in 0..=rounds {
-        let key = format!("put-behind:wb-out/{round}.aes");
+        let key = format!("wb-out/{round}.aes");
         let t = timings(&vmm(
             &exe,
             &[
@@ -225,7 +225,7 @@ fn main() {
                 &socket,
                 "--input",
                 "wb.txt",
-                "--request-id",
+                "--output",
                 &key,
             ],
         ));

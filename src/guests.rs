@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 /// The bundled example guests.
 pub const BUNDLED: &[&str] = &[
@@ -43,6 +44,9 @@ pub enum Error {
     /// The build succeeded but the binary is missing.
     #[error("{0} was built but is not at {1}")]
     Missing(String, PathBuf),
+    /// cargo took too long and was stopped.
+    #[error("Building {0} took longer than {1:?}; cargo was stopped")]
+    Timeout(PathBuf, Duration),
 }
 
 /// Where the workspace is (compile-time), to build bundled guests from source.
@@ -182,6 +186,46 @@ fn build_target(package: &str, selector: &[&str], output: &str) -> Result<PathBu
         Ok(path)
     } else {
         Err(Error::Missing(output.to_string(), path))
+    }
+}
+
+/// Builds the micro-guest package whose manifest is `manifest` — a crate of its own, outside
+/// this workspace, such as a function written as `docs/writing-functions.md` says — with
+/// cargo (dev profile) into `target_dir`; returns the path of its binary `bin`.
+/// cargo is killed if it runs longer than `timeout`.
+pub fn build_guest_package(
+    manifest: &Path,
+    bin: &str,
+    target_dir: &Path,
+    timeout: Duration,
+) -> Result<PathBuf, Error> {
+    let mut child = cargo_command()
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(manifest)
+        .args(["--bin", bin, "--target-dir"])
+        .arg(target_dir)
+        .spawn()
+        .map_err(Error::Cargo)?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(Error::Cargo)? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Error::Timeout(manifest.to_path_buf(), timeout));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if !status.success() {
+        return Err(Error::BuildFailed(status));
+    }
+    let path = target_dir.join("debug").join(bin);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Missing(bin.to_string(), path))
     }
 }
 

@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, Node, function, node, sample_text};
@@ -557,4 +558,72 @@ fn slow_clients_are_cut_off_and_connections_are_capped() {
         &serde_json::json!({"input_key": "inputs/words.txt"}),
     );
     assert_eq!(status, 200, "{body}");
+}
+
+/// A function written in a crate of its own (`tests/fixtures/hello-function`, as
+/// docs/writing-functions.md describes), built with cargo, registered by the path of its ELF
+/// and served: inline input, an output key (stored by the function's runtime), its own error.
+#[test]
+fn a_function_from_its_own_crate_is_built_registered_and_served() {
+    let (target, _) = nexus::guests::target_profile();
+    let manifest =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hello-function/Cargo.toml");
+    let elf = nexus::guests::build_guest_package(
+        &manifest,
+        "hello-function",
+        &target.join("fixtures"),
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let toml = format!(
+        "guest = \"{}\"\nmemory_mib = 32\nwindow_mib = 8\n",
+        elf.display()
+    );
+    let n = node(&[("hello", toml)], &[], 10);
+    let d = &n.daemon;
+
+    let (status, cold) = d.invoke("hello", &json!({"input": "Nexus"}));
+    assert_eq!(status, 200, "{cold}\n{}", d.log());
+    assert_eq!(
+        (cold["start"].as_str(), cold["output"].as_str()),
+        (Some("cold"), Some("Hello, Nexus!\n"))
+    );
+    assert_eq!(cold["outcome"], "success");
+
+    // With an output key: the object appears in the store, durably, before the answer.
+    let (status, stored) = d.invoke(
+        "hello",
+        &json!({"input": " world ", "output_key": "outputs/hello.txt"}),
+    );
+    assert_eq!(status, 200, "{stored}");
+    assert_eq!(stored["start"], "warm");
+    assert_eq!(stored["output_key"], "outputs/hello.txt");
+    assert_eq!(stored["output_len"], 14);
+    assert!(stored.get("output").is_none(), "{stored}");
+    assert_eq!(
+        std::fs::read(n.store.join("outputs/hello.txt")).unwrap(),
+        b"Hello, world!\n"
+    );
+    // Stored by the function's runtime (a write-behind PUT), not by the node afterwards.
+    assert_eq!(
+        stored["timings_ms"]["output_store"].as_f64(),
+        Some(0.0),
+        "{stored}"
+    );
+
+    // The function's own error, and the VM goes on.
+    let (status, error) = d.invoke("hello", &json!({"input": "  "}));
+    assert_eq!(status, 502, "{error}");
+    assert_eq!(error["error"], "FunctionError");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("tell me who to greet"),
+        "{error}"
+    );
+    let (status, again) = d.invoke("hello", &json!({"input": "again"}));
+    assert_eq!((status, again["start"].as_str()), (200, Some("warm")));
+    assert_eq!(again["output"], "Hello, again!\n");
+    assert_eq!(again["vm"], cold["vm"]);
 }

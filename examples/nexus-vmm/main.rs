@@ -159,16 +159,22 @@ fn run(args: RunArgs) -> Result<u32> {
         nexus_io::attach(vm.vm(), device)?;
     }
     let stats = vm.vcpu().stats().ok();
-    let kvm_exits_before = stats.as_ref().and_then(|s| s.read("exits").ok().flatten());
+    let counters_before = stats.as_ref().and_then(|s| s.read_all().ok());
     let setup = start.elapsed();
     let result = vm.run();
     let total = start.elapsed();
     if args.stats {
         let user = vm.exit_counters();
-        let kvm_exits = match (&stats, kvm_exits_before) {
-            (Some(s), Some(before)) => s.read("exits").ok().flatten().map(|a| a - before),
+        let moved = match (&stats, counters_before) {
+            (Some(s), Some(before)) => s
+                .read_all()
+                .ok()
+                .map(|after| counter_deltas(&before, &after)),
             _ => None,
         };
+        let kvm_exits = moved
+            .as_ref()
+            .and_then(|m| m.iter().find(|(name, _)| name == "exits").map(|(_, n)| *n));
         eprintln!(
             "nexus-vmm: setup {:.3} ms, total {:.3} ms; user-space exits {} (port out {}, port in {}, mmio {}); KVM exits {}",
             ms(setup),
@@ -179,11 +185,35 @@ fn run(args: RunArgs) -> Result<u32> {
             user.mmio_read + user.mmio_write,
             kvm_exits.map_or("n/a".to_string(), |n| n.to_string()),
         );
+        if let Some(moved) = moved {
+            let list: Vec<String> = moved
+                .iter()
+                .map(|(name, n)| format!("{name} {n}"))
+                .collect();
+            eprintln!(
+                "nexus-vmm: KVM vCPU counters that moved: {}",
+                list.join(", ")
+            );
+        }
     }
     match result {
         Ok(code) => Ok(code),
         Err(e) => bail!("{e}"),
     }
+}
+
+/// The counters that moved between two readings of a vCPU's KVM statistics, by name.
+fn counter_deltas(
+    before: &nexus_kvm::stats::Counters,
+    after: &nexus_kvm::stats::Counters,
+) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter_map(|(name, &value)| {
+            let delta = value.wrapping_sub(before.get(name).copied().unwrap_or(0));
+            (delta != 0).then(|| (name.clone(), delta))
+        })
+        .collect()
 }
 
 fn run_linux(args: &RunArgs, kernel: PathBuf) -> Result<u32> {

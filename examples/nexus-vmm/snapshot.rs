@@ -70,7 +70,9 @@ pub struct InvokeArgs {
     /// Inline input text instead of an object.
     #[arg(long, value_name = "TEXT")]
     inline: Option<String>,
-    /// Store the function's result at this key (durably, before `invoke` answers).
+    /// Store the function's result at this key (durably, before `invoke` answers). The key
+    /// travels in the invocation context: a function built on the nexus-guest runtime stores
+    /// the result there itself, write-behind; for other guests the backend stores it.
     #[arg(long, value_name = "KEY")]
     output: Option<String>,
     /// Prefetch this object instead of `--input` (a wrong hint costs only the fetch).
@@ -79,8 +81,7 @@ pub struct InvokeArgs {
     /// Send no prefetch hint: the input is fetched once the invocation is queued.
     #[arg(long)]
     no_hint: bool,
-    /// The request id in the invocation context (`put-behind:KEY` makes the bundled
-    /// functions also store their result at KEY, write-behind).
+    /// The request id in the invocation context (for logs).
     #[arg(long)]
     request_id: Option<String>,
     /// The tenant the VM belongs to on the backend.

@@ -377,6 +377,8 @@ impl Backend {
                     request_id: request_id.unwrap_or_default(),
                     deadline_ms: 0,
                     async_durability: false,
+                    output_key: output.clone(),
+                    return_output: return_output != Some(false),
                 };
                 let input = match (described, input) {
                     (ControlInput::Key(key), _) => InvocationInput::Object(key),
@@ -477,7 +479,9 @@ impl Backend {
         };
         let success = result.outcome == nexus_ring::Outcome::Success;
         let mut output_store_us = 0;
-        if let (Some(key), true) = (output, success) {
+        // A guest that stored the result at the key itself (durably: COMPLETE waited for its
+        // upload) said so; for any other, store it here.
+        if let (Some(key), true, None) = (output, success, result.stored_len) {
             let t = Instant::now();
             self.store_output(vm, key, result.output.clone())
                 .await
@@ -510,7 +514,8 @@ impl Backend {
         };
         let reply = ControlReply {
             outcome: Some(if success { "success" } else { "error" }.into()),
-            output_len: Some(result.output.len() as u64),
+            // A result the guest stored is not read back unless it is wanted.
+            output_len: Some(result.stored_len.unwrap_or(result.output.len() as u64)),
             output: text,
             output_encoding: Some(encoding.into()),
             timings: Some(timings),

@@ -27,6 +27,15 @@ pub struct Invocation {
     pub deadline_ms: u64,
     /// The caller accepts completion before the function's write-behind uploads are durable.
     pub async_durability: bool,
+    /// Where the caller wants the result stored (an object key of the VM's tenant), if
+    /// anywhere. A guest that understands the field receives it in its invocation context and
+    /// may store the result there itself ([`InvocationResult::stored_len`]).
+    pub output_key: Option<String>,
+    /// With an output key: whether the caller wants the result's bytes back too. When not,
+    /// and the guest stored the result itself, the backend does not read it out of the
+    /// window at all ([`InvocationResult::output`] is then empty). Without an output key the
+    /// result always comes back.
+    pub return_output: bool,
 }
 
 /// The input of an invocation, delivered in the payload of the VM's `NEXT` response.
@@ -44,8 +53,14 @@ pub enum InvocationInput {
 pub struct InvocationResult {
     /// Success (the output is the result) or error (the output is the error document).
     pub outcome: Outcome,
-    /// The function's result or error document.
+    /// The function's result or error document. Empty for a result the guest stored at the
+    /// output key when the caller did not want it back ([`Invocation::return_output`]).
     pub output: Bytes,
+    /// `Some(length)` when the guest stored the result (of that many bytes) at the
+    /// invocation's output key itself (COMPLETE flag `STORED`, for an invocation whose
+    /// context carried the key): whoever asked for the key must not store it again. Always
+    /// `None` for an error.
+    pub stored_len: Option<u64>,
 }
 
 /// The result of [`Backend::invoke`](crate::Backend::invoke): resolves once the function

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use nexus_ring::records::{EntryList, InvocationContext, LIST_PREFIX_SIZE, ObjectEntry};
+use nexus_ring::records::{
+    EntryList, INVOCATION_CONTEXT_WITH_KEY_MAX_LEN, InvocationContext, LIST_PREFIX_SIZE,
+    ObjectEntry,
+};
 use nexus_ring::{
     Command, LogLevel, Outcome, RESPONSE_HEADER_SIZE, Request, ResponseHeader, ResponseTarget,
     Status,
@@ -254,7 +257,15 @@ pub(crate) async fn execute(
         Command::Complete {
             invocation,
             outcome,
-        } => complete(session, window, request, prepared.mark, invocation, outcome).await,
+            stored,
+        } => {
+            let ending = Ending {
+                number: invocation,
+                outcome,
+                stored,
+            };
+            complete(session, window, request, prepared.mark, ending).await
+        }
     };
     let reply = result.unwrap_or_else(|reply| reply);
     // `payload_len` is exactly what was written to the payload buffers.
@@ -908,13 +919,20 @@ async fn deliver(
         session.invocations.push_front(queued);
         return Err(Reply::error(Status::BackendUnavailable, reason));
     }
-    let invocation = &queued.invocation;
+    let mut invocation = queued.invocation;
+    // Only a guest that offered room for the output key understands it (protocol.md §5.2).
+    // For any other, the key is the caller's business: the running invocation forgets it, so
+    // that a `STORED` flag from that guest means nothing.
+    if request.response.meta_capacity() < INVOCATION_CONTEXT_WITH_KEY_MAX_LEN {
+        invocation.output_key = None;
+    }
     let context = InvocationContext {
         invocation: queued.number,
         deadline_ms: invocation.deadline_ms,
         async_durability: invocation.async_durability,
         function: &invocation.function,
         request_id: &invocation.request_id,
+        output_key: invocation.output_key.as_deref(),
     };
     let meta = context
         .to_vec()
@@ -928,11 +946,19 @@ async fn deliver(
     session.invocations.start(
         queued.number,
         RunningInvocation {
-            invocation: queued.invocation,
+            invocation,
             reply: queued.reply,
         },
     );
     Ok(Reply::ok().meta(meta).payload(size as u32).total(size))
+}
+
+/// What a COMPLETE reports.
+struct Ending {
+    number: u64,
+    outcome: Outcome,
+    /// The guest stored the result at the output key itself.
+    stored: bool,
 }
 
 async fn complete(
@@ -940,27 +966,46 @@ async fn complete(
     window: &WindowMemory,
     request: &Request,
     mark: u64,
-    number: u64,
-    outcome: Outcome,
+    ending: Ending,
 ) -> OpResult {
+    let Ending {
+        number,
+        outcome,
+        stored,
+    } = ending;
     let Some(running) = session.invocations.finish(number) else {
         return Err(Reply::error(
             Status::NotFound,
             format!("invocation {number} is not running in this VM"),
         ));
     };
-    let (output, room) = match copy_payload(session, window, request).await {
-        Ok(copied) => copied,
-        Err(reply) => {
-            let _ = running.reply.send(Err(Error::InputUnavailable {
-                key: String::new(),
-                reason: "the result could not be read".into(),
-            }));
-            return Err(reply);
+    // The decoder refuses `STORED` with an error; a key the guest never saw was cleared on
+    // delivery.
+    let stored = stored && running.invocation.output_key.is_some();
+    let stored_len = stored.then(|| u64::from(request.payload.total_len()));
+    // A result the guest stored is read out of the window only if the caller wants it back.
+    let output = if stored && !running.invocation.return_output {
+        Bytes::new()
+    } else {
+        match copy_payload(session, window, request).await {
+            Ok((output, room)) => {
+                drop(room);
+                output
+            }
+            Err(reply) => {
+                let _ = running.reply.send(Err(Error::InputUnavailable {
+                    key: String::new(),
+                    reason: "the result could not be read".into(),
+                }));
+                return Err(reply);
+            }
         }
     };
-    drop(room);
-    let result = InvocationResult { outcome, output };
+    let result = InvocationResult {
+        outcome,
+        output,
+        stored_len,
+    };
     if running.invocation.async_durability {
         let _ = running.reply.send(Ok(result));
     } else {

@@ -304,6 +304,7 @@ impl Backend {
             async_durability: invocation.async_durability,
             function: &invocation.function,
             request_id: &invocation.request_id,
+            output_key: invocation.output_key.as_deref(),
         }
         .to_vec()
         .map_err(|e| Error::InputUnavailable {

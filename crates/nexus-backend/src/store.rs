@@ -1039,10 +1039,7 @@ mod tests {
                 window.copy_out(SegmentRef::new(0x18_0000, 6)).unwrap(),
                 b"window"
             );
-            let got = store
-                .get_into("big", 1, 0, &window, target)
-                .await
-                .unwrap();
+            let got = store.get_into("big", 1, 0, &window, target).await.unwrap();
             assert_eq!(got.size, big.len() as u64);
             assert_eq!(got.written as usize, big.len() - 1);
             let mut read = window.copy_out(SegmentRef::new(0x10_0000, 5)).unwrap();

@@ -116,6 +116,7 @@ fn uploads_lost_with_a_killed_backend_are_reported_after_its_restart() {
         &Call::new(Command::Complete {
             invocation: number,
             outcome: nexus_ring::Outcome::Success,
+            stored: false,
         })
         .payload(&[b"done"])
         .response_meta(1024),

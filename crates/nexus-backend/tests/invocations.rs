@@ -39,6 +39,7 @@ impl Invoker for Echo {
                     Ok(InvocationResult {
                         outcome: Outcome::Success,
                         output: Bytes::from(output),
+                        stored_len: None,
                     })
                 }
                 "slow" => {
@@ -57,6 +58,8 @@ fn invocation(function: &str) -> Invocation {
         request_id: "req-1".into(),
         deadline_ms: 1_900_000_000_000,
         async_durability: false,
+        output_key: None,
+        return_output: true,
     }
 }
 
@@ -69,10 +72,16 @@ fn next(vm: &mut GuestVm, buffers: &[u32]) -> common::Answer {
 }
 
 fn complete(vm: &mut GuestVm, number: u64, result: &[u8]) -> common::Answer {
+    complete_stored(vm, number, result, false)
+}
+
+/// COMPLETE of a success; `stored`: the guest says it stored the result at the output key.
+fn complete_stored(vm: &mut GuestVm, number: u64, result: &[u8], stored: bool) -> common::Answer {
     vm.call(
         &Call::new(Command::Complete {
             invocation: number,
             outcome: Outcome::Success,
+            stored,
         })
         .payload(&[result])
         .response_meta(256),
@@ -741,4 +750,175 @@ fn binary_inputs_are_bounded() {
     assert_eq!(reply["code"], "invalid", "{reply}");
     assert!(greedy.closed());
     drop(server);
+}
+
+/// NEXT with room for the output key.
+fn next_with_key_room(vm: &mut GuestVm) -> common::Answer {
+    vm.call(
+        &Call::new(Command::Next { timeout_ms: 10_000 })
+            .response_meta(nexus_ring::records::INVOCATION_CONTEXT_WITH_KEY_MAX_LEN)
+            .buffers(&[4096]),
+    )
+}
+
+#[test]
+fn the_output_key_goes_to_guests_with_room_for_it_and_a_stored_result_is_not_stored_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = BackendConfig::new(
+        StoreConfig {
+            url: StoreUrl::File(objects.clone()),
+            s3: S3Options::default(),
+        },
+        dir.path().join("vms"),
+    );
+    let backend = Backend::new(config, runtime.handle().clone()).unwrap();
+    let control_path = dir.path().join("control.sock");
+    let listener = {
+        let _context = runtime.enter();
+        tokio::net::UnixListener::bind(&control_path).unwrap()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = runtime.spawn({
+        let backend = backend.clone();
+        async move {
+            backend
+                .serve_control(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        }
+    });
+    let mut control = common::Control::connect(&control_path);
+    let connection = control.attach("vm1", "default");
+    let mut vm = GuestVm::connect(connection, WINDOW);
+    let invoke = |line: &'static str| {
+        let path = control_path.clone();
+        std::thread::spawn(move || common::Control::connect(&path).send(line))
+    };
+
+    // A guest with room for the key receives it, stores the result there itself (write
+    // behind) and says so: the backend does not store the COMPLETE payload over it. (The
+    // guest stores other bytes than it reports, to tell who wrote the object.)
+    let reply = invoke(r#"{"op":"invoke","vm":"vm1","input":{"inline":"a"},"output":"out/a"}"#);
+    let answer = next_with_key_room(&mut vm);
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    let context = InvocationContext::decode(&answer.meta).unwrap();
+    assert_eq!(context.output_key, Some("out/a"));
+    let put = vm.call(
+        &Call::new(Command::Put { write_behind: true })
+            .key(b"out/a")
+            .payload(&[b"stored by the guest"]),
+    );
+    assert_eq!(put.header.status, Status::Ok);
+    let done = complete_stored(&mut vm, context.invocation, b"result a", true);
+    assert_eq!(done.header.status, Status::Ok);
+    let reply = reply.join().unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["output"], "result a", "{reply}");
+    assert_eq!(reply["timings"]["output_store_us"], 0, "{reply}");
+    // Durable when invoke answered.
+    assert_eq!(
+        std::fs::read(objects.join("out/a")).unwrap(),
+        b"stored by the guest"
+    );
+
+    // Stored by the guest and not wanted back: the result is not even read out of the window
+    // (bytes out: the PUT's alone), yet its length is reported.
+    let reply = invoke(
+        r#"{"op":"invoke","vm":"vm1","input":{"inline":"e"},"output":"out/e","return_output":false}"#,
+    );
+    let answer = next_with_key_room(&mut vm);
+    let context = InvocationContext::decode(&answer.meta).unwrap();
+    let put = vm.call(
+        &Call::new(Command::Put { write_behind: true })
+            .key(b"out/e")
+            .payload(&[b"result e"]),
+    );
+    assert_eq!(put.header.status, Status::Ok);
+    let done = complete_stored(&mut vm, context.invocation, b"result e", true);
+    assert_eq!(done.header.status, Status::Ok);
+    let reply = reply.join().unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(
+        (
+            &reply["output"],
+            &reply["output_encoding"],
+            &reply["output_len"]
+        ),
+        (
+            &serde_json::json!(""),
+            &serde_json::json!("none"),
+            &serde_json::json!(8)
+        ),
+        "{reply}"
+    );
+    assert_eq!(reply["bytes_out"], 8, "{reply}");
+    assert_eq!(std::fs::read(objects.join("out/e")).unwrap(), b"result e");
+
+    // Without the flag, the backend stores the result as before.
+    let reply = invoke(r#"{"op":"invoke","vm":"vm1","input":{"inline":"b"},"output":"out/b"}"#);
+    let answer = next_with_key_room(&mut vm);
+    let context = InvocationContext::decode(&answer.meta).unwrap();
+    assert_eq!(context.output_key, Some("out/b"));
+    assert_eq!(
+        complete(&mut vm, context.invocation, b"result b")
+            .header
+            .status,
+        Status::Ok
+    );
+    assert_eq!(reply.join().unwrap()["ok"], true);
+    assert_eq!(std::fs::read(objects.join("out/b")).unwrap(), b"result b");
+
+    // A guest that offers only the old meta capacity sees the context it always saw, and a
+    // `STORED` from it means nothing: it was never told the key.
+    let reply = invoke(r#"{"op":"invoke","vm":"vm1","input":{"inline":"c"},"output":"out/c"}"#);
+    let answer = next(&mut vm, &[4096]);
+    assert_eq!(answer.header.status, Status::Ok);
+    let context = InvocationContext::decode(&answer.meta).unwrap();
+    assert_eq!(context.output_key, None);
+    assert_eq!(answer.meta[16], 0, "no flag bit");
+    assert_eq!(
+        complete_stored(&mut vm, context.invocation, b"result c", true)
+            .header
+            .status,
+        Status::Ok
+    );
+    assert_eq!(reply.join().unwrap()["ok"], true);
+    assert_eq!(std::fs::read(objects.join("out/c")).unwrap(), b"result c");
+
+    // Through the library: the result says whether the guest stored it.
+    let pending = backend
+        .invoke(
+            "vm1",
+            Invocation {
+                output_key: Some("out/d".into()),
+                ..invocation("library")
+            },
+            InvocationInput::Bytes(Bytes::from_static(b"d")),
+        )
+        .unwrap();
+    let answer = next_with_key_room(&mut vm);
+    let context = InvocationContext::decode(&answer.meta).unwrap();
+    assert_eq!(context.output_key, Some("out/d"));
+    assert_eq!(
+        complete_stored(&mut vm, context.invocation, b"result d", true)
+            .header
+            .status,
+        Status::Ok
+    );
+    let result = runtime.block_on(pending).unwrap();
+    assert_eq!(result.stored_len, Some(8));
+    assert_eq!(&result.output[..], b"result d");
+    // Nobody stored anything: the library leaves storing to its caller.
+    assert!(!objects.join("out/d").exists());
+
+    drop(control);
+    let _ = stop.send(());
+    runtime.block_on(serving).unwrap();
 }

@@ -305,6 +305,7 @@ fn object_ops_on_the_file_store() {
         &Call::new(Command::Complete {
             invocation: 77,
             outcome: nexus_ring::Outcome::Success,
+            stored: false,
         })
         .payload(&[b"result"]),
     );

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 
 use nexus_ring::limits::{MAX_KEY_LEN, MAX_LOG_LEN, MAX_META_LEN, MAX_PAYLOAD_LEN, MAX_TOKEN_LEN};
 use nexus_ring::records::{
-    EntryList, Header, HeaderList, INVOCATION_CONTEXT_MAX_LEN, InvocationContext,
+    EntryList, Header, HeaderList, INVOCATION_CONTEXT_WITH_KEY_MAX_LEN, InvocationContext,
     OBJECT_INFO_MAX_LEN, ObjectEntry,
 };
 use nexus_ring::{
@@ -28,6 +28,15 @@ use crate::error::{Error, Result};
 use crate::mmio::{MmioRegisters, Registers};
 use crate::virtqueue::RING_AREA;
 use crate::window::{SharedWindow, WindowAllocator, WindowBuf, WindowMapping};
+
+/// A NEXT, offering room for an invocation context with an output key.
+fn next_call<'a>(timeout_ms: u64) -> Call<'a> {
+    Call::new(Command::Next { timeout_ms }).meta_capacity(INVOCATION_CONTEXT_WITH_KEY_MAX_LEN)
+}
+
+/// How far a buffer held while a NEXT is posted may push the NEXT's input buffer before
+/// [`Nexus::shifts_next_input`] says it moves it.
+const INPUT_SHIFT_TOLERANCE: usize = 0x1_0000;
 
 /// The response payload buffer a LIST offers first (retried with what TOO_LARGE asks for).
 const LIST_BUFFER: usize = 0x1_0000;
@@ -108,8 +117,63 @@ pub struct Invocation {
     pub function: String,
     /// The platform's request id (for logs), may be empty.
     pub request_id: String,
+    /// Where the caller wants the result stored, if anywhere: store it there (a write-behind
+    /// PUT of the buffer holding it) and complete with [`Completion::stored`] set — or leave
+    /// it to the backend. The function runtime ([`function`](mod@crate::function)) does the former.
+    pub output_key: Option<String>,
     /// The input, already in the window (prefetched by the backend).
     pub input: WindowBuf,
+}
+
+/// How an invocation ended, as COMPLETE reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The invocation's number, from its context.
+    pub number: u64,
+    /// Success (`result` is the result) or error (`result` is an error document).
+    pub outcome: Outcome,
+    /// The result or the error document, in the window; `None` for an empty one.
+    pub result: Option<&'a WindowBuf>,
+    /// The result is already stored at the invocation's output key, by a PUT this guest made
+    /// before (COMPLETE flag `STORED`): the backend does not store it again. Only with a
+    /// success, and only for an invocation whose context carried an output key.
+    pub stored: bool,
+}
+
+impl<'a> Completion<'a> {
+    /// A success with `result`, not stored by the guest.
+    pub fn success(number: u64, result: &'a WindowBuf) -> Self {
+        Self {
+            number,
+            outcome: Outcome::Success,
+            result: Some(result),
+            stored: false,
+        }
+    }
+
+    /// A failure with its error document.
+    pub fn error(number: u64, document: &'a WindowBuf) -> Self {
+        Self {
+            number,
+            outcome: Outcome::Error,
+            result: Some(document),
+            stored: false,
+        }
+    }
+
+    fn call(&self) -> Call<'a> {
+        // Answered as soon as the result is copied (or not even that).
+        let call = Call::new(Command::Complete {
+            invocation: self.number,
+            outcome: self.outcome,
+            stored: self.stored,
+        })
+        .quick(true);
+        match self.result {
+            Some(result) => call.payload(result),
+            None => call,
+        }
+    }
 }
 
 /// Where a call's response payload goes.
@@ -131,6 +195,8 @@ struct Call<'a> {
     meta: &'a [u8],
     payload: Option<&'a WindowBuf>,
     meta_capacity: u32,
+    /// The backend answers at once: poll for the answer a little longer before WAIT.
+    quick: bool,
 }
 
 impl<'a> Call<'a> {
@@ -141,7 +207,13 @@ impl<'a> Call<'a> {
             meta: &[],
             payload: None,
             meta_capacity: MESSAGE_CAPACITY,
+            quick: false,
         }
+    }
+
+    fn quick(mut self, quick: bool) -> Self {
+        self.quick = quick;
+        self
     }
 
     fn key(mut self, key: &'a [u8]) -> Self {
@@ -185,6 +257,54 @@ impl Reply {
     }
 }
 
+/// A request laid out in the window, ready to submit: what must live until it completes.
+struct Prepared<'a> {
+    id: u64,
+    /// Header, key, meta and response head.
+    control: WindowBuf,
+    /// Where the response head starts in `control`.
+    head_at: usize,
+    meta_capacity: u32,
+    /// Bytes of response payload buffer offered.
+    payload_capacity: u32,
+    /// The response buffer of [`Response::Alloc`] and [`Response::Largest`].
+    allocated: Option<WindowBuf>,
+    /// The caller's response buffer ([`Response::Into`]).
+    into: Option<&'a mut WindowBuf>,
+    chain: Vec<ChainDescriptor>,
+}
+
+impl Prepared<'_> {
+    /// Checks the response to the request (`used`: its used length, or why it failed) — not
+    /// its status.
+    fn finish(&mut self, used: Result<u32>) -> Result<Reply> {
+        let used_len = used?;
+        if used_len < RESPONSE_HEADER_SIZE as u32 {
+            return Err(Error::Refused { used_len });
+        }
+        let head_len = RESPONSE_HEADER_SIZE + self.meta_capacity as usize;
+        let head = &self.control[self.head_at..self.head_at + head_len];
+        let (header_bytes, meta_area) = head.split_at(RESPONSE_HEADER_SIZE);
+        let response = ResponseHeader::decode(header_bytes).map_err(Error::Protocol)?;
+        response
+            .check_reply(self.id, self.meta_capacity, self.payload_capacity)
+            .map_err(Error::Protocol)?;
+        let meta = meta_area[..response.meta_len as usize].to_vec();
+        let target = match self.into.as_deref_mut() {
+            Some(buf) => Some(buf),
+            None => self.allocated.as_mut(),
+        };
+        if let Some(buf) = target {
+            buf.set_len(response.payload_len as usize);
+        }
+        Ok(Reply {
+            header: response,
+            meta,
+            payload: self.allocated.take(),
+        })
+    }
+}
+
 const fn align8(value: usize) -> usize {
     (value + 7) & !7
 }
@@ -200,6 +320,8 @@ pub struct Nexus<R> {
     device: NexusIo<R>,
     window: Rc<SharedWindow>,
     next_id: u64,
+    /// Write-behind PUTs acknowledged since the last FLUSH that answered `OK`.
+    unflushed: u64,
 }
 
 impl Nexus<MmioRegisters> {
@@ -240,6 +362,7 @@ impl<R: Registers> Nexus<R> {
             device,
             window,
             next_id: 1,
+            unflushed: 0,
         })
     }
 
@@ -278,6 +401,25 @@ impl<R: Registers> Nexus<R> {
         self.window.alloc(len)
     }
 
+    /// Whether holding `held` while a NEXT is posted would put the next input more than
+    /// 64 KiB away from where it goes without `held` (a NEXT's input buffer is the largest free
+    /// block of the window). An input that lands elsewhere touches window pages the previous
+    /// inputs did not, and first touches of guest memory cost VM exits (shadow or nested page
+    /// faults): with a large result still held, or one that splits the free space, report it
+    /// with [`complete_with`](Self::complete_with), free it, then post the NEXT, rather than
+    /// [`complete_and_next`](Self::complete_and_next).
+    pub fn shifts_next_input(&self, held: &WindowBuf) -> bool {
+        let allocator = self.window.allocator();
+        let with = allocator.largest_free_offset();
+        let mut without = allocator;
+        without.free(held.window_offset(), held.capacity());
+        match (with, without.largest_free_offset()) {
+            (Some(with), Some(without)) => with.abs_diff(without) > INPUT_SHIFT_TOLERANCE,
+            (None, _) => true,
+            (Some(_), None) => false,
+        }
+    }
+
     /// A window buffer holding a copy of `data`.
     pub fn copy_to_window(&self, data: &[u8]) -> Result<WindowBuf> {
         let mut buf = self.window.alloc(data.len())?;
@@ -293,6 +435,23 @@ impl<R: Registers> Nexus<R> {
 
     /// Makes one request and checks the response (not its status).
     fn call(&mut self, call: Call<'_>, response: Response<'_>) -> Result<Reply> {
+        let spins = if call.quick {
+            self.device.quick_poll_spins()
+        } else {
+            self.device.poll_spins()
+        };
+        let mut prepared = self.prepare(call, response)?;
+        // SAFETY: the chain's writable descriptors are the control block's response head and
+        // the response buffer, both window buffers `prepared` holds, with no reference into
+        // them alive until the request completes or fails.
+        let used = unsafe { self.device.submit(&prepared.chain) }
+            .and_then(|ticket| self.device.wait_polling(ticket, spins));
+        prepared.finish(used)
+    }
+
+    /// Lays out a request in the window: its control block (header, key, meta, response
+    /// head), the response buffer, and the descriptor chain, ready to submit.
+    fn prepare<'a>(&mut self, call: Call<'_>, response: Response<'a>) -> Result<Prepared<'a>> {
         let max_payload = self.max_payload();
         if let Some(payload) = call.payload {
             if payload.len() > max_payload {
@@ -324,27 +483,21 @@ impl<R: Registers> Nexus<R> {
         control[meta_at..meta_at + call.meta.len()].copy_from_slice(call.meta);
         control[head_at..head_at + RESPONSE_HEADER_SIZE].fill(0);
 
-        let mut allocated = match response {
-            Response::Alloc(len) => Some(self.window.alloc(len.min(max_payload))?),
-            Response::Largest => Some(self.window.alloc_largest(max_payload)?),
-            Response::None | Response::Into(..) => None,
-        };
-        let (target, offered) = match (response, allocated.as_mut()) {
-            (Response::Into(buf, len), _) => {
+        let (allocated, into) = match response {
+            Response::None => (None, None),
+            Response::Into(buf, len) => {
                 let len = len.min(buf.capacity()).min(max_payload);
-                (Some(buf), len)
+                (None, Some((buf, len)))
             }
-            (_, Some(buf)) => {
-                let len = buf.capacity().min(max_payload);
-                (Some(buf), len)
-            }
-            _ => (None, 0),
+            Response::Alloc(len) => (Some(self.window.alloc(len.min(max_payload))?), None),
+            Response::Largest => (Some(self.window.alloc_largest(max_payload)?), None),
         };
-        let response_payload: Vec<SegmentRef> = target
-            .as_ref()
-            .and_then(|buf| buf.sub_segment(0, offered))
-            .into_iter()
-            .collect();
+        let response_segment = match (&allocated, &into) {
+            (Some(buf), _) => buf.sub_segment(0, buf.capacity().min(max_payload)),
+            (_, Some((buf, len))) => buf.sub_segment(0, *len),
+            _ => None,
+        };
+        let response_payload: Vec<SegmentRef> = response_segment.into_iter().collect();
         let payload: Vec<SegmentRef> = call
             .payload
             .and_then(WindowBuf::data_segment)
@@ -365,31 +518,16 @@ impl<R: Registers> Nexus<R> {
         header
             .encode(&mut control[..REQUEST_HEADER_SIZE])
             .map_err(Error::Encode)?;
-        let chain: Vec<ChainDescriptor> = layout.descriptors().collect();
-
-        // SAFETY: the chain's writable descriptors are the control block's response head and
-        // the response buffer, both window buffers held here (`control`, `target`) with no
-        // reference into them alive until the request completes or fails.
-        let used_len = unsafe { self.device.request(&chain) }?;
-
-        if used_len < RESPONSE_HEADER_SIZE as u32 {
-            return Err(Error::Refused { used_len });
-        }
-        let head = &control[head_at..head_at + head_len];
-        let (header_bytes, meta_area) = head.split_at(RESPONSE_HEADER_SIZE);
-        let response = ResponseHeader::decode(header_bytes).map_err(Error::Protocol)?;
-        let payload_capacity = response_payload.first().map_or(0, |s| s.len);
-        response
-            .check_reply(id, call.meta_capacity, payload_capacity)
-            .map_err(Error::Protocol)?;
-        let meta = meta_area[..response.meta_len as usize].to_vec();
-        if let Some(buf) = target {
-            buf.set_len(response.payload_len as usize);
-        }
-        Ok(Reply {
-            header: response,
-            meta,
-            payload: allocated,
+        let chain = layout.descriptors().collect();
+        Ok(Prepared {
+            id,
+            control,
+            head_at,
+            meta_capacity: call.meta_capacity,
+            payload_capacity: response_segment.map_or(0, |s| s.len),
+            allocated,
+            into: into.map(|(buf, _)| buf),
+            chain,
         })
     }
 
@@ -488,11 +626,21 @@ impl<R: Registers> Nexus<R> {
         self.call(
             Call::new(Command::Put { write_behind })
                 .key(key.as_bytes())
-                .payload(buf),
+                .payload(buf)
+                .quick(write_behind),
             Response::None,
         )?
         .ok()?;
+        if write_behind {
+            self.unflushed += 1;
+        }
         Ok(())
+    }
+
+    /// Write-behind PUTs acknowledged since the last FLUSH that answered `OK` (whose
+    /// durability nobody has waited for yet).
+    pub fn unflushed_write_behind(&self) -> u64 {
+        self.unflushed
     }
 
     /// An object's metadata (its `key` is empty).
@@ -672,11 +820,13 @@ impl<R: Registers> Nexus<R> {
     /// [`flush`](Self::flush) with a timeout in milliseconds (0: none);
     /// [`Error::Timeout`] if the uploads are not all durable in time.
     pub fn flush_timeout(&mut self, timeout_ms: u64) -> Result<()> {
+        let before = self.unflushed;
         self.call(
             Call::new(Command::Flush { timeout_ms }).meta_capacity(MAX_KEY_LEN),
             Response::None,
         )?
         .ok()?;
+        self.unflushed -= before;
         Ok(())
     }
 
@@ -709,12 +859,13 @@ impl<R: Registers> Nexus<R> {
     /// [`next_invocation`](Self::next_invocation) with a timeout in milliseconds (0: none);
     /// [`Error::Timeout`] if none arrived.
     pub fn next_invocation_timeout(&mut self, timeout_ms: u64) -> Result<Invocation> {
-        let reply = self
-            .call(
-                Call::new(Command::Next { timeout_ms }).meta_capacity(INVOCATION_CONTEXT_MAX_LEN),
-                Response::Largest,
-            )?
-            .ok()?;
+        let reply = self.call(next_call(timeout_ms), Response::Largest)?;
+        Self::invocation(reply)
+    }
+
+    /// The invocation a NEXT reply delivered.
+    fn invocation(reply: Reply) -> Result<Invocation> {
+        let reply = reply.ok()?;
         let context = InvocationContext::decode(&reply.meta).map_err(Error::Protocol)?;
         let mut input = reply.payload.ok_or(Error::UnexpectedReply("no buffer"))?;
         input.shrink_to_fit();
@@ -724,6 +875,7 @@ impl<R: Registers> Nexus<R> {
             async_durability: context.async_durability,
             function: String::from(context.function),
             request_id: String::from(context.request_id),
+            output_key: context.output_key.map(String::from),
             input,
         })
     }
@@ -749,16 +901,63 @@ impl<R: Registers> Nexus<R> {
         outcome: Outcome,
         result: &WindowBuf,
     ) -> Result<()> {
-        self.call(
-            Call::new(Command::Complete {
-                invocation: number,
-                outcome,
-            })
-            .payload(result),
-            Response::None,
-        )?
-        .ok()?;
+        self.complete_with(&Completion {
+            number,
+            outcome,
+            result: Some(result),
+            stored: false,
+        })
+    }
+
+    /// Reports how an invocation ended (COMPLETE), and waits for the answer.
+    pub fn complete_with(&mut self, completion: &Completion<'_>) -> Result<()> {
+        self.call(completion.call(), Response::None)?.ok()?;
         Ok(())
+    }
+
+    /// Reports how an invocation ended and waits for the next one: COMPLETE and NEXT made
+    /// available together under **one** doorbell, the COMPLETE's answer taken by polling (up
+    /// to the device's [`quick_poll_spins`](NexusIo::quick_poll_spins)) so that the one WAIT
+    /// read that follows returns with the next invocation. A warm invocation then costs the
+    /// guest two exits: this doorbell and that WAIT read.
+    ///
+    /// Returns the COMPLETE's outcome and the next invocation. The NEXT's input buffer is the
+    /// largest the window has *beside* `completion.result`, which is still held: a next input
+    /// that does not fit it fails with [`Error::TooLarge`] and stays queued, and a plain
+    /// [`next_invocation`](Self::next_invocation) then has the whole window.
+    pub fn complete_and_next(
+        &mut self,
+        completion: &Completion<'_>,
+    ) -> (Result<()>, Result<Invocation>) {
+        let mut complete = match self.prepare(completion.call(), Response::None) {
+            Ok(prepared) => prepared,
+            Err(error) => return (Err(error), self.next_invocation()),
+        };
+        let mut next = match self.prepare(next_call(0), Response::Largest) {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                // SAFETY: as in `call`: `complete` holds the chain's writable buffers.
+                let used = unsafe { self.device.request(&complete.chain) };
+                let done = complete.finish(used).and_then(Reply::ok).map(drop);
+                return (done, Err(error));
+            }
+        };
+        // SAFETY: the writable descriptors of both chains are window buffers held by
+        // `complete` and `next`, with no reference into them alive until both requests have
+        // completed or failed: both are waited for below, whatever happens to the first.
+        let tickets = unsafe { self.device.submit_all([&complete.chain, &next.chain]) };
+        let (done, delivered) = match tickets {
+            Ok([complete_ticket, next_ticket]) => {
+                let spins = self.device.quick_poll_spins();
+                let done = self.device.wait_polling(complete_ticket, spins);
+                let delivered = self.device.wait(next_ticket);
+                (done, delivered)
+            }
+            Err(error) => (Err(error.clone()), Err(error)),
+        };
+        let done = complete.finish(done).and_then(Reply::ok).map(drop);
+        let delivered = next.finish(delivered).and_then(Self::invocation);
+        (done, delivered)
     }
 
     /// Submits a chain exactly as given — no checks, no layout — waits for it and returns
@@ -932,6 +1131,20 @@ mod tests {
     }
 
     #[test]
+    fn write_behind_puts_are_polled_for_longer() {
+        // The fake answers on WAIT reads only: every request polls its budget, then reads.
+        let (mut nexus, fake) = fake::nexus_with(1 << 20, |s| s.process_on_notify = false);
+        nexus.device_mut().set_poll_spins(3);
+        nexus.device_mut().set_quick_poll_spins(100);
+        nexus.put_behind("k", b"v").unwrap();
+        assert_eq!(nexus.device().stats().spins, 100);
+        nexus.put("k", b"w").unwrap();
+        assert_eq!(nexus.device().stats().spins, 103);
+        assert_eq!(fake.state().wait_reads, 2);
+        assert_eq!(fake.state().backend.objects["k"], b"w");
+    }
+
+    #[test]
     fn write_behind_falls_back_to_synchronous() {
         let (mut nexus, fake) = fake::nexus_with(1 << 20, |s| {
             s.offered =
@@ -1078,6 +1291,7 @@ mod tests {
             number: 17,
             function: "wordcount".to_string(),
             request_id: "req-1".to_string(),
+            output_key: None,
             input: b"one two three".to_vec(),
         });
         let invocation = nexus.next_invocation().unwrap();
@@ -1085,10 +1299,12 @@ mod tests {
         assert_eq!(invocation.deadline_ms, 42);
         assert_eq!(invocation.function, "wordcount");
         assert_eq!(invocation.request_id, "req-1");
+        assert_eq!(invocation.output_key, None);
         assert_eq!(&invocation.input[..], b"one two three");
+        // Room for a context with an output key.
         assert_eq!(
             last_request(&fake).response.meta_capacity(),
-            INVOCATION_CONTEXT_MAX_LEN.max(MESSAGE_CAPACITY)
+            INVOCATION_CONTEXT_WITH_KEY_MAX_LEN
         );
         nexus.complete(invocation.number, Ok(b"3\n")).unwrap();
         nexus.complete(18, Err(b"{\"error\":1}")).unwrap();
@@ -1109,6 +1325,7 @@ mod tests {
             number: 19,
             function: "f".to_string(),
             request_id: String::new(),
+            output_key: None,
             input: vec![1; 2 << 20],
         });
         assert!(matches!(
@@ -1116,6 +1333,109 @@ mod tests {
             Err(Error::TooLarge { needed, .. }) if needed == 2 << 20
         ));
         drop(invocation);
+        assert_no_leak(&nexus);
+    }
+
+    fn queue(fake: &FakeDevice, number: u64, output_key: Option<&str>, input: &[u8]) {
+        fake.state().backend.invocations.push_back(FakeInvocation {
+            number,
+            function: "f".to_string(),
+            request_id: String::new(),
+            output_key: output_key.map(str::to_string),
+            input: input.to_vec(),
+        });
+    }
+
+    #[test]
+    fn complete_and_next_share_one_doorbell() {
+        let (mut nexus, fake) = fake::nexus();
+        queue(&fake, 1, Some("out/1"), b"first");
+        queue(&fake, 2, None, b"second");
+        let first = nexus.next_invocation().unwrap();
+        assert_eq!(first.output_key.as_deref(), Some("out/1"));
+        nexus.put_buf_behind("out/1", &first.input).unwrap();
+        assert_eq!(nexus.unflushed_write_behind(), 1);
+        let notifies = fake.state().notifies;
+        let seen = fake.state().seen.len();
+        let completion = Completion {
+            stored: true,
+            ..Completion::success(first.number, &first.input)
+        };
+        let (done, next) = nexus.complete_and_next(&completion);
+        done.unwrap();
+        let second = next.unwrap();
+        assert_eq!((second.number, &second.input[..]), (2, &b"second"[..]));
+        assert_eq!(second.output_key, None);
+        // Both requests, one doorbell, no WAIT read (the fake answers on the doorbell).
+        let s = fake.state();
+        assert_eq!(s.notifies, notifies + 1);
+        assert_eq!(s.seen.len(), seen + 2);
+        assert_eq!(
+            s.seen[seen].decoded.as_ref().unwrap().command(),
+            Command::Complete {
+                invocation: 1,
+                outcome: Outcome::Success,
+                stored: true
+            }
+        );
+        assert_eq!(s.seen[seen + 1].decoded.as_ref().unwrap().op(), Op::Next);
+        assert_eq!(s.wait_reads, 0);
+        assert_eq!(s.backend.stored, [1]);
+        assert_eq!(s.backend.objects["out/1"], b"first");
+        assert_eq!(
+            s.backend.completed,
+            [(1, Outcome::Success, b"first".to_vec())]
+        );
+        drop(s);
+
+        // No next invocation: COMPLETE succeeds, NEXT times out (the fake does not park).
+        let completion = Completion::error(second.number, &second.input);
+        let (done, next) = nexus.complete_and_next(&completion);
+        done.unwrap();
+        assert!(matches!(next, Err(Error::Timeout(_))));
+        // A STORED error is refused before anything is sent.
+        let completion = Completion {
+            stored: true,
+            ..Completion::error(3, &second.input)
+        };
+        let sent = fake.state().seen.len();
+        let (done, next) = nexus.complete_and_next(&completion);
+        assert!(matches!(done, Err(Error::Encode(_))));
+        assert!(matches!(next, Err(Error::Timeout(_))));
+        assert_eq!(fake.state().seen.len(), sent + 1, "the NEXT alone");
+        nexus.flush().unwrap();
+        assert_eq!(nexus.unflushed_write_behind(), 0);
+        drop((first, second));
+        assert_no_leak(&nexus);
+    }
+
+    #[test]
+    fn complete_and_next_poll_for_the_complete_then_wait_once() {
+        // The fake serves chains on WAIT reads: the first read answers both.
+        let (mut nexus, fake) = fake::nexus_with(1 << 20, |s| s.process_on_notify = false);
+        nexus.device_mut().set_poll_spins(0);
+        queue(&fake, 5, None, b"in");
+        queue(&fake, 6, None, b"next");
+        let first = nexus.next_invocation().unwrap();
+        let reads = fake.state().wait_reads;
+        let (done, next) = nexus.complete_and_next(&Completion::success(5, &first.input));
+        done.unwrap();
+        assert_eq!(next.unwrap().number, 6);
+        assert_eq!(fake.state().wait_reads, reads + 1);
+        assert!(nexus.device().stats().spins >= u64::from(nexus.device().quick_poll_spins()));
+        // Lost backend: both fail, and the next request sets the device up again.
+        {
+            let mut s = fake.state();
+            s.connected = false;
+            s.backend_present = false;
+        }
+        let (done, next) = nexus.complete_and_next(&Completion::success(6, &first.input));
+        assert!(matches!(done, Err(Error::BackendUnavailable(_))));
+        assert!(matches!(next, Err(Error::BackendUnavailable(_))));
+        fake.state().backend_present = true;
+        queue(&fake, 7, None, b"again");
+        assert_eq!(nexus.next_invocation().unwrap().number, 7);
+        drop(first);
         assert_no_leak(&nexus);
     }
 

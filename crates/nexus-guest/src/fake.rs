@@ -136,6 +136,7 @@ pub(crate) struct FakeInvocation {
     pub number: u64,
     pub function: String,
     pub request_id: String,
+    pub output_key: Option<String>,
     pub input: Vec<u8>,
 }
 
@@ -148,6 +149,8 @@ pub(crate) struct Backend {
     pub logs: Vec<(u64, String)>,
     pub invocations: VecDeque<FakeInvocation>,
     pub completed: Vec<(u64, Outcome, Vec<u8>)>,
+    /// Invocations completed with flag `STORED`.
+    pub stored: Vec<u64>,
     /// Entries per LIST page.
     pub page_size: usize,
 }
@@ -670,12 +673,16 @@ impl Backend {
                             ..Answer::status(Status::TooLarge, "input too large")
                         };
                     }
+                    // As the backend does: the key only for a NEXT with room for it.
+                    let room = request.response.meta_capacity()
+                        >= nexus_ring::records::INVOCATION_CONTEXT_WITH_KEY_MAX_LEN;
                     let context = InvocationContext {
                         invocation: invocation.number,
                         deadline_ms: 42,
                         async_durability: false,
                         function: &invocation.function,
                         request_id: &invocation.request_id,
+                        output_key: invocation.output_key.as_deref().filter(|_| room),
                     };
                     Answer {
                         meta: context.to_vec().unwrap(),
@@ -688,9 +695,13 @@ impl Backend {
             Command::Complete {
                 invocation,
                 outcome,
+                stored,
             } => {
                 self.completed
                     .push((invocation, outcome, seen.payload.clone()));
+                if stored {
+                    self.stored.push(invocation);
+                }
                 Answer::ok()
             }
         }

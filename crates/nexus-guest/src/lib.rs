@@ -6,10 +6,15 @@
 //! programs that the VMM starts directly in 64-bit mode at CPL 3 (`docs/micro-guest-abi.md`,
 //! `docs/nexus-io.md` and `docs/protocol.md` in the Nexus repository are the contracts).
 //!
+//! - [`function`](mod@function): the function SDK — write a handler, and `function!` (feature
+//!   `rt`) makes it a micro-guest that serves invocations (NEXT → handler → COMPLETE, error
+//!   documents, the output key stored write-behind from the window, two VM exits per warm
+//!   invocation), or runs once over stored objects. `docs/writing-functions.md` in the Nexus
+//!   repository is the guide.
 //! - [`Nexus`]: the client a function uses — `get`/`get_range` (zero copy into the window),
 //!   `put`/`put_buf`/`put_behind`, `head`, `delete`, `list`, `invoke`, `http`, `flush`,
-//!   `log`, and the runtime loop `next_invocation`/`complete`. Errors are one [`Error`] enum
-//!   mirroring the protocol's statuses plus the driver's own.
+//!   `log`, and the runtime loop `next_invocation`/`complete`/`complete_and_next`. Errors are
+//!   one [`Error`] enum mirroring the protocol's statuses plus the driver's own.
 //! - [`device`]: [`NexusIo`](device::NexusIo), the virtio-mmio driver — negotiation, the
 //!   split virtqueue ([`virtqueue`]) in the window, the doorbell, the bounded poll and the
 //!   WAIT register, and the reset when the backend is gone.
@@ -33,6 +38,9 @@
 //!   [`rt::exit`], port I/O, the global allocator, [`rt::nexus`] (the guest's client) and
 //!   [`entry!`], which defines a guest binary's entry point, panic handler, allocator and C
 //!   memory functions.
+//! - `build` (feature `build`, for a guest package's build script, with `std`): the linker
+//!   script and link arguments of micro-guests — `build.rs` is
+//!   `nexus_guest::build::link_micro_guest();`.
 //!
 //! The library defines no lang items and no `#[no_mangle]` symbols, so it also builds and
 //! links in ordinary `std` programs (its own tests, a workspace's `cargo test`); the
@@ -59,11 +67,17 @@
 #![deny(missing_docs)]
 
 extern crate alloc;
+// The build-script helpers (feature `build`) run on the host, with `std`.
+#[cfg(all(feature = "build", not(test)))]
+extern crate std;
 
 pub mod boot;
+#[cfg(feature = "build")]
+pub mod build;
 mod client;
 pub mod device;
 mod error;
+pub mod function;
 pub mod heap;
 pub mod io;
 pub mod mmio;
@@ -77,7 +91,7 @@ pub mod virtqueue;
 pub mod window;
 
 pub use boot::{Args, BootInfo, BootInfoError, MemoryKind, MemoryMapEntry};
-pub use client::{HttpResponse, Invocation, InvokeResult, ListPage, Nexus, ObjectInfo};
+pub use client::{Completion, HttpResponse, Invocation, InvokeResult, ListPage, Nexus, ObjectInfo};
 pub use error::{Error, Report, Result};
 pub use window::{WindowBuf, WindowMapping};
 

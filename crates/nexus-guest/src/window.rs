@@ -275,16 +275,26 @@ impl WindowAllocator {
     /// largest free block; returns `(offset, capacity)`.
     pub fn allocate_largest(&mut self, max: usize) -> Option<(usize, usize)> {
         let max = align_down(max, Self::GRANULE);
-        let (index, extent) = self
-            .free
-            .iter()
-            .enumerate()
-            .max_by_key(|(i, e)| (e.len, usize::MAX - i))?;
+        let (index, extent) = self.largest_extent()?;
         let capacity = extent.len.min(max);
         if capacity == 0 {
             return None;
         }
         Some(self.take(index, capacity))
+    }
+
+    /// Where [`allocate_largest`](Self::allocate_largest) would allocate: the offset of the
+    /// largest free block (the lowest of equals); `None` if nothing is free.
+    pub fn largest_free_offset(&self) -> Option<usize> {
+        self.largest_extent().map(|(_, extent)| extent.start)
+    }
+
+    /// The largest free extent (the first of equals) and its index.
+    fn largest_extent(&self) -> Option<(usize, &Extent)> {
+        self.free
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, e)| (e.len, usize::MAX - i))
     }
 
     /// Takes `capacity` bytes from the front of free extent `index`.
@@ -686,11 +696,14 @@ pub(crate) mod tests {
     #[test]
     fn largest_and_shrink() {
         let mut a = WindowAllocator::new(0, 0x1000);
+        assert_eq!(a.largest_free_offset(), Some(0));
         let (small, cs) = a.allocate(64).unwrap();
+        assert_eq!(a.largest_free_offset(), Some(64));
         let (big, cb) = a.allocate_largest(usize::MAX).unwrap();
         assert_eq!((big, cb), (64, 0x1000 - 64));
         assert!(a.allocate(1).is_none());
         assert!(a.allocate_largest(usize::MAX).is_none());
+        assert_eq!(a.largest_free_offset(), None);
         let cb = a.shrink(big, cb, 100);
         assert_eq!(cb, 128);
         assert_eq!(a.free_bytes(), 0x1000 - 64 - 128);

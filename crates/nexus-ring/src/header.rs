@@ -78,8 +78,11 @@ impl RequestHeader {
         self.command.op()
     }
 
-    /// Checks the lengths against the op's rules and the protocol limits.
+    /// Checks the command (flags and arguments the op defines, in a combination it allows)
+    /// and the lengths against the op's rules and the protocol limits.
     pub fn validate(&self) -> Result<()> {
+        let (flags, arg0, arg1) = self.command.raw();
+        Command::from_raw(self.op(), flags, arg0, arg1)?;
         let rules = self.op().rules();
         // An absent key is length 0: allowed only if the op's minimum is 0.
         check_len(
@@ -474,11 +477,41 @@ mod tests {
         header.command = Command::Complete {
             invocation: 9,
             outcome: Outcome::Error,
+            stored: false,
         };
         header.key_len = 0;
         let b = header.to_bytes().unwrap();
         assert_eq!(b[16], 1);
         assert_eq!(RequestHeader::decode(&b).unwrap(), header);
+        // A result stored at the output key: flag bit 1, a success's only.
+        header.command = Command::Complete {
+            invocation: 9,
+            outcome: Outcome::Success,
+            stored: true,
+        };
+        let mut b = header.to_bytes().unwrap();
+        assert_eq!(b[16], 2);
+        assert_eq!(RequestHeader::decode(&b).unwrap(), header);
+        b[16] = 3;
+        assert!(matches!(
+            RequestHeader::decode(&b),
+            Err(Error::InvalidFlags {
+                op: Op::Complete,
+                flags: 3
+            })
+        ));
+        header.command = Command::Complete {
+            invocation: 9,
+            outcome: Outcome::Error,
+            stored: true,
+        };
+        assert!(matches!(
+            header.to_bytes(),
+            Err(Error::InvalidFlags {
+                op: Op::Complete,
+                flags: 3
+            })
+        ));
     }
 
     #[test]

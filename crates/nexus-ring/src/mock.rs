@@ -343,7 +343,7 @@ pub fn sample_requests() -> Vec<(&'static str, ChainImage)> {
         },
     ])
     .unwrap_or_default();
-    let specs: [(&str, RequestSpec<'_>); 16] = [
+    let specs: [(&str, RequestSpec<'_>); 17] = [
         (
             "next",
             RequestSpec {
@@ -363,10 +363,27 @@ pub fn sample_requests() -> Vec<(&'static str, ChainImage)> {
                 command: Command::Complete {
                     invocation: 77,
                     outcome: Outcome::Success,
+                    stored: false,
                 },
                 key: b"",
                 meta: b"",
                 payload: &[b"{\"ok\":true}"],
+                response_meta: 0,
+                response_payload: &[],
+            },
+        ),
+        (
+            "complete_stored",
+            RequestSpec {
+                id: 17,
+                command: Command::Complete {
+                    invocation: 79,
+                    outcome: Outcome::Success,
+                    stored: true,
+                },
+                key: b"",
+                meta: b"",
+                payload: &[b"{\"stored\":true}"],
                 response_meta: 0,
                 response_payload: &[],
             },
@@ -378,6 +395,7 @@ pub fn sample_requests() -> Vec<(&'static str, ChainImage)> {
                 command: Command::Complete {
                     invocation: 78,
                     outcome: Outcome::Error,
+                    stored: false,
                 },
                 key: b"",
                 meta: b"",
@@ -665,11 +683,21 @@ pub fn sample_records() -> Vec<(&'static str, Vec<u8>)> {
         async_durability: true,
         function: "resize-image",
         request_id: "8f14e45f-ceea-467f-a8f9-1b2c3d4e5f60",
+        output_key: None,
     };
     push(
         "invocation_context",
         RawKind::InvocationContext,
         context.to_vec(),
+    );
+    let keyed = InvocationContext {
+        output_key: Some("outputs/photo-thumb.jpg"),
+        ..context
+    };
+    push(
+        "invocation_context_output_key",
+        RawKind::InvocationContext,
+        keyed.to_vec(),
     );
     let entry = ObjectEntry {
         size: 1234,

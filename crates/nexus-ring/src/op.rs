@@ -16,6 +16,10 @@ use crate::records::{INVOCATION_CONTEXT_MAX_LEN, OBJECT_INFO_MAX_LEN};
 pub mod flags {
     /// COMPLETE: the function failed; the payload is its error document.
     pub const COMPLETE_ERROR: u32 = 1 << 0;
+    /// COMPLETE: the result (still the payload) is already stored at the invocation's output
+    /// key, by a PUT this guest made before the COMPLETE; the backend does not store it
+    /// again. Only with a success ([`COMPLETE_ERROR`] clear).
+    pub const COMPLETE_STORED: u32 = 1 << 1;
     /// PUT: write-behind. The backend copies the payload out of the window and answers at
     /// once; the upload happens later. FLUSH waits for it.
     pub const PUT_WRITE_BEHIND: u32 = 1 << 0;
@@ -143,7 +147,7 @@ impl Op {
     /// The flag bits this op defines.
     pub const fn allowed_flags(self) -> u32 {
         match self {
-            Op::Complete => flags::COMPLETE_ERROR,
+            Op::Complete => flags::COMPLETE_ERROR | flags::COMPLETE_STORED,
             Op::Put => flags::PUT_WRITE_BEHIND,
             Op::Invoke => flags::INVOKE_ASYNC,
             _ => 0,
@@ -373,12 +377,15 @@ pub enum Command {
         timeout_ms: u64,
     },
     /// COMPLETE. `arg0` = `invocation`; flag [`flags::COMPLETE_ERROR`] when `outcome` is
-    /// [`Outcome::Error`].
+    /// [`Outcome::Error`], flag [`flags::COMPLETE_STORED`] when `stored` (never with an
+    /// error: such a header is refused).
     Complete {
         /// The invocation number from the invocation context.
         invocation: u64,
         /// Whether the payload is a result or an error document.
         outcome: Outcome,
+        /// The guest stored the result at the invocation's output key itself.
+        stored: bool,
     },
     /// GET. `arg0` = `offset`, `arg1` = `max_len` (0: as much as the buffers hold).
     Get {
@@ -456,8 +463,10 @@ impl Command {
             Command::Complete {
                 invocation,
                 outcome,
+                stored,
             } => (
-                bit(matches!(outcome, Outcome::Error), flags::COMPLETE_ERROR),
+                bit(matches!(outcome, Outcome::Error), flags::COMPLETE_ERROR)
+                    | bit(stored, flags::COMPLETE_STORED),
                 invocation,
                 0,
             ),
@@ -489,13 +498,18 @@ impl Command {
         let set = flags != 0;
         let command = match op {
             Op::Next => Command::Next { timeout_ms: arg0 },
+            // A result stored at the output key is a success's.
+            Op::Complete if flags == flags::COMPLETE_ERROR | flags::COMPLETE_STORED => {
+                return Err(Error::InvalidFlags { op, flags });
+            }
             Op::Complete => Command::Complete {
                 invocation: arg0,
-                outcome: if set {
+                outcome: if flags & flags::COMPLETE_ERROR != 0 {
                     Outcome::Error
                 } else {
                     Outcome::Success
                 },
+                stored: flags & flags::COMPLETE_STORED != 0,
             },
             Op::Get => Command::Get {
                 offset: arg0,

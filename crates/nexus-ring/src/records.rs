@@ -26,9 +26,14 @@ use crate::wire::{WireReader, WireWriter, check_len, check_room};
 
 /// Size of the fixed part of an [`InvocationContext`].
 pub const INVOCATION_CONTEXT_FIXED_SIZE: u32 = 24;
-/// Largest encoded [`InvocationContext`]: the least meta capacity a NEXT request offers.
+/// Largest encoded [`InvocationContext`] without an output key: the least meta capacity a
+/// NEXT request offers.
 pub const INVOCATION_CONTEXT_MAX_LEN: u32 =
     INVOCATION_CONTEXT_FIXED_SIZE + MAX_FUNCTION_NAME_LEN + MAX_REQUEST_ID_LEN;
+/// Largest encoded [`InvocationContext`] with an output key. A NEXT request whose response
+/// head offers at least this much meta capacity says that its guest understands
+/// [`CONTEXT_OUTPUT_KEY`]: only then does the backend put the output key in the context.
+pub const INVOCATION_CONTEXT_WITH_KEY_MAX_LEN: u32 = INVOCATION_CONTEXT_MAX_LEN + 2 + MAX_KEY_LEN;
 /// Size of the fixed part of an [`ObjectEntry`].
 pub const OBJECT_ENTRY_FIXED_SIZE: u32 = 20;
 /// Largest HEAD answer (an [`ObjectEntry`] with an empty key): the least meta capacity a HEAD
@@ -42,6 +47,11 @@ pub const HEADER_FIXED_SIZE: u32 = 4;
 /// Invocation context flag: the caller asked for asynchronous durability (the invocation may
 /// be reported complete before its write-behind uploads are durable).
 pub const CONTEXT_ASYNC_DURABILITY: u32 = 1 << 0;
+/// Invocation context flag: the context ends with an output key (a `u16` length, then the
+/// key), where the caller wants the result stored.
+pub const CONTEXT_OUTPUT_KEY: u32 = 1 << 1;
+/// Every flag an invocation context may carry.
+const CONTEXT_FLAGS: u32 = CONTEXT_ASYNC_DURABILITY | CONTEXT_OUTPUT_KEY;
 
 /// Checks that `bytes` is UTF-8, naming `field` if not.
 pub fn utf8(bytes: &[u8], field: Field) -> Result<&str> {
@@ -68,10 +78,14 @@ fn read_str<'a>(r: &mut WireReader<'a>, len: u16, field: Field) -> Result<&'a st
 /// |---|---|---|
 /// | 0 | 8 | invocation number (echo it in COMPLETE `arg0`) |
 /// | 8 | 8 | deadline, Unix time in milliseconds (0: none) |
-/// | 16 | 4 | flags ([`CONTEXT_ASYNC_DURABILITY`]) |
+/// | 16 | 4 | flags ([`CONTEXT_ASYNC_DURABILITY`], [`CONTEXT_OUTPUT_KEY`]) |
 /// | 20 | 2 | function name length (1..=[`MAX_FUNCTION_NAME_LEN`]) |
 /// | 22 | 2 | request id length (0..=[`MAX_REQUEST_ID_LEN`]) |
 /// | 24 | … | function name (UTF-8), then request id (UTF-8) |
+/// | … | 2 | with [`CONTEXT_OUTPUT_KEY`] only: output key length (1..=[`MAX_KEY_LEN`]) |
+/// | … | … | with [`CONTEXT_OUTPUT_KEY`] only: output key (UTF-8) |
+///
+/// A context without an output key is byte for byte what it was before the key existed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct InvocationContext<'a> {
     /// The backend's number for this invocation.
@@ -84,14 +98,19 @@ pub struct InvocationContext<'a> {
     pub function: &'a str,
     /// The platform's id for the request (for logs and tracing); may be empty.
     pub request_id: &'a str,
+    /// Where the caller wants the result stored, if anywhere. A guest that stores it there
+    /// itself says so in COMPLETE ([`COMPLETE_STORED`](crate::op::flags::COMPLETE_STORED)).
+    pub output_key: Option<&'a str>,
 }
 
 impl<'a> InvocationContext<'a> {
     /// Encoded size in bytes.
     pub fn encoded_len(&self) -> usize {
+        let key = self.output_key.map_or(0, |key| key.len().saturating_add(2));
         (INVOCATION_CONTEXT_FIXED_SIZE as usize)
             .saturating_add(self.function.len())
             .saturating_add(self.request_id.len())
+            .saturating_add(key)
     }
 
     /// Writes the record to the front of `out`; returns the bytes written.
@@ -109,19 +128,30 @@ impl<'a> InvocationContext<'a> {
             0,
             MAX_REQUEST_ID_LEN,
         )?;
+        let output_key_len = self
+            .output_key
+            .map(|key| len16(Field::ObjectKey, key.len(), 1, MAX_KEY_LEN))
+            .transpose()?;
         check_room(field, out, self.encoded_len())?;
+        let mut flags = 0;
+        if self.async_durability {
+            flags |= CONTEXT_ASYNC_DURABILITY;
+        }
+        if self.output_key.is_some() {
+            flags |= CONTEXT_OUTPUT_KEY;
+        }
         let mut w = WireWriter::new(out, field);
         w.u64(self.invocation)?;
         w.u64(self.deadline_ms)?;
-        w.u32(if self.async_durability {
-            CONTEXT_ASYNC_DURABILITY
-        } else {
-            0
-        })?;
+        w.u32(flags)?;
         w.u16(function_len)?;
         w.u16(request_id_len)?;
         w.put(self.function.as_bytes())?;
         w.put(self.request_id.as_bytes())?;
+        if let (Some(key), Some(len)) = (self.output_key, output_key_len) {
+            w.u16(len)?;
+            w.put(key.as_bytes())?;
+        }
         Ok(w.written())
     }
 
@@ -132,7 +162,7 @@ impl<'a> InvocationContext<'a> {
         let invocation = r.u64()?;
         let deadline_ms = r.u64()?;
         let flags = r.u32()?;
-        if flags & !CONTEXT_ASYNC_DURABILITY != 0 {
+        if flags & !CONTEXT_FLAGS != 0 {
             return Err(Error::UndefinedFlags { field, flags });
         }
         let function_len = r.u16()?;
@@ -151,13 +181,21 @@ impl<'a> InvocationContext<'a> {
         )?;
         let function = read_str(&mut r, function_len, Field::FunctionName)?;
         let request_id = read_str(&mut r, request_id_len, Field::RequestId)?;
+        let output_key = if flags & CONTEXT_OUTPUT_KEY != 0 {
+            let len = r.u16()?;
+            check_len(Field::ObjectKey, len.into(), 1, MAX_KEY_LEN.into())?;
+            Some(read_str(&mut r, len, Field::ObjectKey)?)
+        } else {
+            None
+        };
         r.finish()?;
         Ok(Self {
             invocation,
             deadline_ms,
-            async_durability: flags != 0,
+            async_durability: flags & CONTEXT_ASYNC_DURABILITY != 0,
             function,
             request_id,
+            output_key,
         })
     }
 
@@ -548,6 +586,7 @@ mod tests {
             async_durability: true,
             function: "f",
             request_id: "r1",
+            output_key: None,
         };
         let bytes = context.to_vec().unwrap();
         let expected: [u8; 27] = [
@@ -561,14 +600,17 @@ mod tests {
         assert_eq!(InvocationContext::decode(&bytes).unwrap(), context);
         assert!(InvocationContext::decode(&bytes[..26]).is_err());
         let mut flags = bytes.clone();
-        flags[16] = 2;
+        flags[16] = 4;
         assert_eq!(
             InvocationContext::decode(&flags),
             Err(Error::UndefinedFlags {
                 field: Field::InvocationContext,
-                flags: 2
+                flags: 4
             })
         );
+        // The output-key flag without the key: the record is too short.
+        flags[16] = 2;
+        assert!(InvocationContext::decode(&flags).is_err());
         let mut utf = bytes.clone();
         utf[24] = 0xFF;
         assert_eq!(
@@ -589,6 +631,91 @@ mod tests {
             INVOCATION_CONTEXT_MAX_LEN,
             24 + MAX_FUNCTION_NAME_LEN + MAX_REQUEST_ID_LEN
         );
+    }
+
+    #[test]
+    fn invocation_context_with_an_output_key() {
+        let context = InvocationContext {
+            invocation: 7,
+            deadline_ms: 0,
+            async_durability: false,
+            function: "f",
+            request_id: "",
+            output_key: Some("out/a"),
+        };
+        let bytes = context.to_vec().unwrap();
+        let expected: [u8; 32] = [
+            7, 0, 0, 0, 0, 0, 0, 0, // invocation
+            0, 0, 0, 0, 0, 0, 0, 0, // deadline
+            2, 0, 0, 0, // flags: output key
+            1, 0, 0, 0,    // name length 1, request id length 0
+            b'f', // name
+            5, 0, // output key length
+            b'o', b'u', b't', b'/', b'a',
+        ];
+        assert_eq!(bytes, expected);
+        assert_eq!(context.encoded_len(), 32);
+        assert_eq!(InvocationContext::decode(&bytes).unwrap(), context);
+        for cut in 0..bytes.len() {
+            assert!(
+                InvocationContext::decode(&bytes[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut extra = bytes.clone();
+        extra.push(0);
+        assert!(InvocationContext::decode(&extra).is_err());
+        // Both flags.
+        let both = InvocationContext {
+            async_durability: true,
+            ..context
+        };
+        let bytes = both.to_vec().unwrap();
+        assert_eq!(bytes[16], 3);
+        assert_eq!(InvocationContext::decode(&bytes).unwrap(), both);
+        // A key is 1..=1024 bytes, UTF-8.
+        let empty = InvocationContext {
+            output_key: Some(""),
+            ..context
+        };
+        assert!(empty.to_vec().is_err());
+        let long = "k".repeat(MAX_KEY_LEN as usize + 1);
+        let long = InvocationContext {
+            output_key: Some(&long),
+            ..context
+        };
+        assert!(long.to_vec().is_err());
+        let mut zero_len = context.to_vec().unwrap();
+        zero_len.truncate(25);
+        zero_len.extend_from_slice(&[0, 0]);
+        assert!(matches!(
+            InvocationContext::decode(&zero_len),
+            Err(Error::LengthOutOfRange {
+                field: Field::ObjectKey,
+                ..
+            })
+        ));
+        let mut bad = context.to_vec().unwrap();
+        bad[27] = 0xFF;
+        assert_eq!(
+            InvocationContext::decode(&bad),
+            Err(Error::InvalidUtf8(Field::ObjectKey))
+        );
+        // The largest context with a key is what the constant says.
+        let name = "n".repeat(MAX_FUNCTION_NAME_LEN as usize);
+        let id = "i".repeat(MAX_REQUEST_ID_LEN as usize);
+        let key = "k".repeat(MAX_KEY_LEN as usize);
+        let largest = InvocationContext {
+            function: &name,
+            request_id: &id,
+            output_key: Some(&key),
+            ..context
+        };
+        assert_eq!(
+            largest.to_vec().unwrap().len(),
+            INVOCATION_CONTEXT_WITH_KEY_MAX_LEN as usize
+        );
+        assert_eq!(INVOCATION_CONTEXT_WITH_KEY_MAX_LEN, 1562);
     }
 
     #[test]

@@ -64,7 +64,7 @@ mod tests {
     #[test]
     fn virtqueue_and_flat_decoding_agree_on_samples() {
         let samples = sample_requests();
-        assert_eq!(samples.len(), 16);
+        assert_eq!(samples.len(), 17);
         let mut ops = std::collections::BTreeSet::new();
         for (name, image) in samples {
             let flat = image.decode().unwrap().unwrap();

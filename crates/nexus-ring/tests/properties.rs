@@ -22,13 +22,17 @@ use proptest::prelude::*;
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         any::<u64>().prop_map(|timeout_ms| Command::Next { timeout_ms }),
-        (any::<u64>(), any::<bool>()).prop_map(|(invocation, failed)| Command::Complete {
-            invocation,
-            outcome: if failed {
-                Outcome::Error
-            } else {
-                Outcome::Success
-            },
+        (any::<u64>(), any::<bool>(), any::<bool>()).prop_map(|(invocation, failed, stored)| {
+            Command::Complete {
+                invocation,
+                outcome: if failed {
+                    Outcome::Error
+                } else {
+                    Outcome::Success
+                },
+                // Only a success's result is stored at the output key.
+                stored: stored && !failed,
+            }
         }),
         (any::<u64>(), any::<u64>()).prop_map(|(offset, max_len)| Command::Get { offset, max_len }),
         any::<bool>().prop_map(|write_behind| Command::Put { write_behind }),
@@ -247,6 +251,7 @@ proptest! {
         async_durability in any::<bool>(),
         function in "[a-z0-9-]{1,64}",
         request_id in "[ -~]{0,64}",
+        output_key in prop::option::of("[a-zA-Z0-9/._é-]{1,40}"),
         keys in prop::collection::vec("[a-zA-Z0-9/._é-]{0,40}", 0..8),
         etag in prop::string::string_regex(&format!("[ -~]{{0,{MAX_ETAG_LEN}}}")).unwrap(),
         headers in prop::collection::vec(("[a-zA-Z0-9!#$%&'*+.^_`|~-]{1,20}", "[ -~\t]{0,40}"), 0..8),
@@ -254,6 +259,7 @@ proptest! {
         let context = InvocationContext {
             invocation, deadline_ms, async_durability,
             function: &function, request_id: &request_id,
+            output_key: output_key.as_deref(),
         };
         let bytes = context.to_vec().unwrap();
         prop_assert_eq!(InvocationContext::decode(&bytes), Ok(context));
@@ -293,11 +299,14 @@ proptest! {
         let context = InvocationContext {
             invocation: 1, deadline_ms: 2, async_durability: false,
             function: &function, request_id: "id",
+            output_key: None,
         };
+        let keyed = InvocationContext { output_key: Some("out/k"), ..context };
         let entry = ObjectEntry { size: 3, last_modified_ms: 4, key: &key, etag: "t" };
         let header = Header { name: "n", value: key.as_bytes() };
         let inputs = [
             (RawKind::InvocationContext, context.to_vec().unwrap()),
+            (RawKind::InvocationContext, keyed.to_vec().unwrap()),
             (RawKind::ObjectEntry, entry.to_vec().unwrap()),
             (RawKind::EntryList, EntryList::encode_to_vec(&[entry, entry]).unwrap()),
             (RawKind::HeaderList, HeaderList::encode_to_vec(&[header]).unwrap()),

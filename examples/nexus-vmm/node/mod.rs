@@ -134,7 +134,8 @@ pub struct Timings {
     pub function: f64,
     /// `COMPLETE` to its write-behind uploads being durable.
     pub durable: f64,
-    /// Storing the result at `output_key`.
+    /// The backend storing the result at `output_key` (0 when the function's runtime stored
+    /// it itself, write-behind, as the `nexus-guest` function SDK does).
     pub output_store: f64,
     /// The whole invocation in the node.
     pub total: f64,

@@ -1,11 +1,11 @@
-//! Micro-guest function: encrypts an object with AES-128-CTR (RustCrypto `aes` + `ctr`,
-//! `no_std`), in place in the window buffer the object arrived in.
+//! Micro-guest function: encrypts its input with AES-128-CTR (RustCrypto `aes` + `ctr`,
+//! `no_std`), in place in the window buffer the input arrived in.
 //!
-//! `aes INPUT_KEY OUTPUT_KEY`: GETs `INPUT_KEY`, PUTs the ciphertext (same length, no IV
-//! prefix: the demo key and IV below are fixed) to `OUTPUT_KEY`, prints
-//! `aes-128-ctr: <n> bytes` and exits 0; on any error prints it and exits 1 (2 for bad
-//! arguments). Without arguments: the runtime loop, completing each invocation with the
-//! encrypted input. Check with
+//! The result is the ciphertext (same length, no IV prefix: the demo key and IV below are
+//! fixed). Built on the `nexus-guest` function runtime: without arguments it serves
+//! invocations; `aes INPUT_KEY OUTPUT_KEY` GETs `INPUT_KEY`, PUTs the ciphertext to
+//! `OUTPUT_KEY`, prints `aes-128-ctr: <n> bytes` and exits 0 (on any error it prints it and
+//! exits 1; 2 for bad arguments). Check with
 //! `openssl enc -d -aes-128-ctr -K 000102030405060708090a0b0c0d0e0f -iv 6e657875732d6165732d64656d6f2121`.
 //!
 //! The `aes` crate picks AES-NI at run time through `cpuid` (which works at CPL 3) and falls
@@ -16,18 +16,12 @@
 
 extern crate alloc;
 
-#[path = "../function.rs"]
-mod function;
-
 use alloc::format;
-use alloc::string::String;
 
 use aes::cipher::{KeyIvInit, StreamCipher};
-use nexus_guest::{BootInfo, WindowBuf};
+use nexus_guest::function::{Client, FunctionError, Invocation, Output};
 
-use function::{Client, Failure};
-
-nexus_guest::entry!(main);
+nexus_guest::function!(encrypt);
 
 /// AES-128 in CTR mode with a 128-bit big-endian counter.
 type Aes128Ctr = ctr::Ctr128BE<aes::Aes128>;
@@ -39,13 +33,11 @@ const KEY: [u8; 16] = [
 /// The demo initial counter block: `b"nexus-aes-demo!!"`.
 const IV: [u8; 16] = *b"nexus-aes-demo!!";
 
-fn main(boot: &BootInfo) -> u32 {
-    function::run(boot, "aes", encrypt)
-}
-
-fn encrypt(_nexus: &Client, mut data: WindowBuf) -> Result<(WindowBuf, String), Failure> {
+fn encrypt(_nexus: &mut Client, invocation: Invocation) -> Result<Output, FunctionError> {
+    let mut data = invocation.input;
     let mut cipher = Aes128Ctr::new(&KEY.into(), &IV.into());
     cipher.apply_keystream(&mut data);
     let summary = format!("aes-128-ctr: {} bytes", data.len());
-    Ok((data, summary))
+    // Zero copy: the result is the buffer the input arrived in.
+    Ok(Output::window(data).with_summary(summary))
 }

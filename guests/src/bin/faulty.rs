@@ -8,40 +8,28 @@
 #![no_std]
 #![no_main]
 
-extern crate alloc;
+use nexus_guest::function::{Client, FunctionError, Invocation, Output};
 
-#[path = "../function.rs"]
-mod function;
-
-use alloc::string::String;
-
-use nexus_guest::{BootInfo, WindowBuf};
-
-use function::{Client, Failure};
-
-nexus_guest::entry!(main);
+nexus_guest::function!(faulty);
 
 /// An address in page 0, which the micro-guest ABI guarantees unmapped.
 const UNMAPPED: usize = 0x8;
 
-fn main(boot: &BootInfo) -> u32 {
-    function::run(boot, "faulty", faulty)
-}
-
-fn faulty(_nexus: &Client, input: WindowBuf) -> Result<(WindowBuf, String), Failure> {
-    match &input[..] {
+fn faulty(_nexus: &mut Client, invocation: Invocation) -> Result<Output, FunctionError> {
+    match &invocation.input[..] {
         b"crash" => {
             let ptr = core::ptr::with_exposed_provenance::<u64>(UNMAPPED);
             // SAFETY: deliberately not sound: this read must fault, ending the VM. A volatile
             // read keeps the compiler from removing or reasoning about it.
             let value = unsafe { ptr.read_volatile() };
-            Err(Failure::Function(if value == 0 {
+            Err(if value == 0 {
                 "read zero from the null page"
             } else {
                 "read from the null page"
-            }))
+            }
+            .into())
         }
         b"exit" => nexus_guest::rt::exit(0),
-        _ => Ok((input, String::from("echoed"))),
+        _ => Ok(Output::window(invocation.input).with_summary("echoed")),
     }
 }

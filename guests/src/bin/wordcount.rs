@@ -1,29 +1,20 @@
-//! Micro-guest function: counts the words (runs of non-whitespace) of an object.
+//! Micro-guest function: counts the words (runs of non-whitespace) of its input.
 //!
-//! `wordcount INPUT_KEY OUTPUT_KEY`: GETs `INPUT_KEY`, PUTs `<n>\n` to `OUTPUT_KEY`, prints
-//! `words: <n>` and exits 0; on any error prints it and exits 1 (2 for bad arguments).
-//! Without arguments: the runtime loop, completing each invocation with `<n>\n`.
+//! The result is `<n>\n`. Built on the `nexus-guest` function runtime: without arguments it
+//! serves invocations; `wordcount INPUT_KEY OUTPUT_KEY` GETs `INPUT_KEY`, PUTs the result to
+//! `OUTPUT_KEY`, prints `words: <n>` and exits 0 (on any error it prints it and exits 1; 2 for
+//! bad arguments).
 
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
-#[path = "../function.rs"]
-mod function;
-
 use alloc::format;
-use alloc::string::String;
 
-use nexus_guest::{BootInfo, WindowBuf};
+use nexus_guest::function::{Client, FunctionError, Invocation, Output};
 
-use function::{Client, Failure};
-
-nexus_guest::entry!(main);
-
-fn main(boot: &BootInfo) -> u32 {
-    function::run(boot, "wordcount", wordcount)
-}
+nexus_guest::function!(wordcount);
 
 /// Words in `text`: maximal runs of bytes that are not ASCII whitespace.
 fn count_words(text: &[u8]) -> usize {
@@ -32,9 +23,7 @@ fn count_words(text: &[u8]) -> usize {
         .count()
 }
 
-fn wordcount(nexus: &Client, input: WindowBuf) -> Result<(WindowBuf, String), Failure> {
-    let words = count_words(&input);
-    drop(input);
-    let output = nexus.copy_to_window(format!("{words}\n").as_bytes())?;
-    Ok((output, format!("words: {words}")))
+fn wordcount(_nexus: &mut Client, invocation: Invocation) -> Result<Output, FunctionError> {
+    let words = count_words(&invocation.input);
+    Ok(Output::from(format!("{words}\n")).with_summary(format!("words: {words}")))
 }
