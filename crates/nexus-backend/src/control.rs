@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, Interest};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Interest};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -306,10 +306,22 @@ impl Backend {
         }
         let reply =
             ControlReply::refused(ErrorCode::Forbidden, format!("Permission denied: {reason}"));
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            stream.write_all(reply.to_line().as_bytes()),
-        )
+        // Answer, then take what the peer sent already (a little, for a second at most)
+        // before closing: a socket closed with unread bytes resets the connection, and the
+        // peer would lose the answer.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(reply.to_line().as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 4096];
+            let mut left = MAX_LINE;
+            while left > 0 {
+                match stream.read(&mut sink).await? {
+                    0 => break,
+                    n => left = left.saturating_sub(n),
+                }
+            }
+            std::io::Result::Ok(())
+        })
         .await;
     }
 

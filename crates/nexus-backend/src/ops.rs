@@ -792,31 +792,70 @@ async fn invoke(
         .detail(result.outcome.code()))
 }
 
-/// The input of a queued invocation, resolved: its bytes, or (too large for the cache) its
-/// size, read straight into the window later.
+/// The input of a queued invocation: bytes the backend holds (inline, or prefetched during a
+/// cold start), or an object read straight from the store into the window (one copy) when the
+/// `NEXT` is answered.
 enum Input {
     Bytes(Bytes),
-    Object { key: String, size: u64 },
+    Object(String),
 }
 
-async fn resolve_input(session: &Session, input: &InvocationInput) -> Result<Input, String> {
+async fn resolve_input(session: &Session, input: &InvocationInput) -> Input {
     match input {
-        InvocationInput::Bytes(bytes) => Ok(Input::Bytes(bytes.clone())),
-        InvocationInput::Object(key) => {
-            if let Some(bytes) = session.prefetch.lookup(key).await {
+        InvocationInput::Bytes(bytes) => Input::Bytes(bytes.clone()),
+        InvocationInput::Object(key) => match session.prefetch.lookup(key).await {
+            Some(bytes) => {
                 session.prefetch.invalidate(key);
-                return Ok(Input::Bytes(bytes));
+                Input::Bytes(bytes)
             }
-            let info = session
-                .engine
-                .store
-                .head(key)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(Input::Object {
-                key: key.clone(),
-                size: info.size,
-            })
+            None => Input::Object(key.clone()),
+        },
+    }
+}
+
+/// How writing an invocation's input into a `NEXT`'s buffers went.
+enum InputWrite {
+    /// Written: this many bytes.
+    Done(u64),
+    /// The input is this many bytes, more than the buffers hold.
+    TooLarge(u64),
+    /// The input cannot be read: the invocation fails.
+    Failed(String),
+    /// The backend failed to write it: the guest may ask again.
+    Retry(String),
+}
+
+async fn write_input(
+    session: &Session,
+    window: &WindowMemory,
+    target: nexus_ring::SegmentList,
+    input: Input,
+) -> InputWrite {
+    let capacity = u64::from(target.total_len());
+    match input {
+        Input::Bytes(bytes) => {
+            let size = bytes.len() as u64;
+            if size > capacity {
+                return InputWrite::TooLarge(size);
+            }
+            match window.write_stream(&target, 0, &bytes) {
+                Ok(()) => InputWrite::Done(size),
+                Err(e) => InputWrite::Retry(e.to_string()),
+            }
+        }
+        // In order with the VM's requests on the key (a write-behind upload of it still
+        // running, say). No HEAD first: the read says how large the object is (a too-large
+        // one costs the bytes that fit, on this rare path).
+        Input::Object(key) => {
+            let mut turn = session.take_turn(&key);
+            turn.ready().await;
+            let store = &session.engine.store;
+            match store.get_into(&key, 0, 0, window, target).await {
+                Ok(got) if got.size > capacity => InputWrite::TooLarge(got.size),
+                Ok(got) if u64::from(got.written) == got.size => InputWrite::Done(got.size),
+                Ok(_) => InputWrite::Retry(format!("`{key}` changed while it was read")),
+                Err(e) => InputWrite::Failed(e.to_string()),
+            }
         }
     }
 }
@@ -839,7 +878,6 @@ async fn next(
     let deadline =
         (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
     let target = request.response.payload;
-    let capacity = u64::from(target.total_len());
     loop {
         let arrival = invocations.arrival();
         let Some(queued) = invocations.pop() else {
@@ -853,9 +891,18 @@ async fn next(
             }
             continue;
         };
-        let input = match resolve_input(session, &queued.input).await {
-            Ok(input) => input,
-            Err(reason) => {
+        let input = resolve_input(session, &queued.input).await;
+        match write_input(session, window, target, input).await {
+            InputWrite::Done(size) => return deliver(session, request, queued, size),
+            InputWrite::TooLarge(size) => {
+                invocations.push_front(queued);
+                return Err(Reply::error(
+                    Status::TooLarge,
+                    format!("the invocation's input is {size} bytes"),
+                )
+                .total(size));
+            }
+            InputWrite::Failed(reason) => {
                 let key = match &queued.input {
                     InvocationInput::Object(key) => key.clone(),
                     InvocationInput::Bytes(_) => String::new(),
@@ -863,62 +910,23 @@ async fn next(
                 let _ = queued
                     .reply
                     .send(Err(Error::InputUnavailable { key, reason }));
-                continue;
             }
-        };
-        let size = match &input {
-            Input::Bytes(bytes) => bytes.len() as u64,
-            Input::Object { size, .. } => *size,
-        };
-        if size > capacity {
-            invocations.push_front(queued);
-            return Err(Reply::error(
-                Status::TooLarge,
-                format!("the invocation's input is {size} bytes"),
-            )
-            .total(size));
+            InputWrite::Retry(reason) => {
+                // Give the invocation back: the guest can ask again.
+                log::warn!(
+                    "vm {}: cannot deliver invocation {}: {reason}",
+                    session.vm,
+                    queued.number
+                );
+                invocations.push_front(queued);
+                return Err(Reply::error(Status::BackendUnavailable, reason));
+            }
         }
-        return deliver(session, window, request, queued, input, size).await;
     }
 }
 
-async fn deliver(
-    session: &Session,
-    window: &WindowMemory,
-    request: &Request,
-    queued: QueuedInvocation,
-    input: Input,
-    size: u64,
-) -> OpResult {
-    let target = request.response.payload;
-    let written = match input {
-        Input::Bytes(bytes) => window
-            .write_stream(&target, 0, &bytes)
-            .map_err(|e| e.to_string()),
-        Input::Object { key, .. } => session
-            .engine
-            .store
-            .get_into(&key, 0, 0, window, target)
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|got| {
-                if u64::from(got.written) == size && got.size == size {
-                    Ok(())
-                } else {
-                    Err(format!("`{key}` changed while it was read"))
-                }
-            }),
-    };
-    if let Err(reason) = written {
-        // Give the invocation back: the guest can ask again.
-        log::warn!(
-            "vm {}: cannot deliver invocation {}: {reason}",
-            session.vm,
-            queued.number
-        );
-        session.invocations.push_front(queued);
-        return Err(Reply::error(Status::BackendUnavailable, reason));
-    }
+/// Hands invocation `queued`, whose `size`-byte input is in the window, to the guest.
+fn deliver(session: &Session, request: &Request, queued: QueuedInvocation, size: u64) -> OpResult {
     let mut invocation = queued.invocation;
     // Only a guest that offered room for the output key understands it (protocol.md §5.2).
     // For any other, the key is the caller's business: the running invocation forgets it, so

@@ -311,8 +311,12 @@ impl Backend {
             key: String::new(),
             reason: format!("bad invocation context: {e}"),
         })?;
-        if let InvocationInput::Object(key) = &input {
-            self.hint(vm, key)?;
+        // A VM parked in NEXT reads an object input straight from the store into its window
+        // as the NEXT is answered (one copy); one that is busy, restoring or not yet parked
+        // has it prefetched meanwhile.
+        match &input {
+            InvocationInput::Object(key) if !session.invocations.parked() => self.hint(vm, key)?,
+            _ => {}
         }
         let number = self.shared.engine.next_invocation();
         let (reply, result) = oneshot::channel();

@@ -852,7 +852,7 @@ fn the_output_key_goes_to_guests_with_room_for_it_and_a_stored_result_is_not_sto
             &reply["output_len"]
         ),
         (
-            &serde_json::json!(""),
+            &serde_json::Value::Null,
             &serde_json::json!("none"),
             &serde_json::json!(8)
         ),
