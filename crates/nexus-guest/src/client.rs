@@ -916,10 +916,10 @@ impl<R: Registers> Nexus<R> {
     }
 
     /// Reports how an invocation ended and waits for the next one: COMPLETE and NEXT made
-    /// available together under **one** doorbell, the COMPLETE's answer taken by polling (up
-    /// to the device's [`quick_poll_spins`](NexusIo::quick_poll_spins)) so that the one WAIT
-    /// read that follows returns with the next invocation. A warm invocation then costs the
-    /// guest two exits: this doorbell and that WAIT read.
+    /// available together under **one** doorbell, and both answers awaited with **one** WAIT
+    /// read ([`NexusIo::wait_all`]: the device sleeps through the COMPLETE's answer and
+    /// returns with the NEXT's). A warm invocation then costs the guest two exits: this
+    /// doorbell and that WAIT read.
     ///
     /// Returns the COMPLETE's outcome and the next invocation. The NEXT's input buffer is the
     /// largest the window has *beside* `completion.result`, which is still held: a next input
@@ -947,10 +947,11 @@ impl<R: Registers> Nexus<R> {
         // completed or failed: both are waited for below, whatever happens to the first.
         let tickets = unsafe { self.device.submit_all([&complete.chain, &next.chain]) };
         let (done, delivered) = match tickets {
-            Ok([complete_ticket, next_ticket]) => {
-                let spins = self.device.quick_poll_spins();
-                let done = self.device.wait_polling(complete_ticket, spins);
-                let delivered = self.device.wait(next_ticket);
+            Ok(tickets) => {
+                // No polling: the COMPLETE's answer comes at once, the NEXT's when the next
+                // invocation does, and one WAIT read sleeps through the first and returns
+                // with the second.
+                let [done, delivered] = self.device.wait_all(tickets, 0);
                 (done, delivered)
             }
             Err(error) => (Err(error.clone()), Err(error)),
@@ -1410,19 +1411,28 @@ mod tests {
     }
 
     #[test]
-    fn complete_and_next_poll_for_the_complete_then_wait_once() {
+    fn complete_and_next_wait_once_for_both_answers() {
         // The fake serves chains on WAIT reads: the first read answers both.
         let (mut nexus, fake) = fake::nexus_with(1 << 20, |s| s.process_on_notify = false);
         nexus.device_mut().set_poll_spins(0);
         queue(&fake, 5, None, b"in");
         queue(&fake, 6, None, b"next");
         let first = nexus.next_invocation().unwrap();
-        let reads = fake.state().wait_reads;
+        let (reads, consumed) = {
+            let s = fake.state();
+            (s.wait_reads, s.used_idx)
+        };
+        let spins = nexus.device().stats().spins;
         let (done, next) = nexus.complete_and_next(&Completion::success(5, &first.input));
         done.unwrap();
         assert_eq!(next.unwrap().number, 6);
+        // One WAIT read, without polling first, told to sleep through the first answer.
         assert_eq!(fake.state().wait_reads, reads + 1);
-        assert!(nexus.device().stats().spins >= u64::from(nexus.device().quick_poll_spins()));
+        assert_eq!(nexus.device().stats().spins, spins);
+        assert_eq!(
+            fake.state().used_event_at_wait.last().copied(),
+            Some(consumed.wrapping_add(1))
+        );
         // Lost backend: both fail, and the next request sets the device up again.
         {
             let mut s = fake.state();

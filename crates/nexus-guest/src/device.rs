@@ -38,14 +38,10 @@ pub const MIN_WINDOW_SIZE: u64 = RING_AREA as u64 + 0x1_0000;
 pub const DEFAULT_POLL_SPINS: u32 = 512;
 
 /// Default number of used-ring polls before a WAIT read for a request the backend answers
-/// at once, without waiting for storage or the network: a write-behind PUT (answered once its
-/// payload is copied), and a COMPLETE submitted beside the next NEXT
-/// ([`Nexus::complete_and_next`](crate::Nexus::complete_and_next)) — where waiting in WAIT
-/// would cost a second read, since a WAIT read returns when *any* request completes.
-/// Polling a little longer for such an answer saves a WAIT exit whenever it comes within the
-/// poll. On the development machine a poll is about 23 ns, so this is about 50 µs — one and a
-/// half VM exits' worth — which covered nearly every such answer there (most come before the
-/// vCPU polls at all: the doorbell wakes the backend, which often runs first).
+/// at once, without waiting for storage or the network (a write-behind PUT, answered once its
+/// payload is copied): polling a little longer for such an answer saves a WAIT exit whenever
+/// it comes within the poll. On the development machine a poll is about 23 ns, so this is
+/// about 50 µs — one and a half VM exits' worth.
 pub const DEFAULT_QUICK_POLL_SPINS: u32 = 2048;
 
 /// The device's config space (`docs/nexus-io.md`), as read at setup.
@@ -409,31 +405,64 @@ impl<R: Registers> NexusIo<R> {
     /// [`wait`](Self::wait), polling the used ring up to `poll_spins` times before the first
     /// WAIT read.
     pub fn wait_polling(&mut self, ticket: Ticket, poll_spins: u32) -> Result<u32> {
+        let [done] = self.wait_all([ticket], poll_spins);
+        done
+    }
+
+    /// Waits for every request of `tickets`; returns their used lengths (or why each failed),
+    /// in the same order.
+    ///
+    /// Polls the used ring up to `poll_spins` times, then reads WAIT with `used_event` set so
+    /// that the read returns only once as many requests have completed as are still awaited
+    /// here: requests that complete one after the other (a COMPLETE answered at once, the
+    /// NEXT beside it when the next invocation arrives) cost one WAIT exit, not one each.
+    /// [`Error::BackendUnavailable`] for all if the device lost its backend (the device is
+    /// reset).
+    pub fn wait_all<const N: usize>(
+        &mut self,
+        tickets: [Ticket; N],
+        poll_spins: u32,
+    ) -> [Result<u32>; N] {
+        let mut done: [Option<Result<u32>>; N] = [const { None }; N];
         let mut spins = 0u32;
         let mut waited = false;
+        let failed = |done: [Option<Result<u32>>; N], error: Error| {
+            done.map(|d| d.unwrap_or_else(|| Err(error.clone())))
+        };
         loop {
-            if ticket.epoch != self.epoch {
-                return Err(Error::backend_lost());
+            if tickets.iter().any(|t| t.epoch != self.epoch) {
+                return failed(done, Error::backend_lost());
             }
             let Some(queue) = self.queue.as_mut() else {
-                return Err(Error::backend_lost());
+                return failed(done, Error::backend_lost());
             };
             match queue.reap(&self.window.mapping) {
                 Ok(reaped) => self.stats.spurious += u64::from(reaped.spurious),
                 Err(_) => {
                     self.reset();
-                    return Err(Error::QueueCorrupt("used index jumped"));
+                    return failed(done, Error::QueueCorrupt("used index jumped"));
                 }
             }
-            if let Some(used_len) = queue.take(ticket.head, ticket.seq) {
-                if !waited {
-                    self.stats.polled += 1;
+            let mut awaited = 0u16;
+            for (slot, ticket) in done.iter_mut().zip(&tickets) {
+                if slot.is_some() {
+                    continue;
                 }
-                return Ok(used_len);
+                if let Some(used_len) = queue.take(ticket.head, ticket.seq) {
+                    if !waited {
+                        self.stats.polled += 1;
+                    }
+                    *slot = Some(Ok(used_len));
+                } else if !queue.is_pending(ticket.head, ticket.seq) {
+                    // Claimed already, or never ours: nothing will come.
+                    *slot = Some(Err(Error::QueueCorrupt("unknown ticket")));
+                } else {
+                    awaited += 1;
+                }
             }
-            if !queue.is_pending(ticket.head, ticket.seq) {
-                // Claimed already, or never ours: nothing will come.
-                return Err(Error::QueueCorrupt("unknown ticket"));
+            if awaited == 0 {
+                // Every slot is filled: the error is never used.
+                return failed(done, Error::QueueCorrupt("unknown ticket"));
             }
             if spins < poll_spins {
                 spins += 1;
@@ -441,17 +470,23 @@ impl<R: Registers> NexusIo<R> {
                 core::hint::spin_loop();
                 continue;
             }
+            // Sleep until `awaited` more completions have come (fewer may be ours: then the
+            // loop reads WAIT again).
+            queue.set_used_event(
+                &self.window.mapping,
+                queue.last_used().wrapping_add(awaited - 1),
+            );
             waited = true;
             self.stats.wait_reads += 1;
             match self.regs.read(config_register(config::WAIT)) {
                 wait::BACKEND_UNAVAILABLE => {
                     self.reset();
-                    return Err(Error::backend_lost());
+                    return failed(done, Error::backend_lost());
                 }
                 wait::NEEDS_RESET => {
                     self.reset();
                     self.stats.needs_reset += 1;
-                    return Err(Error::QueueBroken);
+                    return failed(done, Error::QueueBroken);
                 }
                 _ => {}
             }

@@ -191,7 +191,7 @@ pub(crate) struct FakeState {
     pub reverse: bool,
     pub corrupt: Option<Corrupt>,
     last_avail: u16,
-    used_idx: u16,
+    pub(crate) used_idx: u16,
     pub notifies: u32,
     pub wait_reads: u32,
     /// `used_event` as the device saw it at each WAIT read.

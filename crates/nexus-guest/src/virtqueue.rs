@@ -176,9 +176,17 @@ impl SplitQueue {
         self.slots.iter().filter(|s| **s != Slot::Idle).count()
     }
 
-    /// The used index consumed so far (what `used_event` holds).
+    /// The used index consumed so far (what `used_event` holds after a [`reap`](Self::reap)).
     pub fn last_used(&self) -> u16 {
         self.last_used
+    }
+
+    /// Writes `used_event`: the used index the device's WAIT must see passed before it
+    /// returns (`nexus_ring::device::wait`). [`reap`](Self::reap) sets it to the index
+    /// consumed (wake at the next completion); `last_used() + n − 1` waits for `n` more.
+    pub fn set_used_event(&self, window: &WindowMapping, used_event: u16) {
+        window.store_u16(self.layout.used_event(), used_event, Ordering::Release);
+        fence(Ordering::SeqCst);
     }
 
     /// Writes the chain into the descriptor table and makes it available; returns its head.

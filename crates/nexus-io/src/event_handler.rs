@@ -19,9 +19,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
+use nexus_ring::device::wait::moved_past;
 use vhost::vhost_user::Frontend;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress};
@@ -348,9 +349,11 @@ pub(crate) enum WaitOutcome {
     Lost,
 }
 
-/// Serves a WAIT read: returns the used index at once if it differs from the driver's
-/// `used_event`, else sleeps on the call eventfd (and the backend connections' hang-ups) for
-/// at most `timeout`.
+/// Serves a WAIT read: returns the used index at once if it has moved past the driver's
+/// `used_event` ([`nexus_ring::device::wait::moved_past`]), else sleeps on the call eventfd
+/// (and the backend connections' hang-ups) until it has, for at most `timeout` in all. A
+/// completion that does not yet satisfy the driver (the first of two it waits for) wakes this
+/// thread, not the guest: it costs no exit.
 pub(crate) fn wait_for_used(
     queue: &Queue,
     window: &GuestMemoryMmap,
@@ -358,38 +361,47 @@ pub(crate) fn wait_for_used(
     connections: [&dyn AsRawFd; 2],
     timeout: Duration,
 ) -> std::result::Result<WaitOutcome, virtio_queue::Error> {
-    // Consume any earlier signal first: one that arrives after the check below wakes us.
-    let _ = call.read();
-    let used = queue.used_idx(window, Ordering::Acquire)?.0;
-    let used_event = used_event_addr(queue);
-    let used_event: u16 = window
-        .load(used_event, Ordering::Acquire)
-        .map(u16::from_le)
-        .map_err(virtio_queue::Error::GuestMemory)?;
-    if used != used_event {
-        return Ok(WaitOutcome::Used(used));
-    }
-    let [control, vhost] = connections;
-    let mut fds = [
-        PollFd::new(call, READABLE),
-        PollFd::new(control, HANGUP),
-        PollFd::new(vhost, HANGUP),
-    ];
-    match poll(&mut fds, Some(timeout)) {
-        Ok(_) => {}
-        // A signal (for example the VMM stopping this vCPU): let the guest read again.
-        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-        Err(e) => warn!("nexus-io: WAIT cannot poll: {e}"),
-    }
-    if fds[1].has(HANGUP) || fds[2].has(HANGUP) {
-        return Ok(WaitOutcome::Lost);
-    }
-    if fds[0].has(READABLE) {
+    let deadline = Instant::now() + timeout;
+    let used_event_at = used_event_addr(queue);
+    loop {
+        // Consume any earlier signal first: one that arrives after the check below wakes us.
         let _ = call.read();
+        let used = queue.used_idx(window, Ordering::Acquire)?.0;
+        let used_event: u16 = window
+            .load(used_event_at, Ordering::Acquire)
+            .map(u16::from_le)
+            .map_err(virtio_queue::Error::GuestMemory)?;
+        if moved_past(used, used_event) {
+            return Ok(WaitOutcome::Used(used));
+        }
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return Ok(WaitOutcome::Used(used));
+        };
+        let [control, vhost] = connections;
+        let mut fds = [
+            PollFd::new(call, READABLE),
+            PollFd::new(control, HANGUP),
+            PollFd::new(vhost, HANGUP),
+        ];
+        match poll(&mut fds, Some(left)) {
+            Ok(_) => {}
+            // A signal (for example the VMM stopping this vCPU): let the guest read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                return Ok(WaitOutcome::Used(
+                    queue.used_idx(window, Ordering::Acquire)?.0,
+                ));
+            }
+            Err(e) => {
+                warn!("nexus-io: WAIT cannot poll: {e}");
+                return Ok(WaitOutcome::Used(
+                    queue.used_idx(window, Ordering::Acquire)?.0,
+                ));
+            }
+        }
+        if fds[1].has(HANGUP) || fds[2].has(HANGUP) {
+            return Ok(WaitOutcome::Lost);
+        }
     }
-    Ok(WaitOutcome::Used(
-        queue.used_idx(window, Ordering::Acquire)?.0,
-    ))
 }
 
 /// The `used_event` field: after the available ring's flags, idx and entries.

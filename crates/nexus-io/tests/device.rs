@@ -184,6 +184,46 @@ fn wait_sleeps_until_the_backend_completes() {
 }
 
 #[test]
+fn wait_for_two_sleeps_through_the_first_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = TestBackend::start(&control_path(&dir), false);
+    let (_vm, mut driver) = setup(&control_path(&dir));
+    assert_eq!(driver.init(), 0b1111);
+    let first = driver.submit(1);
+    let second = driver.submit(2);
+    driver.kick_eventfd().write(1).unwrap();
+    let rec = Arc::clone(backend.recorder());
+    wait_until("the backend to pop both chains", || {
+        rec.pending.lock().unwrap().len() == 2
+    });
+    // Nothing consumed yet, two awaited: used_event 0 + 2 - 1.
+    driver.set_used_event(1);
+    let releaser = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(10));
+        rec.complete_one();
+        thread::sleep(Duration::from_millis(60));
+        rec.complete_one();
+    });
+    let (value, took) = driver.wait();
+    releaser.join().unwrap();
+    // The first completion did not end the read: it returned with the second, or (a very
+    // slow machine) at its 100 ms timeout with the first only.
+    assert!(
+        took >= Duration::from_millis(60),
+        "WAIT returned at the first completion: {value} after {took:?}"
+    );
+    assert!(
+        value == 2 || (value == 1 && took >= Duration::from_millis(90)),
+        "{value} after {took:?}"
+    );
+    assert_eq!(driver.wait_for_completion().0, 2);
+    assert_eq!(
+        (driver.response(first), driver.response(second)),
+        (1001, 1002)
+    );
+}
+
+#[test]
 fn backend_loss_is_reported_and_a_reset_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let control = control_path(&dir);

@@ -52,7 +52,14 @@ pub mod config {
     pub const SIZE: u32 = 0x24;
 }
 
-/// What a read of the WAIT register returns besides the used ring's `idx` (a `u16`).
+/// The WAIT register: a read blocks in the VMM (one exit, no spinning in the guest) until
+/// the used ring's `idx` has moved past the `used_event` field the driver wrote (the `u16`
+/// after the available ring, as virtio's `VIRTIO_F_EVENT_IDX` places it), or until the VMM's
+/// timeout; it returns the used `idx` then (or one of the values below). A driver that has
+/// consumed the used ring up to index `c` and needs `n` more completions writes
+/// `c + n − 1` (wrapping) in `used_event` first: `c` to wake at the first completion, `c + 1`
+/// to sleep through one (a COMPLETE's answer, say) and wake with the second (the NEXT that
+/// went out with it). See [`moved_past`].
 pub mod wait {
     /// The device has no backend connection: every request in flight is lost; reset the
     /// device and set it up again.
@@ -61,12 +68,33 @@ pub mod wait {
     /// (the device's status has `DEVICE_NEEDS_RESET`): every request in flight is lost;
     /// reset the device and set it up again.
     pub const NEEDS_RESET: u32 = 0xFFFF_FFFE;
+
+    /// Whether used index `used` has moved past `used_event` (both wrapping `u16`s within a
+    /// queue's reach: at most half the index space apart): a WAIT read returns when it has.
+    pub const fn moved_past(used: u16, used_event: u16) -> bool {
+        let ahead = used.wrapping_sub(used_event);
+        ahead != 0 && ahead < 0x8000
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mmio::{BLOCK_SIZE, regs};
+
+    #[test]
+    fn wait_returns_once_the_used_index_moved_past_used_event() {
+        // The driver consumed up to 7 and waits for one completion (used_event 7)…
+        assert!(!wait::moved_past(7, 7));
+        assert!(wait::moved_past(8, 7));
+        // …or for two (used_event 8): the first does not wake it.
+        assert!(!wait::moved_past(8, 8));
+        assert!(wait::moved_past(9, 8));
+        // Across the wrap.
+        assert!(wait::moved_past(0, u16::MAX));
+        assert!(wait::moved_past(1, u16::MAX));
+        assert!(!wait::moved_past(u16::MAX, 0));
+    }
 
     #[test]
     fn the_contract_s_values() {

@@ -80,6 +80,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Completes the chain popped first and signals the call eventfd.
+    pub fn complete_one(&self) {
+        let (head, len) = self.pending.lock().unwrap().remove(0);
+        let vring = self.vring.lock().unwrap().clone().expect("a kick came");
+        vring.add_used(head, len).unwrap();
+        vring.signal_used_queue().unwrap();
+    }
+
     /// Completes every pending chain and signals the call eventfd.
     pub fn complete_pending(&self) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap());
