@@ -437,7 +437,7 @@ fn demo() -> Result<()> {
         )?;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("nexus-node")
         .enable_all()
         .build()?;

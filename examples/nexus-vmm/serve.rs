@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// and its vCPU thread one wake-up (a completion, a lost backend or a stop end it early).
     #[arg(long, default_value_t = 10_000)]
     wait_timeout_ms: u64,
+    /// Threads of the control plane (HTTP, scheduling, the backend's control socket). One
+    /// serves thousands of invocations a second, and hands no request between threads;
+    /// vCPUs and restores run on threads of their own whatever this is.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    control_threads: u16,
     /// Snapshot every function before serving (otherwise on its first invocation).
     #[arg(long)]
     prepare: bool,
@@ -108,7 +113,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         (None, None) => unreachable!("checked above"),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(usize::from(args.control_threads))
         .max_blocking_threads(args.max_vms + 64)
         .thread_name("nexus-node")
         .enable_all()
