@@ -626,4 +626,35 @@ fn a_function_from_its_own_crate_is_built_registered_and_served() {
     assert_eq!((status, again["start"].as_str()), (200, Some("warm")));
     assert_eq!(again["output"], "Hello, again!\n");
     assert_eq!(again["vm"], cold["vm"]);
+
+    // The same function through the Lambda Invoke API: raw payload in, raw result out, and
+    // its own error as Lambda reports one.
+    let lambda = "/2015-03-31/functions/hello/invocations";
+    let (status, headers, body) = d.request_bytes("POST", lambda, &[], b"Lambda");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, b"Hello, Lambda!\n");
+    let header = |headers: &[(String, String)], name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert!(header(&headers, "x-amzn-requestid").is_some(), "{headers:?}");
+    assert_eq!(header(&headers, "x-amz-function-error"), None);
+    let (status, headers, body) = d.request_bytes(
+        "POST",
+        "/2015-03-31/functions/arn:aws:lambda:us-east-1:123456789012:function:hello/invocations",
+        &[],
+        b"   ",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "x-amz-function-error").as_deref(),
+        Some("Unhandled")
+    );
+    assert!(
+        String::from_utf8_lossy(&body).contains("tell me who to greet"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
 }
