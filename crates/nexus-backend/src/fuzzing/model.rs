@@ -57,12 +57,14 @@ impl Invoker for FakeInvoker {
             let echo = |input: &Bytes| InvocationResult {
                 outcome: Outcome::Success,
                 output: input.iter().rev().copied().collect(),
+                stored_len: None,
             };
             match request.function.as_str() {
                 "echo" => Ok(echo(&request.input)),
                 "fail" => Ok(InvocationResult {
                     outcome: Outcome::Error,
                     output: Bytes::from_static(b"{\"error\":\"boom\"}"),
+                    stored_len: None,
                 }),
                 "slow" => {
                     tokio::time::sleep(SLOW).await;
@@ -305,6 +307,8 @@ impl<'r> Harness<'r> {
             request_id: format!("request-{number}"),
             deadline_ms: number * 1000,
             async_durability,
+            output_key: None,
+            return_output: true,
         };
         let queued_input = match &input {
             Input::Bytes(bytes) => InvocationInput::Bytes(Bytes::from(bytes.clone())),
@@ -562,6 +566,7 @@ impl<'r> Harness<'r> {
                     Command::Complete {
                         invocation: number,
                         outcome,
+                        stored: false,
                     },
                     None,
                     100,
