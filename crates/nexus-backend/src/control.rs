@@ -465,7 +465,7 @@ impl Backend {
         // An output key the result could not be stored at is refused before the function
         // runs, not after.
         if let Some(key) = output {
-            check_output_key(key, &session.tenant).map_err(|e| refusal(&e))?;
+            session.tenant.check_object_key(key).map_err(|e| refusal(&e))?;
         }
         let before = session.traffic();
         let pending = self.invoke(vm, invocation, input).map_err(|e| match e {
@@ -560,21 +560,6 @@ fn error_code(error: &Error) -> ErrorCode {
 /// The reply refusing a request for `error`.
 fn refusal(error: &Error) -> ControlReply {
     ControlReply::refused(error_code(error), error.to_string())
-}
-
-/// Checks that a result may be stored at `key` for a VM of `tenant`.
-fn check_output_key(key: &str, tenant: &crate::Tenant) -> crate::Result<()> {
-    crate::check_key(key).map_err(|reason| Error::InvalidKey {
-        key: key.to_owned(),
-        reason,
-    })?;
-    if !tenant.allows(key) {
-        return Err(Error::KeyNotPermitted {
-            key: key.to_owned(),
-            tenant: tenant.name().to_owned(),
-        });
-    }
-    Ok(())
 }
 
 /// Why an invocation's input could not be read (`error`, an [`Error::InputUnavailable`]):

@@ -22,7 +22,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::cpu_share::{CpuShare, thread_cpu};
-use crate::session::lock;
+use crate::sync::lock;
 use crate::vhost_user::{Handled, VmChannel};
 
 /// Events taken from the kernel in one wait.

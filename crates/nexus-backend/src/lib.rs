@@ -63,17 +63,21 @@ mod event_loop;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;
+mod invocations;
 mod invoke;
 mod journal;
+mod key_order;
 mod listing;
 mod log_limit;
 mod ops;
+mod prefetch;
 mod scan_rate;
 mod server;
 mod session;
 mod staging;
 mod stats;
 mod store;
+mod sync;
 mod tenant;
 mod vhost_user;
 mod window;
@@ -106,12 +110,6 @@ pub use tenant::{DEFAULT_TENANT, Tenant, TenantSpec, Tenants, check_key, check_p
 
 /// How long shutdown waits for acknowledged write-behind uploads.
 pub const SHUTDOWN_UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Makes ring the process's TLS crypto provider (the store and HTTP clients use rustls),
-/// unless one is installed already.
-pub(crate) fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// Runs a backend until SIGINT or SIGTERM: listens on the control socket `listen`, serves
 /// every VM attached there with `io_threads` I/O threads, then detaches every VM, removes the

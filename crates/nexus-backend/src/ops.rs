@@ -22,7 +22,9 @@ use crate::http::{HttpCall, HttpFailure};
 use crate::invoke::{InvocationInput, InvocationResult, InvokeError, InvokeRequest};
 use crate::listing::{ListPage, Resume};
 use crate::log_limit::escape_log_text;
-use crate::session::{KeyTurn, NextClaim, QueuedInvocation, RunningInvocation, Session};
+use crate::invocations::{NextClaim, QueuedInvocation, RunningInvocation};
+use crate::key_order::KeyTurn;
+use crate::session::Session;
 use crate::store::{ObjectInfo, PutSource, StoreError, get_length};
 use crate::tenant::{check_key, check_prefix};
 use crate::window::WindowMemory;
@@ -847,7 +849,7 @@ async fn write_input(
         // running, say). No HEAD first: the read says how large the object is (a too-large
         // one costs the bytes that fit, on this rare path).
         Input::Object(key) => {
-            let mut turn = session.take_turn(&key);
+            let mut turn = session.key_order.take_turn(&key);
             turn.ready().await;
             let store = &session.engine.store;
             match store.get_into(&key, 0, 0, window, target).await {

@@ -15,15 +15,17 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{BackendConfig, ControlAccess};
 use crate::control::{ControlEvent, Peer};
-use crate::cpu_share::Metered;
 use crate::device::RequestRing;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::event_loop::EventLoop;
 use crate::invoke::{Invocation, InvocationInput, Invoker, PendingInvocation};
-use crate::session::{QueuedInvocation, Session, lock};
+use crate::invocations::QueuedInvocation;
+use crate::prefetch::prefetch;
+use crate::session::Session;
 use crate::stats::{BackendStats, ProcessUsage};
-use crate::tenant::{Tenants, check_key, valid_name};
+use crate::sync::lock;
+use crate::tenant::{Tenants, valid_name};
 use crate::vhost_user::VmChannel;
 use crate::write_behind::WriteBehind;
 
@@ -203,17 +205,14 @@ impl Backend {
     /// fetch; an object larger than the cache is not prefetched.
     pub fn hint(&self, vm: &str, key: &str) -> Result<()> {
         let session = self.session(vm)?;
-        check_key(key).map_err(|reason| Error::InvalidKey {
-            key: key.to_owned(),
-            reason,
-        })?;
-        if !session.tenant.allows(key) {
-            return Err(Error::KeyNotPermitted {
-                key: key.to_owned(),
-                tenant: session.tenant.name().to_owned(),
-            });
-        }
-        prefetch(&session, key);
+        session.tenant.check_object_key(key)?;
+        prefetch(
+            &session.prefetch,
+            key,
+            &session.key_order,
+            &session.engine,
+            &session.cpu,
+        );
         Ok(())
     }
 
@@ -384,20 +383,10 @@ impl Backend {
         bytes: bytes::Bytes,
     ) -> std::result::Result<(), String> {
         let session = self.session(vm).map_err(|e| e.to_string())?;
-        check_key(key).map_err(|reason| {
-            Error::InvalidKey {
-                key: key.to_owned(),
-                reason,
-            }
-            .to_string()
-        })?;
-        if !session.tenant.allows(key) {
-            return Err(Error::KeyNotPermitted {
-                key: key.to_owned(),
-                tenant: session.tenant.name().to_owned(),
-            }
-            .to_string());
-        }
+        session
+            .tenant
+            .check_object_key(key)
+            .map_err(|e| e.to_string())?;
         session.prefetch.invalidate(key);
         let engine = &session.engine;
         engine
@@ -452,40 +441,6 @@ fn lost_uploads(engine: &Arc<Engine>) -> HashMap<String, Arc<WriteBehind>> {
             (vm, uploads)
         })
         .collect()
-}
-
-/// Runs a prefetch of `key` for `session`, in order with the VM's requests on that key.
-fn prefetch(session: &Arc<Session>, key: &str) {
-    let Some(slot) = session.prefetch.begin(key) else {
-        return;
-    };
-    let mut turn = session.take_turn(key);
-    let session = session.clone();
-    let key = key.to_owned();
-    let share = Arc::clone(&session.cpu);
-    session
-        .engine
-        .runtime
-        .clone()
-        .spawn(Metered::new(share, async move {
-            turn.ready().await;
-            let limit = session.prefetch.limit();
-            match session.engine.store.fetch(&key, limit).await {
-                Ok(bytes) => {
-                    log::debug!(
-                        "vm {}: prefetched {key} ({} bytes)",
-                        session.vm,
-                        bytes.len()
-                    );
-                    session.prefetch.complete(slot, Some(bytes));
-                }
-                Err(e) => {
-                    log::info!("vm {}: prefetch of {key} failed: {e}", session.vm);
-                    session.prefetch.complete(slot, None);
-                }
-            }
-            drop(turn);
-        }));
 }
 
 /// A streak of failed attempts and the pause before the next: 100 ms, doubling up to 5 s.

@@ -190,6 +190,22 @@ impl Tenant {
         key.starts_with(&self.prefix)
     }
 
+    /// Checks that `key` is a valid object key (see the module docs) that a VM of this
+    /// tenant may touch.
+    pub(crate) fn check_object_key(&self, key: &str) -> Result<()> {
+        check_key(key).map_err(|reason| Error::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        })?;
+        if !self.allows(key) {
+            return Err(Error::KeyNotPermitted {
+                key: key.to_owned(),
+                tenant: self.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether a key could belong to both tenants (one prefix starts with the other).
     fn overlaps(&self, other: &Tenant) -> bool {
         self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix)

@@ -33,7 +33,8 @@ use vhost::vhost_user::{
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::device::{FEATURES, RequestRing};
-use crate::session::{Session, lock};
+use crate::session::Session;
+use crate::sync::lock;
 use crate::window::WindowMemory;
 
 /// How long one vhost-user message may take to arrive once its first byte has: a frontend

@@ -25,7 +25,8 @@ use crate::invoke::{
     PendingInvocation,
 };
 use crate::listing::Resume;
-use crate::session::{QueuedInvocation, Session};
+use crate::invocations::QueuedInvocation;
+use crate::session::Session;
 use crate::store::get_length;
 use crate::tenant::{check_key, check_prefix};
 
@@ -1309,7 +1310,7 @@ fn prefetch(session: &Arc<Session>, key: &str) {
     let Some(slot) = session.prefetch.begin(key) else {
         return;
     };
-    let mut turn = session.take_turn(key);
+    let mut turn = session.key_order.take_turn(key);
     let session = session.clone();
     let key = key.to_owned();
     session.engine.runtime.clone().spawn(async move {
