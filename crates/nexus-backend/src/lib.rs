@@ -90,7 +90,7 @@ use std::time::Duration;
 pub use config::{
     BackendConfig, ControlAccess, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES,
     DEFAULT_STORE_URL, DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl,
-    VmLimits,
+    TenantSpec, VmLimits,
 };
 pub use config_file::{ConfigFile, LimitOverrides, TenantEntry};
 pub use control::{
@@ -106,7 +106,7 @@ pub use invoke::{
 };
 pub use server::Backend;
 pub use stats::BackendStats;
-pub use tenant::{DEFAULT_TENANT, Tenant, TenantSpec, Tenants, check_key, check_prefix};
+pub use tenant::{DEFAULT_TENANT, Tenant, Tenants, check_key, check_prefix};
 
 /// How long shutdown waits for acknowledged write-behind uploads.
 pub const SHUTDOWN_UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);

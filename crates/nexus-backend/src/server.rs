@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{BackendConfig, ControlAccess};
+use crate::config::{BackendConfig, ControlAccess, valid_name};
 use crate::control::{ControlEvent, Peer};
 use crate::device::RequestRing;
 use crate::engine::Engine;
@@ -25,7 +25,7 @@ use crate::prefetch::prefetch;
 use crate::session::Session;
 use crate::stats::{BackendStats, ProcessUsage};
 use crate::sync::lock;
-use crate::tenant::{Tenants, valid_name};
+use crate::tenant::Tenants;
 use crate::vhost_user::VmChannel;
 use crate::write_behind::WriteBehind;
 
