@@ -45,6 +45,7 @@ use tokio::sync::mpsc;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::invoke::{Invocation, InvocationInput};
+use crate::peer::Peer;
 use crate::server::Backend;
 use crate::store::StoreError;
 
@@ -72,7 +73,7 @@ impl Backend {
         F: Future<Output = ()>,
     {
         tokio::pin!(shutdown);
-        let mut failures = crate::server::Backoff::default();
+        let mut failures = Backoff::default();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -83,7 +84,7 @@ impl Backend {
                                 "control socket: accepting again after {} failures",
                                 failures.count
                             );
-                            failures = crate::server::Backoff::default();
+                            failures = Backoff::default();
                         }
                         let backend = self.clone();
                         tokio::spawn(async move { backend.control_connection(stream).await });
@@ -291,7 +292,7 @@ impl Backend {
     }
 
     /// Tells a peer it may not use the socket (once per streak in the log).
-    async fn refuse_peer(&self, stream: &mut UnixStream, peer: Peer, reason: &str) {
+    async fn refuse_peer(&self, stream: &mut UnixStream, peer: Peer, reason: &Error) {
         let refusals = self
             .shared
             .refused_peers
@@ -465,7 +466,10 @@ impl Backend {
         // An output key the result could not be stored at is refused before the function
         // runs, not after.
         if let Some(key) = output {
-            session.tenant.check_object_key(key).map_err(|e| refusal(&e))?;
+            session
+                .tenant
+                .check_object_key(key)
+                .map_err(|e| refusal(&e))?;
         }
         let before = session.traffic();
         let pending = self.invoke(vm, invocation, input).map_err(|e| match e {
@@ -549,7 +553,9 @@ fn error_code(error: &Error) -> ErrorCode {
         | Error::InvalidKey { .. }
         | Error::KeyNotPermitted { .. } => ErrorCode::Invalid,
         Error::UnknownVm(_) | Error::VmDetached(_) => ErrorCode::UnknownVm,
-        Error::TenantNotPermitted { .. } | Error::NotVmOwner { .. } => ErrorCode::Forbidden,
+        Error::TenantNotPermitted { .. }
+        | Error::NotVmOwner { .. }
+        | Error::PeerNotAllowed { .. } => ErrorCode::Forbidden,
         Error::InputUnavailable { .. } | Error::UploadFailed { .. } | Error::ObjectStore(_) => {
             ErrorCode::Unavailable
         }
@@ -578,15 +584,6 @@ async fn input_failure(session: &crate::session::Session, error: &Error) -> Erro
         // There now, or the store failed: not the caller's mistake.
         Ok(_) | Err(_) => ErrorCode::Unavailable,
     }
-}
-
-/// Who is on the other end of a control connection (`SO_PEERCRED`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Peer {
-    /// The peer's user ID.
-    pub(crate) uid: u32,
-    /// The peer's group ID.
-    pub(crate) gid: u32,
 }
 
 /// A request's answer and what it did to the connection's VMs.
@@ -767,6 +764,22 @@ async fn send_answer(writer: &mut OwnedWriteHalf, answer: Answer) -> std::io::Re
     writer.write_all(&bytes[sent..]).await
 }
 
+/// A streak of failed attempts and the pause before the next: 100 ms, doubling up to 5 s.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    /// Failures in the streak so far.
+    pub(crate) count: u32,
+}
+
+impl Backoff {
+    /// Counts one more failure and returns how long to wait before trying again.
+    pub(crate) fn next(&mut self) -> Duration {
+        self.count = self.count.saturating_add(1);
+        let exponent = (self.count - 1).min(6);
+        Duration::from_millis(100 << exponent).min(Duration::from_secs(5))
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -792,5 +805,13 @@ mod tests {
                 .unwrap_err()
                 .starts_with("bad request")
         );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_seconds() {
+        let mut b = Backoff::default();
+        let pauses: Vec<u128> = (0..9).map(|_| b.next().as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(b.count, 9);
     }
 }

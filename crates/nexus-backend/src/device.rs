@@ -807,7 +807,7 @@ mod tests {
         }
         let event = received.try_recv().expect("the VMM is told");
         assert!(
-            matches!(event, crate::control::ControlEvent::QueueBroken { ref vm, .. } if vm == "vm-1")
+            matches!(event, nexus_ring::control::ControlEvent::QueueBroken { ref vm, .. } if vm == "vm-1")
         );
         // Nothing more happens, however often the guest kicks.
         ring.process();

@@ -136,6 +136,14 @@ pub enum Error {
     /// A VM's vhost-user connection could not be made or served.
     #[error("Cannot set up the VM's vhost-user connection")]
     Connection(#[source] io::Error),
+    /// A control peer the configuration does not allow on the control socket.
+    #[error("uid {uid} (gid {gid}) is not allowed on this backend's control socket")]
+    PeerNotAllowed {
+        /// The peer's user ID.
+        uid: u32,
+        /// The peer's group ID.
+        gid: u32,
+    },
     /// A control peer may not attach VMs of this tenant.
     #[error("uid {uid} may not attach VMs of tenant `{tenant}`")]
     TenantNotPermitted {

@@ -168,7 +168,12 @@ mod tests {
 
     use super::*;
 
-    fn queued(number: u64) -> (QueuedInvocation, oneshot::Receiver<Result<InvocationResult>>) {
+    fn queued(
+        number: u64,
+    ) -> (
+        QueuedInvocation,
+        oneshot::Receiver<Result<InvocationResult>>,
+    ) {
         let (reply, result) = oneshot::channel();
         let invocation = Invocation {
             function: "f".into(),

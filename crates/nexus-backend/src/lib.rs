@@ -70,6 +70,7 @@ mod key_order;
 mod listing;
 mod log_limit;
 mod ops;
+mod peer;
 mod prefetch;
 mod scan_rate;
 mod server;

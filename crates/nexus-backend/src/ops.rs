@@ -19,11 +19,11 @@ use nexus_ring::{
 use crate::cpu_share::Metered;
 use crate::error::Error;
 use crate::http::{HttpCall, HttpFailure};
+use crate::invocations::{NextClaim, QueuedInvocation, RunningInvocation};
 use crate::invoke::{InvocationInput, InvocationResult, InvokeError, InvokeRequest};
+use crate::key_order::KeyTurn;
 use crate::listing::{ListPage, Resume};
 use crate::log_limit::escape_log_text;
-use crate::invocations::{NextClaim, QueuedInvocation, RunningInvocation};
-use crate::key_order::KeyTurn;
 use crate::session::Session;
 use crate::store::{ObjectInfo, PutSource, StoreError, get_length};
 use crate::tenant::{check_key, check_prefix};

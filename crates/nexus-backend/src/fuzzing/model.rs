@@ -20,12 +20,12 @@ use super::guest::{Answer, Outgoing, SLOTS, Sent};
 use super::scenario::{self, Action, KeyClass, Step, Token};
 use super::{FINAL_ADVANCE, Parts, Report};
 use crate::error::Error;
+use crate::invocations::QueuedInvocation;
 use crate::invoke::{
     Invocation, InvocationInput, InvocationResult, InvokeError, InvokeRequest, Invoker,
     PendingInvocation,
 };
 use crate::listing::Resume;
-use crate::invocations::QueuedInvocation;
 use crate::session::Session;
 use crate::store::get_length;
 use crate::tenant::{check_key, check_prefix};
