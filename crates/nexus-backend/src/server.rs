@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{BackendConfig, ControlAccess, valid_name};
 use crate::device::RequestRing;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::event_loop::EventLoop;
+use crate::error::{Error, InputFailure, Result};
+use crate::event_loop::{Channel, EventLoop};
 use crate::invocations::QueuedInvocation;
 use crate::invoke::{Invocation, InvocationInput, Invoker, PendingInvocation};
 use crate::peer::Peer;
@@ -308,6 +308,7 @@ impl Backend {
         .to_vec()
         .map_err(|e| Error::InputUnavailable {
             key: String::new(),
+            cause: InputFailure::Context,
             reason: format!("bad invocation context: {e}"),
         })?;
         // A VM parked in NEXT reads an object input straight from the store into its window

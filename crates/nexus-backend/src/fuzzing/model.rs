@@ -17,8 +17,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::oneshot;
 
 use super::guest::{Answer, Outgoing, SLOTS, Sent};
+use super::parts::{FINAL_ADVANCE, Parts};
+use super::report::Report;
 use super::scenario::{self, Action, KeyClass, Step, Token};
-use super::{FINAL_ADVANCE, Parts, Report};
 use crate::error::Error;
 use crate::invocations::QueuedInvocation;
 use crate::invoke::{
