@@ -47,14 +47,13 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 use crate::invoke::{Invocation, InvocationInput};
 use crate::peer::Peer;
 use crate::server::Backend;
-use crate::store::StoreError;
 
 pub use nexus_ring::control::{
     CONNECTION_FD, ControlEvent, ControlInput, ControlReply, ControlRequest,
     DEFAULT_PARKED_TIMEOUT_MS, ErrorCode, InvokeTimings, MAX_BINARY_INPUT, MAX_LINE,
 };
 
-use crate::error::Error;
+use crate::error::{Error, InputFailure};
 
 /// Binary input bytes one control connection may hold for its invocations in flight; past
 /// it, further binary inputs are refused `throttled` until earlier invocations end.
@@ -472,27 +471,16 @@ impl Backend {
                 .map_err(|e| refusal(&e))?;
         }
         let before = session.traffic();
-        let pending = self.invoke(vm, invocation, input).map_err(|e| match e {
-            // The invocation context (function, request id) does not encode.
-            Error::InputUnavailable { ref key, .. } if key.is_empty() => {
-                ControlReply::refused(ErrorCode::Invalid, e.to_string())
-            }
-            e => refusal(&e),
-        })?;
+        let pending = self
+            .invoke(vm, invocation, input)
+            .map_err(|e| refusal(&e))?;
         let number = pending.number();
         let result = pending.await;
         let durable = Instant::now();
         // One invocation at a time per VM: what moved meanwhile is this invocation's.
         let moved = session.traffic().since(before);
         let times = self.invocation_times(vm, number);
-        let result = match result {
-            Ok(result) => result,
-            Err(e @ Error::InputUnavailable { .. }) => {
-                let code = input_failure(&session, &e).await;
-                return Err(ControlReply::refused(code, e.to_string()));
-            }
-            Err(e) => return Err(refusal(&e)),
-        };
+        let result = result.map_err(|e| refusal(&e))?;
         let success = result.outcome == nexus_ring::Outcome::Success;
         let mut output_store_us = 0;
         // A guest that stored the result at the key itself (durably: COMPLETE waited for its
@@ -556,9 +544,12 @@ fn error_code(error: &Error) -> ErrorCode {
         Error::TenantNotPermitted { .. }
         | Error::NotVmOwner { .. }
         | Error::PeerNotAllowed { .. } => ErrorCode::Forbidden,
-        Error::InputUnavailable { .. } | Error::UploadFailed { .. } | Error::ObjectStore(_) => {
-            ErrorCode::Unavailable
-        }
+        Error::InputUnavailable { cause, .. } => match cause {
+            InputFailure::Context | InputFailure::InvalidKey => ErrorCode::Invalid,
+            InputFailure::NotFound => ErrorCode::NotFound,
+            InputFailure::Unavailable => ErrorCode::Unavailable,
+        },
+        Error::UploadFailed { .. } | Error::ObjectStore(_) => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     }
 }
@@ -566,24 +557,6 @@ fn error_code(error: &Error) -> ErrorCode {
 /// The reply refusing a request for `error`.
 fn refusal(error: &Error) -> ControlReply {
     ControlReply::refused(error_code(error), error.to_string())
-}
-
-/// Why an invocation's input could not be read (`error`, an [`Error::InputUnavailable`]):
-/// the store is asked once more about the object, so that an object that does not exist is
-/// told from a store that failed. Only refused invocations pay for the question.
-async fn input_failure(session: &crate::session::Session, error: &Error) -> ErrorCode {
-    let Error::InputUnavailable { key, .. } = error else {
-        return error_code(error);
-    };
-    if key.is_empty() {
-        return ErrorCode::Internal;
-    }
-    match session.engine.store.head(key).await {
-        Err(StoreError::NotFound) => ErrorCode::NotFound,
-        Err(StoreError::InvalidKey(_)) => ErrorCode::Invalid,
-        // There now, or the store failed: not the caller's mistake.
-        Ok(_) | Err(_) => ErrorCode::Unavailable,
-    }
 }
 
 /// A request's answer and what it did to the connection's VMs.

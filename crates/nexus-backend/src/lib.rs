@@ -100,7 +100,7 @@ pub use control::{
     MAX_LINE, parse_request,
 };
 pub use device::{FEATURES, NEXUS_F_WAIT, NEXUS_F_WRITE_BEHIND, QUEUE_SIZE_MAX};
-pub use error::{Error, Result};
+pub use error::{Error, InputFailure, Result};
 pub use invoke::{
     Invocation, InvocationInput, InvocationResult, InvokeError, InvokeRequest, Invoker,
     PendingInvocation,
