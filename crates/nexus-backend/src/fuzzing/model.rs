@@ -17,15 +17,17 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::oneshot;
 
 use super::guest::{Answer, Outgoing, SLOTS, Sent};
+use super::parts::{FINAL_ADVANCE, Parts};
+use super::report::Report;
 use super::scenario::{self, Action, KeyClass, Step, Token};
-use super::{FINAL_ADVANCE, Parts, Report};
 use crate::error::Error;
+use crate::invocations::QueuedInvocation;
 use crate::invoke::{
     Invocation, InvocationInput, InvocationResult, InvokeError, InvokeRequest, Invoker,
     PendingInvocation,
 };
 use crate::listing::Resume;
-use crate::session::{QueuedInvocation, Session};
+use crate::session::Session;
 use crate::store::get_length;
 use crate::tenant::{check_key, check_prefix};
 
@@ -1309,7 +1311,7 @@ fn prefetch(session: &Arc<Session>, key: &str) {
     let Some(slot) = session.prefetch.begin(key) else {
         return;
     };
-    let mut turn = session.take_turn(key);
+    let mut turn = session.key_order.take_turn(key);
     let session = session.clone();
     let key = key.to_owned();
     session.engine.runtime.clone().spawn(async move {
