@@ -204,12 +204,15 @@ impl Start {
     }
 }
 
-/// The server-side timings of an invocation (only the total is read).
+/// The server-side timings of an invocation (the total, and a cold start's restore).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Timings {
     /// Total time the daemon spent on the invocation, in milliseconds.
     #[serde(default)]
     pub total: Option<f64>,
+    /// A cold start's restore (attach and hint included), in milliseconds.
+    #[serde(default)]
+    pub restore: Option<f64>,
 }
 
 /// A 200 answer to an invocation.
@@ -457,6 +460,7 @@ mod tests {
         assert!(answer.is_success());
         assert_eq!(answer.vm_exits, 12);
         assert_eq!(answer.timings_ms.total, Some(41.5));
+        assert_eq!(answer.timings_ms.restore, Some(30.0));
 
         let minimal: InvocationAnswer = serde_json::from_str("{}").unwrap();
         assert!(minimal.is_success());

@@ -52,6 +52,18 @@ pub enum Command {
     /// cannot reach, reporting how far it got and the daemon's error.
     #[command(after_help = HOST_NOTE)]
     Park(ParkArgs),
+    /// Compare Nexus with the in-guest networking baseline on this host, and write
+    /// docs/comparison.md and its plots.
+    ///
+    /// Starts its own S3 server, backend and node daemons (logs in a temporary directory),
+    /// registers every function twice (io = "nexus" and io = "net"), and measures warm
+    /// latency (1 and 4 clients), cold starts, host CPU and VM exits per invocation, memory
+    /// per parked VM and density at a p99 SLO. Needs /dev/kvm, and root for the baseline
+    /// (or --nexus-only). About 7 minutes on 2 cores; --quick takes one or two.
+    Compare(crate::compare::CompareArgs),
+    /// Serve an S3-compatible store (s3s-fs) over a directory, as its own process: the
+    /// object store of `compare`.
+    S3Server(crate::compare::s3::S3ServerArgs),
 }
 
 /// The daemon and the function, shared by both modes.

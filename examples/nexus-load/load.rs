@@ -219,13 +219,80 @@ pub async fn closed_loop(
     finish(&shared, start, reporter, connections_opened, None)
 }
 
-/// Runs an open loop: invocation `i` is due at `start + i / rate`; it goes to an idle
+/// When the invocations of an open loop are due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrivals {
+    /// Evenly: invocation `i` at `i / rate`.
+    Uniform,
+    /// A Poisson process: exponentially distributed gaps of mean `1 / rate`, drawn from a
+    /// generator seeded with `seed` (the same seed, the same schedule).
+    Poisson {
+        /// The generator's seed.
+        seed: u64,
+    },
+}
+
+/// The send times of an open loop, as offsets from its start.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    rate: f64,
+    arrivals: Arrivals,
+    seq: u64,
+    state: u64,
+    at: f64,
+}
+
+impl Schedule {
+    /// The schedule of `rate` invocations per second.
+    pub fn new(rate: f64, arrivals: Arrivals) -> Self {
+        let state = match arrivals {
+            Arrivals::Uniform => 0,
+            Arrivals::Poisson { seed } => seed,
+        };
+        Schedule {
+            rate,
+            arrivals,
+            seq: 0,
+            state,
+            at: 0.0,
+        }
+    }
+
+    /// SplitMix64: a small, good-enough generator for send times.
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The offset of the next invocation from the loop's start.
+    pub fn next_offset(&mut self) -> Duration {
+        let offset = match self.arrivals {
+            Arrivals::Uniform => self.seq as f64 / self.rate,
+            Arrivals::Poisson { .. } => {
+                // The first is due at once; then gaps of −ln(U)/rate, U uniform in (0, 1].
+                let now = self.at;
+                let uniform = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+                self.at += -uniform.ln() / self.rate;
+                now
+            }
+        };
+        self.seq += 1;
+        Duration::from_secs_f64(offset)
+    }
+}
+
+/// Runs an open loop: invocation `i` is due at `start + i / rate` (or at the times of a
+/// Poisson process, with [`Arrivals::Poisson`]); it goes to an idle
 /// worker (one of `concurrency`, each with its own connection) or, when all are busy, is
 /// dropped and counted. Ends at `bounds` (the request bound counts scheduled invocations,
 /// dropped ones included) or `stop`.
 pub async fn open_loop(
     workload: Arc<Workload>,
     rate: f64,
+    arrivals: Arrivals,
     concurrency: usize,
     bounds: Bounds,
     stop: Arc<Stop>,
@@ -247,11 +314,12 @@ pub async fn open_loop(
     let mut in_flight = JoinSet::new();
     let mut max_lag = Duration::ZERO;
 
+    let mut schedule = Schedule::new(rate, arrivals);
     for seq in 0u64.. {
         if bounds.requests.is_some_and(|n| seq >= n) {
             break;
         }
-        let offset = Duration::from_secs_f64(seq as f64 / rate);
+        let offset = schedule.next_offset();
         if bounds.duration.is_some_and(|d| offset >= d) {
             break;
         }
@@ -369,6 +437,30 @@ pub fn progress_line(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedules() {
+        let mut even = Schedule::new(4.0, Arrivals::Uniform);
+        let offsets: Vec<f64> = (0..3).map(|_| even.next_offset().as_secs_f64()).collect();
+        assert_eq!(offsets, [0.0, 0.25, 0.5]);
+
+        let mut poisson = Schedule::new(100.0, Arrivals::Poisson { seed: 7 });
+        let offsets: Vec<f64> = (0..20_001)
+            .map(|_| poisson.next_offset().as_secs_f64())
+            .collect();
+        assert_eq!(offsets[0], 0.0);
+        assert!(offsets.windows(2).all(|w| w[1] >= w[0]));
+        // 20,000 gaps of mean 10 ms: the mean within 3 %, and about 1/e of them longer.
+        let gaps: Vec<f64> = offsets.windows(2).map(|w| w[1] - w[0]).collect();
+        let mean = offsets[20_000] / 20_000.0;
+        assert!((mean - 0.01).abs() < 0.0003, "{mean}");
+        let longer = gaps.iter().filter(|g| **g > 0.01).count() as f64 / gaps.len() as f64;
+        assert!((longer - (-1.0f64).exp()).abs() < 0.02, "{longer}");
+        // The same seed gives the same schedule.
+        let mut again = Schedule::new(100.0, Arrivals::Poisson { seed: 7 });
+        assert_eq!(again.next_offset(), Duration::ZERO);
+        assert_eq!(again.next_offset().as_secs_f64(), offsets[1]);
+    }
 
     #[test]
     fn progress_lines() {

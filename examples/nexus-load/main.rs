@@ -1,8 +1,10 @@
 //! `nexus-load`: the load generator for the Nexus node daemon (`nexus-vmm serve`).
 //!
-//! Two modes: `run` invokes a function under an open or closed loop and reports latency,
+//! Modes: `run` invokes a function under an open or closed loop and reports latency,
 //! throughput, cold starts and the node's memory and CPU; `park` parks growing pools of
-//! idle VMs and reports memory per parked VM and warm latency at each size. See
+//! idle VMs and reports memory per parked VM and warm latency at each size; `compare`
+//! measures Nexus against the in-guest networking baseline on this host and writes
+//! docs/comparison.md (with `s3-server`, the object store it starts). See
 //! `nexus-load --help`.
 //!
 //! Progress goes to stderr, the report to stdout (a table, or one JSON object with
@@ -20,6 +22,7 @@ use serde::Serialize;
 
 mod api;
 mod cli;
+mod compare;
 mod http;
 mod load;
 mod metrics;
@@ -77,6 +80,22 @@ fn execute(cli: Cli) -> Result<ExitCode> {
                     );
                 }
                 Ok(code)
+            }
+            Command::Compare(args) => {
+                let exe = std::env::current_exe().context("cannot find this executable")?;
+                let words: Vec<String> = std::env::args().skip(1).collect();
+                let command = format!(
+                    "cargo run --release --example nexus-load -- {}",
+                    words.join(" ")
+                );
+                let plan = compare::Plan::from_args(&args, exe, command)?;
+                let comparison = compare::compare(plan, Arc::clone(&stop)).await?;
+                print!("{}", compare::headline_text(&comparison));
+                finish(&stop)
+            }
+            Command::S3Server(args) => {
+                compare::s3::serve(args).await?;
+                Ok(ExitCode::SUCCESS)
             }
             Command::Park(args) => {
                 let config = ParkConfig::try_from(args)?;

@@ -302,6 +302,7 @@ mod tests {
         let phase = load::open_loop(
             workload(&mock, FUNCTION),
             200.0,
+            load::Arrivals::Uniform,
             4,
             bounds,
             stop,
@@ -324,6 +325,7 @@ mod tests {
         let phase = load::open_loop(
             workload(&slow, FUNCTION),
             500.0,
+            load::Arrivals::Uniform,
             1,
             bounds,
             stop,

@@ -91,6 +91,7 @@ pub async fn run(config: RunConfig, stop: Arc<Stop>) -> Result<RunReport> {
             load::open_loop(
                 workload,
                 rate,
+                load::Arrivals::Uniform,
                 config.concurrency,
                 config.bounds,
                 Arc::clone(&stop),

@@ -223,7 +223,10 @@ mod tests {
             vm_exits: 10,
             bytes_in: 100,
             bytes_out: 7,
-            timings_ms: Timings { total: Some(total) },
+            timings_ms: Timings {
+                total: Some(total),
+                restore: None,
+            },
         }))
     }
 
