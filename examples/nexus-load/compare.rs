@@ -281,7 +281,7 @@ impl Plan {
             density_rate: args
                 .density_rate
                 .unwrap_or(if quick { 50.0 } else { 100.0 }),
-            density_start: if quick { 1 } else { 8 }.min(density_max),
+            density_start: if quick { 2 } else { 8 }.min(density_max),
             density_max,
             density_resolution: (density_max / 32).max(1),
             density_probes: if quick { 4 } else { 10 },
@@ -335,13 +335,17 @@ impl Plan {
                 "inputs".into(),
                 format!(
                     "objects of {} (text; read by key, by the backend or the guest's own S3 \
-                     client), fibonacci inline \"{FIBONACCI_INPUT}\"; results returned in the \
-                     answer, not stored",
+                     client){}; results returned in the answer, not stored",
                     self.sizes
                         .iter()
                         .map(|s| size_label(*s))
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    if self.functions.iter().any(|f| f == "fibonacci") {
+                        format!(", fibonacci inline \"{FIBONACCI_INPUT}\"")
+                    } else {
+                        String::new()
+                    }
                 ),
             ),
             (
@@ -471,8 +475,8 @@ enum DaemonKind {
     Cold,
     /// Room for every case's VMs.
     Warm,
-    /// Density probes: VMs spread over with `--pick lru`.
-    Density,
+    /// A density probe of this many VMs, invocations spread over them with `--pick lru`.
+    Density(u64),
 }
 
 /// A running daemon.
@@ -682,8 +686,8 @@ fn function_toml(plan: &Plan, function: &str, path: IoPath, max_vms: u64) -> Str
     }
 }
 
-/// Writes the function directories: the main one (every function on every path, and the
-/// twins) and the density one (more VMs allowed).
+/// Writes the main function directory (every function on every path, and the twins) and
+/// creates the density probes' one (written by each probe).
 fn write_functions(plan: &Plan, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     let main = dir.join("functions");
     let dense = dir.join("functions-density");
@@ -695,13 +699,6 @@ fn write_functions(plan: &Plan, dir: &Path) -> Result<(PathBuf, PathBuf)> {
             let toml = function_toml(plan, function, path, 8);
             std::fs::write(main.join(format!("{name}.toml")), &toml)?;
             std::fs::write(main.join(format!("{}.toml", twin(&name))), &toml)?;
-        }
-    }
-    for function in &plan.density_functions {
-        for &path in &plan.paths {
-            let name = path.function_name(function);
-            let toml = function_toml(plan, function, path, plan.density_max + 8);
-            std::fs::write(dense.join(format!("{name}.toml")), toml)?;
         }
     }
     Ok((main, dense))
@@ -731,7 +728,7 @@ impl Run<'_> {
         let (functions, max_vms, label) = match kind {
             DaemonKind::Cold => (&self.functions_dir, 1, "cold"),
             DaemonKind::Warm => (&self.functions_dir, 64, "warm"),
-            DaemonKind::Density => (&self.density_dir, plan.density_max + 8, "density"),
+            DaemonKind::Density(vms) => (&self.density_dir, vms, "density"),
         };
         let mut command = Command::new(&self.nexus_vmm);
         command
@@ -751,7 +748,7 @@ impl Run<'_> {
                 command.arg("--prepare");
             }
             DaemonKind::Warm => {}
-            DaemonKind::Density => {
+            DaemonKind::Density(_) => {
                 command.args(["--pick", "lru"]);
             }
         }
@@ -1048,7 +1045,16 @@ async fn density_probe(
 ) -> Result<DensityProbe> {
     let plan = run.plan;
     let name = path.function_name(function);
-    let mut daemon = run.daemon(DaemonKind::Density, &[]).await?;
+    // Exactly n VMs of the function: an invocation that finds them all busy waits for one
+    // (its wait counts in its latency) instead of starting another.
+    for entry in std::fs::read_dir(&run.density_dir)? {
+        std::fs::remove_file(entry?.path())?;
+    }
+    std::fs::write(
+        run.density_dir.join(format!("{name}.toml")),
+        function_toml(plan, function, path, n),
+    )?;
+    let mut daemon = run.daemon(DaemonKind::Density(n), &[]).await?;
     let mut conn = Connection::new(Arc::clone(&daemon.endpoint), Duration::from_secs(600));
     // The first probe of a run may take the function's snapshot: do it before measuring.
     api::warm(&mut conn, &name, 1)
@@ -1075,6 +1081,22 @@ async fn density_probe(
         path: api::invocations_path(&name),
         request: plan.density_input(function).request(),
     });
+    // Every parked VM serves once first (least recently used first: each in turn), so the
+    // probe measures VMs that have run before, not their first touches of restored pages.
+    let _ = load::closed_loop(
+        Arc::clone(&workload),
+        1,
+        Bounds {
+            requests: Some(n),
+            duration: Some(Duration::from_secs(120)),
+        },
+        Arc::new(Stop::default()),
+        Progress {
+            label: format!("density warm-up {name} N={n}"),
+            every: None,
+        },
+    )
+    .await;
     let phase = load::open_loop(
         workload,
         plan.density_rate,

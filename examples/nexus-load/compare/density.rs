@@ -139,7 +139,8 @@ mod tests {
     fn doubles_then_bisects() {
         let (probed, outcome) = run(DensitySearch::new(4, 1024, 8, 20), 100);
         assert_eq!(probed, [4, 8, 16, 32, 64, 128, 96, 112, 104]);
-        assert_eq!(outcome, DensityOutcome::Found(104));
+        // 104 failed: within the resolution (8) of 96.
+        assert_eq!(outcome, DensityOutcome::Found(96));
     }
 
     #[test]

@@ -195,7 +195,8 @@ pub fn headline(c: &Comparison) -> Vec<Row> {
         "Cold start, median",
         "client side, request sent to answer read, for an invocation that restores a VM from the \
          function's snapshot (restore + first invocation); the daemon's cap of 1 VM evicts the \
-         previous VM first, whose teardown runs beside the restore (in the window, off its path)"
+         previous VM first, and its teardown runs on a background task beside the restore \
+         (not on the invocation's path)"
             .into(),
         "ms",
         PAPER_COLD,
@@ -411,8 +412,10 @@ fn render_density(out: &mut String, c: &Comparison) {
     let rate = c.density.first().map_or(0.0, |d| d.rate);
     let _ = writeln!(
         out,
-        "For each size N a fresh daemon parks N VMs of the function (`POST /warm`, `--pick \
-         lru` so invocations spread over all of them), then an open loop sends a Poisson \
+        "For each size N a fresh daemon parks N VMs of the function (`POST /warm`; the \
+         function and the node capped at N VMs, so an invocation that finds all N busy waits \
+         for one; `--pick lru` so invocations spread over all of them) and each serves one invocation, \
+         then an open loop sends a Poisson \
          stream of {} invocations/s in aggregate (exponential gaps, never slowed by the \
          daemon's answers). Density is the largest N whose warm p99 stays within the SLO with \
          no failure, no cold start and ≤ 1 % dropped, found by doubling then bisecting. The \
@@ -578,7 +581,8 @@ mod tests {
         let row = |name: &str| rows.iter().find(|r| r.figure == name).unwrap().clone();
         // Cases 1× and 4× against 2× and 2×: both geometric means are 2 ms: even.
         let warm = row("Warm latency, median");
-        assert_eq!((warm.nexus, warm.net), (Some(2.0), Some(2.0)));
+        assert!((warm.nexus.unwrap() - 2.0).abs() < 1e-9, "{warm:?}");
+        assert!((warm.net.unwrap() - 2.0).abs() < 1e-9, "{warm:?}");
         assert_eq!(warm.verdict(), "even (within 1 %)");
         assert_eq!(warm.paper, PAPER_WARM);
         // Exits equal.
@@ -589,7 +593,8 @@ mod tests {
         assert_eq!(memory.verdict(), "**Nexus**");
         // Density at 20 ms: 64 against 32; higher is better.
         let density = row("Density at p99 ≤ 20 ms");
-        assert_eq!((density.nexus, density.net), (Some(64.0), Some(32.0)));
+        assert!((density.nexus.unwrap() - 64.0).abs() < 1e-9, "{density:?}");
+        assert_eq!(density.net, Some(32.0));
         assert_eq!(density.verdict(), "**Nexus**");
         // A loss is reported as one.
         let lost = Row {

@@ -11,7 +11,7 @@ use super::results::{Comparison, IoPath};
 const SIZE: (u32, u32) = (760, 440);
 const NEXUS: RGBColor = RGBColor(31, 119, 180);
 const NET: RGBColor = RGBColor(214, 39, 40);
-const GREY: RGBColor = RGBColor(120, 120, 120);
+const SLO: RGBColor = RGBColor(255, 127, 14);
 
 fn colour(path: IoPath) -> RGBColor {
     match path {
@@ -88,6 +88,7 @@ fn latency_cdf(file: &Path, title: &str, samples: &[(IoPath, Vec<f64>)]) -> Resu
         .map_err(plot_error)?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc("latency, ms (client side, log scale)")
         .y_desc("fraction of invocations")
         .draw()
@@ -228,13 +229,22 @@ fn density_lines(file: &Path, c: &Comparison) -> Result<()> {
         .y_desc("warm p99, ms (client side)")
         .draw()
         .map_err(plot_error)?;
-    for slo in slos {
-        chart
+    let slo_label = slos
+        .iter()
+        .map(|s| super::document::slo_label(*s))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (i, slo) in slos.iter().enumerate() {
+        let line = chart
             .draw_series(LineSeries::new(
-                [(0.0, slo), (max_vms * 1.05, slo)],
-                GREY.stroke_width(1),
+                [(0.0, *slo), (max_vms * 1.05, *slo)],
+                SLO.stroke_width(1),
             ))
             .map_err(plot_error)?;
+        if i == 0 {
+            line.label(format!("p99 SLOs: {slo_label} ms"))
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], SLO.stroke_width(1)));
+        }
     }
     for d in &c.density {
         let style = colour(d.path);
