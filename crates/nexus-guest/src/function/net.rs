@@ -110,7 +110,8 @@ impl<C: Connector> NetStore for S3Client<C> {
 /// The client a network function's handler gets in a micro-guest: the S3 client over the
 /// guest's stack.
 #[cfg(all(feature = "rt", target_arch = "x86_64"))]
-pub type NetClient = S3Client<crate::net::StackConnector<crate::net::VirtioNet<crate::mmio::MmioRegisters>>>;
+pub type NetClient =
+    S3Client<crate::net::StackConnector<crate::net::VirtioNet<crate::mmio::MmioRegisters>>>;
 
 /// An answer to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -467,7 +468,9 @@ where
             let _ = writeln!(console, "{}", runtime.listening_line());
             runtime.serve(&mut console, handler)
         }
-        Mode::Once { input, output } => once(&mut store, &options, &mut console, input, output, handler),
+        Mode::Once { input, output } => {
+            once(&mut store, &options, &mut console, input, output, handler)
+        }
         Mode::Usage => usage(&options, &mut console),
     }
 }

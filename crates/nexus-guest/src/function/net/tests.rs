@@ -238,10 +238,14 @@ fn invocations_over_http_inputs_by_key_results_at_keys_and_errors() {
     let mut console = String::new();
     let mut handler = shout::<MemStore>;
     for _ in 0..12 {
-        runtime.serve_one(Some(WAIT), &mut console, &mut handler).unwrap();
+        runtime
+            .serve_one(Some(WAIT), &mut console, &mut handler)
+            .unwrap();
     }
     runtime.store().down = true;
-    runtime.serve_one(Some(WAIT), &mut console, &mut handler).unwrap();
+    runtime
+        .serve_one(Some(WAIT), &mut console, &mut handler)
+        .unwrap();
     runtime.store().down = false;
 
     // The VMM restores the VM as generation 1 at 10.0.0.9, behind a new gateway.
@@ -263,15 +267,24 @@ fn invocations_over_http_inputs_by_key_results_at_keys_and_errors() {
         assert_eq!(stack.stats().renewals, 1);
     });
     moved_tx.send(new_address).unwrap();
-    runtime.serve_one(Some(WAIT), &mut console, &mut handler).unwrap();
-    runtime.serve_one(Some(WAIT), &mut console, &mut handler).unwrap();
-    assert_eq!(runtime.listening_line(), "nexus-net-function: listening on 10.0.0.9:8080");
+    runtime
+        .serve_one(Some(WAIT), &mut console, &mut handler)
+        .unwrap();
+    runtime
+        .serve_one(Some(WAIT), &mut console, &mut handler)
+        .unwrap();
+    assert_eq!(
+        runtime.listening_line(),
+        "nexus-net-function: listening on 10.0.0.9:8080"
+    );
 
     let (answers, first_client) = peer.join().unwrap();
     let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
     assert_eq!(
         statuses,
-        [200, 200, 200, 404, 400, 200, 200, 200, 200, 200, 404, 405, 502, 200, 200]
+        [
+            200, 200, 200, 404, 400, 200, 200, 200, 200, 200, 404, 405, 502, 200, 200
+        ]
     );
     // Every answer: keep-alive, generation and reconnects.
     for (i, answer) in answers.iter().enumerate() {
@@ -312,7 +325,11 @@ fn invocations_over_http_inputs_by_key_results_at_keys_and_errors() {
     assert_eq!(answers[13].body, b"QUIET");
     assert_eq!(runtime.store().objects["out/1"], b"DATA");
     assert!(!runtime.store().objects.contains_key("refused/x"));
-    assert_eq!(runtime.invocations(), 8, "ready, bad requests and bad inputs are none");
+    assert_eq!(
+        runtime.invocations(),
+        8,
+        "ready, bad requests and bad inputs are none"
+    );
     // Errors only on the console: the two failed invocations.
     assert_eq!(
         console.lines().collect::<Vec<_>>(),
@@ -484,6 +501,9 @@ fn the_s3_client_as_the_store_drops_its_connection_when_the_vm_is_restored() {
     assert_eq!(s3.get("in").unwrap(), b"stored input");
     assert_eq!(s3.http().stats().connections, 2);
     let (seen, connections) = peer.join().unwrap();
-    assert_eq!(seen, ["GET /bucket/in", "PUT /bucket/out", "GET /bucket/in"]);
+    assert_eq!(
+        seen,
+        ["GET /bucket/in", "PUT /bucket/out", "GET /bucket/in"]
+    );
     assert_eq!(connections, 2);
 }

@@ -372,7 +372,13 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n"
         );
         assert_eq!(
-            response_head(404, "text/plain", Some(0), &[("X-A", "1"), ("X-B", "two")], true),
+            response_head(
+                404,
+                "text/plain",
+                Some(0),
+                &[("X-A", "1"), ("X-B", "two")],
+                true
+            ),
             "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nX-A: 1\r\nX-B: two\r\nConnection: keep-alive\r\n\r\n"
         );
         assert_eq!(
