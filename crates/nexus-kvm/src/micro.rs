@@ -44,9 +44,7 @@ pub use nexus_ring::generation::Generation;
 // The record sits between the boot-info block and the memory map.
 const _: () = {
     assert!(GENERATION_OFFSET >= BOOT_INFO_SIZE as u64);
-    assert!(
-        GENERATION_OFFSET + nexus_ring::generation::RECORD_SIZE as u64 <= MEM_MAP_OFFSET
-    );
+    assert!(GENERATION_OFFSET + nexus_ring::generation::RECORD_SIZE as u64 <= MEM_MAP_OFFSET);
     assert!(GENERATION_OFFSET % 8 == 0);
 };
 /// Most memory-map entries the boot-info page holds.

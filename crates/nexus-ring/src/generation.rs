@@ -198,10 +198,7 @@ mod tests {
         assert_eq!(bytes[40], 16);
         assert!(bytes[41..].iter().all(|&b| b == 0));
         assert_eq!(Generation::decode(&bytes), Ok(record));
-        assert_eq!(
-            Generation::peek_generation(&bytes),
-            Some(record.generation)
-        );
+        assert_eq!(Generation::peek_generation(&bytes), Some(record.generation));
 
         let boot = Generation::BOOT.encode();
         assert_eq!(Generation::decode(&boot), Ok(Generation::BOOT));
@@ -239,10 +236,7 @@ mod tests {
         );
         let mut bad = good;
         bad[12] = 40;
-        assert_eq!(
-            Generation::decode(&bad),
-            Err(GenerationError::BadSize(40))
-        );
+        assert_eq!(Generation::decode(&bad), Err(GenerationError::BadSize(40)));
         for prefix in [0u8, 33] {
             let mut bad = good;
             bad[40] = prefix;
