@@ -65,10 +65,13 @@ pub(crate) mod tests {
     use alloc::rc::Rc;
     use core::cell::Cell;
 
-    /// A record the test rewrites, as the VMM would after a restore.
+    /// A record the test rewrites, as the VMM would after a restore (the `net` feature's
+    /// tests use it).
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
     #[derive(Debug, Clone, Default)]
     pub(crate) struct FakeGeneration(pub Rc<Cell<Option<Generation>>>);
 
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
     impl FakeGeneration {
         pub(crate) fn new(record: Generation) -> Self {
             Self(Rc::new(Cell::new(Some(record))))
