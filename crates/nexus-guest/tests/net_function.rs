@@ -23,7 +23,14 @@ extern crate alloc;
 #[path = "../../nexus-net/tests/common/netns.rs"]
 mod netns;
 
-/// The handler of `wordcount` and `wordcount-net`, built here for the host.
+#[path = "../../../guests/src/functions/aes.rs"]
+mod aes_function;
+#[path = "../../../guests/src/functions/compress.rs"]
+mod compress;
+#[path = "../../../guests/src/functions/fibonacci.rs"]
+mod fibonacci;
+/// The handlers of the bundled functions (`guests/src/functions/`), built here for the host:
+/// what the `*-net` guests give must be byte for byte what they give.
 #[path = "../../../guests/src/functions/wordcount.rs"]
 mod wordcount;
 
@@ -37,12 +44,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use netns::NetNs;
+use nexus_guest::function::{FunctionError, Output};
 use nexus_guest::function::{Invocation, ObjectIo};
 use nexus_guest::{Error, ListPage, ObjectInfo};
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{Generation, MicroVm, MicroVmConfig, write_generation};
 use nexus_kvm::serial::{Console, ConsoleBuffer};
-use nexus_net::{NexusNet, NexusNetConfig, Tap};
+use nexus_kvm::vcpu::VcpuHandle;
+use nexus_kvm::vm::Vm;
+use nexus_net::{AttachedNet, NexusNet, NexusNetConfig, Tap};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 
@@ -278,8 +288,16 @@ impl ObjectIo for MemStore {
     }
 }
 
-/// What the handler gives for `input` on the host.
+/// A handler of the bundled functions, on the host's `Vec<u8>` path.
+type Handler = fn(&mut MemStore, Invocation<Vec<u8>>) -> Result<Output<Vec<u8>>, FunctionError>;
+
+/// What the wordcount handler gives for `input` on the host.
 fn wordcount_on_the_host(input: &[u8]) -> Vec<u8> {
+    on_the_host(wordcount::wordcount, input)
+}
+
+/// What `handler` gives for `input` on the host.
+fn on_the_host(handler: Handler, input: &[u8]) -> Vec<u8> {
     let mut store = MemStore::default();
     let invocation = Invocation {
         number: 1,
@@ -290,7 +308,7 @@ fn wordcount_on_the_host(input: &[u8]) -> Vec<u8> {
         output_key: None,
         input: input.to_vec(),
     };
-    let output = wordcount::wordcount(&mut store, invocation).unwrap();
+    let output = handler(&mut store, invocation).unwrap();
     output.as_bytes().to_vec()
 }
 
@@ -325,8 +343,8 @@ fn connect(ns: &NetNs, address: Ipv4Addr) -> Result<TcpStream, String> {
     })
 }
 
-#[test]
-fn wordcount_net_in_a_micro_vm_over_a_tap_against_s3() {
+/// Fails the test unless the machine can run it.
+fn require_root_and_kvm() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         missing("root (a network namespace and a tap need CAP_NET_ADMIN)");
@@ -339,92 +357,178 @@ fn wordcount_net_in_a_micro_vm_over_a_tap_against_s3() {
     {
         missing("/dev/kvm, readable and writable");
     }
-    let elf = std::fs::read(build_guest("wordcount-net")).unwrap();
+}
 
-    let ns = NetNs::new();
-    let tap = ns
-        .run(|| Tap::open(Some(TAP)))
-        .unwrap_or_else(|e| panic!("cannot make tap {TAP}: {e:?}"));
-    ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
-    ns.ip(&["link", "set", TAP, "up"]);
+/// A `*-net` micro-guest running in a namespace of its own, with the S3 server there. Fields
+/// drop in order: the vCPU stops (kicked) before its VM goes, then the server, then the
+/// namespace.
+struct NetFunctionVm {
+    running: Option<VcpuHandle>,
+    vm: Vm,
+    attached: AttachedNet,
+    console: ConsoleBuffer,
+    _s3: tokio::runtime::Runtime,
+    bucket: PathBuf,
+    _dir: tempfile::TempDir,
+    ns: NetNs,
+}
 
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("s3");
-    let bucket = root.join(BUCKET);
-    std::fs::create_dir_all(bucket.join("jobs")).unwrap();
-    let s3_root = root.clone();
-    let (_s3, s3_port) = ns.run(move || start_s3(&s3_root));
+impl NetFunctionVm {
+    /// Builds `bin`, starts the S3 server and boots the guest; returns once it listens.
+    fn start(bin: &str) -> Self {
+        require_root_and_kvm();
+        let elf = std::fs::read(build_guest(bin)).unwrap();
+
+        let ns = NetNs::new();
+        let tap = ns
+            .run(|| Tap::open(Some(TAP)))
+            .unwrap_or_else(|e| panic!("cannot make tap {TAP}: {e:?}"));
+        ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
+        ns.ip(&["link", "set", TAP, "up"]);
+
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s3");
+        let bucket = root.join(BUCKET);
+        std::fs::create_dir_all(bucket.join("jobs")).unwrap();
+        let (s3, s3_port) = ns.run(move || start_s3(&root));
+
+        let console = ConsoleBuffer::default();
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let mut args = vec![
+            format!("net.ip={GUEST_IP}/24"),
+            format!("net.gw={HOST_IP}"),
+            format!("net.time_ms={now_ms}"),
+            format!("s3.endpoint=http://{HOST_IP}:{s3_port}"),
+            format!("s3.bucket={BUCKET}"),
+            format!("s3.access_key={ACCESS_KEY}"),
+            format!("s3.secret_key={SECRET_KEY}"),
+            format!("http.port={HTTP_PORT}"),
+        ];
+        let config = |args: Vec<String>| MicroVmConfig {
+            memory: MemoryConfig {
+                ram_size: 128 << 20,
+                window_size: 0,
+            },
+            args,
+            device: None,
+            net_device: Some(nexus_net::device_info()),
+            console: Console::new(console.clone()),
+        };
+        // The guest's clock runs on the TSC: tell it the rate, as the node does.
+        let probe = MicroVm::new(&elf, config(args.clone())).unwrap();
+        if let Ok(khz) = probe.vcpu().fd().get_tsc_khz() {
+            args.push(format!("net.tsc_khz={khz}"));
+        }
+        drop(probe);
+        let vm = MicroVm::new(&elf, config(args)).unwrap();
+        let device = NexusNet::new(NexusNetConfig {
+            tap,
+            mac: GUEST_MAC,
+            memory: nexus_net::guest_ram(vm.vm().memory()).unwrap(),
+        })
+        .unwrap();
+        let attached = nexus_net::attach(vm.vm(), device).unwrap();
+        let (vm, vcpu, _loaded) = vm.into_parts();
+        let running = vcpu.spawn(bin.to_string()).unwrap();
+
+        let deadline = Instant::now() + GUEST_TIMEOUT;
+        while !console.text().contains(LISTENING) {
+            assert!(
+                !running.is_finished(),
+                "{bin} ended before listening; console:\n{}",
+                console.text()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "{bin} did not listen within {GUEST_TIMEOUT:?}; console:\n{}",
+                console.text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            console
+                .text()
+                .contains(&format!("{LISTENING} {GUEST_IP}:{HTTP_PORT}")),
+            "{}",
+            console.text()
+        );
+        NetFunctionVm {
+            running: Some(running),
+            vm,
+            attached,
+            console,
+            _s3: s3,
+            bucket,
+            _dir: dir,
+            ns,
+        }
+    }
+
+    /// A connection to the guest's server at `address`.
+    fn connect(&self, address: Ipv4Addr) -> TcpStream {
+        connect(&self.ns, address).unwrap_or_else(|e| {
+            panic!(
+                "{e} (vCPU running: {}, device: {:?}); console:\n{}",
+                self.running.as_ref().is_some_and(|r| !r.is_finished()),
+                self.attached.stats.snapshot(),
+                self.console.text()
+            )
+        })
+    }
+
+    /// Stops the vCPU, writes `generation` as the VMM does after a restore, runs it again.
+    fn restore_as(&mut self, generation: &Generation) {
+        let running = self.running.take().expect("a running vCPU");
+        let (vcpu, stopped) = running.stop().unwrap();
+        assert!(stopped.is_ok(), "the vCPU stopped cleanly: {stopped:?}");
+        write_generation(self.vm.memory().guest(), generation).unwrap();
+        // The stop asked for stays set on the vCPU: clear it to run it again.
+        vcpu.stop_flag()
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.running = Some(vcpu.spawn("restored".to_string()).unwrap());
+    }
+
+    /// POSTs an invocation reading `input` and storing at `output`; the stored bytes.
+    fn invoke_stored(&self, stream: &mut TcpStream, input: &[u8]) -> Vec<u8> {
+        std::fs::write(self.bucket.join("jobs/input"), input).unwrap();
+        let answer = request(
+            stream,
+            "POST",
+            "/invoke",
+            &[
+                ("X-Nexus-Input-Key", "jobs/input"),
+                ("X-Nexus-Output-Key", "jobs/output"),
+            ],
+            b"",
+        );
+        assert_eq!(
+            answer.status,
+            200,
+            "{answer:?}; console:\n{}",
+            self.console.text()
+        );
+        assert_eq!(answer.header("X-Nexus-Function-Error"), None, "{answer:?}");
+        let stored = std::fs::read(self.bucket.join("jobs/output")).unwrap();
+        assert_eq!(
+            answer.header("X-Nexus-Output-Len"),
+            Some(stored.len().to_string().as_str())
+        );
+        stored
+    }
+}
+
+#[test]
+fn wordcount_net_in_a_micro_vm_over_a_tap_against_s3() {
+    let mut guest = NetFunctionVm::start("wordcount-net");
+    let bucket = guest.bucket.clone();
     let text = sample_text(30_000);
     std::fs::write(bucket.join("jobs/in.txt"), &text).unwrap();
+    let console = guest.console.clone();
 
-    let console = ConsoleBuffer::default();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
-    let mut args = vec![
-        format!("net.ip={GUEST_IP}/24"),
-        format!("net.gw={HOST_IP}"),
-        format!("net.time_ms={now_ms}"),
-        format!("s3.endpoint=http://{HOST_IP}:{s3_port}"),
-        format!("s3.bucket={BUCKET}"),
-        format!("s3.access_key={ACCESS_KEY}"),
-        format!("s3.secret_key={SECRET_KEY}"),
-        format!("http.port={HTTP_PORT}"),
-    ];
-    let config = |args: Vec<String>| MicroVmConfig {
-        memory: MemoryConfig {
-            ram_size: 128 << 20,
-            window_size: 0,
-        },
-        args,
-        device: None,
-        net_device: Some(nexus_net::device_info()),
-        console: Console::new(console.clone()),
-    };
-    // The guest's clock runs on the TSC: tell it the rate, as the node does.
-    let probe = MicroVm::new(&elf, config(args.clone())).unwrap();
-    if let Ok(khz) = probe.vcpu().fd().get_tsc_khz() {
-        args.push(format!("net.tsc_khz={khz}"));
-    }
-    drop(probe);
-    let vm = MicroVm::new(&elf, config(args)).unwrap();
-    let device = NexusNet::new(NexusNetConfig {
-        tap,
-        mac: GUEST_MAC,
-        memory: nexus_net::guest_ram(vm.vm().memory()).unwrap(),
-    })
-    .unwrap();
-    let attached = nexus_net::attach(vm.vm(), device).unwrap();
-    let (vm, vcpu, _loaded) = vm.into_parts();
-    let memory = vm.memory().guest().clone();
-    // Dropped before the VM: the vCPU is stopped (kicked) on drop.
-    let running = vcpu.spawn("wordcount-net".to_string()).unwrap();
-
-    let deadline = Instant::now() + GUEST_TIMEOUT;
-    while !console.text().contains(LISTENING) {
-        assert!(
-            !running.is_finished(),
-            "the guest ended before listening; console:\n{}",
-            console.text()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the guest did not listen within {GUEST_TIMEOUT:?}; console:\n{}",
-            console.text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        console
-            .text()
-            .contains(&format!("{LISTENING} {GUEST_IP}:{HTTP_PORT}")),
-        "{}",
-        console.text()
-    );
-
-    let mut stream =
-        connect(&ns, GUEST_IP).unwrap_or_else(|e| panic!("{e}; console:\n{}", console.text()));
+    let mut stream = guest.connect(GUEST_IP);
     let ready = request(&mut stream, "GET", "/ready", &[], b"");
     assert_eq!(ready.status, 200, "{ready:?}");
     assert_eq!(ready.header("X-Nexus-Generation"), Some("0"));
@@ -496,31 +600,13 @@ fn wordcount_net_in_a_micro_vm_over_a_tap_against_s3() {
 
     // A restore, as the VMM does it: the vCPU stopped, a new generation record with a new
     // address written, the vCPU run again.
-    let (vcpu, stopped) = running.stop().unwrap();
-    assert!(stopped.is_ok(), "the vCPU stopped cleanly: {stopped:?}");
-    write_generation(
-        &memory,
-        &Generation {
-            generation: 1,
-            seed: nexus_kvm::micro::fresh_seed().unwrap(),
-            address: Some((RESTORED_IP, 24)),
-            gateway: Some(HOST_IP),
-        },
-    )
-    .unwrap();
-    // The stop asked for stays set on the vCPU: clear it to run it again.
-    vcpu.stop_flag()
-        .store(false, std::sync::atomic::Ordering::Release);
-    let running = vcpu.spawn("wordcount-net".to_string()).unwrap();
-
-    let mut stream = connect(&ns, RESTORED_IP).unwrap_or_else(|e| {
-        panic!(
-            "{e} after the restore (vCPU running: {}, device: {:?}); console:\n{}",
-            !running.is_finished(),
-            attached.stats.snapshot(),
-            console.text()
-        )
+    guest.restore_as(&Generation {
+        generation: 1,
+        seed: nexus_kvm::micro::fresh_seed().unwrap(),
+        address: Some((RESTORED_IP, 24)),
+        gateway: Some(HOST_IP),
     });
+    let mut stream = guest.connect(RESTORED_IP);
     std::fs::write(bucket.join("jobs/in2.txt"), "restored and counted").unwrap();
     let after = request(
         &mut stream,
@@ -541,14 +627,54 @@ fn wordcount_net_in_a_micro_vm_over_a_tap_against_s3() {
         wordcount_on_the_host(b"restored and counted")
     );
     // The old address is gone.
-    let old = ns
+    let old = guest
+        .ns
         .run(|| TcpStream::connect_timeout(&(GUEST_IP, HTTP_PORT).into(), Duration::from_secs(1)));
     assert!(old.is_err(), "the guest still answers at its old address");
 
     assert!(
-        attached.stats.snapshot().rx_frames > 0,
+        guest.attached.stats.snapshot().rx_frames > 0,
         "frames went through the device"
     );
     drop(stream);
-    drop(running);
+}
+
+#[test]
+fn compress_aes_and_fibonacci_net_give_their_twins_bytes() {
+    let text = sample_text(50_000);
+    let cases: [(&str, Handler, Vec<u8>); 3] = [
+        ("compress-net", compress::deflate, text.clone().into_bytes()),
+        ("aes-net", aes_function::encrypt, text.clone().into_bytes()),
+        ("fibonacci-net", fibonacci::fibonacci, b" 25\n".to_vec()),
+    ];
+    for (bin, handler, input) in cases {
+        let guest = NetFunctionVm::start(bin);
+        let mut stream = guest.connect(GUEST_IP);
+        let stored = guest.invoke_stored(&mut stream, &input);
+        assert_eq!(stored, on_the_host(handler, &input), "{bin}");
+        // Checked independently of the handler too.
+        match bin {
+            "compress-net" => assert_eq!(
+                miniz_oxide::inflate::decompress_to_vec_zlib(&stored).unwrap(),
+                input
+            ),
+            "aes-net" => {
+                use aes::cipher::{KeyIvInit, StreamCipher};
+                let key: [u8; 16] = core::array::from_fn(|i| i as u8);
+                let mut data = stored.clone();
+                ctr::Ctr128BE::<aes::Aes128>::new(&key.into(), b"nexus-aes-demo!!".into())
+                    .apply_keystream(&mut data);
+                assert_eq!(data, input);
+            }
+            _ => assert_eq!(stored, b"fib(25) = 75025\n"),
+        }
+        // A function error: 200, flagged, the error document.
+        if bin == "fibonacci-net" {
+            let failed = request(&mut stream, "POST", "/invoke", &[], b"ninety");
+            assert_eq!(failed.status, 200, "{failed:?}");
+            assert_eq!(failed.header("X-Nexus-Function-Error"), Some("Unhandled"));
+            let document = String::from_utf8(failed.body).unwrap();
+            assert!(document.starts_with("{\"error\":"), "{document}");
+        }
+    }
 }
