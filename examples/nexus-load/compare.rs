@@ -99,7 +99,7 @@ pub struct CompareArgs {
     /// --quick].
     #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
     pub density_rate: Option<f64>,
-    /// The most VMs a density probe parks [default: 256; 4 with --quick].
+    /// The most VMs a density probe parks [default: 1024; 4 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4000))]
     pub density_max: Option<u64>,
     /// Length of each density probe's open loop [default: 5s; 2s with --quick].
@@ -262,7 +262,7 @@ impl Plan {
         } else {
             density_functions
         };
-        let density_max = args.density_max.unwrap_or(if quick { 4 } else { 256 });
+        let density_max = args.density_max.unwrap_or(if quick { 4 } else { 1024 });
         Ok(Plan {
             sizes,
             paths: if args.nexus_only {
@@ -281,7 +281,7 @@ impl Plan {
             density_rate: args
                 .density_rate
                 .unwrap_or(if quick { 50.0 } else { 100.0 }),
-            density_start: if quick { 2 } else { 8 }.min(density_max),
+            density_start: if quick { 2 } else { 16 }.min(density_max),
             density_max,
             density_resolution: (density_max / 32).max(1),
             density_probes: if quick { 4 } else { 10 },
@@ -529,7 +529,7 @@ async fn run(plan: &Plan, dir: &Path, stop: &Stop, started: Instant) -> Result<C
 
     // 1. Cold starts.
     {
-        let daemon = run.daemon(DaemonKind::Cold, &[]).await?;
+        let daemon = run.daemon(DaemonKind::Cold).await?;
         for ((function, input), result) in cases.iter().zip(results.iter_mut()) {
             for &path in &plan.paths {
                 check_stop(stop)?;
@@ -543,7 +543,7 @@ async fn run(plan: &Plan, dir: &Path, stop: &Stop, started: Instant) -> Result<C
     for ((function, input), result) in cases.iter().zip(results.iter_mut()) {
         for &path in &plan.paths {
             check_stop(stop)?;
-            let mut daemon = run.daemon(DaemonKind::Warm, &[]).await?;
+            let mut daemon = run.daemon(DaemonKind::Warm).await?;
             let samples = warm(&run, &daemon, function, input, path, result).await?;
             daemon.process.check_alive()?;
             result.samples.push((path, samples));
@@ -723,7 +723,7 @@ pub fn host_end(subnet: &str) -> Result<Ipv4Addr> {
 
 impl Run<'_> {
     /// Starts a daemon of `kind`; its snapshots are shared by every daemon of the run.
-    async fn daemon(&self, kind: DaemonKind, extra: &[&str]) -> Result<Daemon> {
+    async fn daemon(&self, kind: DaemonKind) -> Result<Daemon> {
         let plan = self.plan;
         let (functions, max_vms, label) = match kind {
             DaemonKind::Cold => (&self.functions_dir, 1, "cold"),
@@ -739,7 +739,6 @@ impl Run<'_> {
             .arg("--state-dir")
             .arg(self.dir.join("state"))
             .args(["--max-vms", &max_vms.to_string()])
-            .args(extra)
             .env("RUST_LOG", "warn");
         match kind {
             // Every snapshot is taken here, before anything is measured; later daemons
@@ -1054,7 +1053,7 @@ async fn density_probe(
         run.density_dir.join(format!("{name}.toml")),
         function_toml(plan, function, path, n),
     )?;
-    let mut daemon = run.daemon(DaemonKind::Density(n), &[]).await?;
+    let mut daemon = run.daemon(DaemonKind::Density(n)).await?;
     let mut conn = Connection::new(Arc::clone(&daemon.endpoint), Duration::from_secs(600));
     // The first probe of a run may take the function's snapshot: do it before measuring.
     api::warm(&mut conn, &name, 1)
@@ -1065,10 +1064,26 @@ async fn density_probe(
     let mut parked = 1;
     while parked < n {
         let count = (parked + PARK_STEP).min(n);
-        let answer = api::warm(&mut conn, &name, count)
-            .await
-            .with_context(|| format!("cannot park {count} VMs of {name}"))?;
-        parked = answer.idle.max(count);
+        match api::warm(&mut conn, &name, count).await {
+            Ok(answer) => parked = answer.idle.max(count),
+            Err(e) => {
+                // The node cannot hold n VMs (descriptors, memory): that size fails.
+                let error = format!("parked {parked} of {n}: {:#}", anyhow::Error::new(e));
+                eprintln!("compare: density {name} N={n}: {error}");
+                daemon.process.stop();
+                return Ok(DensityProbe {
+                    vms: n,
+                    latency: LatencySummary::default(),
+                    dropped: 0,
+                    failed: 0,
+                    cold: 0,
+                    clean: false,
+                    host_bytes_per_vm: None,
+                    rss_bytes_per_vm: None,
+                    error: Some(error),
+                });
+            }
+        }
         daemon.process.check_alive()?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1127,6 +1142,7 @@ async fn density_probe(
         // One VM only: too few to say anything per VM.
         host_bytes_per_vm: memory.host_bytes.filter(|_| n > 1),
         rss_bytes_per_vm: memory.rss_bytes.filter(|_| n > 1),
+        error: None,
     })
 }
 

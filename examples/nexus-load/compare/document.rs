@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::density::largest_within;
+use super::density::{DensityOutcome, largest_within};
 use super::results::{CaseResult, Comparison, DensityResult, IoPath, PathFigures};
 
 /// The paper's reported differences of Nexus against its baseline (arXiv:2604.06682).
@@ -44,6 +44,11 @@ pub struct Row {
     pub paper: &'static str,
     /// Which way is better.
     pub better: Better,
+    /// Both sides reached the top of what was measured (a density search's cap): the
+    /// difference says nothing.
+    pub unresolved: bool,
+    /// A remark for the verdict (one side reached the cap: its figure is a lower bound).
+    pub note: Option<String>,
 }
 
 impl Row {
@@ -60,6 +65,9 @@ impl Row {
         let Some(delta) = self.delta() else {
             return "not compared";
         };
+        if self.unresolved {
+            return "not resolved (both at the cap)";
+        }
         if delta.abs() < 0.01 {
             return "even (within 1 %)";
         }
@@ -156,6 +164,26 @@ fn density_at(results: &[DensityResult], path: IoPath, slo_ms: f64) -> Vec<(Stri
         .collect()
 }
 
+/// Which paths' density searches stopped at the cap (their density is a lower bound).
+fn capped_note(c: &Comparison) -> Option<String> {
+    let capped: Vec<&str> = IoPath::BOTH
+        .into_iter()
+        .filter(|path| {
+            c.density
+                .iter()
+                .any(|d| d.path == *path && matches!(d.outcome, DensityOutcome::AtLeast(_)))
+        })
+        .map(IoPath::label)
+        .collect();
+    match capped.as_slice() {
+        [] | [_, _] => None,
+        [one] => Some(format!(
+            "{one} reached the search's cap: its figure is a lower bound"
+        )),
+        _ => None,
+    }
+}
+
 /// The headline rows.
 pub fn headline(c: &Comparison) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -173,6 +201,8 @@ pub fn headline(c: &Comparison) -> Vec<Row> {
             unit,
             paper,
             better: Better::Lower,
+            unresolved: false,
+            note: None,
         });
     };
     case_row(
@@ -247,7 +277,29 @@ pub fn headline(c: &Comparison) -> Vec<Row> {
             geomean(&both.iter().map(|p| p.1).collect::<Vec<_>>()),
         )
     };
+    let rss = |path: IoPath| -> Vec<(String, f64)> {
+        c.density
+            .iter()
+            .filter(|d| d.path == path)
+            .filter_map(|d| Some((d.function.clone(), d.memory_per_vm()?.2? / 1048576.0)))
+            .collect()
+    };
     let (nexus, net) = paired(memory(IoPath::Nexus), memory(IoPath::Net));
+    let (nexus_rss, net_rss) = paired(rss(IoPath::Nexus), rss(IoPath::Net));
+    rows.push(Row {
+        figure: "Memory per parked VM, resident".into(),
+        what: "growth of the daemon's resident memory (every VMM and the guest pages its VMs \
+               touched) plus the backend's, over the same probe, divided by the VMs parked; \
+               geometric mean over the functions searched"
+            .into(),
+        nexus: nexus_rss,
+        net: net_rss,
+        unit: "MiB",
+        paper: "—",
+        better: Better::Lower,
+        unresolved: false,
+        note: None,
+    });
     rows.push(Row {
         figure: "Memory per parked VM".into(),
         what: "the host's MemAvailable drop while the density probe with the most VMs parked \
@@ -259,6 +311,8 @@ pub fn headline(c: &Comparison) -> Vec<Row> {
         unit: "MiB",
         paper: PAPER_MEMORY,
         better: Better::Lower,
+        unresolved: false,
+        note: None,
     });
     let (nexus, net) = paired(
         density_at(&c.density, IoPath::Nexus, c.slo_ms),
@@ -276,6 +330,11 @@ pub fn headline(c: &Comparison) -> Vec<Row> {
         unit: "VMs",
         paper: PAPER_DENSITY,
         better: Better::Higher,
+        unresolved: c
+            .density
+            .iter()
+            .all(|d| matches!(d.outcome, DensityOutcome::AtLeast(_))),
+        note: capped_note(c),
     });
     rows
 }
@@ -322,7 +381,10 @@ pub fn render(c: &Comparison, plots: &[(String, String)]) -> String {
             cell(row.net, row.unit),
             percent(row.delta()),
             row.paper,
-            row.verdict(),
+            match &row.note {
+                Some(note) => format!("{} ({note})", row.verdict()),
+                None => row.verdict().to_string(),
+            },
             row.what
         );
     }
@@ -333,6 +395,7 @@ pub fn render(c: &Comparison, plots: &[(String, String)]) -> String {
          TLS; this one is a no_std micro-guest with smoltcp and no TLS — far leaner, so smaller \
          gaps are expected.\n"
     );
+    render_observations(&mut out, c);
     render_cases(&mut out, c);
     render_density(&mut out, c);
     if !plots.is_empty() {
@@ -346,6 +409,112 @@ pub fn render(c: &Comparison, plots: &[(String, String)]) -> String {
         let _ = writeln!(out, "- {key}: {value}");
     }
     out
+}
+
+/// What the figures say, in sentences computed from them: where each path spends its
+/// exits, its CPU (processes against interrupts) and its cold start (restore against the
+/// rest).
+pub fn render_observations(out: &mut String, c: &Comparison) {
+    let mean = |path: IoPath, f: &dyn Fn(&PathFigures) -> Option<f64>| -> Option<f64> {
+        let values: Vec<f64> = c
+            .cases
+            .iter()
+            .filter_map(|case| f(case.path(path)?))
+            .collect();
+        geomean(&values)
+    };
+    let per_inv = |p: &PathFigures, seconds: f64| {
+        (p.cpu_invocations > 0).then(|| seconds * 1000.0 / p.cpu_invocations as f64)
+    };
+    let mut lines = Vec::new();
+    let exits = (
+        mean(IoPath::Nexus, &|p| p.exits_per_invocation),
+        mean(IoPath::Net, &|p| p.exits_per_invocation),
+    );
+    if let (Some(a), Some(b)) = exits {
+        lines.push(format!(
+            "- **Exits.** A warm invocation costs Nexus {} VM exits and the baseline {} \
+             (geometric means): Nexus's guest rings one doorbell and sleeps in one WAIT read, \
+             the baseline's guest moves every TCP segment of the request, the S3 GET and the \
+             answer through its virtio-net queues.",
+            number(a),
+            number(b)
+        ));
+    }
+    let split = |path: IoPath| {
+        (
+            mean(path, &|p| per_inv(p, p.cpu.process_seconds)),
+            mean(path, &|p| per_inv(p, p.cpu.interrupt_seconds)),
+        )
+    };
+    if let ((Some(np), Some(ni)), (Some(bp), Some(bi))) = (split(IoPath::Nexus), split(IoPath::Net))
+    {
+        lines.push(format!(
+            "- **CPU.** Per warm invocation, the node's processes used {} ms (Nexus) and {} ms \
+             (baseline), and the host's irq + softirq time added {} ms and {} ms: the \
+             baseline's packets cross a tap and the host's IP stack twice per request (to the \
+             guest and from it to the S3 server).",
+            number(np),
+            number(bp),
+            number(ni),
+            number(bi)
+        ));
+    }
+    let restore = (
+        mean(IoPath::Nexus, &|p| p.cold_restore_p50_ms),
+        mean(IoPath::Net, &|p| p.cold_restore_p50_ms),
+    );
+    let cold = (
+        mean(IoPath::Nexus, &|p| p.cold.p50_ms),
+        mean(IoPath::Net, &|p| p.cold.p50_ms),
+    );
+    if let ((Some(rn), Some(rb)), (Some(cn), Some(cb))) = (restore, cold) {
+        lines.push(format!(
+            "- **Cold start.** Of a median cold start of {} ms (Nexus) and {} ms (baseline), \
+             the daemon's restore took {} ms and {} ms; the rest is the first invocation in \
+             the fresh VM (for the baseline: the guest taking its new address, the daemon \
+             connecting to its server, and the guest opening its connection to the store).",
+            number(cn),
+            number(cb),
+            number(rn),
+            number(rb)
+        ));
+    }
+    let warm = |clients: usize| {
+        let f = move |p: &PathFigures| match clients {
+            1 => p.warm_1.p50_ms,
+            _ => p.warm_4.p50_ms,
+        };
+        (mean(IoPath::Nexus, &f), mean(IoPath::Net, &f))
+    };
+    for clients in [1, 4] {
+        if let (Some(a), Some(b)) = warm(clients) {
+            let (who, ratio) = if a <= b {
+                ("Nexus", b / a)
+            } else {
+                ("the baseline", a / b)
+            };
+            lines.push(format!(
+                "- **Warm, {clients} client{}.** Median {} ms (Nexus) against {} ms \
+                 (baseline): {who} is faster by {:.0} %.",
+                if clients == 1 { "" } else { "s" },
+                number(a),
+                number(b),
+                (ratio - 1.0) * 100.0
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "## What the figures say
+
+{}
+",
+        lines.join("\n")
+    );
 }
 
 fn render_cases(out: &mut String, c: &Comparison) {
@@ -449,13 +618,14 @@ fn render_density(out: &mut String, c: &Comparison) {
         let probes: Vec<String> = d
             .probes
             .iter()
-            .map(|p| {
-                format!(
+            .map(|p| match &p.error {
+                Some(_) => format!("{}: could not park them", p.vms),
+                None => format!(
                     "{}: {}{}",
                     p.vms,
                     cell(p.latency.p99_ms, ""),
                     if p.clean { "" } else { " (not clean)" }
-                )
+                ),
             })
             .collect();
         let _ = writeln!(
@@ -473,7 +643,6 @@ fn render_density(out: &mut String, c: &Comparison) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::density::DensityOutcome;
     use super::super::results::DensityProbe;
     use super::*;
     use crate::stats::LatencySummary;
@@ -509,6 +678,7 @@ mod tests {
             clean: true,
             host_bytes_per_vm: Some(host_mib * 1048576.0),
             rss_bytes_per_vm: Some(host_mib * 524288.0),
+            error: None,
         }
     }
 
@@ -587,6 +757,9 @@ mod tests {
         assert_eq!(warm.paper, PAPER_WARM);
         // Exits equal.
         assert_eq!(row("VM exits per invocation").delta(), Some(0.0));
+        // Resident: half of the host figures (0.3 against 0.5).
+        let rss = row("Memory per parked VM, resident");
+        assert!((rss.delta().unwrap() + 0.4).abs() < 1e-9, "{rss:?}");
         // Memory: 0.6 MiB (largest probe, 128) against 1.0 (64): Nexus wins by 40 %.
         let memory = row("Memory per parked VM");
         assert!((memory.delta().unwrap() + 0.4).abs() < 1e-9);
@@ -604,6 +777,31 @@ mod tests {
         };
         assert_eq!(lost.verdict(), "**baseline**");
         assert_eq!(percent(lost.delta()), "+50.0 %");
+        assert_eq!(density.note, None);
+        let mut c = comparison();
+        c.density[0].outcome = DensityOutcome::AtLeast(128);
+        let rows = headline(&c);
+        let density = rows
+            .iter()
+            .find(|r| r.figure.starts_with("Density"))
+            .unwrap();
+        assert_eq!(
+            density.note.as_deref(),
+            Some("Nexus reached the search's cap: its figure is a lower bound")
+        );
+        assert!(!density.unresolved);
+        c.density[1].outcome = DensityOutcome::AtLeast(64);
+        let rows = headline(&c);
+        let density = rows
+            .iter()
+            .find(|r| r.figure.starts_with("Density"))
+            .unwrap();
+        assert_eq!(density.verdict(), "not resolved (both at the cap)");
+        let capped = Row {
+            unresolved: true,
+            ..density.clone()
+        };
+        assert_eq!(capped.verdict(), "not resolved (both at the cap)");
         let alone = Row { net: None, ..warm };
         assert_eq!(alone.verdict(), "not compared");
     }
@@ -644,6 +842,11 @@ mod tests {
         );
         assert!(text.contains("![Warm latency](comparison/latency-wordcount.svg)"));
         assert!(text.contains("- rate: 100/s"));
+        assert!(
+            text.contains("- **Warm, 1 client.** Median 2.00 ms (Nexus) against 2.00 ms"),
+            "{text}"
+        );
+        assert!(text.contains("- **Exits.** A warm invocation costs Nexus 2.00 VM exits"));
         assert!(!text.contains("Nexus only"));
         let mut alone = c;
         alone.nexus_only = true;

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// How long a stopped process gets to exit after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopped process gets to exit after SIGTERM before SIGKILL (a daemon stops
+/// every VM and removes its network namespace: a minute for a thousand net VMs).
+const STOP_GRACE: Duration = Duration::from_secs(60);
 /// The last bytes of a log shown in an error.
 const LOG_TAIL: usize = 3000;
 

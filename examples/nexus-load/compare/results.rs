@@ -112,6 +112,8 @@ pub struct DensityProbe {
     pub host_bytes_per_vm: Option<f64>,
     /// Daemon + backend RSS growth per parked VM, bytes.
     pub rss_bytes_per_vm: Option<f64>,
+    /// Why the node could not park them, when it could not.
+    pub error: Option<String>,
 }
 
 /// The density search of one function on one path.
