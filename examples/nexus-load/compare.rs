@@ -161,9 +161,10 @@ impl CaseInput {
 
 /// `1 KiB`, `4 MiB`, `100 B`.
 pub fn size_label(bytes: u64) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+    // Masks, not `%`: `is_multiple_of` is newer than the workspace's rust-version.
+    if bytes >= 1 << 20 && bytes & ((1 << 20) - 1) == 0 {
         format!("{} MiB", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+    } else if bytes >= 1 << 10 && bytes & ((1 << 10) - 1) == 0 {
         format!("{} KiB", bytes >> 10)
     } else {
         format!("{bytes} B")
@@ -603,7 +604,12 @@ pub fn input_text(bytes: u64) -> Vec<u8> {
         let word = WORDS[(state >> 16) as usize % WORDS.len()];
         text.extend_from_slice(word.as_bytes());
         n += 1;
-        text.push(if n % 12 == 0 { b'\n' } else { b' ' });
+        if n == 12 {
+            n = 0;
+            text.push(b'\n');
+        } else {
+            text.push(b' ');
+        }
     }
     text.truncate(len);
     text
