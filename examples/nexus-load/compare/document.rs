@@ -496,7 +496,7 @@ pub fn render_observations(out: &mut String, c: &Comparison) {
             };
             lines.push(format!(
                 "- **Warm, {clients} client{}.** Median {} ms (Nexus) against {} ms \
-                 (baseline): {who} is faster by {:.0} %.",
+                 (baseline): {who} is faster by {:.1} %.",
                 if clients == 1 { "" } else { "s" },
                 number(a),
                 number(b),
