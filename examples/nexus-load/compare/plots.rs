@@ -124,22 +124,30 @@ fn cpu_bars(file: &Path, c: &Comparison) -> Result<()> {
     let labels: Vec<String> = c
         .cases
         .iter()
-        .map(|case| format!("{} {}", case.function, case.input))
+        .map(|case| format!("{} {}", case.function, case.input.replace(" object", "")))
         .collect();
     let value = |i: usize, path: IoPath| {
         c.cases
             .get(i)
             .and_then(|case| case.path(path))
             .and_then(|p| p.cpu_ms_per_invocation)
+            .filter(|v| *v > 0.0)
     };
-    let top = (0..labels.len())
-        .flat_map(|i| IoPath::BOTH.map(|p| value(i, p).unwrap_or(0.0)))
+    let values: Vec<f64> = (0..labels.len())
+        .flat_map(|i| IoPath::BOTH.map(|p| value(i, p)))
+        .flatten()
+        .collect();
+    // A log scale: the 1 KiB cases cost a hundredth of the 1 MiB ones.
+    let bottom = values.iter().copied().fold(f64::MAX, f64::min).min(1.0) * 0.5;
+    let top = values
+        .iter()
+        .copied()
         .fold(0.0f64, f64::max)
-        .max(0.001)
-        * 1.15;
-    let n = labels.len() as i32;
-    let root =
-        SVGBackend::new(file, (SIZE.0.max(120 * labels.len() as u32), SIZE.1)).into_drawing_area();
+        .max(bottom * 4.0)
+        * 1.5;
+    let n = i32::try_from(labels.len()).unwrap_or(i32::MAX);
+    let width = SIZE.0.max(130 * u32::try_from(labels.len()).unwrap_or(1));
+    let root = SVGBackend::new(file, (width, SIZE.1)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
@@ -149,11 +157,12 @@ fn cpu_bars(file: &Path, c: &Comparison) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((0..n).into_segmented(), 0f64..top)
+        .build_cartesian_2d((0..n).into_segmented(), (bottom..top).log_scale())
         .map_err(plot_error)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(WHITE)
         .x_labels(labels.len().max(1))
         .x_label_formatter(&|v| match v {
             SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => usize::try_from(*i)
@@ -163,7 +172,7 @@ fn cpu_bars(file: &Path, c: &Comparison) -> Result<()> {
                 .unwrap_or_default(),
             SegmentValue::Last => String::new(),
         })
-        .y_desc("CPU ms per invocation (node processes + irq + softirq)")
+        .y_desc("CPU ms per invocation, log scale (node processes + irq + softirq)")
         .draw()
         .map_err(plot_error)?;
     for path in IoPath::BOTH {
@@ -174,7 +183,7 @@ fn cpu_bars(file: &Path, c: &Comparison) -> Result<()> {
                 IoPath::Nexus => (SegmentValue::Exact(i), SegmentValue::CenterOf(i)),
                 IoPath::Net => (SegmentValue::CenterOf(i), SegmentValue::Exact(i + 1)),
             };
-            Some(Rectangle::new([(from, 0.0), (to, v)], style.filled()))
+            Some(Rectangle::new([(from, bottom), (to, v)], style.filled()))
         });
         chart
             .draw_series(bars)
