@@ -639,7 +639,10 @@ fn a_function_from_its_own_crate_is_built_registered_and_served() {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    assert!(header(&headers, "x-amzn-requestid").is_some(), "{headers:?}");
+    assert!(
+        header(&headers, "x-amzn-requestid").is_some(),
+        "{headers:?}"
+    );
     assert_eq!(header(&headers, "x-amz-function-error"), None);
     let (status, headers, body) = d.request_bytes(
         "POST",
