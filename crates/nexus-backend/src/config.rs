@@ -1,13 +1,13 @@
 // Copyright 2026 The Nexus Authors
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The backend's configuration: where objects live, who may touch which, and the limits.
+//! The backend's configuration: where objects live, the tenants who may touch which (as
+//! given, before they are checked against the store), and the limits.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::tenant::TenantSpec;
 
 /// Where objects are stored: the `--store` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -239,6 +239,58 @@ pub struct ControlAccess {
     pub gids: Vec<u32>,
     /// Group of the socket directory (mode `0750`); `None`: mode `0700`.
     pub socket_group: Option<u32>,
+}
+
+/// A `--tenant NAME=VALUE` argument, not yet checked against the store (the rule is in
+/// [`Tenant::from_spec`](crate::Tenant::from_spec)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantSpec {
+    /// The tenant's name.
+    pub name: String,
+    /// `PREFIX` (file store) or `BUCKET[/PREFIX]` (S3 store).
+    pub value: String,
+    /// The per-VM limits of the tenant's VMs (`None`: the backend's defaults).
+    pub limits: Option<VmLimits>,
+    /// Control peers (user IDs) allowed to attach the tenant's VMs; with `control_gids` both
+    /// empty, every peer allowed on the control socket may.
+    pub control_uids: Vec<u32>,
+    /// Control peers (group IDs) allowed to attach the tenant's VMs.
+    pub control_gids: Vec<u32>,
+}
+
+impl std::str::FromStr for TenantSpec {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let invalid = |reason: &str| Error::InvalidTenant {
+            spec: spec.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (name, value) = spec.split_once('=').ok_or_else(|| {
+            invalid("expected NAME=BUCKET/PREFIX (or NAME=PREFIX for a file store)")
+        })?;
+        if !valid_name(name) {
+            return Err(invalid(
+                "a tenant name is 1 to 64 letters, digits, `.`, `_` or `-`",
+            ));
+        }
+        Ok(TenantSpec {
+            name: name.to_owned(),
+            value: value.to_owned(),
+            limits: None,
+            control_uids: Vec::new(),
+            control_gids: Vec::new(),
+        })
+    }
+}
+
+/// Whether `name` is 1..=64 of `A-Z a-z 0-9 . _ -` (a tenant's name; a VM ID too, which
+/// must not start with `.` either).
+pub(crate) fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// Everything [`Backend::new`](crate::Backend::new) needs.

@@ -63,10 +63,10 @@ use toml::Spanned;
 
 use crate::config::{
     BackendConfig, ControlAccess, DEFAULT_STAGING_BYTES, DEFAULT_STORE_URL, HttpPolicy, S3Options,
-    StoreConfig, StoreUrl, VmLimits,
+    StoreConfig, StoreUrl, TenantSpec, VmLimits, valid_name,
 };
 use crate::error::{Error, Result};
-use crate::tenant::{Tenant, TenantSpec, Tenants, valid_name};
+use crate::tenant::{Tenant, Tenants};
 
 /// What a configuration file sets, checked. Every field is optional (or starts from the
 /// defaults), so that command-line flags can override any of it before

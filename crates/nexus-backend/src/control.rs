@@ -45,15 +45,15 @@ use tokio::sync::mpsc;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::invoke::{Invocation, InvocationInput};
+use crate::peer::Peer;
 use crate::server::Backend;
-use crate::store::StoreError;
 
 pub use nexus_ring::control::{
     CONNECTION_FD, ControlEvent, ControlInput, ControlReply, ControlRequest,
     DEFAULT_PARKED_TIMEOUT_MS, ErrorCode, InvokeTimings, MAX_BINARY_INPUT, MAX_LINE,
 };
 
-use crate::error::Error;
+use crate::error::{Error, InputFailure};
 
 /// Binary input bytes one control connection may hold for its invocations in flight; past
 /// it, further binary inputs are refused `throttled` until earlier invocations end.
@@ -72,7 +72,7 @@ impl Backend {
         F: Future<Output = ()>,
     {
         tokio::pin!(shutdown);
-        let mut failures = crate::server::Backoff::default();
+        let mut failures = Backoff::default();
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
@@ -83,7 +83,7 @@ impl Backend {
                                 "control socket: accepting again after {} failures",
                                 failures.count
                             );
-                            failures = crate::server::Backoff::default();
+                            failures = Backoff::default();
                         }
                         let backend = self.clone();
                         tokio::spawn(async move { backend.control_connection(stream).await });
@@ -291,7 +291,7 @@ impl Backend {
     }
 
     /// Tells a peer it may not use the socket (once per streak in the log).
-    async fn refuse_peer(&self, stream: &mut UnixStream, peer: Peer, reason: &str) {
+    async fn refuse_peer(&self, stream: &mut UnixStream, peer: Peer, reason: &Error) {
         let refusals = self
             .shared
             .refused_peers
@@ -465,30 +465,22 @@ impl Backend {
         // An output key the result could not be stored at is refused before the function
         // runs, not after.
         if let Some(key) = output {
-            check_output_key(key, &session.tenant).map_err(|e| refusal(&e))?;
+            session
+                .tenant
+                .check_object_key(key)
+                .map_err(|e| refusal(&e))?;
         }
         let before = session.traffic();
-        let pending = self.invoke(vm, invocation, input).map_err(|e| match e {
-            // The invocation context (function, request id) does not encode.
-            Error::InputUnavailable { ref key, .. } if key.is_empty() => {
-                ControlReply::refused(ErrorCode::Invalid, e.to_string())
-            }
-            e => refusal(&e),
-        })?;
+        let pending = self
+            .invoke(vm, invocation, input)
+            .map_err(|e| refusal(&e))?;
         let number = pending.number();
         let result = pending.await;
         let durable = Instant::now();
         // One invocation at a time per VM: what moved meanwhile is this invocation's.
         let moved = session.traffic().since(before);
         let times = self.invocation_times(vm, number);
-        let result = match result {
-            Ok(result) => result,
-            Err(e @ Error::InputUnavailable { .. }) => {
-                let code = input_failure(&session, &e).await;
-                return Err(ControlReply::refused(code, e.to_string()));
-            }
-            Err(e) => return Err(refusal(&e)),
-        };
+        let result = result.map_err(|e| refusal(&e))?;
         let success = result.outcome == nexus_ring::Outcome::Success;
         let mut output_store_us = 0;
         // A guest that stored the result at the key itself (durably: COMPLETE waited for its
@@ -549,10 +541,15 @@ fn error_code(error: &Error) -> ErrorCode {
         | Error::InvalidKey { .. }
         | Error::KeyNotPermitted { .. } => ErrorCode::Invalid,
         Error::UnknownVm(_) | Error::VmDetached(_) => ErrorCode::UnknownVm,
-        Error::TenantNotPermitted { .. } | Error::NotVmOwner { .. } => ErrorCode::Forbidden,
-        Error::InputUnavailable { .. } | Error::UploadFailed { .. } | Error::ObjectStore(_) => {
-            ErrorCode::Unavailable
-        }
+        Error::TenantNotPermitted { .. }
+        | Error::NotVmOwner { .. }
+        | Error::PeerNotAllowed { .. } => ErrorCode::Forbidden,
+        Error::InputUnavailable { cause, .. } => match cause {
+            InputFailure::Context | InputFailure::InvalidKey => ErrorCode::Invalid,
+            InputFailure::NotFound => ErrorCode::NotFound,
+            InputFailure::Unavailable => ErrorCode::Unavailable,
+        },
+        Error::UploadFailed { .. } | Error::ObjectStore(_) => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     }
 }
@@ -560,48 +557,6 @@ fn error_code(error: &Error) -> ErrorCode {
 /// The reply refusing a request for `error`.
 fn refusal(error: &Error) -> ControlReply {
     ControlReply::refused(error_code(error), error.to_string())
-}
-
-/// Checks that a result may be stored at `key` for a VM of `tenant`.
-fn check_output_key(key: &str, tenant: &crate::Tenant) -> crate::Result<()> {
-    crate::check_key(key).map_err(|reason| Error::InvalidKey {
-        key: key.to_owned(),
-        reason,
-    })?;
-    if !tenant.allows(key) {
-        return Err(Error::KeyNotPermitted {
-            key: key.to_owned(),
-            tenant: tenant.name().to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// Why an invocation's input could not be read (`error`, an [`Error::InputUnavailable`]):
-/// the store is asked once more about the object, so that an object that does not exist is
-/// told from a store that failed. Only refused invocations pay for the question.
-async fn input_failure(session: &crate::session::Session, error: &Error) -> ErrorCode {
-    let Error::InputUnavailable { key, .. } = error else {
-        return error_code(error);
-    };
-    if key.is_empty() {
-        return ErrorCode::Internal;
-    }
-    match session.engine.store.head(key).await {
-        Err(StoreError::NotFound) => ErrorCode::NotFound,
-        Err(StoreError::InvalidKey(_)) => ErrorCode::Invalid,
-        // There now, or the store failed: not the caller's mistake.
-        Ok(_) | Err(_) => ErrorCode::Unavailable,
-    }
-}
-
-/// Who is on the other end of a control connection (`SO_PEERCRED`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Peer {
-    /// The peer's user ID.
-    pub(crate) uid: u32,
-    /// The peer's group ID.
-    pub(crate) gid: u32,
 }
 
 /// A request's answer and what it did to the connection's VMs.
@@ -782,6 +737,22 @@ async fn send_answer(writer: &mut OwnedWriteHalf, answer: Answer) -> std::io::Re
     writer.write_all(&bytes[sent..]).await
 }
 
+/// A streak of failed attempts and the pause before the next: 100 ms, doubling up to 5 s.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    /// Failures in the streak so far.
+    pub(crate) count: u32,
+}
+
+impl Backoff {
+    /// Counts one more failure and returns how long to wait before trying again.
+    pub(crate) fn next(&mut self) -> Duration {
+        self.count = self.count.saturating_add(1);
+        let exponent = (self.count - 1).min(6);
+        Duration::from_millis(100 << exponent).min(Duration::from_secs(5))
+    }
+}
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -807,5 +778,13 @@ mod tests {
                 .unwrap_err()
                 .starts_with("bad request")
         );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_five_seconds() {
+        let mut b = Backoff::default();
+        let pauses: Vec<u128> = (0..9).map(|_| b.next().as_millis()).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+        assert_eq!(b.count, 9);
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::session::lock;
+use crate::sync::lock;
 
 tokio::task_local! {
     /// The share the current task's CPU time is charged to (set by [`Metered`]).

@@ -31,7 +31,8 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::cpu_share::{Metered, thread_cpu};
 use crate::event_loop::EventLoop;
 use crate::ops::{self, Prepared};
-use crate::session::{InflightGuard, Session, lock};
+use crate::session::{InflightGuard, Session};
+use crate::sync::lock;
 use crate::window::WindowMemory;
 
 pub use nexus_ring::device::{NEXUS_F_WAIT, NEXUS_F_WRITE_BEHIND, QUEUE_SIZE_MAX};
@@ -601,7 +602,7 @@ fn dispatch(
                 .as_deref()
                 .and_then(|k| std::str::from_utf8(k).ok())
             {
-                prepared.turn = Some(session.take_turn(key));
+                prepared.turn = Some(session.key_order.take_turn(key));
             }
             if matches!(request.command(), Command::Put { write_behind: true }) {
                 prepared.write_behind = Some(session.write_behind.register());
@@ -611,7 +612,7 @@ fn dispatch(
             prepared.mark = session.write_behind.mark();
         }
         // In arrival order, like the key turns: the tasks may run in any order.
-        Command::Next { .. } => prepared.next = session.claim_next(),
+        Command::Next { .. } => prepared.next = session.invocations.claim_next(),
         _ => {}
     }
     let session = session.clone();
@@ -806,7 +807,7 @@ mod tests {
         }
         let event = received.try_recv().expect("the VMM is told");
         assert!(
-            matches!(event, crate::control::ControlEvent::QueueBroken { ref vm, .. } if vm == "vm-1")
+            matches!(event, nexus_ring::control::ControlEvent::QueueBroken { ref vm, .. } if vm == "vm-1")
         );
         // Nothing more happens, however often the guest kicks.
         ring.process();

@@ -18,6 +18,7 @@ use crate::invoke::Invoker;
 use crate::journal::{LostUpload, UploadJournal};
 use crate::staging::Staging;
 use crate::store::Store;
+use crate::sync::lock;
 
 /// The shared engine.
 pub(crate) struct Engine {
@@ -59,7 +60,7 @@ impl Engine {
                 path: config.state_dir.clone(),
                 source,
             })?;
-        crate::install_crypto_provider();
+        crate::http::install_crypto_provider();
         let store = Store::open(&config.store)?;
         let http = HttpGateway::new(&config.http)?;
         Ok(Self::from_parts(
@@ -111,7 +112,7 @@ impl Engine {
 
     /// The uploads an earlier run of the backend acknowledged and lost (once).
     pub(crate) fn take_lost(&self) -> Vec<(u64, LostUpload)> {
-        std::mem::take(&mut *crate::session::lock(&self.lost))
+        std::mem::take(&mut *lock(&self.lost))
     }
 
     /// The registered invoker, if any.

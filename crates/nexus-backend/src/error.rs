@@ -136,6 +136,14 @@ pub enum Error {
     /// A VM's vhost-user connection could not be made or served.
     #[error("Cannot set up the VM's vhost-user connection")]
     Connection(#[source] io::Error),
+    /// A control peer the configuration does not allow on the control socket.
+    #[error("uid {uid} (gid {gid}) is not allowed on this backend's control socket")]
+    PeerNotAllowed {
+        /// The peer's user ID.
+        uid: u32,
+        /// The peer's group ID.
+        gid: u32,
+    },
     /// A control peer may not attach VMs of this tenant.
     #[error("uid {uid} may not attach VMs of tenant `{tenant}`")]
     TenantNotPermitted {
@@ -169,12 +177,15 @@ pub enum Error {
     /// An invocation ended without a result because its VM was detached.
     #[error("VM `{0}` was detached before the invocation completed")]
     VmDetached(String),
-    /// An invocation's input object could not be read.
+    /// An invocation's input object could not be read (or, with an empty `key`, its context
+    /// or its result could not be carried).
     #[error("Input object `{key}` of the invocation could not be read: {reason}")]
     InputUnavailable {
-        /// The input object key.
+        /// The input object key (empty when the input was given inline).
         key: String,
-        /// Why.
+        /// What went wrong, for a caller to act on.
+        cause: InputFailure,
+        /// Why, in words.
         reason: String,
     },
     /// A write-behind upload of the invocation failed for good: the invocation failed.
@@ -185,6 +196,21 @@ pub enum Error {
         /// How many uploads failed.
         count: u64,
     },
+}
+
+/// What kept an invocation from being delivered or its result from being read, as a
+/// caller of the control socket is told it (see [`Error::InputUnavailable`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFailure {
+    /// The invocation's context (function name, request ID, output key) does not encode.
+    Context,
+    /// The input object does not exist.
+    NotFound,
+    /// The store cannot represent the input key.
+    InvalidKey,
+    /// The store refused or failed, or the result could not be read out of the window:
+    /// not the caller's mistake, and worth a retry.
+    Unavailable,
 }
 
 /// The crate's result type.

@@ -10,6 +10,9 @@
 //! threads at once, whatever the number of threads. A kick that is no longer watched (the
 //! queue was stopped or broken) costs nothing: its descriptor is out of the epoll set, so a
 //! guest that keeps ringing the doorbell wakes no thread of the backend.
+//!
+//! The loop knows a VM only as a [`Channel`]: two descriptors, what to do when either is
+//! ready, and whose CPU share pays for it (`vhost_user.rs` implements it).
 
 use std::collections::HashMap;
 use std::io;
@@ -22,13 +25,43 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::cpu_share::{CpuShare, thread_cpu};
-use crate::session::lock;
-use crate::vhost_user::{Handled, VmChannel};
+use crate::sync::lock;
 
 /// Events taken from the kernel in one wait.
 const EVENTS: usize = 64;
 /// The token of the loop's own stop eventfd.
 const STOP: u64 = u64::MAX;
+
+/// What handling an event did to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Handled {
+    /// The connection goes on.
+    Continue,
+    /// The connection is over (the frontend closed it, or broke the protocol).
+    Closed,
+}
+
+/// A VM's connection as the loop serves it: its vhost-user connection, which the loop
+/// watches from [`EventLoop::add`] to [`EventLoop::remove`], and its request queue's kick,
+/// which the channel has watched ([`EventLoop::watch_kick`]) while its queue is live.
+pub(crate) trait Channel: Send + Sync {
+    /// The channel's ID in the loop ([`EventLoop::next_id`]).
+    fn id(&self) -> u64;
+    /// The connection's descriptor.
+    fn connection_fd(&self) -> RawFd;
+    /// The kick eventfd's descriptor, while the frontend has given one.
+    fn kick_fd(&self) -> Option<RawFd>;
+    /// Reads and answers one message of the connection.
+    fn handle_message(&self) -> Handled;
+    /// Takes a kick and serves the queue; the kick's descriptor if it is still watched.
+    fn handle_kick(&self) -> Option<RawFd>;
+    /// The VM's share of the backend's CPU (the loop charges its turns for the VM).
+    fn cpu(&self) -> &CpuShare;
+    /// The frontend closed the connection (it is no longer watched).
+    fn disconnected(&self);
+    /// Closes the connection (it is no longer watched).
+    fn close(&self);
+}
 
 /// What a token's descriptor is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +108,7 @@ impl Drop for Charge<'_> {
 /// The shared event loop (see the module docs).
 pub(crate) struct EventLoop {
     epoll: Epoll,
-    channels: Mutex<HashMap<u64, Arc<VmChannel>>>,
+    channels: Mutex<HashMap<u64, Arc<dyn Channel>>>,
     next_id: AtomicU64,
     stop: EventFd,
     stopping: AtomicBool,
@@ -122,7 +155,7 @@ impl EventLoop {
     }
 
     /// Starts serving `channel`'s connection.
-    pub(crate) fn add(&self, channel: Arc<VmChannel>) -> io::Result<()> {
+    pub(crate) fn add(&self, channel: Arc<dyn Channel>) -> io::Result<()> {
         let id = channel.id();
         let fd = channel.connection_fd();
         lock(&self.channels).insert(id, channel);
@@ -139,7 +172,7 @@ impl EventLoop {
 
     /// Stops serving channel `id` (its connection and kick are no longer watched; an event
     /// already taken by a thread finishes). The channel is returned for the caller to close.
-    pub(crate) fn remove(&self, id: u64) -> Option<Arc<VmChannel>> {
+    pub(crate) fn remove(&self, id: u64) -> Option<Arc<dyn Channel>> {
         let channel = lock(&self.channels).remove(&id)?;
         self.forget(channel.connection_fd());
         if let Some(kick) = channel.kick_fd() {
@@ -180,7 +213,7 @@ impl EventLoop {
     }
 
     /// Stops the threads and waits for them; the channels still registered are returned.
-    pub(crate) fn shutdown(&self) -> Vec<Arc<VmChannel>> {
+    pub(crate) fn shutdown(&self) -> Vec<Arc<dyn Channel>> {
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop.write(1);
         let threads = std::mem::take(&mut *lock(&self.threads));

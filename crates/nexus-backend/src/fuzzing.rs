@@ -45,55 +45,13 @@ pub mod scenario;
 
 mod guest;
 mod model;
+mod parts;
+mod report;
 mod seeds;
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
-
-use nexus_ring::{Op, Status};
-use object_store::memory::InMemory;
-
-use crate::config::{BackendConfig, HttpPolicy, S3Options, StoreConfig, StoreUrl, VmLimits};
-use crate::device::RequestRing;
-use crate::engine::Engine;
-use crate::event_loop::EventLoop;
-use crate::http::HttpGateway;
-use crate::session::Session;
-use crate::store::Store;
-use crate::tenant::Tenant;
-use crate::window::WindowMemory;
-
+pub use self::report::Report;
 pub use self::scenario::Scenario;
 pub use self::seeds::seeds;
-
-/// What a run saw: answers by op and status, and the steps that could not be taken.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Report {
-    answers: BTreeMap<(u16, u16), usize>,
-    /// Steps taken.
-    pub steps: usize,
-    /// Requests the guest could not send (every slot busy, or a layout nexus-ring refuses),
-    /// and node calls the backend would refuse.
-    pub skipped: usize,
-    /// Invocations whose result the node received.
-    pub invocations_completed: usize,
-}
-
-impl Report {
-    /// How many `op` requests were answered with `status`.
-    pub fn answers(&self, op: Op, status: Status) -> usize {
-        self.answers
-            .get(&(op.code(), status.code()))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn count(&mut self, op: Op, status: Status) {
-        *self.answers.entry((op.code(), status.code())).or_default() += 1;
-    }
-}
 
 /// Runs `scenario` against a fresh backend engine, in-memory store and VM; panics when an
 /// oracle is violated (see the module docs).
@@ -105,7 +63,7 @@ pub fn run(scenario: &Scenario) -> Report {
         .expect("a current-thread runtime");
     let report = {
         let _context = runtime.enter();
-        let mut harness = model::Harness::new(&runtime, build(&runtime, &scenario.options));
+        let mut harness = model::Harness::new(&runtime, parts::build(&runtime, &scenario.options));
         for step in &scenario.steps {
             harness.step(step);
         }
@@ -114,114 +72,6 @@ pub fn run(scenario: &Scenario) -> Report {
     drop(runtime);
     report
 }
-
-/// What the harness drives: the store, the engine, the VM's session and queue.
-pub(crate) struct Parts {
-    pub(crate) memory: Arc<InMemory>,
-    pub(crate) engine: Arc<Engine>,
-    pub(crate) session: Arc<Session>,
-    pub(crate) ring: Arc<RequestRing>,
-    pub(crate) guest: guest::Guest,
-    pub(crate) options: scenario::Options,
-}
-
-/// The VM's limits for `options`.
-pub(crate) fn limits(options: &scenario::Options) -> (VmLimits, u64) {
-    use scenario::*;
-    let pick = |index: u8, len: usize| usize::from(index) % len;
-    let (write_behind_requests, write_behind_bytes) =
-        WRITE_BEHIND[pick(options.write_behind, WRITE_BEHIND.len())];
-    let (staging_bytes, global) = STAGING[pick(options.staging, STAGING.len())];
-    let (log_burst, log_records_per_second) = LOG_LIMITS[pick(options.log, LOG_LIMITS.len())];
-    let limits = VmLimits {
-        requests_in_flight: IN_FLIGHT[pick(options.in_flight, IN_FLIGHT.len())],
-        prefetch_cache_bytes: PREFETCH_BYTES[pick(options.prefetch, PREFETCH_BYTES.len())],
-        write_behind_bytes,
-        write_behind_requests,
-        staging_bytes,
-        log_records_per_second,
-        log_burst,
-        list_scan_budget: SCAN_BUDGETS[pick(options.scan_budget, SCAN_BUDGETS.len())],
-        // Pacing runs on the paused clock; the CPU share is metered in real thread time,
-        // which a fuzzer cannot control: give it room so that runs are deterministic.
-        list_scan_per_second: 100_000,
-        cpu_millis_per_second: 1_000_000,
-    };
-    (limits, global)
-}
-
-/// The HTTP client, built once per process: building one is costly, and with the empty
-/// allow-list it never sends anything.
-fn http() -> HttpGateway {
-    static HTTP: OnceLock<HttpGateway> = OnceLock::new();
-    HTTP.get_or_init(|| {
-        HttpGateway::new(&HttpPolicy::default()).expect("the default HTTP policy is valid")
-    })
-    .clone()
-}
-
-/// The event loop a request queue is registered with (its kick is never rung here: the
-/// harness serves the queue itself).
-fn event_loop() -> &'static Arc<EventLoop> {
-    static EVENT_LOOP: OnceLock<Arc<EventLoop>> = OnceLock::new();
-    EVENT_LOOP.get_or_init(|| EventLoop::start(1).expect("an event loop thread"))
-}
-
-fn build(runtime: &tokio::runtime::Runtime, options: &scenario::Options) -> Parts {
-    let (limits, global) = limits(options);
-    let store_config = StoreConfig {
-        url: StoreUrl::File("/nonexistent".into()),
-        s3: S3Options::default(),
-    };
-    let mut config = BackendConfig::new(store_config, "/nonexistent".into());
-    config.limits = limits;
-    config.staging_bytes = global;
-    let memory = Arc::new(InMemory::new());
-    let engine = Arc::new(Engine::with_store(
-        &config,
-        Store::Remote(memory.clone()),
-        http(),
-        runtime.handle().clone(),
-    ));
-    let tenant = Tenant::new("tenant", scenario::TENANT_PREFIX).expect("a valid tenant");
-    let session = Arc::new(Session::with_uploads(
-        "vm-fuzz",
-        Arc::new(tenant),
-        engine.clone(),
-        None,
-    ));
-    let event_loop = event_loop();
-    let ring = Arc::new(RequestRing::new(
-        event_loop.next_id(),
-        session.clone(),
-        event_loop,
-    ));
-    let guest = guest::Guest::new();
-    let window = WindowMemory::new(Arc::new(guest.mem.clone())).expect("one region");
-    ring.set_window(window);
-    ring.set_size(guest::QUEUE_SIZE)
-        .expect("a valid queue size");
-    ring.set_addresses(guest::DESC_TABLE, guest::AVAIL_RING, guest::USED_RING)
-        .expect("valid ring addresses");
-    let kick = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("an eventfd");
-    // SAFETY: the eventfd's descriptor is handed over to the File, its only owner.
-    let kick = unsafe {
-        <File as std::os::fd::FromRawFd>::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(kick))
-    };
-    ring.set_kick(Some(kick));
-    Parts {
-        memory,
-        engine,
-        session,
-        ring,
-        guest,
-        options: *options,
-    }
-}
-
-/// How long the harness lets the clock run at the end: past every timeout a request can
-/// have (the longest is the invoker's 120 s).
-pub(crate) const FINAL_ADVANCE: Duration = Duration::from_secs(2 * 3600);
 
 #[cfg(test)]
 mod tests;

@@ -58,6 +58,12 @@ const OWN_HEADERS: [&str; 4] = ["host", "content-length", "transfer-encoding", "
 /// was not announced.
 const TOTAL_UNKNOWN: u64 = u64::MAX;
 
+/// Makes ring the process's TLS crypto provider (the HTTP client and the S3 store's client
+/// use rustls), unless one is installed already.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The shared HTTP client and the policy it enforces.
 #[derive(Clone, Debug)]
 pub(crate) struct HttpGateway {
@@ -113,7 +119,7 @@ impl HttpGateway {
 
     fn with_lookup(policy: &HttpPolicy, lookup: Lookup) -> Result<Self> {
         let allow = Arc::new(AllowList::parse(&policy.allow)?);
-        crate::install_crypto_provider();
+        install_crypto_provider();
         let client = reqwest::Client::builder()
             // HTTP_PROXY, ALL_PROXY and the like would send requests around every check.
             .no_proxy()

@@ -26,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::session::lock;
+use crate::sync::lock;
 
 /// The journal's file name in the state directory.
 pub(crate) const JOURNAL_FILE: &str = "uploads.journal";

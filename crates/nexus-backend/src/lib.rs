@@ -63,17 +63,22 @@ mod event_loop;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod http;
+mod invocations;
 mod invoke;
 mod journal;
+mod key_order;
 mod listing;
 mod log_limit;
 mod ops;
+mod peer;
+mod prefetch;
 mod scan_rate;
 mod server;
 mod session;
 mod staging;
 mod stats;
 mod store;
+mod sync;
 mod tenant;
 mod vhost_user;
 mod window;
@@ -86,7 +91,7 @@ use std::time::Duration;
 pub use config::{
     BackendConfig, ControlAccess, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES,
     DEFAULT_STORE_URL, DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl,
-    VmLimits,
+    TenantSpec, VmLimits,
 };
 pub use config_file::{ConfigFile, LimitOverrides, TenantEntry};
 pub use control::{
@@ -95,23 +100,17 @@ pub use control::{
     MAX_LINE, parse_request,
 };
 pub use device::{FEATURES, NEXUS_F_WAIT, NEXUS_F_WRITE_BEHIND, QUEUE_SIZE_MAX};
-pub use error::{Error, Result};
+pub use error::{Error, InputFailure, Result};
 pub use invoke::{
     Invocation, InvocationInput, InvocationResult, InvokeError, InvokeRequest, Invoker,
     PendingInvocation,
 };
 pub use server::Backend;
 pub use stats::BackendStats;
-pub use tenant::{DEFAULT_TENANT, Tenant, TenantSpec, Tenants, check_key, check_prefix};
+pub use tenant::{DEFAULT_TENANT, Tenant, Tenants, check_key, check_prefix};
 
 /// How long shutdown waits for acknowledged write-behind uploads.
 pub const SHUTDOWN_UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Makes ring the process's TLS crypto provider (the store and HTTP clients use rustls),
-/// unless one is installed already.
-pub(crate) fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
 
 /// Runs a backend until SIGINT or SIGTERM: listens on the control socket `listen`, serves
 /// every VM attached there with `io_threads` I/O threads, then detaches every VM, removes the

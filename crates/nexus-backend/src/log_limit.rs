@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::session::lock;
+use crate::sync::lock;
 
 /// Least time between two "records dropped" lines of one VM.
 pub(crate) const DROP_REPORT_INTERVAL: Duration = Duration::from_secs(10);

@@ -17,12 +17,14 @@ use nexus_ring::{
 };
 
 use crate::cpu_share::Metered;
-use crate::error::Error;
+use crate::error::{Error, InputFailure};
 use crate::http::{HttpCall, HttpFailure};
+use crate::invocations::{NextClaim, QueuedInvocation, RunningInvocation};
 use crate::invoke::{InvocationInput, InvocationResult, InvokeError, InvokeRequest};
+use crate::key_order::KeyTurn;
 use crate::listing::{ListPage, Resume};
 use crate::log_limit::escape_log_text;
-use crate::session::{KeyTurn, NextClaim, QueuedInvocation, RunningInvocation, Session};
+use crate::session::Session;
 use crate::store::{ObjectInfo, PutSource, StoreError, get_length};
 use crate::tenant::{check_key, check_prefix};
 use crate::window::WindowMemory;
@@ -820,7 +822,7 @@ enum InputWrite {
     /// The input is this many bytes, more than the buffers hold.
     TooLarge(u64),
     /// The input cannot be read: the invocation fails.
-    Failed(String),
+    Failed(InputFailure, String),
     /// The backend failed to write it: the guest may ask again.
     Retry(String),
 }
@@ -847,14 +849,21 @@ async fn write_input(
         // running, say). No HEAD first: the read says how large the object is (a too-large
         // one costs the bytes that fit, on this rare path).
         Input::Object(key) => {
-            let mut turn = session.take_turn(&key);
+            let mut turn = session.key_order.take_turn(&key);
             turn.ready().await;
             let store = &session.engine.store;
             match store.get_into(&key, 0, 0, window, target).await {
                 Ok(got) if got.size > capacity => InputWrite::TooLarge(got.size),
                 Ok(got) if u64::from(got.written) == got.size => InputWrite::Done(got.size),
                 Ok(_) => InputWrite::Retry(format!("`{key}` changed while it was read")),
-                Err(e) => InputWrite::Failed(e.to_string()),
+                Err(e) => {
+                    let cause = match e {
+                        StoreError::NotFound => InputFailure::NotFound,
+                        StoreError::InvalidKey(_) => InputFailure::InvalidKey,
+                        _ => InputFailure::Unavailable,
+                    };
+                    InputWrite::Failed(cause, e.to_string())
+                }
             }
         }
     }
@@ -902,14 +911,14 @@ async fn next(
                 )
                 .total(size));
             }
-            InputWrite::Failed(reason) => {
+            InputWrite::Failed(cause, reason) => {
                 let key = match &queued.input {
                     InvocationInput::Object(key) => key.clone(),
                     InvocationInput::Bytes(_) => String::new(),
                 };
                 let _ = queued
                     .reply
-                    .send(Err(Error::InputUnavailable { key, reason }));
+                    .send(Err(Error::InputUnavailable { key, cause, reason }));
             }
             InputWrite::Retry(reason) => {
                 // Give the invocation back: the guest can ask again.
@@ -1003,6 +1012,7 @@ async fn complete(
             Err(reply) => {
                 let _ = running.reply.send(Err(Error::InputUnavailable {
                     key: String::new(),
+                    cause: InputFailure::Unavailable,
                     reason: "the result could not be read".into(),
                 }));
                 return Err(reply);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::session::lock;
+use crate::sync::lock;
 
 /// One VM's listing rate.
 #[derive(Debug)]

@@ -10,20 +10,23 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nexus_ring::control::ControlEvent;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{BackendConfig, ControlAccess};
-use crate::control::{ControlEvent, Peer};
-use crate::cpu_share::Metered;
+use crate::config::{BackendConfig, ControlAccess, valid_name};
 use crate::device::RequestRing;
 use crate::engine::Engine;
-use crate::error::{Error, Result};
-use crate::event_loop::EventLoop;
+use crate::error::{Error, InputFailure, Result};
+use crate::event_loop::{Channel, EventLoop};
+use crate::invocations::QueuedInvocation;
 use crate::invoke::{Invocation, InvocationInput, Invoker, PendingInvocation};
-use crate::session::{QueuedInvocation, Session, lock};
+use crate::peer::Peer;
+use crate::prefetch::prefetch;
+use crate::session::Session;
 use crate::stats::{BackendStats, ProcessUsage};
-use crate::tenant::{Tenants, check_key, valid_name};
+use crate::sync::lock;
+use crate::tenant::Tenants;
 use crate::vhost_user::VmChannel;
 use crate::write_behind::WriteBehind;
 
@@ -127,9 +130,7 @@ impl Backend {
         }
         let tenant = self.shared.tenants.get(tenant)?;
         if let Some(peer) = peer {
-            // SAFETY: geteuid(2) cannot fail and touches no memory.
-            let own = unsafe { libc::geteuid() };
-            if peer.uid != own && !tenant.admits(peer.uid, peer.gid) {
+            if !peer.is_backend_user() && !tenant.admits(peer.uid, peer.gid) {
                 return Err(Error::TenantNotPermitted {
                     tenant: tenant.name().to_owned(),
                     uid: peer.uid,
@@ -170,27 +171,28 @@ impl Backend {
 
     /// Whether `peer` may use the control socket: the backend's own user, or a user or group
     /// the configuration names.
-    pub(crate) fn peer_allowed(&self, peer: Peer) -> std::result::Result<(), String> {
+    pub(crate) fn peer_allowed(&self, peer: Peer) -> Result<()> {
         let access = &self.shared.access;
-        // SAFETY: geteuid(2) cannot fail and touches no memory.
-        let own = unsafe { libc::geteuid() };
-        if peer.uid == own || access.uids.contains(&peer.uid) || access.gids.contains(&peer.gid) {
+        if peer.is_backend_user()
+            || access.uids.contains(&peer.uid)
+            || access.gids.contains(&peer.gid)
+        {
             Ok(())
         } else {
-            Err(format!(
-                "uid {} (gid {}) is not allowed on this backend's control socket",
-                peer.uid, peer.gid
-            ))
+            Err(Error::PeerNotAllowed {
+                uid: peer.uid,
+                gid: peer.gid,
+            })
         }
     }
 
     /// Whether `peer` may reach VM `vm`: the user that attached it (and the backend's own).
     pub(crate) fn check_owner(&self, vm: &str, peer: Peer) -> Result<()> {
-        // SAFETY: geteuid(2) cannot fail and touches no memory.
-        let own = unsafe { libc::geteuid() };
         match lock(&self.shared.vms).get(vm) {
             None => Err(Error::UnknownVm(vm.to_owned())),
-            Some(a) if a.owner.is_none_or(|uid| uid == peer.uid) || peer.uid == own => Ok(()),
+            Some(a) if a.owner.is_none_or(|uid| uid == peer.uid) || peer.is_backend_user() => {
+                Ok(())
+            }
             Some(_) => Err(Error::NotVmOwner {
                 vm: vm.to_owned(),
                 uid: peer.uid,
@@ -203,17 +205,14 @@ impl Backend {
     /// fetch; an object larger than the cache is not prefetched.
     pub fn hint(&self, vm: &str, key: &str) -> Result<()> {
         let session = self.session(vm)?;
-        check_key(key).map_err(|reason| Error::InvalidKey {
-            key: key.to_owned(),
-            reason,
-        })?;
-        if !session.tenant.allows(key) {
-            return Err(Error::KeyNotPermitted {
-                key: key.to_owned(),
-                tenant: session.tenant.name().to_owned(),
-            });
-        }
-        prefetch(&session, key);
+        session.tenant.check_object_key(key)?;
+        prefetch(
+            &session.prefetch,
+            key,
+            &session.key_order,
+            &session.engine,
+            &session.cpu,
+        );
         Ok(())
     }
 
@@ -309,6 +308,7 @@ impl Backend {
         .to_vec()
         .map_err(|e| Error::InputUnavailable {
             key: String::new(),
+            cause: InputFailure::Context,
             reason: format!("bad invocation context: {e}"),
         })?;
         // A VM parked in NEXT reads an object input straight from the store into its window
@@ -384,20 +384,10 @@ impl Backend {
         bytes: bytes::Bytes,
     ) -> std::result::Result<(), String> {
         let session = self.session(vm).map_err(|e| e.to_string())?;
-        check_key(key).map_err(|reason| {
-            Error::InvalidKey {
-                key: key.to_owned(),
-                reason,
-            }
-            .to_string()
-        })?;
-        if !session.tenant.allows(key) {
-            return Err(Error::KeyNotPermitted {
-                key: key.to_owned(),
-                tenant: session.tenant.name().to_owned(),
-            }
-            .to_string());
-        }
+        session
+            .tenant
+            .check_object_key(key)
+            .map_err(|e| e.to_string())?;
         session.prefetch.invalidate(key);
         let engine = &session.engine;
         engine
@@ -452,67 +442,4 @@ fn lost_uploads(engine: &Arc<Engine>) -> HashMap<String, Arc<WriteBehind>> {
             (vm, uploads)
         })
         .collect()
-}
-
-/// Runs a prefetch of `key` for `session`, in order with the VM's requests on that key.
-fn prefetch(session: &Arc<Session>, key: &str) {
-    let Some(slot) = session.prefetch.begin(key) else {
-        return;
-    };
-    let mut turn = session.take_turn(key);
-    let session = session.clone();
-    let key = key.to_owned();
-    let share = Arc::clone(&session.cpu);
-    session
-        .engine
-        .runtime
-        .clone()
-        .spawn(Metered::new(share, async move {
-            turn.ready().await;
-            let limit = session.prefetch.limit();
-            match session.engine.store.fetch(&key, limit).await {
-                Ok(bytes) => {
-                    log::debug!(
-                        "vm {}: prefetched {key} ({} bytes)",
-                        session.vm,
-                        bytes.len()
-                    );
-                    session.prefetch.complete(slot, Some(bytes));
-                }
-                Err(e) => {
-                    log::info!("vm {}: prefetch of {key} failed: {e}", session.vm);
-                    session.prefetch.complete(slot, None);
-                }
-            }
-            drop(turn);
-        }));
-}
-
-/// A streak of failed attempts and the pause before the next: 100 ms, doubling up to 5 s.
-#[derive(Debug, Default)]
-pub(crate) struct Backoff {
-    /// Failures in the streak so far.
-    pub(crate) count: u32,
-}
-
-impl Backoff {
-    /// Counts one more failure and returns how long to wait before trying again.
-    pub(crate) fn next(&mut self) -> Duration {
-        self.count = self.count.saturating_add(1);
-        let exponent = (self.count - 1).min(6);
-        Duration::from_millis(100 << exponent).min(Duration::from_secs(5))
-    }
-}
-
-#[cfg(test)]
-mod backoff_tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_five_seconds() {
-        let mut b = Backoff::default();
-        let pauses: Vec<u128> = (0..9).map(|_| b.next().as_millis()).collect();
-        assert_eq!(pauses, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
-        assert_eq!(b.count, 9);
-    }
 }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use nexus_ring::limits::MAX_KEY_LEN;
 
-use crate::config::{StoreUrl, VmLimits};
+use crate::config::{StoreUrl, TenantSpec, VmLimits, valid_name};
 use crate::error::{Error, Result};
 
 /// Name of the file store's staging directory; no key may start with it.
@@ -38,56 +38,6 @@ pub(crate) const STAGING_DIR: &str = ".nexus-tmp";
 
 /// The tenant every VM gets when the backend was started without `--tenant`.
 pub const DEFAULT_TENANT: &str = "default";
-
-/// A `--tenant NAME=VALUE` argument, not yet checked against the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TenantSpec {
-    /// The tenant's name.
-    pub name: String,
-    /// `PREFIX` (file store) or `BUCKET[/PREFIX]` (S3 store).
-    pub value: String,
-    /// The per-VM limits of the tenant's VMs (`None`: the backend's defaults).
-    pub limits: Option<VmLimits>,
-    /// Control peers (user IDs) allowed to attach the tenant's VMs; with `control_gids` both
-    /// empty, every peer allowed on the control socket may.
-    pub control_uids: Vec<u32>,
-    /// Control peers (group IDs) allowed to attach the tenant's VMs.
-    pub control_gids: Vec<u32>,
-}
-
-impl std::str::FromStr for TenantSpec {
-    type Err = Error;
-
-    fn from_str(spec: &str) -> Result<Self> {
-        let invalid = |reason: &str| Error::InvalidTenant {
-            spec: spec.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (name, value) = spec.split_once('=').ok_or_else(|| {
-            invalid("expected NAME=BUCKET/PREFIX (or NAME=PREFIX for a file store)")
-        })?;
-        if !valid_name(name) {
-            return Err(invalid(
-                "a tenant name is 1 to 64 letters, digits, `.`, `_` or `-`",
-            ));
-        }
-        Ok(TenantSpec {
-            name: name.to_owned(),
-            value: value.to_owned(),
-            limits: None,
-            control_uids: Vec::new(),
-            control_gids: Vec::new(),
-        })
-    }
-}
-
-/// Whether `name` is 1..=64 of `A-Z a-z 0-9 . _ -`.
-pub(crate) fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
 
 /// A tenant: a name, the key prefix its VMs are confined to, and their limits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,6 +138,22 @@ impl Tenant {
     /// Whether a VM of this tenant may touch `key`.
     pub fn allows(&self, key: &str) -> bool {
         key.starts_with(&self.prefix)
+    }
+
+    /// Checks that `key` is a valid object key (see the module docs) that a VM of this
+    /// tenant may touch.
+    pub(crate) fn check_object_key(&self, key: &str) -> Result<()> {
+        check_key(key).map_err(|reason| Error::InvalidKey {
+            key: key.to_owned(),
+            reason,
+        })?;
+        if !self.allows(key) {
+            return Err(Error::KeyNotPermitted {
+                key: key.to_owned(),
+                tenant: self.name.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Whether a key could belong to both tenants (one prefix starts with the other).

@@ -32,8 +32,11 @@ use vhost::vhost_user::{
 };
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
+use crate::cpu_share::CpuShare;
 use crate::device::{FEATURES, RequestRing};
-use crate::session::{Session, lock};
+use crate::event_loop::{Channel, Handled};
+use crate::session::Session;
+use crate::sync::lock;
 use crate::window::WindowMemory;
 
 /// How long one vhost-user message may take to arrive once its first byte has: a frontend
@@ -41,15 +44,6 @@ use crate::window::WindowMemory;
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Failed messages in a row after which the connection is closed.
 const MAX_FAILED_MESSAGES: u32 = 64;
-
-/// What handling an event did to a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Handled {
-    /// The connection goes on.
-    Continue,
-    /// The connection is over (the frontend closed it, or broke the protocol).
-    Closed,
-}
 
 /// One attached VM's vhost-user connection and request queue.
 pub(crate) struct VmChannel {
@@ -93,24 +87,23 @@ impl VmChannel {
             failed: AtomicU32::new(0),
         }))
     }
+}
 
-    /// The channel's ID in the event loop.
-    pub(crate) fn id(&self) -> u64 {
+impl Channel for VmChannel {
+    fn id(&self) -> u64 {
         self.id
     }
 
-    /// The connection's descriptor.
-    pub(crate) fn connection_fd(&self) -> RawFd {
+    fn connection_fd(&self) -> RawFd {
         self.connection.as_raw_fd()
     }
 
-    /// The kick eventfd's descriptor, while the frontend has given one.
-    pub(crate) fn kick_fd(&self) -> Option<RawFd> {
+    fn kick_fd(&self) -> Option<RawFd> {
         self.ring.kick_fd()
     }
 
     /// Reads and answers one message.
-    pub(crate) fn handle_message(&self) -> Handled {
+    fn handle_message(&self) -> Handled {
         let result = lock(&self.endpoint).handle_request();
         match result {
             Ok(()) => {
@@ -142,25 +135,23 @@ impl VmChannel {
         }
     }
 
-    /// Takes a kick and serves the queue; the kick's descriptor if it is still watched.
-    pub(crate) fn handle_kick(&self) -> Option<RawFd> {
+    fn handle_kick(&self) -> Option<RawFd> {
         self.ring.kicked()
     }
 
-    /// The VM's share of the backend's CPU (the event loop charges its turns for the VM).
-    pub(crate) fn cpu(&self) -> &crate::cpu_share::CpuShare {
+    fn cpu(&self) -> &CpuShare {
         &self.session.cpu
     }
 
     /// The frontend closed the connection: the queue stops (the VM stays attached until it
     /// is detached; a new `attach` replaces it).
-    pub(crate) fn disconnected(&self) {
+    fn disconnected(&self) {
         log::info!("vm {}: vhost-user frontend disconnected", self.session.vm);
         self.ring.stop();
     }
 
     /// Closes the connection (the event loop no longer watches it).
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         let _ = self.connection.shutdown(std::net::Shutdown::Both);
         self.ring.stop();
     }

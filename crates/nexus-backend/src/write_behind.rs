@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use crate::journal::UploadJournal;
-use crate::session::lock;
+use crate::sync::lock;
 
 /// Unreported failures kept by key per VM; beyond it, further ones are counted with the last.
 const MAX_FAILURES_KEPT: usize = 1024;

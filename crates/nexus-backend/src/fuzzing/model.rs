@@ -17,15 +17,17 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::oneshot;
 
 use super::guest::{Answer, Outgoing, SLOTS, Sent};
+use super::parts::{FINAL_ADVANCE, Parts};
+use super::report::Report;
 use super::scenario::{self, Action, KeyClass, Step, Token};
-use super::{FINAL_ADVANCE, Parts, Report};
 use crate::error::Error;
+use crate::invocations::QueuedInvocation;
 use crate::invoke::{
     Invocation, InvocationInput, InvocationResult, InvokeError, InvokeRequest, Invoker,
     PendingInvocation,
 };
 use crate::listing::Resume;
-use crate::session::{QueuedInvocation, Session};
+use crate::session::Session;
 use crate::store::get_length;
 use crate::tenant::{check_key, check_prefix};
 
@@ -57,12 +59,14 @@ impl Invoker for FakeInvoker {
             let echo = |input: &Bytes| InvocationResult {
                 outcome: Outcome::Success,
                 output: input.iter().rev().copied().collect(),
+                stored_len: None,
             };
             match request.function.as_str() {
                 "echo" => Ok(echo(&request.input)),
                 "fail" => Ok(InvocationResult {
                     outcome: Outcome::Error,
                     output: Bytes::from_static(b"{\"error\":\"boom\"}"),
+                    stored_len: None,
                 }),
                 "slow" => {
                     tokio::time::sleep(SLOW).await;
@@ -305,6 +309,8 @@ impl<'r> Harness<'r> {
             request_id: format!("request-{number}"),
             deadline_ms: number * 1000,
             async_durability,
+            output_key: None,
+            return_output: true,
         };
         let queued_input = match &input {
             Input::Bytes(bytes) => InvocationInput::Bytes(Bytes::from(bytes.clone())),
@@ -562,6 +568,7 @@ impl<'r> Harness<'r> {
                     Command::Complete {
                         invocation: number,
                         outcome,
+                        stored: false,
                     },
                     None,
                     100,
@@ -1304,7 +1311,7 @@ fn prefetch(session: &Arc<Session>, key: &str) {
     let Some(slot) = session.prefetch.begin(key) else {
         return;
     };
-    let mut turn = session.take_turn(key);
+    let mut turn = session.key_order.take_turn(key);
     let session = session.clone();
     let key = key.to_owned();
     session.engine.runtime.clone().spawn(async move {

@@ -5,6 +5,8 @@
 //! a deterministic stream of pseudo-random ones.
 
 use super::scenario::{Action, Options, Scenario, Step};
+use nexus_ring::{Op, Status};
+
 use super::*;
 
 #[test]
