@@ -305,6 +305,7 @@ fn wordcount_net_matches_its_nexus_io_twin_cold_and_warm_against_s3() {
             (twin["start"].as_str(), net["start"].as_str()),
             (Some(start), Some(start))
         );
+        eprintln!("wordcount {start}: {twin}\nwordcount-net {start}: {net}");
         assert_eq!(net["outcome"], "success", "{net}");
         assert_eq!(net["output_key"], format!("outputs/{start}/wc-net"));
         let expected = std::fs::read(n.bucket.join(format!("outputs/{start}/wc"))).unwrap();

@@ -20,7 +20,7 @@
 //!   back through the veth (so guests reach any address of the host, the S3 server's
 //!   included), `unreachable S/P` (an address without a VM fails at once instead of looping),
 //!   IPv4 forwarding, proxy ARP (a guest takes the whole subnet for on-link and asks for
-//!   `S+2` by ARP: the namespace answers for it, without delay), and three policy rules:
+//!   `S+2` by ARP: the namespace answers for it), and three policy rules:
 //!   traffic from the host or the namespace itself may go anywhere, traffic to `S+2` too, any
 //!   other traffic to the subnet is prohibited — so guests never reach one another.
 //! - **One tap per VM**, no bridge (no 1,024-port limit): `nxv<n>`, made in the namespace,
@@ -28,7 +28,8 @@
 //!   link of its own, so equal addresses and MACs never meet — and a restored guest's cached
 //!   gateway MAC stays right), the guest's `/32` route and a permanent neighbour entry for its
 //!   MAC (the namespace never asks a freshly restored guest by ARP). These four are one
-//!   netlink datagram ([`super::netlink`]); a VM's network costs no process. Closing the tap
+//!   netlink datagram ([`super::netlink`]), after one sysctl write (the tap's proxy ARP
+//!   answers without delay); a VM's network costs no process. Closing the tap
 //!   (the VM stops) removes its route and neighbour; its address returns to the pool.
 //!
 //! The one-time set-up and the tear-down run `ip` (iproute2): `ip netns add`, the veth, two
@@ -587,8 +588,6 @@ const NAMESPACE_SYSCTLS: &[(&str, &str)] = &[
     ("/proc/sys/net/ipv4/ip_forward", "1"),
     ("/proc/sys/net/ipv4/conf/all/proxy_arp", "1"),
     ("/proc/sys/net/ipv4/conf/default/proxy_arp", "1"),
-    // Proxy ARP answers at once (by default a random delay of up to 0.8 s).
-    ("/proc/sys/net/ipv4/neigh/default/proxy_delay", "0"),
     // No IPv6 on the taps: no router solicitations, no duplicate address detection.
     ("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1"),
     ("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1"),
@@ -722,6 +721,10 @@ impl NetPlane {
                         source: e.into(),
                     }
                 })?;
+            // Proxy ARP answers at once (by default after a random delay of up to 0.8 s).
+            // Only the initial namespace has `neigh/default`: here it is set per link.
+            let path = format!("/proc/sys/net/ipv4/neigh/{name}/proxy_delay");
+            std::fs::write(&path, "0").map_err(|source| Error::Sysctl { path, source })?;
             context
                 .netlink
                 .apply(&tap_requests(index, gateway, guest, mac))?;
