@@ -22,6 +22,11 @@ pub const BUNDLED: &[&str] = &[
     "getloop",
     "iobench",
     "faulty",
+    // The same functions on the in-guest network (`nexus_guest::net_function!`).
+    "wordcount-net",
+    "compress-net",
+    "aes-net",
+    "fibonacci-net",
 ];
 
 /// Errors of locating a guest.

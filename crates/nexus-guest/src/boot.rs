@@ -39,7 +39,7 @@ pub struct BootInfo {
     mem_map_len: u64,
     serial_port: u16,
     exit_port: u16,
-    reserved: u32,
+    generation_offset: u32,
     net_device_base: u64,
 }
 
@@ -64,7 +64,7 @@ const _: () = {
     assert!(offset_of!(BootInfo, mem_map_len) == 104);
     assert!(offset_of!(BootInfo, serial_port) == 112);
     assert!(offset_of!(BootInfo, exit_port) == 114);
-    assert!(offset_of!(BootInfo, reserved) == 116);
+    assert!(offset_of!(BootInfo, generation_offset) == 116);
     assert!(offset_of!(BootInfo, net_device_base) == 120);
     assert!(size_of::<ArgEntry>() == 16);
     assert!(size_of::<MemoryMapEntry>() == 24);
@@ -342,6 +342,22 @@ impl BootInfo {
         }
     }
 
+    /// The address of the VM generation record (`nexus_ring::generation`, read it with
+    /// [`generation::BootGeneration`](crate::generation::BootGeneration)), if the VMM wrote
+    /// one: the block's `generation_offset` (offset 116, formerly `reserved`, 0 from VMMs
+    /// without the record) from the block's own address, 8-byte aligned, after the block and
+    /// within its 4 KiB page.
+    pub fn generation_record(&self) -> Option<u64> {
+        const PAGE: u64 = 4096;
+        let offset = u64::from(self.generation_offset);
+        let block = core::ptr::from_ref(self).addr() as u64;
+        let end = (block % PAGE)
+            .checked_add(offset)?
+            .checked_add(nexus_ring::generation::RECORD_SIZE as u64)?;
+        let fits = offset >= u64::from(Self::SIZE) && offset % 8 == 0 && end <= PAGE;
+        fits.then(|| block + offset)
+    }
+
     /// Base port of the 8250 console.
     pub const fn serial_port(&self) -> u16 {
         self.serial_port
@@ -493,7 +509,7 @@ mod tests {
             mem_map_len: map.len() as u64,
             serial_port: 0x3F8,
             exit_port: 0xF4,
-            reserved: 0,
+            generation_offset: 0x80,
             net_device_base: 0xE000_1000,
         });
         Fixture {
@@ -545,6 +561,21 @@ mod tests {
             ]
         );
         assert_eq!(info.memory_map()[1].range(), 0xC000_0000..0xC100_0000);
+    }
+
+    #[test]
+    fn the_generation_record_is_after_the_block_within_its_page() {
+        let mut f = fixture(&[]);
+        let block = addr(&*f.info);
+        let fits = |block: u64, offset: u64| (block % 4096) + offset + 48 <= 4096;
+        let expected = fits(block, 0x80).then_some(block + 0x80);
+        assert_eq!(parse(&f).unwrap().generation_record(), expected);
+        // None from a VMM without the record (the field was reserved, 0), inside the block,
+        // misaligned, or past the page.
+        for offset in [0u32, 8, 127, 0x84, 4096 - 40, u32::MAX] {
+            f.info.generation_offset = offset;
+            assert_eq!(parse(&f).unwrap().generation_record(), None, "{offset:#x}");
+        }
     }
 
     #[test]

@@ -104,9 +104,11 @@ pub struct HttpResponse {
     pub total: u64,
 }
 
-/// An invocation, from `next_invocation`.
+/// An invocation, from `next_invocation` — or, on the network path (feature `net`), from an
+/// HTTP request: `B` is the buffer the input arrived in, a [`WindowBuf`] here, a `Vec<u8>`
+/// there (`io::ObjectIo::Buf`).
 #[derive(Debug)]
-pub struct Invocation {
+pub struct Invocation<B = WindowBuf> {
     /// The backend's number for it: pass it to `complete`.
     pub number: u64,
     /// When it must be complete, Unix milliseconds (0: no deadline).
@@ -121,8 +123,8 @@ pub struct Invocation {
     /// PUT of the buffer holding it) and complete with [`Completion::stored`] set — or leave
     /// it to the backend. The function runtime ([`function`](mod@crate::function)) does the former.
     pub output_key: Option<String>,
-    /// The input, already in the window (prefetched by the backend).
-    pub input: WindowBuf,
+    /// The input: on the nexus-io path already in the window (prefetched by the backend).
+    pub input: B,
 }
 
 /// How an invocation ended, as COMPLETE reports it.

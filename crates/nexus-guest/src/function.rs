@@ -66,8 +66,12 @@ use crate::client::{Completion, Nexus};
 use crate::error::Error;
 use crate::mmio::Registers;
 
+#[cfg(feature = "net")]
+pub mod net;
+
 /// What a handler gets and may return, re-exported so that a function needs one `use`.
 pub use crate::client::Invocation;
+pub use crate::io::{IoBuf, ObjectIo};
 pub use crate::window::WindowBuf;
 
 /// The client a function's handler gets in a micro-guest.
@@ -81,34 +85,37 @@ pub const EXIT_USAGE: u32 = 2;
 /// Failures of NEXT in a row after which the loop gives up.
 pub const MAX_NEXT_FAILURES: u32 = 3;
 
-/// What a handler returns: its result, in the window or on the heap, and optionally a
-/// one-line summary (printed in one-shot mode, and per invocation with `--verbose`).
+/// What a handler returns: its result, in one of the I/O path's buffers or on the heap, and
+/// optionally a one-line summary (printed in one-shot mode, and per invocation with
+/// `--verbose`).
 ///
-/// A result already in a [`WindowBuf`] — the input transformed in place, or a buffer from
-/// [`Nexus::alloc`] filled by the handler — goes to COMPLETE (and to the output key) without
-/// a copy; bytes on the heap are copied into the window once.
+/// `B` is the path's buffer ([`ObjectIo::Buf`]): a [`WindowBuf`] on the nexus-io path (the
+/// default), a `Vec<u8>` on the network path. A result already in a [`WindowBuf`] — the input
+/// transformed in place, or a buffer from [`Nexus::alloc`] filled by the handler — goes to
+/// COMPLETE (and to the output key) without a copy; bytes on the heap are copied into the
+/// window once. On the network path both are the response body as they are.
 #[derive(Debug)]
-pub struct Output {
-    body: Body,
+pub struct Output<B = WindowBuf> {
+    body: Body<B>,
     summary: Option<String>,
 }
 
 #[derive(Debug)]
-enum Body {
-    Window(WindowBuf),
+enum Body<B> {
+    Buf(B),
     Heap(Vec<u8>),
 }
 
-impl Output {
-    /// A result in a window buffer (zero copy).
-    pub fn window(buf: WindowBuf) -> Self {
+impl<B> Output<B> {
+    /// A result in one of the path's buffers ([`ObjectIo::alloc`], or the input's).
+    pub fn buf(buf: B) -> Self {
         Self {
-            body: Body::Window(buf),
+            body: Body::Buf(buf),
             summary: None,
         }
     }
 
-    /// A result on the heap (copied into the window once).
+    /// A result on the heap (copied into the window once on the nexus-io path).
     pub fn bytes(bytes: impl Into<Vec<u8>>) -> Self {
         Self {
             body: Body::Heap(bytes.into()),
@@ -126,13 +133,22 @@ impl Output {
     pub fn summary(&self) -> Option<&str> {
         self.summary.as_deref()
     }
+}
 
+impl<B: IoBuf> Output<B> {
     /// The result's bytes.
     pub fn as_bytes(&self) -> &[u8] {
         match &self.body {
-            Body::Window(buf) => buf,
+            Body::Buf(buf) => buf,
             Body::Heap(bytes) => bytes,
         }
+    }
+}
+
+impl Output<WindowBuf> {
+    /// A result in a window buffer (zero copy): [`Output::buf`] on the nexus-io path.
+    pub fn window(buf: WindowBuf) -> Self {
+        Self::buf(buf)
     }
 
     /// The result in a window buffer (a copy only for heap bytes), and the summary.
@@ -141,38 +157,49 @@ impl Output {
         nexus: &Nexus<R>,
     ) -> Result<(WindowBuf, Option<String>), Error> {
         let buf = match self.body {
-            Body::Window(buf) => buf,
+            Body::Buf(buf) => buf,
             Body::Heap(bytes) => nexus.copy_to_window(&bytes)?,
         };
         Ok((buf, self.summary))
     }
 }
 
-impl From<WindowBuf> for Output {
+impl Output<Vec<u8>> {
+    /// The result's bytes (no copy: both kinds are on the heap), and the summary.
+    #[cfg_attr(not(feature = "net"), allow(dead_code))]
+    pub(crate) fn into_vec(self) -> (Vec<u8>, Option<String>) {
+        let bytes = match self.body {
+            Body::Buf(bytes) | Body::Heap(bytes) => bytes,
+        };
+        (bytes, self.summary)
+    }
+}
+
+impl From<WindowBuf> for Output<WindowBuf> {
     fn from(buf: WindowBuf) -> Self {
         Self::window(buf)
     }
 }
 
-impl From<Vec<u8>> for Output {
+impl<B> From<Vec<u8>> for Output<B> {
     fn from(bytes: Vec<u8>) -> Self {
         Self::bytes(bytes)
     }
 }
 
-impl From<&[u8]> for Output {
+impl<B> From<&[u8]> for Output<B> {
     fn from(bytes: &[u8]) -> Self {
         Self::bytes(bytes)
     }
 }
 
-impl From<String> for Output {
+impl<B> From<String> for Output<B> {
     fn from(text: String) -> Self {
         Self::bytes(text.into_bytes())
     }
 }
 
-impl From<&str> for Output {
+impl<B> From<&str> for Output<B> {
     fn from(text: &str) -> Self {
         Self::bytes(text.as_bytes())
     }
@@ -498,7 +525,7 @@ where
 }
 
 /// The usage lines.
-fn usage(options: &Options, console: &mut dyn Write) -> u32 {
+pub(crate) fn usage(options: &Options, console: &mut dyn Write) -> u32 {
     let name = &options.name;
     let _ = writeln!(
         console,
@@ -600,6 +627,33 @@ macro_rules! function {
                 None => ::core::env!("CARGO_PKG_NAME"),
             };
             $crate::function::main(boot, name, $handler)
+        }
+    };
+}
+
+/// Defines a micro-guest that runs a function on the network path (features `rt` and
+/// `net`): `net_function!(handler)`, with `handler` a
+/// `fn(&mut NetClient, Invocation<Vec<u8>>) -> Result<O, E>` where
+/// `O: Into<Output<Vec<u8>>>` and `E: Into<FunctionError>` — typically the same generic
+/// handler (`fn h<Io: ObjectIo>(&mut Io, Invocation<Io::Buf>) -> …`) that
+/// [`function!`](crate::function!) runs on the nexus-io path.
+///
+/// Expands to [`entry!`](crate::entry) with a `main` that calls
+/// [`function::net::main`](crate::function::net::main): the network from the boot arguments,
+/// the invocation server on `http.port`, the S3 client as the handler's I/O (see
+/// [`function::net`](mod@crate::function::net)). Console lines start with the binary's name.
+#[cfg(all(feature = "rt", feature = "net", target_arch = "x86_64"))]
+#[macro_export]
+macro_rules! net_function {
+    ($handler:path) => {
+        $crate::entry!(__nexus_net_function_main);
+
+        fn __nexus_net_function_main(boot: &'static $crate::BootInfo) -> u32 {
+            let name = match ::core::option_env!("CARGO_BIN_NAME") {
+                Some(name) => name,
+                None => ::core::env!("CARGO_PKG_NAME"),
+            };
+            $crate::function::net::main(boot, name, $handler)
         }
     };
 }

@@ -29,6 +29,19 @@ pub trait IoBuf: Deref<Target = [u8]> + DerefMut {
 
     /// Empties it (the capacity stays).
     fn clear(&mut self);
+
+    /// Sets the length to `len`, to be filled in place through `DerefMut` (say, by an
+    /// encoder writing into `&mut buf[..]`): bytes beyond the old length are unspecified — a
+    /// window buffer keeps what the window held there (no pass over them), a heap buffer
+    /// zeroes them. Fails beyond the capacity of a fixed buffer.
+    fn resize_for_overwrite(&mut self, len: usize) -> Result<()>;
+
+    /// Shortens it to `len` bytes (no effect if already shorter).
+    fn truncate(&mut self, len: usize);
+
+    /// Gives up the capacity beyond the length where that costs no copy (a window buffer
+    /// returns it to the window allocator; a heap buffer keeps it until it is dropped).
+    fn release_spare(&mut self);
 }
 
 impl IoBuf for WindowBuf {
@@ -42,6 +55,25 @@ impl IoBuf for WindowBuf {
 
     fn clear(&mut self) {
         WindowBuf::clear(self)
+    }
+
+    fn resize_for_overwrite(&mut self, len: usize) -> Result<()> {
+        if len > WindowBuf::capacity(self) {
+            return Err(crate::Error::OutOfWindowMemory {
+                requested: len as u64,
+                largest: WindowBuf::capacity(self) as u64,
+            });
+        }
+        self.set_len(len);
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        WindowBuf::truncate(self, len)
+    }
+
+    fn release_spare(&mut self) {
+        self.shrink_to_fit()
     }
 }
 
@@ -58,6 +90,17 @@ impl IoBuf for Vec<u8> {
     fn clear(&mut self) {
         Vec::clear(self)
     }
+
+    fn resize_for_overwrite(&mut self, len: usize) -> Result<()> {
+        self.resize(len, 0);
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) {
+        Vec::truncate(self, len)
+    }
+
+    fn release_spare(&mut self) {}
 }
 
 /// Object storage as a function sees it.
@@ -165,6 +208,34 @@ mod tests {
         io.delete(output)?;
         assert!(matches!(io.head(output), Err(crate::Error::NotFound(_))));
         Ok(out.len())
+    }
+
+    /// Fills a buffer in place, as an encoder would.
+    fn fill_in_place<Io: ObjectIo>(io: &mut Io) -> Result<Io::Buf> {
+        let mut buf = io.alloc(100)?;
+        buf.resize_for_overwrite(100)?;
+        assert_eq!(buf.len(), 100);
+        buf[..5].copy_from_slice(b"hello");
+        buf.truncate(5);
+        buf.release_spare();
+        Ok(buf)
+    }
+
+    #[test]
+    fn buffers_of_both_paths_fill_in_place() {
+        let (mut nexus, _device) = fake::nexus();
+        let mut window = fill_in_place(&mut nexus).unwrap();
+        assert_eq!(&window[..], b"hello");
+        assert!(window.capacity() < 100, "the spare went back to the window");
+        let capacity = window.capacity();
+        assert!(window.resize_for_overwrite(capacity + 1).is_err());
+        assert_eq!(window.len(), 5);
+
+        let mut heap: Vec<u8> = Vec::with_capacity(4);
+        heap.resize_for_overwrite(8).unwrap();
+        assert_eq!(heap, [0u8; 8], "heap buffers grow zeroed");
+        IoBuf::truncate(&mut heap, 3);
+        assert_eq!(heap.len(), 3);
     }
 
     #[test]

@@ -30,6 +30,8 @@
 //!   virtio-net driver, smoltcp, an HTTP/1.1 client and server, and an S3 client with
 //!   SigV4. Its credentials come in the boot arguments; TLS is off.
 //!
+//! - [`generation`]: the VM generation record the VMM rewrites after every restore from a
+//!   snapshot, and [`GenerationSource`](generation::GenerationSource) to read it.
 //! - [`boot`]: the boot-info block ([`BootInfo`]) — validated once, then safe accessors for
 //!   the heap, the I/O window, the device, the arguments (as `&str`) and the memory map.
 //! - [`heap`]: [`FreeListHeap`](heap::FreeListHeap), the first-fit coalescing allocator
@@ -78,6 +80,7 @@ mod client;
 pub mod device;
 mod error;
 pub mod function;
+pub mod generation;
 pub mod heap;
 pub mod io;
 pub mod mmio;

@@ -43,6 +43,10 @@ pub const MMIO_DEVICE_SIZE: u64 = nexus_ring::mmio::BLOCK_SIZE as u64;
 pub const GDT_ADDR: u64 = 0x1000;
 /// Boot-info block for micro-guests; `hvm_start_info` for PVH; `boot_params` for bzImage.
 pub const BOOT_INFO_ADDR: u64 = 0x2000;
+/// Offset of a micro-guest's VM generation record from [`BOOT_INFO_ADDR`]: right after the
+/// 128-byte boot-info block, before the memory map (`nexus_ring::generation`; the boot-info
+/// field `generation_offset` holds this value).
+pub const GENERATION_OFFSET: u64 = 0x80;
 /// Argument area for micro-guests (argv array and bytes); the kernel command line for Linux.
 pub const ARGS_ADDR: u64 = 0x3000;
 /// End of the argument area (exclusive).

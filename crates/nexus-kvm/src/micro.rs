@@ -1,9 +1,10 @@
 //! Micro-guests: static `no_std` ELF executables started directly in 64-bit mode at CPL 3.
 //!
 //! `docs/micro-guest-abi.md` is the contract: memory layout, CPU state at entry, the boot-info
-//! block, and the ports. [`load`] places an image and builds the boot structures;
-//! [`setup_vcpu`] sets the registers; [`MicroVm`] does both, adds the console and the
-//! micro-guest ports, and runs the guest.
+//! block, the VM generation record, and the ports. [`load`] places an image and builds the
+//! boot structures (with generation 0); [`setup_vcpu`] sets the registers; [`MicroVm`] does
+//! both, adds the console and the micro-guest ports, and runs the guest. After a restore from
+//! a snapshot, [`write_generation`] tells the guest it is a new VM.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,8 +16,8 @@ use crate::bus::{BusAction, BusDevice};
 use crate::elf::ElfImage;
 use crate::layout::{
     ARGS_ADDR, ARGS_END, BOOT_INFO_ADDR, BOOT_STRUCTS_END, CONSOLE_WRITE_MAX, CONSOLE_WRITE_PORT,
-    EXIT_PORT, GDT_ADDR, IMAGE_BASE, MMIO_END, MMIO_START, PAGE_SIZE, SERIAL_PORT, SERIAL_PORT_LEN,
-    STACK_SIZE,
+    EXIT_PORT, GDT_ADDR, GENERATION_OFFSET, IMAGE_BASE, MMIO_END, MMIO_START, PAGE_SIZE,
+    SERIAL_PORT, SERIAL_PORT_LEN, STACK_SIZE,
 };
 use crate::memory::{GuestMemoryMmap, MemoryConfig};
 use crate::serial::{Console, SerialDevice, SerialIrq};
@@ -33,6 +34,19 @@ pub const BOOT_INFO_VERSION: u32 = 1;
 pub const BOOT_INFO_SIZE: u32 = 128;
 /// Offset of the memory map inside the boot-info page.
 const MEM_MAP_OFFSET: u64 = 0x100;
+/// Offset of the `generation_offset` field in the boot-info block.
+const GENERATION_OFFSET_FIELD: u64 = 116;
+
+/// The VM generation record (`nexus_ring::generation`): what [`write_generation`] tells a
+/// restored guest.
+pub use nexus_ring::generation::Generation;
+
+// The record sits between the boot-info block and the memory map.
+const _: () = {
+    assert!(GENERATION_OFFSET >= BOOT_INFO_SIZE as u64);
+    assert!(GENERATION_OFFSET + nexus_ring::generation::RECORD_SIZE as u64 <= MEM_MAP_OFFSET);
+    assert!(GENERATION_OFFSET % 8 == 0);
+};
 /// Most memory-map entries the boot-info page holds.
 const MEM_MAP_MAX: usize = 16;
 /// Memory-map kinds.
@@ -331,7 +345,7 @@ pub fn load_with_net_device(
     write(mem, BOOT_INFO_SIZE, BOOT_INFO_ADDR + 12, "boot info")?;
     write(mem, SERIAL_PORT, BOOT_INFO_ADDR + 112, "boot info")?;
     write(mem, EXIT_PORT, BOOT_INFO_ADDR + 114, "boot info")?;
-    write(mem, 0u32, BOOT_INFO_ADDR + 116, "boot info")?;
+    write_generation(mem, &Generation::BOOT)?;
 
     // GDT and page tables.
     x86::write_gdt(mem).map_err(|_| LoadError::Memory("GDT"))?;
@@ -365,6 +379,63 @@ pub fn load_with_net_device(
         heap_size,
         cr3,
     })
+}
+
+/// Writes the VM generation record `generation` into a micro-guest's boot-info page (at
+/// [`GENERATION_OFFSET`] from the block, whose `generation_offset` field it also sets): after
+/// a restore from a snapshot and before the vCPU runs, with a new `generation` and a fresh
+/// `seed` ([`fresh_seed`]), and the guest's new address if it gets one. The guest reads it at
+/// every turn of its loop; no exit, no device (`docs/micro-guest-abi.md`). [`load`] writes
+/// [`Generation::BOOT`].
+pub fn write_generation(
+    mem: &GuestMemoryMmap,
+    generation: &Generation,
+) -> std::result::Result<(), LoadError> {
+    mem.write_slice(
+        &generation.encode(),
+        GuestAddress(BOOT_INFO_ADDR + GENERATION_OFFSET),
+    )
+    .map_err(|_| LoadError::Memory("generation record"))?;
+    // GENERATION_OFFSET is 0x80: it fits the u32 field.
+    write(
+        mem,
+        GENERATION_OFFSET as u32,
+        BOOT_INFO_ADDR + GENERATION_OFFSET_FIELD,
+        "boot info",
+    )
+}
+
+/// The VM generation record in a micro-guest's memory, if there is a valid one (what the
+/// guest would read).
+pub fn read_generation(mem: &GuestMemoryMmap) -> Option<Generation> {
+    let offset = mem
+        .read_obj::<u32>(GuestAddress(BOOT_INFO_ADDR + GENERATION_OFFSET_FIELD))
+        .ok()?;
+    let mut bytes = [0u8; nexus_ring::generation::RECORD_SIZE];
+    mem.read_slice(&mut bytes, GuestAddress(BOOT_INFO_ADDR + u64::from(offset)))
+        .ok()?;
+    Generation::decode(&bytes).ok()
+}
+
+/// Eight random bytes from the kernel (`getrandom(2)`): a restored VM's [`Generation::seed`].
+pub fn fresh_seed() -> std::io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        let rest = &mut bytes[filled..];
+        // SAFETY: the kernel writes at most `rest.len()` bytes into `rest`, which is valid
+        // and writable for that long.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        filled += n as usize;
+    }
+    Ok(u64::from_le_bytes(bytes))
 }
 
 /// Sets a vCPU's registers for entry into a loaded micro-guest (64-bit, CPL 3, IOPL 3).
@@ -601,6 +672,63 @@ mod tests {
         assert_eq!(m.read_obj::<u16>(GuestAddress(0x20_0000)).unwrap(), 0xfeeb);
         assert_eq!(r64(BOOT_INFO_ADDR + 104), 3);
         assert_eq!(r64(BOOT_INFO_ADDR + 120), 0, "no virtio-net device");
+        // Generation 0, right after the block.
+        assert_eq!(
+            m.read_obj::<u32>(GuestAddress(BOOT_INFO_ADDR + 116))
+                .unwrap(),
+            0x80
+        );
+        assert_eq!(read_generation(&m), Some(Generation::BOOT));
+    }
+
+    #[test]
+    fn a_restored_vm_gets_its_new_generation_in_memory() {
+        let m = mem(CFG);
+        let elf = tiny_elf(0x20_0000, &[0xeb, 0xfe], 0x1000);
+        load(&m, CFG, &elf, &["arg".to_string()], None).unwrap();
+        let before_map: Vec<u64> = (0..3 * 3)
+            .map(|i| {
+                m.read_obj::<u64>(GuestAddress(BOOT_INFO_ADDR + MEM_MAP_OFFSET + 8 * i))
+                    .unwrap()
+            })
+            .collect();
+        let generation = Generation {
+            generation: 7,
+            seed: fresh_seed().unwrap(),
+            address: Some((std::net::Ipv4Addr::new(10, 200, 0, 9), 16)),
+            gateway: Some(std::net::Ipv4Addr::new(10, 200, 0, 1)),
+        };
+        write_generation(&m, &generation).unwrap();
+        assert_eq!(read_generation(&m), Some(generation));
+        // The bytes at 0x2080 are the record, little endian, as the ABI says.
+        let mut raw = [0u8; 48];
+        m.read_slice(&mut raw, GuestAddress(0x2080)).unwrap();
+        assert_eq!(&raw[..8], b"NEXUSGEN");
+        assert_eq!(raw[16..24], 7u64.to_le_bytes());
+        assert_eq!(raw[32..36], 0x0AC8_0009u32.to_le_bytes());
+        assert_eq!(raw[40], 16);
+        // Nothing else of the boot-info page moved: the block and the memory map.
+        assert_eq!(
+            m.read_obj::<u64>(GuestAddress(BOOT_INFO_ADDR)).unwrap(),
+            BOOT_INFO_MAGIC
+        );
+        assert_eq!(
+            m.read_obj::<u64>(GuestAddress(BOOT_INFO_ADDR + 80))
+                .unwrap(),
+            1
+        );
+        let after_map: Vec<u64> = (0..3 * 3)
+            .map(|i| {
+                m.read_obj::<u64>(GuestAddress(BOOT_INFO_ADDR + MEM_MAP_OFFSET + 8 * i))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(before_map, after_map);
+        // Seeds differ from call to call.
+        assert_ne!(fresh_seed().unwrap(), fresh_seed().unwrap());
+        // A page without a record reads as none.
+        m.write_slice(&[0u8; 48], GuestAddress(0x2080)).unwrap();
+        assert_eq!(read_generation(&m), None);
     }
 
     #[test]

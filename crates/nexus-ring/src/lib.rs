@@ -41,7 +41,9 @@
 //!   the VMM's transport and the guest drivers;
 //! - [`device`]: the nexus-io device (ID, feature bits, configuration space, WAIT values);
 //! - [`net`]: the virtio-net device of the in-guest networking baseline (ID, feature bits,
-//!   configuration space with its WAIT register, `virtio_net_hdr_v1`).
+//!   configuration space with its WAIT register, `virtio_net_hdr_v1`);
+//! - [`generation`]: the VM generation record a VMM writes into a restored micro-guest's
+//!   memory (its generation, a fresh seed, a new address).
 //!
 //! # Example
 //!
@@ -101,6 +103,7 @@ mod chain;
 pub mod control;
 pub mod device;
 mod error;
+pub mod generation;
 mod header;
 pub mod limits;
 pub mod mmio;

@@ -1,42 +1,14 @@
-//! Micro-guest function: the `n`-th Fibonacci number, by naive recursion.
+//! Micro-guest function `fibonacci` on the nexus-io path: the handler of
+//! `src/functions/fibonacci.rs` run by the `nexus-guest` function runtime (`function!`).
 //!
-//! The input is a decimal `n` (surrounding whitespace ignored), the result
-//! `fib(<n>) = <value>\n`. The work doubles with every step of `n` (fib(30) takes
-//! milliseconds, fib(60) hours), which makes it the example of a function that a node must
-//! stop at its timeout. An input that is not a number below 94 (the largest whose value fits
-//! a `u64`) completes the invocation with an error. Built on the `nexus-guest` function
-//! runtime: it serves invocations when started without arguments.
+//! It serves invocations when started without arguments.
 
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
-use alloc::format;
+#[path = "../functions/fibonacci.rs"]
+mod fibonacci;
 
-use nexus_guest::function::{Client, FunctionError, Invocation, Output};
-
-nexus_guest::function!(fibonacci);
-
-/// Largest `n` whose Fibonacci number fits a `u64`.
-const MAX_N: u32 = 93;
-
-/// fib(n), the slow way on purpose.
-fn fib(n: u32) -> u64 {
-    if n < 2 {
-        u64::from(n)
-    } else {
-        fib(n - 1).wrapping_add(fib(n - 2))
-    }
-}
-
-fn fibonacci(_nexus: &mut Client, invocation: Invocation) -> Result<Output, FunctionError> {
-    let n = core::str::from_utf8(&invocation.input)
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .filter(|&n| n <= MAX_N)
-        .ok_or("the input must be a whole number from 0 to 93")?;
-    drop(invocation);
-    let value = fib(n);
-    Ok(Output::from(format!("fib({n}) = {value}\n")).with_summary(format!("fib({n}) = {value}")))
-}
+nexus_guest::function!(fibonacci::fibonacci);

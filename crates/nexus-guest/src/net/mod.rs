@@ -15,8 +15,9 @@
 //!   batched doorbells, completions through the WAIT register, reset on `0xFFFF_FFFF`.
 //! - [`NetStack`]/[`Net`] ([`stack`]): smoltcp over the driver, polled from an
 //!   executor-free loop (poll, then sleep in WAIT); Nagle off, 256 KiB windows, checksums as
-//!   negotiated, a random seed from `RDRAND`/`RDTSC` and [`NetStack::reseed`] after a
-//!   snapshot restore.
+//!   negotiated, a random seed from `RDRAND`/`RDTSC`, and after a snapshot restore a new
+//!   seed and address from the VM generation record ([`NetStack::watch_generation`],
+//!   [`NetStack::reseed`]).
 //! - [`http`]: an HTTP/1.1 client with keep-alive and a one-request-at-a-time server for
 //!   invocations, over any [`Transport`].
 //! - [`s3`]: an S3 client (SigV4, path style), which is an [`ObjectIo`](crate::io::ObjectIo)
@@ -52,9 +53,9 @@ pub mod transport;
 pub mod virtio;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use config::{BootConfig, NetConfig, positional_args};
 pub use driver::{NetDeviceInfo, NetDriverConfig, NetStats, VirtioNet};
@@ -68,6 +69,7 @@ pub use transport::{Connector, Transport};
 use alloc::boxed::Box;
 
 use crate::boot::BootInfo;
+use crate::generation::BootGeneration;
 use crate::mmio::MmioRegisters;
 
 /// The stack of a micro-guest: the driver over the device of the boot-info block, the
@@ -75,7 +77,9 @@ use crate::mmio::MmioRegisters;
 pub type GuestNet = Net<VirtioNet<MmioRegisters>>;
 
 /// Brings up the device of `boot` (identity mapped) and the stack over it, configured by
-/// the boot arguments; returns the stack and the parsed arguments.
+/// the boot arguments; returns the stack and the parsed arguments. The stack watches the VM
+/// generation record of `boot`, if it has one: a restored VM reseeds and takes its new
+/// address by itself ([`NetStack::watch_generation`]).
 ///
 /// # Safety
 ///
@@ -100,6 +104,11 @@ pub unsafe fn from_boot_info(boot: &BootInfo) -> Result<(GuestNet, BootConfig)> 
         config.net.tsc_khz.unwrap_or(TscClock::DEFAULT_KHZ),
         config.net.unix_time_ms,
     );
-    let stack = NetStack::new(driver, config.net.clone(), Box::new(clock), seed);
+    let mut stack = NetStack::new(driver, config.net.clone(), Box::new(clock), seed);
+    // SAFETY: the caller guarantees `boot` is this VM's block, identity mapped, so its
+    // generation record is this VM's readable RAM.
+    if let Some(source) = unsafe { BootGeneration::from_boot_info(boot) } {
+        stack.watch_generation(Box::new(source));
+    }
     Ok((Net::new(stack), config))
 }

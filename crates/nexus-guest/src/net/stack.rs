@@ -22,7 +22,11 @@
 //!
 //! The stack's random numbers (initial sequence numbers, ephemeral ports) come from a seed;
 //! [`NetStack::reseed`] replaces it after a snapshot restore and drops every connection
-//! (their peers knew the VM before the snapshot).
+//! (their peers knew the VM before the snapshot). A stack that watches the VM generation
+//! record ([`NetStack::watch_generation`], `docs/micro-guest-abi.md`) does so by itself: at
+//! every poll it reads the record's generation (a memory read), and when it changed — the VM
+//! was restored — it reseeds with the hardware's entropy mixed with the record's seed and
+//! takes the record's address and gateway, if it gives them, before it handles a frame.
 
 use alloc::boxed::Box;
 use alloc::rc::Rc;
@@ -38,10 +42,11 @@ use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr, IpEndpoint, Ipv4Cidr};
 
 use super::config::NetConfig;
-use super::entropy::{SplitMix, mix};
+use super::entropy::{SplitMix, hardware_seed, mix};
 use super::error::{NetError, Result};
 use super::link::{Clock, Link};
 use super::transport::{Connector, Transport};
+use crate::generation::{Generation, GenerationSource};
 
 /// How long [`Net::connect`] waits for the handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +68,9 @@ pub struct StackStats {
     pub accepts: u64,
     /// Reseeds.
     pub reseeds: u64,
+    /// New VM generations taken (restores noticed: each reseeded, and re-addressed if the
+    /// record said so).
+    pub renewals: u64,
 }
 
 /// The stack: link, interface and sockets.
@@ -79,6 +87,9 @@ pub struct NetStack<L: Link> {
     closing: Vec<SocketHandle>,
     /// Whether the last poll changed anything.
     progressed: bool,
+    /// The VM generation record, if the stack watches one, and the generation it runs in.
+    generation: Option<Box<dyn GenerationSource>>,
+    generation_seen: u64,
     stats: StackStats,
 }
 
@@ -87,6 +98,7 @@ impl<L: Link> fmt::Debug for NetStack<L> {
         f.debug_struct("NetStack")
             .field("config", &self.config)
             .field("epoch", &self.epoch)
+            .field("generation", &self.generation_seen)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -107,7 +119,55 @@ impl<L: Link> NetStack<L> {
             epoch: 0,
             closing: Vec::new(),
             progressed: false,
+            generation: None,
+            generation_seen: 0,
             stats: StackStats::default(),
+        }
+    }
+
+    /// Watches the VM generation record of `source`: the generation it holds now is the one
+    /// the stack runs in; from then on every [`poll`](Self::poll) checks it first and takes a
+    /// new one ([`renew`](Self::renew)).
+    pub fn watch_generation(&mut self, source: Box<dyn GenerationSource>) {
+        self.generation_seen = source.read().map_or(0, |record| record.generation);
+        self.generation = Some(source);
+    }
+
+    /// The VM generation the stack runs in (0 at boot, or without a record).
+    pub fn generation(&self) -> u64 {
+        self.generation_seen
+    }
+
+    /// Takes a new VM generation: the record's address (and prefix) and gateway when it
+    /// gives them, then a reseed from the hardware's entropy mixed with the record's seed —
+    /// every connection and listening socket dropped (see [`reseed`](Self::reseed)).
+    pub fn renew(&mut self, record: &Generation) {
+        if let Some((address, prefix_len)) = record.address {
+            self.config.address = address;
+            self.config.prefix_len = prefix_len;
+        }
+        if let Some(gateway) = record.gateway {
+            self.config.gateway = Some(gateway);
+        }
+        let extra = mix(self.config.seed.unwrap_or(0), record.seed);
+        self.reseed(hardware_seed(extra));
+        self.generation_seen = record.generation;
+        self.stats.renewals += 1;
+    }
+
+    /// Reads the generation record, if watched, and renews on a new generation; whether it
+    /// did.
+    fn check_generation(&mut self) -> bool {
+        let record = match &self.generation {
+            Some(source) => source.read(),
+            None => return false,
+        };
+        match record.filter(|r| r.generation != self.generation_seen) {
+            Some(record) => {
+                self.renew(&record);
+                true
+            }
+            None => false,
         }
     }
 
@@ -165,8 +225,17 @@ impl<L: Link> NetStack<L> {
 
     /// Polls the interface once (everything received, then everything the sockets want to
     /// send), rings the link's doorbells and removes sockets whose close is done. Returns
-    /// whether anything may have changed.
+    /// whether anything may have changed. A watched generation record is checked first: a
+    /// poll that takes a new generation does only that.
     pub fn poll(&mut self) -> Result<bool> {
+        if self.check_generation() {
+            // No frame is handled in the poll that renewed: the callers see the new epoch
+            // first and listen again (the server does), so that a connection to the new
+            // address that is already waiting finds the port open at the next poll.
+            self.stats.polls += 1;
+            self.progressed = true;
+            return Ok(true);
+        }
         self.stats.polls += 1;
         let now = self.clock.now();
         let result = self.iface.poll(now, &mut self.link, &mut self.sockets);

@@ -28,8 +28,8 @@ use nexus_ring::net::{
     VIRTIO_NET_F_MAC,
 };
 
-const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
-const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+pub(crate) const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+pub(crate) const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 
 fn driver(
@@ -327,7 +327,7 @@ fn wait_all_ones_resets_and_the_next_use_sets_up_again() {
 
 /// Runs `peer` on a thread with a stack over channels; returns the guest's stack over the
 /// fake device wired to it.
-fn wire<T: Send + 'static>(
+pub(crate) fn wire<T: Send + 'static>(
     peer: impl FnOnce(Net<ChannelLink>) -> T + Send + 'static,
 ) -> (Net<VirtioNet<FakeNet>>, thread::JoinHandle<T>) {
     let (to_peer, from_guest) = mpsc::channel::<Vec<u8>>();
@@ -359,7 +359,7 @@ fn wire<T: Send + 'static>(
     (Net::new(stack), handle)
 }
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()

@@ -79,6 +79,10 @@ pub struct ClientStats {
     pub reused: u64,
     /// Requests sent again after a kept connection turned out closed.
     pub retries: u64,
+    /// Connections given up — closed by the server, found closed or broken, left with a
+    /// body unread, or dropped by [`HttpClient::disconnect`]: each one the next request has
+    /// to open anew.
+    pub dropped: u64,
 }
 
 /// An HTTP/1.1 client for one server.
@@ -130,9 +134,19 @@ impl<C: Connector> HttpClient<C> {
         self.max_head = max;
     }
 
-    /// Closes the kept connection (the next request opens a new one).
-    pub fn disconnect(&mut self) {
-        self.connection = None;
+    /// Closes the kept connection (the next request opens a new one); returns whether there
+    /// was one (counted in [`ClientStats::dropped`]).
+    pub fn disconnect(&mut self) -> bool {
+        self.drop_connection()
+    }
+
+    /// Gives the kept connection up, counting it; whether there was one.
+    fn drop_connection(&mut self) -> bool {
+        let had = self.connection.take().is_some();
+        if had {
+            self.stats.dropped += 1;
+        }
+        had
     }
 
     /// Whether a connection is kept.
@@ -148,7 +162,7 @@ impl<C: Connector> HttpClient<C> {
             .as_mut()
             .is_some_and(|connection| connection.is_reusable());
         if !reused {
-            self.connection = None;
+            self.drop_connection();
         }
         let (head, framing) = match self.attempt(request, reused) {
             Ok(answer) => answer,
@@ -156,7 +170,7 @@ impl<C: Connector> HttpClient<C> {
                 error,
                 response_started,
             }) => {
-                self.connection = None;
+                self.drop_connection();
                 let dead_connection = matches!(
                     error,
                     NetError::ConnectionClosed(_) | NetError::ConnectionReset | NetError::Stale
@@ -170,7 +184,7 @@ impl<C: Connector> HttpClient<C> {
                 }
                 self.stats.retries += 1;
                 self.attempt(request, false).map_err(|attempt| {
-                    self.connection = None;
+                    self.drop_connection();
                     attempt.error
                 })?
             }
@@ -289,7 +303,7 @@ impl<C: Connector> Exchange<'_, C> {
         let len = read_body(connection, self.framing, sink)?;
         self.done = true;
         if !self.head.keep_alive() || self.framing == Framing::UntilClose {
-            self.client.connection = None;
+            self.client.drop_connection();
         }
         Ok(len)
     }
@@ -320,7 +334,7 @@ impl<C: Connector> Drop for Exchange<'_, C> {
     fn drop(&mut self) {
         if !self.done && self.framing != Framing::Empty {
             // The body is still in the connection: it cannot carry another request.
-            self.client.connection = None;
+            self.client.drop_connection();
         }
     }
 }
@@ -470,6 +484,11 @@ mod tests {
         assert_eq!(body, b"abc");
         assert_eq!(client.stats().connections, 3);
         assert_eq!(client.stats().retries, 1);
+        // The one closed by `Connection: close`, the one found dead; the third is kept.
+        assert_eq!(client.stats().dropped, 2);
+        assert!(client.disconnect());
+        assert!(!client.disconnect(), "nothing left to drop");
+        assert_eq!(client.stats().dropped, 3);
 
         // POST is not sent twice.
         let (mut client, _) = client_pair();

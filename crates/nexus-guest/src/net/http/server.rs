@@ -8,7 +8,9 @@
 //! and takes the response body as the result. One listener, one connection and one
 //! request at a time, with keep-alive: the platform's connection stays open between
 //! invocations. `Expect: 100-continue` is answered (curl sends it for large bodies), and
-//! request bodies may be chunked.
+//! request bodies may be chunked. When the stack takes a new VM generation (a restore, see
+//! [`NetStack::renew`](crate::net::NetStack::renew)) while the server waits, the connections
+//! of the snapshotted VM are dropped and the port listens again.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -69,6 +71,7 @@ pub fn reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         413 => "Content Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "",
     }
@@ -113,15 +116,16 @@ pub fn read_request<T: Transport>(
     )))
 }
 
-/// Writes a response head: status line, `Content-Type`, the framing header and, unless
-/// `keep_alive`, `Connection: close`.
+/// Writes a response head: status line, `Content-Type`, the framing header, `headers`, and
+/// `Connection: keep-alive` or `Connection: close`.
 fn response_head(
     status: u16,
     content_type: &str,
     length: Option<usize>,
+    headers: &[(&str, &str)],
     keep_alive: bool,
 ) -> String {
-    let mut head = String::with_capacity(160);
+    let mut head = String::with_capacity(192);
     // Writing to a `String` cannot fail.
     let _ = write!(
         head,
@@ -132,10 +136,14 @@ fn response_head(
         Some(len) => write!(head, "Content-Length: {len}\r\n"),
         None => write!(head, "Transfer-Encoding: chunked\r\n"),
     };
-    if !keep_alive {
-        head.push_str("Connection: close\r\n");
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
     }
-    head.push_str("\r\n");
+    head.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
     head
 }
 
@@ -158,6 +166,8 @@ enum Ready {
     Connection(usize),
     /// A new connection.
     New((smoltcp::iface::SocketHandle, u64)),
+    /// The stack took a new VM generation: every connection and listening socket is gone.
+    Renewed,
 }
 
 impl<L: Link> HttpServer<L> {
@@ -194,7 +204,11 @@ impl<L: Link> HttpServer<L> {
         let net = self.listener.net().clone();
         let ids: Vec<_> = self.connections.iter().map(TcpConnection::id).collect();
         let listener = &mut self.listener;
+        let epoch_before = net.with(|stack| stack.epoch());
         net.block_until(timeout, "HTTP request", |stack| {
+            if stack.epoch() != epoch_before {
+                return Ok(Some(Ready::Renewed));
+            }
             for (index, &(handle, epoch)) in ids.iter().enumerate() {
                 let ready = stack
                     .tcp(handle, epoch)
@@ -223,6 +237,12 @@ impl<L: Link> HttpServer<L> {
                     continue;
                 }
                 Ready::Connection(index) => index,
+                // The connections belonged to the VM before the snapshot (the stack sent
+                // nothing to their peers); the listener opens anew at the next wait.
+                Ready::Renewed => {
+                    self.connections.clear();
+                    continue;
+                }
             };
             let connection = &mut self.connections[index];
             match read_request(connection, &mut self.head, self.max_body) {
@@ -247,7 +267,7 @@ impl<L: Link> HttpServer<L> {
                         NetError::BodyTooLarge { .. } => 413,
                         _ => 400,
                     };
-                    let head = response_head(status, "text/plain", Some(0), false);
+                    let head = response_head(status, "text/plain", Some(0), &[], false);
                     let _ = connection.send(head.as_bytes());
                     let _ = connection.flush();
                     self.connections.swap_remove(index);
@@ -277,8 +297,20 @@ impl<L: Link> HttpServer<L> {
     /// Answers the pending request with `status` and `body`; returns once the client has
     /// it all (the function may compute for long after, without polling the stack).
     pub fn respond(&mut self, status: u16, content_type: &str, body: &[u8]) -> Result<()> {
+        self.respond_with(status, content_type, &[], body)
+    }
+
+    /// [`respond`](Self::respond), with more header fields (`name`, `value`; the server
+    /// writes the framing and `Connection` fields itself).
+    pub fn respond_with(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<()> {
         self.answer(|connection, keep_alive| {
-            let head = response_head(status, content_type, Some(body.len()), keep_alive);
+            let head = response_head(status, content_type, Some(body.len()), headers, keep_alive);
             connection.send(head.as_bytes())?;
             connection.send(body)
         })
@@ -292,7 +324,7 @@ impl<L: Link> HttpServer<L> {
         chunks: &[&[u8]],
     ) -> Result<()> {
         self.answer(|connection, keep_alive| {
-            let head = response_head(status, content_type, None, keep_alive);
+            let head = response_head(status, content_type, None, &[], keep_alive);
             connection.send(head.as_bytes())?;
             send_chunked(connection, chunks)
         })
@@ -336,11 +368,21 @@ mod tests {
     #[test]
     fn response_heads() {
         assert_eq!(
-            response_head(200, "application/octet-stream", Some(3), true),
-            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 3\r\n\r\n"
+            response_head(200, "application/octet-stream", Some(3), &[], true),
+            "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n"
         );
         assert_eq!(
-            response_head(500, "text/plain", None, false),
+            response_head(
+                404,
+                "text/plain",
+                Some(0),
+                &[("X-A", "1"), ("X-B", "two")],
+                true
+            ),
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nX-A: 1\r\nX-B: two\r\nConnection: keep-alive\r\n\r\n"
+        );
+        assert_eq!(
+            response_head(500, "text/plain", None, &[], false),
             "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
         );
     }

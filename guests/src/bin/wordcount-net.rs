@@ -1,0 +1,17 @@
+//! Micro-guest function `wordcount-net`: the handler of `src/functions/wordcount.rs` (the same as
+//! `wordcount`'s) on the network path — the in-guest networking baseline (`net_function!`):
+//! invocations arrive as HTTP requests (`POST /invoke`) on the guest's own TCP/IP stack
+//! and its objects come and go through the in-guest S3 client. For the same input the result
+//! is byte for byte `wordcount`'s. The boot arguments give the network (`net.ip=`, `net.gw=`,
+//! `s3.endpoint=`, `s3.bucket=`, `s3.access_key=`, `s3.secret_key=`, `http.port=`);
+//! `wordcount-net INPUT_KEY OUTPUT_KEY` runs once instead.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+#[path = "../functions/wordcount.rs"]
+mod wordcount;
+
+nexus_guest::net_function!(wordcount::wordcount);
