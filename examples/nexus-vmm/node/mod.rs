@@ -24,7 +24,6 @@
 //! The scheduler, warm pools, caps, keep-alive and metrics are the same for both.
 
 pub mod backend;
-pub mod generation;
 pub mod http;
 pub mod lambda;
 pub mod metrics;

@@ -13,7 +13,7 @@
 //!   device paused, and it is saved with the `nexus-net` device section. Nothing connects to
 //!   it first: the snapshot holds a listening socket and no connection.
 //! - **Restore**: a fresh tap and address; the device resumes on the new tap; the VM
-//!   generation record ([`super::generation`]) gives the guest its address, a new seed and
+//!   generation record (`nexus_kvm::micro::write_generation`) gives the guest its address, a new seed and
 //!   the clock before its vCPU runs.
 //! - **Invocations**: `POST /invoke` to the guest's server on a kept-alive connection of the
 //!   node's runtime (one per VM: a guest serves one invocation at a time), the input by key
@@ -34,14 +34,13 @@ use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use nexus_kvm::memory::MemoryConfig;
-use nexus_kvm::micro::{MicroVm, MicroVmConfig};
+use nexus_kvm::micro::{Generation, MicroVm, MicroVmConfig};
 use nexus_kvm::serial::Console;
 use nexus_kvm::{VcpuConfig, VcpuStop};
 use nexus_net::{NetStats, NexusNet, NexusNetConfig, NexusNetState};
 use nexus_ring::control::InvokeTimings;
 use nexus_snapshot::{DeviceState, RestoreMode, RestoreOptions, Snapshot, SnapshotFiles};
 
-use super::generation::{self, Generation};
 use super::netplane::{Lease, NetPlane, Subnet, VmTap};
 use super::vm::{
     Call, CallDone, CallFailure, GuestLog, Input, Restored, SnapshotTaken, describe_stop,
@@ -118,7 +117,7 @@ pub fn tsc_khz() -> Result<u32> {
     }
     let mut vm = nexus_kvm::Vm::new(nexus_kvm::VmConfig {
         memory: MemoryConfig {
-            ram_size: 2 << 20,
+            ram_size: nexus_kvm::layout::MIN_RAM_SIZE,
             window_size: 0,
         },
         irqchip: false,
@@ -145,7 +144,7 @@ pub fn take_snapshot(
 ) -> Result<SnapshotTaken> {
     let (log, listening) = GuestLog::watching(vm_id, LISTENING);
     let mut args = args.to_vec();
-    args.push(format!("net.time_ms={}", generation::unix_time_ms()));
+    args.push(format!("net.time_ms={}", unix_time_ms()));
     let micro = MicroVm::new(
         elf,
         MicroVmConfig {
@@ -268,9 +267,9 @@ pub fn restore(
     transport.device_mut().set_wait_timeout(wait_timeout);
     let attached = nexus_net::attach_transport(&vm, transport)?;
     let subnet = plane.subnet();
-    let generation = Generation::fresh(lease.address(), subnet.prefix(), subnet.gateway())
+    let generation = fresh_generation(lease.address(), subnet.prefix(), subnet.gateway())
         .context("Cannot draw the VM's generation")?;
-    generation::write(vm.memory().guest(), &generation)
+    nexus_kvm::micro::write_generation(vm.memory().guest(), &generation)
         .context("Cannot write the VM generation record")?;
     Ok(Restored {
         vm,
@@ -288,6 +287,28 @@ pub fn restore(
             tap_setup: setup,
         }),
     })
+}
+
+/// A restored VM's generation: random (never 0, the boot's), a fresh seed, and its own
+/// address and gateway.
+fn fresh_generation(
+    address: std::net::Ipv4Addr,
+    prefix: u8,
+    gateway: std::net::Ipv4Addr,
+) -> std::io::Result<Generation> {
+    Ok(Generation {
+        generation: nexus_kvm::micro::fresh_seed()?.max(1),
+        seed: nexus_kvm::micro::fresh_seed()?,
+        address: Some((address, prefix)),
+        gateway: Some(gateway),
+    })
+}
+
+/// The host's wall clock in milliseconds since the Unix epoch (a guest's `net.time_ms`).
+fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Why a net guest did not run an invocation.
