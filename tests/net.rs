@@ -121,15 +121,29 @@ impl Drop for Leftovers {
 /// backend) and one on the daemon's host end of the veth, bound before the address exists
 /// (`IP_FREEBIND`), for the guests. Dropping it stops it.
 struct S3Server {
-    _runtime: tokio::runtime::Runtime,
+    runtime: Option<tokio::runtime::Runtime>,
+    root: std::path::PathBuf,
     /// The loopback listener's port.
     local_port: u16,
+    /// The guests' listener's address.
+    guests: SocketAddrV4,
     /// The guests' endpoint, `http://A.B.C.D:PORT`.
     guest_endpoint: String,
 }
 
 impl S3Server {
     fn start(root: &Path, guest_address: Ipv4Addr) -> Self {
+        Self::start_on(root, 0, SocketAddrV4::new(guest_address, 0))
+    }
+
+    /// Stops the server (every connection closes at once) and starts it again on the same
+    /// ports.
+    fn restart(&mut self) {
+        drop(self.runtime.take());
+        *self = Self::start_on(&self.root, self.local_port, self.guests);
+    }
+
+    fn start_on(root: &Path, local_port: u16, guests: SocketAddrV4) -> Self {
         use hyper_util::rt::{TokioExecutor, TokioIo};
         use hyper_util::server::conn::auto::Builder as ConnBuilder;
         use s3s::auth::SimpleAuth;
@@ -144,14 +158,17 @@ impl S3Server {
         builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
         let local = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", local_port)))
             .unwrap();
         let local_port = local.local_addr().unwrap().port();
         let guests = {
             let _entered = runtime.enter();
-            tokio::net::TcpListener::from_std(freebind_listener(guest_address)).unwrap()
+            tokio::net::TcpListener::from_std(freebind_listener(guests)).unwrap()
         };
-        let guest_endpoint = format!("http://{}", guests.local_addr().unwrap());
+        let guests_address = match guests.local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            other => panic!("{other} is not IPv4"),
+        };
         for listener in [local, guests] {
             let service = service.clone();
             runtime.spawn(async move {
@@ -167,15 +184,17 @@ impl S3Server {
             });
         }
         S3Server {
-            _runtime: runtime,
+            runtime: Some(runtime),
+            root: root.to_owned(),
             local_port,
-            guest_endpoint,
+            guests: guests_address,
+            guest_endpoint: format!("http://{guests_address}"),
         }
     }
 }
 
-/// A listening TCP socket on `address` (any port), which need not be the host's yet.
-fn freebind_listener(address: Ipv4Addr) -> std::net::TcpListener {
+/// A listening TCP socket on `address`, which need not be the host's yet.
+fn freebind_listener(address: SocketAddrV4) -> std::net::TcpListener {
     use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
     let fd = rustix::net::socket_with(
         AddressFamily::INET,
@@ -186,7 +205,7 @@ fn freebind_listener(address: Ipv4Addr) -> std::net::TcpListener {
     .unwrap();
     sockopt::set_ip_freebind(&fd, true).unwrap();
     sockopt::set_socket_reuseaddr(&fd, true).unwrap();
-    rustix::net::bind(&fd, &SocketAddrV4::new(address, 0)).unwrap();
+    rustix::net::bind(&fd, &address).unwrap();
     rustix::net::listen(&fd, 128).unwrap();
     std::net::TcpListener::from(fd)
 }
@@ -224,7 +243,7 @@ struct NetNode {
     daemon: Daemon,
     _leftovers: Leftovers,
     _backend: Backend,
-    _s3: S3Server,
+    s3: S3Server,
     bucket: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -260,7 +279,7 @@ fn net_node(subnet: &str, functions: &[(&str, String)], words: usize) -> NetNode
         _leftovers: Leftovers(daemon.pid()),
         daemon,
         _backend: backend,
-        _s3: s3,
+        s3,
         bucket,
         _dir: dir,
     }
@@ -276,7 +295,7 @@ fn invoke_ok(d: &Daemon, function: &str, body: &Value) -> Value {
 #[test]
 fn wordcount_net_matches_its_nexus_io_twin_cold_and_warm_against_s3() {
     let _serial = one_at_a_time();
-    let n = net_node(
+    let mut n = net_node(
         "10.231.0.0/24",
         &[
             ("wordcount", function("wordcount", "")),
@@ -398,6 +417,21 @@ fn wordcount_net_matches_its_nexus_io_twin_cold_and_warm_against_s3() {
         2.0,
         "one cold start, one more VM warmed"
     );
+
+    // The store closes every connection: the guests re-open theirs, and the node counts it.
+    let reconnects = "nexus_net_store_reconnects_total{function=\"wordcount-net\"}";
+    let before = d.metric(reconnects);
+    n.s3.restart();
+    let d = &n.daemon;
+    for _ in 0..2 {
+        let r = invoke_ok(
+            d,
+            "wordcount-net",
+            &json!({"input_key": "inputs/words.txt"}),
+        );
+        assert_eq!(r["output"], "3000\n", "{r}");
+    }
+    assert!(d.metric(reconnects) > before, "{}", d.log());
 }
 
 #[test]
