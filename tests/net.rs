@@ -538,19 +538,29 @@ fn a_vm_streaming_large_objects_does_not_starve_another_vms_invocations() {
         .collect();
     std::fs::write(n.bucket.join("inputs/big.bin"), &big).unwrap();
     let d = &n.daemon;
-    // Both VMs restored and parked first: only invocations are measured below.
-    let first = invoke_ok(
-        d,
-        "aes-net",
-        &json!({"input_key": "inputs/big.bin", "output_key": "outputs/aes-0"}),
-    );
+    // Both functions' first invocations at once (two snapshots taken side by side), so that
+    // both VMs are parked before the stream begins.
+    let (first, fib) = std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            invoke_ok(
+                d,
+                "aes-net",
+                &json!({"input_key": "inputs/big.bin", "output_key": "outputs/aes-0"}),
+            )
+        });
+        let fib = s.spawn(|| invoke_ok(d, "fibonacci-net", &json!({"input": "20"})));
+        (first.join().unwrap(), fib.join().unwrap())
+    });
     assert_eq!(
         first["output_len"].as_u64(),
         Some(big.len() as u64),
         "{first}"
     );
-    let fib = invoke_ok(d, "fibonacci-net", &json!({"input": "20"}));
     assert_eq!(fib["output"], "fib(20) = 6765\n");
+    assert_eq!(
+        (first["start"].as_str(), fib["start"].as_str()),
+        (Some("cold"), Some("cold"))
+    );
 
     let streaming = std::sync::atomic::AtomicBool::new(true);
     let rounds = std::sync::atomic::AtomicU64::new(0);

@@ -156,6 +156,9 @@ pub fn take_snapshot(
         },
     )?;
     let serial = micro.serial().clone();
+    // Every snapshot's guest has the same address: two taken at once each route it to their
+    // own tap in turn (the route is replaced), which is harmless, as nothing talks to a guest
+    // before its snapshot (it only listens).
     let VmTap { tap, .. } = plane.open_tap(plane.subnet().snapshot_address(), GUEST_MAC)?;
     let device = NexusNet::new(NexusNetConfig {
         tap,
