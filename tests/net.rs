@@ -5,7 +5,7 @@
 //!
 //! These tests need root (the daemon makes a network namespace, a veth and taps),
 //! `/dev/net/tun`, `/dev/kvm` and iproute2's `ip`: where one is missing they fail and say so.
-//! Each test uses a subnet of its own (10.231-233.0.0/24), so they run side by side.
+//! Each test uses a subnet of its own (10.231-235.0.0/24).
 
 mod common;
 
@@ -622,4 +622,59 @@ fn a_vm_streaming_large_objects_does_not_starve_another_vms_invocations() {
     let last = std::fs::read(n.bucket.join("outputs/aes-1")).unwrap();
     assert_eq!(last.len(), big.len());
     assert_ne!(last, big);
+}
+
+#[test]
+fn every_bundled_net_function_matches_its_nexus_io_twin() {
+    let _serial = one_at_a_time();
+    let mut functions = Vec::new();
+    for name in ["compress", "aes", "fibonacci"] {
+        functions.push((name.to_string(), function(name, "")));
+        functions.push((format!("{name}-net"), net_function(&format!("{name}-net"))));
+    }
+    let functions: Vec<(&str, String)> = functions
+        .iter()
+        .map(|(name, toml)| (name.as_str(), toml.clone()))
+        .collect();
+    let n = net_node("10.235.0.0/24", &functions, 2_000);
+    let d = &n.daemon;
+
+    // Objects in, objects out: the stored bytes are the same.
+    for name in ["compress", "aes"] {
+        for twin in [name.to_string(), format!("{name}-net")] {
+            let r = invoke_ok(
+                d,
+                &twin,
+                &json!({"input_key": "inputs/words.txt", "output_key": format!("outputs/{twin}")}),
+            );
+            assert_eq!(r["outcome"], "success", "{r}");
+        }
+        let nexus = std::fs::read(n.bucket.join(format!("outputs/{name}"))).unwrap();
+        let net = std::fs::read(n.bucket.join(format!("outputs/{name}-net"))).unwrap();
+        assert!(!nexus.is_empty());
+        assert_eq!(net, nexus, "{name}: the twins' outputs differ");
+    }
+
+    // Inline input, the result in the answer; and the function's own error, the same
+    // document on both paths (502 FunctionError on /v1), the VM kept.
+    let fib = invoke_ok(d, "fibonacci", &json!({"input": "25"}));
+    let fib_net = invoke_ok(d, "fibonacci-net", &json!({"input": "25"}));
+    assert_eq!(fib_net["output"], fib["output"]);
+    assert_eq!(fib_net["output"], "fib(25) = 75025\n");
+    let (status, e) = d.invoke("fibonacci", &json!({"input": "twenty"}));
+    let (status_net, e_net) = d.invoke("fibonacci-net", &json!({"input": "twenty"}));
+    assert_eq!((status, status_net), (502, 502), "{e}\n{e_net}");
+    assert_eq!(e_net["error"], "FunctionError", "{e_net}");
+    assert!(
+        e["output"]
+            .as_str()
+            .is_some_and(|doc| doc.contains("whole number")),
+        "{e}"
+    );
+    assert_eq!(e_net["output"], e["output"], "the error documents differ");
+    let again = invoke_ok(d, "fibonacci-net", &json!({"input": "10"}));
+    assert_eq!(
+        (again["start"].as_str(), again["vm"].as_str()),
+        (Some("warm"), fib_net["vm"].as_str())
+    );
 }
