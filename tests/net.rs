@@ -45,7 +45,7 @@ fn require_net_host() {
     if !Path::new("/dev/kvm").exists() {
         missing.push("/dev/kvm");
     }
-    if Command::new("ip").arg("-V").output().is_err() {
+    if run_ip(&["-V"]).is_err() {
         missing.push("iproute2's `ip`");
     }
     assert!(
@@ -55,10 +55,44 @@ fn require_net_host() {
     );
 }
 
+/// Bound on one `ip` process.
+const IP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `ip ARGS` on the host, killed after [`IP_TIMEOUT`]: its exit status and output.
+fn run_ip(args: &[&str]) -> std::io::Result<(std::process::ExitStatus, String)> {
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + IP_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`ip {}` did not finish within {IP_TIMEOUT:?}",
+                args.join(" ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    Ok((status, reader.join().unwrap_or_default()))
+}
+
 /// `ip ARGS` on the host; its standard output.
 fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run_ip(args).expect("ip runs").1
 }
 
 /// Whether the host has the network namespace `name`.
@@ -70,10 +104,7 @@ fn has_namespace(name: &str) -> bool {
 
 /// Whether the host namespace has link `name`.
 fn has_link(name: &str) -> bool {
-    Command::new("ip")
-        .args(["link", "show", "dev", name])
-        .output()
-        .is_ok_and(|o| o.status.success())
+    run_ip(&["link", "show", "dev", name]).is_ok_and(|(status, _)| status.success())
 }
 
 /// Whether the host's main table has a route to exactly `subnet`.
@@ -105,14 +136,10 @@ impl Drop for Leftovers {
     fn drop(&mut self) {
         let (namespace, host_link) = names(self.0);
         if has_link(&host_link) {
-            let _ = Command::new("ip")
-                .args(["link", "delete", &host_link])
-                .status();
+            let _ = run_ip(&["link", "delete", &host_link]);
         }
         if has_namespace(&namespace) {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", &namespace])
-                .status();
+            let _ = run_ip(&["netns", "delete", &namespace]);
         }
     }
 }
