@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::embedded::EmbeddedBackend;
-use crate::node::{Node, NodeConfig, Pick, http, registry};
+use crate::node::netplane::{self, Subnet};
+use crate::node::netvm::S3Settings;
+use crate::node::{NetSettings, Node, NodeConfig, Pick, http, registry};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -62,6 +64,51 @@ pub struct ServeArgs {
     /// Longest a client may take to send a request's body, in ms.
     #[arg(long, default_value_t = 30_000)]
     body_timeout_ms: u64,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+/// Net functions (`io = "net"`): the network the daemon builds for them (root only), and
+/// the object store their guests reach.
+#[derive(Args)]
+#[command(next_help_heading = "Net functions (io = \"net\")")]
+pub struct NetArgs {
+    /// The net VMs' IPv4 subnet (prefix 8 to 28): the daemon's namespace `nexus-<pid>`, its
+    /// veth and one tap per VM use it, and the host gets one route to it. It must not
+    /// overlap a route or an address of the host.
+    #[arg(long, value_name = "A.B.C.D/P", default_value = "10.200.0.0/16")]
+    net_subnet: Subnet,
+    /// The S3 server the guests reach, `http://A.B.C.D:PORT` (no TLS, no DNS in the guest):
+    /// an address of the host (the guests' traffic leaves the namespace through the veth),
+    /// for example the host's end of the veth, the subnet's second address.
+    #[arg(long, value_name = "URL", value_parser = parse_s3_endpoint)]
+    net_s3_endpoint: Option<String>,
+    /// The bucket the guests read and write.
+    #[arg(long, value_name = "BUCKET")]
+    net_s3_bucket: Option<String>,
+    /// The access key the guests sign with (it reaches them in their boot arguments).
+    #[arg(long, value_name = "ID")]
+    net_s3_access_key: Option<String>,
+    /// The secret key the guests sign with (it reaches them in their boot arguments, and so
+    /// the snapshots in --state-dir).
+    #[arg(long, value_name = "KEY")]
+    net_s3_secret_key: Option<String>,
+    /// How long a net VM's WAIT read may block, in ms: the guest's TCP timers run only when
+    /// it returns, so a long wait saves idle exits but stalls a lost segment that long.
+    #[arg(long, default_value_t = 100)]
+    net_wait_timeout_ms: u64,
+}
+
+/// Checks `http://A.B.C.D:PORT` (what the guests' S3 client understands).
+fn parse_s3_endpoint(text: &str) -> Result<String, String> {
+    let address = text
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .ok_or("the guests speak plain HTTP: give http://A.B.C.D:PORT")?;
+    address
+        .parse::<std::net::SocketAddrV4>()
+        .map_err(|_| format!("{address:?} is not A.B.C.D:PORT (the guests have no DNS)"))?;
+    Ok(format!("http://{address}"))
 }
 
 /// Raises this process's open-file limit to its hard limit: every VM holds a dozen
@@ -91,6 +138,13 @@ fn raise_file_limit() {
 pub fn serve(args: ServeArgs) -> Result<()> {
     raise_file_limit();
     let functions = registry::load_dir(&args.functions)?;
+    // A previous daemon killed with SIGKILL left its namespace and veth: remove them.
+    if let Err(e) = netplane::remove_stale() {
+        log::warn!(
+            "cannot remove stale network namespaces of dead daemons: {:#}",
+            anyhow::Error::from(e)
+        );
+    }
     let state_dir = args
         .state_dir
         .clone()
@@ -127,6 +181,16 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
             pick: args.pick,
             wait_timeout: Duration::from_millis(args.wait_timeout_ms),
+            net: NetSettings {
+                subnet: args.net.net_subnet,
+                s3: S3Settings {
+                    endpoint: args.net.net_s3_endpoint.clone(),
+                    bucket: args.net.net_s3_bucket.clone(),
+                    access_key: args.net.net_s3_access_key.clone(),
+                    secret_key: args.net.net_s3_secret_key.clone(),
+                },
+                wait_timeout: Duration::from_millis(args.net.net_wait_timeout_ms.max(1)),
+            },
         },
         functions,
         runtime.handle().clone(),

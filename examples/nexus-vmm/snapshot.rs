@@ -195,6 +195,7 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
             bail!("The function did not complete within {} s", limit.as_secs())
         }
         Err(CallFailure::Backend(e)) => return Err(e).context("The invocation failed"),
+        Err(CallFailure::Net(e)) => bail!("The invocation failed: {e}"),
     };
     let elapsed = t0.elapsed();
     let faults_seen = vm.faults().map(|f| f.stats());
@@ -209,16 +210,15 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
     }
     vm.stop();
 
-    let reply = &done.invoked.reply;
-    let timings = reply.timings.clone().unwrap_or_default();
+    let timings = &done.timings;
     let t = |us: u64| us as f64 / 1e3;
-    let output = &done.invoked.output;
+    let output = &done.output;
     let (encoding, text) = match std::str::from_utf8(output) {
         Ok(text) => ("utf8", text.to_owned()),
         Err(_) => ("base64", nexus_ring::control::base64(output)),
     };
-    println!("outcome: {}", done.invoked.outcome());
-    println!("output_len: {}", reply.output_len.unwrap_or(0));
+    println!("outcome: {}", done.outcome);
+    println!("output_len: {}", done.output_len);
     println!("output ({encoding}): {}", text.trim_end_matches('\n'));
     println!(
         "timings (ms): hint={:.3} restore={:.3} restore_memory={:.3} resume={:.3} \
@@ -242,11 +242,7 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
         faults_seen.map_or(0, |f| f.pages_faulted),
         done.exits
     );
-    Ok(if done.invoked.outcome() == "success" {
-        0
-    } else {
-        1
-    })
+    Ok(if done.is_success() { 0 } else { 1 })
 }
 
 /// A single-threaded runtime for the control requests of one command.

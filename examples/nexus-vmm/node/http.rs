@@ -90,6 +90,7 @@ fn node_error(e: &NodeError) -> Answer {
         NodeError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "FunctionTimeout"),
         NodeError::Crashed(_) => (StatusCode::BAD_GATEWAY, "FunctionCrashed"),
         NodeError::Backend(_) => (StatusCode::BAD_GATEWAY, "BackendError"),
+        NodeError::Store(_) => (StatusCode::BAD_GATEWAY, "StoreError"),
     };
     error_answer(status, kind, &e.to_string())
 }

@@ -500,6 +500,7 @@ fn api_error(name: &str, e: NodeError) -> ApiError {
         }
         e @ (NodeError::Unavailable(_)
         | NodeError::Backend(_)
+        | NodeError::Store(_)
         | NodeError::Timeout(_)
         | NodeError::Crashed(_)) => ApiError::service(e.to_string()),
     }

@@ -93,6 +93,11 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// Upper bounds (seconds) of the buckets of a net VM's tap set-up: 50 µs to 100 ms.
+pub const TAP_SETUP_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+
 /// A histogram with [`LATENCY_BUCKETS`].
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS.iter().copied())
@@ -130,10 +135,12 @@ pub struct Observation<'a> {
     pub start_latency: Duration,
     /// KVM exits of the invocation.
     pub exits: u64,
-    /// Payload bytes into the window.
+    /// Payload bytes into the window (a net VM: frame bytes into the guest).
     pub bytes_in: u64,
-    /// Payload bytes out of the window.
+    /// Payload bytes out of the window (a net VM: frame bytes out of the guest).
     pub bytes_out: u64,
+    /// Whether a net VM ran it (its bytes are frames on its tap, not window payloads).
+    pub net: bool,
 }
 
 /// The node's counters and histograms, and the encoder of a scrape.
@@ -149,6 +156,9 @@ pub struct Metrics {
     acquire: Latencies,
     exits: Family<FunctionLabels, Counter>,
     bytes: Family<DirectionLabels, Counter>,
+    net_bytes: Family<DirectionLabels, Counter>,
+    net_reconnects: Family<FunctionLabels, Counter>,
+    tap_setup: Histogram,
     vm_starts: Family<HowLabels, Counter>,
     vm_stops: Family<ReasonLabels, Counter>,
     rejected: Family<StatusLabels, Counter>,
@@ -179,6 +189,9 @@ impl Metrics {
             acquire: latencies(),
             exits: Family::default(),
             bytes: Family::default(),
+            net_bytes: Family::default(),
+            net_reconnects: Family::default(),
+            tap_setup: Histogram::new(TAP_SETUP_BUCKETS.iter().copied()),
             vm_starts: Family::default(),
             vm_stops: Family::default(),
             rejected: Family::default(),
@@ -228,6 +241,21 @@ impl Metrics {
             "nexus_window_bytes",
             "Payload bytes moved through the I/O windows during invocations (in: into the guest)",
             self.bytes.clone(),
+        );
+        r.register(
+            "nexus_net_frame_bytes",
+            "Frame bytes through net VMs' taps during invocations (in: to the guest), by function",
+            self.net_bytes.clone(),
+        );
+        r.register(
+            "nexus_net_store_reconnects",
+            "Store connections net functions' guests had to re-open, as they report them, by function",
+            self.net_reconnects.clone(),
+        );
+        r.register(
+            "nexus_net_tap_setup_duration_seconds",
+            "Making and configuring a net VM's tap (one netlink datagram)",
+            self.tap_setup.clone(),
         );
         r.register(
             "nexus_vm_starts",
@@ -302,14 +330,29 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(o.start_latency.as_secs_f64());
         self.exits.get_or_create(&by_start).inc_by(o.exits);
+        let bytes = if o.net { &self.net_bytes } else { &self.bytes };
         for (direction, n) in [("in", o.bytes_in), ("out", o.bytes_out)] {
-            self.bytes
+            bytes
                 .get_or_create(&DirectionLabels {
                     function: function.clone(),
                     direction,
                 })
                 .inc_by(n);
         }
+    }
+
+    /// Records `n` store reconnects a net function's guest reported.
+    pub fn net_reconnects(&self, function: &str, n: u64) {
+        if n > 0 {
+            self.net_reconnects
+                .get_or_create(&function_labels(function))
+                .inc_by(n);
+        }
+    }
+
+    /// Records a net VM's tap set-up.
+    pub fn tap_setup(&self, took: Duration) {
+        self.tap_setup.observe(took.as_secs_f64());
     }
 
     /// Records a VM started for `function` (`restore` or `boot`).
@@ -583,6 +626,7 @@ mod tests {
             exits: 10,
             bytes_in: 100,
             bytes_out: 2,
+            net: false,
         }
     }
 
@@ -621,6 +665,16 @@ mod tests {
         m.event_done("wc", "success");
         m.event_dropped("wc");
         m.event_refused("wc");
+        m.invocation(&Observation {
+            function: "wcn",
+            net: true,
+            bytes_in: 1500,
+            ..observation(Start::Cold, 3)
+        });
+        m.net_reconnects("wcn", 2);
+        m.net_reconnects("wcn", 0);
+        m.net_reconnects("wcn", 1);
+        m.tap_setup(Duration::from_micros(300));
         let text = m.render(&Gauges {
             vms: vec![("wc".into(), 1, 0, 0)],
             queue_depth: 2,
@@ -635,6 +689,10 @@ mod tests {
             "nexus_warm_starts_total{function=\"wc\"} 2",
             "nexus_vm_exits_total{function=\"wc\"} 30",
             "nexus_window_bytes_total{function=\"wc\",direction=\"in\"} 300",
+            "nexus_net_frame_bytes_total{function=\"wcn\",direction=\"in\"} 1500",
+            "nexus_net_store_reconnects_total{function=\"wcn\"} 3",
+            "nexus_net_tap_setup_duration_seconds_bucket{le=\"0.00025\"} 0",
+            "nexus_net_tap_setup_duration_seconds_bucket{le=\"0.0005\"} 1",
             "nexus_vm_stops_total{function=\"wc\",reason=\"timeout\"} 1",
             "nexus_requests_rejected_total{status=\"404\"} 1",
             "nexus_lambda_events_queued_total{function=\"wc\"} 2",
@@ -652,6 +710,10 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
         assert!(!text.contains("nexus_backend_vms"), "{text}");
+        assert!(
+            !text.contains("nexus_window_bytes_total{function=\"wcn\""),
+            "{text}"
+        );
         assert_eq!(m.invocations_of("wc"), 3);
         assert_eq!(m.invocations_of("other"), 0);
 

@@ -14,11 +14,22 @@
 //!
 //! The shared backend is reached only through its control socket, so it may be a separate
 //! process or embedded.
+//!
+//! # Two kinds of functions
+//!
+//! A nexus-io function (`io = "nexus"`, [`vm`]) reaches storage through the shared backend.
+//! A net function (`io = "net"`, [`netvm`]) carries its own TCP/IP and S3 client and is
+//! invoked over HTTP: the daemon gives it a tap in a network namespace of its own
+//! ([`netplane`]), built at start if any function is a net function and removed at shutdown.
+//! The scheduler, warm pools, caps, keep-alive and metrics are the same for both.
 
 pub mod backend;
 pub mod http;
 pub mod lambda;
 pub mod metrics;
+pub mod netlink;
+pub mod netplane;
+pub mod netvm;
 pub mod registry;
 pub mod scheduler;
 pub mod vm;
@@ -39,6 +50,8 @@ use serde::Serialize;
 
 use backend::BackendClient;
 use metrics::{Gauges, Metrics, Observation, Start};
+use netplane::{NetPlane, Subnet};
+use netvm::{NetFailure, S3Settings};
 use registry::FunctionSpec;
 use scheduler::{Caps, Grant, Refusal, Scheduler, Victim};
 pub use scheduler::{Pick, VmCounts};
@@ -61,6 +74,31 @@ pub struct NodeConfig {
     pub pick: Pick,
     /// The WAIT timeout of a parked VM (each timeout costs the guest one exit).
     pub wait_timeout: Duration,
+    /// How net functions are run.
+    pub net: NetSettings,
+}
+
+/// How the node runs net functions (`io = "net"`).
+#[derive(Clone, Debug)]
+pub struct NetSettings {
+    /// The VMs' subnet (see [`netplane`]).
+    pub subnet: Subnet,
+    /// The object store the guests reach (in their boot arguments).
+    pub s3: S3Settings,
+    /// The WAIT timeout of a net VM's device: the guest's stack timers (retransmissions,
+    /// delayed acknowledgements) run only when a WAIT returns, so a long one trades idle
+    /// exits for stalls.
+    pub wait_timeout: Duration,
+}
+
+impl Default for NetSettings {
+    fn default() -> Self {
+        NetSettings {
+            subnet: Subnet::DEFAULT,
+            s3: S3Settings::default(),
+            wait_timeout: nexus_net::WAIT_TIMEOUT,
+        }
+    }
 }
 
 /// Why the node did not run an invocation; each maps to an HTTP status.
@@ -90,6 +128,9 @@ pub enum NodeError {
     /// The backend failed the invocation (502): its store failed, say.
     #[error("the backend could not run the invocation: {0}")]
     Backend(String),
+    /// A net function's object store failed (502).
+    #[error("{0}")]
+    Store(String),
 }
 
 impl NodeError {
@@ -187,9 +228,11 @@ pub struct FunctionInfo {
     pub name: String,
     /// The micro-guest.
     pub guest: String,
+    /// How it reaches storage.
+    pub io: registry::Io,
     /// Guest RAM, MiB.
     pub memory_mib: u64,
-    /// I/O window, MiB.
+    /// I/O window, MiB (none for a net function).
     pub window_mib: u64,
     /// The backend tenant.
     pub tenant: String,
@@ -220,6 +263,8 @@ struct Inner {
     scheduler: Scheduler<FunctionVm>,
     metrics: Metrics,
     backend: BackendClient,
+    /// The network of net functions: absent without any; an error if it could not be built.
+    net: Option<Result<Arc<NetPlane>, String>>,
     runtime: tokio::runtime::Handle,
     next_vm: AtomicU64,
     closing: AtomicBool,
@@ -260,8 +305,16 @@ impl Node {
                 .iter()
                 .map(|(name, spec)| (name.clone(), spec.file.limits.max_vms, spec.keep_alive())),
         );
+        let net = functions.values().any(FunctionSpec::is_net).then(|| {
+            NetPlane::create(config.net.subnet).map_err(|e| {
+                let why = format!("{:#}", anyhow::Error::from(e));
+                log::warn!("net functions cannot run: {why}");
+                why
+            })
+        });
         let inner = Arc::new(Inner {
             backend: BackendClient::new(config.backend.clone()),
+            net,
             config,
             functions: functions
                 .into_iter()
@@ -314,8 +367,9 @@ impl Node {
         Ok(FunctionInfo {
             name: name.to_owned(),
             guest: file.guest.clone(),
+            io: file.io,
             memory_mib: file.memory_mib,
-            window_mib: file.window_mib,
+            window_mib: f.spec.window_mib(),
             tenant: file.tenant.clone(),
             restore: file.restore,
             limits: file.limits.clone(),
@@ -378,9 +432,10 @@ impl Node {
         let dir = self.inner.config.snapshot_dir.join(&spec.name);
         let elf = std::fs::read(&spec.elf)
             .with_context(|| format!("Cannot read the guest {}", spec.elf.display()))?;
+        let boot = self.boot_of(spec)?;
         // A snapshot a previous run left in the state directory is reused if it was taken of
         // the same guest with the same memory layout (and still opens: it is checksummed).
-        let identity = snapshot_identity(&elf, spec);
+        let identity = snapshot_identity(&elf, spec, &boot);
         let identity_path = dir.join(SNAPSHOT_IDENTITY);
         if std::fs::read_to_string(&identity_path).is_ok_and(|text| text == identity) {
             match Snapshot::open(&SnapshotFiles::in_dir(&dir)) {
@@ -403,22 +458,35 @@ impl Node {
         }
         let _ = std::fs::remove_file(&identity_path);
         let vm_id = self.vm_id(&spec.name, "snapshot");
-        let backend = &self.inner.backend;
-        let parked = |vm: &str, timeout: Duration| -> Result<()> {
-            self.inner
-                .runtime
-                .block_on(backend.parked(vm, timeout))
-                .map_err(anyhow::Error::from)
-        };
-        let taken = vm::take_snapshot(
-            &elf,
-            &self.vm_config(spec),
-            &vm_id,
-            &dir,
-            Console::new(GuestLog::new(&vm_id)),
-            PARK_TIMEOUT,
-            &parked,
-        )
+        let taken = match &boot {
+            Boot::Nexus => {
+                let backend = &self.inner.backend;
+                let parked = |vm: &str, timeout: Duration| -> Result<()> {
+                    self.inner
+                        .runtime
+                        .block_on(backend.parked(vm, timeout))
+                        .map_err(anyhow::Error::from)
+                };
+                vm::take_snapshot(
+                    &elf,
+                    &self.vm_config(spec),
+                    &vm_id,
+                    &dir,
+                    Console::new(GuestLog::new(&vm_id)),
+                    PARK_TIMEOUT,
+                    &parked,
+                )
+            }
+            Boot::Net { plane, args } => netvm::take_snapshot(
+                &elf,
+                self.memory_config(spec),
+                args,
+                plane,
+                &vm_id,
+                &dir,
+                PARK_TIMEOUT,
+            ),
+        }
         .with_context(|| format!("Cannot snapshot function `{}`", spec.name))?;
         self.inner.metrics.vm_started(&spec.name, "boot");
         log::info!(
@@ -451,10 +519,49 @@ impl Node {
         FunctionVmConfig {
             backend: self.inner.config.backend.clone(),
             tenant: spec.file.tenant.clone(),
-            memory: MemoryConfig {
-                ram_size: spec.file.memory_mib << 20,
-                window_size: spec.file.window_mib << 20,
-            },
+            memory: self.memory_config(spec),
+        }
+    }
+
+    fn memory_config(&self, spec: &FunctionSpec) -> MemoryConfig {
+        MemoryConfig {
+            ram_size: spec.file.memory_mib << 20,
+            window_size: spec.window_mib() << 20,
+        }
+    }
+
+    /// The node's network, for a net function.
+    fn plane(&self) -> Result<&Arc<NetPlane>, NodeError> {
+        match &self.inner.net {
+            Some(Ok(plane)) => Ok(plane),
+            Some(Err(why)) => Err(NodeError::Unavailable(format!(
+                "net functions cannot run on this node: {why}"
+            ))),
+            None => Err(NodeError::Unavailable(
+                "net functions cannot run: the node built no network".into(),
+            )),
+        }
+    }
+
+    /// How a function's snapshot is booted.
+    fn boot_of(&self, spec: &FunctionSpec) -> Result<Boot> {
+        if !spec.is_net() {
+            return Ok(Boot::Nexus);
+        }
+        let plane = Arc::clone(self.plane()?);
+        let args = netvm::boot_args(
+            &plane.subnet(),
+            &self.inner.config.net.s3,
+            spec.http_port(),
+            netvm::tsc_khz()?,
+        );
+        Ok(Boot::Net { plane, args })
+    }
+
+    /// Stops the network of net functions (its taps go as their VMs stop).
+    pub fn close_network(&self) {
+        if let Some(Ok(plane)) = &self.inner.net {
+            plane.teardown();
         }
     }
 
@@ -485,19 +592,39 @@ impl Node {
             Duration::ZERO
         };
         let id = self.vm_id(&spec.name, "vm");
-        let restored = vm::restore(
-            &snapshot,
-            spec.file.restore,
-            &vm::RestoreTarget {
-                backend: &self.inner.config.backend,
-                tenant: &spec.file.tenant,
-                vm_id: &id,
-                hint,
-            },
-            Console::new(GuestLog::new(&id)),
-            Some(self.inner.config.wait_timeout),
-        )
+        let console = Console::new(GuestLog::new(&id));
+        let restored = if spec.is_net() {
+            netvm::restore(
+                &snapshot,
+                spec.file.restore,
+                self.plane()?,
+                spec.http_port(),
+                console,
+                self.inner.config.net.wait_timeout,
+            )
+        } else {
+            vm::restore(
+                &snapshot,
+                spec.file.restore,
+                &vm::RestoreTarget {
+                    backend: &self.inner.config.backend,
+                    tenant: &spec.file.tenant,
+                    vm_id: &id,
+                    hint,
+                },
+                console,
+                Some(self.inner.config.wait_timeout),
+            )
+        }
         .with_context(|| format!("Cannot restore a VM of `{}`", spec.name))?;
+        if let Some(net) = &restored.net {
+            self.inner.metrics.tap_setup(net.tap_setup);
+            log::debug!(
+                "vm {id}: address {}, tap set up in {:.3} ms",
+                net.lease.address(),
+                net.tap_setup.as_secs_f64() * 1e3
+            );
+        }
         log::debug!(
             "vm {id}: restored in {:.2} ms ({:?}, hint {:.2} ms)",
             restored.total.as_secs_f64() * 1e3,
@@ -525,7 +652,7 @@ impl Node {
     /// still pending on one).
     async fn retire(&self, victims: Vec<Victim<FunctionVm>>, detach: bool) {
         if detach {
-            for victim in &victims {
+            for victim in victims.iter().filter(|v| !v.vm.is_net()) {
                 if let Err(e) = self.inner.backend.detach(&victim.vm.id).await {
                     log::debug!("vm {}: detach: {e}", victim.vm.id);
                 }
@@ -647,9 +774,10 @@ impl Node {
         t0: Instant,
     ) -> Result<InvocationResult, Attempt> {
         let f = self.function(name)?;
+        // A net function's guest fetches its input itself: no one to hint.
         let hint = match &invocation.input {
-            Input::Key(key) => Some(key.as_str()),
-            Input::Inline(_) => None,
+            Input::Key(key) if !f.spec.is_net() => Some(key.as_str()),
+            _ => None,
         };
         let (mut vm, start) = self.acquire(name, hint).await?;
         let acquired = t0.elapsed();
@@ -671,8 +799,11 @@ impl Node {
             return_output: false,
         };
         let result = vm.call(&self.inner.backend, &call).await;
+        self.inner
+            .metrics
+            .net_reconnects(name, vm.take_store_reconnects());
+        let net = vm.is_net();
         let observe = |outcome: &'static str, done: Option<&CallDone>| {
-            let reply = done.map(|d| &d.invoked.reply);
             self.inner.metrics.invocation(&Observation {
                 function: name,
                 outcome,
@@ -680,8 +811,9 @@ impl Node {
                 latency: t0.elapsed(),
                 start_latency: acquired,
                 exits: done.map_or(0, |d| d.exits),
-                bytes_in: reply.and_then(|r| r.bytes_in).unwrap_or(0),
-                bytes_out: reply.and_then(|r| r.bytes_out).unwrap_or(0),
+                bytes_in: done.map_or(0, |d| d.bytes_in),
+                bytes_out: done.map_or(0, |d| d.bytes_out),
+                net,
             });
         };
         match result {
@@ -691,20 +823,18 @@ impl Node {
                 } else {
                     vm
                 };
-                let success = done.invoked.outcome() == "success";
+                let success = done.is_success();
                 observe(if success { "success" } else { "error" }, Some(&done));
                 let vm_id = vm.id.clone();
                 self.release(name, vm, true, "").await;
-                let CallDone { invoked, exits } = done;
-                let reply = invoked.reply;
-                let timings = reply.timings.clone().unwrap_or_default();
+                let timings = &done.timings;
                 let t = |us: u64| us as f64 / 1e3;
                 let stored = invocation.output_key.is_some() && success;
-                let raw_output = invoked.output.clone();
+                let raw_output = done.output.clone();
                 let (output, output_encoding) = if stored {
                     (None, "none".to_owned())
                 } else {
-                    let (text, encoding) = output_text(invoked.output);
+                    let (text, encoding) = output_text(done.output.clone());
                     (Some(text), encoding.to_owned())
                 };
                 let queue = acquired.saturating_sub(restore).saturating_sub(snapshot);
@@ -713,16 +843,16 @@ impl Node {
                     request_id,
                     start: start.as_str(),
                     vm: vm_id,
-                    outcome: invoked_outcome(&reply),
+                    outcome: done.outcome.clone(),
                     output,
                     output_encoding,
-                    output_len: reply.output_len.unwrap_or(0),
+                    output_len: done.output_len,
                     output_key: invocation.output_key.clone().filter(|_| stored),
                     raw_output,
-                    vm_exits: exits,
-                    bytes_in: reply.bytes_in.unwrap_or(0),
-                    bytes_out: reply.bytes_out.unwrap_or(0),
-                    requests: reply.requests.unwrap_or(0),
+                    vm_exits: done.exits,
+                    bytes_in: done.bytes_in,
+                    bytes_out: done.bytes_out,
+                    requests: done.requests,
                     timings_ms: Timings {
                         queue: ms(queue),
                         snapshot: ms(snapshot),
@@ -749,6 +879,25 @@ impl Node {
                 self.release(name, vm, false, "crash").await;
                 observe("crash", None);
                 Err(NodeError::Crashed(why).into())
+            }
+            Err(CallFailure::Net(failure)) => {
+                // A refusal (an input object that does not exist, a failing store) leaves
+                // the guest's server ready for the next one; a broken exchange does not.
+                let keep = failure.keeps_vm();
+                if !keep {
+                    log::warn!("vm {}: invocation {request_id}: {failure}", vm.id);
+                }
+                self.release(name, vm, keep, "failed").await;
+                observe("failed", None);
+                Err(match failure {
+                    NetFailure::BadRequest(why) => NodeError::BadRequest(why),
+                    NetFailure::InputMissing(why) => NodeError::ObjectNotFound(why),
+                    NetFailure::Store(why) => NodeError::Store(why),
+                    NetFailure::Broken(why) => {
+                        NodeError::Crashed(format!("its invocation server failed: {why}"))
+                    }
+                }
+                .into())
             }
             Err(CallFailure::Backend(why)) => {
                 // A refused invocation (an input object that does not exist, say) leaves the
@@ -858,7 +1007,7 @@ impl Node {
                 }
             }
             let vm = match self.start_vm(name, None).await {
-                Ok(vm) => match self.inner.backend.parked(&vm.id, PARK_TIMEOUT).await {
+                Ok(mut vm) => match vm.ready(&self.inner.backend, PARK_TIMEOUT).await {
                     Ok(()) => Ok(vm),
                     Err(e) => {
                         let id = vm.id.clone();
@@ -870,7 +1019,7 @@ impl Node {
                             }],
                             true,
                         );
-                        Err(anyhow::anyhow!("vm {id} did not park in NEXT: {e}"))
+                        Err(anyhow::anyhow!("vm {id} is not ready: {e:#}"))
                     }
                 },
                 Err(e) => Err(e),
@@ -909,7 +1058,21 @@ impl Node {
         for function in stopped {
             self.inner.metrics.vm_stopped(&function, "shutdown");
         }
+        self.close_network();
     }
+}
+
+/// How a function's snapshot is booted.
+enum Boot {
+    /// With the nexus-io device, attached to the backend.
+    Nexus,
+    /// With a net device on a tap of `plane`, and these boot arguments (the clock aside).
+    Net {
+        /// The node's network.
+        plane: Arc<NetPlane>,
+        /// The guest's boot arguments.
+        args: Vec<String>,
+    },
 }
 
 /// How an attempt at an invocation ended, when it produced no result.
@@ -926,11 +1089,6 @@ impl From<NodeError> for Attempt {
     }
 }
 
-/// The outcome the backend reported.
-fn invoked_outcome(reply: &nexus_ring::control::ControlReply) -> String {
-    reply.outcome.clone().unwrap_or_else(|| "error".into())
-}
-
 /// A result as JSON text: itself if it is UTF-8, else base64.
 fn output_text(output: Bytes) -> (String, &'static str) {
     match String::from_utf8(output.into()) {
@@ -943,16 +1101,27 @@ fn output_text(output: Bytes) -> (String, &'static str) {
 const SNAPSHOT_IDENTITY: &str = "function.id";
 
 /// What a function's snapshot depends on: the guest's bytes, the memory layout and the
-/// nexus-io device state's format.
-fn snapshot_identity(elf: &[u8], spec: &FunctionSpec) -> String {
-    format!(
-        "guest-crc32={:08x} guest-len={} memory-mib={} window-mib={} nexus-io-state={}\n",
+/// device state's format — and for a net function its boot arguments (network, port, store
+/// and credentials; only their checksum is written).
+fn snapshot_identity(elf: &[u8], spec: &FunctionSpec, boot: &Boot) -> String {
+    let guest = format!(
+        "guest-crc32={:08x} guest-len={} memory-mib={}",
         crc32fast::hash(elf),
         elf.len(),
         spec.file.memory_mib,
-        spec.file.window_mib,
-        nexus_io::NexusIoState::STATE_VERSION
-    )
+    );
+    match boot {
+        Boot::Nexus => format!(
+            "{guest} window-mib={} nexus-io-state={}\n",
+            spec.file.window_mib,
+            nexus_io::NexusIoState::STATE_VERSION
+        ),
+        Boot::Net { args, .. } => format!(
+            "{guest} io=net args-crc32={:08x} nexus-net-state={}\n",
+            crc32fast::hash(args.join("\n").as_bytes()),
+            nexus_net::NexusNetState::STATE_VERSION
+        ),
+    }
 }
 
 /// Stops VMs idle for longer than their function's keep-alive (and those whose guest

@@ -7,6 +7,10 @@
 //! window_mib = 32          # the I/O window (rings and payload buffers)
 //! tenant = "default"       # the backend tenant: what the function may read and write
 //! restore = "lazy"         # how cold starts bring guest RAM back: eager, lazy, uffd, prefetch
+//! io = "nexus"             # how the guest reaches storage: "nexus" (the nexus-io device and
+//!                          # the shared backend) or "net" (its own TCP/IP and S3 client over
+//!                          # a tap: the in-guest networking baseline)
+//! http_port = 8080         # io = "net" only: the port the guest's invocation server listens on
 //!
 //! [limits]
 //! timeout_ms = 30000       # wall-clock limit of one invocation: the VM is stopped after it
@@ -14,7 +18,10 @@
 //! keep_alive_s = 300       # an idle VM is stopped after this long
 //! ```
 //!
-//! Every key but `guest` is optional (the defaults are the values above).
+//! Every key but `guest` is optional (the defaults are the values above). A net function has
+//! no I/O window (`window_mib` does not apply) and no backend tenant: its guest reaches the
+//! object store with the S3 endpoint, bucket and credentials the daemon gives it in its boot
+//! arguments (`--net-s3-*`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +53,21 @@ impl Default for Limits {
     }
 }
 
+/// How a function's guest reaches storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Io {
+    /// The nexus-io device and the shared backend.
+    #[default]
+    Nexus,
+    /// Its own TCP/IP stack and S3 client over a virtio-net device on a tap (the in-guest
+    /// networking baseline); invocations are HTTP requests to its server.
+    Net,
+}
+
+/// The default port of a net function's invocation server.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
 /// One function, as its TOML file describes it.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +87,12 @@ pub struct FunctionFile {
     /// working set, restores with userfaultfd and records one).
     #[serde(default = "default_restore")]
     pub restore: RestoreMode,
+    /// How the guest reaches storage.
+    #[serde(default)]
+    pub io: Io,
+    /// A net function's invocation server's port (default [`DEFAULT_HTTP_PORT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_port: Option<u16>,
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
@@ -104,6 +132,24 @@ impl FunctionSpec {
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(self.file.limits.keep_alive_s)
     }
+
+    /// Whether the function is a net function.
+    pub fn is_net(&self) -> bool {
+        self.file.io == Io::Net
+    }
+
+    /// The I/O window's size in MiB: none for a net function.
+    pub fn window_mib(&self) -> u64 {
+        match self.file.io {
+            Io::Nexus => self.file.window_mib,
+            Io::Net => 0,
+        }
+    }
+
+    /// A net function's invocation server's port.
+    pub fn http_port(&self) -> u16 {
+        self.file.http_port.unwrap_or(DEFAULT_HTTP_PORT)
+    }
 }
 
 /// Whether `name` may name a function: 1 to 64 of `[A-Za-z0-9_-]`, not starting with `-`
@@ -133,6 +179,11 @@ pub fn parse(name: &str, text: &str, dir: &Path) -> Result<FunctionSpec> {
     }
     if file.limits.max_vms == 0 {
         bail!("limits.max_vms must be positive");
+    }
+    match (file.io, file.http_port) {
+        (Io::Nexus, Some(_)) => bail!("http_port applies to io = \"net\" functions only"),
+        (Io::Net, Some(0)) => bail!("http_port must be 1 to 65535"),
+        _ => {}
     }
     let guest_path = Path::new(&file.guest);
     let elf = if nexus::guests::BUNDLED.contains(&file.guest.as_str()) {
@@ -212,6 +263,18 @@ mod tests {
         assert_eq!(spec.file.restore, RestoreMode::Eager);
         assert_eq!(spec.file.limits.max_vms, 2);
         assert_eq!(spec.file.limits.keep_alive_s, 300);
+        assert_eq!(spec.file.io, Io::Nexus);
+        assert!(!spec.is_net());
+        assert_eq!(spec.window_mib(), 32);
+        let text = format!("guest = {:?}\nio = \"net\"\n", elf.display().to_string());
+        let spec = parse("n", &text, &dir).unwrap();
+        assert!(spec.is_net());
+        assert_eq!((spec.window_mib(), spec.http_port()), (0, 8080));
+        let text = format!(
+            "guest = {:?}\nio = \"net\"\nhttp_port = 9000\n",
+            elf.display().to_string()
+        );
+        assert_eq!(parse("n", &text, &dir).unwrap().http_port(), 9000);
         std::fs::remove_file(elf).unwrap();
     }
 
@@ -225,6 +288,17 @@ mod tests {
             ("f", "guest = \"x\"\nmemory_mib = 0", "memory_mib"),
             ("f", "guest = \"x\"\n[limits]\nmax_vms = 0", "max_vms"),
             ("f", "guest = \"x\"\nrestore = \"fast\"", "fast"),
+            ("f", "guest = \"x\"\nio = \"tcp\"", "tcp"),
+            (
+                "f",
+                "guest = \"/bin/sh\"\nhttp_port = 80",
+                "io = \"net\" functions only",
+            ),
+            (
+                "f",
+                "guest = \"/bin/sh\"\nio = \"net\"\nhttp_port = 0",
+                "1 to 65535",
+            ),
             ("../f", "guest = \"x\"", "not a valid function name"),
             ("f", "guest = ", "TOML"),
         ];

@@ -1,6 +1,10 @@
 //! One function VM's life: the snapshot it is restored from, the restore (with the
 //! prefetch hint sent before it starts), invocations with a wall-clock limit, and its end.
 //!
+//! A [`FunctionVm`] is either kind: a nexus-io VM (this module: its invocations go through
+//! the backend) or a net VM ([`super::netvm`]: its invocations are HTTP requests to the
+//! guest's own server). The vCPU, its watch, the limits and the figures are the same.
+//!
 //! Shared by the node daemon and by `nexus-vmm snapshot` / `nexus-vmm invoke`.
 
 use std::io::Write;
@@ -15,6 +19,7 @@ use nexus_kvm::micro::{MicroVm, MicroVmConfig};
 use nexus_kvm::serial::Console;
 use nexus_kvm::stats::StatsFd;
 use nexus_kvm::{VcpuConfig, VcpuHandle, VcpuStop};
+use nexus_ring::control::InvokeTimings;
 use nexus_snapshot::{
     DeviceState, FaultServer, RestoreMode, RestoreOptions, RestoreStats, SaveReport, Snapshot,
     SnapshotFiles,
@@ -23,11 +28,14 @@ use nexus_snapshot::{
 use super::backend::{BackendClient, BackendError, InvokeInput, InvokeRequest, Invoked};
 
 /// A console sink that sends each line the guest prints to the log (`guest` target, debug
-/// level), prefixed with the VM's ID. Lines are cut at 1 KiB.
+/// level), prefixed with the VM's ID. Lines are cut at 1 KiB. It may also watch for a line
+/// ([`GuestLog::watching`]).
 #[derive(Debug)]
 pub struct GuestLog {
     vm: String,
     line: Vec<u8>,
+    /// A line prefix to watch for, and where to send the first line that has it.
+    watch: Option<(String, std::sync::mpsc::Sender<String>)>,
 }
 
 impl GuestLog {
@@ -36,7 +44,17 @@ impl GuestLog {
         GuestLog {
             vm: vm.to_owned(),
             line: Vec::new(),
+            watch: None,
         }
+    }
+
+    /// A sink for VM `vm` that also sends the first line starting with `prefix` (as the
+    /// guest printed it, without its newline) to the receiver it returns.
+    pub fn watching(vm: &str, prefix: &str) -> (Self, std::sync::mpsc::Receiver<String>) {
+        let (tell, seen) = std::sync::mpsc::channel();
+        let mut log = Self::new(vm);
+        log.watch = Some((prefix.to_owned(), tell));
+        (log, seen)
     }
 }
 
@@ -54,7 +72,14 @@ impl Write for GuestLog {
 
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.line.is_empty() {
-            log::debug!(target: "guest", "{}: {}", self.vm, String::from_utf8_lossy(&self.line));
+            let line = String::from_utf8_lossy(&self.line);
+            log::debug!(target: "guest", "{}: {line}", self.vm);
+            let watched = self
+                .watch
+                .take_if(|(prefix, _)| line.starts_with(prefix.as_str()));
+            if let Some((_, tell)) = watched {
+                let _ = tell.send(line.into_owned());
+            }
             self.line.clear();
         }
         Ok(())
@@ -179,6 +204,8 @@ pub struct Restored {
     pub hinted: Duration,
     /// From the start to the device's reconnection.
     pub total: Duration,
+    /// A net VM's network (none for a nexus-io VM).
+    pub net: Option<super::netvm::NetRestored>,
 }
 
 /// Where a restored VM goes on the backend.
@@ -197,7 +224,7 @@ pub struct RestoreTarget<'a> {
 /// How a restore in `mode` runs, and whether it records the working set: `Prefetch` needs a
 /// recorded working set, so without one it restores with userfaultfd and records it (for the
 /// next prefetch restore).
-fn restore_mode(mode: RestoreMode, has_working_set: bool) -> (RestoreMode, bool) {
+pub(super) fn restore_mode(mode: RestoreMode, has_working_set: bool) -> (RestoreMode, bool) {
     match mode {
         RestoreMode::Prefetch if !has_working_set => (RestoreMode::Uffd, true),
         mode => (mode, false),
@@ -278,6 +305,7 @@ pub fn restore(
         stats,
         hinted,
         total: t0.elapsed(),
+        net: None,
     })
 }
 
@@ -316,24 +344,72 @@ pub struct Call {
     pub return_output: bool,
 }
 
-/// Why an invocation did not produce a result. After any of these the VM is not reused.
+/// Why an invocation did not produce a result.
 #[derive(Debug)]
 pub enum CallFailure {
-    /// The function ran past its timeout.
+    /// The function ran past its timeout (the VM is not reused).
     Timeout(Duration),
-    /// The guest crashed (or its vCPU stopped) during the invocation.
+    /// The guest crashed (or its vCPU stopped) during the invocation (the VM is not reused).
     Crashed(String),
     /// The backend refused or failed the invocation (a missing input object, say).
     Backend(BackendError),
+    /// A net function's guest refused or failed the invocation.
+    Net(super::netvm::NetFailure),
 }
 
-/// What an invocation produced.
+/// What an invocation produced, whichever kind of VM ran it.
 #[derive(Debug)]
 pub struct CallDone {
-    /// The backend's answer (outcome, result, timings, window bytes).
-    pub invoked: Invoked,
+    /// `success` or `error` (the function's own verdict).
+    pub outcome: String,
+    /// The result (or the error document); empty if it was only stored.
+    pub output: Bytes,
+    /// The result's length in bytes.
+    pub output_len: u64,
+    /// Payload bytes into the guest: written into the window (nexus-io), or carried by
+    /// frames to the guest (net: its input, GETs, the request).
+    pub bytes_in: u64,
+    /// Payload bytes out of the guest: read from the window, or carried by its frames.
+    pub bytes_out: u64,
+    /// Ring requests the backend served (0 for a net VM).
+    pub requests: u64,
+    /// Where the time went (a net VM: `next_served` is getting a connection to the guest,
+    /// `function` the HTTP exchange).
+    pub timings: InvokeTimings,
     /// KVM exits of the vCPU during the invocation (0 if the statistics are unavailable).
     pub exits: u64,
+}
+
+impl CallDone {
+    /// What the backend answered for a nexus-io VM.
+    fn from_backend(invoked: Invoked) -> Self {
+        let outcome = invoked.outcome().to_owned();
+        let Invoked { reply, output } = invoked;
+        CallDone {
+            outcome,
+            output,
+            output_len: reply.output_len.unwrap_or(0),
+            bytes_in: reply.bytes_in.unwrap_or(0),
+            bytes_out: reply.bytes_out.unwrap_or(0),
+            requests: reply.requests.unwrap_or(0),
+            timings: reply.timings.unwrap_or_default(),
+            exits: 0,
+        }
+    }
+
+    /// Whether the function succeeded.
+    pub fn is_success(&self) -> bool {
+        self.outcome == "success"
+    }
+}
+
+/// How a VM's guest is reached.
+#[derive(Debug)]
+enum VmIo {
+    /// Through the backend (nexus-io).
+    Nexus,
+    /// Over HTTP to its own server (net).
+    Net(super::netvm::NetChannel),
 }
 
 /// A running function VM: its vCPU on its own thread, parked in `NEXT` when idle.
@@ -359,6 +435,8 @@ pub struct FunctionVm {
     faults: Option<FaultServer>,
     // Dropped after the vCPU (see Drop): the device's connection closing detaches the VM.
     _vm: nexus_kvm::Vm,
+    // Dropped after the VM: a net VM's address goes back to the pool once its tap is closed.
+    io: VmIo,
 }
 
 impl FunctionVm {
@@ -370,8 +448,13 @@ impl FunctionVm {
             faults,
             recording,
             total,
+            net,
             ..
         } = restored;
+        let io = match net {
+            Some(net) => VmIo::Net(super::netvm::NetChannel::new(id, net)),
+            None => VmIo::Nexus,
+        };
         let stats = vcpu.stats().ok();
         let (tell, ended) = tokio::sync::watch::channel(None);
         let handle = vcpu.spawn_with_exit(format!("{id}-vcpu"), move |result| {
@@ -390,7 +473,37 @@ impl FunctionVm {
             stats,
             faults,
             _vm: vm,
+            io,
         })
+    }
+
+    /// Whether it is a net VM.
+    pub fn is_net(&self) -> bool {
+        matches!(self.io, VmIo::Net(_))
+    }
+
+    /// The store reconnects a net VM's guest reported since the last call (0 for a nexus-io
+    /// VM).
+    pub fn take_store_reconnects(&mut self) -> u64 {
+        match &mut self.io {
+            VmIo::Net(channel) => channel.take_store_reconnects(),
+            VmIo::Nexus => 0,
+        }
+    }
+
+    /// Resolves once the VM can take an invocation (at most `timeout`): parked in `NEXT` on
+    /// the backend (nexus-io), or its server answering `GET /ready` (net).
+    pub async fn ready(&mut self, backend: &BackendClient, timeout: Duration) -> Result<()> {
+        match &mut self.io {
+            VmIo::Nexus => Ok(backend.parked(&self.id, timeout).await?),
+            VmIo::Net(channel) => match tokio::time::timeout(timeout, channel.ready()).await {
+                Ok(ready) => Ok(ready.map_err(|e| anyhow::anyhow!("{e}"))?),
+                Err(_) => bail!(
+                    "its server did not answer GET /ready within {} ms",
+                    timeout.as_millis()
+                ),
+            },
+        }
     }
 
     /// Whether the vCPU still runs (a guest that crashed or exited while parked is dead).
@@ -411,24 +524,37 @@ impl FunctionVm {
         self.faults.as_ref()
     }
 
-    /// Runs one invocation through the backend, within the call's wall-clock limit, and
-    /// notices at once if the guest ends meanwhile. Nothing here blocks a thread.
+    /// Runs one invocation — through the backend, or over HTTP to a net VM's guest — within
+    /// the call's wall-clock limit, and notices at once if the guest ends meanwhile. Nothing
+    /// here blocks a thread.
     pub async fn call(
         &mut self,
         backend: &BackendClient,
         call: &Call,
     ) -> Result<CallDone, CallFailure> {
         let exits_before = self.exits();
-        let request = InvokeRequest {
-            vm: self.id.clone(),
-            input: call.input.to_control(),
-            output: call.output_key.clone(),
-            request_id: call.request_id.clone(),
-            return_output: call.return_output,
-        };
         let mut ended = self.ended.clone();
-        let invoked = tokio::select! {
-            invoked = backend.invoke(request) => invoked.map_err(CallFailure::Backend)?,
+        let id = &self.id;
+        let exchange = async {
+            match &mut self.io {
+                VmIo::Nexus => {
+                    let request = InvokeRequest {
+                        vm: id.clone(),
+                        input: call.input.to_control(),
+                        output: call.output_key.clone(),
+                        request_id: call.request_id.clone(),
+                        return_output: call.return_output,
+                    };
+                    let invoked = backend.invoke(request).await;
+                    invoked
+                        .map(CallDone::from_backend)
+                        .map_err(CallFailure::Backend)
+                }
+                VmIo::Net(channel) => channel.invoke(call).await,
+            }
+        };
+        let mut done = tokio::select! {
+            done = exchange => done?,
             why = ended.wait_for(Option::is_some) => {
                 let why = match why {
                     Ok(why) => why.clone().unwrap_or_default(),
@@ -440,10 +566,8 @@ impl FunctionVm {
         };
         self.invocations += 1;
         self.last_used = Instant::now();
-        Ok(CallDone {
-            exits: self.exits().saturating_sub(exits_before),
-            invoked,
-        })
+        done.exits = self.exits().saturating_sub(exits_before);
+        Ok(done)
     }
 
     /// Stops the vCPU (at once, even in the middle of an invocation) and releases the VM.
