@@ -93,9 +93,10 @@ pub struct NetArgs {
     /// the snapshots in --state-dir).
     #[arg(long, value_name = "KEY")]
     net_s3_secret_key: Option<String>,
-    /// How long a net VM's WAIT read may block, in ms: the guest's TCP timers run only when
-    /// it returns, so a long wait saves idle exits but stalls a lost segment that long.
-    #[arg(long, default_value_t = 100)]
+    /// The longest a net VM's WAIT read may block, in ms. The guest's driver asks for less
+    /// whenever a timer of its TCP/IP stack is due sooner (a retransmission, say), so this
+    /// bounds only an idle guest's sleep, as --wait-timeout-ms does for nexus-io VMs.
+    #[arg(long, default_value_t = 10_000)]
     net_wait_timeout_ms: u64,
 }
 

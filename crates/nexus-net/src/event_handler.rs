@@ -399,7 +399,8 @@ impl NetIo {
 
     /// A WAIT read: `rx_used_idx | tx_used_idx << 16` at once if either queue's used `idx`
     /// differs from the driver's `used_event`, else after sleeping on the call eventfd for at
-    /// most `timeout`; [`WAIT_NOT_LIVE`] if the device needs a reset.
+    /// most `timeout` — or less, when the driver's hint asks for less
+    /// ([`nexus_ring::net::wait_hint_offset`]); [`WAIT_NOT_LIVE`] if the device needs a reset.
     pub(crate) fn wait(&self, rings: &[QueueConfig; 2], timeout: Duration) -> u32 {
         if self.needs_reset() {
             return WAIT_NOT_LIVE;
@@ -411,12 +412,32 @@ impl NetIo {
             Some((_, false)) => {}
             None => return WAIT_NOT_LIVE,
         }
-        self.call.sleep(timeout);
+        self.call.sleep(self.allowed_wait(&rings[0], timeout));
         if self.needs_reset() {
             return WAIT_NOT_LIVE;
         }
         self.used_indices(rings)
             .map_or(WAIT_NOT_LIVE, |(value, _)| value)
+    }
+
+    /// How long a WAIT may sleep: the device's `timeout`, shortened by the hint the driver
+    /// left in the receive queue's used ring (an unreadable slot is no hint).
+    fn allowed_wait(&self, rx: &QueueConfig, timeout: Duration) -> Duration {
+        let slot = rx
+            .used_ring
+            .wrapping_add(nexus_ring::net::wait_hint_offset(rx.size));
+        let hint = self
+            .memory
+            .load::<u16>(GuestAddress(slot), Ordering::Acquire)
+            .map(u16::from_le)
+            .unwrap_or(0);
+        let device_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let allowed = nexus_ring::net::wait_allowed_ms(hint, device_ms);
+        if allowed == device_ms {
+            timeout
+        } else {
+            Duration::from_millis(allowed)
+        }
     }
 
     /// The WAIT value, and whether the driver has completions to consume.

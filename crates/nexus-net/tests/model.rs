@@ -9,6 +9,8 @@ mod common;
 use std::net::UdpSocket;
 use std::time::Duration;
 
+use vm_memory::{Bytes, GuestAddress};
+
 use common::driver::Q;
 use common::{BASIC, GUEST_IP, GUEST_MAC, TestVm, wait_until};
 use nexus_kvm::BusDevice;
@@ -175,4 +177,39 @@ fn activation_needs_both_queues_in_guest_ram() {
     // A reset and a full setup work.
     assert_eq!(vm.driver.init(BASIC), 0b1111);
     vm.arp();
+}
+
+#[test]
+fn a_wait_sleeps_no_longer_than_the_drivers_hint() {
+    let mut vm = TestVm::new("nxt-hint");
+    vm.driver.init(BASIC);
+    vm.driver
+        .transport
+        .lock()
+        .unwrap()
+        .device_mut()
+        .set_wait_timeout(Duration::from_secs(30));
+    // The driver's stack has a timer due in 20 ms: it says so in the receive queue's used
+    // ring, and the WAIT ends then (nothing arrives), not after the device's 30 s.
+    let slot = vm.driver.rx.used + nexus_ring::net::wait_hint_offset(vm.driver.rx.size);
+    vm.driver
+        .mem
+        .write_obj(20u16.to_le(), GuestAddress(slot))
+        .unwrap();
+    let start = std::time::Instant::now();
+    assert_eq!(vm.driver.wait(), 0, "nothing was used");
+    let slept = start.elapsed();
+    assert!(
+        slept < Duration::from_secs(15),
+        "the WAIT ignored the driver's 20 ms hint and slept {slept:?}"
+    );
+    // No hint (0): the device's own timeout, here shortened so the test stays short.
+    vm.driver.mem.write_obj(0u16, GuestAddress(slot)).unwrap();
+    vm.driver
+        .transport
+        .lock()
+        .unwrap()
+        .device_mut()
+        .set_wait_timeout(Duration::from_millis(50));
+    assert_eq!(vm.driver.wait(), 0);
 }

@@ -81,6 +81,30 @@ pub const fn wait_value(rx_used: u16, tx_used: u16) -> u32 {
     (rx_used as u32) | (tx_used as u32).wrapping_shl(16)
 }
 
+/// Offset, from the start of the receive queue's used ring, of the driver's **WAIT timeout
+/// hint**: the `u16` slot after the ring's elements (`avail_event`, unused since
+/// `VIRTIO_F_EVENT_IDX` is not negotiated), little endian. Before a WAIT read the driver may
+/// write there how long, in milliseconds, its stack can sleep before a timer is due
+/// (`1..=0xFFFF`); the read then blocks at most that long, and never longer than the device's
+/// own timeout. `0` (what a driver that knows nothing of it leaves) means no hint: the
+/// device's timeout alone. The slot is a convention between this driver and this device, like
+/// the `used_event` slot the WAIT register reads.
+pub const fn wait_hint_offset(queue_size: u16) -> u64 {
+    // At most 4 + 8 × 65,535: no overflow in a u64.
+    (queue_size as u64).wrapping_mul(8).wrapping_add(4)
+}
+
+/// The wait a WAIT read allows, in milliseconds, for a driver's `hint` (see
+/// [`wait_hint_offset`]) and the device's own timeout: the shorter of the two, and the
+/// device's timeout when there is no hint (`0`).
+pub const fn wait_allowed_ms(hint: u16, device_timeout_ms: u64) -> u64 {
+    if hint == 0 || hint as u64 > device_timeout_ms {
+        device_timeout_ms
+    } else {
+        hint as u64
+    }
+}
+
 /// Bytes of `virtio_net_hdr_v1` (with `num_buffers`), before every frame both ways.
 pub const HEADER_LEN: usize = 12;
 /// Offset of the header's `flags`.
@@ -194,6 +218,12 @@ mod tests {
         assert_eq!(wait_value(0, 1), 0x1_0000);
         // The one collision the contract has: see `wait_value`'s docs.
         assert_eq!(wait_value(0xFFFF, 0xFFFF), WAIT_NOT_LIVE);
+        // The hint sits after a used ring's flags, idx and elements.
+        assert_eq!(wait_hint_offset(256), 4 + 8 * 256);
+        assert_eq!(wait_allowed_ms(0, 10_000), 10_000);
+        assert_eq!(wait_allowed_ms(25, 10_000), 25);
+        assert_eq!(wait_allowed_ms(0xFFFF, 10_000), 10_000);
+        assert_eq!(wait_allowed_ms(0xFFFF, 100_000), 0xFFFF);
     }
 
     #[test]

@@ -396,6 +396,7 @@ pub fn render(c: &Comparison, plots: &[(String, String)]) -> String {
          gaps are expected.\n"
     );
     render_observations(&mut out, c);
+    render_limits(&mut out);
     render_cases(&mut out, c);
     render_density(&mut out, c);
     if !plots.is_empty() {
@@ -514,6 +515,31 @@ pub fn render_observations(out: &mut String, c: &Comparison) {
 {}
 ",
         lines.join("\n")
+    );
+}
+
+/// What this comparison does not settle, and where it is not yet even-handed.
+fn render_limits(out: &mut String) {
+    let _ = writeln!(
+        out,
+        "## Where the comparison is not yet even
+
+- **Idle wake-ups.** A parked baseline VM sleeps in its virtio-net device's WAIT read for at \
+  most 100 ms (the daemon's `--net-wait-timeout-ms`, the device's default) and then polls its \
+  TCP/IP stack; a parked Nexus VM sleeps in its nexus-io WAIT for 10 s. The baseline's guest \
+  cannot yet hand the device the delay its stack actually needs (smoltcp's `poll_delay`), so \
+  the device's timeout stands in for the stack's timers. With many parked VMs that is ten \
+  exits and thread wake-ups per VM per second the baseline pays and Nexus does not: it counts \
+  against the baseline in the density rows. A guest-given WAIT timeout would remove it.
+- **One hop more for Nexus.** A warm Nexus invocation crosses the daemon, the backend and the \
+  S3 server; the baseline's crosses the daemon, the guest's own stack and the S3 server. At \
+  one client and small inputs, where no path is CPU-bound, that extra process hand-off is \
+  the likely reason the baseline's median is lower; it has not been isolated by a measurement.
+- **Leaner than the paper's baseline.** No Linux, no Python SDK, no TLS in the guest: the \
+  memory and CPU the paper attributes to the in-guest fabric are mostly absent here, so the \
+  memory and CPU gaps measure the fabric this project can build in a micro-guest, not a \
+  Linux function's.
+"
     );
 }
 

@@ -85,9 +85,9 @@ pub struct NetSettings {
     pub subnet: Subnet,
     /// The object store the guests reach (in their boot arguments).
     pub s3: S3Settings,
-    /// The WAIT timeout of a net VM's device: the guest's stack timers (retransmissions,
-    /// delayed acknowledgements) run only when a WAIT returns, so a long one trades idle
-    /// exits for stalls.
+    /// The longest WAIT of a net VM's device. The guest's driver asks for a shorter one
+    /// whenever its stack has a timer due (a retransmission), so this bounds only the sleep
+    /// of an idle guest.
     pub wait_timeout: Duration,
 }
 
@@ -96,7 +96,7 @@ impl Default for NetSettings {
         NetSettings {
             subnet: Subnet::DEFAULT,
             s3: S3Settings::default(),
-            wait_timeout: nexus_net::WAIT_TIMEOUT,
+            wait_timeout: Duration::from_secs(10),
         }
     }
 }

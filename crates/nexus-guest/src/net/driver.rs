@@ -563,8 +563,29 @@ impl<R: Registers> VirtioNet<R> {
         Ok(())
     }
 
+    /// Tells the device how long the next [`wait`](Self::wait)s may sleep at most, in
+    /// milliseconds, before a timer of the stack is due (`None`: no timer is due; the device's
+    /// own timeout alone). Written into the receive queue's used ring, where the WAIT register
+    /// reads it ([`nexus_ring::net::wait_hint_offset`]): a memory store, no exit.
+    pub fn hint_wait(&mut self, within_ms: Option<u64>) {
+        let Some(queues) = self.queues.as_ref() else {
+            return;
+        };
+        let hint = match within_ms {
+            None => 0,
+            Some(ms) => ms.clamp(1, u64::from(u16::MAX)) as u16,
+        };
+        let rx = &queues.rx;
+        let layout = rx.queue.layout();
+        let offset = layout.used + nexus_ring::net::wait_hint_offset(layout.size) as usize;
+        rx.block
+            .mapping()
+            .store_u16(offset, hint, core::sync::atomic::Ordering::Release);
+    }
+
     /// Blocks until the device has something new — a received frame, a completed transmit —
-    /// or the WAIT register's timeout passes (100 ms by default). Returns at once if frames
+    /// or the WAIT register's timeout passes (100 ms by default, or sooner as
+    /// [`hint_wait`](Self::hint_wait) asked). Returns at once if frames
     /// are already waiting. [`NetError::DeviceReset`] if the device is not live or needs a
     /// reset (it was reset; the next use sets it up again).
     pub fn wait(&mut self) -> Result<()> {

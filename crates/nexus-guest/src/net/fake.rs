@@ -163,6 +163,8 @@ pub(crate) struct FakeNetState {
     pub wait_reads: u32,
     /// `(rx used_event, tx used_event)` at each WAIT read.
     pub used_event_at_wait: Vec<(u16, u16)>,
+    /// The driver's WAIT timeout hint at each WAIT read (receive queue's used ring).
+    pub hint_at_wait: Vec<u16>,
     /// What the next WAIT reads return instead (then cleared).
     pub wait_override: Option<u32>,
     /// Sets `VIRTQ_USED_F_NO_NOTIFY` in both used rings when they are placed.
@@ -215,6 +217,7 @@ impl FakeNet {
             notifies: [0; 2],
             wait_reads: 0,
             used_event_at_wait: Vec::new(),
+            hint_at_wait: Vec::new(),
             wait_override: None,
             no_notify: false,
             resets: 0,
@@ -315,6 +318,10 @@ impl FakeNetState {
         if self.queues[0].ready == 1 {
             let events = (self.queues[0].used_event(), self.queues[1].used_event());
             self.used_event_at_wait.push(events);
+            let rx = &self.queues[0];
+            self.hint_at_wait.push(read_u16(
+                rx.used + nexus_ring::net::wait_hint_offset(rx.size() as u16),
+            ));
         }
         if let Some(value) = self.wait_override.take() {
             return value;

@@ -22,6 +22,13 @@ pub trait Link: smoltcp::phy::Device {
     /// already waiting.
     fn wait(&mut self) -> Result<()>;
 
+    /// Before a [`wait`](Self::wait): the longest the stack may sleep, in milliseconds, before
+    /// one of its timers is due (`None`: none is). A link that cannot shorten its waits
+    /// ignores it (the default).
+    fn hint_wait(&mut self, within_ms: Option<u64>) {
+        let _ = within_ms;
+    }
+
     /// The link's MAC address.
     fn mac(&self) -> [u8; 6];
 }
@@ -33,6 +40,10 @@ impl<R: Registers> Link for VirtioNet<R> {
 
     fn wait(&mut self) -> Result<()> {
         VirtioNet::wait(self)
+    }
+
+    fn hint_wait(&mut self, within_ms: Option<u64>) {
+        VirtioNet::hint_wait(self, within_ms);
     }
 
     fn mac(&self) -> [u8; 6] {

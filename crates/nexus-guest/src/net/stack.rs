@@ -254,6 +254,9 @@ impl<L: Link> NetStack<L> {
             return Ok(());
         }
         self.stats.waits += 1;
+        // The device sleeps no longer than the stack's next timer (a retransmission, say):
+        // with no timer due, a parked guest wakes only for a frame or the device's timeout.
+        self.link.hint_wait(delay.map(|d| d.total_millis()));
         self.link.wait()
     }
 

@@ -302,6 +302,22 @@ fn wait_keeps_used_event_at_what_was_consumed() {
 }
 
 #[test]
+fn wait_hints_tell_the_device_when_the_stack_needs_to_run() {
+    let (device, fake) = driver(|_| {});
+    let mut device = device.unwrap();
+    device.hint_wait(Some(25));
+    device.wait().unwrap();
+    device.hint_wait(None);
+    device.wait().unwrap();
+    // Longer than a u16 of milliseconds: the longest hint; shorter than 1 ms: 1 ms.
+    device.hint_wait(Some(1_000_000));
+    device.wait().unwrap();
+    device.hint_wait(Some(0));
+    device.wait().unwrap();
+    assert_eq!(fake.state().hint_at_wait, [25, 0, 0xFFFF, 1]);
+}
+
+#[test]
 fn wait_all_ones_resets_and_the_next_use_sets_up_again() {
     let (device, fake) = driver(|_| {});
     let mut device = device.unwrap();
