@@ -522,19 +522,18 @@ pub fn render_observations(out: &mut String, c: &Comparison) {
 fn render_limits(out: &mut String) {
     let _ = writeln!(
         out,
-        "## Where the comparison is not yet even
+        "## What is even between the paths, and what is not
 
-- **Idle wake-ups.** A parked baseline VM sleeps in its virtio-net device's WAIT read for at \
-  most 100 ms (the daemon's `--net-wait-timeout-ms`, the device's default) and then polls its \
-  TCP/IP stack; a parked Nexus VM sleeps in its nexus-io WAIT for 10 s. The baseline's guest \
-  cannot yet hand the device the delay its stack actually needs (smoltcp's `poll_delay`), so \
-  the device's timeout stands in for the stack's timers. With many parked VMs that is ten \
-  exits and thread wake-ups per VM per second the baseline pays and Nexus does not: it counts \
-  against the baseline in the density rows. A guest-given WAIT timeout would remove it.
+- **Idle wake-ups, now even.** Both paths' parked VMs sleep in a WAIT read of up to 10 s \
+  (the daemon's `--wait-timeout-ms` and `--net-wait-timeout-ms`); the baseline's driver \
+  shortens its waits to when its TCP/IP stack next needs to run (smoltcp's `poll_delay`, \
+  handed to the device as the WAIT timeout hint), so its timers run on time and an idle \
+  guest wakes only for frames.
 - **One hop more for Nexus.** A warm Nexus invocation crosses the daemon, the backend and the \
-  S3 server; the baseline's crosses the daemon, the guest's own stack and the S3 server. At \
-  one client and small inputs, where no path is CPU-bound, that extra process hand-off is \
-  the likely reason the baseline's median is lower; it has not been isolated by a measurement.
+  S3 server; the baseline's crosses the daemon, the guest's own stack and the S3 server. \
+  Where the baseline's single-client median is the lower one (small inputs, where no path \
+  is CPU-bound), that extra process hand-off is the likely reason; it has not been isolated \
+  by a measurement.
 - **Leaner than the paper's baseline.** No Linux, no Python SDK, no TLS in the guest: the \
   memory and CPU the paper attributes to the in-guest fabric are mostly absent here, so the \
   memory and CPU gaps measure the fabric this project can build in a micro-guest, not a \
