@@ -99,7 +99,7 @@ pub struct CompareArgs {
     /// --quick].
     #[arg(long, value_name = "PER_SECOND", value_parser = parse_rate)]
     pub density_rate: Option<f64>,
-    /// The most VMs a density probe parks [default: 1024; 4 with --quick].
+    /// The most VMs a density probe parks [default: 2048; 4 with --quick].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4000))]
     pub density_max: Option<u64>,
     /// Length of each density probe's open loop [default: 5s; 2s with --quick].
@@ -263,7 +263,7 @@ impl Plan {
         } else {
             density_functions
         };
-        let density_max = args.density_max.unwrap_or(if quick { 4 } else { 1024 });
+        let density_max = args.density_max.unwrap_or(if quick { 4 } else { 2048 });
         Ok(Plan {
             sizes,
             paths: if args.nexus_only {

@@ -534,6 +534,13 @@ fn render_limits(out: &mut String) {
   Where the baseline's single-client median is the lower one (small inputs, where no path \
   is CPU-bound), that extra process hand-off is the likely reason; it has not been isolated \
   by a measurement.
+- **Descriptors, not latency, bound Nexus's density here.** The node daemon holds about ten \
+  open descriptors per parked nexus-io VM (the backend twelve more, in its own process), and \
+  this host allows 20,000 per process: a density probe that reads \"could not park them\" \
+  stopped there (the daemon's log names `EMFILE`), with p99 still far inside the SLO. A parked \
+  baseline VM holds nothing in the backend and fewer descriptors in the daemon. Fewer \
+  descriptors per VM (one shared event loop in the backend, a parked VM as an entry in the \
+  daemon's) is what moves that row, not a faster path.
 - **Leaner than the paper's baseline.** No Linux, no Python SDK, no TLS in the guest: the \
   memory and CPU the paper attributes to the in-guest fabric are mostly absent here, so the \
   memory and CPU gaps measure the fabric this project can build in a micro-guest, not a \
