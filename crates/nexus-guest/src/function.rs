@@ -509,7 +509,18 @@ where
         }
         Ok((buf.len(), summary))
     };
-    match run() {
+    report_once(run(), options, output, console)
+}
+
+/// What a one-shot run prints — the handler's summary, or how many bytes it stored at
+/// `output`, or the error — and the exit code it ends with.
+pub(crate) fn report_once(
+    result: Result<(usize, Option<String>), FunctionError>,
+    options: &Options,
+    output: &str,
+    console: &mut dyn Write,
+) -> u32 {
+    match result {
         Ok((len, summary)) => {
             let _ = match summary {
                 Some(summary) => writeln!(console, "{summary}"),

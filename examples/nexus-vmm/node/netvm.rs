@@ -39,12 +39,12 @@ use nexus_kvm::serial::Console;
 use nexus_kvm::{VcpuConfig, VcpuStop};
 use nexus_net::{NetStats, NexusNet, NexusNetConfig, NexusNetState};
 use nexus_ring::control::InvokeTimings;
-use nexus_snapshot::{DeviceState, RestoreMode, RestoreOptions, Snapshot, SnapshotFiles};
+use nexus_snapshot::{DeviceState, RestoreMode, Snapshot, SnapshotFiles};
 
 use super::netplane::{Lease, NetPlane, Subnet, VmTap};
 use super::vm::{
     Call, CallDone, CallFailure, GuestLog, Input, Restored, SnapshotTaken, describe_stop,
-    restore_mode,
+    restore_micro,
 };
 
 /// The console line a net function's guest prints once its server listens (followed by
@@ -243,12 +243,7 @@ pub fn restore(
     wait_timeout: Duration,
 ) -> Result<Restored> {
     let t0 = Instant::now();
-    let (mode, recording) = restore_mode(mode, snapshot.has_working_set());
-    let restored = snapshot.restore(&RestoreOptions {
-        mode,
-        record_working_set: recording,
-        vcpu: VcpuConfig { strict_io: true },
-    })?;
+    let (restored, recording) = restore_micro(snapshot, mode, console)?;
     let nexus_snapshot::RestoredVm {
         vm,
         mut vcpus,
@@ -256,13 +251,6 @@ pub fn restore(
         faults,
         stats,
     } = restored;
-    if vcpus.len() != 1 {
-        bail!(
-            "The snapshot has {} vCPUs; micro-guests have 1",
-            vcpus.len()
-        );
-    }
-    nexus_snapshot::devices::attach_micro_devices(&vm, &devices, console)?;
     let state: NexusNetState = DeviceState::restore_from(&devices, ())?;
     let lease = plane.lease()?;
     let VmTap { tap, setup } = plane.open_tap(lease.address(), state.device.mac)?;

@@ -231,6 +231,30 @@ pub(super) fn restore_mode(mode: RestoreMode, has_working_set: bool) -> (Restore
     }
 }
 
+/// A micro-guest restored from `snapshot` in `mode` (a prefetch restore without a working
+/// set yet records one: the flag says so), checked to have its one vCPU, its console and
+/// legacy devices attached; its own devices' state is the caller's to restore.
+pub(super) fn restore_micro(
+    snapshot: &Snapshot,
+    mode: RestoreMode,
+    console: Console,
+) -> Result<(nexus_snapshot::RestoredVm, bool)> {
+    let (mode, recording) = restore_mode(mode, snapshot.has_working_set());
+    let restored = snapshot.restore(&RestoreOptions {
+        mode,
+        record_working_set: recording,
+        vcpu: VcpuConfig { strict_io: true },
+    })?;
+    if restored.vcpus.len() != 1 {
+        bail!(
+            "The snapshot has {} vCPUs; micro-guests have 1",
+            restored.vcpus.len()
+        );
+    }
+    nexus_snapshot::devices::attach_micro_devices(&restored.vm, &restored.devices, console)?;
+    Ok((restored, recording))
+}
+
 /// Restores VM `vm_id` from `snapshot` in `mode` (`Prefetch` records the working set if the
 /// snapshot has none yet, see [`Restored::recording`]): attaches it on the backend and sends the prefetch
 /// `hint` first (the backend fetches the input while guest memory comes back), restores,
@@ -256,12 +280,7 @@ pub fn restore(
         control.hint(vm_id, key)?;
     }
     let hinted = t0.elapsed();
-    let (mode, recording) = restore_mode(mode, snapshot.has_working_set());
-    let restored = snapshot.restore(&RestoreOptions {
-        mode,
-        record_working_set: recording,
-        vcpu: VcpuConfig { strict_io: true },
-    })?;
+    let (restored, recording) = restore_micro(snapshot, mode, console)?;
     let nexus_snapshot::RestoredVm {
         vm,
         mut vcpus,
@@ -269,13 +288,6 @@ pub fn restore(
         faults,
         stats,
     } = restored;
-    if vcpus.len() != 1 {
-        bail!(
-            "The snapshot has {} vCPUs; micro-guests have 1",
-            vcpus.len()
-        );
-    }
-    nexus_snapshot::devices::attach_micro_devices(&vm, &devices, console)?;
     let state: NexusIoState = DeviceState::restore_from(&devices, ())?;
     let window = vm
         .memory()

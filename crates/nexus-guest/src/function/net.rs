@@ -50,7 +50,8 @@ use core::fmt::Write;
 use smoltcp::time::Duration;
 
 use super::{
-    EXIT_ERROR, FunctionError, Invocation, Mode, ObjectIo, Options, Output, error_document, usage,
+    EXIT_ERROR, FunctionError, Invocation, Mode, ObjectIo, Options, Output, error_document,
+    report_once, usage,
 };
 use crate::error::Error;
 use crate::net::http::head::find_header;
@@ -411,19 +412,7 @@ where
         store.put(output, &bytes)?;
         Ok((bytes.len(), summary))
     };
-    match run() {
-        Ok((len, summary)) => {
-            let _ = match summary {
-                Some(summary) => writeln!(console, "{summary}"),
-                None => writeln!(console, "{}: {len} bytes stored at {output}", options.name),
-            };
-            0
-        }
-        Err(error) => {
-            let _ = writeln!(console, "{}: {error}", options.name);
-            EXIT_ERROR
-        }
-    }
+    report_once(run(), options, output, console)
 }
 
 /// The body of the entry point [`net_function!`](crate::net_function) defines: brings the
