@@ -461,11 +461,10 @@ fn wordcount_net_matches_its_nexus_io_twin_cold_and_warm_against_s3() {
     assert!(d.metric(reconnects) > before, "{}", d.log());
 }
 
-#[test]
-fn an_orderly_stop_removes_the_namespace_veth_taps_and_route() {
-    let _serial = one_at_a_time();
-    let subnet = "10.232.0.0/24";
-    let mut n = net_node(
+/// A node on `subnet` with one `wordcount-net` VM parked after one invocation; its
+/// namespace's and host link's names.
+fn one_parked_wordcount_net(subnet: &str) -> (NetNode, String, String) {
+    let n = net_node(
         subnet,
         &[("wordcount-net", net_function("wordcount-net"))],
         10,
@@ -477,6 +476,14 @@ fn an_orderly_stop_removes_the_namespace_veth_taps_and_route() {
         &json!({"input_key": "inputs/words.txt"}),
     );
     assert_eq!(r["output"], "10\n");
+    (n, namespace, host_link)
+}
+
+#[test]
+fn an_orderly_stop_removes_the_namespace_veth_taps_and_route() {
+    let _serial = one_at_a_time();
+    let subnet = "10.232.0.0/24";
+    let (mut n, namespace, host_link) = one_parked_wordcount_net(subnet);
     assert!(has_namespace(&namespace), "{}", n.daemon.log());
     assert!(has_link(&host_link));
     assert!(has_route(subnet));
@@ -493,18 +500,7 @@ fn an_orderly_stop_removes_the_namespace_veth_taps_and_route() {
 fn a_killed_daemons_namespace_is_removed_by_the_next_start() {
     let _serial = one_at_a_time();
     let subnet = "10.233.0.0/24";
-    let mut n = net_node(
-        subnet,
-        &[("wordcount-net", net_function("wordcount-net"))],
-        10,
-    );
-    let (namespace, host_link) = names(n.daemon.pid());
-    let r = invoke_ok(
-        &n.daemon,
-        "wordcount-net",
-        &json!({"input_key": "inputs/words.txt"}),
-    );
-    assert_eq!(r["output"], "10\n");
+    let (mut n, namespace, host_link) = one_parked_wordcount_net(subnet);
     n.daemon.stop_with(Signal::KILL, STOP_TIMEOUT);
     // SIGKILL leaves everything behind.
     assert!(has_namespace(&namespace));
