@@ -661,3 +661,72 @@ fn a_function_from_its_own_crate_is_built_registered_and_served() {
         String::from_utf8_lossy(&body)
     );
 }
+
+#[test]
+fn warm_input_moves_the_first_invocations_page_faults_to_parking() {
+    let primed = "guest = \"wordcount\"\nmemory_mib = 32\nwindow_mib = 16\n\
+                  warm_input = \"warm up the pages\"\n\n[limits]\nmax_vms = 2\n";
+    let failing = "guest = \"fibonacci\"\nmemory_mib = 32\nwindow_mib = 16\n\
+                   warm_input = \"not a number\"\n\n[limits]\nmax_vms = 2\n";
+    let n = node(
+        &[
+            ("plain", function("wordcount", "max_vms = 2")),
+            ("primed", primed.to_owned()),
+            ("failing", failing.to_owned()),
+        ],
+        &[],
+        300,
+    );
+    let d = &n.daemon;
+    let body = json!({"input_key": "inputs/words.txt"});
+    // First and second invocation of one VM parked ahead of demand (the pool picks the most
+    // recently used VM, so both go to the same one).
+    let mut exits = Vec::new();
+    for f in ["plain", "primed"] {
+        let (status, warm) = d.json("POST", &format!("/v1/functions/{f}/warm"), "{\"count\":1}");
+        assert_eq!(status, 200, "{warm}\n{}", d.log());
+        let (_, first) = d.invoke(f, &body);
+        let (_, second) = d.invoke(f, &body);
+        for r in [&first, &second] {
+            assert_eq!(r["start"], "warm", "{r}");
+            assert_eq!(r["output"], "300\n", "{r}");
+        }
+        assert_eq!(first["vm"], second["vm"]);
+        // The warm-up is not an invocation: the first real one is the VM's first.
+        assert!(
+            first["request_id"].as_str().unwrap().ends_with("-1"),
+            "{first}"
+        );
+        exits.push((
+            first["vm_exits"].as_u64().unwrap(),
+            second["vm_exits"].as_u64().unwrap(),
+        ));
+    }
+    let [(plain_first, plain_second), (primed_first, primed_second)] = exits[..] else {
+        unreachable!()
+    };
+    // Without a warm-up the first invocation maps the guest pages its path touches (one
+    // exit each); with it, the first costs what the second does.
+    assert!(
+        plain_first > plain_second + 10,
+        "plain: {plain_first} then {plain_second} exits"
+    );
+    assert!(
+        primed_first <= primed_second + 5,
+        "primed: {primed_first} then {primed_second} exits"
+    );
+    assert_eq!(
+        d.metric("nexus_invocations_total{function=\"primed\",outcome=\"success\",start=\"warm\"}"),
+        2.0,
+        "{}",
+        d.log()
+    );
+
+    // A warm-up the function fails refuses the warm request, naming why.
+    let (status, answer) = d.json("POST", "/v1/functions/failing/warm", "{\"count\":1}");
+    assert!(status >= 500, "{status} {answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("warm_input"),
+        "{answer}"
+    );
+}

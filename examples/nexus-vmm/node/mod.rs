@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::serial::Console;
@@ -1007,7 +1007,7 @@ impl Node {
                 }
             }
             let vm = match self.start_vm(name, None).await {
-                Ok(mut vm) => match vm.ready(&self.inner.backend, PARK_TIMEOUT).await {
+                Ok(mut vm) => match self.ready_and_primed(name, &mut vm).await {
                     Ok(()) => Ok(vm),
                     Err(e) => {
                         let id = vm.id.clone();
@@ -1037,6 +1037,49 @@ impl Node {
             }
         }
         Ok(started)
+    }
+
+    /// Waits until a VM parked ahead of demand is in `NEXT`, then runs the function's
+    /// `warm_input` through it, if it has one, so that its first real invocation finds the
+    /// guest's pages mapped (see the registry's documentation).
+    async fn ready_and_primed(&self, name: &str, vm: &mut FunctionVm) -> Result<()> {
+        vm.ready(&self.inner.backend, PARK_TIMEOUT).await?;
+        let f = self.function(name)?;
+        let Some(input) = &f.spec.file.warm_input else {
+            return Ok(());
+        };
+        let call = Call {
+            input: Input::Inline(Bytes::from(input.clone().into_bytes())),
+            output_key: None,
+            request_id: format!("{}-warm-up", vm.id),
+            timeout: f.spec.timeout(),
+            return_output: false,
+        };
+        let done = vm.call(&self.inner.backend, &call).await.map_err(|why| {
+            let why = match why {
+                CallFailure::Timeout(limit) => format!("it timed out after {limit:?}"),
+                CallFailure::Crashed(why) => why,
+                CallFailure::Net(failure) => failure.to_string(),
+                CallFailure::Backend(why) => why.to_string(),
+            };
+            anyhow::anyhow!("the warm_input invocation failed: {why}")
+        })?;
+        if !done.is_success() {
+            bail!(
+                "the warm_input invocation ended with an error: {}",
+                String::from_utf8_lossy(&done.output)
+            );
+        }
+        // The warm-up is not one of the VM's invocations (a working set is recorded from
+        // the first real one).
+        vm.invocations = vm.invocations.saturating_sub(1);
+        log::debug!(
+            "vm {}: warmed up in {:.3} ms, {} exits",
+            vm.id,
+            done.timings.total_us as f64 / 1e3,
+            done.exits
+        );
+        Ok(())
     }
 
     /// Stops every idle VM and refuses further invocations (for shutdown); resolves once
