@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Copyright 2026 The Nexus Authors
+# SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+#
+# Parks growing pools of `wordcount` VMs in one node and measures each size: what
+# `nexus-load park` reports (time to park, RSS and host MemAvailable per VM, warm p50/p99),
+# plus descriptors, threads and mappings of the daemon and the backend per parked VM, and,
+# at the last size, the idle CPU of both over a quiet period.
+#
+#   cargo build --release --workspace --bin nexus-backend --example nexus-vmm --example nexus-load
+#   scripts/park-scale.sh [-p lru|mru] [-s 10,100,1000,4000] [-w] [-i 60] [-n 2000]
+#
+# -w registers the function with `warm_input` (each parked VM runs one invocation before it
+# counts as idle: docs/benchmarks.md). Everything it starts is killed on exit and bounded by
+# `timeout`; logs and the reports go to a temporary directory it prints.
+set -euo pipefail
+
+pick=lru
+sizes=10,100,1000,4000
+warm_input=""
+idle=60
+invocations=2000
+while getopts "p:s:wi:n:" opt; do
+    case $opt in
+        p) pick=$OPTARG ;;
+        s) sizes=$OPTARG ;;
+        w) warm_input='warm_input = "warm up the pages"' ;;
+        i) idle=$OPTARG ;;
+        n) invocations=$OPTARG ;;
+        *) echo "usage: $0 [-p lru|mru] [-s N,N,…] [-w] [-i IDLE_SECONDS] [-n INVOCATIONS]" >&2; exit 2 ;;
+    esac
+done
+
+tree=$(cd "$(dirname "$0")/.." && pwd)
+for bin in target/release/nexus-backend target/release/examples/nexus-vmm \
+    target/release/examples/nexus-load; do
+    [ -x "$tree/$bin" ] || { echo "$tree/$bin is missing: build it first (see the header)" >&2; exit 1; }
+done
+
+dir=$(mktemp -d /tmp/nexus-park-scale.XXXXXX)
+echo "logs and reports: $dir" >&2
+mkdir -p "$dir/store/inputs" "$dir/fns"
+printf 'the quick brown fox jumps\n' > "$dir/store/inputs/small.txt"
+cat > "$dir/fns/wordcount.toml" <<EOF
+guest = "wordcount"
+memory_mib = 32
+window_mib = 8
+restore = "lazy"
+$warm_input
+[limits]
+max_vms = 10000
+keep_alive_s = 3600
+EOF
+
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+port=$((18400 + RANDOM % 500))
+timeout 3600 "$tree/target/release/nexus-backend" --listen "$dir/b.sock" \
+    --store "file://$dir/store" > "$dir/backend.log" 2>&1 &
+backend=$!
+pids+=("$backend")
+for _ in $(seq 1 100); do [ -S "$dir/b.sock" ] && break; sleep 0.1; done
+timeout 3600 "$tree/target/release/examples/nexus-vmm" serve \
+    --listen "127.0.0.1:$port" --backend "$dir/b.sock" --functions "$dir/fns" \
+    --state-dir "$dir/state" --max-vms 10000 --prepare --pick "$pick" > "$dir/serve.log" 2>&1 &
+serve=$!
+pids+=("$serve")
+for _ in $(seq 1 3000); do
+    curl -sf "http://127.0.0.1:$port/healthz" > /dev/null 2>&1 && break
+    sleep 0.1
+done
+curl -sf "http://127.0.0.1:$port/healthz" > /dev/null || { echo "the daemon did not start: $dir/serve.log" >&2; exit 1; }
+
+# The processes themselves, not their `timeout`s.
+serve_pid=$(pgrep -P "$serve")
+backend_pid=$(pgrep -P "$backend")
+count() { # PID → "fds threads maps"
+    echo "$(ls "/proc/$1/fd" | wc -l) $(ls "/proc/$1/task" | wc -l) $(wc -l < "/proc/$1/maps")"
+}
+read -r d_fd0 d_th0 d_map0 <<< "$(count "$serve_pid")"
+read -r b_fd0 b_th0 b_map0 <<< "$(count "$backend_pid")"
+echo "# pick $pick, ${warm_input:-no warm_input}; baseline daemon fds/threads/maps $d_fd0/$d_th0/$d_map0, backend $b_fd0/$b_th0/$b_map0"
+printf '| VMs | per VM: daemon fds | threads | maps | backend fds | threads | report |\n|---:|---:|---:|---:|---:|---:|---|\n'
+IFS=, read -ra list <<< "$sizes"
+last=0
+for n in "${list[@]}"; do
+    step=$(( n < 100 ? n : 100 ))
+    report="$dir/park-$n.txt"
+    timeout 1800 "$tree/target/release/examples/nexus-load" park \
+        --url "http://127.0.0.1:$port" --function wordcount --input-key inputs/small.txt \
+        --vms "$n" --step "$step" --invocations "$invocations" -c 4 -q > "$report" 2>&1 || true
+    read -r d_fd d_th d_map <<< "$(count "$serve_pid")"
+    read -r b_fd b_th b_map <<< "$(count "$backend_pid")"
+    reached=$(curl -s "http://127.0.0.1:$port/v1/functions/wordcount" | python3 -c \
+        'import json,sys; v=json.load(sys.stdin)["vms"]; print(v["idle"]+v["busy"])')
+    per() { python3 -c "print(f'{($1 - $2) / max($reached, 1):.2f}')"; }
+    echo "| $reached | $(per "$d_fd" "$d_fd0") | $(per "$d_th" "$d_th0") | $(per "$d_map" "$d_map0") | $(per "$b_fd" "$b_fd0") | $(per "$b_th" "$b_th0") | $report |"
+    last=$reached
+    [ "$reached" -ge "$n" ] || { echo "stopped at $reached of $n VMs: see $report" >&2; break; }
+done
+
+cpu() { curl -s "http://127.0.0.1:$port/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+if [ "$idle" -gt 0 ]; then
+    d0=$(cpu nexus_vmm_cpu_seconds_total); b0=$(cpu nexus_backend_cpu_seconds_total)
+    sleep "$idle"
+    d1=$(cpu nexus_vmm_cpu_seconds_total); b1=$(cpu nexus_backend_cpu_seconds_total)
+    python3 -c "print(f'idle over ${idle} s with $last parked VMs: daemon {($d1 - $d0) / $idle:.4f} cores, backend {($b1 - $b0) / $idle:.4f} cores')"
+fi
+for f in "$dir"/park-*.txt; do echo "== $f"; cat "$f"; done
