@@ -215,3 +215,14 @@ pub enum InputFailure {
 
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `error` and its causes, for the log.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
