@@ -177,6 +177,10 @@ pub enum Error {
     /// An invocation ended without a result because its VM was detached.
     #[error("VM `{0}` was detached before the invocation completed")]
     VmDetached(String),
+    /// An invocation ended without a result because its VM was reset
+    /// ([`Backend::reset`](crate::Backend::reset)) before it completed.
+    #[error("VM `{0}` was reset before the invocation completed")]
+    VmReset(String),
     /// An invocation's input object could not be read (or, with an empty `key`, its context
     /// or its result could not be carried).
     #[error("Input object `{key}` of the invocation could not be read: {reason}")]

@@ -927,6 +927,101 @@ fn a_window_at_an_offset_of_a_larger_memfd_is_served_and_one_outside_it_refused(
 }
 
 #[test]
+fn a_reset_drops_what_earlier_invocations_left_and_keeps_the_vm_attached() {
+    use nexus_ring::Outcome;
+    use nexus_ring::records::InvocationContext;
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = start(dir.path(), &[]);
+    let objects = dir.path().join("objects");
+    let mut control = backend.connect();
+    let key = "tenants/alpha/in/input";
+    std::fs::create_dir_all(objects.join("tenants/alpha/in")).unwrap();
+    std::fs::write(objects.join(key), b"old input, hinted").unwrap();
+    let mut kept = GuestVm::connect(control.attach("kept", "alpha"), WINDOW);
+    let mut reset = GuestVm::connect(control.attach("reset", "alpha"), WINDOW);
+    // Both VMs get the object prefetched. A GET waits for a running prefetch, and one that
+    // stops short of the end keeps the cached copy: after it, the copy is in each cache.
+    for (name, vm) in [("kept", &mut kept), ("reset", &mut reset)] {
+        let reply = control.send(&format!(r#"{{"op":"hint","vm":"{name}","key":"{key}"}}"#));
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(get(vm, key, 0, 3, &[64]).payload, b"old");
+    }
+    // The object changes behind the backend's back: a cached copy is now stale.
+    std::fs::write(objects.join(key), b"new input, stored").unwrap();
+
+    // An invocation queued for the VM that is not taken before the reset.
+    let invoke = |vm: &'static str, input: &'static str| {
+        let path = backend.control.clone();
+        std::thread::spawn(move || {
+            // `invoke` answers late: on a connection of its own.
+            common::Control::connect(&path).send(&format!(
+                r#"{{"op":"invoke","vm":"{vm}","input":{{"inline":"{input}"}}}}"#
+            ))
+        })
+    };
+    let left_behind = invoke("reset", "left behind");
+    let start = std::time::Instant::now();
+    while control.send(r#"{"op":"stats"}"#)["stats"]["queued_invocations"] != 1 {
+        assert!(start.elapsed() < WAIT, "the invocation was never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let reply = control.send(r#"{"op":"reset","vm":"reset"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let failed = left_behind.join().unwrap();
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert_eq!(failed["code"], "unavailable", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("was reset"),
+        "{failed}"
+    );
+    assert_eq!(
+        control.send(r#"{"op":"stats"}"#)["stats"]["queued_invocations"],
+        0
+    );
+
+    // Still attached and served; its next invocation is the first queued after the reset.
+    let fresh = invoke("reset", "fresh");
+    let answer = reset.call(
+        &Call::new(Command::Next { timeout_ms: 10_000 })
+            .response_meta(536)
+            .buffers(&[4096]),
+    );
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert_eq!(answer.payload, b"fresh");
+    let number = InvocationContext::decode(&answer.meta).unwrap().invocation;
+    let answer = reset.call(
+        &Call::new(Command::Complete {
+            invocation: number,
+            outcome: Outcome::Success,
+            stored: false,
+        })
+        .payload(&[b"done"])
+        .response_meta(256),
+    );
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    let done = fresh.join().unwrap();
+    assert_eq!(
+        (done["ok"].clone(), done["output"].clone()),
+        (true.into(), "done".into()),
+        "{done}"
+    );
+    // Its prefetched copy is gone: the GET reads the store.
+    assert_eq!(get(&mut reset, key, 0, 3, &[64]).payload, b"new");
+    // The VM that was not reset is still served its cached copy: what the reset dropped.
+    assert_eq!(get(&mut kept, key, 0, 3, &[64]).payload, b"old");
+
+    // Only an attached VM can be reset.
+    let reply = control.send(r#"{"op":"reset","vm":"nobody"}"#);
+    assert_eq!(
+        (reply["ok"].clone(), reply["code"].clone()),
+        (false.into(), "unknown_vm".into()),
+        "{reply}"
+    );
+}
+
+#[test]
 fn a_detached_vm_can_be_attached_again_and_shutdown_is_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let mut backend = start(dir.path(), &[]);
