@@ -375,6 +375,10 @@ impl Backend {
                     ..Answer::reply(reply)
                 }
             }
+            ControlRequest::Reset { vm } => Answer::reply(match self.reset(&vm) {
+                Ok(()) => ControlReply::ok(),
+                Err(e) => refusal(&e),
+            }),
             ControlRequest::Invoke {
                 vm,
                 input: described,
@@ -541,6 +545,7 @@ fn error_code(error: &Error) -> ErrorCode {
         | Error::InvalidKey { .. }
         | Error::KeyNotPermitted { .. } => ErrorCode::Invalid,
         Error::UnknownVm(_) | Error::VmDetached(_) => ErrorCode::UnknownVm,
+        Error::VmReset(_) => ErrorCode::Unavailable,
         Error::TenantNotPermitted { .. }
         | Error::NotVmOwner { .. }
         | Error::PeerNotAllowed { .. } => ErrorCode::Forbidden,

@@ -177,6 +177,10 @@ pub enum Error {
     /// An invocation ended without a result because its VM was detached.
     #[error("VM `{0}` was detached before the invocation completed")]
     VmDetached(String),
+    /// An invocation ended without a result because its VM was reset
+    /// ([`Backend::reset`](crate::Backend::reset)) before it completed.
+    #[error("VM `{0}` was reset before the invocation completed")]
+    VmReset(String),
     /// An invocation's input object could not be read (or, with an empty `key`, its context
     /// or its result could not be carried).
     #[error("Input object `{key}` of the invocation could not be read: {reason}")]
@@ -215,3 +219,14 @@ pub enum InputFailure {
 
 /// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// `error` and its causes, for the log.
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}

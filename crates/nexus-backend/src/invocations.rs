@@ -137,14 +137,31 @@ impl Invocations {
 
     /// VM `vm` went away: every queued and running invocation fails.
     pub(crate) fn fail_all(&self, vm: &str) {
+        self.fail_with(|| Error::VmDetached(vm.to_owned()));
+    }
+
+    /// VM `vm` was reset: every queued and running invocation fails, and their times are
+    /// forgotten. Returns how many failed. A parked `NEXT` stays parked: the VM's next
+    /// invocation is the first after the reset.
+    pub(crate) fn reset(&self, vm: &str) -> usize {
+        let failed = self.fail_with(|| Error::VmReset(vm.to_owned()));
+        lock(&self.times).clear();
+        let _ = self.current.swap(0, Ordering::Relaxed);
+        failed
+    }
+
+    /// Fails every queued and running invocation with `error()`; how many there were.
+    fn fail_with(&self, error: impl Fn() -> Error) -> usize {
         let queued: Vec<_> = lock(&self.queue).drain(..).collect();
-        for q in queued {
-            let _ = q.reply.send(Err(Error::VmDetached(vm.to_owned())));
-        }
         let running: Vec<_> = lock(&self.running).drain().collect();
-        for (_, r) in running {
-            let _ = r.reply.send(Err(Error::VmDetached(vm.to_owned())));
+        let failed = queued.len() + running.len();
+        for q in queued {
+            let _ = q.reply.send(Err(error()));
         }
+        for (_, r) in running {
+            let _ = r.reply.send(Err(error()));
+        }
+        failed
     }
 }
 
@@ -235,5 +252,38 @@ mod tests {
             Ok(Err(Error::VmDetached(vm))) if vm == "vm-a"
         ));
         assert_eq!(invocations.queued(), 0);
+    }
+
+    #[test]
+    fn a_reset_fails_queued_and_running_invocations_and_keeps_a_parked_next() {
+        let invocations = Arc::new(Invocations::default());
+        let (running, mut running_result) = queued(1);
+        invocations.push(running);
+        let taken = invocations.pop().unwrap();
+        invocations.start(
+            taken.number,
+            RunningInvocation {
+                invocation: taken.invocation,
+                reply: taken.reply,
+            },
+        );
+        let (waiting, mut waiting_result) = queued(2);
+        invocations.push(waiting);
+        let claim = invocations.claim_next().expect("free");
+        assert_eq!(invocations.reset("vm-a"), 2);
+        for result in [&mut running_result, &mut waiting_result] {
+            assert!(matches!(
+                result.try_recv(),
+                Ok(Err(Error::VmReset(vm))) if vm == "vm-a"
+            ));
+        }
+        assert_eq!(invocations.queued(), 0);
+        assert!(
+            invocations.finish(1).is_none(),
+            "its COMPLETE finds nothing"
+        );
+        assert!(invocations.take_times(1).is_none());
+        assert!(invocations.parked(), "the NEXT stays parked");
+        drop(claim);
     }
 }

@@ -82,6 +82,7 @@ mod sync;
 mod tenant;
 mod vhost_user;
 mod window;
+mod window_map;
 mod write_behind;
 
 use std::os::unix::fs::PermissionsExt;

@@ -226,6 +226,17 @@ impl Backend {
         Ok(())
     }
 
+    /// Resets VM `vm` between two invocations without detaching it (per-invocation
+    /// isolation): its queued and running invocations fail with [`Error::VmReset`], and the
+    /// objects prefetched for it (hints, invocation inputs) are forgotten, so nothing the
+    /// node queued or fetched for an earlier invocation is served to it. Its connection, its
+    /// request queue, a parked `NEXT` and its acknowledged write-behind uploads stay.
+    pub fn reset(&self, vm: &str) -> Result<()> {
+        let failed = self.session(vm)?.reset();
+        log::info!("vm {vm} reset ({failed} invocation(s) failed)");
+        Ok(())
+    }
+
     /// Detaches `vm` only if it is still the attachment `id` (a control connection that
     /// closes detaches only what it attached).
     pub(crate) fn detach_if(&self, vm: &str, id: u64) {

@@ -5,7 +5,8 @@
 //! CPU, LOG and LIST rates), its requests in flight and the queue generation that cancels
 //! them on a reset, and the VM's parts named after their ideas — request ordering per key
 //! (`key_order.rs`), write-behind uploads (`write_behind.rs`), the prefetch cache
-//! (`prefetch.rs`) and its invocations (`invocations.rs`).
+//! (`prefetch.rs`) and its invocations (`invocations.rs`). A reset ([`Session::reset`])
+//! drops what one invocation may leave for the next, short of a detach.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -218,6 +219,24 @@ impl Session {
                 self.vm
             );
         }
+    }
+
+    /// Drops what the VM's invocations left here, between two invocations (control `reset`):
+    /// its queued and running invocations fail ([`Error::VmReset`](crate::Error::VmReset)),
+    /// its prefetched objects are forgotten. The VM stays attached: its connection, its queue,
+    /// a parked `NEXT` and its acknowledged uploads are untouched. Returns how many
+    /// invocations failed.
+    pub(crate) fn reset(&self) -> usize {
+        let failed = self.invocations.reset(&self.vm);
+        self.prefetch.clear();
+        let dropped = self.log_limit.take_unreported();
+        if dropped > 0 {
+            log::warn!(
+                "vm {}: {dropped} LOG records dropped by the rate limit",
+                self.vm
+            );
+        }
+        failed
     }
 
     /// Counts a request as in flight until the guard is dropped.

@@ -51,7 +51,7 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// The page size (4096 if the system will not say).
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     sysconf(libc::_SC_PAGESIZE).unwrap_or(4096)
 }
 

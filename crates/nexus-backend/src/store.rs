@@ -34,7 +34,7 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload
 
 use crate::config::{StoreConfig, StoreUrl};
 use crate::cpu_share::CpuShare;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, error_chain};
 use crate::listing::{ListPage, Resume, walk_files};
 use crate::staging::Staging;
 use crate::tenant::STAGING_DIR;
@@ -148,17 +148,6 @@ fn store_failure(error: &object_store::Error) -> &'static str {
             "the store failed the request"
         }
     }
-}
-
-/// `error` and its causes, for the log.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
 }
 
 impl From<WindowError> for StoreError {

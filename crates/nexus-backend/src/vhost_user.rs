@@ -34,10 +34,12 @@ use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 
 use crate::cpu_share::CpuShare;
 use crate::device::{FEATURES, RequestRing};
+use crate::error::error_chain;
 use crate::event_loop::{Channel, Handled};
 use crate::session::Session;
 use crate::sync::lock;
 use crate::window::WindowMemory;
+use crate::window_map::map_window;
 
 /// How long one vhost-user message may take to arrive once its first byte has: a frontend
 /// that sends half a message cannot hold an event-loop thread for longer.
@@ -50,9 +52,11 @@ pub(crate) struct VmChannel {
     id: u64,
     session: Arc<Session>,
     ring: Arc<RequestRing>,
+    /// The endpoint, which owns the connection (the VM's only descriptor for it here).
     endpoint: Mutex<BackendReqHandler<Mutex<Handshake>>>,
-    /// The connection (shared with the endpoint), for its descriptor and to shut it.
-    connection: UnixStream,
+    /// The connection's descriptor (owned by `endpoint`, open as long as `self` is), for
+    /// epoll and to shut it without taking the endpoint's lock.
+    connection: RawFd,
     failed: AtomicU32,
 }
 
@@ -75,9 +79,9 @@ impl VmChannel {
     ) -> io::Result<Arc<Self>> {
         stream.set_read_timeout(Some(MESSAGE_TIMEOUT))?;
         stream.set_write_timeout(Some(MESSAGE_TIMEOUT))?;
-        let connection = stream.try_clone()?;
         let handshake = Handshake::new(Arc::clone(&ring));
         let endpoint = BackendReqHandler::from_stream(stream, Arc::new(Mutex::new(handshake)));
+        let connection = endpoint.as_raw_fd();
         Ok(Arc::new(Self {
             id,
             session,
@@ -95,7 +99,7 @@ impl Channel for VmChannel {
     }
 
     fn connection_fd(&self) -> RawFd {
-        self.connection.as_raw_fd()
+        self.connection
     }
 
     fn kick_fd(&self) -> Option<RawFd> {
@@ -152,7 +156,10 @@ impl Channel for VmChannel {
 
     /// Closes the connection (the event loop no longer watches it).
     fn close(&self) {
-        let _ = self.connection.shutdown(std::net::Shutdown::Both);
+        // SAFETY: `shutdown(2)` takes a descriptor and flags and touches no memory of ours.
+        // The descriptor is the connection's, owned by `self.endpoint`, so it is open (and
+        // still the connection) for as long as `self` lives; shutting it does not close it.
+        let _ = unsafe { libc::shutdown(self.connection, libc::SHUT_RDWR) };
         self.ring.stop();
     }
 }
@@ -263,9 +270,15 @@ impl VhostUserBackendReqHandlerMut for Handshake {
         {
             return Err(VhostError::InvalidParam);
         }
-        let file = file.try_clone().map_err(VhostError::ReqHandlerError)?;
+        // The window is mapped without keeping the memfd: it is closed (with `files`) on
+        // return, and the backend holds no descriptor for the VM's memory.
+        let mapped = map_window(file, region.mmap_offset, size).map_err(|e| {
+            VhostError::ReqHandlerError(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                error_chain(&e),
+            ))
+        })?;
         drop(files);
-        let mapped = region.mmap_region::<()>(file)?;
         let guest_region = GuestRegionMmap::new(mapped, GuestAddress(region.guest_phys_addr))
             .ok_or(VhostError::InvalidParam)?;
         let memory = GuestMemoryMmap::from_regions(vec![guest_region])

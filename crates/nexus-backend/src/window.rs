@@ -3,8 +3,10 @@
 
 //! The backend's view of one VM's I/O window.
 //!
-//! The frontend's memory table holds exactly one region, the window; the backend maps it (the
-//! vhost-user-backend crate does, from the memfd) and touches nothing else. Every access here
+//! The frontend's memory table holds exactly one region, the window; the backend maps it from
+//! the memfd at the region's offset and closes the descriptor (`window_map.rs`), and touches
+//! nothing else. The mapping lasts as long as the last clone of its [`WindowMemory`]: a new
+//! memory table or the VM's detach unmaps it once the requests still using it are done. Every access here
 //! is checked against the window again, on top of the decoder's checks, so a bug elsewhere
 //! cannot reach outside it. All accesses are volatile copies (`vm-memory`): the guest may
 //! change window bytes at any time, and the backend never forms a Rust reference to them.

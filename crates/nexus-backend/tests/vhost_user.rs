@@ -821,6 +821,207 @@ fn attaching_and_detaching_vms_leaks_no_descriptors() {
 }
 
 #[test]
+fn a_window_at_an_offset_of_a_larger_memfd_is_served_and_one_outside_it_refused() {
+    use std::os::unix::fs::FileExt;
+
+    use vhost::VhostBackend;
+    use vhost::vhost_user::message::VhostUserHeaderFlag;
+    use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = start(dir.path(), &[]);
+    let objects = dir.path().join("objects");
+    let mut control = backend.connect();
+    // A slab of three windows; the VM's is the middle one. The others are marked, so a
+    // window mapped at the wrong offset, or a write outside it, shows.
+    const SLAB_WINDOW: u64 = 1 << 20;
+    let slab = common::memfd(3 * SLAB_WINDOW);
+    let mark = vec![0x5A; SLAB_WINDOW as usize];
+    slab.write_all_at(&mark, 0).unwrap();
+    slab.write_all_at(&mark, 2 * SLAB_WINDOW).unwrap();
+    let connection = control.attach("slab", "alpha");
+    let mut vm = GuestVm::connect_window(
+        connection,
+        slab.try_clone().unwrap(),
+        SLAB_WINDOW,
+        SLAB_WINDOW,
+    );
+
+    // PUT from the window, GET back into it.
+    let data = pattern(300_000, 7);
+    let answer = put(
+        &mut vm,
+        "tenants/alpha/slab.bin",
+        &[&data[..1000], &data[1000..]],
+        false,
+    );
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert_eq!(
+        std::fs::read(objects.join("tenants/alpha/slab.bin")).unwrap(),
+        data
+    );
+    let answer = get(&mut vm, "tenants/alpha/slab.bin", 0, 0, &[200_000, 200_000]);
+    assert_eq!(answer.header.status, Status::Ok);
+    assert_eq!(answer.payload, data);
+    // The answer went into the window at its offset in the slab, nowhere else.
+    let mut around = vec![0u8; SLAB_WINDOW as usize];
+    slab.read_exact_at(&mut around, 0).unwrap();
+    assert!(around == mark, "the slab before the window was written");
+    slab.read_exact_at(&mut around, 2 * SLAB_WINDOW).unwrap();
+    assert!(around == mark, "the slab after the window was written");
+
+    // A window that does not fit in its file is refused, and the log says why.
+    let refused = |control: &mut common::Control, vm: &str, file_size: u64, offset: u64| {
+        let frontend = common::handshake(control.attach(vm, "alpha"));
+        // Every request asks for an ack: a refusal fails the call.
+        frontend.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
+            GuestAddress(common::WINDOW_BASE),
+            SLAB_WINDOW as usize,
+            Some(FileOffset::new(common::memfd(file_size), 0)),
+        )])
+        .unwrap();
+        let region = mem.find_region(GuestAddress(common::WINDOW_BASE)).unwrap();
+        let mut info = vhost::VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
+        info.mmap_offset = offset;
+        frontend
+            .set_mem_table(&[info])
+            .expect_err("a window outside its file was accepted")
+    };
+    // Past the end of the file; overlapping its end; not on a page boundary.
+    refused(&mut control, "past", SLAB_WINDOW, 2 * SLAB_WINDOW);
+    refused(&mut control, "across", 2 * SLAB_WINDOW, SLAB_WINDOW + 4096);
+    refused(&mut control, "unaligned", 2 * SLAB_WINDOW, 512);
+    // The ack goes out before the refusal is logged: wait for the lines.
+    let log = |needle: &str, lines: usize| {
+        let start = std::time::Instant::now();
+        loop {
+            let found = log_lines_with(&backend, needle);
+            if found.len() >= lines || start.elapsed() > WAIT {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let fit = log("does not fit in its file", 2);
+    assert_eq!(fit.len(), 2, "{}", backend.log());
+    assert!(
+        fit.iter().any(|line| line.contains("vm past")
+            && line.contains(&format!(
+                "{SLAB_WINDOW:#x} bytes at offset {:#x}",
+                2 * SLAB_WINDOW
+            ))
+            && line.contains(&format!("file of {SLAB_WINDOW:#x} bytes"))),
+        "{fit:?}"
+    );
+    assert!(
+        log("not a multiple of the page size", 1)
+            .iter()
+            .any(|line| line.contains("vm unaligned")),
+        "{}",
+        backend.log()
+    );
+    // The VM on the slab is still served.
+    let answer = get(&mut vm, "tenants/alpha/slab.bin", 10, 10, &[64]);
+    assert_eq!(answer.payload, &data[10..20]);
+}
+
+#[test]
+fn a_reset_drops_what_earlier_invocations_left_and_keeps_the_vm_attached() {
+    use nexus_ring::Outcome;
+    use nexus_ring::records::InvocationContext;
+
+    let dir = tempfile::tempdir().unwrap();
+    let backend = start(dir.path(), &[]);
+    let objects = dir.path().join("objects");
+    let mut control = backend.connect();
+    let key = "tenants/alpha/in/input";
+    std::fs::create_dir_all(objects.join("tenants/alpha/in")).unwrap();
+    std::fs::write(objects.join(key), b"old input, hinted").unwrap();
+    let mut kept = GuestVm::connect(control.attach("kept", "alpha"), WINDOW);
+    let mut reset = GuestVm::connect(control.attach("reset", "alpha"), WINDOW);
+    // Both VMs get the object prefetched. A GET waits for a running prefetch, and one that
+    // stops short of the end keeps the cached copy: after it, the copy is in each cache.
+    for (name, vm) in [("kept", &mut kept), ("reset", &mut reset)] {
+        let reply = control.send(&format!(r#"{{"op":"hint","vm":"{name}","key":"{key}"}}"#));
+        assert_eq!(reply["ok"], true, "{reply}");
+        assert_eq!(get(vm, key, 0, 3, &[64]).payload, b"old");
+    }
+    // The object changes behind the backend's back: a cached copy is now stale.
+    std::fs::write(objects.join(key), b"new input, stored").unwrap();
+
+    // An invocation queued for the VM that is not taken before the reset.
+    let invoke = |vm: &'static str, input: &'static str| {
+        let path = backend.control.clone();
+        std::thread::spawn(move || {
+            // `invoke` answers late: on a connection of its own.
+            common::Control::connect(&path).send(&format!(
+                r#"{{"op":"invoke","vm":"{vm}","input":{{"inline":"{input}"}}}}"#
+            ))
+        })
+    };
+    let left_behind = invoke("reset", "left behind");
+    let start = std::time::Instant::now();
+    while control.send(r#"{"op":"stats"}"#)["stats"]["queued_invocations"] != 1 {
+        assert!(start.elapsed() < WAIT, "the invocation was never queued");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let reply = control.send(r#"{"op":"reset","vm":"reset"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let failed = left_behind.join().unwrap();
+    assert_eq!(failed["ok"], false, "{failed}");
+    assert_eq!(failed["code"], "unavailable", "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("was reset"),
+        "{failed}"
+    );
+    assert_eq!(
+        control.send(r#"{"op":"stats"}"#)["stats"]["queued_invocations"],
+        0
+    );
+
+    // Still attached and served; its next invocation is the first queued after the reset.
+    let fresh = invoke("reset", "fresh");
+    let answer = reset.call(
+        &Call::new(Command::Next { timeout_ms: 10_000 })
+            .response_meta(536)
+            .buffers(&[4096]),
+    );
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    assert_eq!(answer.payload, b"fresh");
+    let number = InvocationContext::decode(&answer.meta).unwrap().invocation;
+    let answer = reset.call(
+        &Call::new(Command::Complete {
+            invocation: number,
+            outcome: Outcome::Success,
+            stored: false,
+        })
+        .payload(&[b"done"])
+        .response_meta(256),
+    );
+    assert_eq!(answer.header.status, Status::Ok, "{}", answer.meta_text());
+    let done = fresh.join().unwrap();
+    assert_eq!(
+        (done["ok"].clone(), done["output"].clone()),
+        (true.into(), "done".into()),
+        "{done}"
+    );
+    // Its prefetched copy is gone: the GET reads the store.
+    assert_eq!(get(&mut reset, key, 0, 3, &[64]).payload, b"new");
+    // The VM that was not reset is still served its cached copy: what the reset dropped.
+    assert_eq!(get(&mut kept, key, 0, 3, &[64]).payload, b"old");
+
+    // Only an attached VM can be reset.
+    let reply = control.send(r#"{"op":"reset","vm":"nobody"}"#);
+    assert_eq!(
+        (reply["ok"].clone(), reply["code"].clone()),
+        (false.into(), "unknown_vm".into()),
+        "{reply}"
+    );
+}
+
+#[test]
 fn a_detached_vm_can_be_attached_again_and_shutdown_is_prompt() {
     let dir = tempfile::tempdir().unwrap();
     let mut backend = start(dir.path(), &[]);

@@ -50,6 +50,10 @@ pub const OPS: &[(&str, &str)] = &[
     ),
     ("detach", "drop VM `vm`'s session"),
     (
+        "reset",
+        "drop what VM `vm`'s invocations left in the backend (prefetched objects, queued and running invocations); the VM stays attached",
+    ),
+    (
         "invoke",
         "run one invocation on VM `vm`; the reply comes once it completed and its uploads are durable",
     ),
@@ -83,6 +87,15 @@ pub enum ControlRequest {
     },
     /// Drop VM `vm`'s session.
     Detach {
+        /// The VM's ID.
+        vm: String,
+    },
+    /// Drop what VM `vm`'s invocations left in the backend, between two invocations, without
+    /// detaching it (a per-invocation isolation mode): its prefetched objects (hints and
+    /// invocation inputs) and its queued and running invocations (their callers get an
+    /// error). The VM's connection, its queue and a parked `NEXT` stay; acknowledged
+    /// write-behind uploads still complete and report as before.
+    Reset {
         /// The VM's ID.
         vm: String,
     },
@@ -129,6 +142,7 @@ impl ControlRequest {
             ControlRequest::Attach { vm, .. }
             | ControlRequest::Hint { vm, .. }
             | ControlRequest::Detach { vm }
+            | ControlRequest::Reset { vm }
             | ControlRequest::Invoke { vm, .. }
             | ControlRequest::Parked { vm, .. } => Some(vm),
             ControlRequest::Stats {} => None,
@@ -153,6 +167,7 @@ impl ControlRequest {
             ControlRequest::Attach { .. } => "attach",
             ControlRequest::Hint { .. } => "hint",
             ControlRequest::Detach { .. } => "detach",
+            ControlRequest::Reset { .. } => "reset",
             ControlRequest::Invoke { .. } => "invoke",
             ControlRequest::Parked { .. } => "parked",
             ControlRequest::Stats {} => "stats",
@@ -519,6 +534,10 @@ mod tests {
                 .1,
             ControlRequest::Detach { vm: "a".into() }
         );
+        assert_eq!(
+            decode_request(r#"{"op":"reset","vm":"a"}"#).unwrap().1,
+            ControlRequest::Reset { vm: "a".into() }
+        );
         for bad in [
             "",
             "not json",
@@ -527,6 +546,7 @@ mod tests {
             r#"{"op":"attach","vm":"a"}"#,
             r#"{"op":"attach","vm":"a","tenant":"t","extra":1}"#,
             r#"{"op":"detach","vm":7}"#,
+            r#"{"op":"reset"}"#,
             r#"{"op":"stats","vm":"a"}"#,
             r#"{"op":"stats","tag":"seven"}"#,
             r#"["detach"]"#,
@@ -688,6 +708,7 @@ mod tests {
                 key: "k".into(),
             },
             ControlRequest::Detach { vm: "a".into() },
+            ControlRequest::Reset { vm: "a".into() },
             ControlRequest::Invoke {
                 vm: "a".into(),
                 input: ControlInput::Inline("x".into()),

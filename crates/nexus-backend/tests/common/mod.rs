@@ -108,6 +108,23 @@ impl BackendProcess {
             .unwrap_or(0)
     }
 
+    /// The process's threads now.
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .map(|dir| dir.count())
+            .unwrap_or(0)
+    }
+
+    /// The process's mappings of memfds named `name` now (`/proc/<pid>/maps`).
+    pub fn memfd_mappings(&self, name: &str) -> usize {
+        let needle = format!("/memfd:{name} ");
+        std::fs::read_to_string(format!("/proc/{}/maps", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(&needle) || line.ends_with(&format!("/memfd:{name}")))
+            .count()
+    }
+
     /// The process's user + system CPU time so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
@@ -364,36 +381,27 @@ pub struct GuestVm {
 impl GuestVm {
     /// Sets up a VM with a `size`-byte window on `connection` (from an attach).
     pub fn connect(connection: UnixStream, size: u64) -> Self {
-        let name = CString::new("nexus-window").unwrap();
-        // SAFETY: memfd_create with a valid C string; the fd is owned by the File below.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0, "memfd_create failed");
-        // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
-        let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size).unwrap();
+        Self::connect_window(connection, memfd(size), 0, size)
+    }
+
+    /// Sets up a VM whose window is `size` bytes of `file` at `offset` (the memory table's
+    /// `mmap_offset`), on `connection`.
+    pub fn connect_window(connection: UnixStream, file: File, offset: u64, size: u64) -> Self {
         let mem = GuestMemoryMmap::<()>::from_ranges_with_files(&[(
             GuestAddress(WINDOW_BASE),
             size as usize,
-            Some(FileOffset::new(file, 0)),
+            Some(FileOffset::new(file, offset)),
         )])
         .unwrap();
 
-        let mut frontend = Frontend::from_stream(connection, 1);
-        frontend.set_owner().unwrap();
-        let features = frontend.get_features().unwrap();
-        assert_eq!(features, nexus_backend::FEATURES);
-        frontend.set_features(features).unwrap();
-        let protocol = frontend.get_protocol_features().unwrap();
-        frontend
-            .set_protocol_features(protocol & VhostUserProtocolFeatures::REPLY_ACK)
-            .unwrap();
-
+        let mut frontend = handshake(connection);
         let region = mem.find_region(GuestAddress(WINDOW_BASE)).unwrap();
         let host = |offset: u64| {
             mem.get_host_address(GuestAddress(WINDOW_BASE + offset))
                 .unwrap() as u64
         };
         let info = VhostUserMemoryRegionInfo::from_guest_region(region).unwrap();
+        assert_eq!(info.mmap_offset, offset);
         frontend.set_mem_table(&[info]).unwrap();
         frontend.set_vring_num(0, QUEUE_SIZE).unwrap();
         frontend
@@ -725,6 +733,33 @@ impl GuestVm {
     pub fn frontend(&mut self) -> &mut Frontend {
         &mut self.frontend
     }
+}
+
+/// A fresh memfd named `nexus-window`, `size` bytes long.
+pub fn memfd(size: u64) -> File {
+    let name = CString::new("nexus-window").unwrap();
+    // SAFETY: memfd_create with a valid C string; the fd is owned by the File below.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create failed");
+    // SAFETY: `fd` is a fresh, valid descriptor that nothing else owns.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size).unwrap();
+    file
+}
+
+/// The vhost-user handshake up to the memory table: owner, features, `REPLY_ACK` (acks are
+/// asked for only with `Frontend::set_hdr_flags(NEED_REPLY)`).
+pub fn handshake(connection: UnixStream) -> Frontend {
+    let mut frontend = Frontend::from_stream(connection, 1);
+    frontend.set_owner().unwrap();
+    let features = frontend.get_features().unwrap();
+    assert_eq!(features, nexus_backend::FEATURES);
+    frontend.set_features(features).unwrap();
+    let protocol = frontend.get_protocol_features().unwrap();
+    frontend
+        .set_protocol_features(protocol & VhostUserProtocolFeatures::REPLY_ACK)
+        .unwrap();
+    frontend
 }
 
 /// Deterministic test bytes.
