@@ -295,12 +295,12 @@ impl WindowSlabs {
         let (index, slot) = match found {
             Some(found) => found,
             None => {
-                let bytes = size
-                    .checked_mul(u64::from(self.per_slab))
-                    .ok_or(Error::WindowTooLarge {
-                        size,
-                        max: WINDOW_MAX_SIZE,
-                    })?;
+                let bytes =
+                    size.checked_mul(u64::from(self.per_slab))
+                        .ok_or(Error::WindowTooLarge {
+                            size,
+                            max: WINDOW_MAX_SIZE,
+                        })?;
                 let memfd = create_memfd("nexus-io-windows", bytes)?;
                 slabs.push(Slab {
                     memfd: Arc::new(memfd),

@@ -8,8 +8,8 @@
 //! with a real-time signal (whose handler does nothing), repeating the signal until the vCPU
 //! thread has seen the flag, so a signal that lands just before `KVM_RUN` is never lost.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;

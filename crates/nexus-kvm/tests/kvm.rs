@@ -159,7 +159,10 @@ fn binary_stats_count_exits() {
 fn running_vcpu_stats_open_through_the_handle_until_it_ends() {
     let out = ConsoleBuffer::default();
     // mov dx, 0x3f8 ; mov al, '.' ; 1: out dx, al ; jmp 1b
-    let vm = vm(&[0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xeb, 0xfd], &out);
+    let vm = vm(
+        &[0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xeb, 0xfd],
+        &out,
+    );
     let (_vm, vcpu, _) = vm.into_parts();
     let handle = vcpu.spawn("vcpu-stats".into()).unwrap();
     let first = handle.stats().unwrap().read("exits").unwrap().unwrap();
