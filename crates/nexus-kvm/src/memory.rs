@@ -135,10 +135,11 @@ impl MemoryConfig {
 pub struct WindowRegion {
     memfd: Arc<File>,
     offset: u64,
-    // Before `lease`: the last clone drops its reference to the mapping first, so that the
+    // Before `_lease`: the last clone drops its reference to the mapping first, so that the
     // slab sees the slot unused when the lease goes.
     region: Arc<GuestRegionMmap>,
-    lease: Option<Arc<SlabLease>>,
+    /// Held for its `Drop`: the last clone's lets the slab take the slot back.
+    _lease: Option<Arc<SlabLease>>,
 }
 
 impl WindowRegion {
@@ -150,7 +151,7 @@ impl WindowRegion {
             memfd,
             offset: 0,
             region: Arc::new(region),
-            lease: None,
+            _lease: None,
         })
     }
 
@@ -318,7 +319,7 @@ impl WindowSlabs {
             memfd: Arc::clone(&slab.memfd),
             offset,
             region,
-            lease: Some(Arc::new(SlabLease {
+            _lease: Some(Arc::new(SlabLease {
                 slabs: Arc::clone(self),
             })),
         })

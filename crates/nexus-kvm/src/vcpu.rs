@@ -362,7 +362,7 @@ impl Vcpu {
     /// ended, just before the thread ends (so that an event-driven caller learns of a guest
     /// that crashed or exited without polling the handle).
     pub fn spawn_with_exit(
-        mut self,
+        self,
         name: String,
         on_exit: impl FnOnce(&Result<VcpuStop>) + Send + 'static,
     ) -> Result<VcpuHandle> {

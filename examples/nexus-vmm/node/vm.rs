@@ -219,6 +219,8 @@ pub struct RestoreTarget<'a> {
     pub vm_id: &'a str,
     /// The object to prefetch while the VM is restored.
     pub hint: Option<&'a str>,
+    /// A control connection shared with other VMs, rather than one of the VM's own.
+    pub shared: Option<&'a nexus_io::SharedControl>,
 }
 
 /// How a restore in `mode` runs, and whether it records the working set: `Prefetch` needs a
@@ -271,11 +273,54 @@ pub fn restore(
         backend,
         tenant,
         vm_id,
-        hint,
+        shared,
+        ..
     } = *target;
     let t0 = Instant::now();
-    let mut control = ControlClient::connect(backend, Duration::from_secs(10))?;
+    let mut control = match shared {
+        Some(shared) => shared.client()?,
+        None => ControlClient::connect(backend, Duration::from_secs(10))?,
+    };
     let socket = control.attach(vm_id, tenant)?;
+    // On a shared connection, nothing detaches a VM that is not restored: this does.
+    let mut on_failure = shared.map(|_| control.clone());
+    let restored = restore_attached(
+        snapshot,
+        mode,
+        target,
+        console,
+        wait_timeout,
+        t0,
+        control,
+        socket,
+    );
+    if let (Err(_), Some(control)) = (&restored, on_failure.as_mut()) {
+        if let Err(e) = control.detach(vm_id) {
+            log::debug!("vm {vm_id}: detach after a failed restore: {e}");
+        }
+    }
+    restored
+}
+
+/// [`restore`] once the VM is attached on `control` (its vhost-user connection `socket`).
+#[allow(clippy::too_many_arguments)]
+fn restore_attached(
+    snapshot: &Snapshot,
+    mode: RestoreMode,
+    target: &RestoreTarget<'_>,
+    console: Console,
+    wait_timeout: Option<Duration>,
+    t0: Instant,
+    mut control: ControlClient,
+    socket: std::os::unix::net::UnixStream,
+) -> Result<Restored> {
+    let RestoreTarget {
+        backend,
+        tenant,
+        vm_id,
+        hint,
+        shared,
+    } = *target;
     if let Some(key) = hint {
         control.hint(vm_id, key)?;
     }
@@ -303,6 +348,9 @@ pub fn restore(
     })?;
     if let Some(timeout) = wait_timeout {
         transport.device_mut().set_wait_timeout(timeout);
+    }
+    if let Some(shared) = shared {
+        transport.device_mut().share_control(shared.clone());
     }
     transport
         .device_mut()
