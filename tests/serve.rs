@@ -663,11 +663,12 @@ fn a_function_from_its_own_crate_is_built_registered_and_served() {
 }
 
 /// Descriptors a parked nexus-io VM holds in the daemon: its vCPU, its kick and call eventfds,
-/// its vhost-user connection, its control connection to the backend, and its lazily restored
-/// RAM's mapping of the snapshot's memory file (a duplicate of the file per VM, made by the
-/// restore). Its window is in a memfd shared by up to 64 windows, the VM's own descriptor is
-/// closed once its vCPU runs, and its vCPU statistics are open only during an invocation.
-const MAX_FDS_PER_PARKED_VM: usize = 6;
+/// its vhost-user connection, and its lazily restored RAM's mapping of the snapshot's memory
+/// file (a duplicate of the file per VM, made by the restore). Its window is in a memfd
+/// shared by up to 64 windows, its control connection is the daemon's one, the VM's own
+/// descriptor is closed once its vCPU runs, and its vCPU statistics are open only during an
+/// invocation.
+const MAX_FDS_PER_PARKED_VM: usize = 5;
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
