@@ -463,6 +463,25 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_connection_is_reused_until_the_backend_closes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let shared = SharedControl::new(&path, Duration::from_secs(5));
+        let a = shared.client().unwrap();
+        let (first, _) = listener.accept().unwrap();
+        let b = shared.client().unwrap();
+        assert!(Arc::ptr_eq(a.stream(), b.stream()));
+        assert!(!a.hung_up());
+        drop(first);
+        assert!(a.hung_up() && b.hung_up());
+        let c = shared.client().unwrap();
+        let (_second, _) = listener.accept().unwrap();
+        assert!(!Arc::ptr_eq(a.stream(), c.stream()));
+        assert!(!c.hung_up());
+    }
+
+    #[test]
     fn speaks_json_lines() {
         let (_dir, path, server) = serve(&[
             "+{\"ok\":true,\"connection\":\"fd\"}\n",

@@ -10,7 +10,8 @@
 //!
 //! A node daemon keeps thousands of VMs in one process under an open-file limit, so a device
 //! holds no descriptor it does not need: the kick and call eventfds and its two connections,
-//! each once. What another part needs is shared (an `Arc`, or the `Frontend`, itself one),
+//! each once (and the control connection may be one shared by every device of the process,
+//! [`crate::SharedControl`]). What another part needs is shared (an `Arc`, or the `Frontend`, itself one),
 //! never duplicated, and the monitor needs no descriptor per session.
 
 use std::collections::HashMap;
