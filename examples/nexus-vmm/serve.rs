@@ -116,8 +116,10 @@ fn parse_s3_endpoint(text: &str) -> Result<String, String> {
     Ok(format!("http://{address}"))
 }
 
-/// Raises this process's open-file limit to its hard limit: every VM holds a dozen
-/// descriptors (KVM, memfd, eventfds, sockets).
+/// Raises this process's open-file limit to its hard limit: every parked nexus-io VM holds
+/// five descriptors (its vCPU, kick and call eventfds, vhost-user connection, and the
+/// snapshot's memory file its RAM maps), besides what all share (the control connection,
+/// window slabs).
 fn raise_file_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
