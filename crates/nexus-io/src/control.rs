@@ -340,6 +340,7 @@ pub struct SharedControl {
     path: PathBuf,
     timeout: Duration,
     current: Arc<Mutex<Option<ControlClient>>>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SharedControl {
@@ -350,7 +351,21 @@ impl SharedControl {
             path: path.to_owned(),
             timeout,
             current: Arc::default(),
+            closing: Arc::default(),
         }
+    }
+
+    /// Says that every VM on the connection is going away at once (the process is about to
+    /// end, say): devices dropped from now on do not detach their VMs one by one, since the
+    /// connection's closing, once the last of them is gone, detaches them all.
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The backend's control socket.

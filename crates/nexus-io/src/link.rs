@@ -263,7 +263,8 @@ impl Drop for BackendLink {
         if let (Some(control), Some(vm)) = (self.control.as_mut(), self.attached.take()) {
             control.remove_vm_event_handler(&vm);
             // Others keep a shared connection open: say that this VM went away.
-            if self.shared.is_some() && !hung_up(&**control.stream()) {
+            let detach = self.shared.as_ref().is_some_and(|s| !s.is_closing());
+            if detach && !hung_up(&**control.stream()) {
                 if let Err(e) = control.detach(&vm) {
                     debug!("nexus-io: cannot detach VM {vm}: {}", error_chain(&e));
                 }

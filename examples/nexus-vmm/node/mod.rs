@@ -1048,6 +1048,9 @@ impl Node {
     /// the idle VMs are stopped. Busy VMs stop as their invocations end.
     pub async fn shutdown(&self) {
         self.inner.closing.store(true, Ordering::Release);
+        // Every VM goes: the shared control connection's closing detaches them all, without
+        // a `detach` for each.
+        self.inner.control.close();
         let victims = self.inner.scheduler.close();
         let stopped = tokio::task::spawn_blocking(move || {
             victims
