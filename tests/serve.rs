@@ -729,4 +729,128 @@ fn warm_input_moves_the_first_invocations_page_faults_to_parking() {
         answer["message"].as_str().unwrap().contains("warm_input"),
         "{answer}"
     );
+
+/// Descriptors a parked nexus-io VM holds in the daemon: its vCPU, its kick and call eventfds,
+/// its vhost-user connection, and its lazily restored RAM's mapping of the snapshot's memory
+/// file (a duplicate of the file per VM, made by the restore). Its window is in a memfd
+/// shared by up to 64 windows, its control connection is the daemon's one, the VM's own
+/// descriptor is closed once its vCPU runs, and its vCPU statistics are open only during an
+/// invocation.
+const MAX_FDS_PER_PARKED_VM: usize = 5;
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn a_parked_vm_woken_after_its_neighbours_were_reaped_still_answers() {
+    // Two functions of one window size, so that their windows share slabs of 4: `brief`'s
+    // VMs are reaped after a second, `keep`'s stay.
+    let n = node(
+        &[
+            ("keep", function("wordcount", "keep_alive_s = 3600")),
+            ("brief", function("wordcount", "keep_alive_s = 1")),
+        ],
+        &["--windows-per-slab", "4", "--pick", "lru"],
+        100,
+    );
+    let d = &n.daemon;
+    let warm = |f: &str, count: usize| {
+        let (status, r) = d.json(
+            "POST",
+            &format!("/v1/functions/{f}/warm"),
+            &format!("{{\"count\":{count}}}"),
+        );
+        assert_eq!(status, 200, "{r}\n{}", d.log());
+    };
+    let invoke = |f: &str| {
+        let (status, r) = d.invoke(f, &json!({"input_key": "inputs/words.txt"}));
+        assert_eq!(status, 200, "{r}\n{}", d.log());
+        assert_eq!(r["output"], "100\n", "{r}");
+        r
+    };
+    warm("keep", 2);
+    warm("brief", 5);
+    // `brief`'s VMs go; their slots are punched out of the slabs `keep`'s windows are in.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.metric("nexus_vms{function=\"brief\",state=\"idle\"}") > 0.0 {
+        assert!(Instant::now() < deadline, "brief's VMs were not reaped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Both of `keep`'s parked VMs answer (least recently used first: each in turn).
+    let mut vms = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let r = invoke("keep");
+        assert_eq!(r["start"], "warm", "{r}");
+        vms.insert(r["vm"].to_string());
+    }
+    assert_eq!(vms.len(), 2, "{vms:?}");
+    // New windows in the freed slots start clean: their VMs answer too.
+    warm("brief", 5);
+    for _ in 0..5 {
+        let r = invoke("brief");
+        assert_eq!(r["start"], "warm", "{r}");
+    }
+    invoke("keep");
+}
+
+#[test]
+fn a_parked_vm_costs_few_descriptors() {
+    let n = node(
+        &[(
+            "wordcount",
+            function("wordcount", "max_vms = 64\nkeep_alive_s = 3600"),
+        )],
+        &["--pick", "lru"],
+        100,
+    );
+    let d = &n.daemon;
+    let warm = |count: usize| {
+        let (status, r) = d.json(
+            "POST",
+            "/v1/functions/wordcount/warm",
+            &format!("{{\"count\":{count}}}"),
+        );
+        assert_eq!(status, 200, "{r}\n{}", d.log());
+    };
+    // The baseline: the snapshot taken, one VM parked, the backend connection open.
+    warm(1);
+    let (status, r) = d.invoke("wordcount", &json!({"input_key": "inputs/words.txt"}));
+    assert_eq!(status, 200, "{r}");
+    let base = open_fds(d.pid());
+    const MORE: usize = 32;
+    warm(1 + MORE);
+    let parked = open_fds(d.pid());
+    let per_vm = parked.saturating_sub(base) as f64 / MORE as f64;
+    eprintln!(
+        "{base} descriptors with one VM, {parked} with {}: {per_vm:.2} per VM",
+        1 + MORE
+    );
+    assert!(
+        parked - base <= MAX_FDS_PER_PARKED_VM * MORE,
+        "{per_vm:.2} descriptors per parked VM ({base} -> {parked})"
+    );
+    // They all still answer, and their exits are still counted (from statistics opened for
+    // each invocation).
+    let exits = d.metric("nexus_vm_exits_total{function=\"wordcount\"}");
+    for _ in 0..(1 + MORE) {
+        let (status, r) = d.invoke("wordcount", &json!({"input_key": "inputs/words.txt"}));
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["output"], "100\n");
+    }
+    let more_exits = d.metric("nexus_vm_exits_total{function=\"wordcount\"}") - exits;
+    assert!(more_exits >= (1 + MORE) as f64, "{more_exits} exits");
+    // Invocations leave no descriptor open (the server may close the last HTTP
+    // connection a moment after its answer).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_fds(d.pid()) > parked {
+        assert!(
+            Instant::now() < deadline,
+            "{} descriptors",
+            open_fds(d.pid())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

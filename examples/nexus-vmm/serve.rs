@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// and its vCPU thread one wake-up (a completion, a lost backend or a stop end it early).
     #[arg(long, default_value_t = 10_000)]
     wait_timeout_ms: u64,
+    /// I/O windows per shared memfd ("slab"): the daemon holds one descriptor per slab rather
+    /// than one per VM. 0 gives every window a memfd of its own.
+    #[arg(long, default_value_t = nexus_kvm::memory::DEFAULT_WINDOWS_PER_SLAB)]
+    windows_per_slab: u32,
     /// Threads of the control plane (HTTP, scheduling, the backend's control socket). One
     /// serves thousands of invocations a second, and hands no request between threads;
     /// vCPUs and restores run on threads of their own whatever this is.
@@ -112,8 +116,10 @@ fn parse_s3_endpoint(text: &str) -> Result<String, String> {
     Ok(format!("http://{address}"))
 }
 
-/// Raises this process's open-file limit to its hard limit: every VM holds a dozen
-/// descriptors (KVM, memfd, eventfds, sockets).
+/// Raises this process's open-file limit to its hard limit: every parked nexus-io VM holds
+/// five descriptors (its vCPU, kick and call eventfds, vhost-user connection, and the
+/// snapshot's memory file its RAM maps), besides what all share (the control connection,
+/// window slabs).
 fn raise_file_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -138,6 +144,10 @@ fn raise_file_limit() {
 /// `nexus-vmm serve`.
 pub fn serve(args: ServeArgs) -> Result<()> {
     raise_file_limit();
+    if args.windows_per_slab > 0 {
+        let slabs = nexus_kvm::memory::WindowSlabs::new(args.windows_per_slab);
+        nexus_kvm::memory::WindowSlabs::install(slabs);
+    }
     let functions = registry::load_dir(&args.functions)?;
     // A previous daemon killed with SIGKILL left its namespace and veth: remove them.
     if let Err(e) = netplane::remove_stale() {

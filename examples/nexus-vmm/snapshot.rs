@@ -172,6 +172,7 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
             tenant: &args.tenant,
             vm_id: &vm_id,
             hint,
+            shared: None,
         },
         Console::new(std::io::stderr()),
         None,

@@ -7,11 +7,11 @@
 //! `detach` — and the events the backend sends about them. Invocations are a node daemon's
 //! business, not the device's.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use nexus_ring::control::{
     CONNECTION_FD, ControlLine, ControlReply, ControlRequest, encode_request,
 };
 
-use crate::sys::recv_with_fd;
+use crate::sys::{HANGUP, PollFd, poll, recv_with_fd};
 use crate::{Error, Result};
 
 /// Longest line accepted from the backend.
@@ -47,6 +47,8 @@ struct Shared {
     stream: Arc<UnixStream>,
     inbox: Mutex<Inbox>,
     handler: Mutex<Option<EventHandler>>,
+    /// The handlers of the VMs whose devices share the connection, by VM.
+    vm_handlers: Mutex<HashMap<String, EventHandler>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -59,7 +61,11 @@ impl std::fmt::Debug for Shared {
 ///
 /// The device keeps one open for the life of the VM (the backend treats its closing as the
 /// VM going away); a node daemon may open its own to send prefetch hints and invocations.
-#[derive(Debug)]
+///
+/// A clone shares the connection: requests of clones are serialized (each holds the
+/// connection for its exchange), and the events about a VM go to that VM's device. Many
+/// devices can share one through a [`SharedControl`].
+#[derive(Debug, Clone)]
 pub struct ControlClient {
     shared: Arc<Shared>,
 }
@@ -123,14 +129,26 @@ fn take_line(buffer: &mut Vec<u8>) -> Option<Vec<u8>> {
 /// A line that is no reply: an event (handled), or something unexpected (dropped).
 fn handle_unsolicited(shared: &Shared, inbox: &mut Inbox, line: &[u8]) {
     match ControlLine::parse(line) {
-        Ok(ControlLine::Event(event)) => match lock(&shared.handler).as_ref() {
-            Some(handler) => handler(event),
-            None => inbox.early.push(event),
-        },
+        Ok(ControlLine::Event(event)) => {
+            if let Some(handler) = lock(&shared.vm_handlers).get(event_vm(&event)) {
+                return handler(event);
+            }
+            match lock(&shared.handler).as_ref() {
+                Some(handler) => handler(event),
+                None => inbox.early.push(event),
+            }
+        }
         _ => debug!(
             "nexus-io: unexpected line on the control connection: {}",
             String::from_utf8_lossy(line)
         ),
+    }
+}
+
+/// The VM an event is about.
+fn event_vm(event: &ControlEvent) -> &str {
+    match event {
+        ControlEvent::QueueBroken { vm, .. } => vm,
     }
 }
 
@@ -166,6 +184,7 @@ impl ControlClient {
                 stream: Arc::new(stream),
                 inbox: Mutex::default(),
                 handler: Mutex::default(),
+                vm_handlers: Mutex::default(),
             }),
         }
     }
@@ -195,6 +214,37 @@ impl ControlClient {
             handler(event);
         }
         *lock(&self.shared.handler) = Some(handler);
+    }
+
+    /// Hands the events about VM `vm` to `handler` (before any handler of
+    /// [`set_event_handler`](Self::set_event_handler)), including those that arrived before.
+    pub(crate) fn set_vm_event_handler(&self, vm: &str, handler: EventHandler) {
+        let early = {
+            let mut inbox = lock(&self.shared.inbox);
+            let (mine, others) = std::mem::take(&mut inbox.early)
+                .into_iter()
+                .partition(|event| event_vm(event) == vm);
+            inbox.early = others;
+            mine
+        };
+        for event in early {
+            handler(event);
+        }
+        lock(&self.shared.vm_handlers).insert(vm.to_owned(), handler);
+    }
+
+    /// Drops VM `vm`'s handler.
+    pub(crate) fn remove_vm_event_handler(&self, vm: &str) {
+        lock(&self.shared.vm_handlers).remove(vm);
+    }
+
+    /// Whether the backend closed the connection (or it failed).
+    pub fn hung_up(&self) -> bool {
+        let mut fds = [PollFd::new(&*self.shared.stream, HANGUP)];
+        match poll(&mut fds, Some(Duration::ZERO)) {
+            Ok(_) => fds[0].has(HANGUP),
+            Err(_) => true,
+        }
     }
 
     /// The event reader the backend monitor holds.
@@ -272,6 +322,67 @@ impl ControlClient {
             });
         }
         Ok((reply, file))
+    }
+}
+
+/// One control connection for many devices (every VM of a node daemon, say), instead of
+/// one each: a process with thousands of VMs holds one descriptor for it. Give it to each
+/// device ([`NexusIo::share_control`](crate::NexusIo::share_control)) and use
+/// [`client`](Self::client) for the `attach` and `hint` sent before a restored device takes
+/// over.
+///
+/// The backend detaches the VMs a connection attached when it closes, so a process that dies
+/// still loses its VMs; a device on a shared connection detaches its VM itself when it is
+/// dropped. Once the backend closed the connection (it restarted), the next
+/// [`client`](Self::client) makes a new one, shared again.
+#[derive(Debug, Clone)]
+pub struct SharedControl {
+    path: PathBuf,
+    timeout: Duration,
+    current: Arc<Mutex<Option<ControlClient>>>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SharedControl {
+    /// Connections to the control socket at `path`, with `timeout` for each request (as
+    /// [`ControlClient::connect`]); the first is made on first use.
+    pub fn new(path: &Path, timeout: Duration) -> Self {
+        SharedControl {
+            path: path.to_owned(),
+            timeout,
+            current: Arc::default(),
+            closing: Arc::default(),
+        }
+    }
+
+    /// Says that every VM on the connection is going away at once (the process is about to
+    /// end, say): devices dropped from now on do not detach their VMs one by one, since the
+    /// connection's closing, once the last of them is gone, detaches them all.
+    pub fn close(&self) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The backend's control socket.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The connection (a clone sharing it): the current one unless the backend closed it,
+    /// else a new one.
+    pub fn client(&self) -> Result<ControlClient> {
+        let mut current = lock(&self.current);
+        if let Some(client) = current.as_ref().filter(|c| !c.hung_up()) {
+            return Ok(client.clone());
+        }
+        *current = None;
+        let client = ControlClient::connect(&self.path, self.timeout)?;
+        Ok(current.insert(client).clone())
     }
 }
 
@@ -364,6 +475,25 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "no hang-up seen");
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    #[test]
+    fn a_shared_connection_is_reused_until_the_backend_closes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let shared = SharedControl::new(&path, Duration::from_secs(5));
+        let a = shared.client().unwrap();
+        let (first, _) = listener.accept().unwrap();
+        let b = shared.client().unwrap();
+        assert!(Arc::ptr_eq(a.stream(), b.stream()));
+        assert!(!a.hung_up());
+        drop(first);
+        assert!(a.hung_up() && b.hung_up());
+        let c = shared.client().unwrap();
+        let (_second, _) = listener.accept().unwrap();
+        assert!(!Arc::ptr_eq(a.stream(), c.stream()));
+        assert!(!c.hung_up());
     }
 
     #[test]

@@ -126,6 +126,16 @@ impl NexusIo {
         &self.window
     }
 
+    /// Speaks to the backend's control socket on `shared`'s connection, shared with other
+    /// devices, rather than on a connection of its own: a process with thousands of VMs
+    /// saves a descriptor per VM. The device detaches its VM when dropped (the shared
+    /// connection stays open); the backend still detaches every VM of a process that dies.
+    /// Call it before the device connects (before [`resume`](Self::resume), or before the
+    /// driver sets `DRIVER_OK`).
+    pub fn share_control(&mut self, shared: crate::SharedControl) {
+        self.link.share(shared);
+    }
+
     /// Sets how long one WAIT read may block before the guest gets the unchanged used index
     /// back (and reads again: one more exit). A VM that idles parked in `NEXT` for long,
     /// as in a warm pool, costs one exit per timeout; stopping the vCPU interrupts a WAIT at

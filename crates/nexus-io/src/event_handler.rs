@@ -10,7 +10,8 @@
 //!
 //! A node daemon keeps thousands of VMs in one process under an open-file limit, so a device
 //! holds no descriptor it does not need: the kick and call eventfds and its two connections,
-//! each once. What another part needs is shared (an `Arc`, or the `Frontend`, itself one),
+//! each once (and the control connection may be one shared by every device of the process,
+//! [`crate::SharedControl`]). What another part needs is shared (an `Arc`, or the `Frontend`, itself one),
 //! never duplicated, and the monitor needs no descriptor per session.
 
 use std::collections::HashMap;
@@ -170,18 +171,30 @@ struct Watched {
 
 /// The process's backend monitor: one thread waiting in epoll(7) for a hang-up of any
 /// watched connection. It runs for the life of the process; sessions come and go.
+///
+/// Control connections may be shared by many sessions ([`crate::SharedControl`]): each is
+/// registered once, and its hang-up marks every session on it down.
 struct BackendMonitor {
     epoll: Epoll,
-    /// The watched sessions by ID. A session is removed, and its connections unregistered,
-    /// under this lock: once [`Monitor`] is dropped the monitor thread cannot mark the
-    /// session's link down, nor see its connections.
-    sessions: Mutex<HashMap<u64, Watched>>,
+    /// The watched sessions. A session is removed, and its connections unregistered, under
+    /// this lock: once [`Monitor`] is dropped the monitor thread cannot mark the session's
+    /// link down, nor see its connections.
+    watched: Mutex<Registry>,
     next_id: AtomicU64,
 }
 
-/// The epoll data of a session's connection: its ID and which connection.
-fn token(id: u64, vhost: bool) -> u64 {
-    (id << 1) | u64::from(vhost)
+/// The sessions by ID, and the sessions on each control connection (by its descriptor,
+/// which stays open while a session on it is registered: the session holds it).
+#[derive(Default)]
+struct Registry {
+    sessions: HashMap<u64, Watched>,
+    controls: HashMap<RawFd, Vec<u64>>,
+}
+
+/// The epoll data of a connection: a session's vhost-user connection by the session's ID,
+/// a control connection by its descriptor.
+fn token(value: u64, vhost: bool) -> u64 {
+    (value << 1) | u64::from(vhost)
 }
 
 impl BackendMonitor {
@@ -194,7 +207,7 @@ impl BackendMonitor {
         }
         let started = Arc::new(BackendMonitor {
             epoll: Epoll::new().map_err(Error::Monitor)?,
-            sessions: Mutex::default(),
+            watched: Mutex::default(),
             next_id: AtomicU64::new(0),
         });
         let watching = Arc::clone(&started);
@@ -206,38 +219,43 @@ impl BackendMonitor {
         Ok(Arc::clone(monitor.insert(started)))
     }
 
-    fn sessions(&self) -> MutexGuard<'_, HashMap<u64, Watched>> {
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.watched.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Watches `watched`; returns its ID.
     fn add(&self, watched: Watched) -> Result<u64> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let fds = [watched.control.as_raw_fd(), watched.vhost_fd];
-        let mut sessions = self.sessions();
-        for (i, fd) in fds.into_iter().enumerate() {
-            let interest = if i == 0 {
-                CONTROL_INTEREST
-            } else {
-                MONITOR_INTEREST
-            };
-            let event = EpollEvent::new(interest, token(id, i == 1));
-            if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd, event) {
-                for &fd in &fds[..i] {
-                    self.unregister(fd);
-                }
+        let control = watched.control.as_raw_fd();
+        let mut registry = self.registry();
+        let vhost = EpollEvent::new(MONITOR_INTEREST, token(id, true));
+        self.epoll
+            .ctl(ControlOperation::Add, watched.vhost_fd, vhost)
+            .map_err(Error::Monitor)?;
+        if !registry.controls.contains_key(&control) {
+            let event = EpollEvent::new(CONTROL_INTEREST, token(control as u64, false));
+            if let Err(e) = self.epoll.ctl(ControlOperation::Add, control, event) {
+                self.unregister(watched.vhost_fd);
                 return Err(Error::Monitor(e));
             }
         }
-        sessions.insert(id, watched);
+        registry.controls.entry(control).or_default().push(id);
+        registry.sessions.insert(id, watched);
         Ok(id)
     }
 
-    /// Stops watching session `id`, if it still is. Called with `sessions` locked.
-    fn remove(&self, sessions: &mut HashMap<u64, Watched>, id: u64) -> Option<Watched> {
-        let watched = sessions.remove(&id)?;
-        self.unregister(watched.control.as_raw_fd());
+    /// Stops watching session `id`, if it still is. Called with the registry locked.
+    fn remove(&self, registry: &mut Registry, id: u64) -> Option<Watched> {
+        let watched = registry.sessions.remove(&id)?;
         self.unregister(watched.vhost_fd);
+        let control = watched.control.as_raw_fd();
+        if let Some(ids) = registry.controls.get_mut(&control) {
+            ids.retain(|&other| other != id);
+            if ids.is_empty() {
+                registry.controls.remove(&control);
+                self.unregister(control);
+            }
+        }
         Some(watched)
     }
 
@@ -252,7 +270,8 @@ impl BackendMonitor {
     }
 
     /// The monitor thread: marks a session's link down at the first hang-up of either of
-    /// its connections, and stops watching it.
+    /// its connections (every session on a control connection that hangs up), and stops
+    /// watching it.
     fn run(&self) {
         let mut events = vec![EpollEvent::default(); MONITOR_EVENTS];
         loop {
@@ -266,31 +285,67 @@ impl BackendMonitor {
                 }
             };
             for event in &events[..ready] {
-                let (id, vhost) = (event.data() >> 1, event.data() & 1 == 1);
+                let (value, vhost) = (event.data() >> 1, event.data() & 1 == 1);
                 let hang_up =
                     EventSet::from_bits_truncate(event.events).intersects(MONITOR_INTEREST);
+                let control = RawFd::try_from(value).unwrap_or(-1);
                 if !vhost && !hang_up {
-                    // Event lines: read them outside the sessions' lock (a device may be in
+                    // Event lines: read them outside the registry's lock (a device may be in
                     // the middle of a request on this connection).
-                    let reader = self.sessions().get(&id).map(|w| w.events.clone());
+                    let reader = {
+                        let registry = self.registry();
+                        registry
+                            .controls
+                            .get(&control)
+                            .and_then(|ids| ids.first())
+                            .and_then(|id| registry.sessions.get(id))
+                            .map(|w| w.events.clone())
+                    };
                     let closed = reader.is_some_and(|r| r.pump().is_err());
                     if !closed {
                         continue;
                     }
                 }
-                let mut sessions = self.sessions();
-                // Gone already: stopped, or its other connection hung up too.
-                let Some(watched) = self.remove(&mut sessions, id) else {
-                    continue;
+                let mut registry = self.registry();
+                let ids = if vhost {
+                    vec![value]
+                } else {
+                    let ids = registry.controls.get(&control).cloned().unwrap_or_default();
+                    // The descriptor may be another connection's by now (the one this event
+                    // was about closed meanwhile): act only on a connection that did hang up.
+                    let gone = ids
+                        .first()
+                        .and_then(|id| registry.sessions.get(id))
+                        .is_some_and(|w| stream_hung_up(&w.control));
+                    if gone { ids } else { Vec::new() }
                 };
-                drop(sessions);
-                debug!(
-                    "nexus-io: backend hang-up on the {} connection",
-                    if vhost { "vhost-user" } else { "control" }
-                );
-                watched.state.set_connected(false);
+                // Gone already: stopped, or its other connection hung up too.
+                let lost: Vec<Watched> = ids
+                    .into_iter()
+                    .filter_map(|id| self.remove(&mut registry, id))
+                    .collect();
+                drop(registry);
+                if !lost.is_empty() {
+                    debug!(
+                        "nexus-io: backend hang-up on the {} connection ({} sessions)",
+                        if vhost { "vhost-user" } else { "control" },
+                        lost.len()
+                    );
+                }
+                for watched in lost {
+                    watched.state.set_connected(false);
+                }
             }
         }
+    }
+}
+
+/// Whether `stream` hung up (or cannot be polled).
+fn stream_hung_up(stream: &UnixStream) -> bool {
+    let mut fds = [PollFd::new(stream, HANGUP)];
+    match poll(&mut fds, Some(Duration::ZERO)) {
+        Ok(_) => fds[0].has(HANGUP),
+        Err(_) => true,
     }
 }
 
@@ -333,9 +388,9 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        let mut sessions = self.monitor.sessions();
-        let watched = self.monitor.remove(&mut sessions, self.id);
-        drop(sessions);
+        let mut registry = self.monitor.registry();
+        let watched = self.monitor.remove(&mut registry, self.id);
+        drop(registry);
         drop(watched);
     }
 }
@@ -454,5 +509,54 @@ mod tests {
         thread::sleep(Duration::from_millis(50));
         assert!(b_state.connected());
         assert_eq!((a.generation(), b_state.generation()), (2, 1));
+    }
+
+    /// A session on `client`'s connection (shared), marked connected, and its vhost-user
+    /// connection's far end.
+    fn shared_session(client: &crate::ControlClient) -> (Monitor, Arc<LinkState>, UnixStream) {
+        let (vhost, vhost_peer) = UnixStream::pair().unwrap();
+        let state = Arc::new(LinkState::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        state.set_connected(true);
+        let monitor = Monitor::start(
+            Arc::clone(client.stream()),
+            client.event_reader(),
+            Frontend::from_stream(vhost, 1),
+            Arc::clone(&state),
+        )
+        .unwrap();
+        (monitor, state, vhost_peer)
+    }
+
+    #[test]
+    fn sessions_sharing_a_control_connection_are_watched_together() {
+        use std::io::Write;
+        let (control, mut peer) = UnixStream::pair().unwrap();
+        let client = crate::ControlClient::from_stream(control);
+        let (a, a_state, _a_vhost) = shared_session(&client);
+        let (_b, b_state, b_vhost) = shared_session(&client);
+        let (_c, c_state, _c_vhost) = shared_session(&client);
+        // Events reach the VM they are about, whichever session's registration saw them.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        for vm in ["b", "c"] {
+            let sink = Arc::clone(&seen);
+            client.set_vm_event_handler(vm, Box::new(move |e| sink.lock().unwrap().push((vm, e))));
+        }
+        peer.write_all(b"{\"event\":\"queue_broken\",\"vm\":\"c\",\"reason\":\"x\"}\n")
+            .unwrap();
+        wait_until("the event", || !seen.lock().unwrap().is_empty());
+        assert_eq!(seen.lock().unwrap()[0].0, "c");
+        // One session's vhost-user hang-up is its own.
+        drop(b_vhost);
+        wait_until("the vhost-user hang-up", || !b_state.connected());
+        assert!(a_state.connected() && c_state.connected());
+        // A session stopped leaves the connection watched for the others.
+        drop(a);
+        thread::sleep(Duration::from_millis(20));
+        assert!(c_state.connected());
+        // The shared connection's hang-up is everyone's still watched.
+        drop(peer);
+        wait_until("the control hang-up", || !c_state.connected());
+        assert!(a_state.connected(), "a stopped session is not marked");
+        assert_eq!(c_state.generation(), 2);
     }
 }

@@ -4,7 +4,8 @@
 //! The vhost-user frontend: one session with the backend's per-VM socket.
 //!
 //! The memory table holds exactly one region, the I/O window, so the backend can reach the
-//! VM's rings and buffers and nothing else of it.
+//! VM's rings and buffers and nothing else of it (a window in a slab comes with its offset in
+//! the slab's memfd).
 
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -94,7 +95,9 @@ impl VhostSession {
         }
         let region = VhostUserMemoryRegionInfo::from_guest_region(window.region())
             .map_err(vhost_error("SET_MEM_TABLE"))?;
-        debug_assert_eq!(region.mmap_offset, 0);
+        // A window in a slab ([`nexus_kvm::memory::WindowSlabs`]) starts at a non-zero
+        // `mmap_offset` of a memfd shared with other windows: the backend maps that range.
+        debug_assert_eq!(region.mmap_offset, window.memfd_offset());
         frontend
             .set_mem_table(&[region])
             .map_err(vhost_error("SET_MEM_TABLE"))?;

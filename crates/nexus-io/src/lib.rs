@@ -76,7 +76,7 @@ use nexus_kvm::virtio_mmio::MmioTransport;
 use nexus_kvm::{BusKind, Vm};
 use nexus_ring::mmio::regs;
 
-pub use control::{ControlClient, ControlEvent, EventHandler};
+pub use control::{ControlClient, ControlEvent, EventHandler, SharedControl};
 pub use device::{
     BACKEND_UNAVAILABLE, DEVICE_FEATURES, DEVICE_ID, InterruptMode, NEXUS_F_WAIT,
     NEXUS_F_WRITE_BEHIND, NexusIo, NexusIoConfig, QUEUE_SIZE_MAX, VENDOR_ID, WAIT_TIMEOUT,

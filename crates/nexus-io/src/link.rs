@@ -15,7 +15,7 @@ use nexus_kvm::WindowRegion;
 use nexus_kvm::virtio_mmio::QueueConfig;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::control::{ControlClient, ControlEvent, EventHandler};
+use crate::control::{ControlClient, ControlEvent, EventHandler, SharedControl};
 use crate::event_handler::{LinkState, Monitor};
 use crate::frontend::VhostSession;
 use crate::sys::{HANGUP, PollFd, poll};
@@ -55,6 +55,11 @@ struct Session {
 #[derive(Debug, Default)]
 pub(crate) struct BackendLink {
     control: Option<ControlClient>,
+    /// Where the control connection comes from when it is shared with other devices.
+    shared: Option<SharedControl>,
+    /// The VM this link attached, while its handler is on the control connection: on a
+    /// shared connection, closing nothing detaches it, so the link does.
+    attached: Option<String>,
     session: Option<Session>,
     /// The vhost-user connection of an `attach` sent before the device took the control
     /// connection over ([`BackendLink::adopt`]).
@@ -118,6 +123,11 @@ impl BackendLink {
     /// Takes over `control`, on which the caller already sent `attach` for this VM and got
     /// `connection` back (for example to send a prefetch `hint` before the device existed);
     /// the next [`start`](Self::start) uses `connection` without attaching again.
+    /// Takes the control connection from `shared` from now on (see [`SharedControl`]).
+    pub(crate) fn share(&mut self, shared: SharedControl) {
+        self.shared = Some(shared);
+    }
+
     pub(crate) fn adopt(&mut self, control: ControlClient, connection: UnixStream) {
         self.drop_session();
         self.control = Some(control);
@@ -139,7 +149,7 @@ impl BackendLink {
             let vhost =
                 VhostSession::connect(connection, ring.features, ring.window, BACKEND_TIMEOUT)?;
             let control = self.control.as_ref().expect("attached");
-            control.set_event_handler(event_handler(identity, state));
+            control.set_vm_event_handler(&identity.vm_id, event_handler(identity, state));
             // Shared with the monitor, not duplicated: a device holds each connection once.
             let monitor = Monitor::start(
                 Arc::clone(control.stream()),
@@ -156,6 +166,7 @@ impl BackendLink {
             Ok(session) => {
                 info!("nexus-io: VM {} attached to the backend", identity.vm_id);
                 self.session = Some(session);
+                self.attached = Some(identity.vm_id.clone());
                 Ok(())
             }
             Err(e) => {
@@ -187,13 +198,13 @@ impl BackendLink {
                 }
             }
         }
-        let control = match &mut self.control {
-            Some(control) => control,
-            none => none.insert(ControlClient::connect(
-                &identity.control_socket,
-                BACKEND_TIMEOUT,
-            )?),
-        };
+        if self.control.is_none() {
+            self.control = Some(match &self.shared {
+                Some(shared) => shared.client()?,
+                None => ControlClient::connect(&identity.control_socket, BACKEND_TIMEOUT)?,
+            });
+        }
+        let control = self.control.as_mut().expect("connected above");
         let attached = control.attach(&identity.vm_id, &identity.tenant);
         if let Err(e) = &attached {
             if !matches!(e, Error::ControlRefused { .. }) {
@@ -249,5 +260,15 @@ fn event_handler(identity: &Identity, state: &Arc<LinkState>) -> EventHandler {
 impl Drop for BackendLink {
     fn drop(&mut self) {
         self.drop_session();
+        if let (Some(control), Some(vm)) = (self.control.as_mut(), self.attached.take()) {
+            control.remove_vm_event_handler(&vm);
+            // Others keep a shared connection open: say that this VM went away.
+            let detach = self.shared.as_ref().is_some_and(|s| !s.is_closing());
+            if detach && !hung_up(&**control.stream()) {
+                if let Err(e) = control.detach(&vm) {
+                    debug!("nexus-io: cannot detach VM {vm}: {}", error_chain(&e));
+                }
+            }
+        }
     }
 }

@@ -8,8 +8,9 @@
 //! with a real-time signal (whose handler does nothing), repeating the signal until the vCPU
 //! thread has seen the flag, so a signal that lands just before `KVM_RUN` is never lost.
 
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once, RwLock};
+use std::sync::{Arc, Mutex, Once, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -361,21 +362,28 @@ impl Vcpu {
     /// ended, just before the thread ends (so that an event-driven caller learns of a guest
     /// that crashed or exited without polling the handle).
     pub fn spawn_with_exit(
-        mut self,
+        self,
         name: String,
         on_exit: impl FnOnce(&Result<VcpuStop>) + Send + 'static,
     ) -> Result<VcpuHandle> {
         let stop = self.stop_flag();
+        let fd = Arc::new(Mutex::new(Some(self.fd.as_raw_fd())));
+        let open = Arc::clone(&fd);
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let result = self.run();
+                let mut vcpu = self;
+                // Declared after the vCPU, so dropped before it: on an unwind the handle
+                // stops using the descriptor before the vCPU closes it.
+                let _open = ForgetFd(open);
+                let result = vcpu.run();
                 on_exit(&result);
-                (self, result)
+                (vcpu, result)
             })
             .map_err(Error::Thread)?;
         Ok(VcpuHandle {
             stop,
+            fd,
             thread: Some(thread),
         })
     }
@@ -393,14 +401,43 @@ fn exit_name(exit: &VcpuExit<'_>) -> &'static str {
     }
 }
 
+/// Forgets the vCPU descriptor a [`VcpuHandle`] may use, once the vCPU thread ends.
+struct ForgetFd(Arc<Mutex<Option<RawFd>>>);
+
+impl Drop for ForgetFd {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// A vCPU running on its own thread.
 #[derive(Debug)]
 pub struct VcpuHandle {
     stop: Arc<AtomicBool>,
+    /// The vCPU's descriptor while its thread runs (the thread owns the vCPU).
+    fd: Arc<Mutex<Option<RawFd>>>,
     thread: Option<JoinHandle<(Vcpu, Result<VcpuStop>)>>,
 }
 
 impl VcpuHandle {
+    /// Opens KVM's binary statistics of the running vCPU, as [`Vcpu::stats`] does; fails
+    /// with [`stats::Error::Open`] once the vCPU thread has ended.
+    ///
+    /// The statistics file is a descriptor of its own: a caller with many parked vCPUs can
+    /// open it only around the work it measures (one `KVM_GET_STATS_FD` and two reads of the
+    /// file's header and descriptors each time) instead of holding one per vCPU.
+    pub fn stats(&self) -> stats::Result<StatsFd> {
+        let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
+        match *fd {
+            // Held locked: the vCPU thread cannot end (and close the descriptor) meanwhile.
+            Some(fd) => StatsFd::open(&fd),
+            None => Err(stats::Error::Open(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the vCPU thread has ended",
+            ))),
+        }
+    }
+
     /// Whether the vCPU thread has ended.
     pub fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())

@@ -61,6 +61,12 @@ fn system() -> Result<&'static System> {
 }
 
 /// A VM: the KVM handles, guest memory registered with KVM, and the two device buses.
+///
+/// A VM whose vCPUs are created and whose devices are attached may be dropped: each vCPU
+/// holds the KVM VM (its descriptor does), guest memory and the buses, so the guest runs on
+/// and its devices live as long as the vCPUs do. Only what needs the VM's descriptor (adding
+/// devices, ioeventfds, irqfds or vCPUs) ends with it; a process with many VMs saves a
+/// descriptor per VM that way.
 #[derive(Debug)]
 pub struct Vm {
     system: &'static System,

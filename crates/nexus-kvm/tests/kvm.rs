@@ -154,3 +154,47 @@ fn binary_stats_count_exits() {
     let after = stats.read("exits").unwrap().unwrap();
     assert!(after - before >= 11, "KVM counted {} exits", after - before);
 }
+
+#[test]
+fn running_vcpu_stats_open_through_the_handle_until_it_ends() {
+    let out = ConsoleBuffer::default();
+    // mov dx, 0x3f8 ; mov al, '.' ; 1: out dx, al ; jmp 1b
+    let vm = vm(
+        &[0x66, 0xba, 0xf8, 0x03, 0xb0, b'.', 0xee, 0xeb, 0xfd],
+        &out,
+    );
+    let (_vm, vcpu, _) = vm.into_parts();
+    let handle = vcpu.spawn("vcpu-stats".into()).unwrap();
+    let first = handle.stats().unwrap().read("exits").unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // A fresh statistics file each time: the counter is the vCPU's, not the file's.
+    let second = handle.stats().unwrap().read("exits").unwrap().unwrap();
+    assert!(second > first, "exits {first} then {second}");
+    // What opening them per invocation costs (reported, not asserted).
+    let start = Instant::now();
+    for _ in 0..100 {
+        handle.stats().unwrap().read("exits").unwrap().unwrap();
+    }
+    eprintln!(
+        "open the vCPU statistics and read `exits`: {:.1} us",
+        start.elapsed().as_secs_f64() * 1e6 / 100.0
+    );
+    let (_vcpu, result) = handle.stop().unwrap();
+    assert_eq!(result.unwrap(), VcpuStop::Stopped);
+
+    let vm = vm_exiting(&out);
+    let (_vm, vcpu, _) = vm.into_parts();
+    let handle = vcpu.spawn("vcpu-ended".into()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !handle.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(handle.is_finished());
+    assert!(handle.stats().is_err());
+    let (_vcpu, result) = handle.join().unwrap();
+    assert_eq!(result.unwrap(), VcpuStop::Exit(0));
+}
+
+fn vm_exiting(out: &ConsoleBuffer) -> MicroVm {
+    vm(&exit_with(0), out)
+}

@@ -359,7 +359,8 @@ impl Snapshot {
         for r in &state.memory.regions {
             match r.kind {
                 RegionKind::Window => {
-                    let w = WindowRegion::new(r.size).map_err(Error::Memory)?;
+                    // In the process's window slabs, if it installed them.
+                    let w = WindowRegion::allocate(r.size).map_err(Error::Memory)?;
                     stats.bytes_read += inner.memory.fill(r, w.region())?;
                     window = Some(w);
                 }

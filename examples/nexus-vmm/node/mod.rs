@@ -263,6 +263,9 @@ struct Inner {
     scheduler: Scheduler<FunctionVm>,
     metrics: Metrics,
     backend: BackendClient,
+    /// The control connection every nexus-io VM's device shares (attach, hint, detach):
+    /// one descriptor for all of them rather than one per VM.
+    control: nexus_io::SharedControl,
     /// The network of net functions: absent without any; an error if it could not be built.
     net: Option<Result<Arc<NetPlane>, String>>,
     runtime: tokio::runtime::Handle,
@@ -314,6 +317,7 @@ impl Node {
         });
         let inner = Arc::new(Inner {
             backend: BackendClient::new(config.backend.clone()),
+            control: nexus_io::SharedControl::new(&config.backend, Duration::from_secs(10)),
             net,
             config,
             functions: functions
@@ -611,6 +615,7 @@ impl Node {
                     tenant: &spec.file.tenant,
                     vm_id: &id,
                     hint,
+                    shared: Some(&self.inner.control),
                 },
                 console,
                 Some(self.inner.config.wait_timeout),
@@ -1086,6 +1091,9 @@ impl Node {
     /// the idle VMs are stopped. Busy VMs stop as their invocations end.
     pub async fn shutdown(&self) {
         self.inner.closing.store(true, Ordering::Release);
+        // Every VM goes: the shared control connection's closing detaches them all, without
+        // a `detach` for each.
+        self.inner.control.close();
         let victims = self.inner.scheduler.close();
         let stopped = tokio::task::spawn_blocking(move || {
             victims

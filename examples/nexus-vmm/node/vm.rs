@@ -219,6 +219,8 @@ pub struct RestoreTarget<'a> {
     pub vm_id: &'a str,
     /// The object to prefetch while the VM is restored.
     pub hint: Option<&'a str>,
+    /// A control connection shared with other VMs, rather than one of the VM's own.
+    pub shared: Option<&'a nexus_io::SharedControl>,
 }
 
 /// How a restore in `mode` runs, and whether it records the working set: `Prefetch` needs a
@@ -271,11 +273,54 @@ pub fn restore(
         backend,
         tenant,
         vm_id,
-        hint,
+        shared,
+        ..
     } = *target;
     let t0 = Instant::now();
-    let mut control = ControlClient::connect(backend, Duration::from_secs(10))?;
+    let mut control = match shared {
+        Some(shared) => shared.client()?,
+        None => ControlClient::connect(backend, Duration::from_secs(10))?,
+    };
     let socket = control.attach(vm_id, tenant)?;
+    // On a shared connection, nothing detaches a VM that is not restored: this does.
+    let mut on_failure = shared.map(|_| control.clone());
+    let restored = restore_attached(
+        snapshot,
+        mode,
+        target,
+        console,
+        wait_timeout,
+        t0,
+        control,
+        socket,
+    );
+    if let (Err(_), Some(control)) = (&restored, on_failure.as_mut()) {
+        if let Err(e) = control.detach(vm_id) {
+            log::debug!("vm {vm_id}: detach after a failed restore: {e}");
+        }
+    }
+    restored
+}
+
+/// [`restore`] once the VM is attached on `control` (its vhost-user connection `socket`).
+#[allow(clippy::too_many_arguments)]
+fn restore_attached(
+    snapshot: &Snapshot,
+    mode: RestoreMode,
+    target: &RestoreTarget<'_>,
+    console: Console,
+    wait_timeout: Option<Duration>,
+    t0: Instant,
+    mut control: ControlClient,
+    socket: std::os::unix::net::UnixStream,
+) -> Result<Restored> {
+    let RestoreTarget {
+        backend,
+        tenant,
+        vm_id,
+        hint,
+        shared,
+    } = *target;
     if let Some(key) = hint {
         control.hint(vm_id, key)?;
     }
@@ -303,6 +348,9 @@ pub fn restore(
     })?;
     if let Some(timeout) = wait_timeout {
         transport.device_mut().set_wait_timeout(timeout);
+    }
+    if let Some(shared) = shared {
+        transport.device_mut().share_control(shared.clone());
     }
     transport
         .device_mut()
@@ -440,14 +488,17 @@ pub struct FunctionVm {
     pub snapshot_time: Duration,
     /// Whether its restore is recording the working set (written after its first invocation).
     pub recording: bool,
+    /// The vCPU's thread. It holds all that a parked VM keeps: the vCPU descriptor (which
+    /// keeps the KVM VM alive), guest memory, and the devices on its buses (the nexus-io
+    /// device's kick and call eventfds and backend connections). The VM's own descriptor is
+    /// closed once the vCPU runs, and the vCPU statistics are opened only around an
+    /// invocation: a parked VM costs as few descriptors as it can.
     vcpu: Option<VcpuHandle>,
     /// How the vCPU's run ended, once it has (set by the vCPU thread as it ends).
     ended: tokio::sync::watch::Receiver<Option<String>>,
-    stats: Option<StatsFd>,
     faults: Option<FaultServer>,
-    // Dropped after the vCPU (see Drop): the device's connection closing detaches the VM.
-    _vm: nexus_kvm::Vm,
-    // Dropped after the VM: a net VM's address goes back to the pool once its tap is closed.
+    // Dropped after the vCPU (see Drop): a net VM's address goes back to the pool once its
+    // tap (a device on the vCPU's bus) is closed.
     io: VmIo,
 }
 
@@ -467,11 +518,14 @@ impl FunctionVm {
             Some(net) => VmIo::Net(super::netvm::NetChannel::new(id, net)),
             None => VmIo::Nexus,
         };
-        let stats = vcpu.stats().ok();
         let (tell, ended) = tokio::sync::watch::channel(None);
         let handle = vcpu.spawn_with_exit(format!("{id}-vcpu"), move |result| {
             tell.send_replace(Some(describe_stop(result)));
         })?;
+        // Nothing needs the VM's descriptor any more: its devices are on the buses (their
+        // ioeventfds registered), and the vCPU keeps the KVM VM, guest memory and the
+        // devices alive. Closing it saves a descriptor per VM.
+        drop(vm);
         let now = Instant::now();
         Ok(FunctionVm {
             id: id.to_owned(),
@@ -482,9 +536,7 @@ impl FunctionVm {
             recording,
             vcpu: Some(handle),
             ended,
-            stats,
             faults,
-            _vm: vm,
             io,
         })
     }
@@ -523,12 +575,10 @@ impl FunctionVm {
         self.ended.borrow().is_none()
     }
 
-    /// KVM exits of the vCPU so far.
-    pub fn exits(&self) -> u64 {
-        self.stats
-            .as_ref()
-            .and_then(|s| s.read("exits").ok().flatten())
-            .unwrap_or(0)
+    /// The vCPU's statistics, opened for the time of one invocation (a parked VM holds no
+    /// statistics descriptor). `None` if they are unavailable.
+    fn stats(&self) -> Option<StatsFd> {
+        self.vcpu.as_ref().and_then(|h| h.stats().ok())
     }
 
     /// The userfaultfd page server, if the VM has one.
@@ -544,7 +594,9 @@ impl FunctionVm {
         backend: &BackendClient,
         call: &Call,
     ) -> Result<CallDone, CallFailure> {
-        let exits_before = self.exits();
+        // One statistics file for the invocation: its exits are the counter's difference.
+        let stats = self.stats();
+        let exits_before = exits(stats.as_ref());
         let mut ended = self.ended.clone();
         let id = &self.id;
         let exchange = async {
@@ -578,7 +630,7 @@ impl FunctionVm {
         };
         self.invocations += 1;
         self.last_used = Instant::now();
-        done.exits = self.exits().saturating_sub(exits_before);
+        done.exits = exits(stats.as_ref()).saturating_sub(exits_before);
         Ok(done)
     }
 
@@ -609,6 +661,13 @@ impl super::scheduler::PooledVm for FunctionVm {
     fn is_alive(&self) -> bool {
         FunctionVm::is_alive(self)
     }
+}
+
+/// The `exits` counter of `stats` (0 if there is none).
+fn exits(stats: Option<&StatsFd>) -> u64 {
+    stats
+        .and_then(|s| s.read("exits").ok().flatten())
+        .unwrap_or(0)
 }
 
 /// How a vCPU run ended, in words.
