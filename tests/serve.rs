@@ -729,14 +729,15 @@ fn warm_input_moves_the_first_invocations_page_faults_to_parking() {
         answer["message"].as_str().unwrap().contains("warm_input"),
         "{answer}"
     );
+}
 
 /// Descriptors a parked nexus-io VM holds in the daemon: its vCPU, its kick and call eventfds,
-/// its vhost-user connection, and its lazily restored RAM's mapping of the snapshot's memory
-/// file (a duplicate of the file per VM, made by the restore). Its window is in a memfd
+/// and its vhost-user connection. Its lazily restored RAM maps the snapshot's memory file
+/// through the one descriptor every VM of the function shares, its window is in a memfd
 /// shared by up to 64 windows, its control connection is the daemon's one, the VM's own
 /// descriptor is closed once its vCPU runs, and its vCPU statistics are open only during an
 /// invocation.
-const MAX_FDS_PER_PARKED_VM: usize = 5;
+const MAX_FDS_PER_PARKED_VM: usize = 4;
 
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))

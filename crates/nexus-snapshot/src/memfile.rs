@@ -216,7 +216,8 @@ pub(crate) fn write(path: &Path, id: u64, memory: &VmMemory) -> Result<(MemoryLa
 #[derive(Debug)]
 pub(crate) struct MemoryFile {
     pub(crate) path: PathBuf,
-    pub(crate) file: File,
+    /// Shared by every lazily restored VM's mapping (one descriptor for them all).
+    pub(crate) file: std::sync::Arc<File>,
     pub(crate) bitmap: PageBitmap,
     /// The file as it was opened (`fstat` of `file`).
     identity: FileIdentity,
@@ -325,7 +326,7 @@ impl MemoryFile {
         }
         Ok(MemoryFile {
             path: path.to_path_buf(),
-            file,
+            file: std::sync::Arc::new(file),
             bitmap,
             identity,
         })

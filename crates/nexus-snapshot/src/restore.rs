@@ -372,13 +372,11 @@ impl Snapshot {
                             region
                         }
                         RestoreMode::Lazy => {
-                            let file = inner
-                                .memory
-                                .file
-                                .try_clone()
-                                .map_err(|e| Error::io("reopen", &inner.memory.path, e))?;
+                            // The memory file's one descriptor, shared: a VM's private
+                            // mapping needs none of its own.
+                            let file = std::sync::Arc::clone(&inner.memory.file);
                             let mapping = MmapRegionBuilder::new(r.size as usize)
-                                .with_file_offset(FileOffset::new(file, r.file_offset))
+                                .with_file_offset(FileOffset::from_arc(file, r.file_offset))
                                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
                                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
                                 .build()
