@@ -82,6 +82,10 @@ backend_pid=$(pgrep -P "$backend")
 count() { # PID → "fds threads maps"
     echo "$(ls "/proc/$1/fd" | wc -l) $(ls "/proc/$1/task" | wc -l) $(wc -l < "/proc/$1/maps")"
 }
+# Kernel memory the host spends on the VMs, by /proc/meminfo field (KiB).
+fields="MemAvailable KernelStack PageTables SecPageTables SUnreclaim VmallocUsed Percpu AnonPages Shmem"
+meminfo() { awk -v f=" $fields " 'index(f, " " substr($1, 1, length($1) - 1) " ") { printf "%s=%s ", substr($1, 1, length($1) - 1), $2 }' /proc/meminfo; }
+mem0=$(meminfo)
 read -r d_fd0 d_th0 d_map0 <<< "$(count "$serve_pid")"
 read -r b_fd0 b_th0 b_map0 <<< "$(count "$backend_pid")"
 echo "# pick $pick, ${warm_input:-no warm_input}; baseline daemon fds/threads/maps $d_fd0/$d_th0/$d_map0, backend $b_fd0/$b_th0/$b_map0"
@@ -100,6 +104,12 @@ for n in "${list[@]}"; do
         'import json,sys; v=json.load(sys.stdin)["vms"]; print(v["idle"]+v["busy"])')
     per() { python3 -c "print(f'{($1 - $2) / max($reached, 1):.2f}')"; }
     echo "| $reached | $(per "$d_fd" "$d_fd0") | $(per "$d_th" "$d_th0") | $(per "$d_map" "$d_map0") | $(per "$b_fd" "$b_fd0") | $(per "$b_th" "$b_th0") | $report |"
+    mem1=$(meminfo)
+    python3 - "$reached" "$mem0" "$mem1" <<'PY' >> "$dir/meminfo.txt"
+import sys
+n = int(sys.argv[1]); a = dict(kv.split("=") for kv in sys.argv[2].split()); b = dict(kv.split("=") for kv in sys.argv[3].split())
+print(f"{n} VMs, KiB per VM since the start:", ", ".join(f"{k} {(int(a[k]) - int(b[k])) if k == 'MemAvailable' else (int(b[k]) - int(a[k])):+} -> {((int(a[k]) - int(b[k])) if k == 'MemAvailable' else (int(b[k]) - int(a[k]))) / max(n, 1):.1f}" for k in a))
+PY
     last=$reached
     [ "$reached" -ge "$n" ] || { echo "stopped at $reached of $n VMs: see $report" >&2; break; }
 done
@@ -111,4 +121,5 @@ if [ "$idle" -gt 0 ]; then
     d1=$(cpu nexus_vmm_cpu_seconds_total); b1=$(cpu nexus_backend_cpu_seconds_total)
     python3 -c "print(f'idle over ${idle} s with $last parked VMs: daemon {($d1 - $d0) / $idle:.4f} cores, backend {($b1 - $b0) / $idle:.4f} cores')"
 fi
+echo "== host memory (/proc/meminfo, includes whatever else ran meanwhile)"; cat "$dir/meminfo.txt"
 for f in "$dir"/park-*.txt; do echo "== $f"; cat "$f"; done
