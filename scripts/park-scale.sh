@@ -8,7 +8,7 @@
 # at the last size, the idle CPU of both over a quiet period.
 #
 #   cargo build --release --workspace --bin nexus-backend --example nexus-vmm --example nexus-load
-#   scripts/park-scale.sh [-p lru|mru] [-s 10,100,1000,4000] [-w] [-i 60] [-n 2000]
+#   scripts/park-scale.sh [-p lru|mru] [-s 10,100,1000,4000] [-w] [-i 60] [-n 2000] [-m 32]
 #
 # -w registers the function with `warm_input` (each parked VM runs one invocation before it
 # counts as idle: docs/benchmarks.md). Everything it starts is killed on exit and bounded by
@@ -20,14 +20,16 @@ sizes=10,100,1000,4000
 warm_input=""
 idle=60
 invocations=2000
-while getopts "p:s:wi:n:" opt; do
+memory=32
+while getopts "p:s:wi:n:m:" opt; do
     case $opt in
         p) pick=$OPTARG ;;
         s) sizes=$OPTARG ;;
         w) warm_input='warm_input = "warm up the pages"' ;;
         i) idle=$OPTARG ;;
         n) invocations=$OPTARG ;;
-        *) echo "usage: $0 [-p lru|mru] [-s N,N,…] [-w] [-i IDLE_SECONDS] [-n INVOCATIONS]" >&2; exit 2 ;;
+        m) memory=$OPTARG ;;
+        *) echo "usage: $0 [-p lru|mru] [-s N,N,…] [-w] [-i IDLE_SECONDS] [-n INVOCATIONS] [-m RAM_MIB]" >&2; exit 2 ;;
     esac
 done
 
@@ -43,7 +45,7 @@ mkdir -p "$dir/store/inputs" "$dir/fns"
 printf 'the quick brown fox jumps\n' > "$dir/store/inputs/small.txt"
 cat > "$dir/fns/wordcount.toml" <<EOF
 guest = "wordcount"
-memory_mib = 32
+memory_mib = $memory
 window_mib = 8
 restore = "lazy"
 $warm_input
@@ -88,7 +90,7 @@ meminfo() { awk -v f=" $fields " 'index(f, " " substr($1, 1, length($1) - 1) " "
 mem0=$(meminfo)
 read -r d_fd0 d_th0 d_map0 <<< "$(count "$serve_pid")"
 read -r b_fd0 b_th0 b_map0 <<< "$(count "$backend_pid")"
-echo "# pick $pick, ${warm_input:-no warm_input}; baseline daemon fds/threads/maps $d_fd0/$d_th0/$d_map0, backend $b_fd0/$b_th0/$b_map0"
+echo "# pick $pick, ${warm_input:-no warm_input}, $memory MiB RAM; baseline daemon fds/threads/maps $d_fd0/$d_th0/$d_map0, backend $b_fd0/$b_th0/$b_map0"
 printf '| VMs | per VM: daemon fds | threads | maps | backend fds | threads | report |\n|---:|---:|---:|---:|---:|---:|---|\n'
 IFS=, read -ra list <<< "$sizes"
 last=0
