@@ -11,7 +11,8 @@
 //!   a header and an explicit, checksummed page list;
 //! - the **working-set file**: the pages a recording restore saw the guest fault, stored
 //!   contiguously so that a later [`RestoreMode::Prefetch`] restore reads them in one
-//!   sequential read (REAP's record-and-prefetch).
+//!   sequential read (REAP's record-and-prefetch) — in the background, while the guest
+//!   already runs.
 //!
 //! `docs/snapshot-format.md` in the workspace documents the three formats byte by byte.
 //!
@@ -24,7 +25,16 @@
 //! | [`Eager`](RestoreMode::Eager) | fresh anonymous memory, non-zero pages read in | — |
 //! | [`Lazy`](RestoreMode::Lazy) | the memory file mapped `MAP_PRIVATE` (copy-on-write) | read from the page cache shared by every VM restored from the file |
 //! | [`Uffd`](RestoreMode::Uffd) | anonymous memory registered with userfaultfd | served on first touch by a handler thread (`UFFDIO_COPY` / `UFFDIO_ZEROPAGE`) |
-//! | [`Prefetch`](RestoreMode::Prefetch) | as `Uffd`, with the recorded working set installed first | as `Uffd` |
+//! | [`Prefetch`](RestoreMode::Prefetch) | as `Uffd`; a background thread installs the recorded working set while the guest runs | as `Uffd`, until the background thread has installed them |
+//!
+//! A prefetch restore never waits for the working set: the vCPU can start at once, a
+//! background thread installs the working set in page order (`UFFDIO_COPY` of runs of
+//! consecutive pages, at most [`MAX_BATCH_PAGES`] at a time), and the fault handler serves
+//! whatever the guest touches before the thread gets there. Both only fill missing pages —
+//! the kernel refuses to overwrite a present one — so every page is installed once and no
+//! write of the guest is undone. [`FaultServer::prefetch`] reports progress
+//! ([`PrefetchReport`]); [`FaultServer::wait_prefetch`] waits for the end, which comes early
+//! when the VM is dropped.
 //!
 //! The I/O window is always restored eagerly into a new memfd, so that it can again be shared
 //! with the backend.
@@ -70,6 +80,7 @@ mod file_identity;
 pub mod limits;
 mod memfile;
 mod persist;
+mod prefetch;
 mod restore;
 mod save;
 mod state;
@@ -83,6 +94,7 @@ use std::path::{Path, PathBuf};
 
 pub use file_identity::FileChange;
 pub use persist::{DeviceState, Persist};
+pub use prefetch::{MAX_BATCH_PAGES, PrefetchReport, PrefetchState};
 pub use restore::{
     FaultServer, FaultStats, RestoreMode, RestoreOptions, RestoreStats, RestoredVm, Snapshot,
     WorkingSetReport,

@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 use nexus_kvm::memory::GuestRegionMmap;
 use nexus_kvm::{Vcpu, VcpuConfig, Vm, VmMemory, WindowRegion};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, MmapRegion, VolatileMemory};
+use vm_memory::{FileOffset, GuestAddress, MmapRegion};
 
 use crate::file_identity::FileIdentity;
 use crate::memfile::MemoryFile;
 use crate::persist::DeviceState;
+use crate::prefetch::{PrefetchReport, PrefetchShared};
 use crate::state::{MemoryRegion, RegionKind, SnapshotState};
 use crate::sys::Userfaultfd;
 use crate::uffd::{FaultShared, UffdRegion};
-use crate::working_set::{self, WorkingSet};
+use crate::working_set;
 use crate::{Error, PAGE_SIZE, Result, SnapshotFiles};
 
 pub use crate::working_set::WorkingSetReport;
@@ -41,8 +42,12 @@ pub enum RestoreMode {
     /// Serve each page on first touch through userfaultfd (`UFFDIO_COPY` from the memory
     /// file, `UFFDIO_ZEROPAGE` for pages it does not store).
     Uffd,
-    /// Read the recorded working set (one sequential read) and install it before the VM runs;
-    /// serve the rest as [`RestoreMode::Uffd`] does.
+    /// As [`RestoreMode::Uffd`], and a background thread installs the recorded working set
+    /// (read in one sequential read, checksum checked first) while the VM already runs: the
+    /// guest waits neither for the working set nor, once the thread is ahead of it, for
+    /// pages of it. A page the guest touches before the thread reaches it is served on
+    /// demand and then left alone by the thread. [`FaultServer::prefetch`] tells how far it
+    /// got; [`FaultServer::wait_prefetch`] waits for it.
     Prefetch,
 }
 
@@ -64,7 +69,7 @@ pub struct RestoreStats {
     /// The mode used.
     pub mode: RestoreMode,
     /// Preparing guest memory: mapping, reading (eager, window), registering with
-    /// userfaultfd, installing the working set.
+    /// userfaultfd, reading the working set's page indices and starting its prefetch.
     pub memory: Duration,
     /// Creating the VM over that memory and restoring the interrupt controllers.
     pub vm: Duration,
@@ -73,9 +78,10 @@ pub struct RestoreStats {
     /// The whole restore (not counting [`Snapshot::open`]).
     pub total: Duration,
     /// Bytes read from the snapshot's files before the VM runs (eagerly read pages, the
-    /// window, the working-set file).
+    /// window, the working-set file's header and page indices).
     pub bytes_read: u64,
-    /// Pages installed from the working set before the VM runs.
+    /// Pages of the working set handed to the background prefetch
+    /// ([`RestoreMode::Prefetch`]; [`FaultServer::prefetch`] tells how many it installed).
     pub prefetched_pages: u64,
 }
 
@@ -184,6 +190,7 @@ impl RestoredVm {
 pub struct FaultServer {
     shared: Arc<FaultShared>,
     snapshot: Arc<SnapshotInner>,
+    prefetch: Option<Arc<PrefetchShared>>,
 }
 
 impl std::fmt::Debug for FaultServer {
@@ -192,6 +199,7 @@ impl std::fmt::Debug for FaultServer {
             .field("stats", &self.stats())
             .field("recording", &self.shared.recorded.is_some())
             .field("finished", &self.is_finished())
+            .field("prefetch", &self.prefetch())
             .finish()
     }
 }
@@ -211,6 +219,21 @@ impl FaultServer {
     /// Whether the handler thread has ended (the VM's memory is gone).
     pub fn is_finished(&self) -> bool {
         self.shared.finished.load(Ordering::Acquire)
+    }
+
+    /// How far the background prefetch of a [`RestoreMode::Prefetch`] restore has got
+    /// (`None` in the other modes).
+    pub fn prefetch(&self) -> Option<PrefetchReport> {
+        self.prefetch.as_ref().map(|p| p.report())
+    }
+
+    /// Waits until the background prefetch of a [`RestoreMode::Prefetch`] restore has ended
+    /// — done, stopped because the VM was dropped, or given up on an error — and reports
+    /// (`None` at once in the other modes). Waiting before the first `run` installs the
+    /// whole working set before the guest's first instruction, as prefetch restores did
+    /// before the prefetch moved to the background.
+    pub fn wait_prefetch(&self) -> Option<PrefetchReport> {
+        self.prefetch.as_ref().map(|p| p.wait())
     }
 
     /// Writes the pages recorded so far to the snapshot's working-set file (replacing any
@@ -315,7 +338,23 @@ impl Snapshot {
     /// anything is mapped or read and again once guest memory is prepared, and a read that
     /// comes up short because the memory file shrank is reported the same way. A file changed
     /// after that (while the restored VM runs) is beyond what a restore can check.
+    ///
+    /// A [`RestoreMode::Prefetch`] restore checks the working-set file's header and page
+    /// indices before the VM is built; the checksum of its pages is checked by the
+    /// background prefetch before it installs anything, and a mismatch only ends the prefetch
+    /// ([`crate::PrefetchState::Failed`]): the guest's pages are then all served on demand
+    /// from the memory file.
     pub fn restore(&self, options: &RestoreOptions) -> Result<RestoredVm> {
+        self.restore_with(options, None)
+    }
+
+    /// [`Snapshot::restore`]; with a `prefetch_gate`, the background prefetch waits for it
+    /// before it starts (tests make the guest run first).
+    pub(crate) fn restore_with(
+        &self,
+        options: &RestoreOptions,
+        prefetch_gate: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> Result<RestoredVm> {
         let start = Instant::now();
         let inner = &self.inner;
         let state = &inner.state;
@@ -348,10 +387,9 @@ impl Snapshot {
                 inner
                     .source()
                     .map_err(|e| Error::io("map", &inner.memory.path, e))?;
-                Some(
-                    Userfaultfd::new()
-                        .map_err(|source| Error::Userfaultfd { op: "open", source })?,
-                )
+                Some(Arc::new(Userfaultfd::new().map_err(|source| {
+                    Error::Userfaultfd { op: "open", source }
+                })?))
             }
             _ => None,
         };
@@ -410,21 +448,37 @@ impl Snapshot {
         // A change while memory was prepared: in particular a memory file truncated after the
         // first check but before a lazy mapping of it, which the guest would fault on.
         inner.check_files()?;
-        if let (Some(ws), Some(uffd)) = (&working_set, &uffd) {
-            stats.prefetched_pages =
-                install(uffd, &uffd_regions, ws).map_err(|e| ws.changed_or(e))?;
-            stats.bytes_read += ws.file_size;
-        }
         let faults = match uffd {
             Some(uffd) => {
                 let shared = Arc::new(FaultShared {
                     recorded: options.record_working_set.then(|| Mutex::new(Vec::new())),
                     ..Default::default()
                 });
-                crate::uffd::spawn(uffd, uffd_regions, Arc::clone(inner), Arc::clone(&shared))?;
+                crate::uffd::spawn(
+                    Arc::clone(&uffd),
+                    uffd_regions.clone(),
+                    Arc::clone(inner),
+                    Arc::clone(&shared),
+                )?;
+                let prefetch = match working_set {
+                    Some(ws) => {
+                        stats.prefetched_pages = (ws.data_pages.len() + ws.zero_pages.len()) as u64;
+                        stats.bytes_read += ws.data_offset as u64;
+                        Some(crate::prefetch::spawn(
+                            uffd,
+                            &uffd_regions,
+                            &ws,
+                            Arc::clone(inner),
+                            Arc::clone(&shared),
+                            prefetch_gate,
+                        )?)
+                    }
+                    None => None,
+                };
                 Some(FaultServer {
                     shared,
                     snapshot: Arc::clone(inner),
+                    prefetch,
                 })
             }
             None => None,
@@ -457,48 +511,4 @@ impl Snapshot {
             stats,
         })
     }
-}
-
-/// Installs the working set into the registered, still empty RAM: one `UFFDIO_COPY` per run
-/// of consecutive stored pages, one `UFFDIO_ZEROPAGE` per run of zero pages. Returns the
-/// number of pages installed.
-fn install(uffd: &Userfaultfd, regions: &[UffdRegion], ws: &WorkingSet) -> Result<u64> {
-    // (region index, host address) of a page; the pages were checked to be in RAM.
-    let host = |page: u64| {
-        regions
-            .iter()
-            .enumerate()
-            .find(|(_, r)| page >= r.first_page && page < r.first_page + r.len / PAGE_SIZE)
-            .map(|(i, r)| (i, r.host + (page - r.first_page) * PAGE_SIZE))
-            .expect("working-set pages were checked to be in RAM")
-    };
-    // Runs (first index, length) of consecutive pages inside one region.
-    let runs = |pages: &[u64]| {
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        for (i, &page) in pages.iter().enumerate() {
-            match runs.last_mut() {
-                Some((s, n)) if page == pages[i - 1] + 1 && host(page).0 == host(pages[*s]).0 => {
-                    *n += 1
-                }
-                _ => runs.push((i, 1)),
-            }
-        }
-        runs
-    };
-    let err = |op| move |source| Error::Userfaultfd { op, source };
-    let page = PAGE_SIZE as usize;
-    for (i, n) in runs(&ws.data_pages) {
-        let (_, dst) = host(ws.data_pages[i]);
-        let src = ws
-            .map
-            .get_slice(ws.data_offset + i * page, n * page)
-            .map_err(|e| Error::malformed(&ws.path, e.to_string()))?;
-        uffd.copy(dst, &src).map_err(err("copy (prefetch)"))?;
-    }
-    for (i, n) in runs(&ws.zero_pages) {
-        let (_, dst) = host(ws.zero_pages[i]);
-        uffd.zero(dst, n as u64 * PAGE_SIZE)
-            .map_err(err("zeropage (prefetch)"))?;
-    }
-    Ok((ws.data_pages.len() + ws.zero_pages.len()) as u64)
 }
