@@ -48,6 +48,7 @@ struct Samples {
     faults: Vec<u64>,
     host_faults: Vec<u64>,
     prefetched: u64,
+    first_pages: u64,
     /// Pages the background prefetch had installed, and found present, at the guest's exit.
     prefetch_installed: Vec<u64>,
     prefetch_present: Vec<u64>,
@@ -165,6 +166,7 @@ fn restore(c: &mut Criterion) {
                             s.host_faults.push(host_faults);
                             s.bytes_read.push(r.stats.bytes_read);
                             s.prefetched = r.stats.prefetched_pages;
+                            s.first_pages = r.stats.first_pages;
                             if let Some(p) = &r.prefetch {
                                 s.prefetch_installed.push(p.installed_pages);
                                 s.prefetch_present.push(p.present_pages);
@@ -180,18 +182,19 @@ fn restore(c: &mut Criterion) {
     }
 
     println!(
-        "\n| guest | page cache | mode | restore → first instruction | restore → exit | memory phase | pages faulted (uffd) | host page faults (getrusage) | working-set pages | prefetch installed / found present at exit | bytes read before run | samples |"
+        "\n| guest | page cache | mode | restore → first instruction | restore → exit | memory phase | pages faulted (uffd) | host page faults (getrusage) | working-set pages (+ first pages installed before the run) | prefetch installed / found present at exit | bytes read before run | samples |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((ram_mib, temperature, mode), s) in samples.lock().unwrap().iter() {
         println!(
-            "| {ram_mib} MiB | {temperature} | {mode} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {} | {} | {:.1} MiB | {} |",
+            "| {ram_mib} MiB | {temperature} | {mode} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {} (+{}) | {} | {:.1} MiB | {} |",
             median(&s.first).as_secs_f64() * 1e3,
             median(&s.exit).as_secs_f64() * 1e3,
             median(&s.memory_phase).as_secs_f64() * 1e3,
             median(&s.faults),
             median(&s.host_faults),
             s.prefetched,
+            s.first_pages,
             if s.prefetch_installed.is_empty() {
                 "—".to_string()
             } else {

@@ -74,9 +74,17 @@
 
 #![deny(missing_docs)]
 
+// The integration tests' guests, for the unit tests that need a running VM.
+#[cfg(test)]
+extern crate self as nexus_snapshot;
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod test_guests;
+
 mod codec;
 pub mod devices;
 mod file_identity;
+mod first_pages;
 pub mod limits;
 mod memfile;
 mod persist;
@@ -94,7 +102,7 @@ use std::path::{Path, PathBuf};
 
 pub use file_identity::FileChange;
 pub use persist::{DeviceState, Persist};
-pub use prefetch::{MAX_BATCH_PAGES, PrefetchReport, PrefetchState};
+pub use prefetch::{MAX_BATCH_PAGES, MAX_GAP_PAGES, PrefetchReport, PrefetchState};
 pub use restore::{
     FaultServer, FaultStats, RestoreMode, RestoreOptions, RestoreStats, RestoredVm, Snapshot,
     WorkingSetReport,

@@ -1,3 +1,5 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 //! Background working-set prefetch: one thread per [`crate::RestoreMode::Prefetch`] restore
 //! that installs the recorded working set into guest RAM while the guest already runs.
 //!
@@ -25,7 +27,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
-use vm_memory::VolatileMemory;
+use vm_memory::{MmapRegion, VolatileMemory};
 
 use crate::restore::SnapshotInner;
 use crate::sys::{Filled, Userfaultfd};
@@ -164,6 +166,12 @@ fn all_pages(ws: &WorkingSet) -> Vec<u64> {
     all
 }
 
+/// Whether `error` says the memory is no longer registered with the userfaultfd (it was
+/// unmapped before the fault handler raised [`FaultShared::unmapped`]).
+fn unregistered(error: &Error) -> bool {
+    matches!(error, Error::Userfaultfd { source, .. } if source.raw_os_error() == Some(libc::ENOENT))
+}
+
 /// `error` and its causes, as one line.
 fn error_chain(error: &Error) -> String {
     let mut text = error.to_string();
@@ -227,7 +235,7 @@ impl Prefetcher {
         let state = match self.install() {
             Ok(true) => PrefetchState::Done,
             Ok(false) => PrefetchState::Stopped,
-            Err(e) if self.vm_gone() => {
+            Err(e) if self.vm_gone() || unregistered(&e) => {
                 log::debug!("Prefetch stopped with the VM: {}", error_chain(&e));
                 PrefetchState::Stopped
             }
@@ -267,28 +275,11 @@ impl Prefetcher {
                 span.pages * PAGE_SIZE,
             );
         }
-        let err = |op| move |source| Error::Userfaultfd { op, source };
         for span in &self.spans {
             if stop() {
                 return Ok(false);
             }
-            let len = span.pages * PAGE_SIZE;
-            let filled: Filled = if memory.bitmap.runs(span.first_page, span.pages).is_empty() {
-                self.uffd
-                    .zero_missing(span.host, len, &stop)
-                    .map_err(err("zeropage (prefetch)"))?
-            } else {
-                let src = source
-                    .get_slice(((span.first_page + 1) * PAGE_SIZE) as usize, len as usize)
-                    .map_err(|e| Error::malformed(&memory.path, e.to_string()))?;
-                self.uffd
-                    .copy_missing(span.host, &src, &stop)
-                    .map_err(|source| match memory.check() {
-                        // UFFDIO_COPY fails with EFAULT past the end of a truncated file.
-                        Err(changed) => changed,
-                        Ok(()) => err("copy (prefetch)")(source),
-                    })?
-            };
+            let filled = install_span(&self.uffd, &self.snapshot, source, span, &stop)?;
             self.shared
                 .installed
                 .fetch_add(filled.installed, Ordering::AcqRel);
@@ -298,6 +289,53 @@ impl Prefetcher {
         }
         Ok(true)
     }
+}
+
+/// Installs the missing pages of `span` from the memory file mapped at `source`
+/// (`UFFDIO_ZEROPAGE` when the file stores none of them).
+fn install_span(
+    uffd: &Userfaultfd,
+    snapshot: &SnapshotInner,
+    source: &MmapRegion,
+    span: &Span,
+    stop: &dyn Fn() -> bool,
+) -> Result<Filled> {
+    let memory = &snapshot.memory;
+    let err = |op| move |source| Error::Userfaultfd { op, source };
+    let len = span.pages * PAGE_SIZE;
+    if memory.bitmap.runs(span.first_page, span.pages).is_empty() {
+        return uffd
+            .zero_missing(span.host, len, stop)
+            .map_err(err("zeropage (prefetch)"));
+    }
+    let src = source
+        .get_slice(((span.first_page + 1) * PAGE_SIZE) as usize, len as usize)
+        .map_err(|e| Error::malformed(&memory.path, e.to_string()))?;
+    uffd.copy_missing(span.host, &src, stop)
+        .map_err(|source| match memory.check() {
+            // UFFDIO_COPY fails with EFAULT past the end of a truncated file.
+            Err(changed) => changed,
+            Ok(()) => err("copy (prefetch)")(source),
+        })
+}
+
+/// Installs `pages` (ascending page-list indices of RAM pages in `regions`) from the
+/// snapshot's memory file at once, before the VM runs. Returns the number of pages
+/// installed (the gaps of up to [`MAX_GAP_PAGES`] between them included).
+pub(crate) fn install_now(
+    uffd: &Userfaultfd,
+    regions: &[UffdRegion],
+    snapshot: &SnapshotInner,
+    pages: &[u64],
+) -> Result<u64> {
+    let source = snapshot
+        .source()
+        .map_err(|e| Error::io("map", &snapshot.memory.path, e))?;
+    let mut installed = 0;
+    for span in spans(pages, regions) {
+        installed += install_span(uffd, snapshot, source, &span, &|| false)?.installed;
+    }
+    Ok(installed)
 }
 
 #[cfg(test)]

@@ -83,6 +83,11 @@ pub struct RestoreStats {
     /// Pages of the working set handed to the background prefetch
     /// ([`RestoreMode::Prefetch`]; [`FaultServer::prefetch`] tells how many it installed).
     pub prefetched_pages: u64,
+    /// Pages installed before the VM runs because its vCPUs need them first — the pages of
+    /// their instruction and stack pointers and the page tables that map them, found from
+    /// their saved registers ([`RestoreMode::Prefetch`]; the gaps of up to
+    /// [`crate::MAX_GAP_PAGES`] pages between them included).
+    pub first_pages: u64,
 }
 
 /// Pages served by userfaultfd so far.
@@ -462,6 +467,9 @@ impl Snapshot {
                 )?;
                 let prefetch = match working_set {
                     Some(ws) => {
+                        let first = crate::first_pages::first_pages(state, &inner.memory);
+                        stats.first_pages =
+                            crate::prefetch::install_now(&uffd, &uffd_regions, inner, &first)?;
                         stats.prefetched_pages = (ws.data_pages.len() + ws.zero_pages.len()) as u64;
                         stats.bytes_read += ws.data_offset as u64;
                         Some(crate::prefetch::spawn(
@@ -510,5 +518,144 @@ impl Snapshot {
             faults,
             stats,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc;
+
+    use nexus_kvm::VcpuStop;
+    use nexus_kvm::serial::Console;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::PrefetchState;
+    use crate::test_guests::*;
+
+    const RAM: u64 = 64 << 20;
+    const BUFFER_BYTES: u64 = 1 << 20;
+
+    /// A counting guest stopped mid-computation, with a recorded working set; the exit code
+    /// and buffer an eager restore runs to.
+    fn recorded_counter(dir: &Path) -> (Snapshot, u32, Vec<u8>) {
+        let elf = counter_elf(20_000_000, BUFFER_BYTES);
+        let (files, _) = snapshot_counter(&elf, RAM, 0, Duration::from_millis(5), dir);
+        let snapshot = Snapshot::open(&files).unwrap();
+        let recording = restore_and_run(&snapshot, RestoreMode::Uffd, true);
+        assert!(recording.recorded.is_some());
+        let eager = restore_and_run(&snapshot, RestoreMode::Eager, false);
+        let buffer = read_buffer(&eager.restored);
+        (snapshot, eager.code, buffer)
+    }
+
+    fn read_buffer(restored: &RestoredVm) -> Vec<u8> {
+        let mut buf = vec![0u8; BUFFER_BYTES as usize];
+        restored
+            .vm
+            .memory()
+            .guest()
+            .read_slice(&mut buf, GuestAddress(BUFFER))
+            .unwrap();
+        buf
+    }
+
+    /// A prefetch restore whose background prefetch waits for the returned sender.
+    fn gated_restore(snapshot: &Snapshot) -> (RestoredVm, mpsc::Sender<()>) {
+        let (open, gate) = mpsc::channel();
+        let restored = snapshot
+            .restore_with(
+                &RestoreOptions {
+                    mode: RestoreMode::Prefetch,
+                    vcpu: VcpuConfig { strict_io: true },
+                    ..Default::default()
+                },
+                Some(gate),
+            )
+            .unwrap();
+        (restored, open)
+    }
+
+    #[test]
+    fn pages_the_guest_touched_before_the_prefetch_are_served_once_and_keep_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, code, buffer) = recorded_counter(dir.path());
+        let (mut restored, open) = gated_restore(&snapshot);
+        crate::devices::attach_micro_devices(
+            &restored.vm,
+            &restored.devices,
+            Console::new(std::io::sink()),
+        )
+        .unwrap();
+        // The guest runs to its end before the prefetch starts: every page of its working
+        // set is served on demand (and the buffer's pages written).
+        assert_eq!(restored.vcpus[0].run().unwrap(), VcpuStop::Exit(code));
+        let faults = restored.faults.clone().unwrap();
+        let served = faults.stats();
+        assert_eq!(faults.prefetch().unwrap().state, PrefetchState::Running);
+        open.send(()).unwrap();
+        let report = faults.wait_prefetch().unwrap();
+        eprintln!("{served:?} then {report:?}");
+        assert_eq!(report.state, PrefetchState::Done);
+        // Every page of the working set was already there: the prefetch installed only the
+        // gaps it fills, and the fault handler served nothing more.
+        assert!(
+            report.present_pages >= report.working_set_pages,
+            "{report:?}"
+        );
+        assert_eq!(faults.stats(), served);
+        assert!(served.pages_faulted >= report.working_set_pages - restored.stats.first_pages);
+        // The guest's writes survived the prefetch.
+        assert!(
+            read_buffer(&restored) == buffer,
+            "the guest's buffer was overwritten"
+        );
+    }
+
+    #[test]
+    fn the_prefetch_stops_when_the_vm_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _, _) = recorded_counter(dir.path());
+        let (restored, open) = gated_restore(&snapshot);
+        let faults = restored.faults.clone().unwrap();
+        drop(restored);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !faults.is_finished() {
+            assert!(Instant::now() < deadline, "the fault handler did not end");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        open.send(()).unwrap();
+        let report = faults.wait_prefetch().unwrap();
+        assert_eq!(report.state, PrefetchState::Stopped);
+        assert_eq!(report.installed_pages, 0);
+    }
+
+    #[test]
+    fn the_vcpus_first_pages_are_installed_before_the_vm_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, code, _) = recorded_counter(dir.path());
+        let (mut restored, _open) = gated_restore(&snapshot);
+        // The code page, the stack page and the page tables: a handful.
+        let first = restored.stats.first_pages;
+        assert!((2..=64).contains(&first), "{first} first pages");
+        // The micro-guest's code is identity-mapped: reading its page faults nothing.
+        let faults = restored.faults.clone().unwrap();
+        let rip = snapshot.state().vcpus[0].regs.rip;
+        let mut byte = [0u8; 1];
+        restored
+            .vm
+            .memory()
+            .guest()
+            .read_slice(&mut byte, GuestAddress(rip))
+            .unwrap();
+        assert_eq!(faults.stats().pages_faulted, 0);
+        crate::devices::attach_micro_devices(
+            &restored.vm,
+            &restored.devices,
+            Console::new(std::io::sink()),
+        )
+        .unwrap();
+        assert_eq!(restored.vcpus[0].run().unwrap(), VcpuStop::Exit(code));
     }
 }

@@ -117,6 +117,34 @@ fn prefetch_after_recording_faults_fewer_pages_than_uffd() {
 }
 
 #[test]
+fn a_background_prefetch_restore_ends_as_an_eager_one_in_memory_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, before) = snapshot_in(dir.path(), 0);
+    restore_and_run(&snapshot, RestoreMode::Uffd, true);
+    let eager = restore_and_run(&snapshot, RestoreMode::Eager, false);
+    check_run(&eager, &before);
+    let eager_ram = read_ram(&eager.restored.vm, RAM);
+    for _ in 0..3 {
+        let prefetch = restore_and_run(&snapshot, RestoreMode::Prefetch, false);
+        check_run(&prefetch, &before);
+        let report = prefetch
+            .restored
+            .faults
+            .as_ref()
+            .unwrap()
+            .wait_prefetch()
+            .unwrap();
+        eprintln!("at exit {:?}; at the end {report:?}", prefetch.prefetch);
+        assert_eq!(report.state, PrefetchState::Done);
+        assert!(report.installed_pages + report.present_pages >= report.working_set_pages);
+        assert!(
+            read_ram(&prefetch.restored.vm, RAM) == eager_ram,
+            "RAM differs from the eager restore's"
+        );
+    }
+}
+
+#[test]
 fn ten_concurrent_restores_from_one_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let (snapshot, before) = snapshot_in(dir.path(), 0);
