@@ -55,28 +55,6 @@ struct Samples {
     bytes_read: Vec<u64>,
 }
 
-/// Medians of saving the stopped guest `SAVES` times: the save itself, and the save followed
-/// by `fsync` of the memory and state files.
-fn time_saves(booted: &mut Booted, dir: &std::path::Path) -> (Duration, Duration, SaveReport) {
-    let files = SnapshotFiles::in_dir(dir.join("saves"));
-    let (mut plain, mut synced) = (Vec::new(), Vec::new());
-    let mut report = None;
-    for _ in 0..SAVES {
-        let t = Instant::now();
-        let r = save(booted, &files);
-        plain.push(t.elapsed());
-        let t = Instant::now();
-        let r2 = save(booted, &files);
-        for path in [&files.memory, &files.state] {
-            std::fs::File::open(path).unwrap().sync_all().unwrap();
-        }
-        synced.push(t.elapsed());
-        assert_eq!(r.nonzero_pages, r2.nonzero_pages);
-        report = Some(r);
-    }
-    (median(&plain), median(&synced), report.unwrap())
-}
-
 /// Page faults the whole process has taken so far (minor + major), from getrusage(2): the
 /// faults the kernel serves itself — for a lazy restore, every guest page touched through the
 /// `MAP_PRIVATE` mapping — which userfaultfd's count does not see.
@@ -112,6 +90,51 @@ fn median<T: Copy + Ord>(v: &[T]) -> T {
     v[v.len() / 2]
 }
 
+/// Medians of saving the stopped guest.
+struct SaveTimes {
+    /// Into a new directory (files that do not exist yet), without and with `fsync`.
+    fresh: Duration,
+    fresh_fsync: Duration,
+    /// Over the files of the previous save, without and with `fsync`.
+    replacing: Duration,
+    replacing_fsync: Duration,
+    report: SaveReport,
+}
+
+/// Saves the stopped guest `SAVES` times each way (see [`SaveTimes`]); `fsync` is of the
+/// memory and state files.
+fn time_saves(booted: &mut Booted, dir: &std::path::Path) -> SaveTimes {
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    let mut report = None;
+    for i in 0..SAVES {
+        for (k, fsync) in [false, true].into_iter().enumerate() {
+            // Fresh: a new directory, removed afterwards (not timed).
+            let fresh = SnapshotFiles::in_dir(dir.join(format!("fresh-{i}-{k}")));
+            // Replacing: the same files every time.
+            let replaced = SnapshotFiles::in_dir(dir.join(format!("replaced-{k}")));
+            for (j, files) in [fresh, replaced].iter().enumerate() {
+                let t = Instant::now();
+                let r = save(booted, files);
+                if fsync {
+                    for path in [&files.memory, &files.state] {
+                        std::fs::File::open(path).unwrap().sync_all().unwrap();
+                    }
+                }
+                times[2 * j + k].push(t.elapsed());
+                report = Some(r);
+            }
+            std::fs::remove_dir_all(dir.join(format!("fresh-{i}-{k}"))).unwrap();
+        }
+    }
+    SaveTimes {
+        fresh: median(&times[0]),
+        fresh_fsync: median(&times[1]),
+        replacing: median(&times[2]),
+        replacing_fsync: median(&times[3]),
+        report: report.unwrap(),
+    }
+}
+
 fn restore(c: &mut Criterion) {
     let samples: Mutex<BTreeMap<(u64, &str, &str), Samples>> = Mutex::default();
     let mut sizes = Vec::new();
@@ -123,13 +146,13 @@ fn restore(c: &mut Criterion) {
         assert_eq!(booted.vcpu.run().unwrap(), VcpuStop::Exit(PAUSE_CODE_EXIT));
         let files = SnapshotFiles::in_dir(dir.path());
         let report = save(&mut booted, &files);
-        let (save_time, save_fsync_time, _) = time_saves(&mut booted, dir.path());
+        let saves = time_saves(&mut booted, dir.path());
         drop(booted);
         let snapshot = Snapshot::open(&files).unwrap();
         let ws = restore_and_run(&snapshot, RestoreMode::Uffd, true)
             .recorded
             .unwrap();
-        sizes.push((ram_mib, report, ws, save_time, save_fsync_time));
+        sizes.push((ram_mib, report, ws, saves));
 
         sync(&files);
         for cold in [false, true] {
@@ -141,7 +164,7 @@ fn restore(c: &mut Criterion) {
                 .warm_up_time(Duration::from_millis(500))
                 .measurement_time(Duration::from_secs(3));
             for (name, mode, wait) in MODES {
-                group.bench_function(BenchmarkId::new("to_exit", &name), |b| {
+                group.bench_function(BenchmarkId::new("to_exit", name), |b| {
                     b.iter_custom(|iters| {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
@@ -208,15 +231,24 @@ fn restore(c: &mut Criterion) {
             s.exit.len()
         );
     }
-    for (ram_mib, report, ws, save_time, save_fsync_time) in sizes {
+    for (ram_mib, report, ws, saves) in sizes {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{ram_mib} MiB guest: {} pages stored, save {:.2} ms (median of {SAVES}), save + fsync {:.2} ms; working set {} pages ({} zero), {} KiB file",
+            "{ram_mib} MiB guest: {} pages stored ({} scanned), first save {:.2} ms; working set {} pages ({} zero), {} KiB file",
             report.nonzero_pages,
-            save_time.as_secs_f64() * 1e3,
-            save_fsync_time.as_secs_f64() * 1e3,
+            saves.report.pages_scanned,
+            ms(report.total),
             ws.data_pages + ws.zero_pages,
             ws.zero_pages,
             ws.file_size / 1024
+        );
+        println!(
+            "{ram_mib} MiB guest saves (medians of {SAVES}): new files {:.2} ms, + fsync {:.2} ms; replacing files {:.2} ms, + fsync {:.2} ms; memory phase {:.2} ms",
+            ms(saves.fresh),
+            ms(saves.fresh_fsync),
+            ms(saves.replacing),
+            ms(saves.replacing_fsync),
+            ms(saves.report.memory),
         );
     }
 }

@@ -141,8 +141,7 @@ pub fn save(
     let bytes = state.to_file_bytes();
     let tmp = temp_path(&files.state);
     std::fs::write(&tmp, &bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, &files.state)
-        .map_err(|e| Error::io("rename into place", &files.state, e))?;
+    memfile::move_into_place(&tmp, &files.state)?;
     let report = SaveReport {
         id,
         state_file_size: bytes.len() as u64,

@@ -108,7 +108,7 @@ pub(crate) fn write(
         .and_then(|()| file.write_all(&body.buf))
         .map_err(|e| Error::io("write", &tmp, e))?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+    crate::memfile::move_into_place(&tmp, path)?;
     Ok(WorkingSetReport {
         path: path.to_path_buf(),
         data_pages: data.len() as u64,
