@@ -453,7 +453,8 @@ impl Snapshot {
         // A change while memory was prepared: in particular a memory file truncated after the
         // first check but before a lazy mapping of it, which the guest would fault on.
         inner.check_files()?;
-        let faults = match uffd {
+        let mut pending_prefetch = None;
+        let mut faults = match uffd {
             Some(uffd) => {
                 let shared = Arc::new(FaultShared {
                     recorded: options.record_working_set.then(|| Mutex::new(Vec::new())),
@@ -465,28 +466,21 @@ impl Snapshot {
                     Arc::clone(inner),
                     Arc::clone(&shared),
                 )?;
-                let prefetch = match working_set {
-                    Some(ws) => {
-                        let first = crate::first_pages::first_pages(state, &inner.memory);
-                        stats.first_pages =
-                            crate::prefetch::install_now(&uffd, &uffd_regions, inner, &first)?;
-                        stats.prefetched_pages = (ws.data_pages.len() + ws.zero_pages.len()) as u64;
-                        stats.bytes_read += ws.data_offset as u64;
-                        Some(crate::prefetch::spawn(
-                            uffd,
-                            &uffd_regions,
-                            &ws,
-                            Arc::clone(inner),
-                            Arc::clone(&shared),
-                            prefetch_gate,
-                        )?)
-                    }
-                    None => None,
-                };
+                // The prefetch thread starts once the VM and its vCPUs are built: KVM takes the
+                // address space's lock for writing while it builds them, and would wait for
+                // each batch the thread installs.
+                if let Some(ws) = working_set {
+                    let first = crate::first_pages::first_pages(state, &inner.memory);
+                    stats.first_pages =
+                        crate::prefetch::install_now(&uffd, &uffd_regions, inner, &first)?;
+                    stats.prefetched_pages = (ws.data_pages.len() + ws.zero_pages.len()) as u64;
+                    stats.bytes_read += ws.data_offset as u64;
+                    pending_prefetch = Some((uffd, uffd_regions, ws, Arc::clone(&shared)));
+                }
                 Some(FaultServer {
                     shared,
                     snapshot: Arc::clone(inner),
-                    prefetch,
+                    prefetch: None,
                 })
             }
             None => None,
@@ -509,6 +503,16 @@ impl Snapshot {
         }
         state.vm.apply_clock(vm.fd())?;
         stats.vcpus = t.elapsed();
+        if let (Some((uffd, regions, ws, shared)), Some(faults)) = (pending_prefetch, &mut faults) {
+            faults.prefetch = Some(crate::prefetch::spawn(
+                uffd,
+                &regions,
+                &ws,
+                Arc::clone(inner),
+                shared,
+                prefetch_gate,
+            )?);
+        }
         stats.total = start.elapsed();
         log::debug!("Restored snapshot {:#018x} ({mode:?}): {stats:?}", state.id);
         Ok(RestoredVm {
