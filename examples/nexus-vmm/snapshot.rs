@@ -235,10 +235,12 @@ pub fn invoke(args: InvokeArgs) -> Result<u32> {
         ms(elapsed),
     );
     println!(
-        "restore mode {:?}: {} bytes read before the VM ran, {} pages prefetched, {} pages \
-         faulted in; {} KVM exits during the invocation",
+        "restore mode {:?}: {} bytes read before the VM ran, {} pages installed before it ran, \
+         {} working-set pages prefetched in the background, {} pages faulted in; {} KVM exits \
+         during the invocation",
         stats.mode,
         stats.bytes_read,
+        stats.first_pages,
         stats.prefetched_pages,
         faults_seen.map_or(0, |f| f.pages_faulted),
         done.exits

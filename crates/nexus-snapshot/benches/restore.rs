@@ -24,14 +24,21 @@ use std::time::{Duration, Instant};
 use common::*;
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use nexus_kvm::VcpuStop;
-use nexus_snapshot::{RestoreMode, Snapshot, SnapshotFiles};
+use nexus_snapshot::{RestoreMode, SaveReport, Snapshot, SnapshotFiles};
 
-const MODES: [RestoreMode; 4] = [
-    RestoreMode::Eager,
-    RestoreMode::Lazy,
-    RestoreMode::Uffd,
-    RestoreMode::Prefetch,
+/// The modes measured: name, mode, and whether to wait for the working set's prefetch before
+/// the vCPU runs (`prefetch_wait`: how prefetch restores worked before the prefetch moved to
+/// the background).
+const MODES: [(&str, RestoreMode, bool); 5] = [
+    ("eager", RestoreMode::Eager, false),
+    ("lazy", RestoreMode::Lazy, false),
+    ("uffd", RestoreMode::Uffd, false),
+    ("prefetch_wait", RestoreMode::Prefetch, true),
+    ("prefetch", RestoreMode::Prefetch, false),
 ];
+
+/// Saves timed per guest size.
+const SAVES: usize = 15;
 
 #[derive(Default)]
 struct Samples {
@@ -41,6 +48,10 @@ struct Samples {
     faults: Vec<u64>,
     host_faults: Vec<u64>,
     prefetched: u64,
+    first_pages: u64,
+    /// Pages the background prefetch had installed, and found present, at the guest's exit.
+    prefetch_installed: Vec<u64>,
+    prefetch_present: Vec<u64>,
     bytes_read: Vec<u64>,
 }
 
@@ -79,8 +90,53 @@ fn median<T: Copy + Ord>(v: &[T]) -> T {
     v[v.len() / 2]
 }
 
+/// Medians of saving the stopped guest.
+struct SaveTimes {
+    /// Into a new directory (files that do not exist yet), without and with `fsync`.
+    fresh: Duration,
+    fresh_fsync: Duration,
+    /// Over the files of the previous save, without and with `fsync`.
+    replacing: Duration,
+    replacing_fsync: Duration,
+    report: SaveReport,
+}
+
+/// Saves the stopped guest `SAVES` times each way (see [`SaveTimes`]); `fsync` is of the
+/// memory and state files.
+fn time_saves(booted: &mut Booted, dir: &std::path::Path) -> SaveTimes {
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    let mut report = None;
+    for i in 0..SAVES {
+        for (k, fsync) in [false, true].into_iter().enumerate() {
+            // Fresh: a new directory, removed afterwards (not timed).
+            let fresh = SnapshotFiles::in_dir(dir.join(format!("fresh-{i}-{k}")));
+            // Replacing: the same files every time.
+            let replaced = SnapshotFiles::in_dir(dir.join(format!("replaced-{k}")));
+            for (j, files) in [fresh, replaced].iter().enumerate() {
+                let t = Instant::now();
+                let r = save(booted, files);
+                if fsync {
+                    for path in [&files.memory, &files.state] {
+                        std::fs::File::open(path).unwrap().sync_all().unwrap();
+                    }
+                }
+                times[2 * j + k].push(t.elapsed());
+                report = Some(r);
+            }
+            std::fs::remove_dir_all(dir.join(format!("fresh-{i}-{k}"))).unwrap();
+        }
+    }
+    SaveTimes {
+        fresh: median(&times[0]),
+        fresh_fsync: median(&times[1]),
+        replacing: median(&times[2]),
+        replacing_fsync: median(&times[3]),
+        report: report.unwrap(),
+    }
+}
+
 fn restore(c: &mut Criterion) {
-    let samples: Mutex<BTreeMap<(u64, &str, String), Samples>> = Mutex::default();
+    let samples: Mutex<BTreeMap<(u64, &str, &str), Samples>> = Mutex::default();
     let mut sizes = Vec::new();
     for ram_mib in [64u64, 512] {
         let ram = ram_mib << 20;
@@ -90,11 +146,13 @@ fn restore(c: &mut Criterion) {
         assert_eq!(booted.vcpu.run().unwrap(), VcpuStop::Exit(PAUSE_CODE_EXIT));
         let files = SnapshotFiles::in_dir(dir.path());
         let report = save(&mut booted, &files);
+        let saves = time_saves(&mut booted, dir.path());
         drop(booted);
         let snapshot = Snapshot::open(&files).unwrap();
-        let recording = restore_and_run(&snapshot, RestoreMode::Uffd, true);
-        let ws = recording.recorded.unwrap();
-        sizes.push((ram_mib, report, ws));
+        let ws = restore_and_run(&snapshot, RestoreMode::Uffd, true)
+            .recorded
+            .unwrap();
+        sizes.push((ram_mib, report, ws, saves));
 
         sync(&files);
         for cold in [false, true] {
@@ -105,9 +163,8 @@ fn restore(c: &mut Criterion) {
                 .sampling_mode(SamplingMode::Flat)
                 .warm_up_time(Duration::from_millis(500))
                 .measurement_time(Duration::from_secs(3));
-            for mode in MODES {
-                let name = format!("{mode:?}").to_lowercase();
-                group.bench_function(BenchmarkId::new("to_exit", &name), |b| {
+            for (name, mode, wait) in MODES {
+                group.bench_function(BenchmarkId::new("to_exit", name), |b| {
                     b.iter_custom(|iters| {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
@@ -119,12 +176,12 @@ fn restore(c: &mut Criterion) {
                                 (snapshot.clone(), Duration::ZERO)
                             };
                             let faults_before = process_faults();
-                            let r = restore_and_run(&snapshot, mode, false);
+                            let r = restore_and_run_with(&snapshot, mode, false, wait);
                             let host_faults = process_faults() - faults_before;
                             assert_eq!(r.code, pause_expected(dirty, stride));
                             total += open + r.to_exit;
                             let mut all = samples.lock().unwrap();
-                            let s = all.entry((ram_mib, temperature, name.clone())).or_default();
+                            let s = all.entry((ram_mib, temperature, name)).or_default();
                             s.first.push(open + r.first_instruction.unwrap());
                             s.exit.push(open + r.to_exit);
                             s.memory_phase.push(r.stats.memory);
@@ -132,6 +189,12 @@ fn restore(c: &mut Criterion) {
                             s.host_faults.push(host_faults);
                             s.bytes_read.push(r.stats.bytes_read);
                             s.prefetched = r.stats.prefetched_pages;
+                            s.first_pages = r.stats.first_pages;
+                            if let Some(p) = &r.prefetch {
+                                s.prefetch_installed.push(p.installed_pages);
+                                s.prefetch_present.push(p.present_pages);
+                            }
+                            drop(r);
                         }
                         total
                     })
@@ -142,30 +205,50 @@ fn restore(c: &mut Criterion) {
     }
 
     println!(
-        "\n| guest | page cache | mode | restore → first instruction | restore → exit | memory phase | pages faulted (uffd) | host page faults (getrusage) | prefetched pages | bytes read before run | samples |"
+        "\n| guest | page cache | mode | restore → first instruction | restore → exit | memory phase | pages faulted (uffd) | host page faults (getrusage) | working-set pages (+ first pages installed before the run) | prefetch installed / found present at exit | bytes read before run | samples |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((ram_mib, temperature, mode), s) in samples.lock().unwrap().iter() {
         println!(
-            "| {ram_mib} MiB | {temperature} | {mode} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {} | {:.1} MiB | {} |",
+            "| {ram_mib} MiB | {temperature} | {mode} | {:.2} ms | {:.2} ms | {:.2} ms | {} | {} | {} (+{}) | {} | {:.1} MiB | {} |",
             median(&s.first).as_secs_f64() * 1e3,
             median(&s.exit).as_secs_f64() * 1e3,
             median(&s.memory_phase).as_secs_f64() * 1e3,
             median(&s.faults),
             median(&s.host_faults),
             s.prefetched,
+            s.first_pages,
+            if s.prefetch_installed.is_empty() {
+                "—".to_string()
+            } else {
+                format!(
+                    "{} / {}",
+                    median(&s.prefetch_installed),
+                    median(&s.prefetch_present)
+                )
+            },
             median(&s.bytes_read) as f64 / f64::from(1 << 20),
             s.exit.len()
         );
     }
-    for (ram_mib, report, ws) in sizes {
+    for (ram_mib, report, ws, saves) in sizes {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{ram_mib} MiB guest: {} non-zero pages stored, save {:.1} ms; working set {} pages ({} zero), {} KiB file",
+            "{ram_mib} MiB guest: {} pages stored ({} scanned), first save {:.2} ms; working set {} pages ({} zero), {} KiB file",
             report.nonzero_pages,
-            report.total.as_secs_f64() * 1e3,
+            saves.report.pages_scanned,
+            ms(report.total),
             ws.data_pages + ws.zero_pages,
             ws.zero_pages,
             ws.file_size / 1024
+        );
+        println!(
+            "{ram_mib} MiB guest saves (medians of {SAVES}): new files {:.2} ms, + fsync {:.2} ms; replacing files {:.2} ms, + fsync {:.2} ms; memory phase {:.2} ms",
+            ms(saves.fresh),
+            ms(saves.fresh_fsync),
+            ms(saves.replacing),
+            ms(saves.replacing_fsync),
+            ms(saves.report.memory),
         );
     }
 }

@@ -6,14 +6,23 @@
 //!   registers (general, special, FPU, XSAVE, XCRs, debug registers, MSRs, LAPIC, events,
 //!   MP state, CPUID), the VM-wide KVM state (clock, PIC/IOAPIC, PIT), the memory layout, and
 //!   one opaque section per device, produced by the device's own [`Persist`] implementation;
-//! - the **memory file**: guest RAM and the I/O window as a sparse file — only non-zero pages
-//!   are written, at their offsets, so a barely touched guest costs a few blocks of disk — with
-//!   a header and an explicit, checksummed page list;
+//! - the **memory file**: guest RAM and the I/O window as a sparse file — only the pages the
+//!   guest touched are written, at their offsets, so a barely touched guest costs a few blocks
+//!   of disk — with a header and an explicit, checksummed page list;
 //! - the **working-set file**: the pages a recording restore saw the guest fault, stored
 //!   contiguously so that a later [`RestoreMode::Prefetch`] restore reads them in one
-//!   sequential read (REAP's record-and-prefetch).
+//!   sequential read (REAP's record-and-prefetch) — in the background, while the guest
+//!   already runs.
 //!
 //! `docs/snapshot-format.md` in the workspace documents the three formats byte by byte.
+//!
+//! Saving ([`save()`]) reads nothing it does not store: the pages of anonymous RAM that exist
+//! (present or swapped out, not the shared zero page) are found with `PAGEMAP_SCAN` on
+//! `/proc/self/pagemap` and written straight from guest memory, one `pwrite` per run; the
+//! other regions (the window, RAM mapped from a file or registered with userfaultfd by a
+//! restore, everything on kernels before Linux 6.7) are read whole and their non-zero pages
+//! written ([`SaveReport::pages_scanned`]). Files replacing older ones are exchanged with them
+//! atomically.
 //!
 //! Restoring ([`Snapshot::restore`]) validates everything first — header, version, checksum,
 //! and that the memory (and working-set) file belongs to the state file — and only then
@@ -24,7 +33,18 @@
 //! | [`Eager`](RestoreMode::Eager) | fresh anonymous memory, non-zero pages read in | — |
 //! | [`Lazy`](RestoreMode::Lazy) | the memory file mapped `MAP_PRIVATE` (copy-on-write) | read from the page cache shared by every VM restored from the file |
 //! | [`Uffd`](RestoreMode::Uffd) | anonymous memory registered with userfaultfd | served on first touch by a handler thread (`UFFDIO_COPY` / `UFFDIO_ZEROPAGE`) |
-//! | [`Prefetch`](RestoreMode::Prefetch) | as `Uffd`, with the recorded working set installed first | as `Uffd` |
+//! | [`Prefetch`](RestoreMode::Prefetch) | as `Uffd`; a background thread installs the recorded working set while the guest runs | as `Uffd`, until the background thread has installed them |
+//!
+//! A prefetch restore never waits for the working set: the pages the vCPUs need first (found
+//! from their saved registers and page tables, [`RestoreStats::first_pages`]) are installed
+//! before the VM is returned, the vCPUs can start at once, a background thread installs the
+//! working set in page order (`UFFDIO_COPY` from the memory file, in spans that fill gaps of up
+//! to [`MAX_GAP_PAGES`] pages, at most [`MAX_BATCH_PAGES`] at a time), and the fault handler
+//! serves whatever the guest touches before the thread gets there. Both only fill missing pages —
+//! the kernel refuses to overwrite a present one — so every page is installed once and no
+//! write of the guest is undone. [`FaultServer::prefetch`] reports progress
+//! ([`PrefetchReport`]); [`FaultServer::wait_prefetch`] waits for the end, which comes early
+//! when the VM is dropped.
 //!
 //! The I/O window is always restored eagerly into a new memfd, so that it can again be shared
 //! with the backend.
@@ -64,12 +84,21 @@
 
 #![deny(missing_docs)]
 
+// The integration tests' guests, for the unit tests that need a running VM.
+#[cfg(test)]
+extern crate self as nexus_snapshot;
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod test_guests;
+
 mod codec;
 pub mod devices;
 mod file_identity;
+mod first_pages;
 pub mod limits;
 mod memfile;
 mod persist;
+mod prefetch;
 mod restore;
 mod save;
 mod state;
@@ -83,6 +112,7 @@ use std::path::{Path, PathBuf};
 
 pub use file_identity::FileChange;
 pub use persist::{DeviceState, Persist};
+pub use prefetch::{MAX_BATCH_PAGES, MAX_GAP_PAGES, PrefetchReport, PrefetchState};
 pub use restore::{
     FaultServer, FaultStats, RestoreMode, RestoreOptions, RestoreStats, RestoredVm, Snapshot,
     WorkingSetReport,

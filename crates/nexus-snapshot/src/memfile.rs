@@ -1,5 +1,6 @@
 //! The memory file: a header page, guest RAM and the window at page-aligned offsets with a
-//! hole wherever a page is zero, and a bitmap of the non-zero pages (the explicit page list).
+//! hole wherever a page is not stored (zero, or never touched by the guest), and a bitmap of
+//! the stored pages (the explicit page list). A page that is not stored reads as zero.
 //!
 //! ```text
 //! 0          4096                         bitmap offset          file size
@@ -31,7 +32,8 @@ const WORDS_PER_PAGE: usize = PAGE_SIZE as usize / 8;
 /// Pages scanned per read while saving.
 const SCAN_CHUNK_PAGES: usize = 256;
 
-/// One bit per page of the page list: set when the page is non-zero (stored in the file).
+/// One bit per page of the page list: set when the page is stored in the file (it was
+/// non-zero, or touched by the guest).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PageBitmap {
     words: Vec<u64>,
@@ -99,6 +101,19 @@ impl PageBitmap {
     }
 }
 
+/// Moves the file written at `tmp` to `path` atomically. When a file is already at `path`,
+/// the two are exchanged (`renameat2(RENAME_EXCHANGE)`) and the old one, now at `tmp`, is
+/// removed: renaming over an existing file would make ext4 start writing the new file's
+/// blocks out at once (`auto_da_alloc`), which cost a replacing save of a 64 MiB guest
+/// about 25 ms more than a save to new files.
+pub(crate) fn move_into_place(tmp: &Path, path: &Path) -> Result<()> {
+    match crate::sys::exchange(tmp, path) {
+        Ok(()) => std::fs::remove_file(tmp).map_err(|e| Error::io("remove the replaced", tmp, e)),
+        // Nothing at `path` yet (ENOENT), or a file system without RENAME_EXCHANGE.
+        Err(_) => std::fs::rename(tmp, path).map_err(|e| Error::io("rename into place", path, e)),
+    }
+}
+
 /// `path` with `.tmp` appended: files are written there and renamed into place.
 pub(crate) fn temp_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -149,56 +164,44 @@ pub(crate) fn guest_region<'a>(
 }
 
 /// Writes `memory` to a sparse memory file at `path` (through a temporary file renamed into
-/// place). Returns the layout with the page count and page-list checksum filled in, and the
-/// number of bytes of page data written.
-pub(crate) fn write(path: &Path, id: u64, memory: &VmMemory) -> Result<(MemoryLayout, u64)> {
+/// place). Returns the layout with the page count and page-list checksum filled in, the
+/// number of bytes of page data written, and the number of pages read to find the non-zero
+/// ones.
+///
+/// Anonymous RAM is written from what the guest actually touched: the pages that exist
+/// (present or swapped, not the shared zero page), found with `PAGEMAP_SCAN` on
+/// `/proc/self/pagemap`, are written straight from guest memory, one `pwrite` per run of
+/// consecutive pages; nothing is read or written for the others, which read as zero. Such a
+/// page is stored even when the guest wrote zeros to it. File-backed regions (the window, RAM
+/// of a lazy restore), RAM registered with userfaultfd by a restore (whose missing pages are
+/// the snapshot's, not zero), and every region on kernels without `PAGEMAP_SCAN` are read
+/// whole instead, and only their non-zero pages stored.
+pub(crate) fn write(path: &Path, id: u64, memory: &VmMemory) -> Result<(MemoryLayout, u64, u64)> {
     let mut layout = MemoryLayout::for_config(memory.config());
     let tmp = temp_path(path);
     let file = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     file.set_len(layout.file_size)
         .map_err(|e| Error::io("size", &tmp, e))?;
     let mut bitmap = PageBitmap::new(layout.data_pages());
-    let mut words = vec![0u64; SCAN_CHUNK_PAGES * WORDS_PER_PAGE];
+    let mut pagemap = None;
     let mut written = 0u64;
+    let mut scanned = 0u64;
     for r in &layout.regions {
         let region = guest_region(memory, r)?;
-        let mut done = 0u64;
-        while done < r.size {
-            let len = (r.size - done).min(words.len() as u64 * 8) as usize;
-            let buf = &mut words.as_mut_bytes()[..len];
-            region
-                .read_slice(buf, MemoryRegionAddress(done))
-                .map_err(|source| Error::GuestMemory {
-                    addr: r.guest_addr + done,
-                    source,
-                })?;
-            let pages = len / PAGE_SIZE as usize;
-            let nonzero = |i: usize| {
-                words[i * WORDS_PER_PAGE..(i + 1) * WORDS_PER_PAGE]
-                    .iter()
-                    .fold(0, |a, w| a | w)
-                    != 0
-            };
-            // Write runs of non-zero pages with one pwrite each.
-            let mut i = 0;
-            while i < pages {
-                if !nonzero(i) {
-                    i += 1;
-                    continue;
-                }
-                let start = i;
-                while i < pages && nonzero(i) {
-                    bitmap.set(r.first_page() + done / PAGE_SIZE + i as u64);
-                    i += 1;
-                }
-                let bytes = &words.as_bytes()[start * PAGE_SIZE as usize..i * PAGE_SIZE as usize];
-                let at = r.file_offset + done + start as u64 * PAGE_SIZE;
-                file.write_all_at(bytes, at)
-                    .map_err(|e| Error::io("write", &tmp, e))?;
-                written += bytes.len() as u64;
+        let host = region.as_ptr() as u64;
+        let anonymous = region.file_offset().is_none() && !crate::uffd::is_registered(host, r.size);
+        let runs = if anonymous {
+            written_runs(&mut pagemap, host, r.size)
+        } else {
+            None
+        };
+        written += match runs {
+            Some(runs) => write_runs(&file, &tmp, r, region, host, &runs, &mut bitmap)?,
+            None => {
+                scanned += r.pages();
+                write_scanned(&file, &tmp, r, region, &mut bitmap)?
             }
-            done += len as u64;
-        }
+        };
     }
     let bitmap_bytes = bitmap.to_bytes();
     layout.nonzero_pages = bitmap.count();
@@ -208,8 +211,103 @@ pub(crate) fn write(path: &Path, id: u64, memory: &VmMemory) -> Result<(MemoryLa
     file.write_all_at(&header_bytes(&layout, id), 0)
         .map_err(|e| Error::io("write", &tmp, e))?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
-    Ok((layout, written))
+    move_into_place(&tmp, path)?;
+    Ok((layout, written, scanned))
+}
+
+/// The runs of written pages of the anonymous mapping `[host, host + len)`, or `None` when
+/// the kernel cannot tell (no `PAGEMAP_SCAN`): then the region is scanned.
+fn written_runs(pagemap: &mut Option<File>, host: u64, len: u64) -> Option<Vec<(u64, u64)>> {
+    if pagemap.is_none() {
+        *pagemap = File::open("/proc/self/pagemap")
+            .map_err(|e| log::debug!("Cannot open /proc/self/pagemap ({e}); scanning RAM"))
+            .ok();
+    }
+    crate::sys::written_runs(pagemap.as_ref()?, host, len)
+        .map_err(|e| log::debug!("PAGEMAP_SCAN failed ({e}); scanning RAM"))
+        .ok()
+}
+
+/// Writes the runs `(host address, length)` of region `r` (mapped at `host`) straight from
+/// guest memory, one `pwrite` each, and marks their pages stored. Returns the bytes written.
+fn write_runs(
+    file: &File,
+    tmp: &Path,
+    r: &MemoryRegion,
+    region: &GuestRegionMmap,
+    host: u64,
+    runs: &[(u64, u64)],
+    bitmap: &mut PageBitmap,
+) -> Result<u64> {
+    let mut written = 0;
+    for &(start, len) in runs {
+        let offset = start - host;
+        let slice = region
+            .get_slice(MemoryRegionAddress(offset), len as usize)
+            .map_err(|source| Error::GuestMemory {
+                addr: r.guest_addr + offset,
+                source,
+            })?;
+        crate::sys::pwrite_all(file, &slice, r.file_offset + offset)
+            .map_err(|e| Error::io("write", tmp, e))?;
+        let first = r.first_page() + offset / PAGE_SIZE;
+        for page in first..first + len / PAGE_SIZE {
+            bitmap.set(page);
+        }
+        written += len;
+    }
+    Ok(written)
+}
+
+/// Reads region `r` whole and writes its non-zero pages, one `pwrite` per run of them, and
+/// marks them stored. Returns the bytes written.
+fn write_scanned(
+    file: &File,
+    tmp: &Path,
+    r: &MemoryRegion,
+    region: &GuestRegionMmap,
+    bitmap: &mut PageBitmap,
+) -> Result<u64> {
+    let mut words = vec![0u64; SCAN_CHUNK_PAGES * WORDS_PER_PAGE];
+    let mut written = 0u64;
+    let mut done = 0u64;
+    while done < r.size {
+        let len = (r.size - done).min(words.len() as u64 * 8) as usize;
+        let buf = &mut words.as_mut_bytes()[..len];
+        region
+            .read_slice(buf, MemoryRegionAddress(done))
+            .map_err(|source| Error::GuestMemory {
+                addr: r.guest_addr + done,
+                source,
+            })?;
+        let pages = len / PAGE_SIZE as usize;
+        let nonzero = |i: usize| {
+            words[i * WORDS_PER_PAGE..(i + 1) * WORDS_PER_PAGE]
+                .iter()
+                .fold(0, |a, w| a | w)
+                != 0
+        };
+        // Write runs of non-zero pages with one pwrite each.
+        let mut i = 0;
+        while i < pages {
+            if !nonzero(i) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < pages && nonzero(i) {
+                bitmap.set(r.first_page() + done / PAGE_SIZE + i as u64);
+                i += 1;
+            }
+            let bytes = &words.as_bytes()[start * PAGE_SIZE as usize..i * PAGE_SIZE as usize];
+            let at = r.file_offset + done + start as u64 * PAGE_SIZE;
+            file.write_all_at(bytes, at)
+                .map_err(|e| Error::io("write", tmp, e))?;
+            written += bytes.len() as u64;
+        }
+        done += len as u64;
+    }
+    Ok(written)
 }
 
 /// An opened, validated memory file.

@@ -7,15 +7,16 @@ use std::time::{Duration, Instant};
 use nexus_kvm::memory::GuestRegionMmap;
 use nexus_kvm::{Vcpu, VcpuConfig, Vm, VmMemory, WindowRegion};
 use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, GuestAddress, MmapRegion, VolatileMemory};
+use vm_memory::{FileOffset, GuestAddress, MmapRegion};
 
 use crate::file_identity::FileIdentity;
 use crate::memfile::MemoryFile;
 use crate::persist::DeviceState;
+use crate::prefetch::{PrefetchReport, PrefetchShared};
 use crate::state::{MemoryRegion, RegionKind, SnapshotState};
 use crate::sys::Userfaultfd;
 use crate::uffd::{FaultShared, UffdRegion};
-use crate::working_set::{self, WorkingSet};
+use crate::working_set;
 use crate::{Error, PAGE_SIZE, Result, SnapshotFiles};
 
 pub use crate::working_set::WorkingSetReport;
@@ -41,8 +42,12 @@ pub enum RestoreMode {
     /// Serve each page on first touch through userfaultfd (`UFFDIO_COPY` from the memory
     /// file, `UFFDIO_ZEROPAGE` for pages it does not store).
     Uffd,
-    /// Read the recorded working set (one sequential read) and install it before the VM runs;
-    /// serve the rest as [`RestoreMode::Uffd`] does.
+    /// As [`RestoreMode::Uffd`], and a background thread installs the recorded working set
+    /// (read in one sequential read, checksum checked first) while the VM already runs: the
+    /// guest waits neither for the working set nor, once the thread is ahead of it, for
+    /// pages of it. A page the guest touches before the thread reaches it is served on
+    /// demand and then left alone by the thread. [`FaultServer::prefetch`] tells how far it
+    /// got; [`FaultServer::wait_prefetch`] waits for it.
     Prefetch,
 }
 
@@ -64,7 +69,7 @@ pub struct RestoreStats {
     /// The mode used.
     pub mode: RestoreMode,
     /// Preparing guest memory: mapping, reading (eager, window), registering with
-    /// userfaultfd, installing the working set.
+    /// userfaultfd, reading the working set's page indices and starting its prefetch.
     pub memory: Duration,
     /// Creating the VM over that memory and restoring the interrupt controllers.
     pub vm: Duration,
@@ -73,10 +78,16 @@ pub struct RestoreStats {
     /// The whole restore (not counting [`Snapshot::open`]).
     pub total: Duration,
     /// Bytes read from the snapshot's files before the VM runs (eagerly read pages, the
-    /// window, the working-set file).
+    /// window, the working-set file's header and page indices).
     pub bytes_read: u64,
-    /// Pages installed from the working set before the VM runs.
+    /// Pages of the working set handed to the background prefetch
+    /// ([`RestoreMode::Prefetch`]; [`FaultServer::prefetch`] tells how many it installed).
     pub prefetched_pages: u64,
+    /// Pages installed before the VM runs because its vCPUs need them first — the pages of
+    /// their instruction and stack pointers and the page tables that map them, found from
+    /// their saved registers ([`RestoreMode::Prefetch`]; the gaps of up to
+    /// [`crate::MAX_GAP_PAGES`] pages between them included).
+    pub first_pages: u64,
 }
 
 /// Pages served by userfaultfd so far.
@@ -184,6 +195,7 @@ impl RestoredVm {
 pub struct FaultServer {
     shared: Arc<FaultShared>,
     snapshot: Arc<SnapshotInner>,
+    prefetch: Option<Arc<PrefetchShared>>,
 }
 
 impl std::fmt::Debug for FaultServer {
@@ -192,6 +204,7 @@ impl std::fmt::Debug for FaultServer {
             .field("stats", &self.stats())
             .field("recording", &self.shared.recorded.is_some())
             .field("finished", &self.is_finished())
+            .field("prefetch", &self.prefetch())
             .finish()
     }
 }
@@ -211,6 +224,21 @@ impl FaultServer {
     /// Whether the handler thread has ended (the VM's memory is gone).
     pub fn is_finished(&self) -> bool {
         self.shared.finished.load(Ordering::Acquire)
+    }
+
+    /// How far the background prefetch of a [`RestoreMode::Prefetch`] restore has got
+    /// (`None` in the other modes).
+    pub fn prefetch(&self) -> Option<PrefetchReport> {
+        self.prefetch.as_ref().map(|p| p.report())
+    }
+
+    /// Waits until the background prefetch of a [`RestoreMode::Prefetch`] restore has ended
+    /// — done, stopped because the VM was dropped, or given up on an error — and reports
+    /// (`None` at once in the other modes). Waiting before the first `run` installs the
+    /// whole working set before the guest's first instruction, as prefetch restores did
+    /// before the prefetch moved to the background.
+    pub fn wait_prefetch(&self) -> Option<PrefetchReport> {
+        self.prefetch.as_ref().map(|p| p.wait())
     }
 
     /// Writes the pages recorded so far to the snapshot's working-set file (replacing any
@@ -315,7 +343,23 @@ impl Snapshot {
     /// anything is mapped or read and again once guest memory is prepared, and a read that
     /// comes up short because the memory file shrank is reported the same way. A file changed
     /// after that (while the restored VM runs) is beyond what a restore can check.
+    ///
+    /// A [`RestoreMode::Prefetch`] restore checks the working-set file's header and page
+    /// indices before the VM is built; the checksum of its pages is checked by the
+    /// background prefetch before it installs anything, and a mismatch only ends the prefetch
+    /// ([`crate::PrefetchState::Failed`]): the guest's pages are then all served on demand
+    /// from the memory file.
     pub fn restore(&self, options: &RestoreOptions) -> Result<RestoredVm> {
+        self.restore_with(options, None)
+    }
+
+    /// [`Snapshot::restore`]; with a `prefetch_gate`, the background prefetch waits for it
+    /// before it starts (tests make the guest run first).
+    pub(crate) fn restore_with(
+        &self,
+        options: &RestoreOptions,
+        prefetch_gate: Option<std::sync::mpsc::Receiver<()>>,
+    ) -> Result<RestoredVm> {
         let start = Instant::now();
         let inner = &self.inner;
         let state = &inner.state;
@@ -348,10 +392,9 @@ impl Snapshot {
                 inner
                     .source()
                     .map_err(|e| Error::io("map", &inner.memory.path, e))?;
-                Some(
-                    Userfaultfd::new()
-                        .map_err(|source| Error::Userfaultfd { op: "open", source })?,
-                )
+                Some(Arc::new(Userfaultfd::new().map_err(|source| {
+                    Error::Userfaultfd { op: "open", source }
+                })?))
             }
             _ => None,
         };
@@ -409,21 +452,34 @@ impl Snapshot {
         // A change while memory was prepared: in particular a memory file truncated after the
         // first check but before a lazy mapping of it, which the guest would fault on.
         inner.check_files()?;
-        if let (Some(ws), Some(uffd)) = (&working_set, &uffd) {
-            stats.prefetched_pages =
-                install(uffd, &uffd_regions, ws).map_err(|e| ws.changed_or(e))?;
-            stats.bytes_read += ws.file_size;
-        }
-        let faults = match uffd {
+        let mut pending_prefetch = None;
+        let mut faults = match uffd {
             Some(uffd) => {
                 let shared = Arc::new(FaultShared {
                     recorded: options.record_working_set.then(|| Mutex::new(Vec::new())),
                     ..Default::default()
                 });
-                crate::uffd::spawn(uffd, uffd_regions, Arc::clone(inner), Arc::clone(&shared))?;
+                crate::uffd::spawn(
+                    Arc::clone(&uffd),
+                    uffd_regions.clone(),
+                    Arc::clone(inner),
+                    Arc::clone(&shared),
+                )?;
+                // The prefetch thread starts once the VM and its vCPUs are built: KVM takes the
+                // address space's lock for writing while it builds them, and would wait for
+                // each batch the thread installs.
+                if let Some(ws) = working_set {
+                    let first = crate::first_pages::first_pages(state, &inner.memory);
+                    stats.first_pages =
+                        crate::prefetch::install_now(&uffd, &uffd_regions, inner, &first)?;
+                    stats.prefetched_pages = (ws.data_pages.len() + ws.zero_pages.len()) as u64;
+                    stats.bytes_read += ws.data_offset as u64;
+                    pending_prefetch = Some((uffd, uffd_regions, ws, Arc::clone(&shared)));
+                }
                 Some(FaultServer {
                     shared,
                     snapshot: Arc::clone(inner),
+                    prefetch: None,
                 })
             }
             None => None,
@@ -446,6 +502,16 @@ impl Snapshot {
         }
         state.vm.apply_clock(vm.fd())?;
         stats.vcpus = t.elapsed();
+        if let (Some((uffd, regions, ws, shared)), Some(faults)) = (pending_prefetch, &mut faults) {
+            faults.prefetch = Some(crate::prefetch::spawn(
+                uffd,
+                &regions,
+                &ws,
+                Arc::clone(inner),
+                shared,
+                prefetch_gate,
+            )?);
+        }
         stats.total = start.elapsed();
         log::debug!("Restored snapshot {:#018x} ({mode:?}): {stats:?}", state.id);
         Ok(RestoredVm {
@@ -458,46 +524,141 @@ impl Snapshot {
     }
 }
 
-/// Installs the working set into the registered, still empty RAM: one `UFFDIO_COPY` per run
-/// of consecutive stored pages, one `UFFDIO_ZEROPAGE` per run of zero pages. Returns the
-/// number of pages installed.
-fn install(uffd: &Userfaultfd, regions: &[UffdRegion], ws: &WorkingSet) -> Result<u64> {
-    // (region index, host address) of a page; the pages were checked to be in RAM.
-    let host = |page: u64| {
-        regions
-            .iter()
-            .enumerate()
-            .find(|(_, r)| page >= r.first_page && page < r.first_page + r.len / PAGE_SIZE)
-            .map(|(i, r)| (i, r.host + (page - r.first_page) * PAGE_SIZE))
-            .expect("working-set pages were checked to be in RAM")
-    };
-    // Runs (first index, length) of consecutive pages inside one region.
-    let runs = |pages: &[u64]| {
-        let mut runs: Vec<(usize, usize)> = Vec::new();
-        for (i, &page) in pages.iter().enumerate() {
-            match runs.last_mut() {
-                Some((s, n)) if page == pages[i - 1] + 1 && host(page).0 == host(pages[*s]).0 => {
-                    *n += 1
-                }
-                _ => runs.push((i, 1)),
-            }
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::mpsc;
+
+    use nexus_kvm::VcpuStop;
+    use nexus_kvm::serial::Console;
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+    use crate::PrefetchState;
+    use crate::test_guests::*;
+
+    const RAM: u64 = 64 << 20;
+    const BUFFER_BYTES: u64 = 1 << 20;
+
+    /// A counting guest stopped mid-computation, with a recorded working set; the exit code
+    /// and buffer an eager restore runs to.
+    fn recorded_counter(dir: &Path) -> (Snapshot, u32, Vec<u8>) {
+        let elf = counter_elf(20_000_000, BUFFER_BYTES);
+        let (files, _) = snapshot_counter(&elf, RAM, 0, Duration::from_millis(5), dir);
+        let snapshot = Snapshot::open(&files).unwrap();
+        let recording = restore_and_run(&snapshot, RestoreMode::Uffd, true);
+        assert!(recording.recorded.is_some());
+        let eager = restore_and_run(&snapshot, RestoreMode::Eager, false);
+        let buffer = read_buffer(&eager.restored);
+        (snapshot, eager.code, buffer)
+    }
+
+    fn read_buffer(restored: &RestoredVm) -> Vec<u8> {
+        let mut buf = vec![0u8; BUFFER_BYTES as usize];
+        restored
+            .vm
+            .memory()
+            .guest()
+            .read_slice(&mut buf, GuestAddress(BUFFER))
+            .unwrap();
+        buf
+    }
+
+    /// A prefetch restore whose background prefetch waits for the returned sender.
+    fn gated_restore(snapshot: &Snapshot) -> (RestoredVm, mpsc::Sender<()>) {
+        let (open, gate) = mpsc::channel();
+        let restored = snapshot
+            .restore_with(
+                &RestoreOptions {
+                    mode: RestoreMode::Prefetch,
+                    vcpu: VcpuConfig { strict_io: true },
+                    ..Default::default()
+                },
+                Some(gate),
+            )
+            .unwrap();
+        (restored, open)
+    }
+
+    #[test]
+    fn pages_the_guest_touched_before_the_prefetch_are_served_once_and_keep_its_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, code, buffer) = recorded_counter(dir.path());
+        let (mut restored, open) = gated_restore(&snapshot);
+        crate::devices::attach_micro_devices(
+            &restored.vm,
+            &restored.devices,
+            Console::new(std::io::sink()),
+        )
+        .unwrap();
+        // The guest runs to its end before the prefetch starts: every page of its working
+        // set is served on demand (and the buffer's pages written).
+        assert_eq!(restored.vcpus[0].run().unwrap(), VcpuStop::Exit(code));
+        let faults = restored.faults.clone().unwrap();
+        let served = faults.stats();
+        assert_eq!(faults.prefetch().unwrap().state, PrefetchState::Running);
+        open.send(()).unwrap();
+        let report = faults.wait_prefetch().unwrap();
+        eprintln!("{served:?} then {report:?}");
+        assert_eq!(report.state, PrefetchState::Done);
+        // Every page of the working set was already there: the prefetch installed only the
+        // gaps it fills, and the fault handler served nothing more.
+        assert!(
+            report.present_pages >= report.working_set_pages,
+            "{report:?}"
+        );
+        assert_eq!(faults.stats(), served);
+        assert!(served.pages_faulted >= report.working_set_pages - restored.stats.first_pages);
+        // The guest's writes survived the prefetch.
+        assert!(
+            read_buffer(&restored) == buffer,
+            "the guest's buffer was overwritten"
+        );
+    }
+
+    #[test]
+    fn the_prefetch_stops_when_the_vm_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, _, _) = recorded_counter(dir.path());
+        let (restored, open) = gated_restore(&snapshot);
+        let faults = restored.faults.clone().unwrap();
+        drop(restored);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !faults.is_finished() {
+            assert!(Instant::now() < deadline, "the fault handler did not end");
+            std::thread::sleep(Duration::from_millis(1));
         }
-        runs
-    };
-    let err = |op| move |source| Error::Userfaultfd { op, source };
-    let page = PAGE_SIZE as usize;
-    for (i, n) in runs(&ws.data_pages) {
-        let (_, dst) = host(ws.data_pages[i]);
-        let src = ws
-            .map
-            .get_slice(ws.data_offset + i * page, n * page)
-            .map_err(|e| Error::malformed(&ws.path, e.to_string()))?;
-        uffd.copy(dst, &src).map_err(err("copy (prefetch)"))?;
+        open.send(()).unwrap();
+        let report = faults.wait_prefetch().unwrap();
+        assert_eq!(report.state, PrefetchState::Stopped);
+        assert_eq!(report.installed_pages, 0);
     }
-    for (i, n) in runs(&ws.zero_pages) {
-        let (_, dst) = host(ws.zero_pages[i]);
-        uffd.zero(dst, n as u64 * PAGE_SIZE)
-            .map_err(err("zeropage (prefetch)"))?;
+
+    #[test]
+    fn the_vcpus_first_pages_are_installed_before_the_vm_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (snapshot, code, _) = recorded_counter(dir.path());
+        let (mut restored, _open) = gated_restore(&snapshot);
+        // The code page, the stack page and the page tables: a handful.
+        let first = restored.stats.first_pages;
+        assert!((2..=64).contains(&first), "{first} first pages");
+        // The micro-guest's code is identity-mapped: reading its page faults nothing.
+        let faults = restored.faults.clone().unwrap();
+        let rip = snapshot.state().vcpus[0].regs.rip;
+        let mut byte = [0u8; 1];
+        restored
+            .vm
+            .memory()
+            .guest()
+            .read_slice(&mut byte, GuestAddress(rip))
+            .unwrap();
+        assert_eq!(faults.stats().pages_faulted, 0);
+        crate::devices::attach_micro_devices(
+            &restored.vm,
+            &restored.devices,
+            Console::new(std::io::sink()),
+        )
+        .unwrap();
+        assert_eq!(restored.vcpus[0].run().unwrap(), VcpuStop::Exit(code));
     }
-    Ok((ws.data_pages.len() + ws.zero_pages.len()) as u64)
 }

@@ -22,11 +22,17 @@ pub struct SaveReport {
     pub state_file_size: u64,
     /// Apparent size of the memory file (holes included).
     pub memory_file_size: u64,
-    /// Non-zero pages stored in the memory file.
+    /// Pages stored in the memory file: the pages anonymous RAM holds (those the guest
+    /// touched) and the non-zero pages of the regions that were read whole.
     pub nonzero_pages: u64,
+    /// Pages read to find the non-zero ones: the regions whose written pages the kernel
+    /// cannot tell (file-backed ones such as the window, RAM a userfaultfd restore
+    /// registered, every region on kernels without `PAGEMAP_SCAN`). Zero when only anonymous
+    /// RAM was saved.
+    pub pages_scanned: u64,
     /// Reading the vCPU and VM state from KVM.
     pub capture: Duration,
-    /// Scanning guest memory and writing the memory file.
+    /// Finding the guest's pages and writing the memory file.
     pub memory: Duration,
     /// The whole save.
     pub total: Duration,
@@ -117,7 +123,7 @@ pub fn save(
     }
     let t = Instant::now();
     let id = new_id();
-    let (memory, _) = memfile::write(&files.memory, id, vm.memory())?;
+    let (memory, _, pages_scanned) = memfile::write(&files.memory, id, vm.memory())?;
     let memory_time = t.elapsed();
 
     let state = SnapshotState {
@@ -135,13 +141,13 @@ pub fn save(
     let bytes = state.to_file_bytes();
     let tmp = temp_path(&files.state);
     std::fs::write(&tmp, &bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, &files.state)
-        .map_err(|e| Error::io("rename into place", &files.state, e))?;
+    memfile::move_into_place(&tmp, &files.state)?;
     let report = SaveReport {
         id,
         state_file_size: bytes.len() as u64,
         memory_file_size: state.memory.file_size,
         nonzero_pages: state.memory.nonzero_pages,
+        pages_scanned,
         capture,
         memory: memory_time,
         total: start.elapsed(),

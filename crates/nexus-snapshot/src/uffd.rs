@@ -32,12 +32,29 @@ pub(crate) struct FaultShared {
     pub(crate) copied: AtomicU64,
     pub(crate) zeroed: AtomicU64,
     pub(crate) finished: AtomicBool,
+    /// Set when the first registered range is unmapped (the VM is being dropped): the
+    /// background prefetch stops.
+    pub(crate) unmapped: AtomicBool,
     /// Page-list indices of the pages served, when recording.
     pub(crate) recorded: Option<Mutex<Vec<u64>>>,
 }
 
+/// Host ranges `(start, len)` of guest RAM registered with a userfaultfd by this crate and
+/// still mapped: their missing pages are not zero but the snapshot's, so saving reads them
+/// whole instead of trusting which pages are present ([`crate::memfile`]).
+static REGISTERED: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// Whether `[start, start + len)` overlaps RAM this crate registered with a userfaultfd.
+pub(crate) fn is_registered(start: u64, len: u64) -> bool {
+    REGISTERED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|&(s, l)| start < s + l && s < start + len)
+}
+
 struct Handler {
-    uffd: Userfaultfd,
+    uffd: Arc<Userfaultfd>,
     regions: Vec<(UffdRegion, bool)>,
     snapshot: Arc<SnapshotInner>,
     shared: Arc<FaultShared>,
@@ -45,11 +62,15 @@ struct Handler {
 
 /// Starts the handler thread for `regions`, registered with `uffd`.
 pub(crate) fn spawn(
-    uffd: Userfaultfd,
+    uffd: Arc<Userfaultfd>,
     regions: Vec<UffdRegion>,
     snapshot: Arc<SnapshotInner>,
     shared: Arc<FaultShared>,
 ) -> Result<()> {
+    REGISTERED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(regions.iter().map(|r| (r.host, r.len)));
     let handler = Handler {
         uffd,
         regions: regions.into_iter().map(|r| (r, true)).collect(),
@@ -85,6 +106,11 @@ impl Handler {
                     // unmap { start at 8, end at 16 }.
                     UFFD_EVENT_UNMAP => {
                         let (start, end) = (u64_at(msg, 8), u64_at(msg, 16));
+                        self.shared.unmapped.store(true, Ordering::Release);
+                        REGISTERED
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .retain(|&(s, l)| !(start < s + l && s < end));
                         for (r, alive) in &mut self.regions {
                             if start < r.host + r.len && end > r.host {
                                 *alive = false;

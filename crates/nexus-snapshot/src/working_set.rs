@@ -1,6 +1,6 @@
 //! The working-set file: the pages a recording restore saw the guest touch, with the contents
 //! of the non-zero ones stored contiguously so that a prefetch restore reads them all in one
-//! sequential read (a populated mapping of the file).
+//! sequential read — in the background, while the restored guest already runs.
 //!
 //! ```text
 //! 0        64                      data offset (page aligned)          end
@@ -15,9 +15,6 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{FileOffset, MmapRegion};
-
 use crate::codec::{Decoder, Encoder};
 use crate::file_identity::FileIdentity;
 use crate::memfile::{MemoryFile, temp_path};
@@ -28,23 +25,15 @@ use crate::{Error, FORMAT_VERSION, PAGE_SIZE, Result};
 pub const WORKING_SET_MAGIC: [u8; 8] = *b"NXSWSETS";
 const HEADER_SIZE: usize = 64;
 
-/// A validated working set, read into memory.
+/// A working set whose header and page indices were read and checked against the snapshot.
 #[derive(Debug)]
 pub(crate) struct WorkingSet {
     /// Page-list indices of the stored pages, ascending.
     pub(crate) data_pages: Vec<u64>,
     /// Page-list indices of recorded zero pages, ascending.
     pub(crate) zero_pages: Vec<u64>,
-    /// The whole file, mapped (the pages start at `data_offset`). Only the kernel reads it
-    /// (`UFFDIO_COPY`).
-    pub(crate) map: MmapRegion,
+    /// Where the stored pages start: the bytes of header and page indices (read).
     pub(crate) data_offset: usize,
-    pub(crate) file_size: u64,
-    /// Where it was read from.
-    pub(crate) path: PathBuf,
-    /// The file, and its identity when it was opened.
-    file: File,
-    identity: FileIdentity,
 }
 
 /// What writing a working-set file produced.
@@ -119,7 +108,7 @@ pub(crate) fn write(
         .and_then(|()| file.write_all(&body.buf))
         .map_err(|e| Error::io("write", &tmp, e))?;
     drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+    crate::memfile::move_into_place(&tmp, path)?;
     Ok(WorkingSetReport {
         path: path.to_path_buf(),
         data_pages: data.len() as u64,
@@ -128,8 +117,8 @@ pub(crate) fn write(
     })
 }
 
-/// Maps (populating it: one sequential read of the whole file) and validates the
-/// working-set file at `path` against the snapshot.
+/// Validates the header and the page indices of the working-set file at `path` against the
+/// snapshot: reads its first `64 + 8 × pages` bytes, not the stored pages.
 pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> Result<WorkingSet> {
     let file = File::open(path).map_err(|e| Error::io("read", path, e))?;
     let identity = FileIdentity::of_file(&file, path)?;
@@ -176,7 +165,7 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
     let data_count = h.u64().map_err(malformed)?;
     let zero_count = h.u64().map_err(malformed)?;
     let offset = h.u64().map_err(malformed)?;
-    let body_crc = h.u32().map_err(malformed)?;
+    let _body_crc = h.u32().map_err(malformed)?; // Of the stored pages, which are not read.
     if id != state.id {
         return Err(Error::mismatch(
             path,
@@ -210,45 +199,12 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
             found,
         });
     }
-    // One populated mapping: the kernel reads the file sequentially, into the page cache
-    // that every restore of this snapshot shares, and the pages are installed from it
-    // without a copy. Only the kernel touches the mapping (UFFDIO_COPY reads it, and fails
-    // with EFAULT past the end of a file truncated meanwhile); this process reads the file
-    // through the descriptor, where a truncation shortens the read instead of faulting with
-    // SIGBUS as a read of the mapping would.
-    let map = MmapRegionBuilder::new(found as usize)
-        .with_file_offset(FileOffset::new(
-            file.try_clone().map_err(|e| Error::io("reopen", path, e))?,
-            0,
-        ))
-        .with_mmap_prot(libc::PROT_READ)
-        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_POPULATE)
-        .build()
-        .map_err(|e| Error::io("map", path, std::io::Error::other(e.to_string())))?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut chunk = vec![0u8; 1 << 16];
-    let mut indices = Vec::with_capacity(offset as usize - HEADER_SIZE);
-    let mut at = HEADER_SIZE;
-    while at < found as usize {
-        let n = chunk.len().min(found as usize - at);
-        file.read_exact_at(&mut chunk[..n], at as u64)
-            .map_err(|e| changed_or(&file, &identity, path, Error::io("read", path, e)))?;
-        hasher.update(&chunk[..n]);
-        if at < offset as usize {
-            let upto = n.min(offset as usize - at);
-            indices.extend_from_slice(&chunk[..upto]);
-        }
-        at += n;
-    }
-    let crc = hasher.finalize();
-    if crc != body_crc {
-        return Err(Error::Checksum {
-            path: path.to_path_buf(),
-            what: "the working set's",
-            expected: body_crc,
-            found: crc,
-        });
-    }
+    // Only the header and the page indices are read: restores install the pages from the
+    // memory file (the page cache every restore shares), so the stored copies are not read
+    // and the body's checksum is not checked.
+    let mut indices = vec![0u8; 8 * (data_count + zero_count) as usize];
+    file.read_exact_at(&mut indices, HEADER_SIZE as u64)
+        .map_err(|e| changed_or(&file, &identity, path, Error::io("read", path, e)))?;
     let mut d = Decoder::new(&indices, "the page indices");
     let mut list = |count: u64, stored: bool| -> Result<Vec<u64>> {
         let mut out: Vec<u64> = Vec::with_capacity(count as usize);
@@ -277,12 +233,7 @@ pub(crate) fn read(path: &Path, state: &SnapshotState, memory: &MemoryFile) -> R
     Ok(WorkingSet {
         data_pages,
         zero_pages,
-        map,
         data_offset: offset as usize,
-        file_size: found,
-        path: path.to_path_buf(),
-        file,
-        identity,
     })
 }
 
@@ -291,13 +242,5 @@ fn changed_or(file: &File, identity: &FileIdentity, path: &Path, error: Error) -
     match identity.check_file(file, path) {
         Err(changed @ Error::FileChanged { .. }) => changed,
         _ => error,
-    }
-}
-
-impl WorkingSet {
-    /// `error` (a failure to install pages from the mapping), or [`Error::FileChanged`] if
-    /// the file changed since it was read.
-    pub(crate) fn changed_or(&self, error: Error) -> Error {
-        changed_or(&self.file, &self.identity, &self.path, error)
     }
 }

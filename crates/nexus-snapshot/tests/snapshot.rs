@@ -13,8 +13,10 @@ use nexus_kvm::micro::{self, MicroGuestPorts};
 use nexus_kvm::serial::{Console, SerialDevice, SerialIrq};
 use nexus_kvm::{BusKind, MemoryConfig, VcpuConfig, VcpuStop, Vm, VmConfig};
 use nexus_snapshot::{
-    DeviceState, Error, FileChange, RestoreMode, RestoreOptions, Snapshot, SnapshotFiles,
+    DeviceState, Error, FileChange, PrefetchState, RestoreMode, RestoreOptions, Snapshot,
+    SnapshotFiles,
 };
+use vm_memory::{Bytes, GuestAddress};
 
 /// Long enough (a few hundred ms natively) to be stopped in the middle.
 const ITERATIONS: u64 = 100_000_000;
@@ -115,6 +117,34 @@ fn prefetch_after_recording_faults_fewer_pages_than_uffd() {
 }
 
 #[test]
+fn a_background_prefetch_restore_ends_as_an_eager_one_in_memory_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (snapshot, before) = snapshot_in(dir.path(), 0);
+    restore_and_run(&snapshot, RestoreMode::Uffd, true);
+    let eager = restore_and_run(&snapshot, RestoreMode::Eager, false);
+    check_run(&eager, &before);
+    let eager_ram = read_ram(&eager.restored.vm, RAM);
+    for _ in 0..3 {
+        let prefetch = restore_and_run(&snapshot, RestoreMode::Prefetch, false);
+        check_run(&prefetch, &before);
+        let report = prefetch
+            .restored
+            .faults
+            .as_ref()
+            .unwrap()
+            .wait_prefetch()
+            .unwrap();
+        eprintln!("at exit {:?}; at the end {report:?}", prefetch.prefetch);
+        assert_eq!(report.state, PrefetchState::Done);
+        assert!(report.installed_pages + report.present_pages >= report.working_set_pages);
+        assert!(
+            read_ram(&prefetch.restored.vm, RAM) == eager_ram,
+            "RAM differs from the eager restore's"
+        );
+    }
+}
+
+#[test]
 fn ten_concurrent_restores_from_one_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let (snapshot, before) = snapshot_in(dir.path(), 0);
@@ -190,6 +220,81 @@ fn window_is_restored_into_a_fresh_memfd() {
         window.memfd().read_at(&mut buf, 0x1000).unwrap();
         assert_eq!(&buf, b"window bytes");
     }
+}
+
+/// Every page of `ram` bytes of guest RAM, read from `vm`.
+fn read_ram(vm: &Vm, ram: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; ram as usize];
+    vm.memory()
+        .guest()
+        .read_slice(&mut buf, GuestAddress(0))
+        .unwrap();
+    buf
+}
+
+#[test]
+fn a_snapshot_stores_the_pages_the_guest_touched_and_nothing_else() {
+    const RAM: u64 = 64 << 20;
+    let (dirty, stride) = (RAM / 4, 4 * 4096);
+    let dir = tempfile::tempdir().unwrap();
+    let mut booted = boot(&pause_elf(dirty, stride), RAM, 0);
+    assert_eq!(booted.vcpu.run().unwrap(), VcpuStop::Exit(PAUSE_CODE_EXIT));
+    // Known contents in two pages past the guest's buffer: one non-zero, one zero (written,
+    // so stored, and still read as zero).
+    let (marked, zeroed) = (BUFFER + dirty + (1 << 20), BUFFER + dirty + (2 << 20));
+    let guest = booted.vm.memory().guest();
+    guest
+        .write_slice(b"marked page", GuestAddress(marked))
+        .unwrap();
+    guest
+        .write_slice(&[0u8; 4096], GuestAddress(zeroed))
+        .unwrap();
+    let original = read_ram(&booted.vm, RAM);
+    let files = SnapshotFiles::in_dir(dir.path());
+    let report = save(&mut booted, &files);
+    eprintln!("{report:?}");
+    assert_eq!(
+        report.pages_scanned, 0,
+        "anonymous RAM is saved from its page tables (PAGEMAP_SCAN, Linux 6.7)"
+    );
+    // The dirtied buffer, the two pages above, the image and the boot structures.
+    let touched = dirty / 4096 + 2;
+    assert!(
+        (touched..touched + 64).contains(&report.nonzero_pages),
+        "{} pages stored for {touched} touched",
+        report.nonzero_pages
+    );
+    drop(booted);
+    let meta = std::fs::metadata(&files.memory).unwrap();
+    assert!(
+        meta.blocks() * 512 < dirty + (2 << 20),
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
+
+    let snapshot = Snapshot::open(&files).unwrap();
+    for mode in [RestoreMode::Eager, RestoreMode::Lazy] {
+        let restored = snapshot
+            .restore(&RestoreOptions {
+                mode,
+                ..Default::default()
+            })
+            .unwrap();
+        let ram = read_ram(&restored.vm, RAM);
+        assert!(
+            ram == original,
+            "{mode:?}: RAM differs from the saved guest's"
+        );
+        // Untouched pages read zero: the whole page after the marked one, say.
+        assert!(
+            ram[(marked + 4096) as usize..][..4096]
+                .iter()
+                .all(|&b| b == 0)
+        );
+        assert_eq!(&ram[marked as usize..][..11], b"marked page");
+    }
+    let r = restore_and_run(&snapshot, RestoreMode::Uffd, false);
+    assert_eq!(r.code, pause_expected(dirty, stride));
 }
 
 #[test]
@@ -320,7 +425,7 @@ fn refused(files: &SnapshotFiles, mode: RestoreMode) -> Error {
 #[test]
 fn bad_snapshots_are_refused_naming_the_file_and_reason() {
     let root = tempfile::tempdir().unwrap();
-    let (a, _) = snapshot_in(&root.path().join("a"), 0);
+    let (a, before_a) = snapshot_in(&root.path().join("a"), 0);
     let (b, _) = snapshot_in(&root.path().join("b"), 0);
     restore_and_run(&a, RestoreMode::Uffd, true);
     restore_and_run(&b, RestoreMode::Uffd, true);
@@ -398,13 +503,23 @@ fn bad_snapshots_are_refused_naming_the_file_and_reason() {
     assert!(matches!(err, Error::Mismatch { .. }), "{err}");
     expect(err, &f.working_set, "belongs to snapshot");
 
+    // The stored pages of a working-set file are not read (prefetch installs pages from the
+    // memory file): one changed there does not reach the guest.
     let f = case();
     let len = std::fs::metadata(&f.working_set).unwrap().len();
     flip(&f.working_set, len - 100);
-    expect(
-        refused(&f, RestoreMode::Prefetch),
-        &f.working_set,
-        "working set's checksum",
+    let s = Snapshot::open(&f).unwrap();
+    let r = restore_and_run(&s, RestoreMode::Prefetch, false);
+    check_run(&r, &before_a);
+    assert_eq!(
+        r.restored
+            .faults
+            .as_ref()
+            .unwrap()
+            .wait_prefetch()
+            .unwrap()
+            .state,
+        PrefetchState::Done
     );
 
     let f = case();

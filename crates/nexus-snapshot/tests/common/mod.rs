@@ -13,8 +13,8 @@ use nexus_kvm::serial::Console;
 use nexus_kvm::{BusAction, BusDevice, BusKind, MemoryConfig, Vcpu, VcpuStop, Vm};
 use nexus_snapshot::devices::attach_micro_devices;
 use nexus_snapshot::{
-    DeviceState, FaultStats, RestoreMode, RestoreOptions, RestoreStats, SaveReport, Snapshot,
-    SnapshotFiles,
+    DeviceState, FaultStats, PrefetchReport, RestoreMode, RestoreOptions, RestoreStats, RestoredVm,
+    SaveReport, Snapshot, SnapshotFiles,
 };
 use vm_memory::{Bytes, GuestAddress};
 
@@ -266,11 +266,27 @@ pub struct RunResult {
     pub first_instruction: Option<Duration>,
     pub to_exit: Duration,
     pub recorded: Option<nexus_snapshot::WorkingSetReport>,
+    /// How far the background prefetch had got when the guest exited.
+    pub prefetch: Option<PrefetchReport>,
+    /// The restored VM, still alive (its memory can be read).
+    pub restored: RestoredVm,
 }
 
 /// Restores from `snapshot` in `mode`, runs to the guest's exit, and (when `record`) writes
 /// the working set.
 pub fn restore_and_run(snapshot: &Snapshot, mode: RestoreMode, record: bool) -> RunResult {
+    restore_and_run_with(snapshot, mode, record, false)
+}
+
+/// [`restore_and_run`]; with `wait_prefetch`, waits for the whole working set to be
+/// installed before the vCPU runs (what prefetch restores did before the prefetch moved to
+/// the background).
+pub fn restore_and_run_with(
+    snapshot: &Snapshot,
+    mode: RestoreMode,
+    record: bool,
+    wait_prefetch: bool,
+) -> RunResult {
     let start = Instant::now();
     let mut restored = snapshot
         .restore(&RestoreOptions {
@@ -296,6 +312,10 @@ pub fn restore_and_run(snapshot: &Snapshot, mode: RestoreMode, record: bool) -> 
             2,
         )
         .unwrap();
+    if wait_prefetch {
+        let report = restored.faults.as_ref().and_then(|f| f.wait_prefetch());
+        assert!(report.is_some(), "{mode:?} restores do not prefetch");
+    }
     let stop = restored.vcpus[0]
         .run()
         .unwrap_or_else(|e| panic!("run ({mode:?}): {e}"));
@@ -305,6 +325,7 @@ pub fn restore_and_run(snapshot: &Snapshot, mode: RestoreMode, record: bool) -> 
         other => panic!("the restored guest stopped with {other:?}"),
     };
     let first_instruction = pause.mark.lock().unwrap().map(|t| t - start);
+    let prefetch = restored.faults.as_ref().and_then(|f| f.prefetch());
     let recorded = record.then(|| {
         restored
             .faults
@@ -321,5 +342,7 @@ pub fn restore_and_run(snapshot: &Snapshot, mode: RestoreMode, record: bool) -> 
         first_instruction,
         to_exit,
         recorded,
+        prefetch,
+        restored,
     }
 }
