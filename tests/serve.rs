@@ -855,3 +855,38 @@ fn a_parked_vm_costs_few_descriptors() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn two_hundred_parked_vms_invoked_in_random_order_all_answer() {
+    const VMS: usize = 200;
+    let n = node(
+        &[(
+            "wordcount",
+            format!(
+                "guest = \"wordcount\"\nmemory_mib = 16\nwindow_mib = 8\n\n[limits]\n\
+                 max_vms = {VMS}\nkeep_alive_s = 3600\n"
+            ),
+        )],
+        &["--pick", "random", "--max-vms", "400"],
+        50,
+    );
+    let d = &n.daemon;
+    let (status, r) = d.json(
+        "POST",
+        "/v1/functions/wordcount/warm",
+        &format!("{{\"count\":{VMS}}}"),
+    );
+    assert_eq!(status, 200, "{r}\n{}", d.log());
+    assert_eq!(r["idle"].as_u64(), Some(VMS as u64), "{r}");
+    let mut vms = std::collections::BTreeSet::new();
+    for i in 0..(VMS + VMS / 2) {
+        let (status, r) = d.invoke("wordcount", &json!({"input_key": "inputs/words.txt"}));
+        assert_eq!(status, 200, "invocation {i}: {r}\n{}", d.log());
+        assert_eq!(r["start"], "warm", "invocation {i}: {r}");
+        assert_eq!(r["output"], "50\n", "invocation {i}: {r}");
+        vms.insert(r["vm"].as_str().unwrap().to_owned());
+    }
+    // 300 random draws from 200 VMs reach about 155 of them; far fewer means the pick is
+    // not spreading over the pool.
+    assert!(vms.len() >= 100, "{} VMs answered", vms.len());
+}

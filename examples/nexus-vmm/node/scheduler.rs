@@ -28,6 +28,8 @@ pub enum Pick {
     Mru,
     /// The least recently used: invocations spread over every parked VM.
     Lru,
+    /// Any parked VM, chosen at random (tests and benchmarks: no order to lean on).
+    Random,
 }
 
 /// The node's caps.
@@ -115,6 +117,21 @@ struct State<V> {
     total: usize,
     waiting: usize,
     closing: bool,
+    /// State of the generator behind [`Pick::Random`] (xorshift64, never zero).
+    random: u64,
+}
+
+impl<V> State<V> {
+    /// A number below `n` (`n` > 0), from a xorshift64 generator: uniform enough to pick a
+    /// parked VM, and no more.
+    fn below(&mut self, n: usize) -> usize {
+        let mut x = self.random;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random = x;
+        (x % n as u64) as usize
+    }
 }
 
 /// One step of an acquisition, decided under the lock.
@@ -127,12 +144,15 @@ enum Step<V> {
 impl<V: PooledVm> State<V> {
     /// Tries to give function `name` a VM, within the caps.
     fn step(&mut self, name: &str, caps: &Caps) -> Step<V> {
+        let idle = self.pools.get(name).map_or(0, |p| p.idle.len());
+        let random = (caps.pick == Pick::Random && idle > 0).then(|| self.below(idle));
         let Some(pool) = self.pools.get_mut(name) else {
             return Step::Wait;
         };
         let taken = match caps.pick {
             Pick::Mru => pool.idle.pop_back(),
             Pick::Lru => pool.idle.pop_front(),
+            Pick::Random => random.and_then(|at| pool.idle.remove(at)),
         };
         if let Some(vm) = taken {
             if !vm.is_alive() {
@@ -222,6 +242,7 @@ impl<V: PooledVm> Scheduler<V> {
                 total: 0,
                 waiting: 0,
                 closing: false,
+                random: seed(),
             }),
             changed: Notify::new(),
         }
@@ -476,6 +497,14 @@ impl<V: PooledVm> Scheduler<V> {
     }
 }
 
+/// A non-zero seed for [`Pick::Random`]: the clock's nanoseconds mixed with this process's ID.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (nanos ^ (u64::from(std::process::id()) << 32)) | 1
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -562,6 +591,30 @@ mod tests {
                 }
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_random_pick_takes_every_parked_vm_and_no_other() {
+        const VMS: u32 = 16;
+        let s = scheduler(caps(64, 8, Pick::Random), &[("f", VMS as usize)]);
+        for id in 0..VMS {
+            park(&s, "f", fake(id)).await;
+        }
+        // Drawing all of them without putting any back: each exactly once, not in the order
+        // they were parked (1 chance in 16! of that order).
+        let mut order = Vec::new();
+        for _ in 0..VMS {
+            match s.acquire("f", no_victims).await {
+                Ok(Grant::Warm(vm)) => order.push(vm.id),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..VMS).collect::<Vec<_>>());
+        assert_ne!(order, sorted, "a random pick went in parking order");
+        // With every VM busy the next one must start a VM, within the function's cap: none.
+        assert!(s.counts("f").idle == 0 && s.counts("f").busy == VMS as usize);
     }
 
     #[tokio::test]
