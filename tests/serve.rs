@@ -729,6 +729,7 @@ fn warm_input_moves_the_first_invocations_page_faults_to_parking() {
         answer["message"].as_str().unwrap().contains("warm_input"),
         "{answer}"
     );
+}
 
 /// Descriptors a parked nexus-io VM holds in the daemon: its vCPU, its kick and call eventfds,
 /// its vhost-user connection, and its lazily restored RAM's mapping of the snapshot's memory
@@ -853,4 +854,70 @@ fn a_parked_vm_costs_few_descriptors() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn reset_isolation_gives_every_invocation_the_snapshots_vm() {
+    let file = |guest: &str, isolation: &str| {
+        format!(
+            "guest = \"{guest}\"\nmemory_mib = 32\nwindow_mib = 16\nisolation = \"{isolation}\"\n\n[limits]\nmax_vms = 1\n"
+        )
+    };
+    let n = node(
+        &[
+            ("counter-reuse", file("counter", "reuse")),
+            ("counter-reset", file("counter", "reset")),
+            ("wordcount-reset", file("wordcount", "reset")),
+        ],
+        &[],
+        3_000,
+    );
+    let d = &n.daemon;
+    // Reused: the count goes up and the previous input (kept on the heap) is readable.
+    let mut vms = Vec::new();
+    for i in 1..=4 {
+        let (status, r) = d.invoke("counter-reuse", &json!({"input": format!("secret-{i}")}));
+        assert_eq!(status, 200, "{r}\n{}", d.log());
+        let previous = match i {
+            1 => "none".to_string(),
+            i => format!("secret-{}", i - 1),
+        };
+        assert_eq!(r["output"], format!("count={i} previous={previous}\n"));
+        vms.push(r["vm"].clone());
+    }
+    assert!(vms.iter().all(|vm| *vm == vms[0]), "{vms:?}");
+    // Reset: every invocation, on the same VM, finds the snapshot's state.
+    let mut vms = Vec::new();
+    for i in 1..=4 {
+        let (status, r) = d.invoke("counter-reset", &json!({"input": format!("secret-{i}")}));
+        assert_eq!(status, 200, "{r}\n{}", d.log());
+        assert_eq!(r["output"], "count=1 previous=none\n", "{}", d.log());
+        assert_eq!(
+            r["start"],
+            if i == 1 { "cold" } else { "warm" },
+            "{}",
+            d.log()
+        );
+        vms.push(r["vm"].clone());
+    }
+    assert!(vms.iter().all(|vm| *vm == vms[0]), "{vms:?}");
+    // A function that reads its input through the window, an error (a missing object) in
+    // between: each reset VM answers as the first did.
+    let body = json!({"input_key": "inputs/words.txt"});
+    for i in 0..4 {
+        if i == 2 {
+            let (status, r) = d.invoke("wordcount-reset", &json!({"input_key": "inputs/none"}));
+            assert_eq!(status, 404, "{r}");
+        }
+        let (status, r) = d.invoke("wordcount-reset", &body);
+        assert_eq!(status, 200, "{r}\n{}", d.log());
+        assert_eq!(r["output"], "3000\n");
+        assert_eq!(r["start"], if i == 0 { "cold" } else { "warm" });
+    }
+    // One reset per invocation of a reset function (the refused one included).
+    assert_eq!(d.metric("nexus_vm_reset_duration_seconds_count"), 9.0);
+    assert_eq!(
+        d.metric("nexus_vm_starts_total{function=\"counter-reset\",how=\"restore\"}"),
+        1.0
+    );
 }

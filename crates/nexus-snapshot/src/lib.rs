@@ -70,6 +70,7 @@ mod file_identity;
 pub mod limits;
 mod memfile;
 mod persist;
+mod reset;
 mod restore;
 mod save;
 mod state;
@@ -83,6 +84,9 @@ use std::path::{Path, PathBuf};
 
 pub use file_identity::FileChange;
 pub use persist::{DeviceState, Persist};
+pub use reset::{
+    RamReport, RamReset, ResetError, WindowImage, WindowReport, reset_ram, reset_vcpu,
+};
 pub use restore::{
     FaultServer, FaultStats, RestoreMode, RestoreOptions, RestoreStats, RestoredVm, Snapshot,
     WorkingSetReport,
