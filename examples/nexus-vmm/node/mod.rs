@@ -690,7 +690,7 @@ impl Node {
         let backend = t0.elapsed();
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let report = vm.reset(nexus_snapshot::RamReset::Dirty);
+            let report = vm.reset(ram_reset());
             let _ = tx.send((vm, report));
         });
         let (vm, report) = rx.await.expect("the reset task hands the VM back");
@@ -1283,6 +1283,16 @@ async fn reaper(node: Weak<Inner>) {
         let expired = inner.scheduler.reap(Instant::now());
         Node { inner }.stop_vms(expired, false);
     }
+}
+
+/// How resets drop guest RAM: the written pages (default), or the whole range with
+/// `NEXUS_RESET_RAM=whole` in the daemon's environment (to measure the difference).
+fn ram_reset() -> nexus_snapshot::RamReset {
+    static HOW: std::sync::OnceLock<nexus_snapshot::RamReset> = std::sync::OnceLock::new();
+    *HOW.get_or_init(|| match std::env::var("NEXUS_RESET_RAM").as_deref() {
+        Ok("whole") => nexus_snapshot::RamReset::Whole,
+        _ => nexus_snapshot::RamReset::Dirty,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
