@@ -14,7 +14,7 @@
 //!   reset this way: [`reset_ram`] refuses it.
 //! - **the I/O window** ([`WindowImage`]): a shared memfd the backend maps too, so it has no
 //!   copy-on-write to undo. The snapshot's window image (its non-zero pages) is read once;
-//!   a reset compares every page resident in the window (`mincore`) with the image and
+//!   a reset compares every page allocated in the window's memfd (`SEEK_DATA`) with the image and
 //!   rewrites those that differ (zero where the image has no page).
 //! - **the vCPU** ([`reset_vcpu`]): any access KVM is still completing is finished, then the
 //!   snapshot's [`VcpuState`] is applied again.
@@ -294,45 +294,40 @@ impl WindowImage {
             });
         }
         let region = window.region();
-        let host = region.as_ptr();
-        let pages = self.size / PAGE_SIZE;
-        let mut resident = vec![0u8; pages as usize];
-        // SAFETY: `host..host + size` is the window's mapping, alive while `window` is, and
-        // `resident` has one byte per page of it, as mincore requires.
-        let rc = unsafe {
-            libc::mincore(
-                host.cast::<libc::c_void>(),
-                self.size as usize,
-                resident.as_mut_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(ResetError::Mm {
-                op: "mincore",
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        let allocated = allocated_pages(window)?;
         let mut report = WindowReport::default();
         let zero = vec![0u8; PAGE_SIZE as usize];
         let mut current = vec![0u8; PAGE_SIZE as usize];
-        let mut image = self.pages.iter().peekable();
         let mem_err = |e: vm_memory::GuestMemoryError| ResetError::Memory(e.to_string());
-        for (page, &res) in resident.iter().enumerate() {
-            let page = page as u64;
-            let expected: &[u8] = match image.peek() {
-                Some((p, bytes)) if *p == page => {
-                    let bytes = &bytes[..];
-                    image.next();
-                    bytes
-                }
-                _ => &zero,
-            };
+        // Allocated pages (compared, rewritten if they differ) and image pages that are not
+        // allocated (written), in page order.
+        let mut image = self.pages.iter().peekable();
+        let mut allocated = allocated.into_iter().peekable();
+        loop {
+            let (page, expected, is_allocated): (u64, &[u8], bool) =
+                match (allocated.peek().copied(), image.peek()) {
+                    (None, None) => break,
+                    (Some(a), Some((p, bytes))) if a == *p => {
+                        allocated.next();
+                        image.next();
+                        (a, &bytes[..], true)
+                    }
+                    (Some(a), Some((p, _))) if a < *p => {
+                        allocated.next();
+                        (a, &zero, true)
+                    }
+                    (Some(a), None) => {
+                        allocated.next();
+                        (a, &zero, true)
+                    }
+                    (_, Some((p, bytes))) => {
+                        let page = *p;
+                        image.next();
+                        (page, &bytes[..], false)
+                    }
+                };
             let addr = MemoryRegionAddress(page * PAGE_SIZE);
-            let is_resident = res & 1 != 0;
-            if !is_resident && expected.as_ptr() == zero.as_ptr() {
-                continue;
-            }
-            if is_resident {
+            if is_allocated {
                 report.resident_pages += 1;
                 region.read_slice(&mut current, addr).map_err(mem_err)?;
                 if current == expected {
@@ -344,6 +339,47 @@ impl WindowImage {
         }
         Ok(report)
     }
+}
+
+/// The pages of `window` allocated in its memfd (window-relative indices, in order), found
+/// with `SEEK_DATA`/`SEEK_HOLE` over the window's range of the memfd (a page never allocated
+/// reads as zero). This moves the memfd's file position, which nothing uses: the window is
+/// only ever mapped.
+fn allocated_pages(window: &WindowRegion) -> Result<Vec<u64>, ResetError> {
+    use std::os::fd::AsRawFd;
+    let fd = window.memfd().as_raw_fd();
+    let start = window.memfd_offset() as i64;
+    let end = start + window.size() as i64;
+    let seek = |offset: i64, whence: libc::c_int| -> Result<Option<i64>, ResetError> {
+        // SAFETY: lseek on a descriptor the window owns, alive while `window` is; it only
+        // reads the file's page index (and sets the file position).
+        let at = unsafe { libc::lseek(fd, offset, whence) };
+        if at >= 0 {
+            return Ok(Some(at));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENXIO) {
+            return Ok(None);
+        }
+        Err(ResetError::Mm {
+            op: "lseek",
+            source: e,
+        })
+    };
+    let mut pages = Vec::new();
+    let mut at = start;
+    while at < end {
+        let Some(data) = seek(at, libc::SEEK_DATA)?.filter(|&d| d < end) else {
+            break;
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        let page = PAGE_SIZE as i64;
+        let first = (data - start) / page;
+        let last = (hole - start + page - 1) / page;
+        pages.extend(first as u64..last as u64);
+        at = hole;
+    }
+    Ok(pages)
 }
 
 /// Puts a stopped vCPU of VM `vm` back into the snapshot's `state`: an access KVM is still
@@ -358,7 +394,11 @@ pub fn reset_vcpu(state: &VcpuState, vm: &VmFd, vcpu: &mut Vcpu) -> Result<(), R
     fd.set_mp_state(state.mp_state)
         .map_err(kvm("KVM_SET_MP_STATE"))?;
     fd.set_regs(&state.regs).map_err(kvm("KVM_SET_REGS"))?;
-    fd.set_sregs(&state.sregs).map_err(kvm("KVM_SET_SREGS"))?;
+    // Setting the control registers makes a shadow-paging host (PVM) drop the guest's page
+    // tables: only when they changed (a micro-guest at CPL 3 cannot change them).
+    if fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))? != state.sregs {
+        fd.set_sregs(&state.sregs).map_err(kvm("KVM_SET_SREGS"))?;
+    }
     if let Some(fpu) = &state.fpu {
         fd.set_fpu(fpu).map_err(kvm("KVM_SET_FPU"))?;
     }
