@@ -875,6 +875,7 @@ fn reset_isolation_gives_every_invocation_the_snapshots_vm() {
     let d = &n.daemon;
     // Reused: the count goes up and the previous input (kept on the heap) is readable.
     let mut vms = Vec::new();
+    let mut reuse_windows = Vec::new();
     for i in 1..=4 {
         let (status, r) = d.invoke("counter-reuse", &json!({"input": format!("secret-{i}")}));
         assert_eq!(status, 200, "{r}\n{}", d.log());
@@ -882,16 +883,31 @@ fn reset_isolation_gives_every_invocation_the_snapshots_vm() {
             1 => "none".to_string(),
             i => format!("secret-{}", i - 1),
         };
-        assert_eq!(r["output"], format!("count={i} previous={previous}\n"));
+        assert!(
+            r["output"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("count={i} previous={previous} window=")),
+            "{r}"
+        );
+        reuse_windows.push(r["output"].clone());
         vms.push(r["vm"].clone());
     }
     assert!(vms.iter().all(|vm| *vm == vms[0]), "{vms:?}");
+    // The window buffer of each reused invocation lands where the previous one's result
+    // was: the window leaks it.
+    for (i, output) in reuse_windows.iter().enumerate().skip(1) {
+        let leaked = format!("window=count={i} previous");
+        assert!(output.as_str().unwrap().contains(&leaked), "{output}");
+    }
     // Reset: every invocation, on the same VM, finds the snapshot's state.
     let mut vms = Vec::new();
     for i in 1..=4 {
         let (status, r) = d.invoke("counter-reset", &json!({"input": format!("secret-{i}")}));
         assert_eq!(status, 200, "{r}\n{}", d.log());
-        assert_eq!(r["output"], "count=1 previous=none\n", "{}", d.log());
+        // As the first invocation of a VM of the same snapshot: the window holds the
+        // snapshot's bytes there, not an earlier result.
+        assert_eq!(r["output"], reuse_windows[0], "{}", d.log());
         assert_eq!(
             r["start"],
             if i == 1 { "cold" } else { "warm" },

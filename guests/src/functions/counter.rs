@@ -2,16 +2,19 @@
 //! function VM as it is or resets it to its snapshot between invocations.
 //!
 //! It counts its invocations in a static and keeps the previous invocation's input on the
-//! heap. The result is `count=<n> previous=<input of the invocation before, or "none">\n`. A
-//! VM reused as it is answers `count=1`, `count=2`, … and shows the input it got before; one
-//! reset to its snapshot after every invocation (`isolation = "reset"`) answers
-//! `count=1 previous=none` every time.
+//! heap; it also allocates a window buffer and, before writing `mark-<n>` into it, reads
+//! what the window held there. The result is
+//! `count=<n> previous=<input of the invocation before, or "none"> window=<the window bytes
+//! found, up to the first zero, or "clean">\n`. A VM reused as it is answers `count=1`,
+//! `count=2`, … and shows the input and (where the window buffer lands on the previous
+//! result's) the result it gave before; one reset to its snapshot after every invocation
+//! (`isolation = "reset"`) answers exactly as its first invocation did, every time.
 
 use alloc::format;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 
-use nexus_guest::function::{FunctionError, Invocation, ObjectIo, Output};
+use nexus_guest::function::{FunctionError, Invocation, IoBuf, ObjectIo, Output};
 
 /// Invocations this VM ran.
 static COUNT: AtomicU64 = AtomicU64::new(0);
@@ -45,7 +48,7 @@ mod spin_cell {
 
 /// The handler.
 pub fn counter<Io: ObjectIo>(
-    _io: &mut Io,
+    io: &mut Io,
     invocation: Invocation<Io::Buf>,
 ) -> Result<Output<Io::Buf>, FunctionError> {
     let count = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
@@ -56,5 +59,22 @@ pub fn counter<Io: ObjectIo>(
         Some(bytes) => alloc::string::String::from_utf8_lossy(bytes).into_owned(),
         None => "none".into(),
     };
-    Ok(Output::from(format!("count={count} previous={previous}\n")))
+    // What the window holds where a buffer lands, then a mark of this invocation there.
+    let mut buf = io
+        .alloc(64)
+        .map_err(|_| "cannot allocate a window buffer")?;
+    buf.resize_for_overwrite(16)
+        .map_err(|_| "cannot size the window buffer")?;
+    let found: Vec<u8> = buf.iter().copied().take_while(|&b| b != 0).collect();
+    let window = if found.is_empty() {
+        "clean".into()
+    } else {
+        alloc::string::String::from_utf8_lossy(&found).into_owned()
+    };
+    let mark = format!("mark-{count}");
+    buf[..mark.len()].copy_from_slice(mark.as_bytes());
+    drop(buf);
+    Ok(Output::from(format!(
+        "count={count} previous={previous} window={window}\n"
+    )))
 }
