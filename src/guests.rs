@@ -18,6 +18,7 @@ pub const BUNDLED: &[&str] = &[
     "compress",
     "aes",
     "fibonacci",
+    "counter",
     "hostile",
     "getloop",
     "iobench",

@@ -890,3 +890,85 @@ fn two_hundred_parked_vms_invoked_in_random_order_all_answer() {
     // not spreading over the pool.
     assert!(vms.len() >= 100, "{} VMs answered", vms.len());
 }
+
+#[test]
+fn reset_isolation_gives_every_invocation_the_snapshots_vm() {
+    let file = |guest: &str, isolation: &str| {
+        format!(
+            "guest = \"{guest}\"\nmemory_mib = 32\nwindow_mib = 16\nisolation = \"{isolation}\"\n\n[limits]\nmax_vms = 1\n"
+        )
+    };
+    let n = node(
+        &[
+            ("counter-reuse", file("counter", "reuse")),
+            ("counter-reset", file("counter", "reset")),
+            ("wordcount-reset", file("wordcount", "reset")),
+        ],
+        &[],
+        3_000,
+    );
+    let d = &n.daemon;
+    // Reused: the count goes up and the previous input (kept on the heap) is readable.
+    let mut vms = Vec::new();
+    let mut reuse_windows = Vec::new();
+    for i in 1..=4 {
+        let (status, r) = d.invoke("counter-reuse", &json!({"input": format!("secret-{i}")}));
+        assert_eq!(status, 200, "{r}\n{}", d.log());
+        let previous = match i {
+            1 => "none".to_string(),
+            i => format!("secret-{}", i - 1),
+        };
+        assert!(
+            r["output"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("count={i} previous={previous} window=")),
+            "{r}"
+        );
+        reuse_windows.push(r["output"].clone());
+        vms.push(r["vm"].clone());
+    }
+    assert!(vms.iter().all(|vm| *vm == vms[0]), "{vms:?}");
+    // The window buffer of each reused invocation lands where the previous one's result
+    // was: the window leaks it.
+    for (i, output) in reuse_windows.iter().enumerate().skip(1) {
+        let leaked = format!("window=count={i} previous");
+        assert!(output.as_str().unwrap().contains(&leaked), "{output}");
+    }
+    // Reset: every invocation, on the same VM, finds the snapshot's state.
+    let mut vms = Vec::new();
+    for i in 1..=4 {
+        let (status, r) = d.invoke("counter-reset", &json!({"input": format!("secret-{i}")}));
+        assert_eq!(status, 200, "{r}\n{}", d.log());
+        // As the first invocation of a VM of the same snapshot: the window holds the
+        // snapshot's bytes there, not an earlier result.
+        assert_eq!(r["output"], reuse_windows[0], "{}", d.log());
+        assert_eq!(
+            r["start"],
+            if i == 1 { "cold" } else { "warm" },
+            "{}",
+            d.log()
+        );
+        vms.push(r["vm"].clone());
+    }
+    assert!(vms.iter().all(|vm| *vm == vms[0]), "{vms:?}");
+    // A function that reads its input through the window, an error (a missing object) in
+    // between: each reset VM answers as the first did.
+    let body = json!({"input_key": "inputs/words.txt"});
+    for i in 0..4 {
+        if i == 2 {
+            let (status, r) = d.invoke("wordcount-reset", &json!({"input_key": "inputs/none"}));
+            assert_eq!(status, 404, "{r}");
+        }
+        let (status, r) = d.invoke("wordcount-reset", &body);
+        assert_eq!(status, 200, "{r}\n{}", d.log());
+        assert_eq!(r["output"], "3000\n");
+        assert_eq!(r["start"], if i == 0 { "cold" } else { "warm" });
+    }
+    // One reset per invocation of a reset function (the refused one included).
+    assert_eq!(d.metric("nexus_vm_reset_duration_seconds_count"), 9.0);
+    assert_eq!(
+        d.metric("nexus_vm_starts_total{function=\"counter-reset\",how=\"restore\"}"),
+        1.0
+    );
+}

@@ -270,6 +270,19 @@ impl NexusIo {
         self.kick.write(1).map_err(Error::EventFd)
     }
 
+    /// Stops the request queue on the backend (`GET_VRING_BASE`: the backend cancels what it
+    /// popped and did not answer, such as a parked `NEXT`), for a caller that is about to put
+    /// the window and guest RAM back to an earlier state (a snapshot's). [`resume`] then
+    /// starts the queue again from the used ring's `idx` as the window has it by then; the
+    /// session stays (no new `attach`) if it is alive. The vCPU must not run meanwhile.
+    ///
+    /// [`resume`]: Self::resume
+    pub fn stop_queue(&mut self) {
+        if self.active.is_some() {
+            self.link.stop(&self.state);
+        }
+    }
+
     /// The WAIT register.
     fn wait(&mut self) -> u32 {
         let Some(active) = &self.active else {

@@ -99,6 +99,7 @@ pub mod limits;
 mod memfile;
 mod persist;
 mod prefetch;
+mod reset;
 mod restore;
 mod save;
 mod state;
@@ -113,6 +114,9 @@ use std::path::{Path, PathBuf};
 pub use file_identity::FileChange;
 pub use persist::{DeviceState, Persist};
 pub use prefetch::{MAX_BATCH_PAGES, MAX_GAP_PAGES, PrefetchReport, PrefetchState};
+pub use reset::{
+    RamReport, RamReset, ResetError, WindowImage, WindowReport, reset_ram, reset_vcpu,
+};
 pub use restore::{
     FaultServer, FaultStats, RestoreMode, RestoreOptions, RestoreStats, RestoredVm, Snapshot,
     WorkingSetReport,

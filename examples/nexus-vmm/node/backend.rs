@@ -211,6 +211,14 @@ impl BackendClient {
             .map(drop)
     }
 
+    /// Resets VM `vm` between two invocations without detaching it: the backend fails what
+    /// it still has queued or running for it and forgets what it prefetched for it.
+    pub async fn reset(&self, vm: &str) -> Result<(), BackendError> {
+        self.request(ControlRequest::Reset { vm: vm.to_owned() })
+            .await
+            .map(drop)
+    }
+
     /// Sends `request` with a fresh tag and waits for its reply (and the bytes after it).
     async fn request(
         &self,

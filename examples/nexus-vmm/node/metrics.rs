@@ -159,6 +159,7 @@ pub struct Metrics {
     net_bytes: Family<DirectionLabels, Counter>,
     net_reconnects: Family<FunctionLabels, Counter>,
     tap_setup: Histogram,
+    reset: Histogram,
     vm_starts: Family<HowLabels, Counter>,
     vm_stops: Family<ReasonLabels, Counter>,
     rejected: Family<StatusLabels, Counter>,
@@ -192,6 +193,7 @@ impl Metrics {
             net_bytes: Family::default(),
             net_reconnects: Family::default(),
             tap_setup: Histogram::new(TAP_SETUP_BUCKETS.iter().copied()),
+            reset: Histogram::new(TAP_SETUP_BUCKETS.iter().copied()),
             vm_starts: Family::default(),
             vm_stops: Family::default(),
             rejected: Family::default(),
@@ -256,6 +258,12 @@ impl Metrics {
             "nexus_net_tap_setup_duration_seconds",
             "Making and configuring a net VM's tap (one netlink datagram)",
             self.tap_setup.clone(),
+        );
+        r.register(
+            "nexus_vm_reset_duration_seconds",
+            "Resetting a VM to its snapshot after an invocation (isolation = \"reset\"): the \
+             backend's reset, the vCPU, RAM, window and request queue",
+            self.reset.clone(),
         );
         r.register(
             "nexus_vm_starts",
@@ -353,6 +361,11 @@ impl Metrics {
     /// Records a net VM's tap set-up.
     pub fn tap_setup(&self, took: Duration) {
         self.tap_setup.observe(took.as_secs_f64());
+    }
+
+    /// Records a VM's reset to its snapshot.
+    pub fn vm_reset(&self, took: Duration) {
+        self.reset.observe(took.as_secs_f64());
     }
 
     /// Records a VM started for `function` (`restore` or `boot`).

@@ -254,6 +254,8 @@ struct Function {
     spec: FunctionSpec,
     /// Held while the snapshot is created, so that it is created once.
     snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// The snapshot's window image, read once, for VMs reset after every invocation.
+    window_image: Mutex<Option<Arc<nexus_snapshot::WindowImage>>>,
 }
 
 #[derive(Debug)]
@@ -328,6 +330,7 @@ impl Node {
                         Function {
                             spec,
                             snapshot: Mutex::new(None),
+                            window_image: Mutex::new(None),
                         },
                     )
                 })
@@ -636,10 +639,94 @@ impl Node {
             restored.stats.mode,
             restored.hinted.as_secs_f64() * 1e3
         );
-        let mut vm = FunctionVm::start(&id, restored)?;
+        let reset = if spec.resets() {
+            Some(vm::ResetSource {
+                window: self.window_image(f, &snapshot)?,
+                snapshot: snapshot.clone(),
+            })
+        } else {
+            None
+        };
+        let mut vm = FunctionVm::start_with(&id, restored, reset)?;
         vm.snapshot_time = snapshot_time;
         self.inner.metrics.vm_started(&spec.name, "restore");
         Ok(vm)
+    }
+
+    /// The window image of `f`'s snapshot, read on first use.
+    fn window_image(
+        &self,
+        f: &Function,
+        snapshot: &Snapshot,
+    ) -> Result<Arc<nexus_snapshot::WindowImage>> {
+        let mut slot = lock(&f.window_image);
+        if let Some(image) = &*slot {
+            return Ok(image.clone());
+        }
+        let image = Arc::new(nexus_snapshot::WindowImage::read(snapshot)?);
+        log::info!(
+            "function {}: window image read for resets ({} non-zero pages)",
+            f.spec.name,
+            image.nonzero_pages()
+        );
+        *slot = Some(image.clone());
+        Ok(image)
+    }
+
+    /// Resets a VM of a function with `isolation = "reset"` to its snapshot (a VM of any
+    /// other function comes back as it is). Returns it with whether it is fit for use.
+    async fn reset_vm(&self, mut vm: FunctionVm) -> (FunctionVm, bool) {
+        if !vm.resets() {
+            return (vm, true);
+        }
+        let t0 = Instant::now();
+        if let Err(e) = self.inner.backend.reset(&vm.id).await {
+            log::warn!(
+                "vm {}: the backend's reset failed: {e}; stopping the VM",
+                vm.id
+            );
+            return (vm, false);
+        }
+        let backend = t0.elapsed();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let report = vm.reset(ram_reset());
+            let _ = tx.send((vm, report));
+        });
+        let (vm, report) = rx.await.expect("the reset task hands the VM back");
+        match report {
+            Ok(r) => {
+                let total = t0.elapsed();
+                self.inner.metrics.vm_reset(total);
+                let us = |d: Duration| d.as_secs_f64() * 1e6;
+                log::debug!(
+                    "vm {}: reset in {:.0} us: backend {:.0}, vcpu stop {:.0}, queue stop {:.0}, \
+                     ram {:.0} ({} of {} pages dropped, {} calls), window {:.0} ({} of {} \
+                     resident pages rewritten), vcpu state {:.0}, queue start {:.0}, vcpu \
+                     start {:.0}",
+                    vm.id,
+                    us(total),
+                    us(backend),
+                    us(r.vcpu_stop),
+                    us(r.queue_stop),
+                    us(r.ram),
+                    r.ram_pages.dropped_pages,
+                    r.ram_pages.scanned_pages,
+                    r.ram_pages.calls,
+                    us(r.window),
+                    r.window_pages.rewritten_pages,
+                    r.window_pages.resident_pages,
+                    us(r.vcpu_state),
+                    us(r.queue_start),
+                    us(r.vcpu_start),
+                );
+                (vm, true)
+            }
+            Err(e) => {
+                log::warn!("vm {}: the reset failed: {e:#}; stopping the VM", vm.id);
+                (vm, false)
+            }
+        }
     }
 
     /// Stops VMs the scheduler handed back, in the background.
@@ -722,7 +809,14 @@ impl Node {
 
     /// Returns a VM after an invocation: parked again if it is healthy, else stopped (its
     /// backend session dropped first) before this resolves.
+    /// A VM reset after every invocation is reset first (and stopped if that fails).
     async fn release(&self, function: &str, vm: FunctionVm, healthy: bool, reason: &'static str) {
+        let (vm, healthy, reason) = if healthy {
+            let (vm, fit) = self.reset_vm(vm).await;
+            (vm, fit, if fit { reason } else { "reset" })
+        } else {
+            (vm, false, reason)
+        };
         if let Some(vm) = self.inner.scheduler.release(function, vm, healthy) {
             let reason = if healthy { "shutdown" } else { reason };
             let victim = Victim {
@@ -1189,6 +1283,16 @@ async fn reaper(node: Weak<Inner>) {
         let expired = inner.scheduler.reap(Instant::now());
         Node { inner }.stop_vms(expired, false);
     }
+}
+
+/// How resets drop guest RAM: the written pages (default), or the whole range with
+/// `NEXUS_RESET_RAM=whole` in the daemon's environment (to measure the difference).
+fn ram_reset() -> nexus_snapshot::RamReset {
+    static HOW: std::sync::OnceLock<nexus_snapshot::RamReset> = std::sync::OnceLock::new();
+    *HOW.get_or_init(|| match std::env::var("NEXUS_RESET_RAM").as_deref() {
+        Ok("whole") => nexus_snapshot::RamReset::Whole,
+        _ => nexus_snapshot::RamReset::Dirty,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -270,6 +270,7 @@ pub fn restore(
         stats,
         hinted: Duration::ZERO,
         total: t0.elapsed(),
+        device: None,
         net: Some(NetRestored {
             lease,
             http_port,

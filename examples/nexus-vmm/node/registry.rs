@@ -12,6 +12,8 @@
 //!                          # a tap: the in-guest networking baseline)
 //! http_port = 8080         # io = "net" only: the port the guest's invocation server listens on
 //! warm_input = "warm up"   # run once through every VM parked ahead of demand (POST /warm)
+//! isolation = "reuse"      # between invocations: "reuse" the VM as it is, or "reset" it to
+//!                          # its snapshot (nothing of one invocation is seen by the next)
 //!
 //! [limits]
 //! timeout_ms = 30000       # wall-clock limit of one invocation: the VM is stopped after it
@@ -31,6 +33,16 @@
 //! With `warm_input`, each VM parked by `POST /warm` runs one invocation with this inline
 //! input (its result discarded, not counted as an invocation) before it counts as idle. Set
 //! it only for a function that may run on that input: it runs for real.
+//!
+//! `isolation = "reset"`: after every invocation the VM goes back to its snapshot in place —
+//! its vCPU registers, every page of guest RAM it wrote (dropped back to the memory file's),
+//! its I/O window (rewritten to the snapshot's), its request queue (started again on the
+//! backend from the snapshot's ring) and what the backend kept for it (control `reset`) —
+//! so no invocation can read what an earlier one left in the VM. It needs guest RAM mapped
+//! from the snapshot's memory file: `restore = "lazy"` (the default) and `io = "nexus"`;
+//! any other combination is refused when the file is loaded, as is `warm_input`. A reset
+//! costs a fraction of a millisecond, and every RAM page the next invocation writes again
+//! faults once more.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,6 +86,17 @@ pub enum Io {
     Net,
 }
 
+/// What a function VM keeps between two invocations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// The VM is reused as the invocation left it (its guest's state carries over).
+    #[default]
+    Reuse,
+    /// The VM is reset to its snapshot after every invocation (see the module's docs).
+    Reset,
+}
+
 /// The default port of a net function's invocation server.
 pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
@@ -106,6 +129,9 @@ pub struct FunctionFile {
     /// as idle (see the module's documentation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_input: Option<String>,
+    /// What a VM keeps between two invocations.
+    #[serde(default)]
+    pub isolation: Isolation,
     /// Limits.
     #[serde(default)]
     pub limits: Limits,
@@ -144,6 +170,11 @@ impl FunctionSpec {
     /// How long an idle VM is kept.
     pub fn keep_alive(&self) -> Duration {
         Duration::from_secs(self.file.limits.keep_alive_s)
+    }
+
+    /// Whether its VMs are reset to the snapshot after every invocation.
+    pub fn resets(&self) -> bool {
+        self.file.isolation == Isolation::Reset
     }
 
     /// Whether the function is a net function.
@@ -197,6 +228,24 @@ pub fn parse(name: &str, text: &str, dir: &Path) -> Result<FunctionSpec> {
         (Io::Nexus, Some(_)) => bail!("http_port applies to io = \"net\" functions only"),
         (Io::Net, Some(0)) => bail!("http_port must be 1 to 65535"),
         _ => {}
+    }
+    if file.isolation == Isolation::Reset {
+        if file.io != Io::Nexus {
+            bail!("isolation = \"reset\" applies to io = \"nexus\" functions only");
+        }
+        if file.restore != RestoreMode::Lazy {
+            bail!(
+                "isolation = \"reset\" needs restore = \"lazy\" (guest RAM mapped from the \
+                 snapshot's memory file, which a reset drops written pages back to), not {:?}",
+                file.restore
+            );
+        }
+        if file.warm_input.is_some() {
+            bail!(
+                "warm_input does not apply with isolation = \"reset\" (the warm-up would \
+                 leave its state in the VM until the next invocation)"
+            );
+        }
     }
     let guest_path = Path::new(&file.guest);
     let elf = if nexus::guests::BUNDLED.contains(&file.guest.as_str()) {
@@ -279,6 +328,13 @@ mod tests {
         assert_eq!(spec.file.io, Io::Nexus);
         assert!(!spec.is_net());
         assert_eq!(spec.window_mib(), 32);
+        assert_eq!(spec.file.isolation, Isolation::Reuse);
+        assert!(!spec.resets());
+        let text = format!(
+            "guest = {:?}\nisolation = \"reset\"\n",
+            elf.display().to_string()
+        );
+        assert!(parse("r", &text, &dir).unwrap().resets());
         let text = format!("guest = {:?}\nio = \"net\"\n", elf.display().to_string());
         let spec = parse("n", &text, &dir).unwrap();
         assert!(spec.is_net());
@@ -312,6 +368,17 @@ mod tests {
                 "guest = \"/bin/sh\"\nio = \"net\"\nhttp_port = 0",
                 "1 to 65535",
             ),
+            (
+                "f",
+                "guest = \"/bin/sh\"\nisolation = \"reset\"\nrestore = \"eager\"",
+                "needs restore = \"lazy\"",
+            ),
+            (
+                "f",
+                "guest = \"/bin/sh\"\nisolation = \"reset\"\nio = \"net\"",
+                "io = \"nexus\" functions only",
+            ),
+            ("f", "guest = \"x\"\nisolation = \"wipe\"", "wipe"),
             ("../f", "guest = \"x\"", "not a valid function name"),
             ("f", "guest = ", "TOML"),
         ];

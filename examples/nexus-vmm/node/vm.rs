@@ -9,11 +9,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
-use nexus_io::{ControlClient, NexusIoConfig, NexusIoState};
+use nexus_io::{ControlClient, NexusIoConfig, NexusIoState, NexusIoTransport};
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
 use nexus_kvm::serial::Console;
@@ -21,8 +22,8 @@ use nexus_kvm::stats::StatsFd;
 use nexus_kvm::{VcpuConfig, VcpuHandle, VcpuStop};
 use nexus_ring::control::InvokeTimings;
 use nexus_snapshot::{
-    DeviceState, FaultServer, RestoreMode, RestoreOptions, RestoreStats, SaveReport, Snapshot,
-    SnapshotFiles,
+    DeviceState, FaultServer, RamReport, RamReset, RestoreMode, RestoreOptions, RestoreStats,
+    SaveReport, Snapshot, SnapshotFiles, WindowImage, WindowReport,
 };
 
 use super::backend::{BackendClient, BackendError, InvokeInput, InvokeRequest, Invoked};
@@ -206,6 +207,8 @@ pub struct Restored {
     pub total: Duration,
     /// A net VM's network (none for a nexus-io VM).
     pub net: Option<super::netvm::NetRestored>,
+    /// A nexus-io VM's device, as its bus holds it (none for a net VM).
+    pub device: Option<Arc<Mutex<NexusIoTransport>>>,
 }
 
 /// Where a restored VM goes on the backend.
@@ -356,7 +359,7 @@ fn restore_attached(
         .device_mut()
         .resume(Some((control, socket)))
         .context("Cannot reconnect the restored nexus-io device")?;
-    nexus_io::attach_transport(&vm, transport)?;
+    let attached = nexus_io::attach_transport(&vm, transport)?;
     Ok(Restored {
         vm,
         vcpu: vcpus.remove(0),
@@ -366,6 +369,7 @@ fn restore_attached(
         hinted,
         total: t0.elapsed(),
         net: None,
+        device: Some(attached.transport),
     })
 }
 
@@ -497,14 +501,68 @@ pub struct FunctionVm {
     /// How the vCPU's run ended, once it has (set by the vCPU thread as it ends).
     ended: tokio::sync::watch::Receiver<Option<String>>,
     faults: Option<FaultServer>,
+    /// What a reset to the snapshot needs (`isolation = "reset"` only).
+    reset: Option<Resettable>,
     // Dropped after the vCPU (see Drop): a net VM's address goes back to the pool once its
     // tap (a device on the vCPU's bus) is closed.
     io: VmIo,
 }
 
+/// What a VM reset to its snapshot after every invocation keeps: the VM (its descriptor, to
+/// set the vCPU state again; guest RAM and the window), its device, and the snapshot.
+#[derive(Debug)]
+struct Resettable {
+    vm: nexus_kvm::Vm,
+    device: Arc<Mutex<NexusIoTransport>>,
+    snapshot: Arc<Snapshot>,
+    window: Arc<WindowImage>,
+}
+
+/// Where a VM reset to its snapshot goes back to: the snapshot it was restored from (a lazy
+/// restore) and that snapshot's window image.
+#[derive(Debug, Clone)]
+pub struct ResetSource {
+    /// The snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// Its window, read once ([`WindowImage::read`]).
+    pub window: Arc<WindowImage>,
+}
+
+/// What [`FunctionVm::reset`] did and how long each part took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResetReport {
+    /// Stopping the vCPU (interrupting its `WAIT`).
+    pub vcpu_stop: Duration,
+    /// Stopping the request queue on the backend (`GET_VRING_BASE`).
+    pub queue_stop: Duration,
+    /// Dropping the RAM pages the guest wrote.
+    pub ram: Duration,
+    /// Pages scanned and dropped.
+    pub ram_pages: RamReport,
+    /// Rewriting the window.
+    pub window: Duration,
+    /// Window pages resident and rewritten.
+    pub window_pages: WindowReport,
+    /// Setting the vCPU's state again.
+    pub vcpu_state: Duration,
+    /// Starting the request queue again (the backend re-pops the snapshot's `NEXT`).
+    pub queue_start: Duration,
+    /// Starting the vCPU thread again.
+    pub vcpu_start: Duration,
+    /// All of it.
+    pub total: Duration,
+}
+
 impl FunctionVm {
     /// Starts the vCPU of a restored VM.
     pub fn start(id: &str, restored: Restored) -> Result<Self> {
+        Self::start_with(id, restored, None)
+    }
+
+    /// Starts the vCPU of a restored VM that, with `reset`, can be reset to its snapshot
+    /// between invocations ([`reset`](Self::reset); it must be a nexus-io VM of a lazy
+    /// restore from `reset.snapshot`).
+    pub fn start_with(id: &str, restored: Restored, reset: Option<ResetSource>) -> Result<Self> {
         let Restored {
             vm,
             vcpu,
@@ -512,20 +570,32 @@ impl FunctionVm {
             recording,
             total,
             net,
+            device,
             ..
         } = restored;
         let io = match net {
             Some(net) => VmIo::Net(super::netvm::NetChannel::new(id, net)),
             None => VmIo::Nexus,
         };
-        let (tell, ended) = tokio::sync::watch::channel(None);
-        let handle = vcpu.spawn_with_exit(format!("{id}-vcpu"), move |result| {
-            tell.send_replace(Some(describe_stop(result)));
-        })?;
-        // Nothing needs the VM's descriptor any more: its devices are on the buses (their
-        // ioeventfds registered), and the vCPU keeps the KVM VM, guest memory and the
-        // devices alive. Closing it saves a descriptor per VM.
-        drop(vm);
+        let (handle, ended) = spawn_vcpu(id, vcpu)?;
+        let reset = match reset {
+            Some(ResetSource { snapshot, window }) => {
+                let device = device.context("only a nexus-io VM can be reset")?;
+                Some(Resettable {
+                    vm,
+                    device,
+                    snapshot,
+                    window,
+                })
+            }
+            None => {
+                // Nothing needs the VM's descriptor any more: its devices are on the buses
+                // (their ioeventfds registered), and the vCPU keeps the KVM VM, guest memory
+                // and the devices alive. Closing it saves a descriptor per VM.
+                drop(vm);
+                None
+            }
+        };
         let now = Instant::now();
         Ok(FunctionVm {
             id: id.to_owned(),
@@ -537,8 +607,76 @@ impl FunctionVm {
             vcpu: Some(handle),
             ended,
             faults,
+            reset,
             io,
         })
+    }
+
+    /// Whether it is reset to its snapshot after every invocation.
+    pub fn resets(&self) -> bool {
+        self.reset.is_some()
+    }
+
+    /// Puts the VM back into its snapshot's state, in place (blocking; the backend's
+    /// `reset` for it is the caller's): stops the vCPU (its `WAIT` in `NEXT` interrupted),
+    /// stops the request queue on the backend (which cancels the parked `NEXT`), drops the
+    /// RAM pages the guest wrote back to the snapshot's, rewrites the window pages that
+    /// differ from the snapshot's, sets the snapshot's vCPU state, starts the queue again
+    /// from the snapshot's ring (the backend pops the snapshot's `NEXT` and parks it) and
+    /// starts the vCPU again. On an error the VM is not fit for use: stop it.
+    pub fn reset(&mut self, ram: RamReset) -> Result<ResetReport> {
+        let t0 = Instant::now();
+        let mut report = ResetReport::default();
+        let r = self.reset.as_ref().context("the VM is not resettable")?;
+        let handle = self.vcpu.take().context("the vCPU is not running")?;
+        let (mut vcpu, result) = handle.stop()?;
+        match result {
+            Ok(VcpuStop::Stopped) => {}
+            other => bail!("the vCPU did not stop cleanly: {}", describe_stop(&other)),
+        }
+        report.vcpu_stop = t0.elapsed();
+        let mut transport = r.device.lock().unwrap_or_else(|p| p.into_inner());
+        let t = Instant::now();
+        transport.device_mut().stop_queue();
+        report.queue_stop = t.elapsed();
+        let t = Instant::now();
+        for region in r.vm.memory().ram_regions() {
+            let done = nexus_snapshot::reset_ram(region, ram)?;
+            report.ram_pages.scanned_pages += done.scanned_pages;
+            report.ram_pages.dropped_pages += done.dropped_pages;
+            report.ram_pages.calls += done.calls;
+        }
+        report.ram = t.elapsed();
+        let t = Instant::now();
+        let window = r.vm.memory().window().context("the VM has no window")?;
+        report.window_pages = r.window.restore_into(window)?;
+        report.window = t.elapsed();
+        let t = Instant::now();
+        let state = r
+            .snapshot
+            .state()
+            .vcpus
+            .first()
+            .context("the snapshot has no vCPU")?;
+        nexus_snapshot::reset_vcpu(state, r.vm.fd(), &mut vcpu)?;
+        report.vcpu_state = t.elapsed();
+        let t = Instant::now();
+        transport
+            .device_mut()
+            .resume(None)
+            .context("Cannot start the request queue again")?;
+        drop(transport);
+        report.queue_start = t.elapsed();
+        let t = Instant::now();
+        // The stop above left the vCPU's stop flag set: the new run must not end at once.
+        vcpu.stop_flag()
+            .store(false, std::sync::atomic::Ordering::Release);
+        let (handle, ended) = spawn_vcpu(&self.id, vcpu)?;
+        self.vcpu = Some(handle);
+        self.ended = ended;
+        report.vcpu_start = t.elapsed();
+        report.total = t0.elapsed();
+        Ok(report)
     }
 
     /// Whether it is a net VM.
@@ -661,6 +799,18 @@ impl super::scheduler::PooledVm for FunctionVm {
     fn is_alive(&self) -> bool {
         FunctionVm::is_alive(self)
     }
+}
+
+/// Runs `vcpu` on a thread of its own; the receiver learns how its run ended.
+fn spawn_vcpu(
+    id: &str,
+    vcpu: nexus_kvm::Vcpu,
+) -> Result<(VcpuHandle, tokio::sync::watch::Receiver<Option<String>>)> {
+    let (tell, ended) = tokio::sync::watch::channel(None);
+    let handle = vcpu.spawn_with_exit(format!("{id}-vcpu"), move |result| {
+        tell.send_replace(Some(describe_stop(result)));
+    })?;
+    Ok((handle, ended))
 }
 
 /// The `exits` counter of `stats` (0 if there is none).
