@@ -212,6 +212,11 @@ impl Session {
         self.cancel.send_replace(u64::MAX);
         self.invocations.fail_all(&self.vm);
         self.prefetch.clear();
+        self.report_dropped_logs();
+    }
+
+    /// Logs, once, how many LOG records the rate limit dropped and nobody was told of yet.
+    fn report_dropped_logs(&self) {
         let dropped = self.log_limit.take_unreported();
         if dropped > 0 {
             log::warn!(
@@ -229,13 +234,7 @@ impl Session {
     pub(crate) fn reset(&self) -> usize {
         let failed = self.invocations.reset(&self.vm);
         self.prefetch.clear();
-        let dropped = self.log_limit.take_unreported();
-        if dropped > 0 {
-            log::warn!(
-                "vm {}: {dropped} LOG records dropped by the rate limit",
-                self.vm
-            );
-        }
+        self.report_dropped_logs();
         failed
     }
 

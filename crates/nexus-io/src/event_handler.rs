@@ -472,17 +472,8 @@ mod tests {
     /// A session's connections, their far ends, and its state, marked connected.
     fn session() -> (Monitor, Arc<LinkState>, UnixStream, UnixStream) {
         let (control, control_peer) = UnixStream::pair().unwrap();
-        let (vhost, vhost_peer) = UnixStream::pair().unwrap();
-        let state = Arc::new(LinkState::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
-        state.set_connected(true);
         let client = crate::ControlClient::from_stream(control);
-        let monitor = Monitor::start(
-            Arc::clone(client.stream()),
-            client.event_reader(),
-            Frontend::from_stream(vhost, 1),
-            Arc::clone(&state),
-        )
-        .unwrap();
+        let (monitor, state, vhost_peer) = shared_session(&client);
         (monitor, state, control_peer, vhost_peer)
     }
 

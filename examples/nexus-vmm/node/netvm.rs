@@ -39,12 +39,12 @@ use nexus_kvm::serial::Console;
 use nexus_kvm::{VcpuConfig, VcpuStop};
 use nexus_net::{NetStats, NexusNet, NexusNetConfig, NexusNetState};
 use nexus_ring::control::InvokeTimings;
-use nexus_snapshot::{DeviceState, RestoreMode, Snapshot, SnapshotFiles};
+use nexus_snapshot::{DeviceState, RestoreMode, Snapshot};
 
 use super::netplane::{Lease, NetPlane, Subnet, VmTap};
 use super::vm::{
     Call, CallDone, CallFailure, GuestLog, Input, Restored, SnapshotTaken, describe_stop,
-    restore_micro,
+    restore_micro, save_parked,
 };
 
 /// The console line a net function's guest prints once its server listens (followed by
@@ -208,13 +208,7 @@ pub fn take_snapshot(
             DeviceState::save(&NexusNetState::save(&transport)),
         ]
     };
-    std::fs::create_dir_all(out).with_context(|| format!("Cannot create {}", out.display()))?;
-    let files = SnapshotFiles::in_dir(out);
-    let report = nexus_snapshot::save(&vm, std::slice::from_mut(&mut vcpu), &devices, &files)?;
-    Ok(SnapshotTaken {
-        report,
-        parked_after: listening_after,
-    })
+    save_parked(&vm, &mut vcpu, &devices, out, listening_after)
 }
 
 /// A restored net VM's network.

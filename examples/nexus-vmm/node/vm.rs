@@ -179,9 +179,21 @@ pub fn take_snapshot(
             DeviceState::save(&NexusIoState::save(&transport)),
         ]
     };
+    save_parked(&vm, &mut vcpu, &devices, out, parked_after)
+}
+
+/// Writes the snapshot of a function VM stopped where it waits for invocations (either kind)
+/// into `out`, created if need be.
+pub(super) fn save_parked(
+    vm: &nexus_kvm::Vm,
+    vcpu: &mut nexus_kvm::Vcpu,
+    devices: &[DeviceState],
+    out: &Path,
+    parked_after: Duration,
+) -> Result<SnapshotTaken> {
     std::fs::create_dir_all(out).with_context(|| format!("Cannot create {}", out.display()))?;
     let files = SnapshotFiles::in_dir(out);
-    let report = nexus_snapshot::save(&vm, std::slice::from_mut(&mut vcpu), &devices, &files)?;
+    let report = nexus_snapshot::save(vm, std::slice::from_mut(vcpu), devices, &files)?;
     Ok(SnapshotTaken {
         report,
         parked_after,
