@@ -47,7 +47,9 @@ pub mod layout;
 pub mod linux;
 pub mod memory;
 pub mod micro;
+pub mod park;
 pub mod persist;
+pub mod pool;
 pub mod serial;
 pub mod stats;
 pub mod vcpu;
@@ -139,6 +141,9 @@ pub enum Error {
     /// A vCPU thread panicked.
     #[error("A vCPU thread panicked")]
     VcpuPanicked,
+    /// A vCPU pool's epoll set or wake-up eventfd could not be set up.
+    #[error("Cannot set up the vCPU pool")]
+    Pool(#[source] std::io::Error),
 }
 
 /// Result of this crate.

@@ -20,6 +20,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::bus::{Bus, BusAction};
 use crate::memory::GuestMemoryMmap;
+use crate::park::{self, ParkRequest};
 use crate::stats::{self, StatsFd};
 use crate::{Error, Result};
 
@@ -149,6 +150,25 @@ enum Outcome {
     Stop(VcpuStop),
     Unclaimed(AccessKind, u64),
     Crash(CrashCause),
+    /// A device parked the access ([`crate::park`]): the MMIO read is still pending.
+    Park(ParkRequest, PendingRead),
+}
+
+/// An MMIO read a parked vCPU still owes the guest: KVM completes it, with the bytes in the
+/// vCPU's `kvm_run` page, on the next `KVM_RUN`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PendingRead {
+    addr: u64,
+    len: usize,
+}
+
+/// How a run that may park ended.
+#[derive(Debug)]
+pub(crate) enum Run {
+    /// As [`Vcpu::run`] would have ended.
+    Stop(VcpuStop),
+    /// Parked on a device's request, with the read it owes.
+    Parked(ParkRequest, PendingRead),
 }
 
 /// One virtual CPU.
@@ -245,12 +265,36 @@ impl Vcpu {
     /// Runs the guest until it exits, halts, crashes, or is stopped.
     pub fn run(&mut self) -> Result<VcpuStop> {
         loop {
+            let (mut request, pending) = match self.run_parkable()? {
+                Run::Stop(stop) => return Ok(stop),
+                Run::Parked(request, pending) => (request, pending),
+            };
+            // Only a pool worker's thread parks (`park::wait_mode`); on any other, wait here
+            // for what the device asked for and repeat its read until it answers.
+            loop {
+                park::wait_blocking(&request);
+                let _now = self
+                    .stop
+                    .load(Ordering::Acquire)
+                    .then(|| park::ModeGuard::set(park::WaitMode::Now));
+                match self.retry_read(pending) {
+                    Some(again) => request = again,
+                    None => break,
+                }
+            }
+        }
+    }
+
+    /// Runs the guest until it exits, halts, crashes, is stopped, or a device parks it.
+    pub(crate) fn run_parkable(&mut self) -> Result<Run> {
+        loop {
             if self.stop.load(Ordering::Acquire) {
-                return Ok(VcpuStop::Stopped);
+                return Ok(Run::Stop(VcpuStop::Stopped));
             }
             match self.run_once()? {
                 Outcome::Continue => {}
-                Outcome::Stop(stop) => return Ok(stop),
+                Outcome::Stop(stop) => return Ok(Run::Stop(stop)),
+                Outcome::Park(request, pending) => return Ok(Run::Parked(request, pending)),
                 Outcome::Unclaimed(kind, addr) => {
                     let rip = self.fd.get_regs().map(|r| r.rip).unwrap_or(0);
                     return Err(Error::UnexpectedExit { kind, addr, rip });
@@ -260,6 +304,22 @@ impl Vcpu {
                 }
             }
         }
+    }
+
+    /// Repeats the MMIO read a parked vCPU owes, writing the device's answer where KVM takes
+    /// it on the next `KVM_RUN`; returns the device's new park request if it parks again.
+    pub(crate) fn retry_read(&mut self, pending: PendingRead) -> Option<ParkRequest> {
+        let bus = self.mmio.read().unwrap_or_else(|p| p.into_inner());
+        let run = self.fd.get_kvm_run();
+        // SAFETY: the vCPU's last exit was KVM_EXIT_MMIO (the read being repeated) and it has
+        // not run since, so `mmio` is the member of the exit union KVM filled in; the kvm_run
+        // page stays mapped for as long as the vCPU descriptor it belongs to.
+        let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+        let len = pending.len.min(mmio.data.len());
+        // The read was claimed by a device the first time; buses do not change under a
+        // running VM.
+        bus.read(pending.addr, &mut mmio.data[..len]);
+        park::take_request()
     }
 
     fn crash_report(&self, cause: CrashCause) -> CrashReport {
@@ -307,7 +367,16 @@ impl Vcpu {
                 counters.mmio_read += 1;
                 let bus = self.mmio.read().unwrap_or_else(|p| p.into_inner());
                 if bus.read(addr, data) {
-                    Outcome::Continue
+                    match park::take_request() {
+                        Some(request) => Outcome::Park(
+                            request,
+                            PendingRead {
+                                addr,
+                                len: data.len(),
+                            },
+                        ),
+                        None => Outcome::Continue,
+                    }
                 } else if strict {
                     Outcome::Unclaimed(AccessKind::MmioRead, addr)
                 } else {
@@ -381,11 +450,7 @@ impl Vcpu {
                 (vcpu, result)
             })
             .map_err(Error::Thread)?;
-        Ok(VcpuHandle {
-            stop,
-            fd,
-            thread: Some(thread),
-        })
+        Ok(VcpuHandle::new(stop, fd, Runner::Thread(thread)))
     }
 }
 
@@ -410,18 +475,40 @@ impl Drop for ForgetFd {
     }
 }
 
-/// A vCPU running on its own thread.
+/// A running vCPU: on a thread of its own ([`Vcpu::spawn`]) or on a
+/// [`VcpuPool`](crate::pool::VcpuPool).
 #[derive(Debug)]
 pub struct VcpuHandle {
     stop: Arc<AtomicBool>,
-    /// The vCPU's descriptor while its thread runs (the thread owns the vCPU).
+    /// The vCPU's descriptor while its run lasts (the thread or pool owns the vCPU).
     fd: Arc<Mutex<Option<RawFd>>>,
-    thread: Option<JoinHandle<(Vcpu, Result<VcpuStop>)>>,
+    runner: Option<Runner>,
+}
+
+/// What runs a [`VcpuHandle`]'s vCPU.
+#[derive(Debug)]
+pub(crate) enum Runner {
+    /// A thread of its own.
+    Thread(JoinHandle<(Vcpu, Result<VcpuStop>)>),
+    /// A pool.
+    Pool(crate::pool::Pooled),
 }
 
 impl VcpuHandle {
+    pub(crate) fn new(
+        stop: Arc<AtomicBool>,
+        fd: Arc<Mutex<Option<RawFd>>>,
+        runner: Runner,
+    ) -> Self {
+        VcpuHandle {
+            stop,
+            fd,
+            runner: Some(runner),
+        }
+    }
+
     /// Opens KVM's binary statistics of the running vCPU, as [`Vcpu::stats`] does; fails
-    /// with [`stats::Error::Open`] once the vCPU thread has ended.
+    /// with [`stats::Error::Open`] once the vCPU's run has ended.
     ///
     /// The statistics file is a descriptor of its own: a caller with many parked vCPUs can
     /// open it only around the work it measures (one `KVM_GET_STATS_FD` and two reads of the
@@ -429,60 +516,81 @@ impl VcpuHandle {
     pub fn stats(&self) -> stats::Result<StatsFd> {
         let fd = self.fd.lock().unwrap_or_else(|p| p.into_inner());
         match *fd {
-            // Held locked: the vCPU thread cannot end (and close the descriptor) meanwhile.
+            // Held locked: the run cannot end (and the descriptor close) meanwhile.
             Some(fd) => StatsFd::open(&fd),
             None => Err(stats::Error::Open(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
-                "the vCPU thread has ended",
+                "the vCPU's run has ended",
             ))),
         }
     }
 
-    /// Whether the vCPU thread has ended.
+    /// Whether the vCPU's run has ended.
     pub fn is_finished(&self) -> bool {
-        self.thread.as_ref().is_none_or(|t| t.is_finished())
+        match &self.runner {
+            None => true,
+            Some(Runner::Thread(t)) => t.is_finished(),
+            Some(Runner::Pool(p)) => p.is_finished(),
+        }
     }
 
     /// Asks the vCPU to stop and waits for it; returns the vCPU and how its run ended.
     pub fn stop(mut self) -> Result<(Vcpu, Result<VcpuStop>)> {
         self.stop.store(true, Ordering::Release);
-        let thread = self.thread.take().expect("a handle is stopped once");
-        while !thread.is_finished() {
-            // Repeat: a signal delivered just before KVM_RUN would otherwise be lost.
-            if let Err(e) = thread.kill(SIGRTMIN() + KICK_SIGNAL_OFFSET) {
-                if thread.is_finished() {
-                    break;
-                }
-                return Err(Error::Kick(e));
-            }
-            // A kicked vCPU usually ends within microseconds: look often, kick again after
-            // 200 us.
-            let kicked = std::time::Instant::now();
-            while !thread.is_finished() && kicked.elapsed() < Duration::from_micros(200) {
-                std::thread::sleep(Duration::from_micros(20));
-            }
+        match self.runner.take().expect("a handle is stopped once") {
+            Runner::Thread(thread) => stop_thread(thread),
+            Runner::Pool(pooled) => pooled.finish(true),
         }
-        thread.join().map_err(|_| Error::VcpuPanicked)
     }
 
     /// Waits for the vCPU to end by itself.
     pub fn join(mut self) -> Result<(Vcpu, Result<VcpuStop>)> {
-        let thread = self.thread.take().expect("a handle is joined once");
-        thread.join().map_err(|_| Error::VcpuPanicked)
+        match self.runner.take().expect("a handle is joined once") {
+            Runner::Thread(thread) => thread.join().map_err(|_| Error::VcpuPanicked),
+            Runner::Pool(pooled) => pooled.finish(false),
+        }
     }
+}
+
+/// Kicks a vCPU thread whose stop flag is set until it ends, and joins it.
+fn stop_thread(thread: JoinHandle<(Vcpu, Result<VcpuStop>)>) -> Result<(Vcpu, Result<VcpuStop>)> {
+    while !thread.is_finished() {
+        // Repeat: a signal delivered just before KVM_RUN would otherwise be lost.
+        if let Err(e) = thread.kill(SIGRTMIN() + KICK_SIGNAL_OFFSET) {
+            if thread.is_finished() {
+                break;
+            }
+            return Err(Error::Kick(e));
+        }
+        // A kicked vCPU usually ends within microseconds: look often, kick again after
+        // 200 us.
+        let kicked = std::time::Instant::now();
+        while !thread.is_finished() && kicked.elapsed() < Duration::from_micros(200) {
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+    thread.join().map_err(|_| Error::VcpuPanicked)
 }
 
 impl Drop for VcpuHandle {
     fn drop(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            self.stop.store(true, Ordering::Release);
-            while !thread.is_finished() {
-                if thread.kill(SIGRTMIN() + KICK_SIGNAL_OFFSET).is_err() {
-                    break;
+        let Some(runner) = self.runner.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::Release);
+        match runner {
+            Runner::Thread(thread) => {
+                while !thread.is_finished() {
+                    if thread.kill(SIGRTMIN() + KICK_SIGNAL_OFFSET).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                let _ = thread.join();
             }
-            let _ = thread.join();
+            Runner::Pool(pooled) => {
+                let _ = pooled.finish(true);
+            }
         }
     }
 }

@@ -1,0 +1,620 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+//! A pool of threads that runs many vCPUs, where a vCPU waiting on its device holds no thread.
+//!
+//! [`Vcpu::spawn`] gives every vCPU a thread of its own, which then blocks inside a device
+//! read (nexus-io's WAIT register) for as long as the VM is idle: a node with thousands of
+//! parked function VMs would hold thousands of blocked threads. A [`VcpuPool`] runs vCPUs on
+//! a few worker threads instead, and a vCPU whose device would block is *parked*
+//! ([`crate::park`]): it leaves its worker with the MMIO read still pending in KVM, and
+//! becomes an entry in the pool's epoll set — the descriptors its device named (the call
+//! eventfd, the backend connections) and a deadline. When one is ready, a worker repeats the
+//! device's read (which may park it again), completes the guest's access with its answer and
+//! enters `KVM_RUN`.
+//!
+//! - **Threads**: one epoll thread, plus as many workers as vCPUs are running (not parked),
+//!   plus up to [`PoolConfig::spare_workers`] idle ones; workers beyond those end after
+//!   [`PoolConfig::idle_retire`]. A guest spinning at CPL 3 holds its worker, as it would
+//!   hold its own thread: the pool grows rather than starving the others.
+//! - **Handles**: [`VcpuPool::spawn`] returns the same [`VcpuHandle`] as [`Vcpu::spawn`]:
+//!   stop (kicks a running vCPU with the same signal; wakes a parked one, whose device then
+//!   answers at once — [`WaitMode::Now`](crate::park::WaitMode::Now)), join, statistics.
+//! - **Cost**: waking a parked vCPU is one epoll wake-up and one hand-over to a worker; a
+//!   vCPU on its own thread wakes in its own `poll`. Each park and wake-up also registers
+//!   and removes the device's descriptors (a few `epoll_ctl` calls).
+//!
+//! ```ignore
+//! let pool = VcpuPool::new(PoolConfig::default())?;
+//! let handle = pool.spawn(vcpu, |ended| log::info!("vCPU ended: {ended:?}"))?;
+//! // ... the guest runs, parks in its device's WAIT, runs again ...
+//! let (vcpu, result) = handle.stop()?;
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::signal::SIGRTMIN;
+
+use crate::park::{ModeGuard, ParkRequest, Readiness, WaitMode};
+use crate::vcpu::{KICK_SIGNAL_OFFSET, PendingRead, Run, Runner, VcpuHandle};
+use crate::{Error, Result, Vcpu, VcpuStop};
+
+/// How a [`VcpuPool`] runs.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// The threads' name prefix (`<name>-epoll`, `<name>-<n>`; Linux keeps 15 bytes).
+    pub name: String,
+    /// Idle workers kept ready, beyond those running vCPUs, so that a vCPU woken from its
+    /// park does not wait for a thread to be created.
+    pub spare_workers: usize,
+    /// How long a worker beyond the spares stays idle before it ends.
+    pub idle_retire: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            name: "vcpu".into(),
+            spare_workers: 2,
+            idle_retire: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a pool holds right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// vCPUs spawned on the pool whose run has not ended.
+    pub vcpus: usize,
+    /// Of those, parked (waiting on their device, on no thread).
+    pub parked: usize,
+    /// Worker threads (the epoll thread not counted).
+    pub workers: usize,
+    /// Of those, idle.
+    pub idle_workers: usize,
+}
+
+/// A pool of threads that runs vCPUs; see the [module documentation](self). Clones share the
+/// pool; its threads end once the last clone is dropped and every vCPU spawned on it has
+/// ended.
+#[derive(Clone)]
+pub struct VcpuPool {
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+impl std::fmt::Debug for VcpuPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuPool")
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// The epoll event data of the pool's own wake-up eventfd (others carry their descriptor).
+const WAKE: u64 = u64::MAX;
+
+/// How often a vCPU whose device named nothing to wait for (or whose descriptors could not be
+/// watched) repeats its read.
+const FALLBACK_RETRY: Duration = Duration::from_millis(10);
+
+struct Shared {
+    config: PoolConfig,
+    epoll: Epoll,
+    /// Wakes the epoll thread: an earlier deadline, or the pool shutting down.
+    wake: EventFd,
+    state: Mutex<State>,
+    /// Signalled when a vCPU is ready to run (idle workers wait on it).
+    work: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    next_token: u64,
+    /// vCPUs ready to run, in order.
+    ready: VecDeque<Arc<Slot>>,
+    /// Parked vCPUs by token.
+    parked: HashMap<u64, Parked>,
+    /// Descriptors in the epoll set, with the parked vCPUs each wakes (a shared control
+    /// connection is watched once for all the VMs on it).
+    watched: HashMap<RawFd, Watch>,
+    /// Parked vCPUs' deadlines (entries of vCPUs no longer parked are skipped).
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The deadline the epoll thread sleeps until (`None`: none).
+    sleeps_until: Option<Instant>,
+    workers: usize,
+    idle: usize,
+    live: usize,
+    shutdown: bool,
+}
+
+struct Watch {
+    events: EventSet,
+    tokens: HashSet<u64>,
+}
+
+struct Parked {
+    slot: Arc<Slot>,
+    fds: Vec<RawFd>,
+    deadline: Option<Instant>,
+}
+
+/// One vCPU spawned on a pool.
+pub(crate) struct Slot {
+    token: u64,
+    stop: Arc<AtomicBool>,
+    /// The vCPU's descriptor while its run lasts (for [`VcpuHandle::stats`]).
+    fd: Arc<Mutex<Option<RawFd>>>,
+    run: Mutex<SlotRun>,
+    /// Signalled whenever `run` changes.
+    changed: Condvar,
+}
+
+enum SlotRun {
+    /// Ready to run, or parked: the vCPU is here.
+    Waiting(Box<Job>),
+    /// On a worker thread.
+    Running(libc::pthread_t),
+    /// Its run ended; `None` once taken (or if a device panicked under it).
+    Done(Option<(Vcpu, Result<VcpuStop>)>),
+}
+
+type OnExit = Box<dyn FnOnce(&Result<VcpuStop>) + Send>;
+
+struct Job {
+    vcpu: Vcpu,
+    /// The MMIO read it owes the guest, if parked.
+    pending: Option<PendingRead>,
+    on_exit: Option<OnExit>,
+}
+
+/// Sets the pool's threads to end once nothing runs on it (dropped with the last clone).
+struct Owner(Arc<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.shutdown = true;
+        drop(state);
+        self.0.work.notify_all();
+        let _ = self.0.wake.write(1);
+    }
+}
+
+impl VcpuPool {
+    /// A pool with its epoll thread started (workers start as vCPUs need them).
+    pub fn new(config: PoolConfig) -> Result<Self> {
+        let epoll = Epoll::new().map_err(Error::Pool)?;
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(Error::Pool)?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                wake.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, WAKE),
+            )
+            .map_err(Error::Pool)?;
+        let shared = Arc::new(Shared {
+            config,
+            epoll,
+            wake,
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+        });
+        let parker = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name(format!("{}-epoll", shared.config.name))
+            .spawn(move || parker.watch())
+            .map_err(Error::Thread)?;
+        Ok(VcpuPool {
+            _owner: Arc::new(Owner(Arc::clone(&shared))),
+            shared,
+        })
+    }
+
+    /// Runs `vcpu` on the pool; `on_exit` is called on a worker with how its run ended,
+    /// just before the handle sees it end (as [`Vcpu::spawn_with_exit`] does).
+    pub fn spawn(
+        &self,
+        vcpu: Vcpu,
+        on_exit: impl FnOnce(&Result<VcpuStop>) + Send + 'static,
+    ) -> Result<VcpuHandle> {
+        let stop = vcpu.stop_flag();
+        let fd = Arc::new(Mutex::new(Some(vcpu.fd().as_raw_fd())));
+        let mut state = self.shared.lock();
+        let token = state.next_token;
+        state.next_token += 1;
+        let slot = Arc::new(Slot {
+            token,
+            stop: Arc::clone(&stop),
+            fd: Arc::clone(&fd),
+            run: Mutex::new(SlotRun::Waiting(Box::new(Job {
+                vcpu,
+                pending: None,
+                on_exit: Some(Box::new(on_exit)),
+            }))),
+            changed: Condvar::new(),
+        });
+        state.live += 1;
+        state.ready.push_back(Arc::clone(&slot));
+        if let Err(e) = self.shared.dispatch(&mut state) {
+            // No worker can run it: take it back out.
+            state.ready.retain(|s| s.token != token);
+            state.live -= 1;
+            return Err(e);
+        }
+        drop(state);
+        Ok(VcpuHandle::new(
+            stop,
+            fd,
+            Runner::Pool(Pooled {
+                slot,
+                shared: Arc::clone(&self.shared),
+            }),
+        ))
+    }
+
+    /// What the pool holds right now.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.shared.lock();
+        PoolStats {
+            vcpus: state.live,
+            parked: state.parked.len(),
+            workers: state.workers,
+            idle_workers: state.idle,
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes sure a worker takes the vCPU just queued: an idle one, or a new one.
+    fn dispatch(self: &Arc<Self>, state: &mut State) -> Result<()> {
+        if state.idle >= state.ready.len() {
+            self.work.notify_one();
+            return Ok(());
+        }
+        let n = state.workers;
+        let shared = Arc::clone(self);
+        std::thread::Builder::new()
+            .name(format!("{}-{n}", self.config.name))
+            .spawn(move || shared.work())
+            .map_err(Error::Thread)?;
+        state.workers += 1;
+        Ok(())
+    }
+
+    /// A worker thread: runs ready vCPUs until it has been idle too long.
+    fn work(self: Arc<Self>) {
+        let mut state = self.lock();
+        loop {
+            if let Some(slot) = state.ready.pop_front() {
+                drop(state);
+                self.run_slot(&slot);
+                state = self.lock();
+                continue;
+            }
+            if state.shutdown && state.live == 0 {
+                break;
+            }
+            state.idle += 1;
+            let (again, waited) = self
+                .work
+                .wait_timeout(state, self.config.idle_retire)
+                .unwrap_or_else(|p| p.into_inner());
+            state = again;
+            state.idle -= 1;
+            if waited.timed_out()
+                && state.ready.is_empty()
+                && state.idle >= self.config.spare_workers
+            {
+                break;
+            }
+        }
+        state.workers -= 1;
+    }
+
+    /// Runs one vCPU until it parks or its run ends.
+    fn run_slot(self: &Arc<Self>, slot: &Arc<Slot>) {
+        let mut job = {
+            let mut run = slot.lock();
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            match std::mem::replace(&mut *run, SlotRun::Running(me)) {
+                SlotRun::Waiting(job) => job,
+                other => {
+                    // Queued twice (cannot happen): leave it as it was.
+                    *run = other;
+                    return;
+                }
+            }
+        };
+        let mut unwind = Unwind {
+            shared: self,
+            slot,
+            armed: true,
+        };
+        loop {
+            let stopping = slot.stop.load(Ordering::Acquire);
+            let mode = ModeGuard::set(if stopping {
+                WaitMode::Now
+            } else {
+                WaitMode::Park
+            });
+            let result = match job.pending.take() {
+                Some(pending) => match job.vcpu.retry_read(pending) {
+                    Some(request) => Ok(Run::Parked(request, pending)),
+                    None => job.vcpu.run_parkable(),
+                },
+                None => job.vcpu.run_parkable(),
+            };
+            drop(mode);
+            let result = match result {
+                Ok(Run::Parked(request, pending)) => {
+                    job.pending = Some(pending);
+                    let mut run = slot.lock();
+                    if slot.stop.load(Ordering::Acquire) {
+                        // Being stopped: let the device answer now instead.
+                        continue;
+                    }
+                    *run = SlotRun::Waiting(job);
+                    let mut state = self.lock();
+                    self.park(&mut state, slot, &request);
+                    drop(state);
+                    drop(run);
+                    slot.changed.notify_all();
+                    unwind.armed = false;
+                    return;
+                }
+                Ok(Run::Stop(stop)) => Ok(stop),
+                Err(e) => Err(e),
+            };
+            if let Some(on_exit) = job.on_exit.take() {
+                on_exit(&result);
+            }
+            *slot.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            unwind.armed = false;
+            // Counted first: a handle that sees its vCPU done sees the pool without it.
+            self.ended();
+            *slot.lock() = SlotRun::Done(Some((job.vcpu, result)));
+            slot.changed.notify_all();
+            return;
+        }
+    }
+
+    /// A vCPU's run ended.
+    fn ended(&self) {
+        let mut state = self.lock();
+        state.live -= 1;
+        if state.shutdown && state.live == 0 {
+            drop(state);
+            self.work.notify_all();
+            let _ = self.wake.write(1);
+        }
+    }
+
+    /// Parks `slot`'s vCPU: watches the descriptors and the deadline of `request`.
+    fn park(&self, state: &mut State, slot: &Arc<Slot>, request: &ParkRequest) {
+        let token = slot.token;
+        let mut fds = Vec::with_capacity(request.fds.len());
+        for &(fd, readiness) in &request.fds {
+            let want = match readiness {
+                Readiness::Readable => EventSet::IN,
+                // EPOLLHUP and EPOLLERR are always reported.
+                Readiness::HangUp => EventSet::empty(),
+            };
+            let events = state.watched.get(&fd).map_or(want, |w| w.events | want);
+            // Modify first: a descriptor closed and reopened under the same number has
+            // silently left the epoll set, which `Add` then puts back.
+            let event = EpollEvent::new(events, fd as u64);
+            let watched = state.watched.contains_key(&fd)
+                && self.epoll.ctl(ControlOperation::Modify, fd, event).is_ok();
+            if !watched {
+                if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd, event) {
+                    log::warn!("vCPU pool: cannot watch descriptor {fd} of a parked vCPU: {e}");
+                    continue;
+                }
+            }
+            let watch = state.watched.entry(fd).or_insert_with(|| Watch {
+                events,
+                tokens: HashSet::new(),
+            });
+            watch.events = events;
+            watch.tokens.insert(token);
+            fds.push(fd);
+        }
+        let deadline = match (request.deadline, fds.is_empty()) {
+            (deadline, false) => deadline,
+            (deadline, true) => {
+                let retry = Instant::now() + FALLBACK_RETRY;
+                Some(deadline.map_or(retry, |d| d.min(retry)))
+            }
+        };
+        if let Some(deadline) = deadline {
+            state.deadlines.push(Reverse((deadline, token)));
+            if state.sleeps_until.is_none_or(|s| deadline < s) {
+                let _ = self.wake.write(1);
+            }
+        }
+        state.parked.insert(
+            token,
+            Parked {
+                slot: Arc::clone(slot),
+                fds,
+                deadline,
+            },
+        );
+    }
+
+    /// Moves a parked vCPU to the ready queue (nothing if it is not parked).
+    fn unpark(self: &Arc<Self>, state: &mut State, token: u64) {
+        let Some(parked) = state.parked.remove(&token) else {
+            return;
+        };
+        for fd in parked.fds {
+            let Some(watch) = state.watched.get_mut(&fd) else {
+                continue;
+            };
+            watch.tokens.remove(&token);
+            if watch.tokens.is_empty() {
+                state.watched.remove(&fd);
+                // Fails harmlessly if the descriptor was closed meanwhile.
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            }
+        }
+        state.ready.push_back(parked.slot);
+        if let Err(e) = self.dispatch(state) {
+            log::error!("vCPU pool: no worker for a woken vCPU: {e}");
+        }
+    }
+
+    /// The epoll thread: wakes parked vCPUs whose descriptors are ready or whose deadline
+    /// has passed.
+    fn watch(self: Arc<Self>) {
+        let mut events = vec![EpollEvent::default(); 64];
+        loop {
+            let timeout_ms = {
+                let mut state = self.lock();
+                if state.shutdown && state.live == 0 {
+                    break;
+                }
+                let next = next_deadline(&mut state);
+                state.sleeps_until = next;
+                next.map_or(-1, |d| {
+                    let left = d.saturating_duration_since(Instant::now());
+                    i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
+                })
+            };
+            let n = match self.epoll.wait(timeout_ms, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    log::error!("vCPU pool: epoll_wait failed: {e}");
+                    std::thread::sleep(FALLBACK_RETRY);
+                    0
+                }
+            };
+            let mut state = self.lock();
+            for event in events.iter().take(n) {
+                if event.data() == WAKE {
+                    let _ = self.wake.read();
+                    continue;
+                }
+                let fd = event.data() as RawFd;
+                let tokens: Vec<u64> = state
+                    .watched
+                    .get(&fd)
+                    .map(|w| w.tokens.iter().copied().collect())
+                    .unwrap_or_default();
+                for token in tokens {
+                    self.unpark(&mut state, token);
+                }
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((deadline, token))) = state.deadlines.peek() {
+                if deadline > now {
+                    break;
+                }
+                state.deadlines.pop();
+                if state.parked.get(&token).and_then(|p| p.deadline) == Some(deadline) {
+                    self.unpark(&mut state, token);
+                }
+            }
+        }
+    }
+}
+
+/// The earliest deadline of a vCPU still parked with it (stale heap entries dropped).
+fn next_deadline(state: &mut State) -> Option<Instant> {
+    while let Some(&Reverse((deadline, token))) = state.deadlines.peek() {
+        if state.parked.get(&token).and_then(|p| p.deadline) == Some(deadline) {
+            return Some(deadline);
+        }
+        state.deadlines.pop();
+    }
+    None
+}
+
+/// Marks a slot ended (its vCPU lost) if its worker unwinds from a panic in a device.
+struct Unwind<'a> {
+    shared: &'a Arc<Shared>,
+    slot: &'a Arc<Slot>,
+    armed: bool,
+}
+
+impl Drop for Unwind<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            *self.slot.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.shared.ended();
+            *self.slot.lock() = SlotRun::Done(None);
+            self.slot.changed.notify_all();
+        }
+    }
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotRun> {
+        self.run.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A [`VcpuHandle`]'s hold on a vCPU that runs on a pool.
+pub(crate) struct Pooled {
+    slot: Arc<Slot>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled")
+            .field("token", &self.slot.token)
+            .finish()
+    }
+}
+
+impl Pooled {
+    /// Whether the vCPU's run has ended.
+    pub(crate) fn is_finished(&self) -> bool {
+        matches!(*self.slot.lock(), SlotRun::Done(_))
+    }
+
+    /// Waits for the run to end — with `stop`, making it end: a running vCPU is kicked out
+    /// of `KVM_RUN` (repeatedly: a kick just before `KVM_RUN` would be lost), a parked one is
+    /// woken (its device then answers at once). The stop flag must be set already.
+    pub(crate) fn finish(&self, stop: bool) -> Result<(Vcpu, Result<VcpuStop>)> {
+        let mut run = self.slot.lock();
+        loop {
+            match &mut *run {
+                SlotRun::Done(done) => return done.take().ok_or(Error::VcpuPanicked),
+                SlotRun::Running(thread) if stop => {
+                    // SAFETY: `thread` is the worker running this vCPU: it set `Running`
+                    // under this lock, changes it only under this lock, and ends only after
+                    // it has; so the thread is alive. The signal's handler does nothing.
+                    unsafe { libc::pthread_kill(*thread, SIGRTMIN() + KICK_SIGNAL_OFFSET) };
+                }
+                SlotRun::Waiting(_) if stop => {
+                    let mut state = self.shared.lock();
+                    self.shared.unpark(&mut state, self.slot.token);
+                }
+                _ => {}
+            }
+            run = self
+                .slot
+                .changed
+                .wait_timeout(run, Duration::from_micros(200))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
