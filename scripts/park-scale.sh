@@ -8,10 +8,12 @@
 # at the last size, the idle CPU of both over a quiet period.
 #
 #   cargo build --release --workspace --bin nexus-backend --example nexus-vmm --example nexus-load
-#   scripts/park-scale.sh [-p lru|mru] [-s 10,100,1000,4000] [-w] [-i 60] [-n 2000] [-m 32]
+#   scripts/park-scale.sh [-p lru|mru] [-s 10,100,1000,4000] [-w] [-i 60] [-n 2000] [-m 32] [-t pool|own]
 #
 # -w registers the function with `warm_input` (each parked VM runs one invocation before it
-# counts as idle: docs/benchmarks.md). Everything it starts is killed on exit and bounded by
+# counts as idle: docs/benchmarks.md). -t sets the daemon's --vcpu-threads (default pool).
+# Threads are counted twice: all of the process's, and without KVM's own worker per VM
+# (`kvm-nx-lpage-recovery`, a kernel task listed among the process's threads). Everything it starts is killed on exit and bounded by
 # `timeout`; logs and the reports go to a temporary directory it prints.
 set -euo pipefail
 
@@ -21,7 +23,8 @@ warm_input=""
 idle=60
 invocations=2000
 memory=32
-while getopts "p:s:wi:n:m:" opt; do
+vcpu_threads=pool
+while getopts "p:s:wi:n:m:t:" opt; do
     case $opt in
         p) pick=$OPTARG ;;
         s) sizes=$OPTARG ;;
@@ -29,7 +32,8 @@ while getopts "p:s:wi:n:m:" opt; do
         i) idle=$OPTARG ;;
         n) invocations=$OPTARG ;;
         m) memory=$OPTARG ;;
-        *) echo "usage: $0 [-p lru|mru] [-s N,N,…] [-w] [-i IDLE_SECONDS] [-n INVOCATIONS] [-m RAM_MIB]" >&2; exit 2 ;;
+        t) vcpu_threads=$OPTARG ;;
+        *) echo "usage: $0 [-p lru|mru] [-s N,N,…] [-w] [-i IDLE_SECONDS] [-n INVOCATIONS] [-m RAM_MIB] [-t pool|own]" >&2; exit 2 ;;
     esac
 done
 
@@ -69,7 +73,7 @@ pids+=("$backend")
 for _ in $(seq 1 100); do [ -S "$dir/b.sock" ] && break; sleep 0.1; done
 timeout 3600 "$tree/target/release/examples/nexus-vmm" serve \
     --listen "127.0.0.1:$port" --backend "$dir/b.sock" --functions "$dir/fns" \
-    --state-dir "$dir/state" --max-vms 10000 --prepare --pick "$pick" > "$dir/serve.log" 2>&1 &
+    --state-dir "$dir/state" --max-vms 10000 --prepare --pick "$pick" --vcpu-threads "$vcpu_threads" > "$dir/serve.log" 2>&1 &
 serve=$!
 pids+=("$serve")
 for _ in $(seq 1 3000); do
@@ -81,17 +85,19 @@ curl -sf "http://127.0.0.1:$port/healthz" > /dev/null || { echo "the daemon did 
 # The processes themselves, not their `timeout`s.
 serve_pid=$(pgrep -P "$serve")
 backend_pid=$(pgrep -P "$backend")
-count() { # PID → "fds threads maps"
-    echo "$(ls "/proc/$1/fd" | wc -l) $(ls "/proc/$1/task" | wc -l) $(wc -l < "/proc/$1/maps")"
+count() { # PID → "fds threads threads-not-KVM's maps"
+    local ours
+    ours=$(cat /proc/"$1"/task/*/comm 2>/dev/null | grep -cv '^kvm-' || true)
+    echo "$(ls "/proc/$1/fd" | wc -l) $(ls "/proc/$1/task" | wc -l) $ours $(wc -l < "/proc/$1/maps")"
 }
 # Kernel memory the host spends on the VMs, by /proc/meminfo field (KiB).
 fields="MemAvailable KernelStack PageTables SecPageTables SUnreclaim VmallocUsed Percpu AnonPages Shmem"
 meminfo() { awk -v f=" $fields " 'index(f, " " substr($1, 1, length($1) - 1) " ") { printf "%s=%s ", substr($1, 1, length($1) - 1), $2 }' /proc/meminfo; }
 mem0=$(meminfo)
-read -r d_fd0 d_th0 d_map0 <<< "$(count "$serve_pid")"
-read -r b_fd0 b_th0 b_map0 <<< "$(count "$backend_pid")"
-echo "# pick $pick, ${warm_input:-no warm_input}, $memory MiB RAM; baseline daemon fds/threads/maps $d_fd0/$d_th0/$d_map0, backend $b_fd0/$b_th0/$b_map0"
-printf '| VMs | per VM: daemon fds | threads | maps | backend fds | threads | report |\n|---:|---:|---:|---:|---:|---:|---|\n'
+read -r d_fd0 d_th0 d_own0 d_map0 <<< "$(count "$serve_pid")"
+read -r b_fd0 b_th0 _ b_map0 <<< "$(count "$backend_pid")"
+echo "# pick $pick, ${warm_input:-no warm_input}, $memory MiB RAM, vCPU threads $vcpu_threads; baseline daemon fds/threads/maps $d_fd0/$d_th0/$d_map0, backend $b_fd0/$b_th0/$b_map0"
+printf '| VMs | per VM: daemon fds | threads | not KVM'"'"'s | maps | backend fds | threads | report |\n|---:|---:|---:|---:|---:|---:|---:|---|\n'
 IFS=, read -ra list <<< "$sizes"
 last=0
 for n in "${list[@]}"; do
@@ -100,12 +106,12 @@ for n in "${list[@]}"; do
     timeout 1800 "$tree/target/release/examples/nexus-load" park \
         --url "http://127.0.0.1:$port" --function wordcount --input-key inputs/small.txt \
         --vms "$n" --step "$step" --invocations "$invocations" -c 4 -q > "$report" 2>&1 || true
-    read -r d_fd d_th d_map <<< "$(count "$serve_pid")"
-    read -r b_fd b_th b_map <<< "$(count "$backend_pid")"
+    read -r d_fd d_th d_own d_map <<< "$(count "$serve_pid")"
+    read -r b_fd b_th _ b_map <<< "$(count "$backend_pid")"
     reached=$(curl -s "http://127.0.0.1:$port/v1/functions/wordcount" | python3 -c \
         'import json,sys; v=json.load(sys.stdin)["vms"]; print(v["idle"]+v["busy"])')
     per() { python3 -c "print(f'{($1 - $2) / max($reached, 1):.2f}')"; }
-    echo "| $reached | $(per "$d_fd" "$d_fd0") | $(per "$d_th" "$d_th0") | $(per "$d_map" "$d_map0") | $(per "$b_fd" "$b_fd0") | $(per "$b_th" "$b_th0") | $report |"
+    echo "| $reached | $(per "$d_fd" "$d_fd0") | $(per "$d_th" "$d_th0") | $(per "$d_own" "$d_own0") | $(per "$d_map" "$d_map0") | $(per "$b_fd" "$b_fd0") | $(per "$b_th" "$b_th0") | $report |"
     mem1=$(meminfo)
     python3 - "$reached" "$mem0" "$mem1" <<'PY' >> "$dir/meminfo.txt"
 import sys

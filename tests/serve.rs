@@ -745,6 +745,26 @@ fn open_fds(pid: u32) -> usize {
         .count()
 }
 
+/// Names of the threads of process `pid`.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}
+
+/// Threads of process `pid` that the VMM runs, outside the control plane's runtime (whose
+/// threads, named `nexus-node`, come and go with its blocking work): vCPU threads, the vCPU
+/// pool's, the device monitor's. Not counted either: KVM's own worker per VM
+/// (`kvm-nx-lpage-recovery`, a kernel task listed among the process's threads).
+fn vmm_threads(pid: u32) -> usize {
+    thread_names(pid)
+        .iter()
+        .filter(|name| !name.starts_with("nexus-node") && !name.starts_with("kvm-"))
+        .count()
+}
+
 #[test]
 fn a_parked_vm_woken_after_its_neighbours_were_reaped_still_answers() {
     // Two functions of one window size, so that their windows share slabs of 4: `brief`'s
@@ -821,6 +841,7 @@ fn a_parked_vm_costs_few_descriptors() {
     let (status, r) = d.invoke("wordcount", &json!({"input_key": "inputs/words.txt"}));
     assert_eq!(status, 200, "{r}");
     let base = open_fds(d.pid());
+    let base_threads = vmm_threads(d.pid());
     const MORE: usize = 32;
     warm(1 + MORE);
     // The warm request's HTTP connection may be closed a moment after its answer: give such
@@ -841,6 +862,20 @@ fn a_parked_vm_costs_few_descriptors() {
     assert!(
         parked.saturating_sub(base) <= MAX_FDS_PER_PARKED_VM * MORE,
         "{per_vm:.2} descriptors per parked VM ({base} -> {parked})"
+    );
+    // Parked, they hold no thread: the vCPU pool's workers that started them retire.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let threads = loop {
+        let threads = vmm_threads(d.pid());
+        if threads <= base_threads + 1 || Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        threads <= base_threads + 1,
+        "{MORE} more parked VMs: {base_threads} -> {threads} threads: {:?}",
+        thread_names(d.pid())
     );
     // They all still answer, and their exits are still counted (from statistics opened for
     // each invocation).

@@ -450,6 +450,7 @@ fn demo() -> Result<()> {
             queue_timeout: Duration::from_secs(30),
             pick: node::Pick::Mru,
             wait_timeout: Duration::from_secs(1),
+            vcpu_threads: node::VcpuThreads::Pool,
             net: node::NetSettings::default(),
         },
         node::registry::load_dir(&functions_dir)?,

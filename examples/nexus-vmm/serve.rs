@@ -10,7 +10,7 @@ use clap::Args;
 use crate::embedded::EmbeddedBackend;
 use crate::node::netplane::{self, Subnet};
 use crate::node::netvm::S3Settings;
-use crate::node::{NetSettings, Node, NodeConfig, Pick, http, registry};
+use crate::node::{NetSettings, Node, NodeConfig, Pick, VcpuThreads, http, registry};
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// and its vCPU thread one wake-up (a completion, a lost backend or a stop end it early).
     #[arg(long, default_value_t = 10_000)]
     wait_timeout_ms: u64,
+    /// Where nexus-io VMs' vCPUs run: `pool`, a few worker threads where a parked VM holds no
+    /// thread (an entry in the pool's epoll set), or `own`, a thread each that blocks in the
+    /// device's WAIT while the VM is parked. Net VMs always have threads of their own.
+    #[arg(long, value_enum, default_value_t = VcpuThreads::Pool)]
+    vcpu_threads: VcpuThreads,
     /// I/O windows per shared memfd ("slab"): the daemon holds one descriptor per slab rather
     /// than one per VM. 0 gives every window a memfd of its own.
     #[arg(long, default_value_t = nexus_kvm::memory::DEFAULT_WINDOWS_PER_SLAB)]
@@ -192,6 +197,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             queue_timeout: Duration::from_millis(args.queue_timeout_ms),
             pick: args.pick,
             wait_timeout: Duration::from_millis(args.wait_timeout_ms),
+            vcpu_threads: args.vcpu_threads,
             net: NetSettings {
                 subnet: args.net.net_subnet,
                 s3: S3Settings {

@@ -4,9 +4,10 @@
 //! The device model: identity, features, configuration space, the WAIT register, and
 //! activation (which connects the backend).
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use nexus_kvm::WindowRegion;
@@ -15,9 +16,10 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::event_handler::{LinkState, WaitOutcome, wait_for_used};
+use crate::event_handler::{Check, LinkState, WaitOutcome, check_used, wait_for_used};
 use crate::link::{BackendLink, Identity, RingSetup};
 use crate::{Error, GuestMemoryMmap, Result, error_chain};
+use nexus_kvm::park::{self, ParkRequest, Readiness, WaitMode};
 
 pub use nexus_ring::device::wait::{BACKEND_UNAVAILABLE, NEEDS_RESET};
 pub use nexus_ring::device::{
@@ -76,6 +78,8 @@ pub struct NexusIo {
     acked_features: u64,
     active: Option<ActiveQueue>,
     wait_timeout: Duration,
+    /// When the WAIT read a parked vCPU repeats gives up (see [`nexus_kvm::park`]).
+    wait_deadline: Option<Instant>,
 }
 
 impl NexusIo {
@@ -103,6 +107,7 @@ impl NexusIo {
             acked_features: 0,
             active: None,
             wait_timeout: WAIT_TIMEOUT,
+            wait_deadline: None,
         })
     }
 
@@ -298,6 +303,10 @@ impl NexusIo {
         let Some(connections) = self.link.connections() else {
             return BACKEND_UNAVAILABLE;
         };
+        let mode = park::wait_mode();
+        if mode != WaitMode::Block {
+            return self.wait_without_blocking(mode);
+        }
         match wait_for_used(
             &active.queue,
             &self.window_memory,
@@ -316,6 +325,58 @@ impl NexusIo {
                 BACKEND_UNAVAILABLE
             }
         }
+    }
+
+    /// The WAIT register on a vCPU that must not block ([`nexus_kvm::park`]): answers if the
+    /// used ring has moved, the backend is gone or the timeout has passed (measured from the
+    /// first read, across the parks); otherwise parks the vCPU on the call eventfd and the
+    /// backend connections' hang-ups — `WaitMode::Park` — or answers with the used index as
+    /// it is — `WaitMode::Now`, a vCPU being stopped.
+    fn wait_without_blocking(&mut self, mode: WaitMode) -> u32 {
+        let Some(active) = &self.active else {
+            return BACKEND_UNAVAILABLE;
+        };
+        let Some(connections) = self.link.connections() else {
+            return BACKEND_UNAVAILABLE;
+        };
+        let used = match check_used(&active.queue, &self.window_memory, self.state.call()) {
+            Ok(Check::Moved(used)) => {
+                self.wait_deadline = None;
+                return if self.state.needs_reset() {
+                    NEEDS_RESET
+                } else {
+                    u32::from(used)
+                };
+            }
+            Ok(Check::NotYet(used)) => used,
+            Err(e) => {
+                self.wait_deadline = None;
+                warn!("nexus-io: WAIT cannot read the rings: {}", error_chain(&e));
+                return BACKEND_UNAVAILABLE;
+            }
+        };
+        if connections.iter().any(|c| crate::link::hung_up(*c)) {
+            self.wait_deadline = None;
+            self.state.set_connected(false);
+            return BACKEND_UNAVAILABLE;
+        }
+        let now = Instant::now();
+        let deadline = *self.wait_deadline.get_or_insert(now + self.wait_timeout);
+        if mode == WaitMode::Now || now >= deadline {
+            self.wait_deadline = None;
+            return u32::from(used);
+        }
+        let [control, vhost] = connections;
+        park::park(ParkRequest {
+            fds: vec![
+                (self.state.call().as_raw_fd(), Readiness::Readable),
+                (control.as_raw_fd(), Readiness::HangUp),
+                (vhost.as_raw_fd(), Readiness::HangUp),
+            ],
+            deadline: Some(deadline),
+        });
+        // Not seen by the guest: the vCPU parks and repeats this read.
+        u32::from(used)
     }
 
     fn config_bytes(&self) -> [u8; config::SIZE as usize] {

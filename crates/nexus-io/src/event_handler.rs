@@ -417,18 +417,11 @@ pub(crate) fn wait_for_used(
     timeout: Duration,
 ) -> std::result::Result<WaitOutcome, virtio_queue::Error> {
     let deadline = Instant::now() + timeout;
-    let used_event_at = used_event_addr(queue);
     loop {
-        // Consume any earlier signal first: one that arrives after the check below wakes us.
-        let _ = call.read();
-        let used = queue.used_idx(window, Ordering::Acquire)?.0;
-        let used_event: u16 = window
-            .load(used_event_at, Ordering::Acquire)
-            .map(u16::from_le)
-            .map_err(virtio_queue::Error::GuestMemory)?;
-        if moved_past(used, used_event) {
-            return Ok(WaitOutcome::Used(used));
-        }
+        let used = match check_used(queue, window, call)? {
+            Check::Moved(used) => return Ok(WaitOutcome::Used(used)),
+            Check::NotYet(used) => used,
+        };
         let Some(left) = deadline.checked_duration_since(Instant::now()) else {
             return Ok(WaitOutcome::Used(used));
         };
@@ -457,6 +450,36 @@ pub(crate) fn wait_for_used(
             return Ok(WaitOutcome::Lost);
         }
     }
+}
+
+/// What a WAIT read that must not block found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// The used ring's index has moved past the driver's `used_event`.
+    Moved(u16),
+    /// Not yet: the used ring's index as it is.
+    NotYet(u16),
+}
+
+/// One look at the rings for a WAIT read, without blocking: consumes the call eventfd's
+/// signal first (so that one arriving after the look is not lost to the next wait), then
+/// compares the used ring's index with the driver's `used_event`.
+pub(crate) fn check_used(
+    queue: &Queue,
+    window: &GuestMemoryMmap,
+    call: &EventFd,
+) -> std::result::Result<Check, virtio_queue::Error> {
+    let _ = call.read();
+    let used = queue.used_idx(window, Ordering::Acquire)?.0;
+    let used_event: u16 = window
+        .load(used_event_addr(queue), Ordering::Acquire)
+        .map(u16::from_le)
+        .map_err(virtio_queue::Error::GuestMemory)?;
+    Ok(if moved_past(used, used_event) {
+        Check::Moved(used)
+    } else {
+        Check::NotYet(used)
+    })
 }
 
 /// The `used_event` field: after the available ring's flags, idx and entries.

@@ -66,7 +66,7 @@ pub(crate) struct BackendLink {
     adopted: Option<UnixStream>,
 }
 
-fn hung_up(connection: &dyn AsRawFd) -> bool {
+pub(crate) fn hung_up(connection: &dyn AsRawFd) -> bool {
     let mut fds = [PollFd::new(connection, HANGUP)];
     match poll(&mut fds, Some(Duration::ZERO)) {
         Ok(_) => fds[0].has(HANGUP),

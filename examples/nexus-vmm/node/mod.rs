@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use nexus_kvm::memory::MemoryConfig;
+use nexus_kvm::pool::{PoolConfig, VcpuPool};
 use nexus_kvm::serial::Console;
 use nexus_ring::control::BackendStats;
 use nexus_snapshot::{Snapshot, SnapshotFiles};
@@ -74,8 +75,21 @@ pub struct NodeConfig {
     pub pick: Pick,
     /// The WAIT timeout of a parked VM (each timeout costs the guest one exit).
     pub wait_timeout: Duration,
+    /// How the vCPUs of nexus-io VMs run.
+    pub vcpu_threads: VcpuThreads,
     /// How net functions are run.
     pub net: NetSettings,
+}
+
+/// How the vCPUs of nexus-io VMs run (net VMs' vCPUs always have threads of their own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum VcpuThreads {
+    /// On a pool of workers: a parked VM is an entry in the pool's epoll set, not a blocked
+    /// thread ([`nexus_kvm::pool`]).
+    #[default]
+    Pool,
+    /// Each on a thread of its own, which blocks in the device's WAIT while the VM is parked.
+    Own,
 }
 
 /// How the node runs net functions (`io = "net"`).
@@ -271,6 +285,8 @@ struct Inner {
     /// The network of net functions: absent without any; an error if it could not be built.
     net: Option<Result<Arc<NetPlane>, String>>,
     runtime: tokio::runtime::Handle,
+    /// Where nexus-io VMs' vCPUs run (`VcpuThreads::Pool`).
+    vcpus: Option<VcpuPool>,
     next_vm: AtomicU64,
     closing: AtomicBool,
 }
@@ -317,7 +333,18 @@ impl Node {
                 why
             })
         });
+        let vcpus = match config.vcpu_threads {
+            VcpuThreads::Pool => Some(
+                VcpuPool::new(PoolConfig {
+                    name: "nexus-vcpu".into(),
+                    ..PoolConfig::default()
+                })
+                .context("Cannot start the vCPU pool")?,
+            ),
+            VcpuThreads::Own => None,
+        };
         let inner = Arc::new(Inner {
+            vcpus,
             backend: BackendClient::new(config.backend.clone()),
             control: nexus_io::SharedControl::new(&config.backend, Duration::from_secs(10)),
             net,
@@ -647,7 +674,13 @@ impl Node {
         } else {
             None
         };
-        let mut vm = FunctionVm::start_with(&id, restored, reset)?;
+        // A net VM's device blocks in its own WAIT: it keeps a thread of its own.
+        let pool = if spec.is_net() {
+            None
+        } else {
+            self.inner.vcpus.as_ref()
+        };
+        let mut vm = FunctionVm::start_with(&id, restored, reset, pool)?;
         vm.snapshot_time = snapshot_time;
         self.inner.metrics.vm_started(&spec.name, "restore");
         Ok(vm)

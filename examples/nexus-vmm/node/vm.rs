@@ -17,6 +17,7 @@ use bytes::Bytes;
 use nexus_io::{ControlClient, NexusIoConfig, NexusIoState, NexusIoTransport};
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
+use nexus_kvm::pool::VcpuPool;
 use nexus_kvm::serial::Console;
 use nexus_kvm::stats::StatsFd;
 use nexus_kvm::{VcpuConfig, VcpuHandle, VcpuStop};
@@ -488,7 +489,8 @@ enum VmIo {
     Net(super::netvm::NetChannel),
 }
 
-/// A running function VM: its vCPU on its own thread, parked in `NEXT` when idle.
+/// A running function VM: its vCPU on a pool or a thread of its own, parked in `NEXT` when
+/// idle.
 #[derive(Debug)]
 pub struct FunctionVm {
     /// The VM's ID on the backend.
@@ -510,6 +512,8 @@ pub struct FunctionVm {
     /// closed once the vCPU runs, and the vCPU statistics are opened only around an
     /// invocation: a parked VM costs as few descriptors as it can.
     vcpu: Option<VcpuHandle>,
+    /// The pool the vCPU runs on, if not on a thread of its own.
+    pool: Option<VcpuPool>,
     /// How the vCPU's run ended, once it has (set by the vCPU thread as it ends).
     ended: tokio::sync::watch::Receiver<Option<String>>,
     faults: Option<FaultServer>,
@@ -568,13 +572,19 @@ pub struct ResetReport {
 impl FunctionVm {
     /// Starts the vCPU of a restored VM.
     pub fn start(id: &str, restored: Restored) -> Result<Self> {
-        Self::start_with(id, restored, None)
+        Self::start_with(id, restored, None, None)
     }
 
     /// Starts the vCPU of a restored VM that, with `reset`, can be reset to its snapshot
     /// between invocations ([`reset`](Self::reset); it must be a nexus-io VM of a lazy
-    /// restore from `reset.snapshot`).
-    pub fn start_with(id: &str, restored: Restored, reset: Option<ResetSource>) -> Result<Self> {
+    /// restore from `reset.snapshot`). With `pool`, the vCPU runs on it (parked, it holds no
+    /// thread); otherwise on a thread of its own.
+    pub fn start_with(
+        id: &str,
+        restored: Restored,
+        reset: Option<ResetSource>,
+        pool: Option<&VcpuPool>,
+    ) -> Result<Self> {
         let Restored {
             vm,
             vcpu,
@@ -589,7 +599,7 @@ impl FunctionVm {
             Some(net) => VmIo::Net(super::netvm::NetChannel::new(id, net)),
             None => VmIo::Nexus,
         };
-        let (handle, ended) = spawn_vcpu(id, vcpu)?;
+        let (handle, ended) = spawn_vcpu(id, vcpu, pool)?;
         let reset = match reset {
             Some(ResetSource { snapshot, window }) => {
                 let device = device.context("only a nexus-io VM can be reset")?;
@@ -617,6 +627,7 @@ impl FunctionVm {
             snapshot_time: Duration::ZERO,
             recording,
             vcpu: Some(handle),
+            pool: pool.cloned(),
             ended,
             faults,
             reset,
@@ -683,7 +694,7 @@ impl FunctionVm {
         // The stop above left the vCPU's stop flag set: the new run must not end at once.
         vcpu.stop_flag()
             .store(false, std::sync::atomic::Ordering::Release);
-        let (handle, ended) = spawn_vcpu(&self.id, vcpu)?;
+        let (handle, ended) = spawn_vcpu(&self.id, vcpu, self.pool.as_ref())?;
         self.vcpu = Some(handle);
         self.ended = ended;
         report.vcpu_start = t.elapsed();
@@ -813,15 +824,20 @@ impl super::scheduler::PooledVm for FunctionVm {
     }
 }
 
-/// Runs `vcpu` on a thread of its own; the receiver learns how its run ended.
+/// Runs `vcpu` on `pool`, or on a thread of its own; the receiver learns how its run ended.
 fn spawn_vcpu(
     id: &str,
     vcpu: nexus_kvm::Vcpu,
+    pool: Option<&VcpuPool>,
 ) -> Result<(VcpuHandle, tokio::sync::watch::Receiver<Option<String>>)> {
     let (tell, ended) = tokio::sync::watch::channel(None);
-    let handle = vcpu.spawn_with_exit(format!("{id}-vcpu"), move |result| {
+    let on_exit = move |result: &nexus_kvm::Result<VcpuStop>| {
         tell.send_replace(Some(describe_stop(result)));
-    })?;
+    };
+    let handle = match pool {
+        Some(pool) => pool.spawn(vcpu, on_exit)?,
+        None => vcpu.spawn_with_exit(format!("{id}-vcpu"), on_exit)?,
+    };
     Ok((handle, ended))
 }
 
