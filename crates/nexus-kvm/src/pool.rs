@@ -16,8 +16,10 @@
 //!   [`PoolConfig::idle_retire`]. A guest spinning at CPL 3 holds its worker, as it would
 //!   hold its own thread: the pool grows rather than starving the others.
 //! - **Handles**: [`VcpuPool::spawn`] returns the same [`VcpuHandle`] as [`Vcpu::spawn`]:
-//!   stop (kicks a running vCPU with the same signal; wakes a parked one, whose device then
-//!   answers at once — [`WaitMode::Now`](crate::park::WaitMode::Now)), join, statistics.
+//!   stop (kicks a running vCPU with the same signal; a parked one is taken out of the pool
+//!   and its device answers the pending read at once —
+//!   [`WaitMode::Now`](crate::park::WaitMode::Now) — on the stopping thread), join,
+//!   statistics.
 //! - **Cost**: waking a parked vCPU is one epoll wake-up and one hand-over to a worker; a
 //!   vCPU on its own thread wakes in its own `poll`. Each park and wake-up also registers
 //!   and removes the device's descriptors (a few `epoll_ctl` calls).
@@ -456,9 +458,19 @@ impl Shared {
 
     /// Moves a parked vCPU to the ready queue (nothing if it is not parked).
     fn unpark(self: &Arc<Self>, state: &mut State, token: u64) {
-        let Some(parked) = state.parked.remove(&token) else {
+        let Some(slot) = self.withdraw(state, token) else {
             return;
         };
+        state.ready.push_back(slot);
+        if let Err(e) = self.dispatch(state) {
+            log::error!("vCPU pool: no worker for a woken vCPU: {e}");
+        }
+    }
+
+    /// Takes a parked vCPU's slot out of the epoll set and the deadlines (`None` if it is not
+    /// parked): no worker will run it unless it is queued again.
+    fn withdraw(&self, state: &mut State, token: u64) -> Option<Arc<Slot>> {
+        let parked = state.parked.remove(&token)?;
         for fd in parked.fds {
             let Some(watch) = state.watched.get_mut(&fd) else {
                 continue;
@@ -472,10 +484,7 @@ impl Shared {
                     .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
         }
-        state.ready.push_back(parked.slot);
-        if let Err(e) = self.dispatch(state) {
-            log::error!("vCPU pool: no worker for a woken vCPU: {e}");
-        }
+        Some(parked.slot)
     }
 
     /// The epoll thread: wakes parked vCPUs whose descriptors are ready or whose deadline
@@ -584,6 +593,25 @@ impl std::fmt::Debug for Pooled {
 }
 
 impl Pooled {
+    /// Ends the run of a parked vCPU withdrawn from the pool, on the calling thread: its
+    /// device answers the pending read at once ([`WaitMode::Now`]), as a worker would have
+    /// had it do, without handing the vCPU to one.
+    fn stop_here(&self, mut job: Job) -> (Vcpu, Result<VcpuStop>) {
+        if let Some(pending) = job.pending.take() {
+            let _now = ModeGuard::set(WaitMode::Now);
+            if job.vcpu.retry_read(pending).is_some() {
+                log::warn!("vCPU pool: a device parked a vCPU that is being stopped");
+            }
+        }
+        let result = Ok(VcpuStop::Stopped);
+        if let Some(on_exit) = job.on_exit.take() {
+            on_exit(&result);
+        }
+        *self.slot.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.shared.ended();
+        (job.vcpu, result)
+    }
+
     /// Whether the vCPU's run has ended.
     pub(crate) fn is_finished(&self) -> bool {
         matches!(*self.slot.lock(), SlotRun::Done(_))
@@ -604,8 +632,19 @@ impl Pooled {
                     unsafe { libc::pthread_kill(*thread, SIGRTMIN() + KICK_SIGNAL_OFFSET) };
                 }
                 SlotRun::Waiting(_) if stop => {
-                    let mut state = self.shared.lock();
-                    self.shared.unpark(&mut state, self.slot.token);
+                    let withdrawn = {
+                        let mut state = self.shared.lock();
+                        self.shared.withdraw(&mut state, self.slot.token).is_some()
+                    };
+                    // Parked (not queued for a worker): it is this thread's to end, at once.
+                    if withdrawn {
+                        let SlotRun::Waiting(job) =
+                            std::mem::replace(&mut *run, SlotRun::Done(None))
+                        else {
+                            unreachable!("matched as waiting under the same lock");
+                        };
+                        return Ok(self.stop_here(*job));
+                    }
                 }
                 _ => {}
             }
