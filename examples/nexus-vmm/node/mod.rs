@@ -861,6 +861,20 @@ impl Node {
         }
     }
 
+    /// Resets a VM marked resetting in the scheduler after its answer, and parks it again
+    /// (stops it if the reset failed, or the node is closing).
+    async fn release_after_reset(&self, function: &str, vm: FunctionVm) {
+        let (vm, fit) = self.reset_vm(vm).await;
+        if let Some(vm) = self.inner.scheduler.reset_done(function, vm, fit) {
+            let victim = Victim {
+                function: function.to_owned(),
+                vm,
+                reason: if fit { "shutdown" } else { "reset" },
+            };
+            self.retire(vec![victim], true).await;
+        }
+    }
+
     /// Runs one invocation of function `name`. The invocation runs to its end (or its
     /// timeout) even if the caller stops waiting for it, so that its VM is always returned.
     pub async fn invoke(
@@ -958,7 +972,16 @@ impl Node {
                 let success = done.is_success();
                 observe(if success { "success" } else { "error" }, Some(&done));
                 let vm_id = vm.id.clone();
-                self.release(name, vm, true, "").await;
+                if vm.resets() {
+                    // The answer goes first: the VM is reset meanwhile, and parked again
+                    // after. An invocation that finds no parked VM waits for it.
+                    self.inner.scheduler.resetting(name);
+                    let node = self.clone();
+                    let name = name.to_owned();
+                    tokio::spawn(async move { node.release_after_reset(&name, vm).await });
+                } else {
+                    self.release(name, vm, true, "").await;
+                }
                 let timings = &done.timings;
                 let t = |us: u64| us as f64 / 1e3;
                 let stored = invocation.output_key.is_some() && success;

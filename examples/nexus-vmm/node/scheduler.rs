@@ -99,7 +99,14 @@ pub enum Refusal {
 #[derive(Debug)]
 struct Pool<V> {
     idle: VecDeque<V>,
+    /// Running an invocation, or being reset after one (counted in `resetting` too).
     busy: usize,
+    /// Busy VMs whose invocation is answered and which are being reset to their snapshot:
+    /// parked again in a moment.
+    resetting: usize,
+    /// Acquisitions waiting for a VM being reset rather than starting one (at most one per
+    /// VM being reset).
+    reset_claims: usize,
     starting: usize,
     max_vms: usize,
     keep_alive: Duration,
@@ -142,8 +149,11 @@ enum Step<V> {
 }
 
 impl<V: PooledVm> State<V> {
-    /// Tries to give function `name` a VM, within the caps.
-    fn step(&mut self, name: &str, caps: &Caps) -> Step<V> {
+    /// Tries to give function `name` a VM, within the caps. `claimed` is the caller's claim
+    /// on a VM being reset: an acquisition that finds no parked VM while one is being reset
+    /// waits for it (a reset takes well under a millisecond) rather than starting a VM; one
+    /// claim per VM being reset, so that a burst still starts VMs for the rest.
+    fn step(&mut self, name: &str, caps: &Caps, claimed: &mut bool) -> Step<V> {
         let idle = self.pools.get(name).map_or(0, |p| p.idle.len());
         let random = (caps.pick == Pick::Random && idle > 0).then(|| self.below(idle));
         let Some(pool) = self.pools.get_mut(name) else {
@@ -166,7 +176,22 @@ impl<V: PooledVm> State<V> {
                 });
             }
             pool.busy += 1;
+            if std::mem::take(claimed) {
+                pool.reset_claims -= 1;
+            }
             return Step::Granted(Grant::Warm(vm));
+        }
+        if *claimed && pool.resetting > 0 {
+            return Step::Wait;
+        }
+        if !*claimed && pool.reset_claims < pool.resetting {
+            pool.reset_claims += 1;
+            *claimed = true;
+            return Step::Wait;
+        }
+        if std::mem::take(claimed) {
+            // The VM it waited for did not come back (its reset failed): go on without it.
+            pool.reset_claims -= 1;
         }
         if pool.vms() < pool.max_vms {
             if self.total < caps.max_vms {
@@ -179,6 +204,15 @@ impl<V: PooledVm> State<V> {
             }
         }
         Step::Wait
+    }
+
+    /// Gives up an acquisition's claim on a VM being reset, if it holds one.
+    fn drop_claim(&mut self, name: &str, claimed: &mut bool) {
+        if std::mem::take(claimed) {
+            if let Some(pool) = self.pools.get_mut(name) {
+                pool.reset_claims -= 1;
+            }
+        }
     }
 
     /// Takes the least recently used idle VM of any function.
@@ -228,6 +262,8 @@ impl<V: PooledVm> Scheduler<V> {
                     Pool {
                         idle: VecDeque::new(),
                         busy: 0,
+                        resetting: 0,
+                        reset_claims: 0,
                         starting: 0,
                         max_vms,
                         keep_alive,
@@ -263,6 +299,7 @@ impl<V: PooledVm> Scheduler<V> {
     ) -> Result<Grant<V>, Refusal> {
         let deadline = tokio::time::Instant::now() + self.caps.queue_timeout;
         let mut queued = false;
+        let mut claimed = false;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -273,9 +310,10 @@ impl<V: PooledVm> Scheduler<V> {
                     if queued {
                         state.waiting -= 1;
                     }
+                    state.drop_claim(name, &mut claimed);
                     return Err(Refusal::Closing);
                 }
-                let step = state.step(name, &self.caps);
+                let step = state.step(name, &self.caps, &mut claimed);
                 match &step {
                     Step::Granted(_) if queued => {
                         state.waiting -= 1;
@@ -283,6 +321,7 @@ impl<V: PooledVm> Scheduler<V> {
                     }
                     Step::Wait if !queued => {
                         if state.waiting >= self.caps.max_queue {
+                            state.drop_claim(name, &mut claimed);
                             return Err(Refusal::QueueFull {
                                 waiting: state.waiting,
                             });
@@ -305,11 +344,12 @@ impl<V: PooledVm> Scheduler<V> {
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 let mut state = self.state();
                 // One last look: a change may have come with the deadline.
-                if let Step::Granted(grant) = state.step(name, &self.caps) {
+                if let Step::Granted(grant) = state.step(name, &self.caps, &mut claimed) {
                     state.waiting -= 1;
                     return Ok(grant);
                 }
                 state.waiting -= 1;
+                state.drop_claim(name, &mut claimed);
                 let per_function = state.pools.get(name).map_or(0, |p| p.max_vms);
                 return Err(Refusal::TimedOut {
                     function: name.to_owned(),
@@ -341,12 +381,21 @@ impl<V: PooledVm> Scheduler<V> {
     /// A VM of function `name` is done with its invocation: parked again if `healthy` (and
     /// the node is not closing), else handed back to be stopped.
     pub fn release(&self, name: &str, vm: V, healthy: bool) -> Option<V> {
+        self.give_back(name, vm, healthy, false)
+    }
+
+    /// [`release`](Self::release), of a VM that was being reset if `was_resetting` (in the
+    /// same step: a waiter never sees it neither resetting nor parked).
+    fn give_back(&self, name: &str, vm: V, healthy: bool, was_resetting: bool) -> Option<V> {
         let stopped = {
             let mut state = self.state();
             let state = &mut *state;
             let closing = state.closing;
             let pool = state.pools.get_mut(name)?;
             pool.busy -= 1;
+            if was_resetting {
+                pool.resetting -= 1;
+            }
             if healthy && !closing {
                 pool.idle.push_back(vm);
                 None
@@ -357,6 +406,20 @@ impl<V: PooledVm> Scheduler<V> {
         };
         self.changed.notify_waiters();
         stopped
+    }
+
+    /// A busy VM of function `name` has answered its invocation and is being reset: an
+    /// acquisition that finds no parked VM waits for it rather than starting one. Hand it
+    /// back with [`reset_done`](Self::reset_done).
+    pub fn resetting(&self, name: &str) {
+        if let Some(pool) = self.state().pools.get_mut(name) {
+            pool.resetting += 1;
+        }
+    }
+
+    /// A VM of `name` marked [`resetting`](Self::resetting) is back: as [`release`](Self::release).
+    pub fn reset_done(&self, name: &str, vm: V, healthy: bool) -> Option<V> {
+        self.give_back(name, vm, healthy, true)
     }
 
     /// A place for one more parked VM of `name` (for warming), if the caps allow and fewer
@@ -634,6 +697,42 @@ mod tests {
             Ok(Grant::Warm(vm)) => assert_eq!(vm.id, 1),
             other => panic!("{other:?}"),
         }
+        assert_eq!(s.all_counts().1, 0);
+    }
+
+    #[tokio::test]
+    async fn an_acquisition_waits_for_a_vm_being_reset_one_per_vm_and_not_for_a_failed_one() {
+        let s = scheduler(caps(8, 8, Pick::Mru), &[("f", 4)]);
+        park(&s, "f", fake(1)).await;
+        let vm = match s.acquire("f", no_victims).await {
+            Ok(Grant::Warm(vm)) => vm,
+            other => panic!("{other:?}"),
+        };
+        s.resetting("f");
+        // Two invocations arrive while the only VM is being reset: the first waits for it,
+        // the second (no VM left to claim) starts one.
+        let first = {
+            let s = s.clone();
+            tokio::spawn(async move { s.acquire("f", no_victims).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!first.is_finished(), "it waits for the VM being reset");
+        assert!(matches!(s.acquire("f", no_victims).await, Ok(Grant::Start)));
+        assert!(s.reset_done("f", vm, true).is_none());
+        match first.await.unwrap() {
+            Ok(Grant::Warm(vm)) => assert_eq!(vm.id, 1),
+            other => panic!("{other:?}"),
+        }
+        // A reset that fails hands its waiter on to starting a VM.
+        s.resetting("f");
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { s.acquire("f", no_victims).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished());
+        assert!(s.reset_done("f", fake(1), false).is_some(), "handed back to stop");
+        assert!(matches!(waiter.await.unwrap(), Ok(Grant::Start)));
         assert_eq!(s.all_counts().1, 0);
     }
 
