@@ -731,7 +731,10 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!waiter.is_finished());
-        assert!(s.reset_done("f", fake(1), false).is_some(), "handed back to stop");
+        assert!(
+            s.reset_done("f", fake(1), false).is_some(),
+            "handed back to stop"
+        );
         assert!(matches!(waiter.await.unwrap(), Ok(Grant::Start)));
         assert_eq!(s.all_counts().1, 0);
     }
