@@ -6,9 +6,12 @@
 //!
 //! - **guest RAM** ([`reset_ram`]): a [`Lazy`](crate::RestoreMode::Lazy) restore maps RAM
 //!   `MAP_PRIVATE` from the memory file, so every page the guest wrote is a private anonymous
-//!   copy. `MADV_DONTNEED` on such a page drops the copy: the next access reads the file's
-//!   page again. [`RamReset::Dirty`] finds the written pages in `/proc/self/pagemap` (present
-//!   or swapped, and not file-backed) and drops only those; [`RamReset::Whole`] drops the
+//!   copy, found in `/proc/self/pagemap` (present or swapped, and not file-backed).
+//!   [`RamReset::Copy`] (the default) overwrites those copies with the file's bytes in place:
+//!   the guest's mappings of them stay, so the next run touches them without a page fault — on
+//!   a shadow-paging host such as PVM each fault is a VM exit of tens of microseconds — at
+//!   the price of keeping them private. [`RamReset::Dirty`] drops them (`MADV_DONTNEED`): the
+//!   next access reads the file's page again. [`RamReset::Whole`] drops the
 //!   whole range in one call, which also unmaps the pages that were only read (they fault
 //!   again on their next access). Anonymous RAM (eager, uffd and prefetch restores) cannot be
 //!   reset this way: [`reset_ram`] refuses it.
@@ -85,11 +88,17 @@ pub enum ResetError {
     VcpuState(#[source] crate::Error),
 }
 
-/// How [`reset_ram`] finds the pages to drop.
+/// How [`reset_ram`] puts guest RAM back to the memory file's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RamReset {
-    /// Only the pages the guest wrote (found in `/proc/self/pagemap`).
+    /// The pages the guest wrote (found in `/proc/self/pagemap`) are overwritten in place
+    /// with the memory file's bytes: the guest's mappings stay, so the next run touches them
+    /// without a fault (on a shadow-paging host each such fault is an exit). The written
+    /// pages stay private to the VM (their memory is not given back).
     #[default]
+    Copy,
+    /// The pages the guest wrote are dropped (`MADV_DONTNEED`): their memory goes back, and
+    /// the next access to each faults the file's page in again.
     Dirty,
     /// The whole range, in one `madvise` (read pages fault again too).
     Whole,
@@ -100,9 +109,10 @@ pub enum RamReset {
 pub struct RamReport {
     /// Pages looked at.
     pub scanned_pages: u64,
-    /// Written pages dropped back to the file's ([`RamReset::Whole`]: the pages of the range).
+    /// Written pages put back to the file's — dropped, or overwritten ([`RamReset::Copy`]);
+    /// [`RamReset::Whole`]: the pages of the range.
     pub dropped_pages: u64,
-    /// `madvise` calls made (one per run of consecutive written pages).
+    /// `madvise` or `pread` calls made (one per run of consecutive written pages).
     pub calls: u64,
 }
 
@@ -143,9 +153,31 @@ fn madvise(addr: u64, len: u64, advice: libc::c_int) -> Result<(), ResetError> {
     Ok(())
 }
 
-/// Drops what the guest wrote to one RAM region since the restore, back to the memory file's
-/// pages. The region must be a lazy restore's (a private mapping of the memory file) and its
-/// vCPU stopped.
+/// Overwrites `len` bytes of guest RAM at host address `addr` with the memory file's bytes
+/// at `offset` into the region's part of the file.
+fn copy_from_file(
+    file: &vm_memory::FileOffset,
+    offset: u64,
+    addr: u64,
+    len: u64,
+) -> Result<(), ResetError> {
+    let at = file.start() + offset;
+    // SAFETY: the range lies in this process's mapping of the region (the caller found it in
+    // the region, page by page) and stays mapped during the call; the VM's vCPU is stopped, so
+    // nothing else writes it meanwhile, and no other Rust reference points into guest RAM (it
+    // is only accessed through volatile slices and by the guest). Any byte values are valid.
+    let target = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len as usize) };
+    file.file()
+        .read_exact_at(target, at)
+        .map_err(|source| ResetError::Mm {
+            op: "pread of the memory file",
+            source,
+        })
+}
+
+/// Puts what the guest wrote to one RAM region since the restore back to the memory file's
+/// bytes, as `how` says. The region must be a lazy restore's (a private mapping of the memory
+/// file) and its vCPU stopped.
 pub fn reset_ram(region: &GuestRegionMmap, how: RamReset) -> Result<RamReport, ResetError> {
     if region.file_offset().is_none() {
         return Err(ResetError::NotFileBacked {
@@ -172,13 +204,16 @@ pub fn reset_ram(region: &GuestRegionMmap, how: RamReset) -> Result<RamReport, R
     const CHUNK: u64 = 4096;
     let mut entries = vec![0u8; (CHUNK * 8) as usize];
     let mut run: Option<(u64, u64)> = None; // (first page, count)
+    let file = region.file_offset().expect("checked above");
     let flush = |run: &mut Option<(u64, u64)>, report: &mut RamReport| {
         if let Some((first, count)) = run.take() {
-            madvise(
-                host + first * PAGE_SIZE,
-                count * PAGE_SIZE,
-                libc::MADV_DONTNEED,
-            )?;
+            let at = host + first * PAGE_SIZE;
+            let bytes = count * PAGE_SIZE;
+            if how == RamReset::Copy {
+                copy_from_file(file, first * PAGE_SIZE, at, bytes)?;
+            } else {
+                madvise(at, bytes, libc::MADV_DONTNEED)?;
+            }
             report.add(RamReport {
                 scanned_pages: 0,
                 dropped_pages: count,
@@ -434,4 +469,92 @@ pub fn reset_vcpu(state: &VcpuState, vm: &VmFd, vcpu: &mut Vcpu) -> Result<(), R
             .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+
+    use vm_memory::mmap::MmapRegionBuilder;
+    use vm_memory::{FileOffset, GuestAddress};
+
+    use super::*;
+
+    const PAGES: u64 = 8;
+
+    /// A region mapped `MAP_PRIVATE` from a file whose page `i` is filled with byte `i`,
+    /// starting one page into the file (as a region after another one would).
+    fn region() -> (GuestRegionMmap, tempfile::NamedTempFile) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        for page in 0..=PAGES {
+            let byte = u8::try_from(page).unwrap().wrapping_sub(1);
+            file.write_all(&[byte; PAGE_SIZE as usize]).unwrap();
+        }
+        let mapping = MmapRegionBuilder::new((PAGES * PAGE_SIZE) as usize)
+            .with_file_offset(FileOffset::from_arc(
+                Arc::new(file.reopen().unwrap()),
+                PAGE_SIZE,
+            ))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE)
+            .build()
+            .unwrap();
+        (
+            GuestRegionMmap::new(mapping, GuestAddress(0)).unwrap(),
+            file,
+        )
+    }
+
+    fn page_byte(region: &GuestRegionMmap, page: u64) -> u8 {
+        region
+            .read_obj(MemoryRegionAddress(page * PAGE_SIZE + 7))
+            .unwrap()
+    }
+
+    /// Whether the page is a private copy (written), from /proc/self/pagemap.
+    fn private(region: &GuestRegionMmap, page: u64) -> bool {
+        let mut entry = [0u8; 8];
+        let host = region.as_ptr() as u64 + page * PAGE_SIZE;
+        pagemap()
+            .unwrap()
+            .read_exact_at(&mut entry, host / PAGE_SIZE * 8)
+            .unwrap();
+        let entry = u64::from_le_bytes(entry);
+        entry & PM_PRESENT != 0 && entry & PM_FILE == 0
+    }
+
+    #[test]
+    fn every_mode_gives_the_files_bytes_back_and_copy_keeps_the_pages_mapped() {
+        for how in [RamReset::Copy, RamReset::Dirty, RamReset::Whole] {
+            let (region, _file) = region();
+            // Read every page, write pages 2, 3 and 6.
+            for page in 0..PAGES {
+                assert_eq!(page_byte(&region, page), page as u8);
+            }
+            for page in [2, 3, 6] {
+                region
+                    .write_obj(0xeeu8, MemoryRegionAddress(page * PAGE_SIZE + 7))
+                    .unwrap();
+                assert!(private(&region, page));
+            }
+            let report = reset_ram(&region, how).unwrap();
+            for page in 0..PAGES {
+                assert_eq!(page_byte(&region, page), page as u8, "{how:?}, page {page}");
+            }
+            assert_eq!(report.scanned_pages, PAGES, "{how:?}");
+            match how {
+                RamReset::Copy => {
+                    assert_eq!((report.dropped_pages, report.calls), (3, 2));
+                    // Read back above, yet still the private copies: nothing was unmapped.
+                    assert!([2, 3, 6].iter().all(|&p| private(&region, p)));
+                }
+                RamReset::Dirty => {
+                    assert_eq!((report.dropped_pages, report.calls), (3, 2));
+                    assert!([2, 3, 6].iter().all(|&p| !private(&region, p)));
+                }
+                RamReset::Whole => assert_eq!(report.dropped_pages, PAGES),
+            }
+        }
+    }
 }

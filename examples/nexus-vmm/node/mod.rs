@@ -1341,13 +1341,15 @@ async fn reaper(node: Weak<Inner>) {
     }
 }
 
-/// How resets drop guest RAM: the written pages (default), or the whole range with
-/// `NEXUS_RESET_RAM=whole` in the daemon's environment (to measure the difference).
+/// How resets put guest RAM back: the written pages overwritten in place (default), or
+/// dropped with `NEXUS_RESET_RAM=dirty`, or the whole range dropped with
+/// `NEXUS_RESET_RAM=whole`, in the daemon's environment (to measure the difference).
 fn ram_reset() -> nexus_snapshot::RamReset {
     static HOW: std::sync::OnceLock<nexus_snapshot::RamReset> = std::sync::OnceLock::new();
     *HOW.get_or_init(|| match std::env::var("NEXUS_RESET_RAM").as_deref() {
         Ok("whole") => nexus_snapshot::RamReset::Whole,
-        _ => nexus_snapshot::RamReset::Dirty,
+        Ok("dirty") => nexus_snapshot::RamReset::Dirty,
+        _ => nexus_snapshot::RamReset::Copy,
     })
 }
 
