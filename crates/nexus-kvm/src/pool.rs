@@ -56,6 +56,13 @@ pub struct PoolConfig {
     pub spare_workers: usize,
     /// How long a worker beyond the spares stays idle before it ends.
     pub idle_retire: Duration,
+    /// How long vCPUs may wait for a worker, none being idle, before another worker is
+    /// started (one per such period while the backlog lasts). Workers usually come free
+    /// within microseconds (the vCPU they run parks again): starting a thread for every
+    /// burst of wake-ups would cost more than the wait — on a host with many VMs each
+    /// thread's stack mapping calls every VM's MMU notifier. A guest that keeps its worker
+    /// (computing) gets the others a new worker after this delay.
+    pub spawn_delay: Duration,
 }
 
 impl Default for PoolConfig {
@@ -63,7 +70,8 @@ impl Default for PoolConfig {
         PoolConfig {
             name: "vcpu".into(),
             spare_workers: 2,
-            idle_retire: Duration::from_secs(2),
+            idle_retire: Duration::from_secs(30),
+            spawn_delay: Duration::from_millis(1),
         }
     }
 }
@@ -130,6 +138,10 @@ struct State {
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
     /// The deadline the epoll thread sleeps until (`None`: none).
     sleeps_until: Option<Instant>,
+    /// Since when `ready` has not been empty (`None` while it is).
+    backlog_since: Option<Instant>,
+    /// When the last worker was started.
+    last_spawn: Option<Instant>,
     workers: usize,
     idle: usize,
     live: usize,
@@ -278,12 +290,27 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes sure a worker takes the vCPU just queued: an idle one, or a new one.
+    /// Makes sure a worker takes the vCPU just queued: an idle one; the first one; or, if
+    /// none comes free within [`PoolConfig::spawn_delay`], a new one (the epoll thread
+    /// watches the backlog).
     fn dispatch(self: &Arc<Self>, state: &mut State) -> Result<()> {
-        if state.idle >= state.ready.len() {
-            self.work.notify_one();
-            return Ok(());
+        if state.backlog_since.is_none() {
+            state.backlog_since = Some(Instant::now());
         }
+        if state.idle > 0 {
+            self.work.notify_one();
+        }
+        if state.workers == 0 {
+            return self.spawn_worker(state);
+        }
+        if state.idle < state.ready.len() {
+            // Not enough idle workers for the backlog: have the epoll thread time it.
+            let _ = self.wake.write(1);
+        }
+        Ok(())
+    }
+
+    fn spawn_worker(self: &Arc<Self>, state: &mut State) -> Result<()> {
         let n = state.workers;
         let shared = Arc::clone(self);
         std::thread::Builder::new()
@@ -291,7 +318,36 @@ impl Shared {
             .spawn(move || shared.work())
             .map_err(Error::Thread)?;
         state.workers += 1;
+        state.last_spawn = Some(Instant::now());
         Ok(())
+    }
+
+    /// Called by the epoll thread: starts a worker if vCPUs have waited for one longer than
+    /// the spawn delay with none idle (and none was started within it), and wakes an idle
+    /// one if any. Returns when to look again (`None`: no backlog).
+    fn relieve(self: &Arc<Self>, state: &mut State) -> Option<Instant> {
+        if state.ready.is_empty() {
+            state.backlog_since = None;
+            return None;
+        }
+        let now = Instant::now();
+        let delay = self.config.spawn_delay;
+        if state.idle > 0 {
+            self.work.notify_all();
+        } else {
+            let waited = state
+                .backlog_since
+                .is_some_and(|since| now.duration_since(since) >= delay);
+            let spawned_lately = state
+                .last_spawn
+                .is_some_and(|at| now.duration_since(at) < delay);
+            if waited && !spawned_lately {
+                if let Err(e) = self.spawn_worker(state) {
+                    log::error!("vCPU pool: cannot start a worker: {e}");
+                }
+            }
+        }
+        Some(now + delay)
     }
 
     /// A worker thread: runs ready vCPUs until it has been idle too long.
@@ -299,6 +355,7 @@ impl Shared {
         let mut state = self.lock();
         loop {
             if let Some(slot) = state.ready.pop_front() {
+                state.backlog_since = (!state.ready.is_empty()).then(Instant::now);
                 drop(state);
                 self.run_slot(&slot);
                 state = self.lock();
@@ -499,6 +556,10 @@ impl Shared {
                 }
                 let next = next_deadline(&mut state);
                 state.sleeps_until = next;
+                let next = match (next, self.relieve(&mut state)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 next.map_or(-1, |d| {
                     let left = d.saturating_duration_since(Instant::now());
                     i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX)

@@ -184,6 +184,7 @@ fn parked_vcpus_hold_no_thread_and_each_wakes_on_its_own_signal() {
         name: "pk-a".into(),
         spare_workers: 1,
         idle_retire: Duration::from_millis(50),
+        ..PoolConfig::default()
     })
     .unwrap();
     let mut vms = Vec::new();
@@ -269,6 +270,7 @@ fn a_spinning_guest_holds_its_worker_and_the_others_still_run() {
         name: "pk-d".into(),
         spare_workers: 0,
         idle_retire: Duration::from_millis(20),
+        ..PoolConfig::default()
     })
     .unwrap();
     let spinner = gated_vm(&[0xeb, 0xfe], None); // jmp $
