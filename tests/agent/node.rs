@@ -1,6 +1,8 @@
 //! A `nexus-vmm serve` process as a balancer sees it: started without waiting for it to be
 //! ready, its address read from its log, signalled, and asked over plain HTTP/1.1.
 
+#![allow(dead_code)] // each test crate uses part of it
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
