@@ -162,16 +162,12 @@ fn arg<'a>(command: &'a [String], flag: &str) -> &'a str {
     &command[at + 1]
 }
 
+/// The pod's container `name`, an init container (a sidecar) or not.
 fn container<'a>(set: &'a DaemonSet, name: &str) -> &'a Container {
-    set.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers
+    let pod = set.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    pod.containers
         .iter()
+        .chain(pod.init_containers.iter().flatten())
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no container {name}"))
 }
@@ -186,6 +182,14 @@ fn manifests_are_kubernetes_objects_that_fit_together() {
     assert_eq!(pod.host_network, Some(true));
     let backend = container(set, "backend");
     let node = container(set, "node");
+    // The backend is a native sidecar: it outlives the node's drain.
+    assert!(
+        pod.init_containers
+            .iter()
+            .flatten()
+            .any(|c| c.name == "backend" && c.restart_policy.as_deref() == Some("Always"))
+    );
+    assert!(pod.containers.iter().any(|c| c.name == "node"));
     let backend_command = backend.command.clone().unwrap();
     let node_command = node.command.clone().unwrap();
 
