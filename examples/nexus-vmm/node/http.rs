@@ -756,6 +756,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_agent_counts_invocations_and_refuses_them_unless_ready() {
+        assert!(Agent::new("").is_none());
+        assert!(Agent::new("bad\nname").is_none());
+        let agent = Arc::new(Agent::new("host-1").unwrap());
+        assert_eq!(agent.name(), "host-1");
+        agent.starting("waiting for the backend");
+        let refused = agent.enter().map(|_| ()).unwrap_err();
+        assert!(refused.contains("waiting for the backend"), "{refused}");
+        assert_eq!(agent.in_flight(), 0);
+        agent.ready();
+        let first = agent.enter().unwrap();
+        let second = agent.enter().unwrap();
+        assert_eq!(agent.in_flight(), 2);
+        assert_eq!(agent.drain(), 2);
+        assert!(agent.draining());
+        // A drain is for good: ready() does not undo it.
+        agent.ready();
+        let refused = agent.enter().map(|_| ()).unwrap_err();
+        assert!(refused.contains("draining"), "{refused}");
+        assert_eq!(agent.in_flight(), 2);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            drop(first);
+            let waiting = tokio::time::timeout(Duration::from_millis(50), agent.drained());
+            assert!(waiting.await.is_err(), "drained with one in flight");
+            let drained = agent.drained();
+            drop(second);
+            tokio::time::timeout(Duration::from_secs(5), drained)
+                .await
+                .expect("drained once none is in flight");
+        });
+    }
+
+    #[test]
     fn invocation_bodies() {
         let i = parse_invocation(br#"{"input_key":"in/a.txt","output_key":"out/b"}"#).unwrap();
         assert_eq!(i.input, Input::Key("in/a.txt".into()));
