@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -73,8 +74,46 @@ pub struct ServeArgs {
     /// Longest a client may take to send a request's body, in ms.
     #[arg(long, default_value_t = 30_000)]
     body_timeout_ms: u64,
+    /// The node's name, sent in `X-Nexus-Node` on every answer (default: the hostname).
+    #[arg(long, value_name = "NAME")]
+    node_name: Option<String>,
+    /// At SIGTERM or SIGINT, how long the invocations in flight may take to finish while new
+    /// ones are refused (`30s`, `500ms`; a second signal ends the drain at once).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// How long to wait at start for the backend to answer on its socket (it may start after
+    /// the node: `/readyz` says 503 meanwhile); the node gives up after it.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    backend_wait: Duration,
     #[command(flatten)]
     net: NetArgs,
+}
+
+/// `30s`, `1.5s`, `500ms`, or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else if let Some(s) = text.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (text, 1.0)
+    };
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
+        .ok_or_else(|| format!("{text:?} is not a duration (`30s`, `500ms`)"))
+}
+
+/// The host's name, or `nexus-node` if it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "nexus-node".into())
 }
 
 /// Net functions (`io = "net"`): the network the daemon builds for them (root only), and
@@ -212,11 +251,67 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         functions,
         runtime.handle().clone(),
     )?;
-    runtime
-        .block_on(node.backend_stats())
-        .with_context(|| format!("The backend does not answer on {}", backend.display()))?;
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let agent = Arc::new(
+        http::Agent::new(&node_name)
+            .with_context(|| format!("--node-name {node_name:?} cannot be a header's value"))?,
+    );
+    // Signals are caught from here on: one starts the drain, a second ends it.
+    let signals = {
+        let _entered = runtime.enter();
+        signals()?
+    };
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("Cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    // The API answers from now on (`/readyz` is 503 until the node is ready), so that a
+    // balancer or a kubelet sees a node that starts rather than one that is down.
+    eprintln!("nexus-vmm serve: node {node_name} bound to http://{address}, starting");
+    let limits = http::HttpLimits {
+        max_connections: args.max_connections,
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+        body_timeout: Duration::from_millis(args.body_timeout_ms),
+    };
+    let server = runtime.spawn(http::serve(
+        node.clone(),
+        listener,
+        limits,
+        Arc::clone(&agent),
+        http::Drain {
+            timeout: args.drain_timeout,
+        },
+        signals,
+    ));
+    agent.starting(format!("waiting for the backend on {}", backend.display()));
+    let waited = std::time::Instant::now();
+    loop {
+        match runtime.block_on(node.backend_stats()) {
+            Ok(_) => break,
+            Err(_) if agent.draining() => break,
+            Err(e) if waited.elapsed() >= args.backend_wait => {
+                return Err(anyhow::Error::from(e)).with_context(|| {
+                    format!(
+                        "The backend does not answer on {} (waited {:.1} s)",
+                        backend.display(),
+                        waited.elapsed().as_secs_f64()
+                    )
+                });
+            }
+            Err(e) => {
+                if waited.elapsed() < Duration::from_millis(100) {
+                    log::warn!("waiting for the backend on {}: {e}", backend.display());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
     if args.prepare {
+        agent.starting("taking the functions' snapshots");
         for name in node.function_names() {
+            if agent.draining() {
+                break;
+            }
             let start = std::time::Instant::now();
             node.prepare(&name)?;
             eprintln!(
@@ -225,45 +320,65 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             );
         }
     }
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(args.listen))
-        .with_context(|| format!("Cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
-    println!(
-        "nexus-vmm serve: listening on http://{address} — functions: {}; backend: {}; state: {}",
-        node.function_names().join(", "),
-        backend.display(),
-        state_dir.display()
-    );
-    let limits = http::HttpLimits {
-        max_connections: args.max_connections,
-        header_timeout: Duration::from_millis(args.header_timeout_ms),
-        body_timeout: Duration::from_millis(args.body_timeout_ms),
-    };
-    runtime.block_on(http::serve(
-        node.clone(),
-        listener,
-        limits,
-        shutdown_signal(),
-    ));
-    eprintln!("nexus-vmm serve: shutting down");
+    agent.ready();
+    if !agent.draining() {
+        println!(
+            "nexus-vmm serve: listening on http://{address} — node {node_name}; functions: {}; \
+             backend: {}; state: {}",
+            node.function_names().join(", "),
+            backend.display(),
+            state_dir.display()
+        );
+    }
+    let cut = runtime.block_on(server).unwrap_or_default();
+    eprintln!("nexus-vmm serve: shutting down (stopping the VMs)");
     runtime.block_on(node.shutdown());
     drop(runtime);
     drop(embedded);
+    if cut > 0 {
+        eprintln!(
+            "nexus-vmm serve: stopped; {cut} invocation(s) were cut short by the drain's deadline"
+        );
+    } else {
+        eprintln!("nexus-vmm serve: stopped");
+    }
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, each as a message (its name), for the drain; registered in the
+/// current runtime's context, forwarded by a task of it.
+fn signals() -> Result<tokio::sync::mpsc::Receiver<&'static str>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut term = signal(SignalKind::terminate()).context("Cannot catch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("Cannot catch SIGINT")?;
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = interrupt.recv() => "SIGINT",
+            };
+            if sender.send(name).await.is_err() {
+                break;
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    });
+    Ok(receiver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "-1s", "1m", "inf", "NaNs", "1e400s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! | `POST /v1/functions/{name}/warm` with `{"count":N}` | 200 once N VMs of the function are parked |
 //! | `GET /v1/functions`, `GET /v1/functions/{name}` | the functions, their settings and VMs |
 //! | `GET /healthz` | 200 `{"status":"ok",…}`, 503 if the backend does not answer |
+//! | `GET /readyz` | 200 once the node serves its functions; 503 while it starts, when the backend does not answer, and from the moment it drains ([`Agent`]) |
 //! | `GET /metrics` | Prometheus text format |
 //! | `POST /2015-03-31/functions/{name}/invocations` | the Lambda Invoke API ([`lambda`](super::lambda)) |
 //!
@@ -15,9 +16,14 @@
 //! function completed with an error: the answer also carries its result fields),
 //! `FunctionCrashed` and `BackendError` (the backend failed), 503 `ServiceUnavailable`, 504
 //! `FunctionTimeout`.
+//!
+//! Every answer carries `X-Nexus-Node: NAME`. At the first SIGTERM or SIGINT the node
+//! *drains* ([`serve`]): it goes on answering, but new invocations are refused (503 with
+//! `Retry-After`) while those in flight finish, up to a deadline; then it stops.
 
 use std::convert::Infallible;
-use std::future::Future;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -31,7 +37,7 @@ use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use super::lambda::Lambda;
 use super::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
@@ -181,6 +187,179 @@ impl Default for HttpLimits {
     }
 }
 
+/// The node starts: it serves no invocation yet.
+const STARTING: u8 = 0;
+/// The node serves its functions.
+const READY: u8 = 1;
+/// The node drains: it finishes the invocations in flight and takes no new one.
+const DRAINING: u8 = 2;
+
+/// What a load balancer in front of the node relies on: the node's name on every answer,
+/// whether it is ready (`GET /readyz`), and the count of invocations in flight that a drain
+/// waits for.
+#[derive(Debug)]
+pub struct Agent {
+    name: HeaderValue,
+    phase: AtomicU8,
+    /// Why the node is not ready yet, while it starts.
+    starting: Mutex<String>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// One invocation in flight, counted until it is dropped.
+struct InFlight(Arc<Agent>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Agent {
+    /// An agent for the node called `name` (its `X-Nexus-Node`), starting; `None` if the
+    /// name cannot be a header's value.
+    pub fn new(name: &str) -> Option<Self> {
+        let name = HeaderValue::from_str(name)
+            .ok()
+            .filter(|_| !name.is_empty())?;
+        Some(Self {
+            name,
+            phase: AtomicU8::new(STARTING),
+            starting: Mutex::new("starting".into()),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        })
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        self.name.to_str().unwrap_or_default()
+    }
+
+    /// While the node starts, says what it waits for (what `/readyz` answers).
+    pub fn starting(&self, reason: impl Into<String>) {
+        *self.starting.lock().unwrap_or_else(|e| e.into_inner()) = reason.into();
+    }
+
+    /// The node serves its functions from now on (unless it drains already).
+    pub fn ready(&self) {
+        let _ = self
+            .phase
+            .compare_exchange(STARTING, READY, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Starts the drain: from now on `/readyz` is 503 and new invocations are refused.
+    /// Returns the invocations in flight.
+    pub fn drain(&self) -> usize {
+        self.phase.store(DRAINING, Ordering::SeqCst);
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Whether the node drains.
+    pub fn draining(&self) -> bool {
+        self.phase.load(Ordering::SeqCst) == DRAINING
+    }
+
+    /// Invocations in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts an invocation in, or says why the node refuses it.
+    fn enter(self: &Arc<Self>) -> Result<InFlight, String> {
+        // Counted before the phase is read: a drain that starts after this sees it.
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(Arc::clone(self));
+        match self.phase.load(Ordering::SeqCst) {
+            READY => Ok(guard),
+            DRAINING => Err("the node is draining: it takes no new invocation".into()),
+            _ => Err(format!(
+                "the node is starting ({}): it serves no invocation yet",
+                self.starting.lock().unwrap_or_else(|e| e.into_inner())
+            )),
+        }
+    }
+
+    /// Resolves once no invocation is in flight.
+    async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The answer of `GET /readyz`.
+    async fn readiness(&self, node: &Node) -> Answer {
+        match self.phase.load(Ordering::SeqCst) {
+            READY => match node.backend_stats().await {
+                Ok(_) => json_answer(
+                    StatusCode::OK,
+                    &json!({"status": "ready", "node": self.name(), "functions": node.function_names().len()}),
+                ),
+                Err(e) => json_answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({"status": "unready", "node": self.name(), "reason": format!("the backend does not answer: {e}")}),
+                ),
+            },
+            DRAINING => json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "draining", "node": self.name(), "reason": "the node is draining", "in_flight": self.in_flight()}),
+            ),
+            _ => json_answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "starting", "node": self.name(), "reason": *self.starting.lock().unwrap_or_else(|e| e.into_inner())}),
+            ),
+        }
+    }
+}
+
+/// How long a refused caller is told to wait before it tries again, in seconds: the
+/// balancer in front has taken the node out by then, or it has started.
+const RETRY_AFTER: &str = "1";
+
+/// The refusal of an invocation the node does not take now (starting, draining): 503 with
+/// `Retry-After`, in the shape of the API asked.
+fn refusal(lambda_api: bool, message: &str) -> Answer {
+    let mut answer = if lambda_api {
+        let mut answer = json_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"Type": "Service", "message": message}),
+        );
+        answer.headers_mut().insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("ServiceException"),
+        );
+        answer
+    } else {
+        error_answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            message,
+        )
+    };
+    answer.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER),
+    );
+    answer
+}
+
+/// How the node stops: at the first signal it drains, for at most `timeout`; a second
+/// signal ends the drain at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// The longest the invocations in flight are waited for.
+    pub timeout: Duration,
+}
+
 /// Why a request's body was not read.
 #[derive(Debug)]
 pub(super) enum BodyError {
@@ -250,13 +429,34 @@ async fn read_body(request: Request<Incoming>, timeout: Duration) -> Result<Byte
 async fn route(
     node: Node,
     lambda: Arc<Lambda>,
+    agent: Arc<Agent>,
     request: Request<Incoming>,
     body_timeout: Duration,
 ) -> Answer {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Invocations (and warm-ups) are counted in flight, and refused while the node is not
+    // ready; the guard lives until the answer is made.
+    let lambda_api = matches!(
+        segments.as_slice(),
+        [super::lambda::API_VERSION, "functions", _, "invocations"]
+    );
+    let gated = method == Method::POST
+        && (lambda_api
+            || matches!(
+                segments.as_slice(),
+                ["v1", "functions", _, "invocations" | "warm"]
+            ));
+    let in_flight = gated.then(|| agent.enter());
     let answer = match (&method, segments.as_slice()) {
+        _ if matches!(in_flight, Some(Err(_))) => {
+            let message = match &in_flight {
+                Some(Err(message)) => message.as_str(),
+                _ => "",
+            };
+            refusal(lambda_api, message)
+        }
         (_, [super::lambda::API_VERSION, "functions", name, "invocations"]) => {
             let name = (*name).to_owned();
             lambda.invoke(request, &name, body_timeout).await
@@ -271,6 +471,7 @@ async fn route(
                 &json!({"status": "degraded", "vms": node.vm_total(), "backend": e.to_string()}),
             ),
         },
+        (&Method::GET, ["readyz"]) => agent.readiness(&node).await,
         (&Method::GET, ["metrics"]) => {
             let text = node.metrics().render(&node.gauges().await);
             let mut response = Response::new(Full::new(Bytes::from(text)));
@@ -343,7 +544,7 @@ async fn route(
                 },
             }
         }
-        (_, ["healthz"] | ["metrics"] | ["v1", "functions", ..]) => error_answer(
+        (_, ["healthz"] | ["readyz"] | ["metrics"] | ["v1", "functions", ..]) => error_answer(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             &format!("{method} is not allowed on {path}"),
@@ -354,6 +555,14 @@ async fn route(
             &format!("no such resource: {path}"),
         ),
     };
+    drop(in_flight);
+    let mut answer = answer;
+    let headers = answer.headers_mut();
+    headers.insert("x-nexus-node", agent.name.clone());
+    if agent.draining() {
+        // A kept-alive client (a balancer's pooled connection) goes elsewhere next time.
+        headers.insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let status = answer.status();
     if status.is_client_error() || status.is_server_error() {
         if path.ends_with("/invocations")
@@ -369,17 +578,53 @@ async fn route(
     answer
 }
 
-/// Serves the HTTP API on `listener` until `shutdown` resolves, within `limits`; then drops
-/// the Lambda API's queued events (counted and logged).
+/// Serves the HTTP API on `listener` within `limits` until the node has drained: the first
+/// message on `signals` starts the drain (`agent` refuses new invocations from then on), which
+/// ends once no invocation is in flight and every connection has closed, or at `drain`'s
+/// deadline, or at a second message. Then drops the Lambda API's queued events (counted and
+/// logged). Returns the invocations still in flight (cut short if the process ends).
 pub async fn serve(
     node: Node,
     listener: tokio::net::TcpListener,
     limits: HttpLimits,
-    shutdown: impl Future<Output = ()>,
-) {
+    agent: Arc<Agent>,
+    drain: Drain,
+    signals: mpsc::Receiver<&'static str>,
+) -> usize {
     let lambda = Arc::new(Lambda::start(node.clone()));
-    serve_until(node, Arc::clone(&lambda), listener, limits, shutdown).await;
+    let left = serve_until(
+        node,
+        Arc::clone(&lambda),
+        listener,
+        limits,
+        agent,
+        drain,
+        signals,
+    )
+    .await;
     lambda.close();
+    left
+}
+
+/// What woke the accept loop.
+enum Event {
+    Signal(Option<&'static str>),
+    Deadline,
+    Drained,
+    Accepted(
+        (
+            Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+            std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+        ),
+    ),
+}
+
+/// Why the accept loop ended.
+enum End {
+    /// No invocation in flight any more.
+    Drained,
+    /// The deadline, a second signal, or a failed listener: stop now.
+    Now,
 }
 
 async fn serve_until(
@@ -387,46 +632,92 @@ async fn serve_until(
     lambda: Arc<Lambda>,
     listener: tokio::net::TcpListener,
     limits: HttpLimits,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    loop {
+    agent: Arc<Agent>,
+    drain: Drain,
+    mut signals: mpsc::Receiver<&'static str>,
+) -> usize {
+    let max_connections = limits.max_connections.max(1);
+    let slots = Arc::new(Semaphore::new(max_connections));
+    // Told to every connection when the drain is over: idle ones close, one answering
+    // finishes its answer first.
+    let (closing, closed) = watch::channel(false);
+    let mut signals_open = true;
+    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let end = loop {
         // A free slot first: at the cap, connections wait in the kernel's backlog and cost
         // the node no descriptor.
-        let slot = tokio::select! {
-            () = &mut shutdown => break,
-            slot = Arc::clone(&slots).acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
-            },
+        let accept = async {
+            let slot = Arc::clone(&slots).acquire_owned().await;
+            (slot, listener.accept().await)
         };
-        let accepted = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+        let draining = deadline.is_some();
+        let event = tokio::select! {
+            signal = signals.recv(), if signals_open => Event::Signal(signal),
+            () = async { deadline.as_mut().expect("draining").await }, if draining => {
+                Event::Deadline
+            }
+            () = agent.drained(), if draining => Event::Drained,
+            accepted = accept => Event::Accepted(accepted),
+        };
+        let (slot, accepted) = match (event, draining) {
+            (Event::Accepted(accepted), _) => accepted,
+            (Event::Signal(None), _) => {
+                signals_open = false;
+                continue;
+            }
+            (Event::Signal(Some(signal)), false) => {
+                let in_flight = agent.drain();
+                log::warn!(
+                    "{signal}: draining: {in_flight} invocation(s) in flight, new ones refused; \
+                     stopping once they end, at most in {:.1} s",
+                    drain.timeout.as_secs_f64()
+                );
+                deadline = Some(Box::pin(tokio::time::sleep(drain.timeout)));
+                continue;
+            }
+            (Event::Signal(Some(signal)), true) => {
+                log::warn!("{signal} again: the drain ends now");
+                break End::Now;
+            }
+            (Event::Deadline, _) => break End::Now,
+            (Event::Drained, _) => break End::Drained,
+        };
+        let Ok(slot) = slot else {
+            break End::Now;
         };
         match accepted {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
                 let node = node.clone();
                 let lambda = Arc::clone(&lambda);
+                let agent = Arc::clone(&agent);
+                let mut closed = closed.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let service = service_fn(move |request| {
                         let node = node.clone();
                         let lambda = Arc::clone(&lambda);
+                        let agent = Arc::clone(&agent);
                         async move {
                             Ok::<_, Infallible>(
-                                route(node, lambda, request, limits.body_timeout).await,
+                                route(node, lambda, agent, request, limits.body_timeout).await,
                             )
                         }
                     });
-                    if let Err(e) = http1::Builder::new()
+                    let connection = http1::Builder::new()
                         .timer(TokioTimer::new())
                         .header_read_timeout(limits.header_timeout)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                    {
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    let result = tokio::select! {
+                        result = connection.as_mut() => result,
+                        closed = async { closed.wait_for(|closed| *closed).await.is_ok() } => {
+                            let _ = closed;
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(e) = result {
                         log::debug!("HTTP connection: {e}");
                     }
                 });
@@ -436,12 +727,70 @@ async fn serve_until(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    };
+    let _ = closing.send(true);
+    if matches!(end, End::Drained) {
+        // The last answers are written and the connections closed before the process ends.
+        let remaining = deadline.as_ref().map_or(Duration::ZERO, |d| {
+            d.deadline()
+                .saturating_duration_since(tokio::time::Instant::now())
+        });
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(remaining, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            log::warn!("drain: connections still open at the deadline are cut");
+        }
+        log::warn!("drained: no invocation in flight");
     }
+    let left = agent.in_flight();
+    if left > 0 {
+        log::warn!("drain: stopping with {left} invocation(s) in flight: they are cut short");
+    }
+    left
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_agent_counts_invocations_and_refuses_them_unless_ready() {
+        assert!(Agent::new("").is_none());
+        assert!(Agent::new("bad\nname").is_none());
+        let agent = Arc::new(Agent::new("host-1").unwrap());
+        assert_eq!(agent.name(), "host-1");
+        agent.starting("waiting for the backend");
+        let refused = agent.enter().map(|_| ()).unwrap_err();
+        assert!(refused.contains("waiting for the backend"), "{refused}");
+        assert_eq!(agent.in_flight(), 0);
+        agent.ready();
+        let first = agent.enter().unwrap();
+        let second = agent.enter().unwrap();
+        assert_eq!(agent.in_flight(), 2);
+        assert_eq!(agent.drain(), 2);
+        assert!(agent.draining());
+        // A drain is for good: ready() does not undo it.
+        agent.ready();
+        let refused = agent.enter().map(|_| ()).unwrap_err();
+        assert!(refused.contains("draining"), "{refused}");
+        assert_eq!(agent.in_flight(), 2);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            drop(first);
+            let waiting = tokio::time::timeout(Duration::from_millis(50), agent.drained());
+            assert!(waiting.await.is_err(), "drained with one in flight");
+            let drained = agent.drained();
+            drop(second);
+            tokio::time::timeout(Duration::from_secs(5), drained)
+                .await
+                .expect("drained once none is in flight");
+        });
+    }
 
     #[test]
     fn invocation_bodies() {
