@@ -407,7 +407,13 @@ impl Node {
             tenant: file.tenant.clone(),
             restore: file.restore,
             limits: file.limits.clone(),
-            snapshot: lock(&f.snapshot).is_some(),
+            // Held while the snapshot is taken (a guest booting): not yet, rather than
+            // blocking the control plane behind it.
+            snapshot: match f.snapshot.try_lock() {
+                Ok(snapshot) => snapshot.is_some(),
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().is_some(),
+                Err(std::sync::TryLockError::WouldBlock) => false,
+            },
             vms: self.inner.scheduler.counts(name),
             invocations: self.inner.metrics.invocations_of(name),
         })
