@@ -863,17 +863,20 @@ fn a_parked_vm_costs_few_descriptors() {
         parked.saturating_sub(base) <= MAX_FDS_PER_PARKED_VM * MORE,
         "{per_vm:.2} descriptors per parked VM ({base} -> {parked})"
     );
-    // Parked, they hold no thread: the vCPU pool's workers that started them retire.
+    // Parked, they hold no thread: the vCPU pool keeps a few workers whatever the number of
+    // VMs (its spare watchers, two by default, and one the warm-up burst may have started,
+    // which retires after 30 s idle); a thread per vCPU would be 32 more.
+    const POOL_SLACK: usize = 3;
     let deadline = Instant::now() + Duration::from_secs(10);
     let threads = loop {
         let threads = vmm_threads(d.pid());
-        if threads <= base_threads + 1 || Instant::now() > deadline {
+        if threads <= base_threads + POOL_SLACK || Instant::now() > deadline {
             break threads;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(
-        threads <= base_threads + 1,
+        threads <= base_threads + POOL_SLACK,
         "{MORE} more parked VMs: {base_threads} -> {threads} threads: {:?}",
         thread_names(d.pid())
     );

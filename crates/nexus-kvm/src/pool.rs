@@ -11,18 +11,25 @@
 //! device's read (which may park it again), completes the guest's access with its answer and
 //! enters `KVM_RUN`.
 //!
-//! - **Threads**: one epoll thread, plus as many workers as vCPUs are running (not parked),
-//!   plus up to [`PoolConfig::spare_workers`] idle ones; workers beyond those end after
-//!   [`PoolConfig::idle_retire`]. A guest spinning at CPL 3 holds its worker, as it would
-//!   hold its own thread: the pool grows rather than starving the others.
+//! - **Threads**: as many workers as vCPUs are running (not parked), plus at least one and
+//!   up to [`PoolConfig::spare_workers`] idle ones, and a monitor that sleeps unless no
+//!   worker is watching. An idle worker *watches*: it waits in `epoll_wait` on the pool's one
+//!   epoll set (all idle workers wait there, and the kernel wakes one per event), and the
+//!   worker an event wakes runs the vCPU itself — one thread wake-up per invocation, as a
+//!   vCPU on its own thread has. A worker leaving to run a vCPU while no other watches
+//!   starts another (at most one per [`PoolConfig::spawn_delay`]; the monitor starts one
+//!   when the delay has passed), so that the pool grows under a burst or a guest that keeps
+//!   its worker (computing), and no more: starting threads for every burst of wake-ups
+//!   would cost more than it saves (each thread's stack mapping calls every VM's MMU
+//!   notifier). Workers beyond the spares end after [`PoolConfig::idle_retire`].
 //! - **Handles**: [`VcpuPool::spawn`] returns the same [`VcpuHandle`] as [`Vcpu::spawn`]:
 //!   stop (kicks a running vCPU with the same signal; a parked one is taken out of the pool
 //!   and its device answers the pending read at once —
 //!   [`WaitMode::Now`](crate::park::WaitMode::Now) — on the stopping thread), join,
 //!   statistics.
-//! - **Cost**: waking a parked vCPU is one epoll wake-up and one hand-over to a worker; a
-//!   vCPU on its own thread wakes in its own `poll`. Each park and wake-up also registers
-//!   and removes the device's descriptors (a few `epoll_ctl` calls).
+//! - **Cost**: a park re-arms the device's descriptors in the epoll set (`EPOLLONESHOT`:
+//!   one `epoll_ctl` each, nothing to remove when the vCPU wakes); they leave the set when
+//!   its run ends.
 //!
 //! ```ignore
 //! let pool = VcpuPool::new(PoolConfig::default())?;
@@ -39,7 +46,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EFD_SEMAPHORE, EventFd};
 use vmm_sys_util::signal::SIGRTMIN;
 
 use crate::park::{ModeGuard, ParkRequest, Readiness, WaitMode};
@@ -49,10 +56,10 @@ use crate::{Error, Result, Vcpu, VcpuStop};
 /// How a [`VcpuPool`] runs.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// The threads' name prefix (`<name>-epoll`, `<name>-<n>`; Linux keeps 15 bytes).
+    /// The threads' name prefix (`<name>-<n>` workers, `<name>-mon`; Linux keeps 15 bytes).
     pub name: String,
-    /// Idle workers kept ready, beyond those running vCPUs, so that a vCPU woken from its
-    /// park does not wait for a thread to be created.
+    /// Idle workers kept watching, beyond those running vCPUs (at least one is always
+    /// kept), so that a vCPU woken from its park does not wait for a thread to be created.
     pub spare_workers: usize,
     /// How long a worker beyond the spares stays idle before it ends.
     pub idle_retire: Duration,
@@ -83,9 +90,9 @@ pub struct PoolStats {
     pub vcpus: usize,
     /// Of those, parked (waiting on their device, on no thread).
     pub parked: usize,
-    /// Worker threads (the epoll thread not counted).
+    /// Worker threads (the monitor not counted).
     pub workers: usize,
-    /// Of those, idle.
+    /// Of those, idle (watching the epoll set).
     pub idle_workers: usize,
 }
 
@@ -117,11 +124,12 @@ const FALLBACK_RETRY: Duration = Duration::from_millis(10);
 struct Shared {
     config: PoolConfig,
     epoll: Epoll,
-    /// Wakes the epoll thread: an earlier deadline, or the pool shutting down.
+    /// Wakes one watching worker per unit written (a semaphore eventfd): a vCPU queued from
+    /// outside, an earlier deadline, the pool ending.
     wake: EventFd,
     state: Mutex<State>,
-    /// Signalled when a vCPU is ready to run (idle workers wait on it).
-    work: Condvar,
+    /// Wakes the monitor: no worker is watching.
+    unwatched: Condvar,
 }
 
 #[derive(Default)]
@@ -131,18 +139,19 @@ struct State {
     ready: VecDeque<Arc<Slot>>,
     /// Parked vCPUs by token.
     parked: HashMap<u64, Parked>,
-    /// Descriptors in the epoll set, with the parked vCPUs each wakes (a shared control
-    /// connection is watched once for all the VMs on it).
+    /// Descriptors in the epoll set, with the vCPUs each wakes (a shared control connection
+    /// is watched once for all the VMs on it).
     watched: HashMap<RawFd, Watch>,
+    /// The descriptors each vCPU has in the epoll set (they stay while it runs).
+    registered: HashMap<u64, Vec<RawFd>>,
     /// Parked vCPUs' deadlines (entries of vCPUs no longer parked are skipped).
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// The deadline the epoll thread sleeps until (`None`: none).
+    /// The latest time a watching worker sleeps until (`None`: no deadline).
     sleeps_until: Option<Instant>,
-    /// Since when `ready` has not been empty (`None` while it is).
-    backlog_since: Option<Instant>,
     /// When the last worker was started.
     last_spawn: Option<Instant>,
     workers: usize,
+    /// Workers watching (in `epoll_wait`).
     idle: usize,
     live: usize,
     shutdown: bool,
@@ -155,7 +164,6 @@ struct Watch {
 
 struct Parked {
     slot: Arc<Slot>,
-    fds: Vec<RawFd>,
     deadline: Option<Instant>,
 }
 
@@ -195,17 +203,15 @@ impl Drop for Owner {
     fn drop(&mut self) {
         let mut state = self.0.lock();
         state.shutdown = true;
-        drop(state);
-        self.0.work.notify_all();
-        let _ = self.0.wake.write(1);
+        self.0.wake_all(&state);
     }
 }
 
 impl VcpuPool {
-    /// A pool with its epoll thread started (workers start as vCPUs need them).
+    /// A pool with its monitor started (workers start as vCPUs need them).
     pub fn new(config: PoolConfig) -> Result<Self> {
         let epoll = Epoll::new().map_err(Error::Pool)?;
-        let wake = EventFd::new(EFD_NONBLOCK).map_err(Error::Pool)?;
+        let wake = EventFd::new(EFD_NONBLOCK | EFD_SEMAPHORE).map_err(Error::Pool)?;
         epoll
             .ctl(
                 ControlOperation::Add,
@@ -218,12 +224,12 @@ impl VcpuPool {
             epoll,
             wake,
             state: Mutex::new(State::default()),
-            work: Condvar::new(),
+            unwatched: Condvar::new(),
         });
-        let parker = Arc::clone(&shared);
+        let monitor = Arc::clone(&shared);
         std::thread::Builder::new()
-            .name(format!("{}-epoll", shared.config.name))
-            .spawn(move || parker.watch())
+            .name(format!("{}-mon", shared.config.name))
+            .spawn(move || monitor.monitor())
             .map_err(Error::Thread)?;
         Ok(VcpuPool {
             _owner: Arc::new(Owner(Arc::clone(&shared))),
@@ -290,24 +296,33 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes sure a worker takes the vCPU just queued: an idle one; the first one; or, if
-    /// none comes free within [`PoolConfig::spawn_delay`], a new one (the epoll thread
-    /// watches the backlog).
+    /// Wakes one watching worker.
+    fn wake_one(&self) {
+        if let Err(e) = self.wake.write(1) {
+            log::error!("vCPU pool: cannot wake a worker: {e}");
+        }
+    }
+
+    /// Wakes every worker and the monitor (the pool is ending, or may be).
+    fn wake_all(&self, state: &State) {
+        for _ in 0..state.workers.max(1) {
+            self.wake_one();
+        }
+        self.unwatched.notify_all();
+    }
+
+    /// Makes sure a worker takes the vCPU just queued from outside the workers: a watching
+    /// one, else the first one, else (all are running) the monitor sees to it.
     fn dispatch(self: &Arc<Self>, state: &mut State) -> Result<()> {
-        if state.backlog_since.is_none() {
-            state.backlog_since = Some(Instant::now());
-        }
         if state.idle > 0 {
-            self.work.notify_one();
+            self.wake_one();
+            Ok(())
+        } else if state.workers == 0 {
+            self.spawn_worker(state)
+        } else {
+            self.unwatched.notify_one();
+            Ok(())
         }
-        if state.workers == 0 {
-            return self.spawn_worker(state);
-        }
-        if state.idle < state.ready.len() {
-            // Not enough idle workers for the backlog: have the epoll thread time it.
-            let _ = self.wake.write(1);
-        }
-        Ok(())
     }
 
     fn spawn_worker(self: &Arc<Self>, state: &mut State) -> Result<()> {
@@ -322,40 +337,33 @@ impl Shared {
         Ok(())
     }
 
-    /// Called by the epoll thread: starts a worker if vCPUs have waited for one longer than
-    /// the spawn delay with none idle (and none was started within it), and wakes an idle
-    /// one if any. Returns when to look again (`None`: no backlog).
-    fn relieve(self: &Arc<Self>, state: &mut State) -> Option<Instant> {
-        if state.ready.is_empty() {
-            state.backlog_since = None;
-            return None;
-        }
-        let now = Instant::now();
-        let delay = self.config.spawn_delay;
-        if state.idle > 0 {
-            self.work.notify_all();
-        } else {
-            let waited = state
-                .backlog_since
-                .is_some_and(|since| now.duration_since(since) >= delay);
-            let spawned_lately = state
-                .last_spawn
-                .is_some_and(|at| now.duration_since(at) < delay);
-            if waited && !spawned_lately {
-                if let Err(e) = self.spawn_worker(state) {
-                    log::error!("vCPU pool: cannot start a worker: {e}");
-                }
-            }
-        }
-        Some(now + delay)
+    /// Whether a worker may be started now (none within the spawn delay).
+    fn may_spawn(&self, state: &State, now: Instant) -> bool {
+        state
+            .last_spawn
+            .is_none_or(|at| now.duration_since(at) >= self.config.spawn_delay)
     }
 
-    /// A worker thread: runs ready vCPUs until it has been idle too long.
+    /// A worker: runs ready vCPUs; idle, watches the epoll set for parked vCPUs' events and
+    /// deadlines, and runs the first vCPU an event wakes itself.
     fn work(self: Arc<Self>) {
+        let mut events = vec![EpollEvent::default(); 32];
         let mut state = self.lock();
+        let mut idle_since: Option<Instant> = None;
         loop {
             if let Some(slot) = state.ready.pop_front() {
-                state.backlog_since = (!state.ready.is_empty()).then(Instant::now);
+                idle_since = None;
+                if state.idle == 0 && !(state.parked.is_empty() && state.ready.is_empty()) {
+                    // Nobody would watch while this one runs.
+                    let now = Instant::now();
+                    if self.may_spawn(&state, now) {
+                        if let Err(e) = self.spawn_worker(&mut state) {
+                            log::error!("vCPU pool: cannot start a worker: {e}");
+                        }
+                    } else {
+                        self.unwatched.notify_one();
+                    }
+                }
                 drop(state);
                 self.run_slot(&slot);
                 state = self.lock();
@@ -364,21 +372,71 @@ impl Shared {
             if state.shutdown && state.live == 0 {
                 break;
             }
-            state.idle += 1;
-            let (again, waited) = self
-                .work
-                .wait_timeout(state, self.config.idle_retire)
-                .unwrap_or_else(|p| p.into_inner());
-            state = again;
-            state.idle -= 1;
-            if waited.timed_out()
-                && state.ready.is_empty()
-                && state.idle >= self.config.spare_workers
-            {
+            let now = Instant::now();
+            let since = *idle_since.get_or_insert(now);
+            let retire_at = since + self.config.idle_retire;
+            if now >= retire_at && state.idle >= self.config.spare_workers.max(1) {
                 break;
+            }
+            let deadline = next_deadline(&mut state);
+            if deadline.is_some_and(|d| state.sleeps_until.is_none_or(|s| d > s)) {
+                state.sleeps_until = deadline;
+            }
+            let until = deadline.map_or(retire_at, |d| d.min(retire_at));
+            let left = until.saturating_duration_since(now);
+            let timeout_ms = i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX);
+            state.idle += 1;
+            drop(state);
+            let n = match self.epoll.wait(timeout_ms, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    log::error!("vCPU pool: epoll_wait failed: {e}");
+                    std::thread::sleep(FALLBACK_RETRY);
+                    0
+                }
+            };
+            state = self.lock();
+            state.idle -= 1;
+            let before = state.ready.len();
+            for event in events.iter().take(n) {
+                if event.data() == WAKE {
+                    // One unit: other watchers wake for the others.
+                    let _ = self.wake.read();
+                    continue;
+                }
+                let fd = event.data() as RawFd;
+                // Disarmed by EPOLLONESHOT until a park re-arms it.
+                let tokens: Vec<u64> = state
+                    .watched
+                    .get(&fd)
+                    .map(|w| w.tokens.iter().copied().collect())
+                    .unwrap_or_default();
+                for token in tokens {
+                    self.unpark(&mut state, token);
+                }
+            }
+            let now = Instant::now();
+            while let Some(&Reverse((deadline, token))) = state.deadlines.peek() {
+                if deadline > now {
+                    break;
+                }
+                state.deadlines.pop();
+                if state.parked.get(&token).and_then(|p| p.deadline) == Some(deadline) {
+                    self.unpark(&mut state, token);
+                }
+            }
+            // This worker takes the first one woken (at the top of the loop); other watchers
+            // wake for the rest.
+            let woken = state.ready.len().saturating_sub(before);
+            for _ in 1..woken.min(state.idle.saturating_add(1)) {
+                self.wake_one();
             }
         }
         state.workers -= 1;
+        if state.shutdown {
+            self.unwatched.notify_all();
+        }
     }
 
     /// Runs one vCPU until it parks or its run ends.
@@ -442,93 +500,34 @@ impl Shared {
             *slot.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
             unwind.armed = false;
             // Counted first: a handle that sees its vCPU done sees the pool without it.
-            self.ended();
+            self.ended(slot.token);
             *slot.lock() = SlotRun::Done(Some((job.vcpu, result)));
             slot.changed.notify_all();
             return;
         }
     }
 
-    /// A vCPU's run ended.
-    fn ended(&self) {
+    /// A vCPU's run ended: its descriptors leave the epoll set.
+    fn ended(&self, token: u64) {
         let mut state = self.lock();
         state.live -= 1;
+        self.unregister(&mut state, token, &[]);
         if state.shutdown && state.live == 0 {
-            drop(state);
-            self.work.notify_all();
-            let _ = self.wake.write(1);
+            self.wake_all(&state);
         }
     }
 
-    /// Parks `slot`'s vCPU: watches the descriptors and the deadline of `request`.
-    fn park(&self, state: &mut State, slot: &Arc<Slot>, request: &ParkRequest) {
-        let token = slot.token;
-        let mut fds = Vec::with_capacity(request.fds.len());
-        for &(fd, readiness) in &request.fds {
-            let want = match readiness {
-                Readiness::Readable => EventSet::IN,
-                // EPOLLHUP and EPOLLERR are always reported.
-                Readiness::HangUp => EventSet::empty(),
-            };
-            let events = state.watched.get(&fd).map_or(want, |w| w.events | want);
-            // Modify first: a descriptor closed and reopened under the same number has
-            // silently left the epoll set, which `Add` then puts back.
-            let event = EpollEvent::new(events, fd as u64);
-            let watched = state.watched.contains_key(&fd)
-                && self.epoll.ctl(ControlOperation::Modify, fd, event).is_ok();
-            if !watched {
-                if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd, event) {
-                    log::warn!("vCPU pool: cannot watch descriptor {fd} of a parked vCPU: {e}");
-                    continue;
-                }
-            }
-            let watch = state.watched.entry(fd).or_insert_with(|| Watch {
-                events,
-                tokens: HashSet::new(),
-            });
-            watch.events = events;
-            watch.tokens.insert(token);
-            fds.push(fd);
-        }
-        let deadline = match (request.deadline, fds.is_empty()) {
-            (deadline, false) => deadline,
-            (deadline, true) => {
-                let retry = Instant::now() + FALLBACK_RETRY;
-                Some(deadline.map_or(retry, |d| d.min(retry)))
-            }
-        };
-        if let Some(deadline) = deadline {
-            state.deadlines.push(Reverse((deadline, token)));
-            if state.sleeps_until.is_none_or(|s| deadline < s) {
-                let _ = self.wake.write(1);
-            }
-        }
-        state.parked.insert(
-            token,
-            Parked {
-                slot: Arc::clone(slot),
-                fds,
-                deadline,
-            },
-        );
-    }
-
-    /// Moves a parked vCPU to the ready queue (nothing if it is not parked).
-    fn unpark(self: &Arc<Self>, state: &mut State, token: u64) {
-        let Some(slot) = self.withdraw(state, token) else {
+    /// Takes vCPU `token`'s descriptors out of the epoll set, but those in `keep`.
+    fn unregister(&self, state: &mut State, token: u64, keep: &[RawFd]) {
+        let Some(fds) = state.registered.remove(&token) else {
             return;
         };
-        state.ready.push_back(slot);
-        if let Err(e) = self.dispatch(state) {
-            log::error!("vCPU pool: no worker for a woken vCPU: {e}");
-        }
-    }
-
-    /// Takes a parked vCPU's slot out of the epoll set and the deadlines (`None` if it is not
-    /// parked): no worker will run it unless it is queued again.
-    fn withdraw(&self, state: &mut State, token: u64) -> Option<Arc<Slot>> {
-        let parked = state.parked.remove(&token)?;
-        for fd in parked.fds {
+        let mut kept = Vec::new();
+        for fd in fds {
+            if keep.contains(&fd) {
+                kept.push(fd);
+                continue;
+            }
             let Some(watch) = state.watched.get_mut(&fd) else {
                 continue;
             };
@@ -541,65 +540,113 @@ impl Shared {
                     .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             }
         }
-        Some(parked.slot)
+        if !kept.is_empty() {
+            state.registered.insert(token, kept);
+        }
     }
 
-    /// The epoll thread: wakes parked vCPUs whose descriptors are ready or whose deadline
-    /// has passed.
-    fn watch(self: Arc<Self>) {
-        let mut events = vec![EpollEvent::default(); 64];
-        loop {
-            let timeout_ms = {
-                let mut state = self.lock();
-                if state.shutdown && state.live == 0 {
-                    break;
-                }
-                let next = next_deadline(&mut state);
-                state.sleeps_until = next;
-                let next = match (next, self.relieve(&mut state)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                next.map_or(-1, |d| {
-                    let left = d.saturating_duration_since(Instant::now());
-                    i32::try_from(left.as_millis().saturating_add(1)).unwrap_or(i32::MAX)
-                })
+    /// Parks `slot`'s vCPU: (re-)arms the descriptors of `request` in the epoll set (one
+    /// event each, `EPOLLONESHOT`), and its deadline.
+    fn park(&self, state: &mut State, slot: &Arc<Slot>, request: &ParkRequest) {
+        let token = slot.token;
+        let wanted: Vec<RawFd> = request.fds.iter().map(|&(fd, _)| fd).collect();
+        // Descriptors of an earlier park this one no longer names (a new connection).
+        self.unregister(state, token, &wanted);
+        let mut armed = Vec::with_capacity(request.fds.len());
+        for &(fd, readiness) in &request.fds {
+            let want = match readiness {
+                Readiness::Readable => EventSet::IN,
+                // EPOLLHUP and EPOLLERR are always reported.
+                Readiness::HangUp => EventSet::empty(),
             };
-            let n = match self.epoll.wait(timeout_ms, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
-                Err(e) => {
-                    log::error!("vCPU pool: epoll_wait failed: {e}");
-                    std::thread::sleep(FALLBACK_RETRY);
-                    0
-                }
-            };
-            let mut state = self.lock();
-            for event in events.iter().take(n) {
-                if event.data() == WAKE {
-                    let _ = self.wake.read();
+            let events = state.watched.get(&fd).map_or(want, |w| w.events | want);
+            // Modify first (re-arm); a descriptor new to the set, or closed and reopened
+            // under the same number (which silently left the set), is added.
+            let event = EpollEvent::new(events | EventSet::ONE_SHOT, fd as u64);
+            if self.epoll.ctl(ControlOperation::Modify, fd, event).is_err() {
+                if let Err(e) = self.epoll.ctl(ControlOperation::Add, fd, event) {
+                    log::warn!("vCPU pool: cannot watch descriptor {fd} of a parked vCPU: {e}");
                     continue;
                 }
-                let fd = event.data() as RawFd;
-                let tokens: Vec<u64> = state
-                    .watched
-                    .get(&fd)
-                    .map(|w| w.tokens.iter().copied().collect())
-                    .unwrap_or_default();
-                for token in tokens {
-                    self.unpark(&mut state, token);
-                }
+            }
+            let watch = state.watched.entry(fd).or_insert_with(|| Watch {
+                events,
+                tokens: HashSet::new(),
+            });
+            watch.events = events;
+            watch.tokens.insert(token);
+            armed.push(fd);
+        }
+        let deadline = if armed.is_empty() {
+            let retry = Instant::now() + FALLBACK_RETRY;
+            Some(request.deadline.map_or(retry, |d| d.min(retry)))
+        } else {
+            request.deadline
+        };
+        if !armed.is_empty() {
+            state.registered.insert(token, armed);
+        }
+        if let Some(deadline) = deadline {
+            state.deadlines.push(Reverse((deadline, token)));
+            // Watchers that sleep past it: wake one to look again.
+            if state.idle > 0 && state.sleeps_until.is_none_or(|s| deadline < s) {
+                state.sleeps_until = Some(deadline);
+                self.wake_one();
+            }
+        }
+        state.parked.insert(
+            token,
+            Parked {
+                slot: Arc::clone(slot),
+                deadline,
+            },
+        );
+    }
+
+    /// Moves a parked vCPU to the ready queue (nothing if it is not parked).
+    fn unpark(&self, state: &mut State, token: u64) {
+        if let Some(slot) = self.withdraw(state, token) {
+            state.ready.push_back(slot);
+        }
+    }
+
+    /// Takes a parked vCPU's slot out of the parked set (`None` if it is not parked): no
+    /// worker runs it unless it is queued again. Its descriptors stay in the epoll set,
+    /// disarmed or not (an event for a vCPU not parked is ignored).
+    fn withdraw(&self, state: &mut State, token: u64) -> Option<Arc<Slot>> {
+        Some(state.parked.remove(&token)?.slot)
+    }
+
+    /// The monitor: sleeps until no worker watches, then starts one once the spawn delay
+    /// allows (vCPUs ready or parked must not wait for a worker that runs a computing guest).
+    fn monitor(self: Arc<Self>) {
+        let mut state = self.lock();
+        loop {
+            if state.shutdown && state.live == 0 && state.workers == 0 {
+                break;
+            }
+            let unwatched = state.idle == 0
+                && state.live > 0
+                && !(state.parked.is_empty() && state.ready.is_empty());
+            if !unwatched {
+                state = self
+                    .unwatched
+                    .wait_timeout(state, Duration::from_secs(1))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                continue;
             }
             let now = Instant::now();
-            while let Some(&Reverse((deadline, token))) = state.deadlines.peek() {
-                if deadline > now {
-                    break;
-                }
-                state.deadlines.pop();
-                if state.parked.get(&token).and_then(|p| p.deadline) == Some(deadline) {
-                    self.unpark(&mut state, token);
+            if self.may_spawn(&state, now) {
+                if let Err(e) = self.spawn_worker(&mut state) {
+                    log::error!("vCPU pool: cannot start a worker: {e}");
                 }
             }
+            state = self
+                .unwatched
+                .wait_timeout(state, self.config.spawn_delay)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }
@@ -626,7 +673,7 @@ impl Drop for Unwind<'_> {
     fn drop(&mut self) {
         if self.armed {
             *self.slot.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            self.shared.ended();
+            self.shared.ended(self.slot.token);
             *self.slot.lock() = SlotRun::Done(None);
             self.slot.changed.notify_all();
         }
@@ -669,7 +716,7 @@ impl Pooled {
             on_exit(&result);
         }
         *self.slot.fd.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.shared.ended();
+        self.shared.ended(self.slot.token);
         (job.vcpu, result)
     }
 
