@@ -49,6 +49,11 @@ fn main() -> ExitCode {
     };
     // NEXT → handler → COMPLETE until NEXT keeps failing. Each wait for the backend is a WAIT
     // read, which holds the vCPU until the answer comes.
-    let code = function::serve(&mut nexus, &Options::new("wordcount"), &mut Stdout, wordcount);
+    let code = function::serve(
+        &mut nexus,
+        &Options::new("wordcount"),
+        &mut Stdout,
+        wordcount,
+    );
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
