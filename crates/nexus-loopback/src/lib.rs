@@ -160,13 +160,6 @@ pub struct LoopbackRegisters {
     transport: NexusIoTransport,
 }
 
-impl LoopbackRegisters {
-    /// The device and its transport.
-    pub fn transport(&self) -> &NexusIoTransport {
-        &self.transport
-    }
-}
-
 impl Registers for LoopbackRegisters {
     fn read(&mut self, offset: u32) -> u32 {
         let mut value = [0; 4];
