@@ -7,6 +7,9 @@
 //! `get_into` reuses one; `get_4k_short_poll` polls the used ring only as long as a VM's
 //! driver (512 polls) before sleeping in WAIT.
 //!
+//! The backend gives the bench's VM a whole core (`cpu_millis_per_second = 1000`); with the
+//! default share a loop of back-to-back requests soon waits for the CPU limit.
+//!
 //! `cargo bench -p nexus-loopback --bench roundtrip`; the median is in
 //! `target/criterion/loopback/get_4k/new/estimates.json`.
 
@@ -18,7 +21,12 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn roundtrip(c: &mut Criterion) {
-    let backend = common::Backend::start(&["bench=bench"]);
+    // A whole core for the one VM: the default share (200 ms of backend CPU per second per
+    // VM) would throttle a loop of back-to-back requests, and measure the limit instead.
+    let backend = common::Backend::start_with(
+        &["bench=bench"],
+        Some("[limits]\ncpu_millis_per_second = 1000\n"),
+    );
     let mut nexus = backend.connect("bench-1", "bench");
     let object = common::pattern(4096, 3);
     nexus.put("bench/object-4k", &object).unwrap();
