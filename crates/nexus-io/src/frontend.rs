@@ -37,6 +37,11 @@ pub(crate) struct VhostSession {
     frontend: Frontend,
     /// `VHOST_USER_F_PROTOCOL_FEATURES` was negotiated, so rings start disabled.
     protocol_features: bool,
+    /// `REPLY_ACK` was negotiated: every message waits for the backend's answer.
+    reply_ack: bool,
+    /// The ring the backend last accepted on this session (its addresses are the
+    /// window's, checked then).
+    accepted: Option<QueueConfig>,
     ring_started: bool,
 }
 
@@ -105,6 +110,8 @@ impl VhostSession {
         Ok(VhostSession {
             frontend,
             protocol_features,
+            reply_ack,
+            accepted: None,
             ring_started: false,
         })
     }
@@ -154,21 +161,40 @@ impl VhostSession {
             avail_ring_addr: host(queue.avail_ring)?,
             log_addr: None,
         };
+        // Restarting the ring the backend accepted before on this session (a reset to a
+        // snapshot): the size, addresses, base and call eventfd are sent without waiting for
+        // each answer — messages are handled in order, and these were accepted with the same
+        // values — and the kick (and enable) are answered. A first start waits for every
+        // answer, so that a refused ring is reported by the message at fault.
+        let restart = self.reply_ack && self.accepted == Some(*queue);
+        self.accepted = None;
         let f = &mut self.frontend;
-        f.set_vring_num(REQUEST_QUEUE, queue.size)
-            .map_err(vhost_error("SET_VRING_NUM"))?;
-        f.set_vring_addr(REQUEST_QUEUE, &ring)
-            .map_err(vhost_error("SET_VRING_ADDR"))?;
-        f.set_vring_base(REQUEST_QUEUE, base)
-            .map_err(vhost_error("SET_VRING_BASE"))?;
-        f.set_vring_call(REQUEST_QUEUE, call)
-            .map_err(vhost_error("SET_VRING_CALL"))?;
+        if restart {
+            f.set_hdr_flags(VhostUserHeaderFlag::empty());
+        }
+        let started = (|| {
+            f.set_vring_num(REQUEST_QUEUE, queue.size)
+                .map_err(vhost_error("SET_VRING_NUM"))?;
+            f.set_vring_addr(REQUEST_QUEUE, &ring)
+                .map_err(vhost_error("SET_VRING_ADDR"))?;
+            f.set_vring_base(REQUEST_QUEUE, base)
+                .map_err(vhost_error("SET_VRING_BASE"))?;
+            f.set_vring_call(REQUEST_QUEUE, call)
+                .map_err(vhost_error("SET_VRING_CALL"))
+        })();
+        if restart {
+            f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        started?;
         f.set_vring_kick(REQUEST_QUEUE, kick)
             .map_err(vhost_error("SET_VRING_KICK"))?;
         self.ring_started = true;
         if self.protocol_features {
             f.set_vring_enable(REQUEST_QUEUE, true)
                 .map_err(vhost_error("SET_VRING_ENABLE"))?;
+        }
+        if self.reply_ack {
+            self.accepted = Some(*queue);
         }
         Ok(())
     }
