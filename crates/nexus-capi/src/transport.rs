@@ -1,0 +1,24 @@
+// Copyright 2026 The Nexus Authors
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Opening a client over each transport the library was built with.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+
+/// A client attached to the backend at `control_socket` as VM `vm` of `tenant`.
+#[cfg(not(feature = "loopback"))]
+pub(crate) fn open_loopback(_: &str, _: &str, _: &str, _: u64) -> Result<Client> {
+    Err(Error::Unsupported("the loopback transport (feature `loopback`)"))
+}
+
+/// A client attached to the backend at `control_socket` as VM `vm` of `tenant`.
+#[cfg(feature = "loopback")]
+pub(crate) fn open_loopback(_: &str, _: &str, _: &str, _: u64) -> Result<Client> {
+    Err(Error::Unsupported("the loopback transport (not merged yet)"))
+}
+
+/// The client of the Linux guest this process runs in.
+pub(crate) fn open_linux() -> Result<Client> {
+    Err(Error::Unsupported("the /dev/mem transport (feature `linux`)"))
+}
