@@ -6,19 +6,21 @@
 use crate::client::Client;
 use crate::error::{Error, Result};
 
-/// A client attached to the backend at `control_socket` as VM `vm` of `tenant`.
+/// A client attached as VM `vm` of `tenant` to the backend listening on `control_socket`,
+/// with a window of `window_size` bytes (0: 64 MiB).
 #[cfg(not(feature = "loopback"))]
-pub(crate) fn open_loopback(_: &str, _: &str, _: &str, _: u64) -> Result<Client> {
+pub fn open_loopback(_: &str, _: &str, _: &str, _: u64) -> Result<Client> {
     Err(Error::Unsupported("the loopback transport (feature `loopback`)"))
 }
 
-/// A client attached to the backend at `control_socket` as VM `vm` of `tenant`.
+/// A client attached as VM `vm` of `tenant` to the backend listening on `control_socket`,
+/// with a window of `window_size` bytes (0: 64 MiB).
 #[cfg(feature = "loopback")]
-pub(crate) fn open_loopback(_: &str, _: &str, _: &str, _: u64) -> Result<Client> {
+pub fn open_loopback(_: &str, _: &str, _: &str, _: u64) -> Result<Client> {
     Err(Error::Unsupported("the loopback transport (not merged yet)"))
 }
 
 /// The client of the Linux guest this process runs in.
-pub(crate) fn open_linux() -> Result<Client> {
+pub fn open_linux() -> Result<Client> {
     Err(Error::Unsupported("the /dev/mem transport (feature `linux`)"))
 }
