@@ -115,12 +115,13 @@ pub fn read_range(
 /// A client moved between threads as a whole.
 struct Owned(Box<dyn ObjectClient>);
 
-// SAFETY: a `Nexus` is not `Send` only because it shares its window through `Rc`s, with the
-// `WindowBuf`s it hands out. `ObjectClient`'s methods drop every buffer they allocate before
-// returning, so every `Rc` clone lives inside the boxed client, which moves between threads
-// as one value and is reached only under `Client`'s lock. Transports whose registers are
-// tied to a thread are not boxed here (`Client::new` is crate-private and its callers
-// construct only thread-independent transports: file descriptors and mappings).
+// SAFETY: a `Nexus` is not `Send` only because it shares its window through `Rc`s (with its
+// `WindowBuf`s, and the loopback window's owner), not because any part is tied to a thread:
+// the loopback registers are `Send` (checked by `transport::tests`). `ObjectClient`'s
+// methods drop every buffer they allocate before returning, so every `Rc` clone lives inside
+// the boxed client, which moves between threads as one value and is reached only under
+// `Client`'s lock, one thread at a time. `Client::new` is crate-private: only such clients
+// are boxed here.
 unsafe impl Send for Owned {}
 
 /// The client behind a handle: one lock, so calls on a handle from several threads run one

@@ -205,6 +205,18 @@ thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
 
+/// `error` and its sources, as `error: cause: …`.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Records `error` as the calling thread's last error.
 pub(crate) fn set_last_error(error: &Error) {
     let text = error.to_string().replace('\0', " ");

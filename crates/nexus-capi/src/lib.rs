@@ -43,7 +43,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 pub use client::{Client, ObjectClient, read_range};
 pub use error::{Error, NexusStatus, Result};
-pub use transport::{open_linux, open_loopback};
+pub use transport::{DEFAULT_LOOPBACK_WINDOW, open_linux, open_loopback};
 
 /// Bytes of [`NexusObjectInfo::etag`]: the longest entity tag (256) and its NUL.
 pub const NEXUS_ETAG_CAPACITY: usize = 257;

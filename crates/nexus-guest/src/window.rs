@@ -11,6 +11,7 @@
 
 use alloc::rc::Rc;
 use alloc::vec::Vec;
+use core::any::Any;
 use core::cell::RefCell;
 use core::fmt;
 use core::ops::{Deref, DerefMut};
@@ -24,13 +25,17 @@ use crate::error::{Error, Result};
 /// The I/O window as mapped in this program: `size` bytes at `ptr`, which the device knows
 /// as guest-physical `[base, base + size)`.
 ///
-/// Identity for a micro-guest (`ptr == base`); a `/dev/mem` mapping in a Linux process; a
-/// heap block in tests.
+/// Identity for a micro-guest (`ptr == base`); a `/dev/mem` mapping in a Linux process; the
+/// window's memfd mapped by a host process (`nexus-loopback`); a heap block in tests. A
+/// mapping that must be undone when the last buffer goes carries its owner
+/// ([`with_owner`](Self::with_owner)).
 #[derive(Debug)]
 pub struct WindowMapping {
     ptr: NonNull<u8>,
     base: u64,
     size: usize,
+    /// Whatever keeps the memory mapped (dropped with the last buffer of the window).
+    owner: Option<Rc<dyn Any>>,
 }
 
 impl WindowMapping {
@@ -70,7 +75,18 @@ impl WindowMapping {
             ptr,
             base,
             size: size_usize,
+            owner: None,
         })
+    }
+
+    /// Keeps `owner` alive as long as this mapping and every [`WindowBuf`] of it: the owner of
+    /// the memory in a program that maps the window itself — a `/dev/mem` mapping in a Linux
+    /// process, the window memfd's mapping in a host process (`nexus-loopback`) — whose drop
+    /// unmaps it. The client and its buffers share the mapping, so the memory stays mapped
+    /// until the last of them is gone, whatever order they are dropped in.
+    pub fn with_owner(mut self, owner: Rc<dyn Any>) -> Self {
+        self.owner = Some(owner);
+        self
     }
 
     /// The window at guest-physical `base` in an identity-mapped guest (a micro-guest).
