@@ -49,32 +49,32 @@ fn a_c_program_and_a_rust_client_share_a_tenant() {
     let rust = nexus_capi::open_loopback(backend.control.to_str().unwrap(), "rust-vm", TENANT, 0)
         .unwrap_or_else(|e| panic!("open: {e}\n{}", backend.log()));
     let expected = "hello from Rust";
-    rust.with(|c| c.write("shared/from-rust", expected.as_bytes(), false))
+    rust.with(|c| c.write("alpha/shared/from-rust", expected.as_bytes(), false))
         .unwrap();
 
     let mut c_program = Command::new(&program);
     c_program
         .arg(&backend.control)
-        .args(["c-vm", TENANT, "shared", expected])
+        .args(["c-vm", TENANT, "alpha/shared", expected])
         .env("LD_LIBRARY_PATH", &lib_dir);
     let ran = run(c_program, dir.path(), "roundtrip", WAIT);
     ran.assert_success("roundtrip");
     assert!(ran.stdout.contains(", 0 failures"), "{}", ran.stdout);
 
     // What C wrote, through Rust and in the store's directory.
-    let from_c = rust.with(|c| c.read_all("shared/from-c")).unwrap();
+    let from_c = rust.with(|c| c.read_all("alpha/shared/from-c")).unwrap();
     assert_eq!(from_c, b"written by C");
-    let behind = rust.with(|c| c.read_all("shared/behind-c")).unwrap();
+    let behind = rust.with(|c| c.read_all("alpha/shared/behind-c")).unwrap();
     assert_eq!(behind, b"behind");
     assert_eq!(
-        std::fs::read(backend.object_path("shared/from-c")).unwrap(),
+        std::fs::read(backend.object_path("alpha/shared/from-c")).unwrap(),
         b"written by C"
     );
-    assert!(!backend.object_path("shared/deleted-by-c").exists());
-    let listed = rust.with(|c| c.list("shared/", None)).unwrap();
+    assert!(!backend.object_path("alpha/shared/deleted-by-c").exists());
+    let listed = rust.with(|c| c.list("alpha/shared/", None)).unwrap();
     let keys: Vec<&str> = listed.entries.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["shared/behind-c", "shared/from-c", "shared/from-rust"]
+        ["alpha/shared/behind-c", "alpha/shared/from-c", "alpha/shared/from-rust"]
     );
 }

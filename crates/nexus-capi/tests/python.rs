@@ -56,7 +56,7 @@ fn the_python_client_reads_and_writes_through_a_real_backend() {
     let library = install_library(&dir.path().join("lib"));
     let rust = nexus_capi::open_loopback(backend.control.to_str().unwrap(), "rust-vm", TENANT, 0)
         .unwrap_or_else(|e| panic!("open: {e}\n{}", backend.log()));
-    rust.with(|c| c.write("shared/from-rust", b"hello from Rust", false))
+    rust.with(|c| c.write("alpha/shared/from-rust", b"hello from Rust", false))
         .unwrap();
 
     let mut python = python(&library);
@@ -70,17 +70,17 @@ fn the_python_client_reads_and_writes_through_a_real_backend() {
 
     // Python's objects, in the store and through Rust.
     assert_eq!(
-        std::fs::read(backend.object_path("py/kept")).unwrap(),
+        std::fs::read(backend.object_path("alpha/py/kept")).unwrap(),
         b"kept by Python"
     );
     assert_eq!(
-        std::fs::read(backend.object_path("py/behind")).unwrap(),
+        std::fs::read(backend.object_path("alpha/py/behind")).unwrap(),
         b"written behind"
     );
-    let big = rust.with(|c| c.read_all("py/big")).unwrap();
+    let big = rust.with(|c| c.read_all("alpha/py/big")).unwrap();
     assert_eq!(big.len(), 200 * 1024);
     assert!(big.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
-    assert!(!backend.object_path("py/gone").exists());
+    assert!(!backend.object_path("alpha/py/gone").exists());
 }
 
 #[test]
@@ -90,11 +90,11 @@ fn an_unmodified_boto3_program_runs_over_nexus_io() {
     let library = install_library(&dir.path().join("lib"));
     // The input, written straight into the store's directory.
     let words = "the quick brown fox jumps over the lazy dog";
-    let input = backend.object_path("input/words.txt");
+    let input = backend.object_path("alpha/input/words.txt");
     std::fs::create_dir_all(input.parent().unwrap()).unwrap();
     std::fs::write(&input, words).unwrap();
     let blob: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i * 7 % 256) as u8).collect();
-    std::fs::write(backend.object_path("input/blob"), &blob).unwrap();
+    std::fs::write(backend.object_path("alpha/input/blob"), &blob).unwrap();
 
     let mut python = python(&library);
     python
@@ -108,11 +108,11 @@ fn an_unmodified_boto3_program_runs_over_nexus_io() {
     assert!(ran.stdout.contains("boto3_function: 9 words"), "{}", ran.stdout);
 
     assert_eq!(
-        std::fs::read_to_string(backend.object_path("output/words.txt")).unwrap(),
+        std::fs::read_to_string(backend.object_path("alpha/output/words.txt")).unwrap(),
         words.to_uppercase()
     );
     assert_eq!(
-        std::fs::read(backend.object_path("output/blob")).unwrap(),
+        std::fs::read(backend.object_path("alpha/output/blob")).unwrap(),
         blob
     );
     assert!(!input.exists(), "delete_object left the input in the store");

@@ -71,7 +71,7 @@ class ShimTest(unittest.TestCase):
     def setUp(self):
         os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         self.fake = FakeClient()
-        nexus.boto3.install(self.fake, bucket="data", hook=self.hook)
+        nexus.boto3.install(self.fake, bucket="data", key_prefix="t1/", hook=self.hook)
         self.s3 = boto3.client("s3")
 
     def tearDown(self):
@@ -80,7 +80,7 @@ class ShimTest(unittest.TestCase):
     def test_put_get_head_delete(self):
         put = self.s3.put_object(Bucket="data", Key="a/1", Body=b"hello")
         self.assertEqual(put["ETag"], '"etag-5"')
-        self.assertEqual(self.fake.objects["a/1"], b"hello")
+        self.assertEqual(self.fake.objects["t1/a/1"], b"hello")
         got = self.s3.get_object(Bucket="data", Key="a/1")
         self.assertIsInstance(got["Body"], StreamingBody)
         self.assertEqual(got["Body"].read(), b"hello")
@@ -95,7 +95,7 @@ class ShimTest(unittest.TestCase):
         head = self.s3.head_object(Bucket="data", Key="a/1")
         self.assertEqual(head["ContentLength"], 5)
         self.s3.delete_object(Bucket="data", Key="a/1")
-        self.assertNotIn("a/1", self.fake.objects)
+        self.assertNotIn("t1/a/1", self.fake.objects)
 
     def test_errors_are_client_errors_with_s3_codes(self):
         with self.assertRaises(self.s3.exceptions.NoSuchKey) as raised:
@@ -106,14 +106,14 @@ class ShimTest(unittest.TestCase):
         with self.assertRaises(botocore.exceptions.ClientError) as raised:
             self.s3.head_object(Bucket="data", Key="missing")
         self.assertEqual(raised.exception.response["Error"]["Code"], "404")
-        self.fake.denied.add("secret")
+        self.fake.denied.add("t1/secret")
         with self.assertRaises(botocore.exceptions.ClientError) as raised:
             self.s3.put_object(Bucket="data", Key="secret", Body=b"x")
         self.assertEqual(raised.exception.response["Error"]["Code"], "AccessDenied")
         self.assertEqual(raised.exception.response["ResponseMetadata"]["HTTPStatusCode"], 403)
         with self.assertRaises(self.s3.exceptions.NoSuchBucket):
             self.s3.get_object(Bucket="other", Key="a")
-        self.fake.objects["k"] = b"v"
+        self.fake.objects["t1/k"] = b"v"
         with self.assertRaises(botocore.exceptions.ClientError) as raised:
             self.s3.get_object(Bucket="data", Key="k", IfMatch='"nope"')
         self.assertEqual(raised.exception.response["Error"]["Code"], "PreconditionFailed")
@@ -129,8 +129,9 @@ class ShimTest(unittest.TestCase):
 
     def test_list_pages_and_paginators(self):
         for i in range(8):
-            self.fake.objects[f"p/{i}"] = b"x" * i
-        self.fake.objects["q/0"] = b""
+            self.fake.objects[f"t1/p/{i}"] = b"x" * i
+        self.fake.objects["t1/q/0"] = b""
+        self.fake.objects["t0/outside"] = b""
         first = self.s3.list_objects_v2(Bucket="data", Prefix="p/", MaxKeys=2)
         self.assertEqual([c["Key"] for c in first["Contents"]], ["p/0", "p/1"])
         self.assertEqual(first["KeyCount"], 2)
@@ -141,6 +142,11 @@ class ShimTest(unittest.TestCase):
         self.assertEqual(keys, [f"p/{i}" for i in range(8)])
         after = self.s3.list_objects_v2(Bucket="data", StartAfter="p/6")
         self.assertEqual([c["Key"] for c in after["Contents"]][:2], ["p/7", "q/0"])
+        everything = self.s3.list_objects_v2(Bucket="data")
+        # One backend page (three entries here), the key prefix taken off.
+        self.assertEqual([c["Key"] for c in everything["Contents"]], ["p/0", "p/1", "p/2"])
+        self.assertTrue(everything["IsTruncated"])
+        self.assertEqual(everything["Prefix"], "")
         empty = self.s3.list_objects_v2(Bucket="data", Prefix="none/")
         self.assertEqual(empty["KeyCount"], 0)
         self.assertNotIn("Contents", empty)
@@ -149,10 +155,10 @@ class ShimTest(unittest.TestCase):
     def test_transfers(self):
         small = os.urandom(1000)
         self.s3.upload_fileobj(io.BytesIO(small), "data", "t/small")
-        self.assertEqual(self.fake.objects["t/small"], small)
+        self.assertEqual(self.fake.objects["t1/t/small"], small)
         large = os.urandom(9 * 1024 * 1024)  # over the 8 MiB multipart threshold
         self.s3.upload_fileobj(io.BytesIO(large), "data", "t/large")
-        self.assertEqual(self.fake.objects["t/large"], large)
+        self.assertEqual(self.fake.objects["t1/t/large"], large)
         for key, data in (("t/small", small), ("t/large", large)):
             out = io.BytesIO()
             self.s3.download_fileobj("data", key, out)

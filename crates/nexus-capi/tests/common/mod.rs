@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 /// How long anything may take.
 pub const WAIT: Duration = Duration::from_secs(60);
-/// The tenant the tests attach to, and its prefix in the store.
+/// The tenant the tests attach to.
 pub const TENANT: &str = "alpha";
-pub const TENANT_PREFIX: &str = "tenants/alpha";
+/// Its keys: every key the tenant may touch starts with this.
+pub const TENANT_PREFIX: &str = "alpha";
 
 /// The workspace's target directory and this test's profile directory (`target/debug`).
 fn profile_dir() -> PathBuf {
@@ -127,9 +128,9 @@ impl Backend {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Where the tenant's object `key` lives in the store.
+    /// Where object `key` (a full key, starting with the tenant's prefix) lives in the store.
     pub fn object_path(&self, key: &str) -> PathBuf {
-        self.objects.join(TENANT_PREFIX).join(key)
+        self.objects.join(key)
     }
 }
 

@@ -7,7 +7,8 @@ and checks that a missing key is a ClientError NoSuchKey."""
 
 import nexus.boto3
 
-nexus.boto3.install()  # the connection comes from NEXUS_CONTROL_SOCKET / NEXUS_TENANT
+# The connection comes from NEXUS_CONTROL_SOCKET / NEXUS_TENANT; keys are the tenant's.
+nexus.boto3.install(key_prefix="alpha/")
 
 # --- plain boto3 from here on ---
 import io

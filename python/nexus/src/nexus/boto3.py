@@ -18,7 +18,9 @@ has no network to fall back to.
 
 ``Bucket``: the tenant's objects are one key space. With ``install(bucket=None)`` (the
 default) the bucket name is ignored; with ``install(bucket="name")`` every other name fails
-with ``NoSuchBucket`` (404).
+with ``NoSuchBucket`` (404). ``Key``: the object's nexus-io key, after ``key_prefix`` (for
+example the tenant's prefix, ``install(key_prefix="alpha/")``; listed keys come back without
+it).
 
 Errors are ``botocore.exceptions.ClientError`` (the client's modeled classes, such as
 ``client.exceptions.NoSuchKey``) with S3's codes: ``NoSuchKey`` (404; ``"404"`` for
@@ -63,11 +65,12 @@ _original_session_init = None
 class _Shim:
     """What ``install`` configured, and the multipart uploads in progress."""
 
-    def __init__(self, client, bucket, write_behind, hook, connect_args):
+    def __init__(self, client, bucket, key_prefix, write_behind, hook, connect_args):
         self._client = client
         self._connect_args = connect_args
         self._connect_lock = threading.Lock()
         self.bucket = bucket
+        self.key_prefix = key_prefix
         self.write_behind = write_behind
         self.hook = hook
         self.uploads = {}
@@ -86,6 +89,7 @@ def install(
     client=None,
     *,
     bucket=None,
+    key_prefix="",
     write_behind=False,
     hook="class",
     **connect_args,
@@ -94,14 +98,15 @@ def install(
 
     ``client``: a :class:`nexus.Client`, or None to open one with
     ``nexus.connect(**connect_args)`` on the first call. ``bucket``: the one bucket name
-    accepted (None: any). ``write_behind``: ``put_object`` uses write-behind PUTs (durable
+    accepted (None: any). ``key_prefix``: put before every key (and taken off listed keys).
+    ``write_behind``: ``put_object`` uses write-behind PUTs (durable
     after ``client.flush()``) instead of synchronous ones. ``hook``: ``"class"`` (the
     default) or ``"before-call"``.
     """
     global _state, _original_session_init
     if hook not in ("class", "before-call"):
         raise ValueError(f"unknown hook {hook!r}")
-    _state = _Shim(client, bucket, write_behind, hook, connect_args)
+    _state = _Shim(client, bucket, key_prefix, write_behind, hook, connect_args)
     if _original_session_init is None:
         original = botocore.session.Session.__init__
         _original_session_init = original
@@ -247,6 +252,8 @@ def _dispatch(state, operation, params):
             return _error(404, "404", "Not Found")
         return _error(404, "NoSuchBucket", "The specified bucket does not exist", BucketName=bucket)
     key = params.get("Key")
+    if key is not None:
+        params["Key"] = state.key_prefix + key
     try:
         return handler(state, params)
     except nexus.NexusError as e:
@@ -365,9 +372,12 @@ def _decode_token(token):
 
 def _list_objects_v2(state, params):
     client = state.client
-    prefix = params.get("Prefix", "")
+    key_prefix = state.key_prefix
+    prefix = key_prefix + params.get("Prefix", "")
     max_keys = int(params.get("MaxKeys", 1000))
     start_after = params.get("StartAfter")
+    if start_after is not None:
+        start_after = key_prefix + start_after
     token, skip = None, 0
     if "ContinuationToken" in params:
         decoded = _decode_token(params["ContinuationToken"])
@@ -390,7 +400,7 @@ def _list_objects_v2(state, params):
     chosen = entries[:max_keys]
     body = {
         "Name": params.get("Bucket"),
-        "Prefix": prefix,
+        "Prefix": params.get("Prefix", ""),
         "MaxKeys": max_keys,
         "KeyCount": len(chosen),
         "EncodingType": params.get("EncodingType"),
@@ -404,7 +414,7 @@ def _list_objects_v2(state, params):
     if chosen:
         body["Contents"] = [
             {
-                "Key": e.key,
+                "Key": e.key[len(key_prefix) :],
                 "LastModified": _time(e.last_modified_ms),
                 "ETag": _etag(e.etag),
                 "Size": e.size,
@@ -427,7 +437,8 @@ def _create_multipart_upload(state, params):
     upload_id = uuid.uuid4().hex
     with state.uploads_lock:
         state.uploads[upload_id] = (params["Key"], {})
-    return _ok({"Bucket": params["Bucket"], "Key": params["Key"], "UploadId": upload_id})
+    user_key = params["Key"][len(state.key_prefix) :]
+    return _ok({"Bucket": params["Bucket"], "Key": user_key, "UploadId": upload_id})
 
 
 def _upload(state, params):
@@ -465,7 +476,8 @@ def _complete_multipart_upload(state, params):
     with state.uploads_lock:
         state.uploads.pop(params["UploadId"], None)
     info = state.client.head(key)
-    return _ok({"Bucket": params["Bucket"], "Key": key, "ETag": _etag(info.etag)})
+    user_key = key[len(state.key_prefix) :]
+    return _ok({"Bucket": params["Bucket"], "Key": user_key, "ETag": _etag(info.etag)})
 
 
 def _abort_multipart_upload(state, params):
