@@ -663,3 +663,213 @@ pub extern "C" fn nexus_last_error_message() -> *const c_char {
 pub extern "C" fn nexus_abi_version() -> u32 {
     NEXUS_ABI_VERSION
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::ffi::CStr;
+
+    use nexus_guest::{ListPage, ObjectInfo};
+
+    use super::*;
+
+    /// An in-memory client whose requests carry at most 4 bytes, so reads take several; a
+    /// key `panic` panics.
+    #[derive(Default)]
+    struct Memory(BTreeMap<String, Vec<u8>>);
+
+    impl Memory {
+        fn object(&self, key: &str) -> Result<&Vec<u8>> {
+            assert_ne!(key, "panic", "asked to panic");
+            self.0
+                .get(key)
+                .ok_or_else(|| nexus_guest::Error::NotFound(key.into()).into())
+        }
+    }
+
+    impl ObjectClient for Memory {
+        fn max_payload(&self) -> usize {
+            4
+        }
+        fn read_at(&mut self, key: &str, offset: u64, dst: &mut [u8]) -> Result<(usize, u64)> {
+            let data = self.object(key)?;
+            let start = (offset as usize).min(data.len());
+            let n = dst.len().min(4).min(data.len() - start);
+            dst[..n].copy_from_slice(&data[start..start + n]);
+            Ok((n, data.len() as u64))
+        }
+        fn read_all(&mut self, key: &str) -> Result<Vec<u8>> {
+            self.object(key).cloned()
+        }
+        fn write(&mut self, key: &str, data: &[u8], _: bool) -> Result<()> {
+            self.0.insert(key.into(), data.into());
+            Ok(())
+        }
+        fn head(&mut self, key: &str) -> Result<ObjectInfo> {
+            let size = self.object(key)?.len() as u64;
+            Ok(ObjectInfo {
+                key: String::new(),
+                size,
+                last_modified_ms: 7,
+                etag: "e".repeat(300),
+            })
+        }
+        fn delete(&mut self, key: &str) -> Result<()> {
+            self.0.remove(key);
+            Ok(())
+        }
+        fn list(&mut self, prefix: &str, token: Option<&[u8]>) -> Result<ListPage> {
+            let after = token.map(|t| String::from_utf8(t.to_vec()).unwrap());
+            let mut keys = self
+                .0
+                .keys()
+                .filter(|k| k.starts_with(prefix) && after.as_ref().is_none_or(|a| *k > a));
+            let entries: Vec<ObjectInfo> = keys
+                .by_ref()
+                .take(2)
+                .map(|k| ObjectInfo {
+                    key: k.clone(),
+                    size: self.0[k].len() as u64,
+                    last_modified_ms: 0,
+                    etag: String::new(),
+                })
+                .collect();
+            let next_token = keys
+                .next()
+                .and(entries.last().map(|e| e.key.clone().into_bytes()));
+            Ok(ListPage {
+                entries,
+                next_token,
+            })
+        }
+        fn flush(&mut self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn open() -> *mut NexusClient {
+        Box::into_raw(Box::new(NexusClient {
+            client: Client::new(Box::new(Memory::default())),
+        }))
+    }
+
+    fn last_message() -> String {
+        // SAFETY: the thread's NUL-terminated last error.
+        unsafe { CStr::from_ptr(nexus_last_error_message()) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn gets_span_requests_and_report_the_size_needed() {
+        let client = open();
+        let data = b"0123456789";
+        // SAFETY: a live handle, NUL-terminated keys, buffers of the sizes given.
+        unsafe {
+            assert_eq!(
+                nexus_put(client, c"k".as_ptr(), data.as_ptr(), data.len()),
+                NexusStatus::Ok
+            );
+            let mut buf = [0u8; 16];
+            let mut len = 0;
+            let status = nexus_get(client, c"k".as_ptr(), buf.as_mut_ptr(), 16, &mut len);
+            assert_eq!((status, len, &buf[..10]), (NexusStatus::Ok, 10, &data[..]));
+            let status = nexus_get(client, c"k".as_ptr(), buf.as_mut_ptr(), 3, &mut len);
+            assert_eq!((status, len), (NexusStatus::BufferTooSmall, 10));
+            let (mut read, mut size) = (0, 0);
+            let status = nexus_get_range(
+                client,
+                c"k".as_ptr(),
+                3,
+                buf.as_mut_ptr(),
+                6,
+                &mut read,
+                &mut size,
+            );
+            assert_eq!((status, read, size), (NexusStatus::Ok, 6, 10));
+            assert_eq!(&buf[..6], b"345678");
+            let (mut ptr, mut n) = (std::ptr::null_mut(), 0);
+            assert_eq!(
+                nexus_get_alloc(client, c"k".as_ptr(), &mut ptr, &mut n),
+                NexusStatus::Ok
+            );
+            assert_eq!(std::slice::from_raw_parts(ptr, n), data);
+            nexus_buf_free(ptr, n);
+            let status = nexus_get_alloc(client, c"none".as_ptr(), &mut ptr, &mut n);
+            assert_eq!((status, ptr.is_null(), n), (NexusStatus::NotFound, true, 0));
+            assert_eq!(last_message(), "Not found: none");
+            let mut info = std::mem::zeroed::<NexusObjectInfo>();
+            assert_eq!(nexus_head(client, c"k".as_ptr(), &mut info), NexusStatus::Ok);
+            assert_eq!((info.size, info.last_modified_ms), (10, 7));
+            // A longer entity tag is cut to fit, NUL-terminated.
+            assert_eq!(info.etag_len, NEXUS_ETAG_CAPACITY - 1);
+            assert_eq!(CStr::from_ptr(info.etag.as_ptr()).to_bytes().len(), 256);
+            nexus_close(client);
+        }
+    }
+
+    #[test]
+    fn lists_page_by_page() {
+        let client = open();
+        let mut seen = Vec::new();
+        // SAFETY: a live handle and page, NUL-terminated strings.
+        unsafe {
+            for key in [c"a/1", c"a/2", c"a/3", c"b/1"] {
+                assert_eq!(nexus_put(client, key.as_ptr(), std::ptr::null(), 0), NexusStatus::Ok);
+            }
+            let mut token = Vec::new();
+            loop {
+                let mut page = std::ptr::null_mut();
+                let status =
+                    nexus_list(client, c"a/".as_ptr(), token.as_ptr(), token.len(), &mut page);
+                assert_eq!(status, NexusStatus::Ok);
+                for i in 0..nexus_list_page_len(page) {
+                    let mut entry = std::mem::zeroed::<NexusListEntry>();
+                    assert_eq!(nexus_list_page_entry(page, i, &mut entry), NexusStatus::Ok);
+                    let key = CStr::from_ptr(entry.key).to_str().unwrap().to_owned();
+                    assert_eq!(entry.key_len, key.len());
+                    seen.push(key);
+                }
+                let (mut next, mut next_len) = (std::ptr::null(), 0);
+                let more = nexus_list_page_next_token(page, &mut next, &mut next_len);
+                token = std::slice::from_raw_parts(next, next_len).to_vec();
+                nexus_list_page_free(page);
+                if !more {
+                    break;
+                }
+            }
+            nexus_close(client);
+        }
+        assert_eq!(seen, ["a/1", "a/2", "a/3"]);
+    }
+
+    #[test]
+    fn bad_arguments_and_panics_become_status_codes() {
+        let client = open();
+        let mut len = 0;
+        // SAFETY: NULL where the contract allows it to be refused; a live handle otherwise.
+        unsafe {
+            let status = nexus_get(std::ptr::null(), c"k".as_ptr(), std::ptr::null_mut(), 0, &mut len);
+            assert_eq!(status, NexusStatus::InvalidArgument);
+            assert_eq!(last_message(), "Invalid argument: client is NULL");
+            let status = nexus_put(client, std::ptr::null(), std::ptr::null(), 0);
+            assert_eq!(status, NexusStatus::InvalidArgument);
+            let not_utf8 = [0xffu8, 0];
+            assert_eq!(
+                nexus_delete(client, not_utf8.as_ptr().cast()),
+                NexusStatus::InvalidArgument
+            );
+            // A panic inside is caught; the handle refuses calls after it.
+            assert_eq!(nexus_delete(client, c"panic".as_ptr()), NexusStatus::Ok);
+            let status = nexus_get(client, c"panic".as_ptr(), std::ptr::null_mut(), 0, &mut len);
+            assert_eq!(status, NexusStatus::Panic);
+            assert!(last_message().contains("asked to panic"), "{}", last_message());
+            assert_eq!(nexus_flush(client), NexusStatus::Panic);
+            assert!(last_message().contains("panicked"), "{}", last_message());
+            nexus_close(client);
+        }
+        let other = CStr::from_bytes_until_nul(NexusStatus::Other.describe()).unwrap();
+        // SAFETY: nexus_strerror returns static NUL-terminated text.
+        assert_eq!(unsafe { CStr::from_ptr(nexus_strerror(999)) }, other);
+    }
+}
