@@ -22,6 +22,15 @@
 //! - [`mmio`]: the [`Registers`](mmio::Registers) trait (how the driver reaches the device)
 //!   and [`MmioRegisters`](mmio::MmioRegisters), volatile access through a pointer — the
 //!   identity-mapped address in a micro-guest, a `/dev/mem` mapping in a Linux process.
+//!   `Registers` and [`WindowMapping`] are the whole transport seam: the doorbell is a
+//!   `QueueNotify` write, the wait a `WAIT` read, and the window is wherever the mapping says
+//!   (the `nexus-loopback` crate implements both in a host process, over the VMM's own
+//!   device model).
+//! - `linux` (feature `linux`, Linux only, with `std`): the Linux user-space driver —
+//!   `linux::open()` reads `nexus.io=`/`nexus.window=` from `/proc/cmdline`, maps both from
+//!   `/dev/mem`, and returns the [`Nexus`] client; one process of the guest owns the device
+//!   at a time (an exclusive `flock`; the others get `linux::Error::Busy`), and a WAIT read
+//!   stalls the whole vCPU. `docs/linux-guests.md` in the Nexus repository is the guide.
 //!
 //! - [`io`]: [`ObjectIo`](io::ObjectIo), the one I/O interface of functions, implemented by
 //!   [`Nexus`] and — feature `net` — by the in-guest S3 client, so one function source
@@ -69,8 +78,9 @@
 #![deny(missing_docs)]
 
 extern crate alloc;
-// The build-script helpers (feature `build`) run on the host, with `std`.
-#[cfg(all(feature = "build", not(test)))]
+// The build-script helpers (feature `build`) run on the host, and the Linux driver (feature
+// `linux`) in a Linux process: both with `std`.
+#[cfg(all(any(feature = "build", feature = "linux"), not(test)))]
 extern crate std;
 
 pub mod boot;
@@ -83,6 +93,8 @@ pub mod function;
 pub mod generation;
 pub mod heap;
 pub mod io;
+#[cfg(all(feature = "linux", target_os = "linux"))]
+pub mod linux;
 pub mod mmio;
 #[cfg(feature = "net")]
 pub mod net;
