@@ -117,7 +117,8 @@ struct Owned(Box<dyn ObjectClient>);
 
 // SAFETY: a `Nexus` is not `Send` only because it shares its window through `Rc`s (with its
 // `WindowBuf`s, and the loopback window's owner), not because any part is tied to a thread:
-// the loopback registers are `Send` (checked by `transport::tests`). `ObjectClient`'s
+// the loopback registers are `Send` (checked by `transport::tests`), and the Linux
+// transport's `MmioRegisters` is a pointer into a `/dev/mem` mapping of the whole process. `ObjectClient`'s
 // methods drop every buffer they allocate before returning, so every `Rc` clone lives inside
 // the boxed client, which moves between threads as one value and is reached only under
 // `Client`'s lock, one thread at a time. `Client::new` is crate-private: only such clients

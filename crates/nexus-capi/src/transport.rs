@@ -4,7 +4,7 @@
 //! Opening a client over each transport the library was built with.
 
 use crate::client::Client;
-#[cfg(any(feature = "loopback", feature = "linux"))]
+#[cfg(feature = "loopback")]
 use crate::client::ObjectClient;
 use crate::error::{Error, Result};
 
@@ -39,8 +39,21 @@ pub fn open_loopback(_: &str, _: &str, _: &str, _: u64) -> Result<Client> {
     Err(Error::Unsupported("the loopback transport (feature `loopback`)"))
 }
 
+/// The client of the Linux guest this process runs in: the nexus-io device and window named
+/// by the kernel command line (`nexus.io=`, `nexus.window=`), mapped through `/dev/mem`; one
+/// process of the guest at a time owns the device (`nexus_guest::linux`).
+#[cfg(all(feature = "linux", target_os = "linux"))]
+pub fn open_linux() -> Result<Client> {
+    match nexus_guest::linux::open() {
+        Ok(nexus) => Ok(Client::new(Box::new(nexus))),
+        Err(nexus_guest::linux::Error::Driver(e)) => Err(Error::Nexus(e)),
+        Err(e) => Err(Error::Connect(crate::error::chain(&e))),
+    }
+}
+
 /// The client of the Linux guest this process runs in: this build has no `/dev/mem`
 /// transport.
+#[cfg(not(all(feature = "linux", target_os = "linux")))]
 pub fn open_linux() -> Result<Client> {
     Err(Error::Unsupported("the /dev/mem transport (feature `linux`)"))
 }
@@ -73,13 +86,28 @@ impl ObjectClient for nexus_loopback::Loopback {
     }
 }
 
-#[cfg(all(test, feature = "loopback"))]
+#[cfg(test)]
 mod tests {
     /// The `unsafe impl Send` of a boxed client rests on this: the loopback transport's parts
     /// other than the client's `Rc`-shared window are `Send` themselves.
+    #[cfg(feature = "loopback")]
     #[test]
     fn the_loopback_device_is_send() {
         fn send<T: Send>() {}
         send::<nexus_loopback::LoopbackRegisters>();
+    }
+
+    /// This host's kernel command line names no nexus-io device: opening the Linux transport
+    /// fails with a status and a message, not a crash.
+    #[cfg(all(feature = "linux", target_os = "linux"))]
+    #[test]
+    fn the_linux_transport_outside_a_guest_fails_cleanly() {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if cmdline.contains("nexus.io=") {
+            return; // inside a Nexus guest
+        }
+        let error = super::open_linux().unwrap_err();
+        assert_eq!(error.status(), crate::NexusStatus::Connect, "{error}");
+        assert!(error.to_string().contains("nexus-io device"), "{error}");
     }
 }

@@ -100,11 +100,11 @@ def main():
     processes = []
     try:
         objects = os.path.join(work, "objects")
-        os.makedirs(os.path.join(objects, "tenants", TENANT, "bench"))
+        os.makedirs(objects)
         control = os.path.join(work, "control.sock")
         backend_log = os.path.join(work, "backend.log")
         backend = subprocess.Popen(
-            [args.backend, "--listen", control, "--store", f"file://{objects}", "--tenant", f"{TENANT}=tenants/{TENANT}"],
+            [args.backend, "--listen", control, "--store", f"file://{objects}", "--tenant", f"{TENANT}={TENANT}"],
             stdout=subprocess.DEVNULL,
             stderr=open(backend_log, "w"),
         )
