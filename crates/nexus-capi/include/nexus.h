@@ -45,6 +45,10 @@
 // The version of this ABI (bumped with the soname on an incompatible change).
 #define NEXUS_ABI_VERSION 0
 
+// The window of [`open_loopback`] when none is asked for: 64 MiB, room for a 16 MiB object
+// and the requests around it (the memory is touched only as it is used).
+#define DEFAULT_LOOPBACK_WINDOW (64 << 20)
+
 // What a `nexus_*` call returned: `NEXUS_STATUS_OK`, or why it failed.
 //
 // The first group mirrors the statuses the backend answers with (`nexus_guest::Error`'s
@@ -149,8 +153,10 @@ enum NexusStatus nexus_open_loopback(const char *control_socket,
                                      struct NexusClient **out);
 
 // Opens a handle over the nexus-io device of the Linux guest this process runs in (the
-// `nexus.io=` and `nexus.window=` kernel arguments, mapped through `/dev/mem`).
-// `NEXUS_STATUS_UNSUPPORTED` if the library was built without the `linux` feature.
+// `nexus.io=` and `nexus.window=` kernel arguments, mapped through `/dev/mem`; root needed).
+// One process of a guest owns the device at a time: the others, and a process outside a
+// Nexus guest, get `NEXUS_STATUS_CONNECT`. `NEXUS_STATUS_UNSUPPORTED` if the library was
+// built without the `linux` feature.
 //
 // # Safety
 //

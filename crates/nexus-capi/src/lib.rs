@@ -302,8 +302,13 @@ pub unsafe extern "C" fn nexus_get(
 ) -> NexusStatus {
     ffi(|| {
         // SAFETY: per the contract.
-        let (client, key, dst) =
-            unsafe { (handle(client)?, text(key, "key")?, bytes_mut(buf, capacity, "buf")?) };
+        let (client, key, dst) = unsafe {
+            (
+                handle(client)?,
+                text(key, "key")?,
+                bytes_mut(buf, capacity, "buf")?,
+            )
+        };
         let (read, size) = client.with(|c| read_range(c, key, 0, dst))?;
         // SAFETY: valid for a write or NULL, per the contract.
         unsafe { store(len, usize::try_from(size).unwrap_or(usize::MAX)) };
@@ -336,8 +341,13 @@ pub unsafe extern "C" fn nexus_get_range(
 ) -> NexusStatus {
     ffi(|| {
         // SAFETY: per the contract.
-        let (client, key, dst) =
-            unsafe { (handle(client)?, text(key, "key")?, bytes_mut(buf, capacity, "buf")?) };
+        let (client, key, dst) = unsafe {
+            (
+                handle(client)?,
+                text(key, "key")?,
+                bytes_mut(buf, capacity, "buf")?,
+            )
+        };
         let (read, total) = client.with(|c| read_range(c, key, offset, dst))?;
         // SAFETY: valid for writes or NULL, per the contract.
         unsafe {
@@ -446,8 +456,13 @@ unsafe fn put(
 ) -> NexusStatus {
     ffi(|| {
         // SAFETY: per the contract.
-        let (client, key, data) =
-            unsafe { (handle(client)?, text(key, "key")?, bytes(data, len, "data")?) };
+        let (client, key, data) = unsafe {
+            (
+                handle(client)?,
+                text(key, "key")?,
+                bytes(data, len, "data")?,
+            )
+        };
         client.with(|c| c.write(key, data, behind))
     })
 }
@@ -494,7 +509,10 @@ pub unsafe extern "C" fn nexus_head(
 ///
 /// `client` is a live handle; `key` is NUL-terminated.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nexus_delete(client: *const NexusClient, key: *const c_char) -> NexusStatus {
+pub unsafe extern "C" fn nexus_delete(
+    client: *const NexusClient,
+    key: *const c_char,
+) -> NexusStatus {
     ffi(|| {
         // SAFETY: per the contract.
         let (client, key) = unsafe { (handle(client)?, text(key, "key")?) };
@@ -802,7 +820,10 @@ mod tests {
             assert_eq!((status, ptr.is_null(), n), (NexusStatus::NotFound, true, 0));
             assert_eq!(last_message(), "Not found: none");
             let mut info = std::mem::zeroed::<NexusObjectInfo>();
-            assert_eq!(nexus_head(client, c"k".as_ptr(), &mut info), NexusStatus::Ok);
+            assert_eq!(
+                nexus_head(client, c"k".as_ptr(), &mut info),
+                NexusStatus::Ok
+            );
             assert_eq!((info.size, info.last_modified_ms), (10, 7));
             // A longer entity tag is cut to fit, NUL-terminated.
             assert_eq!(info.etag_len, NEXUS_ETAG_CAPACITY - 1);
@@ -818,13 +839,21 @@ mod tests {
         // SAFETY: a live handle and page, NUL-terminated strings.
         unsafe {
             for key in [c"a/1", c"a/2", c"a/3", c"b/1"] {
-                assert_eq!(nexus_put(client, key.as_ptr(), std::ptr::null(), 0), NexusStatus::Ok);
+                assert_eq!(
+                    nexus_put(client, key.as_ptr(), std::ptr::null(), 0),
+                    NexusStatus::Ok
+                );
             }
             let mut token = Vec::new();
             loop {
                 let mut page = std::ptr::null_mut();
-                let status =
-                    nexus_list(client, c"a/".as_ptr(), token.as_ptr(), token.len(), &mut page);
+                let status = nexus_list(
+                    client,
+                    c"a/".as_ptr(),
+                    token.as_ptr(),
+                    token.len(),
+                    &mut page,
+                );
                 assert_eq!(status, NexusStatus::Ok);
                 for i in 0..nexus_list_page_len(page) {
                     let mut entry = std::mem::zeroed::<NexusListEntry>();
@@ -835,11 +864,13 @@ mod tests {
                 }
                 let (mut next, mut next_len) = (std::ptr::null(), 0);
                 let more = nexus_list_page_next_token(page, &mut next, &mut next_len);
-                token = std::slice::from_raw_parts(next, next_len).to_vec();
-                nexus_list_page_free(page);
                 if !more {
+                    assert!(next.is_null() && next_len == 0);
+                    nexus_list_page_free(page);
                     break;
                 }
+                token = std::slice::from_raw_parts(next, next_len).to_vec();
+                nexus_list_page_free(page);
             }
             nexus_close(client);
         }
@@ -852,7 +883,13 @@ mod tests {
         let mut len = 0;
         // SAFETY: NULL where the contract allows it to be refused; a live handle otherwise.
         unsafe {
-            let status = nexus_get(std::ptr::null(), c"k".as_ptr(), std::ptr::null_mut(), 0, &mut len);
+            let status = nexus_get(
+                std::ptr::null(),
+                c"k".as_ptr(),
+                std::ptr::null_mut(),
+                0,
+                &mut len,
+            );
             assert_eq!(status, NexusStatus::InvalidArgument);
             assert_eq!(last_message(), "Invalid argument: client is NULL");
             let status = nexus_put(client, std::ptr::null(), std::ptr::null(), 0);
@@ -866,7 +903,11 @@ mod tests {
             assert_eq!(nexus_delete(client, c"panic".as_ptr()), NexusStatus::Ok);
             let status = nexus_get(client, c"panic".as_ptr(), std::ptr::null_mut(), 0, &mut len);
             assert_eq!(status, NexusStatus::Panic);
-            assert!(last_message().contains("asked to panic"), "{}", last_message());
+            assert!(
+                last_message().contains("asked to panic"),
+                "{}",
+                last_message()
+            );
             assert_eq!(nexus_flush(client), NexusStatus::Panic);
             assert!(last_message().contains("panicked"), "{}", last_message());
             nexus_close(client);

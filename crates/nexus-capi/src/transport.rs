@@ -36,7 +36,9 @@ pub fn open_loopback(
 /// this build has no loopback transport.
 #[cfg(not(feature = "loopback"))]
 pub fn open_loopback(_: &str, _: &str, _: &str, _: u64) -> Result<Client> {
-    Err(Error::Unsupported("the loopback transport (feature `loopback`)"))
+    Err(Error::Unsupported(
+        "the loopback transport (feature `loopback`)",
+    ))
 }
 
 /// The client of the Linux guest this process runs in: the nexus-io device and window named
@@ -55,7 +57,9 @@ pub fn open_linux() -> Result<Client> {
 /// transport.
 #[cfg(not(all(feature = "linux", target_os = "linux")))]
 pub fn open_linux() -> Result<Client> {
-    Err(Error::Unsupported("the /dev/mem transport (feature `linux`)"))
+    Err(Error::Unsupported(
+        "the /dev/mem transport (feature `linux`)",
+    ))
 }
 
 #[cfg(feature = "loopback")]

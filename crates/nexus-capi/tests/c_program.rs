@@ -75,6 +75,10 @@ fn a_c_program_and_a_rust_client_share_a_tenant() {
     let keys: Vec<&str> = listed.entries.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["alpha/shared/behind-c", "alpha/shared/from-c", "alpha/shared/from-rust"]
+        [
+            "alpha/shared/behind-c",
+            "alpha/shared/from-c",
+            "alpha/shared/from-rust"
+        ]
     );
 }

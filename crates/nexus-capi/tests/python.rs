@@ -46,7 +46,9 @@ fn python(library: &Path) -> Command {
 }
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name)
 }
 
 #[test]
@@ -66,7 +68,11 @@ fn the_python_client_reads_and_writes_through_a_real_backend() {
         .env("NEXUS_TENANT", TENANT);
     let ran = run(python, dir.path(), "client_roundtrip", WAIT);
     ran.assert_success("client_roundtrip.py");
-    assert!(ran.stdout.contains("client_roundtrip: ok"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("client_roundtrip: ok"),
+        "{}",
+        ran.stdout
+    );
 
     // Python's objects, in the store and through Rust.
     assert_eq!(
@@ -93,7 +99,9 @@ fn an_unmodified_boto3_program_runs_over_nexus_io() {
     let input = backend.object_path("alpha/input/words.txt");
     std::fs::create_dir_all(input.parent().unwrap()).unwrap();
     std::fs::write(&input, words).unwrap();
-    let blob: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i * 7 % 256) as u8).collect();
+    let blob: Vec<u8> = (0..3 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 256) as u8)
+        .collect();
     std::fs::write(backend.object_path("alpha/input/blob"), &blob).unwrap();
 
     let mut python = python(&library);
@@ -104,8 +112,16 @@ fn an_unmodified_boto3_program_runs_over_nexus_io() {
         .env("NEXUS_VM_ID", "boto3-vm");
     let ran = run(python, dir.path(), "boto3_function", WAIT);
     ran.assert_success("boto3_function.py");
-    assert!(ran.stdout.contains("missing key: NoSuchKey"), "{}", ran.stdout);
-    assert!(ran.stdout.contains("boto3_function: 9 words"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("missing key: NoSuchKey"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("boto3_function: 9 words"),
+        "{}",
+        ran.stdout
+    );
 
     assert_eq!(
         std::fs::read_to_string(backend.object_path("alpha/output/words.txt")).unwrap(),

@@ -40,7 +40,12 @@ fn workspace_dir() -> PathBuf {
 /// profile.
 fn cargo_build(package: &str, selector: &[&str]) {
     let profile_dir = profile_dir();
-    let profile = profile_dir.file_name().unwrap().to_str().unwrap().to_string();
+    let profile = profile_dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let cargo_profile = if profile == "debug" { "dev" } else { &profile };
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .current_dir(workspace_dir())
@@ -50,7 +55,10 @@ fn cargo_build(package: &str, selector: &[&str]) {
         .arg(profile_dir.parent().unwrap())
         .status()
         .expect("run cargo");
-    assert!(status.success(), "cargo build -p {package} {selector:?} failed");
+    assert!(
+        status.success(),
+        "cargo build -p {package} {selector:?} failed"
+    );
 }
 
 /// The `nexus-backend` binary, built now (so it is never stale).
