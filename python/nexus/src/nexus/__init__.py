@@ -14,6 +14,7 @@ b'hello'
 """
 
 import ctypes
+import itertools
 import os
 import threading
 from ctypes import byref, c_size_t, c_uint64, c_void_p
@@ -53,6 +54,9 @@ CONNECT = 17
 UNSUPPORTED = 18
 PANIC = 19
 OTHER = 20
+
+# Default VM ids of loopback connections: unique in this process.
+_vm_ids = itertools.count()
 
 # The first read of an object goes into a per-thread buffer of this size; larger objects
 # are read into a buffer of their own size.
@@ -293,10 +297,11 @@ def connect(
 ) -> Client:
     """A client: over the loopback transport when a control socket is given (or in
     ``NEXUS_CONTROL_SOCKET``, with ``NEXUS_VM_ID`` and ``NEXUS_TENANT``), else the Linux
-    guest's device through /dev/mem."""
+    guest's device through /dev/mem. A VM id must be unique on the backend while connected:
+    the default is ``python-PID-N``."""
     control_socket = control_socket or os.environ.get("NEXUS_CONTROL_SOCKET")
     if control_socket:
-        vm_id = vm_id or os.environ.get("NEXUS_VM_ID") or f"python-{os.getpid()}"
+        vm_id = vm_id or os.environ.get("NEXUS_VM_ID") or f"python-{os.getpid()}-{next(_vm_ids)}"
         tenant = tenant or os.environ.get("NEXUS_TENANT")
         if not tenant:
             raise ValueError("a tenant is needed (argument or NEXUS_TENANT)")

@@ -475,9 +475,11 @@ def _complete_multipart_upload(state, params):
     _put_object(state, {"Key": key, "Body": data})
     with state.uploads_lock:
         state.uploads.pop(params["UploadId"], None)
-    info = state.client.head(key)
     user_key = key[len(state.key_prefix) :]
-    return _ok({"Bucket": params["Bucket"], "Key": user_key, "ETag": _etag(info.etag)})
+    body = {"Bucket": params["Bucket"], "Key": user_key}
+    if not state.write_behind:
+        body["ETag"] = _etag(state.client.head(key).etag)
+    return _ok(body)
 
 
 def _abort_multipart_upload(state, params):
