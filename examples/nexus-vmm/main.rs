@@ -80,8 +80,10 @@ struct RunArgs {
     /// I/O window in MiB (0 for none). Untouched window pages cost nothing.
     #[arg(long, default_value_t = 96)]
     window: u64,
-    /// The shared backend's control socket: attaches a nexus-io device connected to it.
-    #[arg(long, value_name = "SOCKET", conflicts_with = "kernel")]
+    /// The shared backend's control socket: attaches a nexus-io device connected to it. With
+    /// `--kernel`, the kernel command line gets `nexus.io=ADDR,SIZE nexus.window=ADDR,SIZE`
+    /// for the guest's user-space driver (docs/linux-guests.md).
+    #[arg(long, value_name = "SOCKET")]
     backend: Option<PathBuf>,
     /// The tenant this VM belongs to on the backend.
     #[arg(long, requires = "backend", default_value = "default")]
@@ -146,17 +148,7 @@ fn run(args: RunArgs) -> Result<u32> {
             .window()
             .cloned()
             .context("--backend needs an I/O window (--window > 0)")?;
-        let device = nexus_io::NexusIo::new(nexus_io::NexusIoConfig {
-            control_socket: socket.clone(),
-            vm_id: args
-                .vm_id
-                .clone()
-                .unwrap_or_else(|| format!("vmm-{}", std::process::id())),
-            tenant: args.tenant.clone(),
-            window,
-            irq: None,
-        })?;
-        nexus_io::attach(vm.vm(), device)?;
+        nexus_io::attach(vm.vm(), nexus_io_device(&args, socket, window)?)?;
     }
     let stats = vm.vcpu().stats().ok();
     let counters_before = stats.as_ref().and_then(|s| s.read_all().ok());
@@ -216,17 +208,80 @@ fn counter_deltas(
         .collect()
 }
 
+/// The nexus-io device of `run`'s VM, on the backend at `socket`, over `window`.
+fn nexus_io_device(
+    args: &RunArgs,
+    socket: &std::path::Path,
+    window: nexus_kvm::WindowRegion,
+) -> Result<nexus_io::NexusIo> {
+    Ok(nexus_io::NexusIo::new(nexus_io::NexusIoConfig {
+        control_socket: socket.to_path_buf(),
+        vm_id: args
+            .vm_id
+            .clone()
+            .unwrap_or_else(|| format!("vmm-{}", std::process::id())),
+        tenant: args.tenant.clone(),
+        window,
+        irq: None,
+    })?)
+}
+
+/// `cmdline` with the nexus-io device's and the window's physical ranges appended, as the
+/// Linux guest's user-space driver reads them (`nexus_guest::linux::cmdline`):
+/// `nexus.io=ADDR,SIZE nexus.window=ADDR,SIZE`, in hexadecimal. Refused if `cmdline` already
+/// names either (the driver would refuse the duplicate).
+fn linux_cmdline(
+    cmdline: &str,
+    device: nexus_kvm::micro::DeviceInfo,
+    window: (u64, u64),
+) -> Result<String> {
+    for param in ["nexus.io", "nexus.window"] {
+        if cmdline
+            .split_ascii_whitespace()
+            .any(|word| word.split_once('=').is_some_and(|(name, _)| name == param))
+        {
+            bail!("--cmdline already has {param}=: --backend sets it");
+        }
+    }
+    let (window_base, window_size) = window;
+    let params = format!(
+        "nexus.io={:#x},{:#x} nexus.window={window_base:#x},{window_size:#x}",
+        device.base, device.size
+    );
+    Ok(match cmdline.trim() {
+        "" => params,
+        base => format!("{base} {params}"),
+    })
+}
+
 fn run_linux(args: &RunArgs, kernel: PathBuf) -> Result<u32> {
     use nexus_kvm::linux::{self, LinuxConfig};
-    let config = LinuxConfig {
-        kernel,
-        initrd: args.initrd.clone(),
-        cmdline: args.cmdline.clone(),
-    };
     let mut vm = nexus_kvm::Vm::new(nexus_kvm::VmConfig {
         memory: memory(args),
         irqchip: true,
     })?;
+    let mut cmdline = args.cmdline.clone();
+    // Held while the VM runs (the bus holds the device too).
+    let _device = match &args.backend {
+        Some(socket) => {
+            let window = vm
+                .memory()
+                .window()
+                .cloned()
+                .context("--backend needs an I/O window (--window > 0)")?;
+            let range = (window.base().0, window.size());
+            // The guest's driver runs in user space, with no interrupt handler: WAIT.
+            let attached = nexus_io::attach_polled(&vm, nexus_io_device(args, socket, window)?)?;
+            cmdline = linux_cmdline(&cmdline, attached.info, range)?;
+            Some(attached)
+        }
+        None => None,
+    };
+    let config = LinuxConfig {
+        kernel,
+        initrd: args.initrd.clone(),
+        cmdline,
+    };
     let entry = linux::load(vm.memory(), &config)?;
     linux::add_serial(&vm, Console::new(std::io::stdout()))?;
     let mut vcpu = vm.create_vcpu(nexus_kvm::VcpuConfig { strict_io: false })?;
@@ -551,4 +606,79 @@ fn demo() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use nexus_kvm::micro::DeviceInfo;
+
+    #[test]
+    fn the_linux_command_line_names_the_device_and_the_window() {
+        let device = nexus_io::device_info();
+        let window = (nexus_kvm::layout::WINDOW_START, 96 << 20);
+        let cmdline = linux_cmdline("console=ttyS0 reboot=k  ", device, window).unwrap();
+        assert_eq!(
+            cmdline,
+            "console=ttyS0 reboot=k nexus.io=0xe0000000,0x1000 \
+             nexus.window=0xc0000000,0x6000000"
+        );
+        // What the guest's driver reads back is what the VMM placed.
+        let words: Vec<&str> = cmdline.split_ascii_whitespace().collect();
+        assert!(
+            words.contains(&format!("nexus.io={:#x},{:#x}", device.base, device.size).as_str())
+        );
+        assert_eq!(
+            linux_cmdline(
+                "",
+                DeviceInfo {
+                    base: 0xE000_1000,
+                    size: 0x1000
+                },
+                (0x1_0000_0000, 0x20_0000)
+            )
+            .unwrap(),
+            "nexus.io=0xe0001000,0x1000 nexus.window=0x100000000,0x200000"
+        );
+    }
+
+    #[test]
+    fn a_command_line_that_names_the_device_already_is_refused() {
+        let device = nexus_io::device_info();
+        for cmdline in ["console=ttyS0 nexus.io=0x1,0x1", "nexus.window=1,1 quiet"] {
+            let error = linux_cmdline(cmdline, device, (0xC000_0000, 0x10_0000)).unwrap_err();
+            assert!(error.to_string().contains("already has"), "{error}");
+        }
+        // Other parameters that merely start alike are not it.
+        assert!(
+            linux_cmdline("nexus.iox=1 nexus.io.x=2", device, (0xC000_0000, 0x10_0000)).is_ok()
+        );
+    }
+
+    #[test]
+    fn run_accepts_a_backend_with_a_kernel() {
+        let cli = Cli::try_parse_from([
+            "nexus-vmm",
+            "run",
+            "--kernel",
+            "vmlinux",
+            "--backend",
+            "/run/nexus-backend.sock",
+            "--tenant",
+            "acme",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let Command::Run(args) = cli.command else {
+            panic!("not run");
+        };
+        assert_eq!(
+            args.kernel.as_deref(),
+            Some(std::path::Path::new("vmlinux"))
+        );
+        assert_eq!(
+            args.backend.as_deref(),
+            Some(std::path::Path::new("/run/nexus-backend.sock"))
+        );
+    }
 }

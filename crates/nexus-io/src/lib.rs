@@ -63,6 +63,7 @@ pub mod event_handler;
 mod frontend;
 mod link;
 pub mod persist;
+mod polled;
 mod sys;
 
 use std::path::PathBuf;
@@ -83,6 +84,7 @@ pub use device::{
 };
 pub use nexus_kvm::virtio_mmio::{MmioTransportState, QueueConfig, VirtioDevice};
 pub use persist::{NexusIoDeviceState, NexusIoState};
+pub use polled::attach_polled;
 
 /// Guest memory as this crate sees it (the window alone).
 type GuestMemoryMmap = nexus_kvm::GuestMemoryMmap;

@@ -40,6 +40,17 @@ fn roundtrip(c: &mut Criterion) {
         })
     });
     drop(buf);
+    // Polling the used ring up to about 100 µs before sleeping in WAIT.
+    let spins = nexus.device().poll_spins();
+    nexus.device_mut().set_poll_spins(4096);
+    group.bench_function("get_4k_spin", |b| {
+        b.iter(|| {
+            let buf = nexus.get("bench/object-4k").unwrap();
+            assert_eq!(buf.len(), 4096);
+            buf
+        })
+    });
+    nexus.device_mut().set_poll_spins(spins);
     group.bench_function("head", |b| {
         b.iter(|| nexus.head("bench/object-4k").unwrap().size)
     });

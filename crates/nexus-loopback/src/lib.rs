@@ -160,13 +160,6 @@ pub struct LoopbackRegisters {
     transport: NexusIoTransport,
 }
 
-impl LoopbackRegisters {
-    /// The device and its transport.
-    pub fn transport(&self) -> &NexusIoTransport {
-        &self.transport
-    }
-}
-
 impl Registers for LoopbackRegisters {
     fn read(&mut self, offset: u32) -> u32 {
         let mut value = [0; 4];
@@ -285,6 +278,52 @@ impl Deref for Loopback {
 impl DerefMut for Loopback {
     fn deref_mut(&mut self) -> &mut LoopbackNexus {
         &mut self.nexus
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use nexus_guest::mmio::{regs, status};
+    use nexus_io::device::config;
+
+    /// The registers reach the device model itself: identity, config space and `Status`,
+    /// with no backend (the device connects only on `DRIVER_OK`).
+    #[test]
+    fn registers_reach_the_devices_transport() {
+        let window = WindowRegion::new(1 << 20).unwrap();
+        let device = NexusIo::new(NexusIoConfig {
+            control_socket: "/nonexistent/control.sock".into(),
+            vm_id: "unit-1".into(),
+            tenant: "acme".into(),
+            window: window.clone(),
+            irq: None,
+        })
+        .unwrap();
+        let mut regs = LoopbackRegisters {
+            transport: NexusIoTransport::new(device),
+        };
+        assert_eq!(
+            regs.read(regs::MAGIC_VALUE),
+            nexus_guest::nexus_ring::mmio::MAGIC
+        );
+        assert_eq!(regs.read(regs::VERSION), 2);
+        assert_eq!(regs.read(regs::DEVICE_ID), nexus_io::DEVICE_ID);
+        let base = u64::from(regs.read(regs::CONFIG + config::WINDOW_BASE))
+            | u64::from(regs.read(regs::CONFIG + config::WINDOW_BASE + 4)) << 32;
+        assert_eq!(base, window.base().0);
+        assert_eq!(
+            regs.read(regs::CONFIG + config::WINDOW_SIZE),
+            window.size() as u32
+        );
+        regs.write(regs::STATUS, status::ACKNOWLEDGE);
+        assert_eq!(regs.read(regs::STATUS), status::ACKNOWLEDGE);
+        // Before the device is live, WAIT says there is no backend.
+        assert_eq!(
+            regs.read(regs::CONFIG + config::WAIT),
+            nexus_io::BACKEND_UNAVAILABLE
+        );
     }
 }
 

@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -94,6 +95,18 @@ impl Backend {
             .arg(format!("file://{}", objects.display()));
         for tenant in tenants {
             command.arg("--tenant").arg(tenant);
+        }
+        // SAFETY: the closure runs in the child between fork and exec and only makes one
+        // async-signal-safe system call: the backend dies with the thread that started it
+        // (the test's), even if the test process is killed before `Drop` runs.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
         }
         let child = command
             .env("RUST_LOG", "debug")
