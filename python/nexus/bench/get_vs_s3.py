@@ -8,8 +8,8 @@ server, side by side in one run (medians).
 - S3: ``nexus-load s3-server`` (s3s-fs over a directory, SigV4, plain HTTP on 127.0.0.1),
   reached by an ordinary ``boto3.client("s3", endpoint_url=...)``.
 
-Each iteration GETs the object on every path in turn and reads its body whole
-(``response["Body"].read()``). ``run.sh`` builds what it needs (release) and runs this.
+For each size, each path GETs the object ``--iterations`` times in a row (after three
+warm-up GETs) and reads its body whole (``response["Body"].read()``). ``run.sh`` builds what it needs (release) and runs this.
 """
 
 import argparse
@@ -147,11 +147,14 @@ def main():
         for size in sizes:
             key = f"bench/object-{size}"
             n = args.iterations if size <= (1 << 20) else args.large_iterations
+            # One path after the other (each warmed up first), not interleaved: a large GET
+            # right after another path's frees memory that the next one faults in again,
+            # which would charge one path for the other's allocations.
             samples = {name: [] for name, _ in paths}
-            for i in range(n + 3):
-                for name, s3 in paths:
-                    if name.startswith("nexus"):
-                        nexus.boto3.install(client, hook=name[name.index("(") + 1 : -1])
+            for name, s3 in paths:
+                if name.startswith("nexus"):
+                    nexus.boto3.install(client, hook=name[name.index("(") + 1 : -1])
+                for i in range(n + 3):
                     start = time.perf_counter()
                     body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
                     elapsed = time.perf_counter() - start

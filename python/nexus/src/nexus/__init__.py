@@ -16,6 +16,7 @@ b'hello'
 import ctypes
 import itertools
 import os
+import platform
 import threading
 from ctypes import byref, c_size_t, c_uint64, c_void_p
 from typing import Iterator, List, NamedTuple, Optional
@@ -57,6 +58,16 @@ OTHER = 20
 
 # Default VM ids of loopback connections: unique in this process.
 _vm_ids = itertools.count()
+
+# CPython's way of making a bytes object to fill before anyone sees it
+# (PyBytes_FromStringAndSize(NULL, n)); its bytes start at the end of the object's fixed part.
+if platform.python_implementation() == "CPython":
+    _new_bytes = ctypes.pythonapi.PyBytes_FromStringAndSize
+    _new_bytes.restype = ctypes.py_object
+    _new_bytes.argtypes = [c_void_p, ctypes.c_ssize_t]
+    _BYTES_DATA = bytes.__basicsize__ - 1
+else:
+    _new_bytes = None
 
 # The first read of an object goes into a per-thread buffer of this size; larger objects
 # are read into a buffer of their own size.
@@ -176,7 +187,7 @@ class Client:
 
     def get(self, key: str, size_hint: Optional[int] = None) -> bytes:
         """The whole object. ``size_hint`` (a size from ``head``) reads a large object in
-        one pass."""
+        one pass, straight into the bytes returned."""
         k = key.encode()
         n = c_size_t()
         if size_hint is None or size_hint <= _SCRATCH:
@@ -184,6 +195,15 @@ class Client:
             status = self._lib.nexus_get(self._h(), k, scratch, _SCRATCH, byref(n))
             if status == OK:
                 return ctypes.string_at(scratch, n.value)
+            if status != BUFFER_TOO_SMALL:
+                _raise(status, key)
+        elif _new_bytes is not None:
+            # The size is known: read straight into the bytes object returned (one copy,
+            # from the window), unless the object changed size meanwhile.
+            out = _new_bytes(None, size_hint)
+            status = self._lib.nexus_get(self._h(), k, id(out) + _BYTES_DATA, size_hint, byref(n))
+            if status == OK:
+                return out if n.value == size_hint else out[: n.value]
             if status != BUFFER_TOO_SMALL:
                 _raise(status, key)
         data = c_void_p()
