@@ -206,6 +206,7 @@ thread_local! {
 }
 
 /// `error` and its sources, as `error: cause: …`.
+#[cfg_attr(not(any(feature = "loopback", feature = "linux")), allow(dead_code))]
 pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
