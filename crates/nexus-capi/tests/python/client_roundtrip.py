@@ -1,7 +1,8 @@
 # Copyright 2026 The Nexus Authors
 # SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 """nexus.Client against a real backend (tests/python.rs): PUT, GET, HEAD, LIST, DELETE,
-write-behind PUT + FLUSH, ranges, an object larger than one scratch read, NotFound.
+write-behind PUT + FLUSH, ranges, an object larger than one scratch read, NotFound, one
+client used by several threads at once.
 Leaves alpha/py/kept (b"kept by Python") and alpha/py/big (200 KiB of a pattern) in the store."""
 
 import os
@@ -43,6 +44,33 @@ keys = [e.key for e in client.list_all("alpha/py/")]
 assert keys == ["alpha/py/behind", "alpha/py/big", "alpha/py/kept"], keys
 page = client.list("alpha/py/")
 assert page.next_token is None and [e.size for e in page.entries] == [14, len(big), 14], page
+
+# One client, four threads at once (ctypes lets go of the GIL during each call; libnexus
+# serializes the calls on the handle).
+import threading
+
+errors = []
+
+
+def worker(n):
+    try:
+        for i in range(25):
+            key = f"alpha/py/threads/{n}-{i}"
+            data = f"{n}:{i}".encode() * (i + 1)
+            client.put(key, data)
+            assert client.get(key) == data, key
+            client.delete(key)
+    except Exception as e:  # reported below
+        errors.append(e)
+
+
+threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+assert not errors, errors
+assert list(client.list_all("alpha/py/threads/")) == []
 
 # What the C/Rust side left for us.
 assert client.get("alpha/shared/from-rust") == b"hello from Rust"
