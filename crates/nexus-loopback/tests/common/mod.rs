@@ -82,6 +82,11 @@ impl Backend {
     /// Starts the backend with `--store file://<dir>/objects` and `--tenant` for each of
     /// `tenants` (`NAME=PREFIX`).
     pub fn start(tenants: &[&str]) -> Self {
+        Self::start_with(tenants, None)
+    }
+
+    /// [`start`](Self::start), with `config` (TOML) as the backend's `--config` file if given.
+    pub fn start_with(tenants: &[&str], config: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let control = dir.path().join("control.sock");
         let log = dir.path().join("backend.log");
@@ -95,6 +100,11 @@ impl Backend {
             .arg(format!("file://{}", objects.display()));
         for tenant in tenants {
             command.arg("--tenant").arg(tenant);
+        }
+        if let Some(config) = config {
+            let path = dir.path().join("backend.toml");
+            std::fs::write(&path, config).unwrap();
+            command.arg("--config").arg(path);
         }
         // SAFETY: the closure runs in the child between fork and exec and only makes one
         // async-signal-safe system call: the backend dies with the thread that started it
