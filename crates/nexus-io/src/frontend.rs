@@ -162,9 +162,10 @@ impl VhostSession {
             log_addr: None,
         };
         // Restarting the ring the backend accepted before on this session (a reset to a
-        // snapshot): the size, addresses, base and call eventfd are sent without waiting for
-        // each answer — messages are handled in order, and these were accepted with the same
-        // values — and the kick (and enable) are answered. A first start waits for every
+        // snapshot): the size, addresses, base, call and kick eventfds are sent without
+        // waiting for each answer — messages are handled in order, and these were accepted
+        // with the same values — and only the last message (the enable, or the kick without
+        // protocol features) is answered. A first start waits for every
         // answer, so that a refused ring is reported by the message at fault.
         let restart = self.reply_ack && self.accepted == Some(*queue);
         self.accepted = None;
@@ -182,12 +183,18 @@ impl VhostSession {
             f.set_vring_call(REQUEST_QUEUE, call)
                 .map_err(vhost_error("SET_VRING_CALL"))
         })();
+        // The kick too, when the enable follows and is answered.
+        if restart && !self.protocol_features {
+            f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        }
+        let kicked = started.and_then(|()| {
+            f.set_vring_kick(REQUEST_QUEUE, kick)
+                .map_err(vhost_error("SET_VRING_KICK"))
+        });
         if restart {
             f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
-        started?;
-        f.set_vring_kick(REQUEST_QUEUE, kick)
-            .map_err(vhost_error("SET_VRING_KICK"))?;
+        kicked?;
         self.ring_started = true;
         if self.protocol_features {
             f.set_vring_enable(REQUEST_QUEUE, true)
