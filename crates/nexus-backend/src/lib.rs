@@ -77,6 +77,7 @@ mod server;
 mod session;
 mod staging;
 mod stats;
+mod snapshots;
 mod store;
 mod sync;
 mod tenant;
