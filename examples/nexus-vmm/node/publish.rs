@@ -167,8 +167,8 @@ pub fn identity_digest(identity: &str) -> String {
 }
 
 /// A digest of the CPUID KVM supports on this host (every leaf and sub-leaf: features,
-/// the XSAVE size and layout of leaf 0xD): a snapshot's vCPU state restores on a host with
-/// the same.
+/// the XSAVE size and layout of leaf 0xD; not the APIC IDs of the CPU that asked): a
+/// snapshot's vCPU state restores on a host with the same.
 pub fn host_cpu() -> Result<String, String> {
     static CPU: OnceLock<Result<String, String>> = OnceLock::new();
     CPU.get_or_init(|| {
@@ -178,7 +178,16 @@ pub fn host_cpu() -> Result<String, String> {
             .map_err(|e| format!("cannot read the supported CPUID: {e}"))?;
         let mut hash = Sha256::new();
         for e in cpuid.as_slice() {
-            for word in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
+            // KVM reads some leaves on the CPU the ioctl ran on: leave out what names that
+            // CPU (its APIC IDs), which differs between two processes of one host.
+            let (mut eax, mut ebx, mut edx) = (e.eax, e.ebx, e.edx);
+            match e.function {
+                0x1 => ebx &= 0x00ff_ffff,
+                0xb | 0x1f => edx = 0,
+                0x8000_001e => (eax, ebx) = (0, 0),
+                _ => {}
+            }
+            for word in [e.function, e.index, e.flags, eax, ebx, e.ecx, edx] {
                 hash.update(word.to_le_bytes());
             }
         }
