@@ -187,7 +187,9 @@ impl Proc {
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 }
 
@@ -302,7 +304,14 @@ impl World {
     }
 
     fn start_host(&mut self, i: usize) {
-        ip(&["-n", &self.network.switch, "link", "set", &format!("v{i}"), "up"]);
+        ip(&[
+            "-n",
+            &self.network.switch,
+            "link",
+            "set",
+            &format!("v{i}"),
+            "up",
+        ]);
         let s3 = format!("http://{}", self.network.s3_address());
         let ns = self.network.hosts[i].clone();
         let host = &mut self.hosts[i];
@@ -336,9 +345,17 @@ impl World {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !socket.exists() {
             if let Some(status) = backend.exited() {
-                panic!("{}'s backend exited ({status}):\n{}", host.name, backend.log());
+                panic!(
+                    "{}'s backend exited ({status}):\n{}",
+                    host.name,
+                    backend.log()
+                );
             }
-            assert!(Instant::now() < deadline, "{}'s backend did not listen", host.name);
+            assert!(
+                Instant::now() < deadline,
+                "{}'s backend did not listen",
+                host.name
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let node_args: Vec<String> = [
@@ -402,7 +419,14 @@ impl World {
     /// Host `i` goes away: its link goes down (its packets are dropped, as a dead machine's
     /// are: no connection is refused) and its node and backend are killed.
     fn kill_host(&mut self, i: usize) {
-        ip(&["-n", &self.network.switch, "link", "set", &format!("v{i}"), "down"]);
+        ip(&[
+            "-n",
+            &self.network.switch,
+            "link",
+            "set",
+            &format!("v{i}"),
+            "down",
+        ]);
         let host = &mut self.hosts[i];
         if let Some(mut node) = host.node.take() {
             node.kill();
@@ -602,7 +626,11 @@ fn stateless_hosts_share_snapshots_and_fail_over() {
         m
     });
     eprintln!("functions per host: {per_host:?}");
-    assert_eq!(per_host.len(), HOSTS, "a host got no function: {per_host:?}");
+    assert_eq!(
+        per_host.len(),
+        HOSTS,
+        "a host got no function: {per_host:?}"
+    );
     let booted_snapshot: Vec<f64> = first.values().map(|(_, ms, _)| *ms).collect();
     let booted_total: Vec<f64> = first.values().map(|(_, _, ms)| *ms).collect();
 
@@ -719,9 +747,7 @@ fn stateless_hosts_share_snapshots_and_fail_over() {
     let hot = name(1);
     let spread: BTreeMap<String, usize> = std::thread::scope(|scope| {
         let callers: Vec<_> = (0..12)
-            .map(|_| {
-                scope.spawn(|| (0..10).map(|_| invoke(&bounded, &hot)).collect::<Vec<_>>())
-            })
+            .map(|_| scope.spawn(|| (0..10).map(|_| invoke(&bounded, &hot)).collect::<Vec<_>>()))
             .collect();
         let mut count = BTreeMap::new();
         for caller in callers {

@@ -35,7 +35,9 @@ impl Control {
 
     /// Sends `request` (and `payload` after it): the reply and the bytes after it.
     fn call(&mut self, request: &ControlRequest, payload: &[u8]) -> (ControlReply, Vec<u8>) {
-        self.writer.write_all(&encode_request(request, None)).unwrap();
+        self.writer
+            .write_all(&encode_request(request, None))
+            .unwrap();
         self.writer.write_all(payload).unwrap();
         let mut line = Vec::new();
         self.reader.read_until(b'\n', &mut line).unwrap();
@@ -92,16 +94,32 @@ fn round_trip(backend: &Backend, object: &dyn Fn(&str) -> std::path::PathBuf) {
     assert!(control.put("wc", "manifest", b"first", true).ok);
     let second = control.put("wc", "manifest", b"second", true);
     assert!(!second.ok);
-    assert_eq!(second.code.map(|c| c.as_str()), Some("exists"), "{second:?}");
+    assert_eq!(
+        second.code.map(|c| c.as_str()),
+        Some("exists"),
+        "{second:?}"
+    );
     assert_eq!(control.get("wc", "manifest").1, b"first");
     // What is not there, and names that are not segments.
     let (missing, _) = control.get("wc", "nothing");
-    assert_eq!(missing.code.map(|c| c.as_str()), Some("not_found"), "{missing:?}");
+    assert_eq!(
+        missing.code.map(|c| c.as_str()),
+        Some("not_found"),
+        "{missing:?}"
+    );
     for bad in ["../x", "a/b", "", ".."] {
         let reply = control.put("wc", bad, b"x", false);
-        assert_eq!(reply.code.map(|c| c.as_str()), Some("invalid"), "{bad}: {reply:?}");
+        assert_eq!(
+            reply.code.map(|c| c.as_str()),
+            Some("invalid"),
+            "{bad}: {reply:?}"
+        );
         let (reply, _) = control.get(bad, "manifest");
-        assert_eq!(reply.code.map(|c| c.as_str()), Some("invalid"), "{bad}: {reply:?}");
+        assert_eq!(
+            reply.code.map(|c| c.as_str()),
+            Some("invalid"),
+            "{bad}: {reply:?}"
+        );
     }
     // The connection is still in step.
     assert_eq!(control.get("wc", "manifest").1, b"first");

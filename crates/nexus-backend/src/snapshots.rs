@@ -15,7 +15,6 @@ use nexus_ring::control::{ControlReply, ErrorCode, MAX_SNAPSHOT_FILE, snapshot_k
 use crate::server::Backend;
 use crate::store::StoreError;
 
-
 impl Backend {
     /// Stores file `name` of the snapshot of `function` with `identity` (`create`: only if
     /// it does not exist); the reply to send.

@@ -104,9 +104,8 @@ impl StoreError {
     fn from_object_store(error: object_store::Error) -> Self {
         let mapped = match &error {
             object_store::Error::NotFound { .. } => StoreError::NotFound,
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-                StoreError::Exists
-            }
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => StoreError::Exists,
             object_store::Error::PermissionDenied { .. } => {
                 StoreError::PermissionDenied("forbidden".into())
             }

@@ -384,9 +384,16 @@ mod tests {
         // Only the directory itself is reserved.
         assert!(all.allows("nexus-systems/x"));
         assert!(all.allows("nexus-system"));
-        for bad in ["a=nexus-system", "a=nexus-system/", "a=nexus-system/snapshots"] {
+        for bad in [
+            "a=nexus-system",
+            "a=nexus-system/",
+            "a=nexus-system/snapshots",
+        ] {
             let error = Tenant::from_spec(&spec(bad), &store).unwrap_err();
-            assert!(error.to_string().contains("belong to the backend"), "{error}");
+            assert!(
+                error.to_string().contains("belong to the backend"),
+                "{error}"
+            );
         }
         assert!(Tenant::from_spec(&spec("a=nexus-systemic"), &store).is_ok());
     }

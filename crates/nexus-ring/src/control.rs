@@ -775,9 +775,10 @@ mod tests {
         assert_eq!(tag, Some(2));
         assert_eq!(request.payload_len(), 7);
         assert_eq!(request.vm(), None);
-        let (_, get) =
-            decode_request(r#"{"op":"snapshot_get","function":"f","identity":"ab12","name":"state"}"#)
-                .unwrap();
+        let (_, get) = decode_request(
+            r#"{"op":"snapshot_get","function":"f","identity":"ab12","name":"state"}"#,
+        )
+        .unwrap();
         assert_eq!(get.payload_len(), 0);
         assert_eq!(get.op(), "snapshot_get");
         assert_eq!(

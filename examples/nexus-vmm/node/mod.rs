@@ -512,7 +512,11 @@ impl Node {
         };
         if let Some(publisher) = &publisher {
             let metrics = &self.inner.metrics;
-            if self.inner.runtime.block_on(publisher.fetch(&spec.name, &identity, &dir, metrics)) {
+            if self
+                .inner
+                .runtime
+                .block_on(publisher.fetch(&spec.name, &identity, &dir, metrics))
+            {
                 match Snapshot::open(&SnapshotFiles::in_dir(&dir)) {
                     Ok(snapshot) => {
                         let _ = std::fs::write(&identity_path, &identity);

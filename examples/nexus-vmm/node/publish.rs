@@ -370,8 +370,8 @@ pub fn unpack(packed: &[u8], path: &Path) -> Result<()> {
     if packed.len() != pages_at.saturating_add(count.saturating_mul(PAGE as usize)) {
         bail!("the packed memory file has the wrong length");
     }
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("Cannot create {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("Cannot create {}", path.display()))?;
     file.set_len(len)?;
     for i in 0..count {
         let number = word(24 + i * 8)?;
@@ -414,7 +414,13 @@ impl Publisher {
     /// Writes the published snapshot of `function` with `identity` into `dir` if there is
     /// a valid one; `true` if it did. A refused or failed fetch is logged and counted, and
     /// leaves `dir` without snapshot files.
-    pub async fn fetch(&self, function: &str, identity: &str, dir: &Path, metrics: &Metrics) -> bool {
+    pub async fn fetch(
+        &self,
+        function: &str,
+        identity: &str,
+        dir: &Path,
+        metrics: &Metrics,
+    ) -> bool {
         match self.try_fetch(function, identity, dir).await {
             Ok(Some(node)) => {
                 log::info!(
@@ -552,11 +558,14 @@ impl Publisher {
                     } else {
                         match std::fs::read(&path) {
                             Ok(bytes) => bytes,
-                            Err(e) if e.kind() == std::io::ErrorKind::NotFound && name == "vm.ws" => {
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::NotFound && name == "vm.ws" =>
+                            {
                                 continue;
                             }
                             Err(e) => {
-                                return Err(e).with_context(|| format!("Cannot read {}", path.display()));
+                                return Err(e)
+                                    .with_context(|| format!("Cannot read {}", path.display()));
                             }
                         }
                     };
@@ -654,7 +663,10 @@ mod tests {
             check_manifest(&m, "other", "guest-crc32=1\n"),
             Err(Refusal::Identity)
         );
-        assert_eq!(check_manifest(&m, "wc", "guest-crc32=2\n"), Err(Refusal::Identity));
+        assert_eq!(
+            check_manifest(&m, "wc", "guest-crc32=2\n"),
+            Err(Refusal::Identity)
+        );
         let old = Manifest {
             vmm_version: "0.0.0-old".into(),
             ..manifest()
