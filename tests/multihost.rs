@@ -61,6 +61,10 @@ struct Network {
 impl Network {
     fn build() -> Network {
         let pid = std::process::id();
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root: its hosts are network namespaces (`ip netns add`)"
+        );
         let probe = Command::new("ip").args(["netns", "list"]).output();
         if !probe.as_ref().is_ok_and(|o| o.status.success()) {
             panic!(

@@ -26,9 +26,8 @@ impl Backend {
         bytes: Bytes,
         create: bool,
     ) -> ControlReply {
-        let key = match checked_key(function, identity, name) {
-            Ok(key) => key,
-            Err(reply) => return reply,
+        let Some(key) = checked_key(function, identity, name) else {
+            return bad_names();
         };
         let len = bytes.len();
         match self.store().put_bytes(&key, bytes, create).await {
@@ -55,9 +54,8 @@ impl Backend {
         identity: &str,
         name: &str,
     ) -> (ControlReply, Option<Bytes>) {
-        let key = match checked_key(function, identity, name) {
-            Ok(key) => key,
-            Err(reply) => return (reply, None),
+        let Some(key) = checked_key(function, identity, name) else {
+            return (bad_names(), None);
         };
         match self.store().fetch(&key, MAX_SNAPSHOT_FILE).await {
             Ok(bytes) => (
@@ -81,15 +79,18 @@ impl Backend {
     }
 }
 
-/// The key of a published snapshot's file, or the refusal of bad names.
-fn checked_key(function: &str, identity: &str, name: &str) -> Result<String, ControlReply> {
-    snapshot_key(function, identity, name).ok_or_else(|| {
-        ControlReply::refused(
-            ErrorCode::Invalid,
-            "a snapshot's function, identity and file name are 1 to 128 ASCII letters, digits, \
-             `-`, `_` or `.`",
-        )
-    })
+/// The key of a published snapshot's file, or `None` for bad names ([`bad_names`]).
+fn checked_key(function: &str, identity: &str, name: &str) -> Option<String> {
+    snapshot_key(function, identity, name)
+}
+
+/// The refusal of names that are not key segments.
+fn bad_names() -> ControlReply {
+    ControlReply::refused(
+        ErrorCode::Invalid,
+        "a snapshot's function, identity and file name are 1 to 128 ASCII letters, digits, \
+         `-`, `_` or `.`",
+    )
 }
 
 /// The code of a refusal for a store failure.
