@@ -2,9 +2,13 @@
 //! server (`nexus-load s3-server`, s3s-fs): `snapshot_put` and `snapshot_get` round trip
 //! bytes under `nexus-system/snapshots/`, a create-only put (the manifest's) is refused
 //! `exists` the second time, and a tenant cannot read or write the system prefix, not even
-//! one with the empty prefix.
+//! one with the empty prefix. Then nodes (`nexus-vmm serve`) over one backend: one
+//! publishes, one with the same key restores the published snapshot without booting, one
+//! with another key refuses it and takes its own (and does not publish over the first).
 
 mod common;
+#[path = "agent/node.rs"]
+mod node;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -271,4 +275,145 @@ fn publish_and_fetch_over_s3() {
     let object = |key: &str| bucket.join(key);
     round_trip(&backend, &object);
     tenant_cannot_reach_the_system_prefix(&backend, &|key| bucket.join(key).exists());
+}
+
+/// The sum of a node's series `series` (full name with labels).
+fn metric(node: &node::AgentNode, series: &str) -> f64 {
+    let answer = node.request("GET", "/metrics", "");
+    assert_eq!(answer.status, 200);
+    answer
+        .body
+        .lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l[series.len()..].trim().parse::<f64>().ok())
+        .sum()
+}
+
+fn snapshot_events(node: &node::AgentNode, how: &str) -> f64 {
+    metric(
+        node,
+        &format!("nexus_snapshot_events_total{{function=\"wc\",how=\"{how}\"}}"),
+    )
+}
+
+/// One invocation of `wc` that must count 3 words.
+fn count(node: &node::AgentNode) {
+    let answer = node.request(
+        "POST",
+        "/v1/functions/wc/invocations",
+        r#"{"input":"one two three"}"#,
+    );
+    assert_eq!(answer.status, 200, "{}\n{}", answer.body, node.log());
+    assert_eq!(answer.json()["output"].as_str().map(str::trim), Some("3"));
+}
+
+#[test]
+fn nodes_restore_what_another_node_published_with_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    let backend = Backend::local(dir.path(), &store);
+    let key = dir.path().join("key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap();
+    let other_key = dir.path().join("other-key");
+    std::fs::write(&other_key, "an entirely different key").unwrap();
+    let functions = [("wc", node::function("wordcount", ""))];
+    let start = |name: &str, key: &Path, publish: bool| {
+        let node_dir = dir.path().join(name);
+        std::fs::create_dir_all(&node_dir).unwrap();
+        let mut args = vec![
+            "--node-name",
+            name,
+            "--snapshot-key-file",
+            key.to_str().unwrap(),
+        ];
+        if publish {
+            args.push("--publish-snapshots");
+        }
+        let node = node::AgentNode::start(&node_dir, &backend.socket, &functions, &args);
+        node.wait_listening(Duration::from_secs(60));
+        node
+    };
+
+    // The first node boots, snapshots and publishes.
+    let first = start("first", &key, true);
+    count(&first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while snapshot_events(&first, "published") < 1.0 {
+        assert!(Instant::now() < deadline, "not published:\n{}", first.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(snapshot_events(&first, "taken"), 1.0);
+    assert_eq!(snapshot_events(&first, "fetch_missing"), 1.0);
+    let published = store.join("nexus-system/snapshots/wc");
+    assert!(published.is_dir());
+
+    // Same key: the published snapshot, no boot.
+    let second = start("second", &key, true);
+    count(&second);
+    count(&second);
+    assert_eq!(snapshot_events(&second, "fetched"), 1.0, "{}", second.log());
+    assert_eq!(snapshot_events(&second, "taken"), 0.0);
+    assert_eq!(
+        metric(
+            &second,
+            "nexus_vm_starts_total{function=\"wc\",how=\"boot\"}"
+        ),
+        0.0
+    );
+
+    // Another key: refused, its own snapshot taken, and the first manifest stays.
+    let manifest = std::fs::read_dir(&published)
+        .unwrap()
+        .flatten()
+        .map(|identity| identity.path().join("manifest"))
+        .next()
+        .unwrap();
+    let before = std::fs::read(&manifest).unwrap();
+    let third = start("third", &other_key, true);
+    count(&third);
+    assert_eq!(
+        snapshot_events(&third, "refused_hmac"),
+        1.0,
+        "{}",
+        third.log()
+    );
+    assert_eq!(snapshot_events(&third, "taken"), 1.0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while snapshot_events(&third, "publish_exists") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no publish attempt:\n{}",
+            third.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read(&manifest).unwrap(), before);
+
+    // A tampered file is refused by its hash, and the node boots.
+    let object = std::fs::read_dir(manifest.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("vm.state.")
+        })
+        .unwrap();
+    let mut bytes = std::fs::read(&object).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&object, bytes).unwrap();
+    let fourth = start("fourth", &key, false);
+    count(&fourth);
+    assert_eq!(
+        snapshot_events(&fourth, "refused_hash"),
+        1.0,
+        "{}",
+        fourth.log()
+    );
+    assert_eq!(snapshot_events(&fourth, "taken"), 1.0);
 }
