@@ -350,7 +350,8 @@ pub fn pack(path: &Path) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Writes the sparse file `packed` describes at `path` (holes where it has no page).
+/// Writes the sparse file `packed` describes at `path` (holes where it has no page). Not
+/// synced: a fetched snapshot is a cache, checked (CRCs) whenever it is opened again.
 pub fn unpack(packed: &[u8], path: &Path) -> Result<()> {
     let word = |at: usize| -> Result<u64> {
         let bytes = packed
@@ -381,7 +382,6 @@ pub fn unpack(packed: &[u8], path: &Path) -> Result<()> {
         let start = pages_at + i * PAGE as usize;
         file.write_all_at(&packed[start..start + n], offset)?;
     }
-    file.sync_all()?;
     Ok(())
 }
 
@@ -507,7 +507,6 @@ impl Publisher {
                     let mut out = std::fs::File::create(&path)
                         .with_context(|| format!("Cannot create {}", path.display()))?;
                     out.write_all(&bytes)?;
-                    out.sync_all()?;
                 }
             }
             Ok(())
