@@ -1133,6 +1133,39 @@ mod tests {
     }
 
     #[test]
+    fn create_only_puts_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
+        let key = "nexus-system/snapshots/f/i/manifest";
+        let outcomes: Vec<_> = (0..8u8)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || (i, store.put_new(key, &[i; 100])))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let winners: Vec<u8> = outcomes
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(winners.len(), 1, "{outcomes:?}");
+        for (_, r) in &outcomes {
+            assert!(matches!(r, Ok(()) | Err(StoreError::Exists)), "{r:?}");
+        }
+        assert_eq!(&store.fetch(key, 1000).unwrap()[..], &[winners[0]; 100][..]);
+        // The losers' staged files are gone.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(STAGING_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
     fn local_store_round_trip_and_listing() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path()).unwrap();
