@@ -507,6 +507,7 @@ fn demo() -> Result<()> {
             wait_timeout: Duration::from_secs(1),
             vcpu_threads: node::VcpuThreads::Pool,
             net: node::NetSettings::default(),
+            publish: None,
         },
         node::registry::load_dir(&functions_dir)?,
         runtime.handle().clone(),

@@ -85,6 +85,17 @@ pub struct ServeArgs {
     /// the node: `/readyz` says 503 meanwhile); the node gives up after it.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     backend_wait: Duration,
+    /// Share snapshots with other nodes through the backend: the key the nodes share (a
+    /// file of hex, or of at least 16 raw bytes) that authenticates the published
+    /// manifests. With it, a function without a snapshot here restores the one another node
+    /// published (if its manifest verifies and matches this host) rather than booting.
+    #[arg(long, value_name = "FILE")]
+    snapshot_key_file: Option<PathBuf>,
+    /// Publish the snapshots this node takes (of nexus-io functions; net functions' hold
+    /// credentials and are never published), unless one is published already. Needs
+    /// --snapshot-key-file.
+    #[arg(long, requires = "snapshot_key_file")]
+    publish_snapshots: bool,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -221,6 +232,15 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         (None, Some(e)) => e.socket().to_path_buf(),
         (None, None) => unreachable!("checked above"),
     };
+    let node_name = args.node_name.clone().unwrap_or_else(hostname);
+    let publish = match &args.snapshot_key_file {
+        None => None,
+        Some(path) => Some(crate::node::publish::PublishConfig {
+            key: crate::node::publish::PublishConfig::read_key(path)?,
+            publish: args.publish_snapshots,
+            node: node_name.clone(),
+        }),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.control_threads))
         .max_blocking_threads(args.max_vms + 64)
@@ -247,11 +267,11 @@ pub fn serve(args: ServeArgs) -> Result<()> {
                 },
                 wait_timeout: Duration::from_millis(args.net.net_wait_timeout_ms.max(1)),
             },
+            publish,
         },
         functions,
         runtime.handle().clone(),
     )?;
-    let node_name = args.node_name.clone().unwrap_or_else(hostname);
     let agent = Arc::new(
         http::Agent::new(&node_name)
             .with_context(|| format!("--node-name {node_name:?} cannot be a header's value"))?,

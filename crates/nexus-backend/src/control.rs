@@ -11,6 +11,8 @@
 //! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"}\|{"binary":N},"output":"KEY"?,"return_output":false?,"binary":true?}` (with `{"binary":N}`, N raw bytes of input follow the line) | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…},"bytes_in":N,"bytes_out":N,"requests":N}` once the function completed (with `"binary":true`, the result's raw bytes follow it) |
 //! | `{"op":"parked","vm":"ID","timeout_ms":N?}` | `{"ok":true}` once a `NEXT` of the VM is parked |
 //! | `{"op":"stats"}` | `{"ok":true,"stats":{"pid":N,"vms":N,"in_flight":N,…}}` ([`BackendStats`]) |
+//! | `{"op":"snapshot_put","function":"F","identity":"I","name":"N","len":L,"create":true?}` (L raw bytes follow the line) | `{"ok":true}` once `nexus-system/snapshots/F/I/N` is durable; with `create`, `exists` if it was there ([`crate::snapshots`]) |
+//! | `{"op":"snapshot_get","function":"F","identity":"I","name":"N"}` | `{"ok":true,"output_len":L,"output_encoding":"binary"}` and the L bytes of the file |
 //! | anything else | `{"ok":false,"error":"MESSAGE","code":"CODE"}` |
 //!
 //! Every refusal carries an [`ErrorCode`] (`code`) that says whose fault it is: an input
@@ -450,6 +452,40 @@ impl Backend {
                 stats: Some(self.stats()),
                 ..ControlReply::ok()
             }),
+            ControlRequest::SnapshotPut {
+                function,
+                identity,
+                name,
+                len,
+                create,
+            } => {
+                let bytes = match input {
+                    Some(bytes) => bytes,
+                    None if len == 0 => Bytes::new(),
+                    None => {
+                        return Answer::reply(ControlReply::refused(
+                            ErrorCode::Internal,
+                            "the file's bytes were not read",
+                        ));
+                    }
+                };
+                Answer::reply(
+                    self.snapshot_put(&function, &identity, &name, bytes, create == Some(true))
+                        .await,
+                )
+            }
+            ControlRequest::SnapshotGet {
+                function,
+                identity,
+                name,
+            } => {
+                let (reply, payload) = self.snapshot_get(&function, &identity, &name).await;
+                Answer {
+                    reply,
+                    payload,
+                    ..Answer::default()
+                }
+            }
         }
     }
 

@@ -75,6 +75,7 @@ mod prefetch;
 mod scan_rate;
 mod server;
 mod session;
+mod snapshots;
 mod staging;
 mod stats;
 mod store;

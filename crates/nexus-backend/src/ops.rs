@@ -548,6 +548,11 @@ async fn list(
         .await
         .map_err(|e| Reply::from_store(&e))?;
     session.list_rate.charge(looked);
+    // A tenant with the empty prefix lists the whole store but the backend's own objects.
+    let entries: Vec<ObjectInfo> = entries
+        .into_iter()
+        .filter(|e| tenant.allows(&e.key))
+        .collect();
     log::debug!(
         "vm {}: LIST page of {} entries looked at {looked} (waited {debt:?} first)",
         session.vm,

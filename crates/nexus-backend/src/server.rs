@@ -408,6 +408,11 @@ impl Backend {
             .map_err(|e| format!("Storing the output at `{key}` failed: {e}"))
     }
 
+    /// The store.
+    pub(crate) fn store(&self) -> &crate::store::Store {
+        &self.shared.engine.store
+    }
+
     /// VM `vm`'s session (it outlives a detach while held).
     pub(crate) fn session(&self, vm: &str) -> Result<Arc<Session>> {
         lock(&self.shared.vms)

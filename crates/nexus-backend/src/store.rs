@@ -65,6 +65,9 @@ pub(crate) enum StoreError {
     /// The object is larger than the caller can take.
     #[error("the object is {0} bytes, more than fits")]
     TooLarge(u64),
+    /// A create-only PUT found the object there already.
+    #[error("the object exists already")]
+    Exists,
     /// A backend failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -79,7 +82,9 @@ impl StoreError {
             StoreError::InvalidKey(_) => Status::InvalidRequest,
             StoreError::Unavailable(_) => Status::BackendUnavailable,
             StoreError::TooLarge(_) => Status::TooLarge,
-            StoreError::Conflict(_) | StoreError::Internal(_) => Status::Internal,
+            StoreError::Conflict(_) | StoreError::Exists | StoreError::Internal(_) => {
+                Status::Internal
+            }
         }
     }
 
@@ -99,6 +104,8 @@ impl StoreError {
     fn from_object_store(error: object_store::Error) -> Self {
         let mapped = match &error {
             object_store::Error::NotFound { .. } => StoreError::NotFound,
+            object_store::Error::AlreadyExists { .. }
+            | object_store::Error::Precondition { .. } => StoreError::Exists,
             object_store::Error::PermissionDenied { .. } => {
                 StoreError::PermissionDenied("forbidden".into())
             }
@@ -222,8 +229,9 @@ impl Store {
             StoreUrl::File(dir) => Ok(Store::Local(Arc::new(LocalStore::open(dir)?))),
             StoreUrl::S3 { bucket } => {
                 let s3 = &config.s3;
-                let mut builder =
-                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(STORE_RETRY.clone());
                 if let Some(endpoint) = &s3.endpoint {
                     builder = builder
                         .with_endpoint(endpoint)
@@ -296,6 +304,47 @@ impl Store {
                 blocking(move || local.put(&key, &source)).await
             }
             Store::Remote(store) => remote_put(store.as_ref(), key, source, staging).await,
+        }
+    }
+
+    /// Stores `key` durably from `bytes`; with `create`, only if no object `key` exists
+    /// ([`StoreError::Exists`] otherwise): the file store links the staged file into place
+    /// (atomic), S3 sends `If-None-Match: *` (object_store's `PutMode::Create`; atomic on
+    /// AWS S3, a check before the write on s3s-fs).
+    pub(crate) async fn put_bytes(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        create: bool,
+    ) -> std::result::Result<(), StoreError> {
+        match self {
+            Store::Local(local) => {
+                let (local, key) = (local.clone(), key.to_owned());
+                blocking(move || {
+                    if create {
+                        local.put_new(&key, &bytes)
+                    } else {
+                        local.put(&key, &PutSource::Owned(bytes))
+                    }
+                })
+                .await
+            }
+            Store::Remote(store) => {
+                let mode = if create {
+                    object_store::PutMode::Create
+                } else {
+                    object_store::PutMode::Overwrite
+                };
+                store
+                    .put_opts(
+                        &Self::path(key)?,
+                        PutPayload::from(bytes),
+                        object_store::PutOptions::from(mode),
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(StoreError::from_object_store)
+            }
         }
     }
 
@@ -384,6 +433,20 @@ impl Store {
         }
     }
 }
+
+/// How a failed S3 request is retried: 4 times, from 100 ms apart doubling up to 2 s, and
+/// not past 15 s (object_store's default goes on for up to 3 minutes: a store out of reach
+/// held every request that long rather than failing it).
+static STORE_RETRY: std::sync::LazyLock<object_store::RetryConfig> =
+    std::sync::LazyLock::new(|| object_store::RetryConfig {
+        backoff: object_store::BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 4,
+        retry_timeout: std::time::Duration::from_secs(15),
+    });
 
 /// The most bytes a GET from the local store reads on the async worker, from the page cache.
 const CACHED_READ_MAX: u64 = 256 << 10;
@@ -790,6 +853,30 @@ impl LocalStore {
         result
     }
 
+    /// [`put`](Self::put) of `bytes` if no object `key` exists: the staged file is hard-linked
+    /// into place, which fails if the name is taken.
+    fn put_new(&self, key: &str, bytes: &[u8]) -> std::result::Result<(), StoreError> {
+        let target = self.file_of(key)?;
+        let (temp, mut file) = self.temp_file()?;
+        let result = (|| {
+            file.write_all(bytes).map_err(StoreError::from_io)?;
+            file.sync_all().map_err(StoreError::from_io)?;
+            let parent = target.parent().unwrap_or(&self.root);
+            let created = self.create_dirs(parent)?;
+            fs::hard_link(&temp, &target).map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => StoreError::Exists,
+                _ => conflict_or_unavailable(&e),
+            })?;
+            sync_dir(parent)?;
+            for dir in &created {
+                sync_dir(dir.parent().unwrap_or(&self.root))?;
+            }
+            Ok(())
+        })();
+        let _ = fs::remove_file(&temp);
+        result
+    }
+
     /// Creates the directories of `dir` that are missing, outermost first; the ones it found
     /// missing (a concurrent PUT may have made some of them meanwhile: their parents need a
     /// sync all the same before this PUT is acknowledged).
@@ -1043,6 +1130,39 @@ mod tests {
                 Err(StoreError::NotFound)
             ));
         });
+    }
+
+    #[test]
+    fn create_only_puts_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
+        let key = "nexus-system/snapshots/f/i/manifest";
+        let outcomes: Vec<_> = (0..8u8)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || (i, store.put_new(key, &[i; 100])))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let winners: Vec<u8> = outcomes
+            .iter()
+            .filter(|(_, r)| r.is_ok())
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(winners.len(), 1, "{outcomes:?}");
+        for (_, r) in &outcomes {
+            assert!(matches!(r, Ok(()) | Err(StoreError::Exists)), "{r:?}");
+        }
+        assert_eq!(&store.fetch(key, 1000).unwrap()[..], &[winners[0]; 100][..]);
+        // The losers' staged files are gone.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(STAGING_DIR))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! - A non-empty prefix always denotes a "directory": `a` and `a/` both mean the prefix `a/`,
 //!   so tenant `a` can never reach `ab/…`.
 //! - Without any `--tenant`, one tenant `default` with the empty prefix exists.
+//! - Keys under [`SYSTEM_PREFIX`] (`nexus-system/`: published snapshots) belong to the
+//!   backend: no tenant may touch them, not even one with the empty prefix, and no tenant's
+//!   prefix may be or lie under it.
 //! - No two tenants overlap: neither prefix may start with the other (so equal prefixes, and
 //!   the empty prefix beside any other tenant, are refused at start). A single tenant may
 //!   have the empty prefix.
@@ -29,6 +32,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use nexus_ring::limits::MAX_KEY_LEN;
+
+pub(crate) use nexus_ring::control::SYSTEM_PREFIX;
 
 use crate::config::{StoreUrl, TenantSpec, VmLimits, valid_name};
 use crate::error::{Error, Result};
@@ -64,6 +69,11 @@ impl Tenant {
         let trimmed = prefix.strip_suffix('/').unwrap_or(prefix);
         if !trimmed.is_empty() {
             check_key(trimmed).map_err(|reason| invalid(&format!("bad prefix: {reason}")))?;
+        }
+        if !trimmed.is_empty() && format!("{trimmed}/").starts_with(SYSTEM_PREFIX) {
+            return Err(invalid(&format!(
+                "keys under `{SYSTEM_PREFIX}` belong to the backend"
+            )));
         }
         let prefix = if trimmed.is_empty() {
             String::new()
@@ -135,9 +145,10 @@ impl Tenant {
             || self.control_gids.contains(&gid)
     }
 
-    /// Whether a VM of this tenant may touch `key`.
+    /// Whether a VM of this tenant may touch `key` (or list prefix `key`): it is under the
+    /// tenant's prefix and not under [`SYSTEM_PREFIX`].
     pub fn allows(&self, key: &str) -> bool {
-        key.starts_with(&self.prefix)
+        key.starts_with(&self.prefix) && !key.starts_with(SYSTEM_PREFIX)
     }
 
     /// Checks that `key` is a valid object key (see the module docs) that a VM of this
@@ -361,6 +372,30 @@ mod tests {
             let checked = parsed.and_then(|s| Tenant::from_spec(&s, &store));
             assert!(checked.is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_system_prefix_belongs_to_no_tenant() {
+        let store = StoreUrl::File(PathBuf::from("/srv"));
+        let all = Tenant::from_spec(&spec("all="), &store).unwrap();
+        assert!(!all.allows("nexus-system/snapshots/f/i/manifest"));
+        assert!(!all.allows(SYSTEM_PREFIX));
+        assert!(all.check_object_key("nexus-system/x").is_err());
+        // Only the directory itself is reserved.
+        assert!(all.allows("nexus-systems/x"));
+        assert!(all.allows("nexus-system"));
+        for bad in [
+            "a=nexus-system",
+            "a=nexus-system/",
+            "a=nexus-system/snapshots",
+        ] {
+            let error = Tenant::from_spec(&spec(bad), &store).unwrap_err();
+            assert!(
+                error.to_string().contains("belong to the backend"),
+                "{error}"
+            );
+        }
+        assert!(Tenant::from_spec(&spec("a=nexus-systemic"), &store).is_ok());
     }
 
     #[test]

@@ -65,7 +65,51 @@ pub const OPS: &[(&str, &str)] = &[
         "stats",
         "the backend's figures: VMs, queue depth, traffic, memory, CPU",
     ),
+    (
+        "snapshot_put",
+        "store file `name` of a published snapshot of `function` (`len` raw bytes follow the line) under the system prefix; `create`: only if it does not exist yet",
+    ),
+    (
+        "snapshot_get",
+        "read file `name` of a published snapshot of `function`; its raw bytes follow the reply",
+    ),
 ];
+
+/// The key prefix of the objects the backend keeps for itself (published snapshots): no
+/// tenant may read, write or list under it, and no tenant's prefix may overlap it.
+pub const SYSTEM_PREFIX: &str = "nexus-system/";
+
+/// The largest file a `snapshot_put` carries (the binary input limit).
+pub const MAX_SNAPSHOT_FILE: u64 = MAX_BINARY_INPUT;
+
+/// Whether `part` may be one segment of a published snapshot's key (a function name, an
+/// identity, a file name): 1 to 128 ASCII letters, digits, `-`, `_` or `.`, and not `.` or
+/// `..`.
+pub fn valid_snapshot_segment(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 128
+        && part != "."
+        && part != ".."
+        && part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The object key of file `name` of the snapshot of `function` with `identity`:
+/// `nexus-system/snapshots/{function}/{identity}/{name}`, if every part is a valid segment
+/// ([`valid_snapshot_segment`]).
+pub fn snapshot_key(function: &str, identity: &str, name: &str) -> Option<String> {
+    if [function, identity, name]
+        .iter()
+        .all(|part| valid_snapshot_segment(part))
+    {
+        Some(alloc::format!(
+            "{SYSTEM_PREFIX}snapshots/{function}/{identity}/{name}"
+        ))
+    } else {
+        None
+    }
+}
 
 /// One control request (its `op` field names the variant).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +177,36 @@ pub enum ControlRequest {
     },
     /// Report [`BackendStats`].
     Stats {},
+    /// Store file `name` of the published snapshot of `function` with `identity` under
+    /// [`SYSTEM_PREFIX`] ([`snapshot_key`]); its `len` raw bytes follow the request line (at
+    /// most [`MAX_SNAPSHOT_FILE`]). With `create`, only if no such object exists: a second
+    /// publisher is refused [`ErrorCode::Exists`].
+    #[serde(rename = "snapshot_put")]
+    SnapshotPut {
+        /// The function's name.
+        function: String,
+        /// What the snapshot was taken of (a digest).
+        identity: String,
+        /// The file's name.
+        name: String,
+        /// The bytes that follow the line.
+        len: u64,
+        /// Store it only if it does not exist yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        create: Option<bool>,
+    },
+    /// Read file `name` of the published snapshot of `function` with `identity`: the reply
+    /// has `"output_encoding":"binary"` and is followed by its `output_len` raw bytes; a file
+    /// that does not exist is refused [`ErrorCode::NotFound`].
+    #[serde(rename = "snapshot_get")]
+    SnapshotGet {
+        /// The function's name.
+        function: String,
+        /// What the snapshot was taken of (a digest).
+        identity: String,
+        /// The file's name.
+        name: String,
+    },
 }
 
 impl ControlRequest {
@@ -145,7 +219,9 @@ impl ControlRequest {
             | ControlRequest::Reset { vm }
             | ControlRequest::Invoke { vm, .. }
             | ControlRequest::Parked { vm, .. } => Some(vm),
-            ControlRequest::Stats {} => None,
+            ControlRequest::Stats {}
+            | ControlRequest::SnapshotPut { .. }
+            | ControlRequest::SnapshotGet { .. } => None,
         }
     }
 
@@ -157,6 +233,7 @@ impl ControlRequest {
                 input: ControlInput::Binary(len),
                 ..
             } => *len,
+            ControlRequest::SnapshotPut { len, .. } => *len,
             _ => 0,
         }
     }
@@ -171,6 +248,8 @@ impl ControlRequest {
             ControlRequest::Invoke { .. } => "invoke",
             ControlRequest::Parked { .. } => "parked",
             ControlRequest::Stats {} => "stats",
+            ControlRequest::SnapshotPut { .. } => "snapshot_put",
+            ControlRequest::SnapshotGet { .. } => "snapshot_get",
         }
     }
 }
@@ -217,6 +296,9 @@ pub enum ErrorCode {
     Unavailable,
     /// `internal`: anything else.
     Internal,
+    /// `exists`: a `snapshot_put` with `create` found the object there already (another
+    /// publisher was first).
+    Exists,
     /// A code of a later version.
     #[serde(other)]
     Other,
@@ -233,6 +315,7 @@ impl ErrorCode {
             ErrorCode::Throttled => "throttled",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Exists => "exists",
             ErrorCode::Other => "other",
         }
     }
@@ -656,6 +739,7 @@ mod tests {
             ErrorCode::Throttled,
             ErrorCode::Unavailable,
             ErrorCode::Internal,
+            ErrorCode::Exists,
         ] {
             let line = ControlReply::refused(code, "x").to_line();
             assert!(
@@ -680,6 +764,33 @@ mod tests {
             panic!("a reply")
         };
         assert_eq!(reply.code, None);
+    }
+
+    #[test]
+    fn snapshot_requests_and_keys() {
+        let (tag, request) = decode_request(
+            r#"{"op":"snapshot_put","function":"f","identity":"ab12","name":"state","len":7,"create":true,"tag":2}"#,
+        )
+        .unwrap();
+        assert_eq!(tag, Some(2));
+        assert_eq!(request.payload_len(), 7);
+        assert_eq!(request.vm(), None);
+        let (_, get) = decode_request(
+            r#"{"op":"snapshot_get","function":"f","identity":"ab12","name":"state"}"#,
+        )
+        .unwrap();
+        assert_eq!(get.payload_len(), 0);
+        assert_eq!(get.op(), "snapshot_get");
+        assert_eq!(
+            snapshot_key("wc-1", "ab12", "manifest").as_deref(),
+            Some("nexus-system/snapshots/wc-1/ab12/manifest")
+        );
+        for bad in ["", ".", "..", "a/b", "a b", "é"] {
+            assert_eq!(snapshot_key(bad, "i", "n"), None, "{bad}");
+            assert_eq!(snapshot_key("f", bad, "n"), None, "{bad}");
+            assert_eq!(snapshot_key("f", "i", bad), None, "{bad}");
+        }
+        assert!(snapshot_key(&"x".repeat(129), "i", "n").is_none());
     }
 
     #[test]
@@ -723,6 +834,18 @@ mod tests {
                 timeout_ms: None,
             },
             ControlRequest::Stats {},
+            ControlRequest::SnapshotPut {
+                function: "f".into(),
+                identity: "i".into(),
+                name: "n".into(),
+                len: 3,
+                create: Some(true),
+            },
+            ControlRequest::SnapshotGet {
+                function: "f".into(),
+                identity: "i".into(),
+                name: "n".into(),
+            },
         ];
         assert_eq!(requests.len(), OPS.len());
         for request in &requests {

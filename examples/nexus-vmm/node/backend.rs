@@ -1,5 +1,5 @@
 //! The node's client of the backend's control socket for what is the node's business:
-//! invocations, `parked`, `stats`, `detach` (a VM's own device speaks `attach`/`hint` on
+//! invocations, `parked`, `stats`, `detach`, published snapshots (a VM's own device speaks `attach`/`hint` on
 //! its own connection, `nexus_io::ControlClient`).
 //!
 //! Event-driven: one connection carries every request in flight, each with a tag; a reader
@@ -217,6 +217,54 @@ impl BackendClient {
         self.request(ControlRequest::Reset { vm: vm.to_owned() })
             .await
             .map(drop)
+    }
+
+    /// Stores file `name` of the published snapshot of `function` with `identity` through
+    /// the backend (`create`: only if it does not exist; a refusal with
+    /// [`ErrorCode::Exists`] otherwise).
+    pub async fn snapshot_put(
+        &self,
+        function: &str,
+        identity: &str,
+        name: &str,
+        bytes: Bytes,
+        create: bool,
+    ) -> Result<(), BackendError> {
+        self.request_with(
+            ControlRequest::SnapshotPut {
+                function: function.to_owned(),
+                identity: identity.to_owned(),
+                name: name.to_owned(),
+                len: bytes.len() as u64,
+                create: create.then_some(true),
+            },
+            Some(bytes),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Reads file `name` of the published snapshot of `function` with `identity` (a refusal
+    /// with [`ErrorCode::NotFound`] if there is none).
+    pub async fn snapshot_get(
+        &self,
+        function: &str,
+        identity: &str,
+        name: &str,
+    ) -> Result<Bytes, BackendError> {
+        let (reply, bytes) = self
+            .request(ControlRequest::SnapshotGet {
+                function: function.to_owned(),
+                identity: identity.to_owned(),
+                name: name.to_owned(),
+            })
+            .await?;
+        if !reply.binary() {
+            return Err(BackendError::Malformed(
+                "a snapshot_get reply without its bytes".into(),
+            ));
+        }
+        Ok(bytes)
     }
 
     /// Sends `request` with a fresh tag and waits for its reply (and the bytes after it).

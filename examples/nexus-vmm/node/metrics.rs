@@ -161,6 +161,7 @@ pub struct Metrics {
     tap_setup: Histogram,
     reset: Histogram,
     vm_starts: Family<HowLabels, Counter>,
+    snapshot_events: Family<HowLabels, Counter>,
     vm_stops: Family<ReasonLabels, Counter>,
     rejected: Family<StatusLabels, Counter>,
     events_queued: Family<FunctionLabels, Counter>,
@@ -195,6 +196,7 @@ impl Metrics {
             tap_setup: Histogram::new(TAP_SETUP_BUCKETS.iter().copied()),
             reset: Histogram::new(TAP_SETUP_BUCKETS.iter().copied()),
             vm_starts: Family::default(),
+            snapshot_events: Family::default(),
             vm_stops: Family::default(),
             rejected: Family::default(),
             events_queued: Family::default(),
@@ -269,6 +271,14 @@ impl Metrics {
             "nexus_vm_starts",
             "VMs started, by function and how (restore from the snapshot, or boot)",
             self.vm_starts.clone(),
+        );
+        r.register(
+            "nexus_snapshot_events",
+            "Snapshots of functions, by function and how: taken (booted), reused (left by an \
+             earlier run), fetched (published by another node), fetch_missing, fetch_failed, \
+             refused_<why> (a published one not trusted or not for this host), published, \
+             publish_exists (another node was first), publish_failed",
+            self.snapshot_events.clone(),
         );
         r.register(
             "nexus_vm_stops",
@@ -371,6 +381,16 @@ impl Metrics {
     /// Records a VM started for `function` (`restore` or `boot`).
     pub fn vm_started(&self, function: &str, how: &'static str) {
         self.vm_starts
+            .get_or_create(&HowLabels {
+                function: function.to_owned(),
+                how,
+            })
+            .inc();
+    }
+
+    /// Records what happened to `function`'s snapshot (see `nexus_snapshot_events`).
+    pub fn snapshot_event(&self, function: &str, how: &'static str) {
+        self.snapshot_events
             .get_or_create(&HowLabels {
                 function: function.to_owned(),
                 how,

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod netplane;
 pub mod netvm;
+pub mod publish;
 pub mod registry;
 pub mod scheduler;
 pub mod vm;
@@ -79,6 +80,9 @@ pub struct NodeConfig {
     pub vcpu_threads: VcpuThreads,
     /// How net functions are run.
     pub net: NetSettings,
+    /// Snapshots shared with other nodes through the backend (none: every node takes its
+    /// own).
+    pub publish: Option<publish::PublishConfig>,
 }
 
 /// How the vCPUs of nexus-io VMs run (net VMs' vCPUs always have threads of their own).
@@ -485,6 +489,7 @@ impl Node {
                         spec.name,
                         dir.display()
                     );
+                    self.inner.metrics.snapshot_event(&spec.name, "reused");
                     let snapshot = Arc::new(snapshot);
                     *slot = Some(snapshot.clone());
                     return Ok(snapshot);
@@ -497,6 +502,35 @@ impl Node {
             }
         }
         let _ = std::fs::remove_file(&identity_path);
+        // A snapshot another node published, if the node shares them (never a net function's:
+        // it holds the guest's credentials).
+        let publisher = match (&boot, &self.inner.config.publish) {
+            (Boot::Nexus, Some(config)) => {
+                Some(publish::Publisher::new(config, &self.inner.backend))
+            }
+            _ => None,
+        };
+        if let Some(publisher) = &publisher {
+            let metrics = &self.inner.metrics;
+            if self
+                .inner
+                .runtime
+                .block_on(publisher.fetch(&spec.name, &identity, &dir, metrics))
+            {
+                match Snapshot::open(&SnapshotFiles::in_dir(&dir)) {
+                    Ok(snapshot) => {
+                        let _ = std::fs::write(&identity_path, &identity);
+                        let snapshot = Arc::new(snapshot);
+                        *slot = Some(snapshot.clone());
+                        return Ok(snapshot);
+                    }
+                    Err(e) => log::warn!(
+                        "function {}: the fetched snapshot does not open ({e}); taking one",
+                        spec.name
+                    ),
+                }
+            }
+        }
         let vm_id = self.vm_id(&spec.name, "snapshot");
         let taken = match &boot {
             Boot::Nexus => {
@@ -529,6 +563,7 @@ impl Node {
         }
         .with_context(|| format!("Cannot snapshot function `{}`", spec.name))?;
         self.inner.metrics.vm_started(&spec.name, "boot");
+        self.inner.metrics.snapshot_event(&spec.name, "taken");
         log::info!(
             "function {}: snapshot taken in {} (parked after {:.1} ms, {} pages, saved in {:.1} ms)",
             spec.name,
@@ -538,11 +573,18 @@ impl Node {
             taken.report.total.as_secs_f64() * 1e3
         );
         let snapshot = Arc::new(Snapshot::open(&SnapshotFiles::in_dir(&dir))?);
-        if let Err(e) = std::fs::write(&identity_path, identity) {
+        if let Err(e) = std::fs::write(&identity_path, &identity) {
             log::warn!(
                 "function {}: cannot record the snapshot's identity: {e}",
                 spec.name
             );
+        }
+        if let Some(publisher) = publisher {
+            let (node, name) = (self.clone(), spec.name.clone());
+            self.inner.runtime.spawn(async move {
+                let metrics = &node.inner.metrics;
+                publisher.publish(&name, &identity, &dir, metrics).await;
+            });
         }
         *slot = Some(snapshot.clone());
         Ok(snapshot)
