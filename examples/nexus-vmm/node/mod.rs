@@ -761,19 +761,22 @@ impl Node {
             return (vm, true);
         }
         let t0 = Instant::now();
-        if let Err(e) = self.inner.backend.reset(&vm.id).await {
-            log::warn!(
-                "vm {}: the backend's reset failed: {e}; stopping the VM",
-                vm.id
-            );
-            return (vm, false);
-        }
-        let backend = t0.elapsed();
+        // The backend's reset (queued invocations, prefetch cache) runs while the VM's own
+        // reset does; the queue starts again only once both are done.
+        let (backend_done, backend_result) = std::sync::mpsc::channel::<Result<(), String>>();
+        let id = vm.id.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let report = vm.reset(ram_reset());
+            let report = vm.reset(ram_reset(), || match backend_result.recv() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => bail!("the backend's reset failed: {e}"),
+                Err(_) => bail!("the backend's reset was not answered"),
+            });
             let _ = tx.send((vm, report));
         });
+        let backend = self.inner.backend.reset(&id).await;
+        let backend_time = t0.elapsed();
+        let _ = backend_done.send(backend.map_err(|e| e.to_string()));
         let (vm, report) = rx.await.expect("the reset task hands the VM back");
         match report {
             Ok(r) => {
@@ -783,11 +786,11 @@ impl Node {
                 log::debug!(
                     "vm {}: reset in {:.0} us: backend {:.0}, vcpu stop {:.0}, queue stop {:.0}, \
                      ram {:.0} ({} of {} pages dropped, {} calls), window {:.0} ({} of {} \
-                     resident pages rewritten), vcpu state {:.0}, queue start {:.0}, vcpu \
-                     start {:.0}",
+                     resident pages rewritten), vcpu state {:.0}, backend wait {:.0}, queue \
+                     start {:.0}, vcpu start {:.0}",
                     vm.id,
                     us(total),
-                    us(backend),
+                    us(backend_time),
                     us(r.vcpu_stop),
                     us(r.queue_stop),
                     us(r.ram),
@@ -798,6 +801,7 @@ impl Node {
                     r.window_pages.rewritten_pages,
                     r.window_pages.resident_pages,
                     us(r.vcpu_state),
+                    us(r.waited),
                     us(r.queue_start),
                     us(r.vcpu_start),
                 );

@@ -561,6 +561,8 @@ pub struct ResetReport {
     pub window_pages: WindowReport,
     /// Setting the vCPU's state again.
     pub vcpu_state: Duration,
+    /// Waiting for the caller's `before_restart` (the backend's reset, sent meanwhile).
+    pub waited: Duration,
     /// Starting the request queue again (the backend re-pops the snapshot's `NEXT`).
     pub queue_start: Duration,
     /// Starting the vCPU thread again.
@@ -647,7 +649,15 @@ impl FunctionVm {
     /// differ from the snapshot's, sets the snapshot's vCPU state, starts the queue again
     /// from the snapshot's ring (the backend pops the snapshot's `NEXT` and parks it) and
     /// starts the vCPU again. On an error the VM is not fit for use: stop it.
-    pub fn reset(&mut self, ram: RamReset) -> Result<ResetReport> {
+    ///
+    /// `before_restart` runs just before the queue starts again, and its error fails the
+    /// reset: the caller's work that must be done by then (the backend's own reset for the
+    /// VM, which can run meanwhile).
+    pub fn reset(
+        &mut self,
+        ram: RamReset,
+        before_restart: impl FnOnce() -> Result<()>,
+    ) -> Result<ResetReport> {
         let t0 = Instant::now();
         let mut report = ResetReport::default();
         let r = self.reset.as_ref().context("the VM is not resettable")?;
@@ -683,6 +693,9 @@ impl FunctionVm {
             .context("the snapshot has no vCPU")?;
         nexus_snapshot::reset_vcpu(state, r.vm.fd(), &mut vcpu)?;
         report.vcpu_state = t.elapsed();
+        let t = Instant::now();
+        before_restart()?;
+        report.waited = t.elapsed();
         let t = Instant::now();
         transport
             .device_mut()
