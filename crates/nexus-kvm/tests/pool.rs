@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nexus_kvm::layout::{IMAGE_BASE, MMIO_DEVICE_SIZE, MMIO_START};
+use nexus_kvm::layout::{MMIO_DEVICE_SIZE, MMIO_START};
 use nexus_kvm::memory::MemoryConfig;
 use nexus_kvm::micro::{MicroVm, MicroVmConfig};
 use nexus_kvm::park::{self, ParkRequest, Readiness, WaitMode};
@@ -15,30 +15,8 @@ use nexus_kvm::serial::{Console, ConsoleBuffer};
 use nexus_kvm::{BusAction, BusDevice, BusKind, Vcpu, VcpuHandle, VcpuStop, Vm};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EFD_SEMAPHORE, EventFd};
 
-/// A minimal static ELF with one RX segment at `IMAGE_BASE` holding `code`.
-fn elf(code: &[u8]) -> Vec<u8> {
-    let addr = IMAGE_BASE;
-    let mut b = vec![0u8; 120];
-    b[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-    b[16..18].copy_from_slice(&2u16.to_le_bytes());
-    b[18..20].copy_from_slice(&62u16.to_le_bytes());
-    b[20..24].copy_from_slice(&1u32.to_le_bytes());
-    b[24..32].copy_from_slice(&addr.to_le_bytes());
-    b[32..40].copy_from_slice(&64u64.to_le_bytes());
-    b[52..54].copy_from_slice(&64u16.to_le_bytes());
-    b[54..56].copy_from_slice(&56u16.to_le_bytes());
-    b[56..58].copy_from_slice(&1u16.to_le_bytes());
-    let ph = 64;
-    b[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes());
-    b[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes());
-    b[ph + 8..ph + 16].copy_from_slice(&120u64.to_le_bytes());
-    b[ph + 16..ph + 24].copy_from_slice(&addr.to_le_bytes());
-    b[ph + 24..ph + 32].copy_from_slice(&addr.to_le_bytes());
-    b[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    b[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    b.extend_from_slice(code);
-    b
-}
+mod common;
+use common::elf;
 
 /// Reads the 32-bit register at `MMIO_START` `reads` times and exits with the sum.
 fn summing_guest(reads: u32) -> Vec<u8> {
