@@ -118,6 +118,8 @@ pub struct Gauges {
     pub vmm_cpu: f64,
     /// The backend's figures, if it answered.
     pub backend: Option<nexus_ring::control::BackendStats>,
+    /// The vCPU pool's figures (`--vcpu-threads pool`).
+    pub vcpu_pool: Option<nexus_kvm::pool::PoolStats>,
 }
 
 /// What one finished invocation adds.
@@ -530,6 +532,32 @@ impl Collector for ScrapeGauges {
             "CPU time of the node daemon (vCPUs included).",
             g.vmm_cpu,
         )?;
+        if let Some(pool) = &g.vcpu_pool {
+            gauge(
+                &mut encoder,
+                "nexus_vcpu_pool_vcpus",
+                "vCPUs on the node's vCPU pool whose run has not ended.",
+                pool.vcpus as i64,
+            )?;
+            gauge(
+                &mut encoder,
+                "nexus_vcpu_pool_parked",
+                "Of those, parked: waiting on their device in the pool's epoll set, on no thread.",
+                pool.parked as i64,
+            )?;
+            gauge(
+                &mut encoder,
+                "nexus_vcpu_pool_workers",
+                "Worker threads of the vCPU pool.",
+                pool.workers as i64,
+            )?;
+            gauge(
+                &mut encoder,
+                "nexus_vcpu_pool_idle_workers",
+                "Of those, idle (watching the pool's epoll set).",
+                pool.idle_workers as i64,
+            )?;
+        }
         gauge(
             &mut encoder,
             "nexus_backend_up",
@@ -714,6 +742,12 @@ mod tests {
             vmm_rss: 4096,
             vmm_cpu: 1.5,
             backend: None,
+            vcpu_pool: Some(nexus_kvm::pool::PoolStats {
+                vcpus: 5,
+                parked: 4,
+                workers: 2,
+                idle_workers: 1,
+            }),
         });
         for line in [
             "# TYPE nexus_invocations_total counter",
@@ -739,6 +773,10 @@ mod tests {
             "nexus_vmm_resident_bytes 4096",
             "nexus_vmm_cpu_seconds_total 1.5",
             "nexus_backend_up 0",
+            "nexus_vcpu_pool_vcpus 5",
+            "nexus_vcpu_pool_parked 4",
+            "nexus_vcpu_pool_workers 2",
+            "nexus_vcpu_pool_idle_workers 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

@@ -443,6 +443,7 @@ impl Node {
             vmm_rss,
             vmm_cpu,
             backend,
+            vcpu_pool: self.inner.vcpus.as_ref().map(VcpuPool::stats),
         }
     }
 
