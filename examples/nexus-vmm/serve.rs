@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::embedded::EmbeddedBackend;
+use crate::node::auth::{ApiAuth, BearerToken, LambdaKeys};
 use crate::node::netplane::{self, Subnet};
 use crate::node::netvm::S3Settings;
 use crate::node::{NetSettings, Node, NodeConfig, Pick, VcpuThreads, http, registry};
@@ -96,6 +97,18 @@ pub struct ServeArgs {
     /// --snapshot-key-file.
     #[arg(long, requires = "snapshot_key_file")]
     publish_snapshots: bool,
+    /// Require `Authorization: Bearer <token>` on every `/v1` request: the token is the
+    /// file's first line (the file must be readable by its owner only). `/healthz` and
+    /// `/readyz` stay open.
+    #[arg(long, value_name = "PATH")]
+    auth_token_file: Option<PathBuf>,
+    /// Require the bearer token on `/metrics` too. Needs --auth-token-file.
+    #[arg(long, requires = "auth_token_file")]
+    auth_metrics: bool,
+    /// Require a valid AWS Signature Version 4 on the Lambda Invoke API, by one of the keys
+    /// of the file: lines `ACCESS_KEY_ID SECRET` (readable by its owner only).
+    #[arg(long, value_name = "PATH")]
+    lambda_keys_file: Option<PathBuf>,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -203,6 +216,23 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         let slabs = nexus_kvm::memory::WindowSlabs::new(args.windows_per_slab);
         nexus_kvm::memory::WindowSlabs::install(slabs);
     }
+    // The API's secrets first: a bad file stops the node before it starts anything.
+    let auth = ApiAuth {
+        bearer: args
+            .auth_token_file
+            .as_deref()
+            .map(BearerToken::load)
+            .transpose()
+            .context("--auth-token-file")?,
+        metrics: args.auth_metrics,
+        lambda: args
+            .lambda_keys_file
+            .as_deref()
+            .map(LambdaKeys::load)
+            .transpose()
+            .context("--lambda-keys-file")?
+            .map(Arc::new),
+    };
     let functions = registry::load_dir(&args.functions)?;
     // A previous daemon killed with SIGKILL left its namespace and veth: remove them.
     if let Err(e) = netplane::remove_stale() {
@@ -302,6 +332,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             timeout: args.drain_timeout,
         },
         signals,
+        auth,
     ));
     agent.starting(format!("waiting for the backend on {}", backend.display()));
     let waited = std::time::Instant::now();

@@ -17,6 +17,10 @@
 //! `FunctionCrashed` and `BackendError` (the backend failed), 503 `ServiceUnavailable`, 504
 //! `FunctionTimeout`.
 //!
+//! With a bearer token ([`ApiAuth`]), every `/v1` request (and `/metrics` if asked) needs
+//! `Authorization: Bearer <token>`: 401 `Unauthorized` (with `WWW-Authenticate: Bearer`)
+//! without one, 403 `Forbidden` with another. `/healthz` and `/readyz` stay open.
+//!
 //! Every answer carries `X-Nexus-Node: NAME`. At the first SIGTERM or SIGINT the node
 //! *drains* ([`serve`]): it goes on answering, but new invocations are refused (503 with
 //! `Retry-After`) while those in flight finish, up to a deadline; then it stops.
@@ -39,6 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
+use super::auth::{ApiAuth, BearerError};
 use super::lambda::Lambda;
 use super::metrics::CONTENT_TYPE as METRICS_CONTENT_TYPE;
 use super::vm::Input;
@@ -352,6 +357,30 @@ fn refusal(lambda_api: bool, message: &str) -> Answer {
     answer
 }
 
+/// The refusal of a request without the right bearer token: 401 with `WWW-Authenticate`
+/// when it carries none, 403 when it carries another.
+fn bearer_refusal(error: Option<BearerError>) -> Answer {
+    match error {
+        Some(BearerError::Wrong) => error_answer(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the bearer token is not the node's",
+        ),
+        _ => {
+            let mut answer = error_answer(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "this node's API needs `Authorization: Bearer <token>`",
+            );
+            answer.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
+            answer
+        }
+    }
+}
+
 /// How the node stops: at the first signal it drains, for at most `timeout`; a second
 /// signal ends the drain at once.
 #[derive(Debug, Clone, Copy)]
@@ -430,6 +459,7 @@ async fn route(
     node: Node,
     lambda: Arc<Lambda>,
     agent: Arc<Agent>,
+    auth: &ApiAuth,
     request: Request<Incoming>,
     body_timeout: Duration,
 ) -> Answer {
@@ -448,8 +478,17 @@ async fn route(
                 segments.as_slice(),
                 ["v1", "functions", _, "invocations" | "warm"]
             ));
-    let in_flight = gated.then(|| agent.enter());
+    // The bearer token, where asked for: before anything else, draining included.
+    let protected = matches!(segments.first(), Some(&"v1"))
+        || (auth.metrics && segments.as_slice() == ["metrics"]);
+    let denied = auth
+        .bearer
+        .as_ref()
+        .filter(|_| protected)
+        .and_then(|token| token.check(request.headers()).err());
+    let in_flight = (gated && denied.is_none()).then(|| agent.enter());
     let answer = match (&method, segments.as_slice()) {
+        _ if denied.is_some() => bearer_refusal(denied),
         _ if matches!(in_flight, Some(Err(_))) => {
             let message = match &in_flight {
                 Some(Err(message)) => message.as_str(),
@@ -590,11 +629,13 @@ pub async fn serve(
     agent: Arc<Agent>,
     drain: Drain,
     signals: mpsc::Receiver<&'static str>,
+    auth: ApiAuth,
 ) -> usize {
-    let lambda = Arc::new(Lambda::start(node.clone()));
+    let lambda = Arc::new(Lambda::start(node.clone(), auth.lambda.clone()));
     let left = serve_until(
         node,
         Arc::clone(&lambda),
+        Arc::new(auth),
         listener,
         limits,
         agent,
@@ -627,9 +668,11 @@ enum End {
     Now,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_until(
     node: Node,
     lambda: Arc<Lambda>,
+    auth: Arc<ApiAuth>,
     listener: tokio::net::TcpListener,
     limits: HttpLimits,
     agent: Arc<Agent>,
@@ -691,6 +734,7 @@ async fn serve_until(
                 let node = node.clone();
                 let lambda = Arc::clone(&lambda);
                 let agent = Arc::clone(&agent);
+                let auth = Arc::clone(&auth);
                 let mut closed = closed.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -698,9 +742,11 @@ async fn serve_until(
                         let node = node.clone();
                         let lambda = Arc::clone(&lambda);
                         let agent = Arc::clone(&agent);
+                        let auth = Arc::clone(&auth);
                         async move {
                             Ok::<_, Infallible>(
-                                route(node, lambda, agent, request, limits.body_timeout).await,
+                                route(node, lambda, agent, &auth, request, limits.body_timeout)
+                                    .await,
                             )
                         }
                     });

@@ -26,7 +26,11 @@
 //! - Every answer carries `x-amzn-RequestId` (also the invocation's request id, which the
 //!   function sees); successful synchronous ones `X-Amz-Executed-Version: $LATEST`.
 //!
-//! The SigV4 `Authorization` header is accepted and not checked; `X-Amz-Log-Type: Tail` and
+//! The SigV4 `Authorization` header is checked only with `--lambda-keys-file`
+//! ([`auth`](super::auth)): then an unsigned call is refused 403
+//! `MissingAuthenticationTokenException`, one by an unknown key 403
+//! `UnrecognizedClientException`, a wrong signature (or one more than 15 minutes off) 403
+//! `InvalidSignatureException`; otherwise it is accepted and not checked. `X-Amz-Log-Type: Tail` and
 //! `X-Amz-Client-Context` are ignored. Queued events live in this process's memory only: those
 //! still queued when the node stops are dropped (logged, and counted in
 //! `nexus_lambda_events_dropped_total`).
@@ -36,7 +40,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -46,6 +50,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use super::auth::{LambdaKeys, SignedRequest};
 use super::http::{BodyError, read_body_limited};
 use super::vm::Input;
 use super::{Invocation, Node, NodeError};
@@ -124,6 +129,8 @@ pub struct Lambda {
     node: Node,
     queue: Arc<EventQueue>,
     ids: RandomState,
+    /// The keys whose SigV4 signatures are taken, if calls must be signed.
+    keys: Option<Arc<LambdaKeys>>,
 }
 
 /// How the function to invoke was named.
@@ -241,8 +248,9 @@ fn answer(status: StatusCode, request_id: &str, body: Bytes, content_type: &str)
 }
 
 impl Lambda {
-    /// The Lambda API of `node`; starts the event workers on the current runtime.
-    pub fn start(node: Node) -> Self {
+    /// The Lambda API of `node`; starts the event workers on the current runtime. With
+    /// `keys`, every call must carry a valid SigV4 signature by one of them.
+    pub fn start(node: Node, keys: Option<Arc<LambdaKeys>>) -> Self {
         let queue = Arc::new(EventQueue::default());
         for _ in 0..EVENT_WORKERS {
             tokio::spawn(run_events(node.clone(), Arc::clone(&queue)));
@@ -251,6 +259,7 @@ impl Lambda {
             node,
             queue,
             ids: RandomState::new(),
+            keys,
         }
     }
 
@@ -318,36 +327,47 @@ impl Lambda {
                 format!("{} is not allowed here: invoke with POST", request.method()),
             ));
         }
+        let (parts, body) = request.into_parts();
+        // Signed calls: the signature covers the body, which is read first, and checked
+        // before anything of the call is looked at.
+        let (body, signed) = match &self.keys {
+            None => (Some(body), None),
+            Some(keys) => {
+                let kind = invocation_type(&parts.headers)?;
+                let payload = read_payload(body, kind, body_timeout).await?;
+                keys.verify(
+                    &SignedRequest {
+                        method: parts.method.as_str(),
+                        path: parts.uri.path(),
+                        query: parts.uri.query(),
+                        headers: &parts.headers,
+                        body: &payload,
+                    },
+                    SystemTime::now(),
+                )
+                .map_err(|e| {
+                    let (status, kind, message) = e.answer_parts();
+                    ApiError::user(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+                        kind,
+                        message,
+                    )
+                })?;
+                (None, Some(payload))
+            }
+        };
         let function = parse_function_name(&percent_decode(name))?;
-        let qualifier = query_qualifier(request.uri().query())?;
+        let qualifier = query_qualifier(parts.uri.query())?;
         check_qualifier(&function, qualifier.as_deref())?;
         if !self.node.has_function(&function.name) {
             return Err(ApiError::not_found(&function.arn));
         }
-        let kind = invocation_type(request.headers())?;
-        let limit = match kind {
-            InvocationType::Event => MAX_EVENT_PAYLOAD,
-            InvocationType::RequestResponse | InvocationType::DryRun => MAX_PAYLOAD,
+        let kind = invocation_type(&parts.headers)?;
+        let payload = match (signed, body) {
+            (Some(payload), _) => payload,
+            (None, Some(body)) => read_payload(body, kind, body_timeout).await?,
+            (None, None) => Bytes::new(),
         };
-        let payload = read_body_limited(request.into_body(), limit, body_timeout)
-            .await
-            .map_err(|e| match e {
-                BodyError::TooLarge(limit) => ApiError::user(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "RequestTooLargeException",
-                    format!("Request must be smaller than {limit} bytes for the InvokeFunction operation"),
-                ),
-                BodyError::TimedOut(timeout) => ApiError::user(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "RequestTimeoutException",
-                    format!("the payload did not arrive within {} s", timeout.as_secs()),
-                ),
-                BodyError::Broken(e) => ApiError::user(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidRequestContentException",
-                    format!("Could not read the request body: {e}"),
-                ),
-            })?;
         match kind {
             InvocationType::DryRun => Ok(answer(
                 StatusCode::NO_CONTENT,
@@ -449,6 +469,39 @@ impl Lambda {
 
 /// Numbers the request ids made in this process (with the hasher's random keys).
 static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads a call's payload, within the limit of its invocation type.
+async fn read_payload(
+    body: Incoming,
+    kind: InvocationType,
+    body_timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let limit = match kind {
+        InvocationType::Event => MAX_EVENT_PAYLOAD,
+        InvocationType::RequestResponse | InvocationType::DryRun => MAX_PAYLOAD,
+    };
+    read_body_limited(body, limit, body_timeout)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge(limit) => ApiError::user(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestTooLargeException",
+                format!(
+                    "Request must be smaller than {limit} bytes for the InvokeFunction operation"
+                ),
+            ),
+            BodyError::TimedOut(timeout) => ApiError::user(
+                StatusCode::REQUEST_TIMEOUT,
+                "RequestTimeoutException",
+                format!("the payload did not arrive within {} s", timeout.as_secs()),
+            ),
+            BodyError::Broken(e) => ApiError::user(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequestContentException",
+                format!("Could not read the request body: {e}"),
+            ),
+        })
+}
 
 /// One event worker: runs queued events one at a time until the queue closes.
 async fn run_events(node: Node, queue: Arc<EventQueue>) {

@@ -23,6 +23,7 @@
 //! ([`netplane`]), built at start if any function is a net function and removed at shutdown.
 //! The scheduler, warm pools, caps, keep-alive and metrics are the same for both.
 
+pub mod auth;
 pub mod backend;
 pub mod http;
 pub mod lambda;
