@@ -390,23 +390,28 @@ fn nodes_restore_what_another_node_published_with_their_key() {
     }
     assert_eq!(std::fs::read(&manifest).unwrap(), before);
 
-    // A tampered file is refused by its hash, and the node boots.
-    let object = std::fs::read_dir(manifest.parent().unwrap())
+    // A tampered file is refused by its hash, and the node boots. The third node's refused
+    // attempt left its own content-addressed files beside the published ones: tamper with
+    // every state file, whichever the manifest names.
+    let objects: Vec<_> = std::fs::read_dir(manifest.parent().unwrap())
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| {
+        .filter(|p| {
             p.file_name()
                 .unwrap()
                 .to_str()
                 .unwrap()
                 .starts_with("vm.state.")
         })
-        .unwrap();
-    let mut bytes = std::fs::read(&object).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    std::fs::write(&object, bytes).unwrap();
+        .collect();
+    assert!(!objects.is_empty(), "no published state file");
+    for object in objects {
+        let mut bytes = std::fs::read(&object).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&object, bytes).unwrap();
+    }
     let fourth = start("fourth", &key, false);
     count(&fourth);
     assert_eq!(
