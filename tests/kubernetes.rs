@@ -128,31 +128,6 @@ fn manifests() -> Manifests {
     m
 }
 
-/// The long flags (`--name`) that `binary ARGS --help` lists.
-fn flags(binary: &Path, args: &[&str]) -> Vec<String> {
-    let output = Command::new(binary)
-        .args(args)
-        .arg("--help")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{} --help failed",
-        binary.display()
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.strip_prefix("--"))
-        .map(|w| {
-            w.trim_end_matches([',', '.'])
-                .split(['=', '['])
-                .next()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
 /// The value following `flag` in `command`.
 fn arg<'a>(command: &'a [String], flag: &str) -> &'a str {
     let at = command
@@ -196,8 +171,8 @@ fn manifests_are_kubernetes_objects_that_fit_together() {
     // The flags they pass are the binaries' flags.
     assert_eq!(backend_command[0], "nexus-backend");
     assert_eq!(&node_command[..2], ["nexus-vmm", "serve"]);
-    let backend_flags = flags(&common::backend_binary(), &[]);
-    let node_flags = flags(&common::nexus_vmm(), &["serve"]);
+    let backend_flags = common::flags(&common::backend_binary(), &[]);
+    let node_flags = common::flags(&common::nexus_vmm(), &["serve"]);
     for (command, known) in [
         (&backend_command, &backend_flags),
         (&node_command, &node_flags),

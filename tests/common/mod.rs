@@ -201,3 +201,28 @@ pub fn finish(mut child: Child, backend: &Backend, what: &str) -> Run {
     eprintln!("$ nexus-vmm {what}\n{}{}", run.stdout, run.stderr);
     run
 }
+
+/// The long flags (`--name`) that `binary ARGS --help` lists.
+pub fn flags(binary: &Path, args: &[&str]) -> Vec<String> {
+    let output = Command::new(binary)
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{} --help failed",
+        binary.display()
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| {
+            w.trim_end_matches([',', '.'])
+                .split(['=', '['])
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
