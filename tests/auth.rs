@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::{function, node};
@@ -168,69 +167,19 @@ invoke("wrong_secret", client(key_id, secret + "x"), FunctionName="wordcount", P
 invoke("unknown_key", client("AKIDUNKNOWN", secret), FunctionName="wordcount", Payload=b"x")
 "#;
 
-/// A process killed on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the boto3 client against `endpoint`; its output by case. Fails, saying what to
 /// install, where python3 or boto3 is missing.
 fn run_client(dir: &Path, endpoint: &str) -> Vec<Value> {
     const INSTALL: &str = "the SigV4 test signs with boto3's lambda client: install python3 and \
                            boto3 (`python3 -m pip install boto3`, or `apt-get install \
                            python3-boto3`)";
-    let script = dir.join("client.py");
-    std::fs::write(&script, CLIENT).unwrap();
-    let child = Command::new("python3")
-        .arg(&script)
-        .args([endpoint, KEY_ID, SECRET])
-        .env("AWS_CONFIG_FILE", "/dev/null")
-        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run python3 ({e}): {INSTALL}"));
-    let mut child = Killed(child);
-    let mut stdout = child.0.stdout.take().unwrap();
-    let mut stderr = child.0.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the boto3 client did not finish in 300 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (out, err) = (out.join().unwrap(), err.join().unwrap());
-    eprintln!("boto3 client ({status}):\n{out}{err}");
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-        .collect();
-    if let Some(missing) = lines.iter().find_map(|l| l.get("missing")) {
-        panic!("{INSTALL}: {missing}");
-    }
-    assert!(status.success(), "the boto3 client failed: {err}");
-    lines
+    common::python::json_lines(
+        dir,
+        CLIENT,
+        &[endpoint, KEY_ID, SECRET],
+        Duration::from_secs(300),
+        INSTALL,
+    )
 }
 
 #[test]

@@ -9,7 +9,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Service};
@@ -128,15 +127,6 @@ fn manifests() -> Manifests {
     m
 }
 
-/// The value following `flag` in `command`.
-fn arg<'a>(command: &'a [String], flag: &str) -> &'a str {
-    let at = command
-        .iter()
-        .position(|a| a == flag)
-        .unwrap_or_else(|| panic!("{flag} is not in {command:?}"));
-    &command[at + 1]
-}
-
 /// The pod's container `name`, an init container (a sidecar) or not.
 fn container<'a>(set: &'a DaemonSet, name: &str) -> &'a Container {
     let pod = set.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
@@ -187,8 +177,11 @@ fn manifests_are_kubernetes_objects_that_fit_together() {
     }
 
     // The node reaches the backend's control socket through a volume both mount.
-    let socket = Path::new(arg(&backend_command, "--listen"));
-    assert_eq!(arg(&node_command, "--backend"), socket.to_str().unwrap());
+    let socket = Path::new(common::arg(&backend_command, "--listen"));
+    assert_eq!(
+        common::arg(&node_command, "--backend"),
+        socket.to_str().unwrap()
+    );
     let mount_of = |c: &Container, path: &Path| {
         c.volume_mounts
             .as_ref()
@@ -223,7 +216,7 @@ fn manifests_are_kubernetes_objects_that_fit_together() {
     );
 
     // The functions directory is the ConfigMap, and each of its files a function file.
-    let functions = mount_of(node, Path::new(arg(&node_command, "--functions")));
+    let functions = mount_of(node, Path::new(common::arg(&node_command, "--functions")));
     let config_map = volume(&functions).config_map.as_ref().unwrap();
     let functions = &m.configmaps[config_map.name.as_str()];
     let data = functions.data.as_ref().unwrap();
@@ -248,9 +241,9 @@ fn manifests_are_kubernetes_objects_that_fit_together() {
         .unwrap();
     assert_eq!(probe.path.as_deref(), Some("/readyz"));
     let port = node.ports.as_ref().unwrap().first().unwrap();
-    let listen: std::net::SocketAddr = arg(&node_command, "--listen").parse().unwrap();
+    let listen: std::net::SocketAddr = common::arg(&node_command, "--listen").parse().unwrap();
     assert_eq!(port.container_port, i32::from(listen.port()));
-    let drain = arg(&node_command, "--drain-timeout");
+    let drain = common::arg(&node_command, "--drain-timeout");
     let drain: i64 = drain.strip_suffix('s').unwrap().parse().unwrap();
     assert!(pod.termination_grace_period_seconds.unwrap() > drain);
 

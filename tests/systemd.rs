@@ -56,15 +56,6 @@ fn value<'a>(unit: &'a Unit, section: &str, key: &str) -> &'a str {
     &values[0]
 }
 
-/// The value following `flag` in `command`.
-fn arg<'a>(command: &'a [&'a str], flag: &str) -> &'a str {
-    let at = command
-        .iter()
-        .position(|a| *a == flag)
-        .unwrap_or_else(|| panic!("{flag} not in {command:?}"));
-    command[at + 1]
-}
-
 #[test]
 fn units_verify_and_agree() {
     let analyze = Command::new("systemd-analyze").arg("--version").output();
@@ -86,7 +77,10 @@ fn units_verify_and_agree() {
             .next()
             .unwrap()
             .to_owned();
-        assert!(program.starts_with('/'), "{name}: ExecStart needs an absolute path");
+        assert!(
+            program.starts_with('/'),
+            "{name}: ExecStart needs an absolute path"
+        );
         let copy = temp.path().join(name);
         std::fs::write(&copy, text.replace(&program, "/bin/true")).unwrap();
         let output = Command::new("systemd-analyze")
@@ -135,8 +129,8 @@ fn units_verify_and_agree() {
 
     // The node reaches the control socket the backend listens on, in the runtime directory
     // systemd makes for the backend, through the group they share.
-    let socket = arg(&backend_command, "--listen");
-    assert_eq!(arg(&node_command, "--backend"), socket);
+    let socket = common::arg(&backend_command, "--listen");
+    assert_eq!(common::arg(&node_command, "--backend"), socket);
     let runtime = value(backend, "Service", "RuntimeDirectory");
     assert!(socket.starts_with(&format!("/run/{runtime}/")));
     let shared = value(backend, "Service", "SupplementaryGroups");
@@ -149,13 +143,16 @@ fn units_verify_and_agree() {
     assert!(value(node, "Unit", "Requires").contains("nexus-backend.service"));
 
     // Each has its own user; the state directories are their own.
-    assert_ne!(value(backend, "Service", "User"), value(node, "Service", "User"));
+    assert_ne!(
+        value(backend, "Service", "User"),
+        value(node, "Service", "User")
+    );
     assert_eq!(
-        arg(&backend_command, "--state-dir"),
+        common::arg(&backend_command, "--state-dir"),
         format!("/var/lib/{}", value(backend, "Service", "StateDirectory"))
     );
     assert_eq!(
-        arg(&node_command, "--state-dir"),
+        common::arg(&node_command, "--state-dir"),
         format!("/var/lib/{}", value(node, "Service", "StateDirectory"))
     );
 

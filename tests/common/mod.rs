@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test crate uses part of it
 
 pub mod daemon;
+pub mod python;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -225,4 +226,14 @@ pub fn flags(binary: &Path, args: &[&str]) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// The value following `flag` in `command` (a command line split into words).
+pub fn arg<'a, S: AsRef<str>>(command: &'a [S], flag: &str) -> &'a str {
+    let words: Vec<&str> = command.iter().map(AsRef::as_ref).collect();
+    let at = words
+        .iter()
+        .position(|a| *a == flag)
+        .unwrap_or_else(|| panic!("{flag} is not in {words:?}"));
+    command[at + 1].as_ref()
 }
