@@ -211,21 +211,12 @@ impl AgentNode {
 
     /// Waits for the node to end, at most `timeout` (then kills it and panics).
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "the node did not end within {timeout:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::common::wait_within(&mut self.child, timeout).unwrap_or_else(|| {
+            panic!(
+                "the node did not end within {timeout:?}; log:\n{}",
+                self.log()
+            )
+        })
     }
 
     /// What the node logged so far.

@@ -86,21 +86,12 @@ impl Daemon {
     ) -> std::process::ExitStatus {
         let pid = rustix::process::Pid::from_child(&self.child);
         rustix::process::kill_process(pid, signal).expect("the daemon can be signalled");
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "the daemon did not end within {timeout:?} of {signal:?}; log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        super::wait_within(&mut self.child, timeout).unwrap_or_else(|| {
+            panic!(
+                "the daemon did not end within {timeout:?} of {signal:?}; log:\n{}",
+                self.log()
+            )
+        })
     }
 
     /// What the daemon logged so far.

@@ -180,19 +180,11 @@ pub fn finish(mut child: Child, backend: &Backend, what: &str) -> Run {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "{what} did not finish within {RUN_TIMEOUT:?}\nbackend log:\n{}",
-                backend.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = wait_within(&mut child, RUN_TIMEOUT) else {
+        panic!(
+            "{what} did not finish within {RUN_TIMEOUT:?}\nbackend log:\n{}",
+            backend.log()
+        );
     };
     let run = Run {
         status,
@@ -236,4 +228,21 @@ pub fn arg<'a, S: AsRef<str>>(command: &'a [S], flag: &str) -> &'a str {
         .position(|a| *a == flag)
         .unwrap_or_else(|| panic!("{flag} is not in {words:?}"));
     command[at + 1].as_ref()
+}
+
+/// Waits for `child` to end, at most `timeout`: its status, or `None` when it did not end in
+/// time (then it is killed and reaped).
+pub fn wait_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -53,17 +53,8 @@ pub fn json_lines(
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the Python client did not finish within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = super::wait_within(&mut child.0, timeout)
+        .unwrap_or_else(|| panic!("the Python client did not finish within {timeout:?}"));
     let (out, err) = (out.join().unwrap(), err.join().unwrap());
     eprintln!("Python client ({status}):\n{out}{err}");
     let lines: Vec<Value> = out
