@@ -26,13 +26,35 @@ impl Daemon {
         functions: &[(&str, String)],
         extra: &[&str],
     ) -> Self {
+        Self::start_wrapped(dir, backend, functions, extra, &[], &nexus_vmm())
+    }
+
+    /// [`start`](Self::start) with the command line `wrapper` (a program and its arguments,
+    /// which must end by running the rest of the line) in front of `binary` (a copy of
+    /// `nexus-vmm`, say, where another user can run it).
+    pub fn start_wrapped(
+        dir: &Path,
+        backend: &Backend,
+        functions: &[(&str, String)],
+        extra: &[&str],
+        wrapper: &[&str],
+        binary: &Path,
+    ) -> Self {
         let functions_dir = dir.join("functions");
         std::fs::create_dir_all(&functions_dir).unwrap();
         for (name, toml) in functions {
             std::fs::write(functions_dir.join(format!("{name}.toml")), toml).unwrap();
         }
         let log = dir.join("serve.log");
-        let mut child = Command::new(nexus_vmm())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .args([
                 "serve",
                 "--listen",
