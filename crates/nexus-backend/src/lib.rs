@@ -81,6 +81,7 @@ mod stats;
 mod store;
 mod sync;
 mod tenant;
+mod tenant_state;
 mod vhost_user;
 mod window;
 mod window_map;
@@ -92,8 +93,8 @@ use std::time::Duration;
 
 pub use config::{
     BackendConfig, ControlAccess, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES,
-    DEFAULT_STORE_URL, DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl,
-    TenantSpec, VmLimits,
+    DEFAULT_STORE_URL, DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, Quota, S3Options, StoreConfig,
+    StoreUrl, TenantSpec, VmLimits,
 };
 pub use config_file::{ConfigFile, LimitOverrides, TenantEntry};
 pub use control::{

@@ -3,8 +3,9 @@
 
 //! Tenants and the object-key rules.
 //!
-//! A tenant is a name bound to a key prefix in the backend's one store. Every VM is attached
-//! to one tenant and may touch only keys that start with its prefix.
+//! A tenant is a name bound to a key prefix in a store: the backend's store, or the tenant's
+//! own (`[tenants.NAME] url = …`, with its own credentials). Every VM is attached to one
+//! tenant and may touch only keys that start with its prefix, in its tenant's store only.
 //!
 //! # The `--tenant NAME=VALUE` rule
 //!
@@ -17,7 +18,9 @@
 //! - Keys under [`SYSTEM_PREFIX`] (`nexus-system/`: published snapshots) belong to the
 //!   backend: no tenant may touch them, not even one with the empty prefix, and no tenant's
 //!   prefix may be or lie under it.
-//! - No two tenants overlap: neither prefix may start with the other (so equal prefixes, and
+//! - A tenant with its own store is confined to its prefix in that store (the URL's
+//!   `s3://BUCKET/PREFIX` or the `prefix` key); it never reaches the backend's store.
+//! - No two tenants of the same store overlap: neither prefix may start with the other (so equal prefixes, and
 //!   the empty prefix beside any other tenant, are refused at start). A single tenant may
 //!   have the empty prefix.
 //!
@@ -35,7 +38,7 @@ use nexus_ring::limits::MAX_KEY_LEN;
 
 pub(crate) use nexus_ring::control::SYSTEM_PREFIX;
 
-use crate::config::{StoreUrl, TenantSpec, VmLimits, valid_name};
+use crate::config::{Quota, StoreConfig, StoreUrl, TenantSpec, VmLimits, valid_name};
 use crate::error::{Error, Result};
 
 /// Name of the file store's staging directory; no key may start with it.
@@ -52,6 +55,9 @@ pub struct Tenant {
     limits: Option<VmLimits>,
     control_uids: Vec<u32>,
     control_gids: Vec<u32>,
+    store: Option<StoreConfig>,
+    http_allow: Option<Vec<String>>,
+    quota: Quota,
 }
 
 impl Tenant {
@@ -86,6 +92,9 @@ impl Tenant {
             limits: None,
             control_uids: Vec::new(),
             control_gids: Vec::new(),
+            store: None,
+            http_allow: None,
+            quota: Quota::default(),
         })
     }
 
@@ -97,7 +106,7 @@ impl Tenant {
 
     /// Checks `spec` against the store (see the module docs for the rule).
     pub fn from_spec(spec: &TenantSpec, store: &StoreUrl) -> Result<Self> {
-        let prefix = match store.bucket() {
+        let prefix = match spec.store.as_ref().map_or(store.bucket(), |_| None) {
             None => spec.value.as_str(),
             Some(bucket) => {
                 let (named, prefix) = spec
@@ -119,6 +128,9 @@ impl Tenant {
         let mut tenant = Self::new(&spec.name, prefix)?.with_limits(spec.limits.clone());
         tenant.control_uids = spec.control_uids.clone();
         tenant.control_gids = spec.control_gids.clone();
+        tenant.store = spec.store.clone();
+        tenant.http_allow = spec.http_allow.clone();
+        tenant.quota = spec.quota.clone();
         Ok(tenant)
     }
 
@@ -136,6 +148,21 @@ impl Tenant {
     /// defaults apply).
     pub fn limits(&self) -> Option<&VmLimits> {
         self.limits.as_ref()
+    }
+
+    /// The tenant's own store, if it has one (else it lives in the backend's store).
+    pub fn store(&self) -> Option<&StoreConfig> {
+        self.store.as_ref()
+    }
+
+    /// The tenant's own HTTP allow-list, if it has one (else the backend's applies).
+    pub fn http_allow(&self) -> Option<&[String]> {
+        self.http_allow.as_deref()
+    }
+
+    /// The tenant's quotas.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
     }
 
     /// Whether a control peer with user `uid` and group `gid` may attach VMs of this tenant.
@@ -167,9 +194,16 @@ impl Tenant {
         Ok(())
     }
 
-    /// Whether a key could belong to both tenants (one prefix starts with the other).
+    /// Whether a key could belong to both tenants: they share a store, and one prefix starts
+    /// with the other.
     fn overlaps(&self, other: &Tenant) -> bool {
-        self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix)
+        self.store_url() == other.store_url()
+            && (self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix))
+    }
+
+    /// The tenant's own store URL (`None`: the backend's store).
+    fn store_url(&self) -> Option<&StoreUrl> {
+        self.store.as_ref().map(|s| &s.url)
     }
 }
 
@@ -221,12 +255,19 @@ impl Tenants {
     }
 }
 
-/// Refuses two tenants whose prefixes overlap. In byte order, a prefix that starts another
+/// Refuses two tenants of one store whose prefixes overlap. Sorted by store, then in byte
+/// order, a prefix that starts another
 /// sorts before it with only prefixes it also starts in between, so checking neighbours
 /// finds every overlap.
 fn check_disjoint(by_name: &HashMap<String, Arc<Tenant>>) -> Result<()> {
     let mut tenants: Vec<&Tenant> = by_name.values().map(Arc::as_ref).collect();
-    tenants.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then(a.name.cmp(&b.name)));
+    let store_key = |t: &Tenant| t.store_url().map(|url| format!("{url:?}"));
+    tenants.sort_unstable_by(|a, b| {
+        store_key(a)
+            .cmp(&store_key(b))
+            .then(a.prefix.cmp(&b.prefix))
+            .then(a.name.cmp(&b.name))
+    });
     for pair in tenants.windows(2) {
         let (first, second) = (pair[0], pair[1]);
         if first.overlaps(second) {
