@@ -659,7 +659,7 @@ fn check_allow_entry(entry: &str) -> std::result::Result<(), &'static str> {
 }
 
 /// The ID of group `name`, from the host's group database.
-fn group_id(name: &str) -> Option<u32> {
+pub(crate) fn group_id(name: &str) -> Option<u32> {
     let name = CString::new(name).ok()?;
     let mut buffer: Vec<libc::c_char> = vec![0; 1024];
     loop {

@@ -48,6 +48,26 @@ pub struct Backend {
 /// applies its command-line overrides).
 pub type Reloader = Arc<dyn Fn() -> Result<BackendConfig> + Send + Sync>;
 
+/// What [`run_with`](crate::run_with) does beyond serving its configuration.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Produces the configuration that SIGHUP and the control op `reload` apply
+    /// ([`Backend::reload_config`]); `None`: reloads are refused.
+    pub reloader: Option<Reloader>,
+    /// The user and group to become once the control socket is bound
+    /// ([`drop_privileges`](crate::drop_privileges)).
+    pub drop_to: crate::DropTo,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("reloader", &self.reloader.as_ref().map(|_| "<set>"))
+            .field("drop_to", &self.drop_to)
+            .finish()
+    }
+}
+
 pub(crate) struct Shared {
     engine: Arc<Engine>,
     /// The tenants as configured now (a reload replaces them).
@@ -156,6 +176,22 @@ impl Backend {
             log::error!("configuration reload failed, the old configuration stays: {e}");
         }
         result
+    }
+
+    /// Reloads ([`reload_config`](Self::reload_config)) on every SIGHUP, from a task on the
+    /// current runtime.
+    pub(crate) fn reload_on_hangup(&self) -> Result<()> {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(Error::Runtime)?;
+        let backend = self.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                log::info!("SIGHUP: reloading the configuration");
+                let backend = backend.clone();
+                let _ = tokio::task::spawn_blocking(move || backend.reload_config()).await;
+            }
+        });
+        Ok(())
     }
 
     /// Replaces the tenants (their stores, HTTP allow-lists, quotas, per-VM limits and who
