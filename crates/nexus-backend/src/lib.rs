@@ -146,7 +146,7 @@ pub fn run_with(
     }
     runtime.block_on(async {
         let listener = bind_control(listen, &access)?;
-        drop_privileges(options.drop_to, &state_dir)?;
+        drop_privileges(options.drop_to, &backend.own_dirs(state_dir))?;
         backend.reload_on_hangup()?;
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -527,7 +527,10 @@ async fn delete(session: &Session, mut prepared: Prepared) -> OpResult {
     } else {
         None
     };
-    store.delete(&key).await.map_err(|e| Reply::from_store(&e))?;
+    store
+        .delete(&key)
+        .await
+        .map_err(|e| Reply::from_store(&e))?;
     session.tenant.deleted(old);
     Ok(Reply::ok())
 }

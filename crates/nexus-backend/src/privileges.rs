@@ -15,7 +15,7 @@
 //! `setuid(0)` now fails.
 
 use std::ffi::CString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -62,15 +62,19 @@ impl DropTo {
     }
 }
 
-/// Becomes `to` for good, after giving `state_dir` (and what is in it) to the new user and
-/// group. Fails (and the backend must not go on) if any step fails or if root can be
-/// regained.
-pub fn drop_privileges(to: DropTo, state_dir: &Path) -> Result<()> {
+/// Becomes `to` for good, after giving the backend's own directories `own` (its state
+/// directory, the staging directories of its file stores) and what is in them to the new
+/// user and group. Fails (and the backend must not go on) if any step fails, if root can be
+/// regained, or if the new user cannot write in each of `own`.
+pub fn drop_privileges(to: DropTo, own: &[PathBuf]) -> Result<()> {
     if to.is_empty() {
         return Ok(());
     }
-    let fail = |what: &str| Error::Privileges(format!("{what}: {}", std::io::Error::last_os_error()));
-    chown_tree(state_dir, to)?;
+    let fail =
+        |what: &str| Error::Privileges(format!("{what}: {}", std::io::Error::last_os_error()));
+    for dir in own {
+        chown_tree(dir, to)?;
+    }
     if let Some(gid) = to.gid {
         let groups = [gid as libc::gid_t];
         // SAFETY: the pointer and length describe `groups`, which outlives the call.
@@ -118,17 +122,20 @@ pub fn drop_privileges(to: DropTo, state_dir: &Path) -> Result<()> {
             ));
         }
     }
-    // The journal is rewritten in the state directory from time to time: the new user must
-    // reach it (a state directory inside a `0700` socket directory of root's is not).
-    let probe = state_dir.join(".nexus-privileges-probe");
-    std::fs::write(&probe, b"")
-        .and_then(|()| std::fs::remove_file(&probe))
-        .map_err(|e| {
-            Error::Privileges(format!(
-                "the state directory {} is out of reach of uid {uid} after the drop ({e}): give a state_dir (--state-dir) the new user can reach, outside the control socket's directory",
-                state_dir.display()
-            ))
-        })?;
+    // The journal is rewritten in the state directory from time to time, PUTs stage files:
+    // the new user must reach them (a state directory inside a `0700` socket directory of
+    // root's is out of reach, say).
+    for dir in own {
+        let probe = dir.join(".nexus-privileges-probe");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| {
+                Error::Privileges(format!(
+                    "{} is out of reach of uid {uid} after the drop ({e}): the state directory (--state-dir) and the file stores must be reachable by the new user (a state directory outside the control socket's directory)",
+                    dir.display()
+                ))
+            })?;
+    }
     log::info!("privileges dropped: now uid {uid}, gid {gid}");
     Ok(())
 }
@@ -144,9 +151,8 @@ fn chown_tree(dir: &Path, to: DropTo) -> Result<()> {
         })
     };
     give(dir)?;
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        Error::Privileges(format!("cannot read {}: {e}", dir.display()))
-    })?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Error::Privileges(format!("cannot read {}: {e}", dir.display())))?;
     for entry in entries.flatten() {
         give(&entry.path())?;
     }
@@ -195,10 +201,19 @@ mod tests {
             }
         );
         let root = DropTo::resolve(Some("root"), None).unwrap();
-        assert_eq!(root, DropTo { uid: Some(0), gid: Some(0) });
+        assert_eq!(
+            root,
+            DropTo {
+                uid: Some(0),
+                gid: Some(0)
+            }
+        );
         assert_eq!(
             DropTo::resolve(None, Some("root")).unwrap(),
-            DropTo { uid: None, gid: Some(0) }
+            DropTo {
+                uid: None,
+                gid: Some(0)
+            }
         );
         assert!(DropTo::resolve(None, None).unwrap().is_empty());
         let error = DropTo::resolve(Some("no-such-user-here"), None).unwrap_err();

@@ -19,15 +19,15 @@ use crate::device::RequestRing;
 use crate::engine::Engine;
 use crate::error::{Error, InputFailure, Result};
 use crate::event_loop::{Channel, EventLoop};
+use crate::http::HttpGateway;
 use crate::invocations::QueuedInvocation;
 use crate::invoke::{Invocation, InvocationInput, Invoker, PendingInvocation};
 use crate::peer::Peer;
 use crate::prefetch::prefetch;
 use crate::session::Session;
 use crate::stats::{BackendStats, ProcessUsage};
-use crate::sync::lock;
-use crate::http::HttpGateway;
 use crate::store::Store;
+use crate::sync::lock;
 use crate::tenant::Tenants;
 use crate::tenant_state::{TenantSources, TenantTable};
 use crate::vhost_user::VmChannel;
@@ -176,6 +176,26 @@ impl Backend {
             log::error!("configuration reload failed, the old configuration stays: {e}");
         }
         result
+    }
+
+    /// The directories the backend owns and must keep writing in after dropping privileges:
+    /// `state_dir`, and the staging directory of every file store open now.
+    pub(crate) fn own_dirs(&self, state_dir: std::path::PathBuf) -> Vec<std::path::PathBuf> {
+        let mut dirs = vec![state_dir];
+        let stores = std::iter::once(self.store()).chain(
+            read(&self.shared.tenants)
+                .all()
+                .into_iter()
+                .map(|t| t.store()),
+        );
+        for store in stores {
+            if let Some(dir) = store.staging_dir() {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+        dirs
     }
 
     /// Reloads ([`reload_config`](Self::reload_config)) on every SIGHUP, from a task on the
@@ -599,7 +619,8 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 
 /// Writes `lock`, whatever a panicking writer left.
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The uploads an earlier run of the backend acknowledged and never finished, by VM: each

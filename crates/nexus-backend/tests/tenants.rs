@@ -102,11 +102,7 @@ fn body(answer: &common::Answer) -> Vec<u8> {
 fn start(dir: &Path, config: &str) -> BackendProcess {
     let file = dir.join("backend.toml");
     std::fs::write(&file, config).unwrap();
-    BackendProcess::start(
-        dir,
-        &["--config".into(), file.display().to_string()],
-        &[],
-    )
+    BackendProcess::start(dir, &["--config".into(), file.display().to_string()], &[])
 }
 
 /// Waits until the backend's log holds `text` (at least `count` times).
@@ -162,7 +158,10 @@ fn tenants_with_their_own_directories_never_see_each_other() {
     assert_eq!(std::fs::read(a_dir.join("shared/x")).unwrap(), b"alpha's");
     assert_eq!(std::fs::read(b_dir.join("shared/x")).unwrap(), b"beta's");
     assert_eq!(std::fs::read(objects.join("c/x")).unwrap(), b"gamma's");
-    assert!(!objects.join("shared").exists(), "nothing in the backend's store");
+    assert!(
+        !objects.join("shared").exists(),
+        "nothing in the backend's store"
+    );
 
     // Only in a's store: b does not find it, and neither lists the other's.
     ok(&put(&mut a, "only-a", b"1", false));
@@ -171,7 +170,11 @@ fn tenants_with_their_own_directories_never_see_each_other() {
     assert_eq!(list(&mut a, ""), ["only-a", "shared/x"]);
     assert_eq!(list(&mut b, ""), ["shared/x"]);
     // c is confined to its prefix in the backend's store, as before.
-    refused(&get(&mut c, "shared/x"), Status::PermissionDenied, "outside");
+    refused(
+        &get(&mut c, "shared/x"),
+        Status::PermissionDenied,
+        "outside",
+    );
     assert_eq!(list(&mut c, "c/"), ["c/x"]);
 
     // A DELETE reaches only the tenant's own store.
@@ -246,7 +249,11 @@ fn tenants_with_their_own_buckets_and_credentials_never_see_each_other() {
         b"in bucket b"
     );
     // a is confined to its prefix in its bucket.
-    refused(&put(&mut a, "other", b"x", false), Status::PermissionDenied, "outside");
+    refused(
+        &put(&mut a, "other", b"x", false),
+        Status::PermissionDenied,
+        "outside",
+    );
     ok(&put(&mut b, "b-only", b"x", false));
     assert_eq!(list(&mut a, "fn/"), ["fn/x"]);
     assert_eq!(list(&mut b, ""), ["b-only", "fn/x"]);
@@ -389,15 +396,16 @@ fn a_reload_changes_a_tenant_while_its_vm_keeps_working() {
     let (_ca, mut a) = attach(&backend, "vm-a", "a");
     ok(&put(&mut a, "k1", b"one", false));
     assert!(a_dir.join("k1").exists());
-    refused(&http_get(&mut a, &format!("{url}/")), Status::PermissionDenied, "");
+    refused(
+        &http_get(&mut a, &format!("{url}/")),
+        Status::PermissionDenied,
+        "",
+    );
 
     // SIGHUP: a's store moves, and it may reach the HTTP server; the VM stays attached.
     std::fs::write(
         &file,
-        config(
-            &a2_dir,
-            &format!("[tenants.a.http]\nallow = [\"{url}\"]\n"),
-        ),
+        config(&a2_dir, &format!("[tenants.a.http]\nallow = [\"{url}\"]\n")),
     )
     .unwrap();
     // SAFETY: kill(2) with a signal number touches no memory.
@@ -413,11 +421,7 @@ fn a_reload_changes_a_tenant_while_its_vm_keeps_working() {
     assert_eq!(body(&answer), b"hello");
 
     // The control op: a quota of 2 objects (k2 is counted), and no more HTTP.
-    std::fs::write(
-        &file,
-        config(&a2_dir, "[tenants.a.quota]\nobjects = 2\n"),
-    )
-    .unwrap();
+    std::fs::write(&file, config(&a2_dir, "[tenants.a.quota]\nobjects = 2\n")).unwrap();
     let mut control = backend.connect();
     let reply = control.send(r#"{"op":"reload"}"#);
     assert_eq!(reply["ok"], true, "{reply}");
@@ -428,12 +432,19 @@ fn a_reload_changes_a_tenant_while_its_vm_keeps_working() {
         Status::PermissionDenied,
         "may store 2 objects",
     );
-    refused(&http_get(&mut a, &format!("{url}/")), Status::PermissionDenied, "");
+    refused(
+        &http_get(&mut a, &format!("{url}/")),
+        Status::PermissionDenied,
+        "",
+    );
 
     // A bad file is refused with its line and key; the old configuration goes on serving.
     std::fs::write(
         &file,
-        format!("{}[tenants.a.quota]\nobjects = 2\nbites = 5\n", config(&a2_dir, "")),
+        format!(
+            "{}[tenants.a.quota]\nobjects = 2\nbites = 5\n",
+            config(&a2_dir, "")
+        ),
     )
     .unwrap();
     let reply = control.send(r#"{"op":"reload"}"#);
@@ -464,10 +475,7 @@ fn a_reload_changes_a_tenant_while_its_vm_keeps_working() {
     .unwrap();
     let reply = control.send(r#"{"op":"reload"}"#);
     assert_eq!(reply["ok"], false, "{reply}");
-    assert!(
-        reply["error"].as_str().unwrap().contains("`a`"),
-        "{reply}"
-    );
+    assert!(reply["error"].as_str().unwrap().contains("`a`"), "{reply}");
     ok(&delete(&mut a, "k2"));
     ok(&put(&mut a, "k4", b"four", false));
     assert!(a2_dir.join("k4").exists());
