@@ -416,8 +416,10 @@ impl Source<'_> {
     }
 
     fn check_http(&self, http: RawHttp) -> Result<HttpPolicy> {
-        let mut policy = HttpPolicy::default();
-        policy.allow = self.check_allow(http.allow, "http")?;
+        let mut policy = HttpPolicy {
+            allow: self.check_allow(http.allow, "http")?,
+            ..HttpPolicy::default()
+        };
         if let Some(ms) = http.max_timeout_ms {
             policy.max_timeout = Duration::from_millis(ms);
         }

@@ -409,10 +409,8 @@ fn a_reload_changes_a_tenant_while_its_vm_keeps_working() {
     )
     .unwrap();
     // SAFETY: kill(2) with a signal number touches no memory.
-    assert_eq!(
-        unsafe { libc::kill(backend.pid() as libc::pid_t, libc::SIGHUP) },
-        0
-    );
+    let sent = unsafe { libc::kill(backend.pid() as libc::pid_t, libc::SIGHUP) };
+    assert_eq!(sent, 0);
     wait_for_log(&backend, "configuration reloaded", 1);
     ok(&put(&mut a, "k2", b"two", false));
     assert!(a2_dir.join("k2").exists() && !a_dir.join("k2").exists());
