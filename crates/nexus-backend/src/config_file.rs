@@ -47,9 +47,30 @@
 //! prefix = "tenants/alpha"             # the key prefix (inside the bucket, for S3)
 //! [tenants.alpha.limits]               # any subset of [limits]
 //! log_records_per_second = 10
+//! [tenants.alpha.quota]                # over all the tenant's VMs
+//! bytes = "10GiB"                      # stored under its prefix
+//! objects = 1000000
+//! requests_per_second = 1000
+//! burst = 2000                         # default: one second's worth
+//!
+//! [tenants.gamma]                      # a store of its own, with its own credentials
+//! url = "s3://gamma-data/functions"    # or file:///DIR; the URL's path is the prefix
+//! endpoint = "http://127.0.0.1:9000"
+//! region = "us-east-1"
+//! access_key_id = "gamma"
+//! secret_access_key_file = "gamma-s3-secret"
+//! allow_http = false
+//! [tenants.gamma.http]
+//! allow = ["https://api.gamma.example.com"]   # replaces [http] allow for its VMs
 //! ```
 //!
-//! An error names the file, the line and key, and what is wrong with it.
+//! A tenant has a `prefix` in the backend's store, or a `url` of its own store (whose path,
+//! for S3, is its prefix; or give `prefix` beside a URL without one). The S3 keys of a
+//! tenant mean nothing without its `url` and are refused.
+//!
+//! An error names the file, the line and key, and what is wrong with it. The same file is
+//! read again on reload ([`Backend::reload_config`](crate::Backend::reload_config)), with
+//! the same rules.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -505,6 +526,13 @@ impl Source<'_> {
             Some(url) => {
                 let (parsed, prefix) = StoreUrl::parse_with_prefix(url.get_ref())
                     .map_err(|e| self.at(url, &format!("{key}.url"), e.to_string()))?;
+                if tenant.access_key_id.is_some() != tenant.secret_access_key_file.is_some() {
+                    return Err(self.at(
+                        url,
+                        &key,
+                        "a tenant's own store takes access_key_id and secret_access_key_file together (or neither: the AWS_* variables)",
+                    ));
+                }
                 let s3 = self.check_s3(
                     &key,
                     S3Keys {
@@ -934,7 +962,7 @@ mod tests {
         assert_eq!(file.http.max_response_bytes, 64 << 20);
         assert_eq!(file.control.uids, vec![1000]);
         let names: Vec<&str> = file.tenants.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["alpha", "beta"]);
+        assert_eq!(names, ["alpha", "beta", "gamma"]);
 
         let config = file.backend_config(PathBuf::from("/run/vms")).unwrap();
         assert_eq!(
@@ -957,6 +985,153 @@ mod tests {
             config.limits.prefetch_cache_bytes
         );
         assert_eq!(config.tenants[1].value, "tenants/beta");
+        assert_eq!(
+            config.tenants[1].quota,
+            Quota {
+                bytes: Some(10 << 30),
+                objects: Some(1_000_000),
+                requests_per_second: Some(1000),
+                burst: Some(2000),
+            }
+        );
+        let gamma = &config.tenants[2];
+        assert_eq!(gamma.value, "functions");
+        let store = gamma.store.as_ref().unwrap();
+        assert_eq!(store.url.bucket(), Some("gamma-data"));
+        assert_eq!(store.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(
+            gamma.http_allow.as_deref(),
+            Some(&["https://api.gamma.example.com".to_owned()][..])
+        );
+        assert_eq!(config.tenants[0].http_allow, None);
+        assert!(config.tenants[0].store.is_none());
+    }
+
+    #[test]
+    fn tenants_with_their_own_stores_allow_lists_and_quotas() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret-a"), "s3cr3t-a\n").unwrap();
+        let path = dir.path().join("backend.toml");
+        std::fs::write(
+            &path,
+            "[store]\nurl = \"s3://shared\"\n\
+             [tenants.a]\nurl = \"s3://bucket-a/fn/a\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             access_key_id = \"id-a\"\nsecret_access_key_file = \"secret-a\"\n\
+             [tenants.a.http]\nallow = [\"https://a.example.com\"]\n\
+             [tenants.a.quota]\nbytes = \"1MiB\"\nrequests_per_second = 5\n\
+             [tenants.b]\nurl = \"file:///srv/b\"\nprefix = \"x\"\n\
+             [tenants.c]\nprefix = \"\"\n",
+        )
+        .unwrap();
+        let file = ConfigFile::load(&path).unwrap();
+        let config = file.backend_config(PathBuf::from("/vms")).unwrap();
+        let a = &config.tenants[0];
+        assert_eq!(a.value, "fn/a");
+        let store = a.store.as_ref().unwrap();
+        assert_eq!(store.s3.secret_access_key.as_deref(), Some("s3cr3t-a"));
+        assert_eq!(store.s3.access_key_id.as_deref(), Some("id-a"));
+        assert_eq!(a.quota.bytes, Some(1 << 20));
+        assert_eq!(a.quota.requests_per_second, Some(5));
+        assert_eq!(a.quota.objects, None);
+        // b's own store is a directory, with a prefix in it; c has the whole shared bucket,
+        // which overlaps nobody: the others are in stores of their own.
+        assert_eq!(config.tenants[1].value, "x");
+        assert_eq!(config.tenants[2].value, "shared");
+        let tenants = Tenants::from_specs(&config.tenants, &config.store.url).unwrap();
+        assert_eq!(tenants.get("a").unwrap().prefix(), "fn/a/");
+        assert_eq!(tenants.get("c").unwrap().prefix(), "");
+
+        // Two tenants of one own store still must not overlap.
+        let file = parse(
+            "[tenants.a]\nurl = \"file:///srv/x\"\n[tenants.b]\nurl = \"file:///srv/x\"\nprefix = \"p\"\n",
+        )
+        .unwrap();
+        let text = file
+            .backend_config(PathBuf::from("/vms"))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("overlap"), "{text}");
+    }
+
+    #[test]
+    fn bad_tenant_stores_quotas_and_allow_lists_are_refused_with_their_place() {
+        for (text, line, key, what) in [
+            (
+                "[tenants.a]\nurl = \"s3://b-1\"\nsecret_access_key = \"hunter2\"\n",
+                3,
+                "tenants.a.secret_access_key",
+                "secrets do not belong",
+            ),
+            (
+                "[tenants.a]\nurl = \"ftp://x\"\n",
+                2,
+                "tenants.a.url",
+                "file:///DIR or s3://BUCKET",
+            ),
+            (
+                "[tenants.a]\nprefix = \"a\"\nendpoint = \"http://127.0.0.1:1\"\n",
+                3,
+                "tenants.a.endpoint",
+                "set url too",
+            ),
+            (
+                "[tenants.a]\nurl = \"s3://b-1/p\"\nprefix = \"q\"\n",
+                3,
+                "tenants.a.prefix",
+                "give it once",
+            ),
+            (
+                "[tenants.a]\nurl = \"s3://b-1\"\naccess_key_id = \"k\"\n",
+                2,
+                "tenants.a",
+                "together",
+            ),
+            (
+                "[tenants.a]\nregion = \"r\"\n",
+                1,
+                "tenants.a",
+                "set url too",
+            ),
+            (
+                "[tenants.a]\nurl = \"file:///srv\"\n[tenants.a.quota]\nbites = 1\n",
+                4,
+                "tenants.a.quota.bites",
+                "unknown field",
+            ),
+            (
+                "[tenants.a]\nprefix = \"a\"\n[tenants.a.quota]\nrequests_per_second = 0\n",
+                4,
+                "tenants.a.quota.requests_per_second",
+                "at least 1",
+            ),
+            (
+                "[tenants.a]\nprefix = \"a\"\n[tenants.a.quota]\nbytes = \"1MB\"\n",
+                4,
+                "tenants.a.quota.bytes",
+                "not a size",
+            ),
+            (
+                "[tenants.a]\nprefix = \"a\"\n[tenants.a.http]\nallow = [\"ftp://x\"]\n",
+                4,
+                "tenants.a.http.allow[0]",
+                "http or https",
+            ),
+            (
+                "[tenants.a]\nlimits = {}\n",
+                1,
+                "tenants.a",
+                "needs a prefix",
+            ),
+        ] {
+            let error = error(text);
+            assert!(
+                error.contains(&format!("line {line}"))
+                    && error.contains(&format!("`{key}`"))
+                    && error.contains(what),
+                "{text:?}: {error}"
+            );
+            assert!(!error.contains("hunter2"));
+        }
     }
 
     #[test]
