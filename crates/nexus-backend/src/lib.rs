@@ -111,7 +111,7 @@ pub use invoke::{
 };
 pub use privileges::{DropTo, drop_privileges};
 pub use server::{Backend, Reloader, RunOptions};
-pub use stats::BackendStats;
+pub use stats::{BackendStats, TenantStats};
 pub use tenant::{DEFAULT_TENANT, Tenant, Tenants, check_key, check_prefix};
 
 /// How long shutdown waits for acknowledged write-behind uploads.

@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use nexus_ring::control::ControlEvent;
+use nexus_ring::control::{ControlEvent, TenantStats};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -56,7 +56,7 @@ pub struct RunOptions {
     pub reloader: Option<Reloader>,
     /// The user and group to become once the control socket is bound
     /// ([`drop_privileges`](crate::drop_privileges)).
-    pub drop_to: crate::DropTo,
+    pub drop_to: crate::privileges::DropTo,
 }
 
 impl std::fmt::Debug for RunOptions {
@@ -531,6 +531,16 @@ impl Backend {
             requests: totals.requests,
             rss_bytes: usage.rss_bytes,
             cpu_seconds: usage.cpu_seconds,
+            tenants: self
+                .tenant_usage()
+                .into_iter()
+                .map(|(name, bytes, objects, quota_refusals)| TenantStats {
+                    name,
+                    bytes,
+                    objects,
+                    quota_refusals,
+                })
+                .collect(),
         }
     }
 
@@ -592,7 +602,7 @@ impl Backend {
     }
 
     /// Each tenant's quota usage: name, bytes, objects, requests refused for a quota.
-    pub fn tenant_usage(&self) -> Vec<(String, u64, u64, u64)> {
+    fn tenant_usage(&self) -> Vec<(String, u64, u64, u64)> {
         read(&self.shared.tenants)
             .all()
             .iter()

@@ -330,8 +330,24 @@ fn a_tenant_over_quota_is_refused_while_another_goes_on() {
     std::thread::sleep(Duration::from_millis(1100));
     ok(&head(&mut s2, "s/x"));
 
+    // The figures: q holds 60 + 0 + 40 bytes in 3 objects and was refused 3 times, s once.
     let stats = backend.connect().send(r#"{"op":"stats"}"#);
     assert_eq!(stats["ok"], true, "{stats}");
+    let tenants = &stats["stats"]["tenants"];
+    assert_eq!(tenants[0]["name"], "q", "{stats}");
+    assert_eq!(
+        (
+            &tenants[0]["bytes"],
+            &tenants[0]["objects"],
+            &tenants[0]["quota_refusals"]
+        ),
+        (&100.into(), &3.into(), &3.into()),
+        "{stats}"
+    );
+    assert_eq!(tenants[1]["name"], "r", "{stats}");
+    assert_eq!(tenants[1]["quota_refusals"], 0, "{stats}");
+    assert_eq!(tenants[2]["name"], "s", "{stats}");
+    assert_eq!(tenants[2]["quota_refusals"], 1, "{stats}");
 }
 
 /// An HTTP server on loopback answering every request `200` with `hello`; its port.

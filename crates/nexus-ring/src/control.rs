@@ -379,6 +379,24 @@ pub struct BackendStats {
     pub rss_bytes: u64,
     /// User plus system CPU time of the process, in seconds (0 if unknown).
     pub cpu_seconds: f64,
+    /// Each tenant's quota usage, sorted by name (empty from backends that do not say).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<TenantStats>,
+}
+
+/// One tenant's figures in [`BackendStats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantStats {
+    /// The tenant's name.
+    pub name: String,
+    /// Bytes stored under the tenant, as its quota counts them (0 unless it has a bytes or
+    /// objects quota).
+    pub bytes: u64,
+    /// Objects stored under the tenant, likewise.
+    pub objects: u64,
+    /// Requests of its VMs refused for a quota since the backend started.
+    pub quota_refusals: u64,
 }
 
 /// One control reply. A client treats every field but `ok` as optional (older backends may
