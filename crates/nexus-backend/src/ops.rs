@@ -363,9 +363,11 @@ async fn put(
                 // Copy the payload out: the guest may reuse its buffers once we answer.
                 let room = session.staging.reserve(len).await;
                 let mut bytes = Vec::with_capacity(len as usize);
-                window
-                    .copy_stream_out(&request.payload, 0, len as u32, &mut bytes)
-                    .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
+                if let Err(e) = window.copy_stream_out(&request.payload, 0, len as u32, &mut bytes)
+                {
+                    session.tenant.refund(charge);
+                    return Err(Reply::error(Status::Internal, e.to_string()));
+                }
                 session.count_out(len);
                 session.prefetch.invalidate(&key);
                 let upload = engine.upload_started();

@@ -45,6 +45,12 @@ impl DropTo {
             },
         };
         let gid = match group {
+            None if uid.is_some() && primary.is_none() => {
+                // Keeping root's group would keep what it may read.
+                return Err(Error::Privileges(
+                    "a numeric --user needs --group too (the group to become)".into(),
+                ));
+            }
             None => primary,
             Some(group) => Some(match group.parse::<u32>() {
                 Ok(gid) => gid,
@@ -219,5 +225,7 @@ mod tests {
         let error = DropTo::resolve(Some("no-such-user-here"), None).unwrap_err();
         assert!(error.to_string().contains("no-such-user-here"), "{error}");
         assert!(DropTo::resolve(None, Some("no-such-group-here")).is_err());
+        let error = DropTo::resolve(Some("65534"), None).unwrap_err();
+        assert!(error.to_string().contains("--group"), "{error}");
     }
 }
