@@ -20,9 +20,12 @@
 //!   prefix may be or lie under it.
 //! - A tenant with its own store is confined to its prefix in that store (the URL's
 //!   `s3://BUCKET/PREFIX` or the `prefix` key); it never reaches the backend's store.
-//! - No two tenants of the same store overlap: neither prefix may start with the other (so equal prefixes, and
-//!   the empty prefix beside any other tenant, are refused at start). A single tenant may
-//!   have the empty prefix.
+//! - No two tenants overlap: neither prefix may start with the other in one store (so equal
+//!   prefixes, and the empty prefix beside any other tenant, are refused at start). A single
+//!   tenant may have the empty prefix. Stores are compared by bucket, and by directory: a
+//!   tenant whose own directory lies under another tenant's place (`file:///srv` with the
+//!   empty prefix, and `file:///srv/b`) overlaps it too; so does a tenant's own store that is
+//!   the backend's.
 //!
 //! # Object keys
 //!
@@ -194,16 +197,18 @@ impl Tenant {
         Ok(())
     }
 
-    /// Whether a key could belong to both tenants: they share a store, and one prefix starts
-    /// with the other.
-    fn overlaps(&self, other: &Tenant) -> bool {
-        self.store_url() == other.store_url()
-            && (self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix))
-    }
-
-    /// The tenant's own store URL (`None`: the backend's store).
-    fn store_url(&self) -> Option<&StoreUrl> {
-        self.store.as_ref().map(|s| &s.url)
+    /// Where the tenant's objects live, as one string that starts with another tenant's
+    /// exactly when that tenant's place holds it: `file:DIR/PREFIX` or `s3:BUCKET/PREFIX`
+    /// (`default`: the backend's store).
+    fn location(&self, default: &StoreUrl) -> String {
+        match self.store.as_ref().map_or(default, |s| &s.url) {
+            StoreUrl::File(dir) => {
+                let dir = dir.display().to_string();
+                let slash = if dir.ends_with('/') { "" } else { "/" };
+                format!("file:{dir}{slash}{}", self.prefix)
+            }
+            StoreUrl::S3 { bucket } => format!("s3:{bucket}/{}", self.prefix),
+        }
     }
 }
 
@@ -235,7 +240,7 @@ impl Tenants {
                 });
             }
         }
-        check_disjoint(&by_name)?;
+        check_disjoint(&by_name, store)?;
         Ok(Self { by_name })
     }
 
@@ -255,27 +260,32 @@ impl Tenants {
     }
 }
 
-/// Refuses two tenants of one store whose prefixes overlap. Sorted by store, then in byte
-/// order, a prefix that starts another
-/// sorts before it with only prefixes it also starts in between, so checking neighbours
-/// finds every overlap.
-fn check_disjoint(by_name: &HashMap<String, Arc<Tenant>>) -> Result<()> {
-    let mut tenants: Vec<&Tenant> = by_name.values().map(Arc::as_ref).collect();
-    let store_key = |t: &Tenant| t.store_url().map(|url| format!("{url:?}"));
-    tenants.sort_unstable_by(|a, b| {
-        store_key(a)
-            .cmp(&store_key(b))
-            .then(a.prefix.cmp(&b.prefix))
-            .then(a.name.cmp(&b.name))
-    });
+/// Refuses two tenants whose places overlap ([`Tenant::location`]; `store` is the backend's).
+/// In byte order, a location that starts another sorts before it with only locations it
+/// also starts in between, so checking neighbours finds every overlap. The error names the
+/// prefixes of tenants of one store, else their locations.
+fn check_disjoint(by_name: &HashMap<String, Arc<Tenant>>, store: &StoreUrl) -> Result<()> {
+    let mut tenants: Vec<(String, &Tenant)> = by_name
+        .values()
+        .map(|t| (t.location(store), t.as_ref()))
+        .collect();
+    tenants.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.name.cmp(&b.1.name)));
     for pair in tenants.windows(2) {
-        let (first, second) = (pair[0], pair[1]);
-        if first.overlaps(second) {
+        let ((first_at, first), (second_at, second)) = (&pair[0], &pair[1]);
+        if second_at.starts_with(first_at.as_str()) {
+            let same_store = first.store == second.store;
+            let place = |t: &Tenant, at: &String| {
+                if same_store {
+                    t.prefix.clone()
+                } else {
+                    at.clone()
+                }
+            };
             return Err(Error::OverlappingTenants {
                 first: first.name.clone(),
-                first_prefix: first.prefix.clone(),
+                first_prefix: place(first, first_at),
                 second: second.name.clone(),
-                second_prefix: second.prefix.clone(),
+                second_prefix: place(second, second_at),
             });
         }
     }
@@ -515,6 +525,53 @@ mod tests {
         };
         assert!(Tenants::from_specs(&specs(&["a=nexus-data/a", "b=nexus-data"]), &s3).is_err());
         assert!(Tenants::from_specs(&specs(&["a=nexus-data/a", "b=nexus-data/b"]), &s3).is_ok());
+    }
+
+    #[test]
+    fn tenants_of_stores_of_their_own_overlap_only_where_their_places_do() {
+        let store = StoreUrl::File(PathBuf::from("/srv/objects"));
+        let own = |name: &str, url: &str, prefix: &str| TenantSpec {
+            store: Some(StoreConfig {
+                url: StoreUrl::parse(url).unwrap(),
+                s3: crate::config::S3Options::default(),
+            }),
+            ..spec(&format!("{name}={prefix}"))
+        };
+        // Same prefixes in different stores are fine.
+        let good = [
+            own("a", "file:///srv/a", ""),
+            own("b", "file:///srv/b", ""),
+            own("c", "s3://bucket-c", ""),
+            own("d", "s3://bucket-d", "x"),
+            spec("e="),
+        ];
+        assert!(Tenants::from_specs(&good, &store).is_ok());
+        let tenants = Tenants::from_specs(&good, &store).unwrap();
+        assert_eq!(tenants.get("d").unwrap().prefix(), "x/");
+        assert!(tenants.get("a").unwrap().store().is_some());
+        assert!(tenants.get("e").unwrap().store().is_none());
+        for bad in [
+            // A tenant's own store that is the backend's, under another tenant's prefix.
+            vec![own("a", "file:///srv/objects", "t/a"), spec("b=t")],
+            // A directory inside another tenant's place in the backend's store.
+            vec![own("a", "file:///srv/objects/t/b", ""), spec("b=t")],
+            // Nested directories of two own stores.
+            vec![own("a", "file:///srv", ""), own("b", "file:///srv/x/", "")],
+            // One bucket, overlapping prefixes.
+            vec![
+                own("a", "s3://bucket-a", "p"),
+                own("b", "s3://bucket-a", "p/q"),
+            ],
+        ] {
+            let error = Tenants::from_specs(&bad, &store).unwrap_err();
+            assert!(matches!(error, Error::OverlappingTenants { .. }), "{bad:?}");
+        }
+        // A directory that merely shares a name's beginning does not overlap.
+        let fine = [
+            own("a", "file:///srv/ab", ""),
+            own("b", "file:///srv/a", ""),
+        ];
+        assert!(Tenants::from_specs(&fine, &store).is_ok());
     }
 
     #[test]
