@@ -276,16 +276,8 @@ fn main() -> ExitCode {
         }
     };
     let (config, drop_to) = config;
-    // A reload reads the file again with the same flags: flags keep overriding it.
     let options = RunOptions {
-        reloader: Some(Arc::new(move || {
-            Configuration::try_from(reload_args.clone())
-                .map(|c| c.backend)
-                .map_err(|e| match e {
-                    ArgsError::Backend(e) => e,
-                    other => nexus_backend::Error::ReloadRefused(other.to_string()),
-                })
-        })),
+        reloader: Some(reloader(reload_args)),
         drop_to,
     };
     match nexus_backend::run_with(config.backend, &config.listen, config.io_threads, options) {
@@ -295,6 +287,18 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What a reload applies: the file read again with the same flags, which keep overriding it.
+fn reloader(args: Args) -> nexus_backend::Reloader {
+    Arc::new(move || {
+        Configuration::try_from(args.clone())
+            .map(|c| c.backend)
+            .map_err(|e| match e {
+                ArgsError::Backend(e) => e,
+                other => nexus_backend::Error::ReloadRefused(other.to_string()),
+            })
+    })
 }
 
 /// The error and its causes, `error: cause: …`.
@@ -473,6 +477,32 @@ mod tests {
         let config = parse(&["--config", config_arg, "--tenant", "c=c"]).unwrap();
         assert_eq!(config.backend.tenants.len(), 1);
         assert_eq!(config.backend.tenants[0].name, "c");
+
+        // A reload reads the file again, and the flags still override it.
+        let args = Args::try_parse_from([
+            "nexus-backend",
+            "--config",
+            config_arg,
+            "--prefetch-cache-mib",
+            "8",
+            "--user",
+            "nobody",
+            "--group",
+            "65534",
+        ])
+        .unwrap();
+        assert_eq!(args.user.as_deref(), Some("nobody"));
+        assert_eq!(args.group.as_deref(), Some("65534"));
+        let reload = reloader(args);
+        std::fs::write(
+            &path,
+            "listen = \"control.sock\"\n[limits]\nprefetch_cache_bytes = \"1MiB\"\nlog_burst = 4\n",
+        )
+        .unwrap();
+        let reloaded = reload().unwrap();
+        assert_eq!(reloaded.limits.log_burst, 4, "the file's change");
+        assert_eq!(reloaded.limits.prefetch_cache_bytes, 8 << 20, "the flag's");
+        assert!(reloaded.tenants.is_empty());
 
         // Errors in the file name it.
         std::fs::write(&path, "[limits]\nlog_burst = \"x\"\n").unwrap();

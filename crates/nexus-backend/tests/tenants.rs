@@ -17,7 +17,7 @@ use common::{BackendProcess, Call, GuestVm, WAIT};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use nexus_ring::records::EntryList;
-use nexus_ring::{Command, HttpMethod, Status};
+use nexus_ring::{Command, HttpMethod, LogLevel, Status};
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
 
@@ -376,6 +376,23 @@ fn http_server() -> u16 {
     port
 }
 
+/// The statuses of `n` LOG records sent at once.
+fn log_burst(vm: &mut GuestVm, n: usize) -> Vec<Status> {
+    (0..n)
+        .map(|_| {
+            vm.call(
+                &Call::new(Command::Log {
+                    level: LogLevel::Info,
+                })
+                .payload(&[b"a record"])
+                .response_meta(256),
+            )
+            .header
+            .status
+        })
+        .collect()
+}
+
 fn http_get(vm: &mut GuestVm, url: &str) -> common::Answer {
     vm.call(
         &Call::new(Command::Http {
@@ -402,14 +419,23 @@ fn a_reload_changes_a_tenant_while_its_vm_keeps_working() {
         format!(
             "[store]\nurl = \"file://{}\"\n\
              [tenants.a]\nurl = \"file://{}\"\n{extra}\
-             [tenants.b]\nprefix = \"b\"\n",
+             [tenants.b]\nprefix = \"b\"\n[tenants.b.limits]\nlog_burst = 1\nlog_records_per_second = 1\n",
             objects.display(),
             a_store.display()
         )
     };
     let file = dir.path().join("backend.toml");
-    let backend = start(dir.path(), &config(&a_dir, ""));
+    // At first b's VMs may log 100 records a second (the defaults).
+    let backend = start(
+        dir.path(),
+        &format!(
+            "[store]\nurl = \"file://{}\"\n[tenants.a]\nurl = \"file://{}\"\n[tenants.b]\nprefix = \"b\"\n",
+            objects.display(),
+            a_dir.display()
+        ),
+    );
     let (_ca, mut a) = attach(&backend, "vm-a", "a");
+    let (_cb1, mut b1) = attach(&backend, "vm-b1", "b");
     ok(&put(&mut a, "k1", b"one", false));
     assert!(a_dir.join("k1").exists());
     refused(
@@ -433,6 +459,10 @@ fn a_reload_changes_a_tenant_while_its_vm_keeps_working() {
     refused(&get(&mut a, "k1"), Status::NotFound, "");
     let answer = http_get(&mut a, &format!("{url}/"));
     assert_eq!(body(&answer), b"hello");
+    // b's new per-VM limits apply to its VMs attached from now on, not to vm-b1.
+    let (_cb2, mut b2) = attach(&backend, "vm-b2", "b");
+    assert_eq!(log_burst(&mut b2, 2), [Status::Ok, Status::Throttled]);
+    assert_eq!(log_burst(&mut b1, 3), [Status::Ok; 3]);
 
     // The control op: a quota of 2 objects (k2 is counted), and no more HTTP.
     std::fs::write(&file, config(&a2_dir, "[tenants.a.quota]\nobjects = 2\n")).unwrap();
@@ -466,7 +496,7 @@ fn a_reload_changes_a_tenant_while_its_vm_keeps_working() {
     let error = reply["error"].as_str().unwrap();
     assert!(
         error.contains("backend.toml")
-            && error.contains("line 9")
+            && error.contains("line 12")
             && error.contains("tenants.a.quota.bites"),
         "{error}"
     );
