@@ -53,6 +53,18 @@ impl StoreUrl {
         Err(invalid("use file:///DIR or s3://BUCKET"))
     }
 
+    /// Parses a tenant's own store: `file:///DIR` or `s3://BUCKET[/PREFIX]`; returns the
+    /// store and the prefix (empty for a file store, or an S3 URL without one).
+    pub fn parse_with_prefix(url: &str) -> Result<(Self, String)> {
+        if let Some(rest) = url.strip_prefix("s3://") {
+            if let Some((bucket, prefix)) = rest.split_once('/') {
+                let store = Self::parse(&format!("s3://{bucket}"))?;
+                return Ok((store, prefix.trim_end_matches('/').to_owned()));
+            }
+        }
+        Ok((Self::parse(url)?, String::new()))
+    }
+
     /// The bucket of an S3 store; `None` for a file store.
     pub fn bucket(&self) -> Option<&str> {
         match self {
@@ -241,6 +253,29 @@ pub struct ControlAccess {
     pub socket_group: Option<u32>,
 }
 
+/// A tenant's quotas (`[tenants.NAME.quota]`): what all of its VMs together may store and
+/// how fast they may ask. `None` fields are unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Quota {
+    /// Bytes stored under the tenant (its prefix in its store), counted at start and kept up
+    /// to date on PUT and DELETE.
+    pub bytes: Option<u64>,
+    /// Objects stored under the tenant.
+    pub objects: Option<u64>,
+    /// Requests per second over all the tenant's VMs (GET, PUT, HEAD, DELETE, LIST, HTTP,
+    /// INVOKE), sustained.
+    pub requests_per_second: Option<u32>,
+    /// Requests in a burst (default: one second's worth).
+    pub burst: Option<u32>,
+}
+
+impl Quota {
+    /// Whether bytes or objects are limited (so the tenant's usage must be counted).
+    pub fn counts_usage(&self) -> bool {
+        self.bytes.is_some() || self.objects.is_some()
+    }
+}
+
 /// A `--tenant NAME=VALUE` argument, not yet checked against the store (the rule is in
 /// [`Tenant::from_spec`](crate::Tenant::from_spec)).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -256,6 +291,13 @@ pub struct TenantSpec {
     pub control_uids: Vec<u32>,
     /// Control peers (group IDs) allowed to attach the tenant's VMs.
     pub control_gids: Vec<u32>,
+    /// The tenant's own store (`None`: the backend's store, [`BackendConfig::store`]); with
+    /// it, `value` is the key prefix inside that store.
+    pub store: Option<StoreConfig>,
+    /// The tenant's own HTTP allow-list, replacing [`HttpPolicy::allow`] for its VMs.
+    pub http_allow: Option<Vec<String>>,
+    /// The tenant's quotas.
+    pub quota: Quota,
 }
 
 impl std::str::FromStr for TenantSpec {
@@ -280,6 +322,9 @@ impl std::str::FromStr for TenantSpec {
             limits: None,
             control_uids: Vec::new(),
             control_gids: Vec::new(),
+            store: None,
+            http_allow: None,
+            quota: Quota::default(),
         })
     }
 }
@@ -368,6 +413,13 @@ mod tests {
         ] {
             assert!(StoreUrl::parse(bad).is_err(), "{bad}");
         }
+        let (store, prefix) = StoreUrl::parse_with_prefix("s3://my-bucket/fn/a/").unwrap();
+        assert_eq!(store.bucket(), Some("my-bucket"));
+        assert_eq!(prefix, "fn/a");
+        let (store, prefix) = StoreUrl::parse_with_prefix("file:///srv/a/").unwrap();
+        assert_eq!(store, StoreUrl::File(PathBuf::from("/srv/a")));
+        assert_eq!(prefix, "");
+        assert!(StoreUrl::parse_with_prefix("s3://B/x").is_err());
     }
 
     #[test]

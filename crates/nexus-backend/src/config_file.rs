@@ -47,9 +47,30 @@
 //! prefix = "tenants/alpha"             # the key prefix (inside the bucket, for S3)
 //! [tenants.alpha.limits]               # any subset of [limits]
 //! log_records_per_second = 10
+//! [tenants.alpha.quota]                # over all the tenant's VMs
+//! bytes = "10GiB"                      # stored under its prefix
+//! objects = 1000000
+//! requests_per_second = 1000
+//! burst = 2000                         # default: one second's worth
+//!
+//! [tenants.gamma]                      # a store of its own, with its own credentials
+//! url = "s3://gamma-data/functions"    # or file:///DIR; the URL's path is the prefix
+//! endpoint = "http://127.0.0.1:9000"
+//! region = "us-east-1"
+//! access_key_id = "gamma"
+//! secret_access_key_file = "gamma-s3-secret"
+//! allow_http = false
+//! [tenants.gamma.http]
+//! allow = ["https://api.gamma.example.com"]   # replaces [http] allow for its VMs
 //! ```
 //!
-//! An error names the file, the line and key, and what is wrong with it.
+//! A tenant has a `prefix` in the backend's store, or a `url` of its own store (whose path,
+//! for S3, is its prefix; or give `prefix` beside a URL without one). The S3 keys of a
+//! tenant mean nothing without its `url` and are refused.
+//!
+//! An error names the file, the line and key, and what is wrong with it. The same file is
+//! read again on reload ([`Backend::reload_config`](crate::Backend::reload_config)), with
+//! the same rules.
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
@@ -62,8 +83,8 @@ use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use toml::Spanned;
 
 use crate::config::{
-    BackendConfig, ControlAccess, DEFAULT_STAGING_BYTES, DEFAULT_STORE_URL, HttpPolicy, S3Options,
-    StoreConfig, StoreUrl, TenantSpec, VmLimits, valid_name,
+    BackendConfig, ControlAccess, DEFAULT_STAGING_BYTES, DEFAULT_STORE_URL, HttpPolicy, Quota,
+    S3Options, StoreConfig, StoreUrl, TenantSpec, VmLimits, valid_name,
 };
 use crate::error::{Error, Result};
 use crate::tenant::{Tenant, Tenants};
@@ -114,13 +135,23 @@ pub struct TenantEntry {
     pub control_uids: Vec<u32>,
     /// `control_gids`: control peers (by group ID) allowed to attach VMs of this tenant.
     pub control_gids: Vec<u32>,
+    /// `url` and the S3 keys beside it: the tenant's own store (`None`: the backend's).
+    pub store: Option<StoreConfig>,
+    /// `[tenants.NAME.http] allow`: the tenant's own allow-list.
+    pub http_allow: Option<Vec<String>>,
+    /// `[tenants.NAME.quota]`.
+    pub quota: Quota,
 }
 
 impl TenantEntry {
     /// The tenant as a [`TenantSpec`] for `store`, with `defaults` changed by its own limits
     /// (`None` if it changes none).
     pub fn spec(&self, store: &StoreUrl, defaults: &VmLimits) -> Result<TenantSpec> {
-        let value = match (store.bucket(), &self.bucket) {
+        let store_bucket = match &self.store {
+            Some(_) => None,
+            None => store.bucket(),
+        };
+        let value = match (store_bucket, &self.bucket) {
             (None, None) => self.prefix.clone(),
             (None, Some(bucket)) => {
                 return Err(Error::InvalidTenant {
@@ -143,6 +174,9 @@ impl TenantEntry {
             limits: (!self.limits.is_empty()).then(|| self.limits.apply(defaults)),
             control_uids: self.control_uids.clone(),
             control_gids: self.control_gids.clone(),
+            store: self.store.clone(),
+            http_allow: self.http_allow.clone(),
+            quota: self.quota.clone(),
         })
     }
 }
@@ -338,43 +372,60 @@ impl Source<'_> {
     }
 
     fn check_store(&self, store: RawStore, config: &mut ConfigFile) -> Result<()> {
+        let url = StoreUrl::parse(store.url.get_ref())
+            .map_err(|e| self.at(&store.url, "store.url", e.to_string()))?;
+        config.store = Some(url);
+        config.s3 = self.check_s3(
+            "store",
+            S3Keys {
+                endpoint: store.endpoint,
+                region: store.region,
+                access_key_id: store.access_key_id,
+                secret_access_key_file: store.secret_access_key_file,
+                allow_http: store.allow_http,
+                secret_access_key: store.secret_access_key,
+                session_token: store.session_token,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// The S3 keys of table `table` (`store`, or `tenants.NAME`).
+    fn check_s3(&self, table: &str, keys: S3Keys) -> Result<S3Options> {
         for (secret, key) in [
-            (&store.secret_access_key, "store.secret_access_key"),
-            (&store.session_token, "store.session_token"),
+            (&keys.secret_access_key, "secret_access_key"),
+            (&keys.session_token, "session_token"),
         ] {
             if let Some(secret) = secret {
                 return Err(self.at(
                     secret,
-                    key,
-                    "secrets do not belong in the configuration file: use the AWS_* environment variables or store.secret_access_key_file",
+                    &format!("{table}.{key}"),
+                    format!("secrets do not belong in the configuration file: use the AWS_* environment variables or {table}.secret_access_key_file"),
                 ));
             }
         }
-        let url = StoreUrl::parse(store.url.get_ref())
-            .map_err(|e| self.at(&store.url, "store.url", e.to_string()))?;
-        if let Some(endpoint) = &store.endpoint {
+        if let Some(endpoint) = &keys.endpoint {
             if reqwest::Url::parse(endpoint.get_ref()).is_err() {
-                return Err(self.at(endpoint, "store.endpoint", "not a URL"));
+                return Err(self.at(endpoint, &format!("{table}.endpoint"), "not a URL"));
             }
         }
-        let secret_access_key = match store.secret_access_key_file {
+        let secret_access_key = match keys.secret_access_key_file {
             None => None,
-            Some(file) => Some(self.read_secret(&file)?),
+            Some(file) => {
+                Some(self.read_secret(&file, &format!("{table}.secret_access_key_file"))?)
+            }
         };
-        config.store = Some(url);
-        config.s3 = S3Options {
-            endpoint: store.endpoint.map(Spanned::into_inner),
-            region: store.region,
-            access_key_id: store.access_key_id,
+        Ok(S3Options {
+            endpoint: keys.endpoint.map(Spanned::into_inner),
+            region: keys.region,
+            access_key_id: keys.access_key_id,
             secret_access_key,
             session_token: None,
-            allow_http: store.allow_http,
-        };
-        Ok(())
+            allow_http: keys.allow_http,
+        })
     }
 
-    fn read_secret(&self, file: &Spanned<PathBuf>) -> Result<String> {
-        let key = "store.secret_access_key_file";
+    fn read_secret(&self, file: &Spanned<PathBuf>, key: &str) -> Result<String> {
         let path = self.path_in_file(file.get_ref().clone());
         let text = std::fs::read_to_string(&path)
             .map_err(|e| self.at(file, key, format!("cannot read {}: {e}", path.display())))?;
@@ -386,12 +437,10 @@ impl Source<'_> {
     }
 
     fn check_http(&self, http: RawHttp) -> Result<HttpPolicy> {
-        let mut policy = HttpPolicy::default();
-        for (index, entry) in http.allow.iter().enumerate() {
-            check_allow_entry(entry.get_ref())
-                .map_err(|reason| self.at(entry, &format!("http.allow[{index}]"), reason))?;
-        }
-        policy.allow = http.allow.into_iter().map(Spanned::into_inner).collect();
+        let mut policy = HttpPolicy {
+            allow: self.check_allow(http.allow, "http")?,
+            ..HttpPolicy::default()
+        };
         if let Some(ms) = http.max_timeout_ms {
             policy.max_timeout = Duration::from_millis(ms);
         }
@@ -402,6 +451,15 @@ impl Source<'_> {
             policy.max_response_bytes = bytes;
         }
         Ok(policy)
+    }
+
+    /// Checks the allow-list `allow` of table `table`.
+    fn check_allow(&self, allow: Vec<Spanned<String>>, table: &str) -> Result<Vec<String>> {
+        for (index, entry) in allow.iter().enumerate() {
+            check_allow_entry(entry.get_ref())
+                .map_err(|reason| self.at(entry, &format!("{table}.allow[{index}]"), reason))?;
+        }
+        Ok(allow.into_iter().map(Spanned::into_inner).collect())
     }
 
     fn check_control(&self, control: RawControl) -> Result<ControlAccess> {
@@ -434,23 +492,128 @@ impl Source<'_> {
                 "a tenant name is 1 to 64 letters, digits, `.`, `_` or `-`",
             ));
         }
+        if tenant.url.is_none() {
+            // The S3 keys of a tenant's own store mean nothing without one.
+            let stray = [
+                tenant.endpoint.as_ref().map(|v| (v.span(), "endpoint")),
+                tenant
+                    .secret_access_key_file
+                    .as_ref()
+                    .map(|v| (v.span(), "secret_access_key_file")),
+            ];
+            if let Some((span, name)) = stray.into_iter().flatten().next() {
+                return Err(self.error(
+                    Some(span),
+                    Some(format!("{key}.{name}")),
+                    "the S3 keys of a tenant belong to its own store: set url too".into(),
+                ));
+            }
+            if tenant.region.is_some()
+                || tenant.access_key_id.is_some()
+                || tenant.allow_http.is_some()
+                || tenant.secret_access_key.is_some()
+                || tenant.session_token.is_some()
+            {
+                return Err(self.at(
+                    &name,
+                    &key,
+                    "the S3 keys of a tenant belong to its own store: set url too",
+                ));
+            }
+        }
+        let (store, url_prefix) = match &tenant.url {
+            None => (None, None),
+            Some(url) => {
+                let (parsed, prefix) = StoreUrl::parse_with_prefix(url.get_ref())
+                    .map_err(|e| self.at(url, &format!("{key}.url"), e.to_string()))?;
+                if tenant.access_key_id.is_some() != tenant.secret_access_key_file.is_some() {
+                    return Err(self.at(
+                        url,
+                        &key,
+                        "a tenant's own store takes access_key_id and secret_access_key_file together (or neither: the AWS_* variables)",
+                    ));
+                }
+                let s3 = self.check_s3(
+                    &key,
+                    S3Keys {
+                        endpoint: tenant.endpoint,
+                        region: tenant.region,
+                        access_key_id: tenant.access_key_id,
+                        secret_access_key_file: tenant.secret_access_key_file,
+                        allow_http: tenant.allow_http.unwrap_or(false),
+                        secret_access_key: tenant.secret_access_key,
+                        session_token: tenant.session_token,
+                    },
+                )?;
+                (Some(StoreConfig { url: parsed, s3 }), Some(prefix))
+            }
+        };
+        let prefix = match (&tenant.prefix, url_prefix) {
+            (Some(prefix), Some(from_url)) if !from_url.is_empty() => {
+                return Err(self.at(
+                    prefix,
+                    &format!("{key}.prefix"),
+                    format!("the url names prefix `{from_url}` already: give it once"),
+                ));
+            }
+            (Some(prefix), _) => prefix.clone(),
+            (None, Some(from_url)) => Spanned::new(name.span(), from_url),
+            (None, None) => {
+                return Err(self.at(
+                    &name,
+                    &key,
+                    "a tenant needs a prefix (in the backend's store), or a url of its own store",
+                ));
+            }
+        };
+        if store.is_some() && tenant.bucket.is_some() {
+            return Err(self.at(
+                &name,
+                &format!("{key}.bucket"),
+                "a tenant with its own store names its bucket in url",
+            ));
+        }
         // The prefix's own rules; the bucket and overlaps are checked with the store.
-        Tenant::new(name.get_ref(), tenant.prefix.get_ref()).map_err(|e| {
+        Tenant::new(name.get_ref(), prefix.get_ref()).map_err(|e| {
             let reason = match e {
                 Error::InvalidTenant { reason, .. } => reason,
                 other => other.to_string(),
             };
-            self.at(&tenant.prefix, &format!("{key}.prefix"), reason)
+            self.at(&prefix, &format!("{key}.prefix"), reason)
         })?;
+        let http_allow = match tenant.http {
+            None => None,
+            Some(http) => Some(self.check_allow(http.allow, &format!("{key}.http"))?),
+        };
+        let quota = tenant.quota.unwrap_or_default();
         Ok(TenantEntry {
             name: name.into_inner(),
-            prefix: tenant.prefix.into_inner(),
+            prefix: prefix.into_inner(),
             bucket: tenant.bucket,
             limits: tenant.limits,
             control_uids: tenant.control_uids,
             control_gids: tenant.control_gids,
+            store,
+            http_allow,
+            quota: Quota {
+                bytes: quota.bytes,
+                objects: quota.objects,
+                requests_per_second: quota.requests_per_second,
+                burst: quota.burst,
+            },
         })
     }
+}
+
+/// The S3 keys of a store table, as written.
+struct S3Keys {
+    endpoint: Option<Spanned<String>>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key_file: Option<Spanned<PathBuf>>,
+    allow_http: bool,
+    secret_access_key: Option<Spanned<IgnoredAny>>,
+    session_token: Option<Spanned<IgnoredAny>>,
 }
 
 /// The dotted key whose name or value covers byte `at` of `text` (the innermost), if any.
@@ -526,7 +689,7 @@ fn check_allow_entry(entry: &str) -> std::result::Result<(), &'static str> {
 }
 
 /// The ID of group `name`, from the host's group database.
-fn group_id(name: &str) -> Option<u32> {
+pub(crate) fn group_id(name: &str) -> Option<u32> {
     let name = CString::new(name).ok()?;
     let mut buffer: Vec<libc::c_char> = vec![0; 1024];
     loop {
@@ -725,14 +888,46 @@ struct RawControl {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTenant {
-    prefix: Spanned<String>,
+    prefix: Option<Spanned<String>>,
     bucket: Option<String>,
+    url: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key_file: Option<Spanned<PathBuf>>,
+    allow_http: Option<bool>,
+    /// Refused with a message that says where secrets go.
+    secret_access_key: Option<Spanned<IgnoredAny>>,
+    /// Refused likewise.
+    session_token: Option<Spanned<IgnoredAny>>,
+    http: Option<RawTenantHttp>,
+    quota: Option<RawQuota>,
     #[serde(default)]
     limits: LimitOverrides,
     #[serde(default)]
     control_uids: Vec<u32>,
     #[serde(default)]
     control_gids: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenantHttp {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuota {
+    #[serde(default, deserialize_with = "size")]
+    bytes: Option<u64>,
+    #[serde(default)]
+    objects: Option<u64>,
+    #[serde(default, deserialize_with = "positive_u32")]
+    requests_per_second: Option<u32>,
+    #[serde(default, deserialize_with = "positive_u32")]
+    burst: Option<u32>,
 }
 
 #[cfg(test)]
@@ -767,7 +962,7 @@ mod tests {
         assert_eq!(file.http.max_response_bytes, 64 << 20);
         assert_eq!(file.control.uids, vec![1000]);
         let names: Vec<&str> = file.tenants.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["alpha", "beta"]);
+        assert_eq!(names, ["alpha", "beta", "gamma"]);
 
         let config = file.backend_config(PathBuf::from("/run/vms")).unwrap();
         assert_eq!(
@@ -790,6 +985,153 @@ mod tests {
             config.limits.prefetch_cache_bytes
         );
         assert_eq!(config.tenants[1].value, "tenants/beta");
+        assert_eq!(
+            config.tenants[1].quota,
+            Quota {
+                bytes: Some(10 << 30),
+                objects: Some(1_000_000),
+                requests_per_second: Some(1000),
+                burst: Some(2000),
+            }
+        );
+        let gamma = &config.tenants[2];
+        assert_eq!(gamma.value, "functions");
+        let store = gamma.store.as_ref().unwrap();
+        assert_eq!(store.url.bucket(), Some("gamma-data"));
+        assert_eq!(store.s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(
+            gamma.http_allow.as_deref(),
+            Some(&["https://api.gamma.example.com".to_owned()][..])
+        );
+        assert_eq!(config.tenants[0].http_allow, None);
+        assert!(config.tenants[0].store.is_none());
+    }
+
+    #[test]
+    fn tenants_with_their_own_stores_allow_lists_and_quotas() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret-a"), "s3cr3t-a\n").unwrap();
+        let path = dir.path().join("backend.toml");
+        std::fs::write(
+            &path,
+            "[store]\nurl = \"s3://shared\"\n\
+             [tenants.a]\nurl = \"s3://bucket-a/fn/a\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+             access_key_id = \"id-a\"\nsecret_access_key_file = \"secret-a\"\n\
+             [tenants.a.http]\nallow = [\"https://a.example.com\"]\n\
+             [tenants.a.quota]\nbytes = \"1MiB\"\nrequests_per_second = 5\n\
+             [tenants.b]\nurl = \"file:///srv/b\"\nprefix = \"x\"\n\
+             [tenants.c]\nprefix = \"\"\n",
+        )
+        .unwrap();
+        let file = ConfigFile::load(&path).unwrap();
+        let config = file.backend_config(PathBuf::from("/vms")).unwrap();
+        let a = &config.tenants[0];
+        assert_eq!(a.value, "fn/a");
+        let store = a.store.as_ref().unwrap();
+        assert_eq!(store.s3.secret_access_key.as_deref(), Some("s3cr3t-a"));
+        assert_eq!(store.s3.access_key_id.as_deref(), Some("id-a"));
+        assert_eq!(a.quota.bytes, Some(1 << 20));
+        assert_eq!(a.quota.requests_per_second, Some(5));
+        assert_eq!(a.quota.objects, None);
+        // b's own store is a directory, with a prefix in it; c has the whole shared bucket,
+        // which overlaps nobody: the others are in stores of their own.
+        assert_eq!(config.tenants[1].value, "x");
+        assert_eq!(config.tenants[2].value, "shared");
+        let tenants = Tenants::from_specs(&config.tenants, &config.store.url).unwrap();
+        assert_eq!(tenants.get("a").unwrap().prefix(), "fn/a/");
+        assert_eq!(tenants.get("c").unwrap().prefix(), "");
+
+        // Two tenants of one own store still must not overlap.
+        let file = parse(
+            "[tenants.a]\nurl = \"file:///srv/x\"\n[tenants.b]\nurl = \"file:///srv/x\"\nprefix = \"p\"\n",
+        )
+        .unwrap();
+        let text = file
+            .backend_config(PathBuf::from("/vms"))
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("overlap"), "{text}");
+    }
+
+    #[test]
+    fn bad_tenant_stores_quotas_and_allow_lists_are_refused_with_their_place() {
+        for (text, line, key, what) in [
+            (
+                "[tenants.a]\nurl = \"s3://b-1\"\nsecret_access_key = \"hunter2\"\n",
+                3,
+                "tenants.a.secret_access_key",
+                "secrets do not belong",
+            ),
+            (
+                "[tenants.a]\nurl = \"ftp://x\"\n",
+                2,
+                "tenants.a.url",
+                "file:///DIR or s3://BUCKET",
+            ),
+            (
+                "[tenants.a]\nprefix = \"a\"\nendpoint = \"http://127.0.0.1:1\"\n",
+                3,
+                "tenants.a.endpoint",
+                "set url too",
+            ),
+            (
+                "[tenants.a]\nurl = \"s3://b-1/p\"\nprefix = \"q\"\n",
+                3,
+                "tenants.a.prefix",
+                "give it once",
+            ),
+            (
+                "[tenants.a]\nurl = \"s3://b-1\"\naccess_key_id = \"k\"\n",
+                2,
+                "tenants.a",
+                "together",
+            ),
+            (
+                "[tenants.a]\nregion = \"r\"\n",
+                1,
+                "tenants.a",
+                "set url too",
+            ),
+            (
+                "[tenants.a]\nurl = \"file:///srv\"\n[tenants.a.quota]\nbites = 1\n",
+                4,
+                "tenants.a.quota.bites",
+                "unknown field",
+            ),
+            (
+                "[tenants.a]\nprefix = \"a\"\n[tenants.a.quota]\nrequests_per_second = 0\n",
+                4,
+                "tenants.a.quota.requests_per_second",
+                "at least 1",
+            ),
+            (
+                "[tenants.a]\nprefix = \"a\"\n[tenants.a.quota]\nbytes = \"1MB\"\n",
+                4,
+                "tenants.a.quota.bytes",
+                "not a size",
+            ),
+            (
+                "[tenants.a]\nprefix = \"a\"\n[tenants.a.http]\nallow = [\"ftp://x\"]\n",
+                4,
+                "tenants.a.http.allow[0]",
+                "http or https",
+            ),
+            (
+                "[tenants.a]\nlimits = {}\n",
+                1,
+                "tenants.a",
+                "needs a prefix",
+            ),
+        ] {
+            let error = error(text);
+            assert!(
+                error.contains(&format!("line {line}"))
+                    && error.contains(&format!("`{key}`"))
+                    && error.contains(what),
+                "{text:?}: {error}"
+            );
+            assert!(!error.contains("hunter2"));
+        }
     }
 
     #[test]

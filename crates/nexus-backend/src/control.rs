@@ -11,6 +11,7 @@
 //! | `{"op":"invoke","vm":"ID","input":{"key":"K"}\|{"inline":"TEXT"}\|{"binary":N},"output":"KEY"?,"return_output":false?,"binary":true?}` (with `{"binary":N}`, N raw bytes of input follow the line) | `{"ok":true,"outcome":…,"output_len":N,"output":…,"output_encoding":…,"timings":{…},"bytes_in":N,"bytes_out":N,"requests":N}` once the function completed (with `"binary":true`, the result's raw bytes follow it) |
 //! | `{"op":"parked","vm":"ID","timeout_ms":N?}` | `{"ok":true}` once a `NEXT` of the VM is parked |
 //! | `{"op":"stats"}` | `{"ok":true,"stats":{"pid":N,"vms":N,"in_flight":N,…}}` ([`BackendStats`]) |
+//! | `{"op":"reload"}` | `{"ok":true}` once the configuration file was re-read and applied ([`Backend::reload_config`](crate::Backend::reload_config)); a bad file is refused `invalid` with its file, line and key; only the backend's own user and root may |
 //! | `{"op":"snapshot_put","function":"F","identity":"I","name":"N","len":L,"create":true?}` (L raw bytes follow the line) | `{"ok":true}` once `nexus-system/snapshots/F/I/N` is durable; with `create`, `exists` if it was there ([`crate::snapshots`]) |
 //! | `{"op":"snapshot_get","function":"F","identity":"I","name":"N"}` | `{"ok":true,"output_len":L,"output_encoding":"binary"}` and the L bytes of the file |
 //! | anything else | `{"ok":false,"error":"MESSAGE","code":"CODE"}` |
@@ -452,6 +453,27 @@ impl Backend {
                 stats: Some(self.stats()),
                 ..ControlReply::ok()
             }),
+            ControlRequest::Reload {} => {
+                if !peer.is_backend_user() && peer.uid != 0 {
+                    return Answer::reply(ControlReply::refused(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "uid {} may not reload the configuration: only the backend's own user and root may",
+                            peer.uid
+                        ),
+                    ));
+                }
+                let backend = self.clone();
+                let result = tokio::task::spawn_blocking(move || backend.reload_config()).await;
+                Answer::reply(match result {
+                    Ok(Ok(())) => ControlReply::ok(),
+                    Ok(Err(e)) => ControlReply::refused(ErrorCode::Invalid, e.to_string()),
+                    Err(e) => ControlReply::refused(
+                        ErrorCode::Internal,
+                        format!("the reload failed: {e}"),
+                    ),
+                })
+            }
             ControlRequest::SnapshotPut {
                 function,
                 identity,

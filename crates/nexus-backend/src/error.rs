@@ -69,6 +69,12 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A configuration reload was refused; the configuration in force stays.
+    #[error("Reload refused: {0}")]
+    ReloadRefused(String),
+    /// Dropping privileges (`--user`, `--group`) failed; the backend does not run.
+    #[error("Cannot drop privileges: {0}")]
+    Privileges(String),
     /// An attach named a tenant the backend was not configured with.
     #[error("Unknown tenant `{0}`")]
     UnknownTenant(String),

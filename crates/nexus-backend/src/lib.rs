@@ -72,6 +72,7 @@ mod log_limit;
 mod ops;
 mod peer;
 mod prefetch;
+mod privileges;
 mod scan_rate;
 mod server;
 mod session;
@@ -81,6 +82,7 @@ mod stats;
 mod store;
 mod sync;
 mod tenant;
+mod tenant_state;
 mod vhost_user;
 mod window;
 mod window_map;
@@ -92,8 +94,8 @@ use std::time::Duration;
 
 pub use config::{
     BackendConfig, ControlAccess, DEFAULT_PREFETCH_CACHE_BYTES, DEFAULT_STAGING_BYTES,
-    DEFAULT_STORE_URL, DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, S3Options, StoreConfig, StoreUrl,
-    TenantSpec, VmLimits,
+    DEFAULT_STORE_URL, DEFAULT_WRITE_BEHIND_BYTES, HttpPolicy, Quota, S3Options, StoreConfig,
+    StoreUrl, TenantSpec, VmLimits,
 };
 pub use config_file::{ConfigFile, LimitOverrides, TenantEntry};
 pub use control::{
@@ -107,8 +109,9 @@ pub use invoke::{
     Invocation, InvocationInput, InvocationResult, InvokeError, InvokeRequest, Invoker,
     PendingInvocation,
 };
-pub use server::Backend;
-pub use stats::BackendStats;
+pub use privileges::{DropTo, drop_privileges};
+pub use server::{Backend, Reloader, RunOptions};
+pub use stats::{BackendStats, TenantStats};
 pub use tenant::{DEFAULT_TENANT, Tenant, Tenants, check_key, check_prefix};
 
 /// How long shutdown waits for acknowledged write-behind uploads.
@@ -118,6 +121,17 @@ pub const SHUTDOWN_UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// every VM attached there with `io_threads` I/O threads, then detaches every VM, removes the
 /// sockets and waits (bounded) for acknowledged write-behind uploads.
 pub fn run(config: BackendConfig, listen: &Path, io_threads: usize) -> Result<()> {
+    run_with(config, listen, io_threads, RunOptions::default())
+}
+
+/// [`run`], reloading on SIGHUP with `options.reloader` and dropping privileges to
+/// `options.drop_to` once the control socket is bound.
+pub fn run_with(
+    config: BackendConfig,
+    listen: &Path,
+    io_threads: usize,
+    options: RunOptions,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(io_threads.max(1))
         .thread_name("nexus-io")
@@ -125,9 +139,15 @@ pub fn run(config: BackendConfig, listen: &Path, io_threads: usize) -> Result<()
         .build()
         .map_err(Error::Runtime)?;
     let access = config.control.clone();
+    let state_dir = config.state_dir.clone();
     let backend = Backend::new(config, runtime.handle().clone())?;
+    if let Some(reloader) = options.reloader {
+        backend.set_reloader(reloader);
+    }
     runtime.block_on(async {
         let listener = bind_control(listen, &access)?;
+        drop_privileges(options.drop_to, &backend.own_dirs(state_dir))?;
+        backend.reload_on_hangup()?;
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(Error::Runtime)?;

@@ -6,9 +6,10 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
-use nexus_backend::{BackendConfig, ConfigFile, StoreUrl, TenantSpec};
+use nexus_backend::{BackendConfig, ConfigFile, DropTo, RunOptions, StoreUrl, TenantSpec};
 
 /// `--help`'s epilogue, its list of control operations taken from the protocol's own.
 fn after_help() -> String {
@@ -52,12 +53,38 @@ Configuration file:
     nexus-backend --config /etc/nexus/backend.toml
     nexus-backend --config /etc/nexus/backend.toml --listen /tmp/test.sock --io-threads 1
 
+Tenants of their own:
+  A [tenants.NAME] table may give the tenant its own store (url = \"s3://BUCKET/PREFIX\" or
+  \"file:///DIR\", with its own endpoint, region, access_key_id, secret_access_key_file,
+  allow_http), its own HTTP allow-list ([tenants.NAME.http] allow = [...], replacing the
+  global one for its VMs) and quotas over all its VMs ([tenants.NAME.quota]: bytes,
+  objects, requests_per_second, burst). A request over quota is refused: THROTTLED for the
+  request rate, PERMISSION_DENIED naming the quota for bytes and objects.
+
+Reloading:
+  SIGHUP, or {\"op\":\"reload\"} on the control socket (the backend's own user or root),
+  re-reads the config file (with the same command-line overrides) and replaces the
+  tenants' stores, allow-lists, quotas, per-VM limits (for VMs attached from then on) and
+  control access, without detaching VMs. A bad file, or one that removes a tenant with
+  attached VMs, is refused (logged; the control op returns the error) and the old
+  configuration stays. The socket, state directory, I/O threads and staging budget need a
+  restart.
+
+Dropping privileges:
+  --user and --group make the backend become that user and group once it has read its
+  secrets, opened its state directory (given to that user) and bound its control socket;
+  it checks that root cannot be regained. Allow the VMM's user on the socket in [control]
+  (uids/gids): the backend's own user is then no longer the VMM's. The file store's
+  directories must be writable by the new user, and a reload re-reads the config and
+  secret files as that user.
+    nexus-backend --config /etc/nexus/backend.toml --user nexus-backend --group nexus
+
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=info) to see them. SIGINT or SIGTERM stops
 the backend: VMs are detached, sockets removed, pending write-behind uploads finished.";
 
 /// The shared I/O backend of the Nexus hypervisor: serves object storage, HTTP, logs and
 /// invocations to many function VMs at once over vhost-user, through one I/O engine.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(version, about, long_about = None, after_help = after_help())]
 struct Args {
     /// Configuration file (TOML): store, tenants, per-VM limits, HTTP policy, control
@@ -133,6 +160,16 @@ struct Args {
     /// [default: 1024].
     #[arg(long, value_name = "MIB")]
     staging_mib: Option<u64>,
+
+    /// Become this user (a name, or a number) once secrets are read, the state directory is
+    /// opened and the control socket is bound; without --group, a named user's primary
+    /// group. Allow the VMM's user in the config file's [control] section.
+    #[arg(long, value_name = "NAME|UID")]
+    user: Option<String>,
+
+    /// Become this group (a name, or a number), as --user does.
+    #[arg(long, value_name = "NAME|GID")]
+    group: Option<String>,
 }
 
 /// Why the arguments cannot be used.
@@ -224,20 +261,44 @@ impl TryFrom<Args> for Configuration {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let config = match Configuration::try_from(Args::parse()) {
-        Ok(config) => config,
-        Err(e) => {
+    let args = Args::parse();
+    let reload_args = args.clone();
+    let drop_to = DropTo::resolve(args.user.as_deref(), args.group.as_deref());
+    let config = match (Configuration::try_from(args), drop_to) {
+        (Ok(config), Ok(drop_to)) => (config, drop_to),
+        (Err(e), _) => {
+            log::error!("{}", report(&e));
+            return ExitCode::from(2);
+        }
+        (_, Err(e)) => {
             log::error!("{}", report(&e));
             return ExitCode::from(2);
         }
     };
-    match nexus_backend::run(config.backend, &config.listen, config.io_threads) {
+    let (config, drop_to) = config;
+    let options = RunOptions {
+        reloader: Some(reloader(reload_args)),
+        drop_to,
+    };
+    match nexus_backend::run_with(config.backend, &config.listen, config.io_threads, options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// What a reload applies: the file read again with the same flags, which keep overriding it.
+fn reloader(args: Args) -> nexus_backend::Reloader {
+    Arc::new(move || {
+        Configuration::try_from(args.clone())
+            .map(|c| c.backend)
+            .map_err(|e| match e {
+                ArgsError::Backend(e) => e,
+                other => nexus_backend::Error::ReloadRefused(other.to_string()),
+            })
+    })
 }
 
 /// The error and its causes, `error: cause: …`.
@@ -416,6 +477,32 @@ mod tests {
         let config = parse(&["--config", config_arg, "--tenant", "c=c"]).unwrap();
         assert_eq!(config.backend.tenants.len(), 1);
         assert_eq!(config.backend.tenants[0].name, "c");
+
+        // A reload reads the file again, and the flags still override it.
+        let args = Args::try_parse_from([
+            "nexus-backend",
+            "--config",
+            config_arg,
+            "--prefetch-cache-mib",
+            "8",
+            "--user",
+            "nobody",
+            "--group",
+            "65534",
+        ])
+        .unwrap();
+        assert_eq!(args.user.as_deref(), Some("nobody"));
+        assert_eq!(args.group.as_deref(), Some("65534"));
+        let reload = reloader(args);
+        std::fs::write(
+            &path,
+            "listen = \"control.sock\"\n[limits]\nprefetch_cache_bytes = \"1MiB\"\nlog_burst = 4\n",
+        )
+        .unwrap();
+        let reloaded = reload().unwrap();
+        assert_eq!(reloaded.limits.log_burst, 4, "the file's change");
+        assert_eq!(reloaded.limits.prefetch_cache_bytes, 8 << 20, "the flag's");
+        assert!(reloaded.tenants.is_empty());
 
         // Errors in the file name it.
         std::fs::write(&path, "[limits]\nlog_burst = \"x\"\n").unwrap();

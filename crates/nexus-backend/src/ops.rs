@@ -27,6 +27,7 @@ use crate::log_limit::escape_log_text;
 use crate::session::Session;
 use crate::store::{ObjectInfo, PutSource, StoreError, get_length};
 use crate::tenant::{check_key, check_prefix};
+use crate::tenant_state::Charge;
 use crate::window::WindowMemory;
 use crate::write_behind::{Durability, WriteBehindTicket};
 
@@ -232,6 +233,22 @@ pub(crate) async fn execute(
     request: &Request,
     prepared: Prepared,
 ) -> Reply {
+    // The tenant's request rate, over all its VMs (the invocation loop and LOG are not
+    // charged: LOG has its own per-VM rate).
+    if matches!(
+        request.command(),
+        Command::Get { .. }
+            | Command::Put { .. }
+            | Command::Head
+            | Command::Delete
+            | Command::List { .. }
+            | Command::Http { .. }
+            | Command::Invoke { .. }
+    ) {
+        if let Err(message) = session.tenant.take_request() {
+            return Reply::error(Status::Throttled, message);
+        }
+    }
     let result = match request.command() {
         Command::Get { offset, max_len } => {
             get(session, window, request, prepared, offset, max_len).await
@@ -314,8 +331,8 @@ async fn get(
         return Ok(Reply::ok().payload(n).total(size));
     }
     let outcome = session
-        .engine
-        .store
+        .tenant
+        .store()
         .get_into(&key, offset, max_len, window, target)
         .await
         .map_err(|e| Reply::from_store(&e))?;
@@ -332,6 +349,7 @@ async fn put(
     let key = object_key(session, prepared.key.as_deref())?;
     let len = u64::from(request.payload.total_len());
     let engine = &session.engine;
+    let mut charged = None;
     if write_behind {
         if let (Some(mut ticket), Some(mut turn)) =
             (prepared.write_behind.take(), prepared.turn.take())
@@ -340,13 +358,16 @@ async fn put(
             // it waits for an earlier request on its key, which may itself wait for staging
             // room (a synchronous PUT): neither would ever go on.
             turn.ready().await;
+            let charge = charge_put(session, &key, len).await?;
             if ticket.reserve(len) && ticket.acknowledge(&key) {
                 // Copy the payload out: the guest may reuse its buffers once we answer.
                 let room = session.staging.reserve(len).await;
                 let mut bytes = Vec::with_capacity(len as usize);
-                window
-                    .copy_stream_out(&request.payload, 0, len as u32, &mut bytes)
-                    .map_err(|e| Reply::error(Status::Internal, e.to_string()))?;
+                if let Err(e) = window.copy_stream_out(&request.payload, 0, len as u32, &mut bytes)
+                {
+                    session.tenant.refund(charge);
+                    return Err(Reply::error(Status::Internal, e.to_string()));
+                }
                 session.count_out(len);
                 session.prefetch.invalidate(&key);
                 let upload = engine.upload_started();
@@ -355,7 +376,7 @@ async fn put(
                 engine.runtime.spawn(Metered::new(share, async move {
                     let _room = room;
                     let _upload = upload;
-                    upload_behind(&session, key, Bytes::from(bytes), turn, ticket).await;
+                    upload_behind(&session, key, Bytes::from(bytes), turn, ticket, charge).await;
                 }));
                 return Ok(Reply::ok());
             }
@@ -367,21 +388,30 @@ async fn put(
             );
             prepared.turn = Some(turn);
             drop(ticket);
+            charged = Some(charge);
         }
     }
     if let Some(turn) = prepared.turn.as_mut() {
         turn.ready().await;
     }
+    let charge = match charged {
+        Some(charge) => charge,
+        None => charge_put(session, &key, len).await?,
+    };
     session.prefetch.invalidate(&key);
-    match engine
-        .store
+    let result = session
+        .tenant
+        .store()
         .put(
             &key,
             PutSource::Window(window.clone(), Box::new(request.payload)),
             &session.staging,
         )
-        .await
-    {
+        .await;
+    if result.is_err() {
+        session.tenant.refund(charge);
+    }
+    match result {
         Ok(()) => {
             // The store read the payload straight out of the window.
             session.count_out(len);
@@ -395,20 +425,39 @@ async fn put(
     }
 }
 
-/// Uploads an acknowledged write-behind PUT, retrying transient failures.
+/// Charges a PUT of `len` bytes at `key` to its tenant's quota (finding the size of the
+/// object it replaces first, if the quota counts bytes or objects).
+async fn charge_put(session: &Session, key: &str, len: u64) -> Result<Charge, Reply> {
+    if !session.tenant.counts_usage() {
+        return Ok(Charge::default());
+    }
+    let old = match session.tenant.store().head(key).await {
+        Ok(info) => Some(info.size),
+        Err(StoreError::NotFound) => None,
+        Err(e) => return Err(Reply::from_store(&e)),
+    };
+    session
+        .tenant
+        .charge_put(old, len)
+        .map_err(|message| Reply::error(Status::PermissionDenied, message))
+}
+
+/// Uploads an acknowledged write-behind PUT, retrying transient failures, to the tenant's
+/// store as configured when each attempt starts.
 async fn upload_behind(
     session: &Session,
     key: String,
     bytes: Bytes,
     mut turn: KeyTurn,
     ticket: WriteBehindTicket,
+    charge: Charge,
 ) {
     turn.ready().await;
-    let engine = &session.engine;
     let mut attempt = 1;
     let failed = loop {
-        match engine
-            .store
+        match session
+            .tenant
+            .store()
             .put(&key, PutSource::Owned(bytes.clone()), &session.staging)
             .await
         {
@@ -433,6 +482,9 @@ async fn upload_behind(
             }
         }
     };
+    if failed.is_some() {
+        session.tenant.refund(charge);
+    }
     ticket.finish(failed);
     drop(turn);
 }
@@ -443,8 +495,8 @@ async fn head(session: &Session, mut prepared: Prepared) -> OpResult {
         turn.ready().await;
     }
     let info = session
-        .engine
-        .store
+        .tenant
+        .store()
         .head(&key)
         .await
         .map_err(|e| Reply::from_store(&e))?;
@@ -466,12 +518,22 @@ async fn delete(session: &Session, mut prepared: Prepared) -> OpResult {
         turn.ready().await;
     }
     session.prefetch.invalidate(&key);
-    session
-        .engine
-        .store
+    let store = session.tenant.store();
+    // The quota is told what the DELETE removes (a HEAD first, only if it counts usage).
+    let old = if session.tenant.counts_usage() {
+        match store.head(&key).await {
+            Ok(info) => Some(info.size),
+            Err(StoreError::NotFound) => None,
+            Err(e) => return Err(Reply::from_store(&e)),
+        }
+    } else {
+        None
+    };
+    store
         .delete(&key)
         .await
         .map_err(|e| Reply::from_store(&e))?;
+    session.tenant.deleted(old);
     Ok(Reply::ok())
 }
 
@@ -537,8 +599,8 @@ async fn list(
         next,
         looked,
     } = session
-        .engine
-        .store
+        .tenant
+        .store()
         .list(
             &prefix,
             token.as_deref(),
@@ -710,7 +772,8 @@ async fn http(
         .key
         .as_deref()
         .ok_or_else(|| Reply::error(Status::InvalidRequest, "no URL"))?;
-    let gateway = &session.engine.http;
+    let tenant = session.tenant.now();
+    let gateway = &tenant.http;
     // Everything is checked before a byte of the body leaves the window.
     let call = gateway
         .check(HttpCall {
@@ -856,7 +919,7 @@ async fn write_input(
         Input::Object(key) => {
             let mut turn = session.key_order.take_turn(&key);
             turn.ready().await;
-            let store = &session.engine.store;
+            let store = session.tenant.store();
             match store.get_into(&key, 0, 0, window, target).await {
                 Ok(got) if got.size > capacity => InputWrite::TooLarge(got.size),
                 Ok(got) if u64::from(got.written) == got.size => InputWrite::Done(got.size),

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::cpu_share::{CpuShare, Metered};
 use crate::engine::Engine;
 use crate::key_order::KeyOrder;
+use crate::store::Store;
 use crate::sync::lock;
 
 /// How long a prefetched object stays cached if nobody reads it.
@@ -221,7 +222,7 @@ impl PrefetchCache {
     }
 }
 
-/// Starts a prefetch of `key` into `cache` from `engine`'s store, unless it is cached or
+/// Starts a prefetch of `key` into `cache` from `store` (the VM's tenant's), unless it is cached or
 /// being fetched already: it runs on the engine's runtime, in order with the VM's requests
 /// on the key (`order`), and its work is charged to the VM's `cpu` share.
 pub(crate) fn prefetch(
@@ -229,6 +230,7 @@ pub(crate) fn prefetch(
     key: &str,
     order: &KeyOrder,
     engine: &Arc<Engine>,
+    store: Store,
     cpu: &Arc<CpuShare>,
 ) {
     let Some(slot) = cache.begin(key) else {
@@ -236,13 +238,12 @@ pub(crate) fn prefetch(
     };
     let mut turn = order.take_turn(key);
     let cache = Arc::clone(cache);
-    let store_engine = Arc::clone(engine);
     let key = key.to_owned();
     engine
         .runtime
         .spawn(Metered::new(Arc::clone(cpu), async move {
             turn.ready().await;
-            match store_engine.store.fetch(&key, cache.limit()).await {
+            match store.fetch(&key, cache.limit()).await {
                 Ok(bytes) => {
                     log::debug!("vm {}: prefetched {key} ({} bytes)", cache.vm, bytes.len());
                     cache.complete(slot, Some(bytes));

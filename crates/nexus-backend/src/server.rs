@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use nexus_ring::control::ControlEvent;
+use nexus_ring::control::{ControlEvent, TenantStats};
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,14 +19,17 @@ use crate::device::RequestRing;
 use crate::engine::Engine;
 use crate::error::{Error, InputFailure, Result};
 use crate::event_loop::{Channel, EventLoop};
+use crate::http::HttpGateway;
 use crate::invocations::QueuedInvocation;
 use crate::invoke::{Invocation, InvocationInput, Invoker, PendingInvocation};
 use crate::peer::Peer;
 use crate::prefetch::prefetch;
 use crate::session::Session;
 use crate::stats::{BackendStats, ProcessUsage};
+use crate::store::Store;
 use crate::sync::lock;
 use crate::tenant::Tenants;
+use crate::tenant_state::{TenantSources, TenantTable};
 use crate::vhost_user::VmChannel;
 use crate::write_behind::WriteBehind;
 
@@ -41,18 +44,56 @@ pub struct Backend {
     pub(crate) shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+/// Produces the configuration a reload applies (the node's binary re-reads its file and
+/// applies its command-line overrides).
+pub type Reloader = Arc<dyn Fn() -> Result<BackendConfig> + Send + Sync>;
+
+/// What [`run_with`](crate::run_with) does beyond serving its configuration.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    /// Produces the configuration that SIGHUP and the control op `reload` apply
+    /// ([`Backend::reload_config`]); `None`: reloads are refused.
+    pub reloader: Option<Reloader>,
+    /// The user and group to become once the control socket is bound
+    /// ([`drop_privileges`](crate::drop_privileges)).
+    pub drop_to: crate::privileges::DropTo,
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("reloader", &self.reloader.as_ref().map(|_| "<set>"))
+            .field("drop_to", &self.drop_to)
+            .finish()
+    }
+}
+
 pub(crate) struct Shared {
     engine: Arc<Engine>,
-    tenants: Tenants,
+    /// The tenants as configured now (a reload replaces them).
+    tenants: RwLock<TenantTable>,
+    /// The backend's own store as configured now (tenants without their own, published
+    /// snapshots).
+    store: RwLock<Store>,
+    /// What [`Backend::reload_config`] applies.
+    reloader: Mutex<Option<Reloader>>,
     event_loop: Arc<EventLoop>,
     vms: Mutex<HashMap<String, Attached>>,
     /// Each VM's write-behind uploads, by VM ID: they outlive an attachment (a VMM that
     /// reconnects finds them) until nothing is pending or left to report.
     uploads: Mutex<HashMap<String, Arc<WriteBehind>>>,
-    access: ControlAccess,
+    access: RwLock<ControlAccess>,
     /// Control peers refused so far (for the log's streaks).
     pub(crate) refused_peers: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("engine", &self.engine)
+            .field("tenants", &self.tenants)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Drop for Shared {
@@ -80,7 +121,17 @@ impl Backend {
     /// on `runtime`.
     pub fn new(config: BackendConfig, runtime: Handle) -> Result<Self> {
         let tenants = Tenants::from_specs(&config.tenants, &config.store.url)?;
-        let engine = Arc::new(Engine::new(&config, runtime)?);
+        let engine = Arc::new(Engine::new(&config, runtime.clone())?);
+        let table = TenantTable::build(
+            &TenantSources {
+                tenants: &tenants,
+                store: &engine.store,
+                http: &config.http,
+                gateway: &engine.http,
+                limits: &engine.limits,
+            },
+            &runtime,
+        )?;
         let uploads = lost_uploads(&engine);
         let event_loop = EventLoop::start(EVENT_THREADS).map_err(Error::SpawnThread)?;
         log::info!(
@@ -90,15 +141,123 @@ impl Backend {
         );
         Ok(Self {
             shared: Arc::new(Shared {
+                store: RwLock::new(engine.store.clone()),
                 engine,
-                tenants,
+                tenants: RwLock::new(table),
+                reloader: Mutex::new(None),
                 event_loop,
                 vms: Mutex::new(HashMap::new()),
                 uploads: Mutex::new(uploads),
-                access: config.control,
+                access: RwLock::new(config.control),
                 refused_peers: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// Sets what [`reload_config`](Self::reload_config) applies (SIGHUP and the control op
+    /// `reload` call it).
+    pub fn set_reloader(&self, reloader: Reloader) {
+        *lock(&self.shared.reloader) = Some(reloader);
+    }
+
+    /// Reloads the configuration the [reloader](Self::set_reloader) produces (re-reading
+    /// the configuration file), as [`reload`](Self::reload) does. Refused without a reloader,
+    /// or if the reloader fails (a bad file: its error names the file, line and key); the
+    /// configuration in force stays then, and the error is logged.
+    pub fn reload_config(&self) -> Result<()> {
+        let reloader = lock(&self.shared.reloader).clone();
+        let result = match reloader {
+            None => Err(Error::ReloadRefused(
+                "this backend has no configuration file to reload".into(),
+            )),
+            Some(reloader) => reloader().and_then(|config| self.reload(&config)),
+        };
+        if let Err(e) = &result {
+            log::error!("configuration reload failed, the old configuration stays: {e}");
+        }
+        result
+    }
+
+    /// The directories the backend owns and must keep writing in after dropping privileges:
+    /// `state_dir`, and the staging directory of every file store open now.
+    pub(crate) fn own_dirs(&self, state_dir: std::path::PathBuf) -> Vec<std::path::PathBuf> {
+        let mut dirs = vec![state_dir];
+        let stores = std::iter::once(self.store()).chain(
+            read(&self.shared.tenants)
+                .all()
+                .into_iter()
+                .map(|t| t.store()),
+        );
+        for store in stores {
+            if let Some(dir) = store.staging_dir() {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+        dirs
+    }
+
+    /// Reloads ([`reload_config`](Self::reload_config)) on every SIGHUP, from a task on the
+    /// current runtime.
+    pub(crate) fn reload_on_hangup(&self) -> Result<()> {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(Error::Runtime)?;
+        let backend = self.clone();
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                log::info!("SIGHUP: reloading the configuration");
+                let backend = backend.clone();
+                let _ = tokio::task::spawn_blocking(move || backend.reload_config()).await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Replaces the tenants (their stores, HTTP allow-lists, quotas, per-VM limits and who
+    /// may attach their VMs), the backend's store and HTTP policy, and who may use the
+    /// control socket, with `config`'s; attached VMs stay attached, and keep their tenant by
+    /// name. What takes effect when:
+    ///
+    /// - at once, for attached VMs too: a tenant's store and prefix, its HTTP allow-list and
+    ///   bounds, its quotas, control access;
+    /// - for VMs attached from now on: per-VM limits (`[limits]`, `[tenants.NAME.limits]`);
+    /// - never (a restart is needed): the control socket, the state directory, I/O threads,
+    ///   the staging budget over all VMs.
+    ///
+    /// Refused, changing nothing, if `config` is invalid or would remove a tenant that has
+    /// attached VMs.
+    pub fn reload(&self, config: &BackendConfig) -> Result<()> {
+        let tenants = Tenants::from_specs(&config.tenants, &config.store.url)?;
+        let engine = &self.shared.engine;
+        let (store, gateway) = {
+            let _context = engine.runtime.enter();
+            crate::http::install_crypto_provider();
+            (Store::open(&config.store)?, HttpGateway::new(&config.http)?)
+        };
+        // Held across the check of attached VMs' tenants: an attach waits for the reload.
+        let mut table = write(&self.shared.tenants);
+        let in_use: Vec<String> = lock(&self.shared.vms)
+            .values()
+            .map(|a| a.session.tenant.name().to_owned())
+            .collect();
+        let sources = TenantSources {
+            tenants: &tenants,
+            store: &store,
+            http: &config.http,
+            gateway: &gateway,
+            limits: &config.limits,
+        };
+        table.reload(&sources, &in_use, &engine.runtime)?;
+        drop(table);
+        *write(&self.shared.store) = store;
+        *write(&self.shared.access) = config.control.clone();
+        log::info!(
+            "configuration reloaded: store {:?}, tenants {:?}",
+            config.store.url,
+            tenants.names()
+        );
+        Ok(())
     }
 
     /// The VMs attached now, sorted.
@@ -128,9 +287,11 @@ impl Backend {
         if !valid_name(vm) || vm.starts_with('.') {
             return Err(Error::InvalidVmId(vm.to_owned()));
         }
-        let tenant = self.shared.tenants.get(tenant)?;
+        // Held until the VM is attached, so that a reload sees it.
+        let table = read(&self.shared.tenants);
+        let tenant = table.get(tenant)?;
         if let Some(peer) = peer {
-            if !peer.is_backend_user() && !tenant.admits(peer.uid, peer.gid) {
+            if !peer.is_backend_user() && !tenant.now().tenant.admits(peer.uid, peer.gid) {
                 return Err(Error::TenantNotPermitted {
                     tenant: tenant.name().to_owned(),
                     uid: peer.uid,
@@ -166,13 +327,15 @@ impl Backend {
                 owner: peer.map(|p| p.uid),
             },
         );
+        drop(vms);
+        drop(table);
         Ok((theirs, id))
     }
 
     /// Whether `peer` may use the control socket: the backend's own user, or a user or group
     /// the configuration names.
     pub(crate) fn peer_allowed(&self, peer: Peer) -> Result<()> {
-        let access = &self.shared.access;
+        let access = read(&self.shared.access);
         if peer.is_backend_user()
             || access.uids.contains(&peer.uid)
             || access.gids.contains(&peer.gid)
@@ -211,6 +374,7 @@ impl Backend {
             key,
             &session.key_order,
             &session.engine,
+            session.tenant.store(),
             &session.cpu,
         );
         Ok(())
@@ -367,6 +531,16 @@ impl Backend {
             requests: totals.requests,
             rss_bytes: usage.rss_bytes,
             cpu_seconds: usage.cpu_seconds,
+            tenants: self
+                .tenant_usage()
+                .into_iter()
+                .map(|(name, bytes, objects, quota_refusals)| TenantStats {
+                    name,
+                    bytes,
+                    objects,
+                    quota_refusals,
+                })
+                .collect(),
         }
     }
 
@@ -400,17 +574,43 @@ impl Backend {
             .check_object_key(key)
             .map_err(|e| e.to_string())?;
         session.prefetch.invalidate(key);
+        let store = session.tenant.store();
+        let charge = if session.tenant.counts_usage() {
+            let old = match store.head(key).await {
+                Ok(info) => Some(info.size),
+                Err(crate::store::StoreError::NotFound) => None,
+                Err(e) => return Err(format!("Storing the output at `{key}` failed: {e}")),
+            };
+            session.tenant.charge_put(old, bytes.len() as u64)?
+        } else {
+            crate::tenant_state::Charge::default()
+        };
         let engine = &session.engine;
-        engine
-            .store
+        let result = store
             .put(key, crate::store::PutSource::Owned(bytes), &engine.staging)
             .await
-            .map_err(|e| format!("Storing the output at `{key}` failed: {e}"))
+            .map_err(|e| format!("Storing the output at `{key}` failed: {e}"));
+        if result.is_err() {
+            session.tenant.refund(charge);
+        }
+        result
     }
 
-    /// The store.
-    pub(crate) fn store(&self) -> &crate::store::Store {
-        &self.shared.engine.store
+    /// The backend's own store, as configured now.
+    pub(crate) fn store(&self) -> Store {
+        read(&self.shared.store).clone()
+    }
+
+    /// Each tenant's quota usage: name, bytes, objects, requests refused for a quota.
+    fn tenant_usage(&self) -> Vec<(String, u64, u64, u64)> {
+        read(&self.shared.tenants)
+            .all()
+            .iter()
+            .map(|t| {
+                let (bytes, objects, refused) = t.usage();
+                (t.name().to_owned(), bytes, objects, refused)
+            })
+            .collect()
     }
 
     /// VM `vm`'s session (it outlives a detach while held).
@@ -420,6 +620,17 @@ impl Backend {
             .map(|a| a.session.clone())
             .ok_or_else(|| Error::UnknownVm(vm.to_owned()))
     }
+}
+
+/// Reads `lock`, whatever a panicking writer left.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes `lock`, whatever a panicking writer left.
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The uploads an earlier run of the backend acknowledged and never finished, by VM: each

@@ -24,7 +24,9 @@ use crate::prefetch::PrefetchCache;
 use crate::scan_rate::ScanRate;
 use crate::staging::Staging;
 use crate::sync::lock;
+#[cfg(test)]
 use crate::tenant::Tenant;
+use crate::tenant_state::TenantState;
 use crate::write_behind::WriteBehind;
 
 /// One attached VM.
@@ -32,8 +34,8 @@ use crate::write_behind::WriteBehind;
 pub(crate) struct Session {
     /// The VM's ID.
     pub(crate) vm: String,
-    /// The VM's tenant.
-    pub(crate) tenant: Arc<Tenant>,
+    /// The VM's tenant (its rules and store as configured now: a reload may change them).
+    pub(crate) tenant: Arc<TenantState>,
     /// The shared I/O engine.
     pub(crate) engine: Arc<Engine>,
     /// What this VM may use: its tenant's limits, else the backend's defaults.
@@ -72,6 +74,7 @@ impl Session {
     /// engine's defaults.
     #[cfg(test)]
     pub(crate) fn new(vm: &str, tenant: Arc<Tenant>, engine: Arc<Engine>) -> Self {
+        let tenant = TenantState::on_engine(tenant, &engine);
         Self::with_uploads(vm, tenant, engine, None)
     }
 
@@ -79,14 +82,11 @@ impl Session {
     /// left (still pending, or failed and not yet reported), if any.
     pub(crate) fn with_uploads(
         vm: &str,
-        tenant: Arc<Tenant>,
+        tenant: Arc<TenantState>,
         engine: Arc<Engine>,
         uploads: Option<Arc<WriteBehind>>,
     ) -> Self {
-        let limits = tenant
-            .limits()
-            .cloned()
-            .unwrap_or_else(|| engine.limits.clone());
+        let limits = tenant.now().limits.clone();
         let write_behind = uploads.unwrap_or_else(|| {
             Arc::new(WriteBehind::new(
                 vm,

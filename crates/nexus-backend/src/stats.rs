@@ -5,7 +5,7 @@
 //! [`Backend::stats`](crate::Backend::stats)), and the process's own resident memory and CPU
 //! time read from `/proc/self`.
 
-pub use nexus_ring::control::BackendStats;
+pub use nexus_ring::control::{BackendStats, TenantStats};
 
 /// The process's resident set and CPU time.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

@@ -261,6 +261,14 @@ impl Store {
         }
     }
 
+    /// The staging directory of a file store (the backend's own); `None` for S3.
+    pub(crate) fn staging_dir(&self) -> Option<PathBuf> {
+        match self {
+            Store::Local(local) => Some(local.staging_dir.clone()),
+            Store::Remote(_) => None,
+        }
+    }
+
     fn path(key: &str) -> std::result::Result<Path, StoreError> {
         Path::parse(key).map_err(|e| StoreError::InvalidKey(e.to_string()))
     }

@@ -3,8 +3,9 @@
 
 //! Tenants and the object-key rules.
 //!
-//! A tenant is a name bound to a key prefix in the backend's one store. Every VM is attached
-//! to one tenant and may touch only keys that start with its prefix.
+//! A tenant is a name bound to a key prefix in a store: the backend's store, or the tenant's
+//! own (`[tenants.NAME] url = …`, with its own credentials). Every VM is attached to one
+//! tenant and may touch only keys that start with its prefix, in its tenant's store only.
 //!
 //! # The `--tenant NAME=VALUE` rule
 //!
@@ -17,9 +18,14 @@
 //! - Keys under [`SYSTEM_PREFIX`] (`nexus-system/`: published snapshots) belong to the
 //!   backend: no tenant may touch them, not even one with the empty prefix, and no tenant's
 //!   prefix may be or lie under it.
-//! - No two tenants overlap: neither prefix may start with the other (so equal prefixes, and
-//!   the empty prefix beside any other tenant, are refused at start). A single tenant may
-//!   have the empty prefix.
+//! - A tenant with its own store is confined to its prefix in that store (the URL's
+//!   `s3://BUCKET/PREFIX` or the `prefix` key); it never reaches the backend's store.
+//! - No two tenants overlap: neither prefix may start with the other in one store (so equal
+//!   prefixes, and the empty prefix beside any other tenant, are refused at start). A single
+//!   tenant may have the empty prefix. Stores are compared by bucket, and by directory: a
+//!   tenant whose own directory lies under another tenant's place (`file:///srv` with the
+//!   empty prefix, and `file:///srv/b`) overlaps it too; so does a tenant's own store that is
+//!   the backend's.
 //!
 //! # Object keys
 //!
@@ -35,7 +41,7 @@ use nexus_ring::limits::MAX_KEY_LEN;
 
 pub(crate) use nexus_ring::control::SYSTEM_PREFIX;
 
-use crate::config::{StoreUrl, TenantSpec, VmLimits, valid_name};
+use crate::config::{Quota, StoreConfig, StoreUrl, TenantSpec, VmLimits, valid_name};
 use crate::error::{Error, Result};
 
 /// Name of the file store's staging directory; no key may start with it.
@@ -52,6 +58,9 @@ pub struct Tenant {
     limits: Option<VmLimits>,
     control_uids: Vec<u32>,
     control_gids: Vec<u32>,
+    store: Option<StoreConfig>,
+    http_allow: Option<Vec<String>>,
+    quota: Quota,
 }
 
 impl Tenant {
@@ -86,6 +95,9 @@ impl Tenant {
             limits: None,
             control_uids: Vec::new(),
             control_gids: Vec::new(),
+            store: None,
+            http_allow: None,
+            quota: Quota::default(),
         })
     }
 
@@ -97,7 +109,7 @@ impl Tenant {
 
     /// Checks `spec` against the store (see the module docs for the rule).
     pub fn from_spec(spec: &TenantSpec, store: &StoreUrl) -> Result<Self> {
-        let prefix = match store.bucket() {
+        let prefix = match spec.store.as_ref().map_or(store.bucket(), |_| None) {
             None => spec.value.as_str(),
             Some(bucket) => {
                 let (named, prefix) = spec
@@ -119,6 +131,9 @@ impl Tenant {
         let mut tenant = Self::new(&spec.name, prefix)?.with_limits(spec.limits.clone());
         tenant.control_uids = spec.control_uids.clone();
         tenant.control_gids = spec.control_gids.clone();
+        tenant.store = spec.store.clone();
+        tenant.http_allow = spec.http_allow.clone();
+        tenant.quota = spec.quota.clone();
         Ok(tenant)
     }
 
@@ -136,6 +151,21 @@ impl Tenant {
     /// defaults apply).
     pub fn limits(&self) -> Option<&VmLimits> {
         self.limits.as_ref()
+    }
+
+    /// The tenant's own store, if it has one (else it lives in the backend's store).
+    pub fn store(&self) -> Option<&StoreConfig> {
+        self.store.as_ref()
+    }
+
+    /// The tenant's own HTTP allow-list, if it has one (else the backend's applies).
+    pub fn http_allow(&self) -> Option<&[String]> {
+        self.http_allow.as_deref()
+    }
+
+    /// The tenant's quotas.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
     }
 
     /// Whether a control peer with user `uid` and group `gid` may attach VMs of this tenant.
@@ -167,9 +197,18 @@ impl Tenant {
         Ok(())
     }
 
-    /// Whether a key could belong to both tenants (one prefix starts with the other).
-    fn overlaps(&self, other: &Tenant) -> bool {
-        self.prefix.starts_with(&other.prefix) || other.prefix.starts_with(&self.prefix)
+    /// Where the tenant's objects live, as one string that starts with another tenant's
+    /// exactly when that tenant's place holds it: `file:DIR/PREFIX` or `s3:BUCKET/PREFIX`
+    /// (`default`: the backend's store).
+    fn location(&self, default: &StoreUrl) -> String {
+        match self.store.as_ref().map_or(default, |s| &s.url) {
+            StoreUrl::File(dir) => {
+                let dir = dir.display().to_string();
+                let slash = if dir.ends_with('/') { "" } else { "/" };
+                format!("file:{dir}{slash}{}", self.prefix)
+            }
+            StoreUrl::S3 { bucket } => format!("s3:{bucket}/{}", self.prefix),
+        }
     }
 }
 
@@ -201,7 +240,7 @@ impl Tenants {
                 });
             }
         }
-        check_disjoint(&by_name)?;
+        check_disjoint(&by_name, store)?;
         Ok(Self { by_name })
     }
 
@@ -221,20 +260,32 @@ impl Tenants {
     }
 }
 
-/// Refuses two tenants whose prefixes overlap. In byte order, a prefix that starts another
-/// sorts before it with only prefixes it also starts in between, so checking neighbours
-/// finds every overlap.
-fn check_disjoint(by_name: &HashMap<String, Arc<Tenant>>) -> Result<()> {
-    let mut tenants: Vec<&Tenant> = by_name.values().map(Arc::as_ref).collect();
-    tenants.sort_unstable_by(|a, b| a.prefix.cmp(&b.prefix).then(a.name.cmp(&b.name)));
+/// Refuses two tenants whose places overlap ([`Tenant::location`]; `store` is the backend's).
+/// In byte order, a location that starts another sorts before it with only locations it
+/// also starts in between, so checking neighbours finds every overlap. The error names the
+/// prefixes of tenants of one store, else their locations.
+fn check_disjoint(by_name: &HashMap<String, Arc<Tenant>>, store: &StoreUrl) -> Result<()> {
+    let mut tenants: Vec<(String, &Tenant)> = by_name
+        .values()
+        .map(|t| (t.location(store), t.as_ref()))
+        .collect();
+    tenants.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.name.cmp(&b.1.name)));
     for pair in tenants.windows(2) {
-        let (first, second) = (pair[0], pair[1]);
-        if first.overlaps(second) {
+        let ((first_at, first), (second_at, second)) = (&pair[0], &pair[1]);
+        if second_at.starts_with(first_at.as_str()) {
+            let same_store = first.store == second.store;
+            let place = |t: &Tenant, at: &String| {
+                if same_store {
+                    t.prefix.clone()
+                } else {
+                    at.clone()
+                }
+            };
             return Err(Error::OverlappingTenants {
                 first: first.name.clone(),
-                first_prefix: first.prefix.clone(),
+                first_prefix: place(first, first_at),
                 second: second.name.clone(),
-                second_prefix: second.prefix.clone(),
+                second_prefix: place(second, second_at),
             });
         }
     }
@@ -474,6 +525,53 @@ mod tests {
         };
         assert!(Tenants::from_specs(&specs(&["a=nexus-data/a", "b=nexus-data"]), &s3).is_err());
         assert!(Tenants::from_specs(&specs(&["a=nexus-data/a", "b=nexus-data/b"]), &s3).is_ok());
+    }
+
+    #[test]
+    fn tenants_of_stores_of_their_own_overlap_only_where_their_places_do() {
+        let store = StoreUrl::File(PathBuf::from("/srv/objects"));
+        let own = |name: &str, url: &str, prefix: &str| TenantSpec {
+            store: Some(StoreConfig {
+                url: StoreUrl::parse(url).unwrap(),
+                s3: crate::config::S3Options::default(),
+            }),
+            ..spec(&format!("{name}={prefix}"))
+        };
+        // Same prefixes in different stores are fine.
+        let good = [
+            own("a", "file:///srv/a", ""),
+            own("b", "file:///srv/b", ""),
+            own("c", "s3://bucket-c", ""),
+            own("d", "s3://bucket-d", "x"),
+            spec("e="),
+        ];
+        assert!(Tenants::from_specs(&good, &store).is_ok());
+        let tenants = Tenants::from_specs(&good, &store).unwrap();
+        assert_eq!(tenants.get("d").unwrap().prefix(), "x/");
+        assert!(tenants.get("a").unwrap().store().is_some());
+        assert!(tenants.get("e").unwrap().store().is_none());
+        for bad in [
+            // A tenant's own store that is the backend's, under another tenant's prefix.
+            vec![own("a", "file:///srv/objects", "t/a"), spec("b=t")],
+            // A directory inside another tenant's place in the backend's store.
+            vec![own("a", "file:///srv/objects/t/b", ""), spec("b=t")],
+            // Nested directories of two own stores.
+            vec![own("a", "file:///srv", ""), own("b", "file:///srv/x/", "")],
+            // One bucket, overlapping prefixes.
+            vec![
+                own("a", "s3://bucket-a", "p"),
+                own("b", "s3://bucket-a", "p/q"),
+            ],
+        ] {
+            let error = Tenants::from_specs(&bad, &store).unwrap_err();
+            assert!(matches!(error, Error::OverlappingTenants { .. }), "{bad:?}");
+        }
+        // A directory that merely shares a name's beginning does not overlap.
+        let fine = [
+            own("a", "file:///srv/ab", ""),
+            own("b", "file:///srv/a", ""),
+        ];
+        assert!(Tenants::from_specs(&fine, &store).is_ok());
     }
 
     #[test]

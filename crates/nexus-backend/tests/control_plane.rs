@@ -224,3 +224,43 @@ fn tenants_and_vms_are_reached_only_by_their_users() {
     let reply = root.send(r#"{"op":"hint","vm":"alpha-vm","key":"alpha/x"}"#);
     assert_eq!(reply["ok"], true, "{reply}");
 }
+
+#[test]
+fn only_the_backends_user_and_root_may_reload_and_a_reload_replaces_control_access() {
+    require_root();
+    let dir = open_dir();
+    let backend = start_with_config(
+        dir.path(),
+        "[control]\nsocket_group = 65534\nuids = [65534]\n",
+    );
+    let path = socket(dir.path());
+    let asked = path.clone();
+    let replies = as_nobody(move || talk(&asked, &[r#"{"op":"reload"}"#.to_owned()]).unwrap());
+    assert_eq!(replies[0]["ok"], false, "{replies:?}");
+    assert_eq!(replies[0]["code"], "forbidden", "{replies:?}");
+    assert!(
+        replies[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("may not reload"),
+        "{replies:?}"
+    );
+
+    // Root reloads a file that no longer allows nobody: nobody is refused from then on.
+    std::fs::write(
+        dir.path().join("backend.toml"),
+        "[control]\nsocket_group = 65534\n",
+    )
+    .unwrap();
+    let reply = backend.connect().send(r#"{"op":"reload"}"#);
+    assert_eq!(reply["ok"], true, "{reply}");
+    let replies = as_nobody(move || talk(&path, &[r#"{"op":"stats"}"#.to_owned()]).unwrap());
+    assert_eq!(replies[0]["ok"], false, "{replies:?}");
+    assert!(
+        replies[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Permission denied"),
+        "{replies:?}"
+    );
+}

@@ -66,6 +66,10 @@ pub const OPS: &[(&str, &str)] = &[
         "the backend's figures: VMs, queue depth, traffic, memory, CPU",
     ),
     (
+        "reload",
+        "re-read the configuration file: tenants' stores, limits, quotas, HTTP allow-lists and control access are replaced, attached VMs stay; a bad file is refused and the old configuration kept (the backend's own user, or root, only)",
+    ),
+    (
         "snapshot_put",
         "store file `name` of a published snapshot of `function` (`len` raw bytes follow the line) under the system prefix; `create`: only if it does not exist yet",
     ),
@@ -177,6 +181,9 @@ pub enum ControlRequest {
     },
     /// Report [`BackendStats`].
     Stats {},
+    /// Re-read the backend's configuration file and apply it to its tenants (as SIGHUP
+    /// does); refused with the file, line and key at fault if the file is bad.
+    Reload {},
     /// Store file `name` of the published snapshot of `function` with `identity` under
     /// [`SYSTEM_PREFIX`] ([`snapshot_key`]); its `len` raw bytes follow the request line (at
     /// most [`MAX_SNAPSHOT_FILE`]). With `create`, only if no such object exists: a second
@@ -220,6 +227,7 @@ impl ControlRequest {
             | ControlRequest::Invoke { vm, .. }
             | ControlRequest::Parked { vm, .. } => Some(vm),
             ControlRequest::Stats {}
+            | ControlRequest::Reload {}
             | ControlRequest::SnapshotPut { .. }
             | ControlRequest::SnapshotGet { .. } => None,
         }
@@ -248,6 +256,7 @@ impl ControlRequest {
             ControlRequest::Invoke { .. } => "invoke",
             ControlRequest::Parked { .. } => "parked",
             ControlRequest::Stats {} => "stats",
+            ControlRequest::Reload {} => "reload",
             ControlRequest::SnapshotPut { .. } => "snapshot_put",
             ControlRequest::SnapshotGet { .. } => "snapshot_get",
         }
@@ -370,6 +379,24 @@ pub struct BackendStats {
     pub rss_bytes: u64,
     /// User plus system CPU time of the process, in seconds (0 if unknown).
     pub cpu_seconds: f64,
+    /// Each tenant's quota usage, sorted by name (empty from backends that do not say).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<TenantStats>,
+}
+
+/// One tenant's figures in [`BackendStats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TenantStats {
+    /// The tenant's name.
+    pub name: String,
+    /// Bytes stored under the tenant, as its quota counts them (0 unless it has a bytes or
+    /// objects quota).
+    pub bytes: u64,
+    /// Objects stored under the tenant, likewise.
+    pub objects: u64,
+    /// Requests of its VMs refused for a quota since the backend started.
+    pub quota_refusals: u64,
 }
 
 /// One control reply. A client treats every field but `ok` as optional (older backends may
@@ -834,6 +861,7 @@ mod tests {
                 timeout_ms: None,
             },
             ControlRequest::Stats {},
+            ControlRequest::Reload {},
             ControlRequest::SnapshotPut {
                 function: "f".into(),
                 identity: "i".into(),

@@ -92,7 +92,7 @@ pub(crate) fn build(runtime: &tokio::runtime::Runtime, options: &scenario::Optio
     let tenant = Tenant::new("tenant", scenario::TENANT_PREFIX).expect("a valid tenant");
     let session = Arc::new(Session::with_uploads(
         "vm-fuzz",
-        Arc::new(tenant),
+        crate::tenant_state::TenantState::on_engine(Arc::new(tenant), &engine),
         engine.clone(),
         None,
     ));

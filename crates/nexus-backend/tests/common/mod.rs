@@ -96,6 +96,11 @@ impl BackendProcess {
         backend
     }
 
+    /// The backend's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The backend's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
