@@ -61,6 +61,9 @@ pub(crate) trait Channel: Send + Sync {
     fn disconnected(&self);
     /// Closes the connection (it is no longer watched).
     fn close(&self);
+    /// Handling the channel's message or kick panicked (`message`): count it and fail the
+    /// VM (it is no longer watched; [`close`](Self::close) follows).
+    fn panicked(&self, message: &str);
 }
 
 /// What a token's descriptor is.
@@ -258,6 +261,27 @@ impl EventLoop {
             share: channel.cpu(),
             since: woke,
         };
+        // A panic while handling one VM's message or kick fails that VM only: it leaves the
+        // loop, its connection is closed, and this thread goes on serving the others.
+        // AssertUnwindSafe: the channel is dropped from the loop; the loop's own state (the
+        // channel map) is not held across the call, and locks recover from poisoning.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handle(&*channel, id, source, token_value);
+        }));
+        if let Err(payload) = handled {
+            let message = crate::panics::message(&*payload);
+            lock(&self.channels).remove(&id);
+            if let Some(kick) = channel.kick_fd() {
+                self.forget(kick);
+            }
+            self.forget(channel.connection_fd());
+            channel.panicked(&message);
+            channel.close();
+        }
+    }
+
+    /// Handles one event of `channel`.
+    fn handle(&self, channel: &dyn Channel, id: u64, source: Source, token_value: u64) {
         match source {
             Source::Connection => match channel.handle_message() {
                 Handled::Continue => {

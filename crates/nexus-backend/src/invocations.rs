@@ -140,6 +140,11 @@ impl Invocations {
         self.fail_with(|| Error::VmDetached(vm.to_owned()));
     }
 
+    /// The backend panicked while serving VM `vm`: every queued and running invocation fails.
+    pub(crate) fn fail_panicked(&self, vm: &str) {
+        self.fail_with(|| Error::HandlerPanicked(vm.to_owned()));
+    }
+
     /// VM `vm` was reset: every queued and running invocation fails, and their times are
     /// forgotten. Returns how many failed. A parked `NEXT` stays parked: the VM's next
     /// invocation is the first after the reset.

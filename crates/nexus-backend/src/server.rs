@@ -367,6 +367,7 @@ impl Backend {
             requests: totals.requests,
             rss_bytes: usage.rss_bytes,
             cpu_seconds: usage.cpu_seconds,
+            panics: crate::panics::count(),
         }
     }
 

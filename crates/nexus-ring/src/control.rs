@@ -370,6 +370,9 @@ pub struct BackendStats {
     pub rss_bytes: u64,
     /// User plus system CPU time of the process, in seconds (0 if unknown).
     pub cpu_seconds: f64,
+    /// Panics caught while serving one VM since the backend started (each failed that VM
+    /// only; 0 from older backends).
+    pub panics: u64,
 }
 
 /// One control reply. A client treats every field but `ok` as optional (older backends may
