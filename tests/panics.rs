@@ -99,7 +99,9 @@ fn a_panic_fails_one_function_only(hook: &str, on_backend: bool, status: u16, er
     victim_fails(d, status, error);
     assert_eq!(d.metric(&panics), 1.0, "{}", d.metric_text());
     assert_eq!(
-        d.metric(&format!("nexus_vms{{function=\"{VICTIM}\",state=\"idle\"}}")),
+        d.metric(&format!(
+            "nexus_vms{{function=\"{VICTIM}\",state=\"idle\"}}"
+        )),
         0.0,
         "the VM the panic touched is not parked\n{}",
         d.metric_text()
@@ -107,7 +109,11 @@ fn a_panic_fails_one_function_only(hook: &str, on_backend: bool, status: u16, er
 
     // The neighbour goes on, warm, on the VM it had.
     for r in neighbour_serves(d, 3, "after") {
-        assert_eq!((&r["start"], &r["vm"]), (&json!("warm"), &neighbour_vm), "{r}");
+        assert_eq!(
+            (&r["start"], &r["vm"]),
+            (&json!("warm"), &neighbour_vm),
+            "{r}"
+        );
     }
 
     // A later invocation of the victim gets a fresh VM, and the hook, still set, fails it
@@ -115,6 +121,16 @@ fn a_panic_fails_one_function_only(hook: &str, on_backend: bool, status: u16, er
     victim_fails(d, status, error);
     assert_eq!(d.metric(&panics), 2.0, "{}", d.metric_text());
     neighbour_serves(d, 1, "last");
+
+    if site == "invocation" {
+        // Both VMs the panics caught with an invocation in hand were stopped as such.
+        let stops = format!("nexus_vm_stops_total{{function=\"{VICTIM}\",reason=\"panic\"}}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while d.metric(&stops) < 2.0 {
+            assert!(std::time::Instant::now() < deadline, "{}", d.metric_text());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
 
     let (status, health) = d.json("GET", "/healthz", "");
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
@@ -126,12 +142,7 @@ fn a_panic_fails_one_function_only(hook: &str, on_backend: bool, status: u16, er
 
 #[test]
 fn a_panic_in_a_vcpus_mmio_handling_fails_that_vm_only() {
-    a_panic_fails_one_function_only(
-        &format!("vcpu:{VICTIM}"),
-        false,
-        502,
-        "FunctionCrashed",
-    );
+    a_panic_fails_one_function_only(&format!("vcpu:{VICTIM}"), false, 502, "FunctionCrashed");
 }
 
 #[test]

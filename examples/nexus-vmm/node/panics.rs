@@ -102,9 +102,18 @@ pub fn hooks_vm(vm_id: &str) -> bool {
     })
 }
 
-/// The armed flags of the VMs whose device is wrapped in a [`Probe`], by VM ID.
-fn probes() -> &'static Mutex<HashMap<String, Arc<AtomicBool>>> {
-    static PROBES: OnceLock<Mutex<HashMap<String, Arc<AtomicBool>>>> = OnceLock::new();
+/// A [`Probe`]'s flags.
+#[derive(Debug, Default)]
+struct ProbeFlags {
+    /// The guest has accessed the device since the VM started.
+    accessed: AtomicBool,
+    /// The next access panics.
+    armed: AtomicBool,
+}
+
+/// The flags of the VMs whose device is wrapped in a [`Probe`] and not armed yet, by VM ID.
+fn probes() -> &'static Mutex<HashMap<String, Arc<ProbeFlags>>> {
+    static PROBES: OnceLock<Mutex<HashMap<String, Arc<ProbeFlags>>>> = OnceLock::new();
     PROBES.get_or_init(Mutex::default)
 }
 
@@ -112,27 +121,38 @@ fn probes() -> &'static Mutex<HashMap<String, Arc<AtomicBool>>> {
 /// it hands every access to the transport, and panics on the first one after [`arm`] (an
 /// invocation on its way to the VM).
 pub fn probe(vm_id: &str, transport: Arc<Mutex<NexusIoTransport>>) -> Probe {
-    let armed = Arc::new(AtomicBool::new(false));
+    let flags = Arc::new(ProbeFlags::default());
     probes()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .insert(vm_id.to_owned(), Arc::clone(&armed));
+        .insert(vm_id.to_owned(), Arc::clone(&flags));
     Probe {
         vm: vm_id.to_owned(),
         transport,
-        armed,
+        flags,
     }
 }
 
-/// Arms VM `vm_id`'s [`Probe`], if it has one.
-pub fn arm(vm_id: &str) {
+/// Arms VM `vm_id`'s [`Probe`], if it has one, once its guest has reached its device (a
+/// VM just restored may not have yet): from then on the guest cannot take an invocation
+/// without another access — its `WAIT` read's answer — which panics, before the function
+/// runs.
+pub async fn arm(vm_id: &str) {
     if hooked(Site::Vcpu).is_none() {
         return;
     }
-    let mut probes = probes().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(armed) = probes.remove(vm_id) {
-        armed.store(true, Ordering::Release);
+    let flags = probes()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(vm_id);
+    let Some(flags) = flags else {
+        return;
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !flags.accessed.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
+    flags.armed.store(true, Ordering::Release);
 }
 
 /// See [`probe`].
@@ -140,12 +160,13 @@ pub fn arm(vm_id: &str) {
 pub struct Probe {
     vm: String,
     transport: Arc<Mutex<NexusIoTransport>>,
-    armed: Arc<AtomicBool>,
+    flags: Arc<ProbeFlags>,
 }
 
 impl Probe {
     fn check(&self) {
-        if self.armed.load(Ordering::Acquire) {
+        self.flags.accessed.store(true, Ordering::Release);
+        if self.flags.armed.load(Ordering::Acquire) {
             panic!(
                 "test hook {TEST_PANIC}: a panic in the MMIO handling of vm {}",
                 self.vm

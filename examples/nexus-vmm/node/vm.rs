@@ -808,7 +808,7 @@ impl FunctionVm {
         let exits_before = exits(stats.as_ref());
         let mut ended = self.ended.clone();
         let id = &self.id;
-        super::panics::arm(id);
+        super::panics::arm(id).await;
         let exchange = async {
             match &mut self.io {
                 VmIo::Nexus => {
