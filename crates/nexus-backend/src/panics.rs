@@ -54,11 +54,12 @@ const TEST_PANIC: &str = "NEXUS_TEST_PANIC";
 pub(crate) fn test_hook(vm: &str) -> bool {
     static TARGET: OnceLock<Option<String>> = OnceLock::new();
     let target = TARGET.get_or_init(|| {
-        std::env::var(TEST_PANIC)
-            .ok()?
+        let value = std::env::var(TEST_PANIC).ok()?;
+        let name = value
             .strip_prefix("backend:")
-            .filter(|name| !name.is_empty())
-            .map(str::to_owned)
+            .filter(|name| !name.is_empty())?;
+        log::warn!("{TEST_PANIC}={value}: test-only panic injection is on");
+        Some(name.to_owned())
     });
     target.as_deref().is_some_and(|name| {
         vm == name

@@ -319,6 +319,8 @@ impl Node {
         functions: BTreeMap<String, FunctionSpec>,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self> {
+        // The test-only panic hook is read once, here (a warning says it is set).
+        panics::read_test_hook();
         std::fs::create_dir_all(&config.snapshot_dir).with_context(|| {
             format!(
                 "Cannot create the snapshot directory {}",

@@ -74,16 +74,29 @@ pub fn message(payload: &(dyn std::any::Any + Send)) -> String {
 /// The test-only environment variable (see the module docs).
 const TEST_PANIC: &str = "NEXUS_TEST_PANIC";
 
-/// The function the test-only hook names for `site`, if any (the variable is read once).
-fn hooked(site: Site) -> Option<&'static str> {
+/// The test-only hook: where and for which function (the variable is read once).
+fn test_hook_setting() -> Option<&'static (String, String)> {
     static HOOK: OnceLock<Option<(String, String)>> = OnceLock::new();
-    let (at, function) = HOOK
-        .get_or_init(|| {
-            let value = std::env::var(TEST_PANIC).ok()?;
-            let (at, function) = value.split_once(':')?;
-            (!function.is_empty()).then(|| (at.to_owned(), function.to_owned()))
-        })
-        .as_ref()?;
+    HOOK.get_or_init(|| {
+        let value = std::env::var(TEST_PANIC).ok()?;
+        let (at, function) = value.split_once(':')?;
+        if function.is_empty() || !matches!(at, "vcpu" | "invocation") {
+            return None;
+        }
+        log::warn!("{TEST_PANIC}={value}: test-only panic injection is on");
+        Some((at.to_owned(), function.to_owned()))
+    })
+    .as_ref()
+}
+
+/// Reads the test-only hook's variable (once: later calls do nothing).
+pub fn read_test_hook() {
+    let _ = test_hook_setting();
+}
+
+/// The function the test-only hook names for `site`, if any.
+fn hooked(site: Site) -> Option<&'static str> {
+    let (at, function) = test_hook_setting()?;
     (at == site.as_str()).then_some(function.as_str())
 }
 
