@@ -29,6 +29,17 @@ impl Daemon {
         Self::start_wrapped(dir, backend, functions, extra, &[], &nexus_vmm())
     }
 
+    /// [`start`](Self::start), with `env` added to the daemon's environment.
+    pub fn start_with_env(
+        dir: &Path,
+        backend: &Backend,
+        functions: &[(&str, String)],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_full(dir, backend, functions, extra, &[], &nexus_vmm(), env)
+    }
+
     /// [`start`](Self::start) with the command line `wrapper` (a program and its arguments,
     /// which must end by running the rest of the line) in front of `binary` (a copy of
     /// `nexus-vmm`, say, where another user can run it).
@@ -39,6 +50,19 @@ impl Daemon {
         extra: &[&str],
         wrapper: &[&str],
         binary: &Path,
+    ) -> Self {
+        Self::start_full(dir, backend, functions, extra, wrapper, binary, &[])
+    }
+
+    /// [`start_wrapped`](Self::start_wrapped), with `env` added to the daemon's environment.
+    fn start_full(
+        dir: &Path,
+        backend: &Backend,
+        functions: &[(&str, String)],
+        extra: &[&str],
+        wrapper: &[&str],
+        binary: &Path,
+        env: &[(&str, &str)],
     ) -> Self {
         let functions_dir = dir.join("functions");
         std::fs::create_dir_all(&functions_dir).unwrap();
@@ -67,6 +91,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(extra)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -197,6 +222,13 @@ impl Daemon {
             &format!("/v1/functions/{function}/invocations"),
             &body.to_string(),
         )
+    }
+
+    /// The whole `/metrics` text.
+    pub fn metric_text(&self) -> String {
+        let (status, _, text) = self.request("GET", "/metrics", "");
+        assert_eq!(status, 200);
+        text
     }
 
     /// The value of the metric line that starts with `series` (0 if absent).

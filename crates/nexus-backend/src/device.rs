@@ -21,6 +21,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt as _;
 use nexus_ring::queue::{self as ring, CheckedChain, RingFault};
 use nexus_ring::{Command, Decoder, Rejection, Request, ResponseHeader};
 use vhost::vhost_user::message::VhostUserVirtioFeatures;
@@ -65,6 +66,9 @@ struct RingState {
     throttled: Option<Throttle>,
     /// A timer will resume the drain (the VM's CPU share is spent).
     timer_armed: bool,
+    /// The backend panicked while serving the VM: its queue is never served again (the VMM
+    /// discards the VM).
+    failed: bool,
 }
 
 /// Why a VM's chains wait in the ring.
@@ -79,7 +83,11 @@ enum Throttle {
 impl RingState {
     /// Whether the queue is live: set up, started by a kick, enabled, and not broken.
     fn serving(&self) -> bool {
-        self.queue.ready() && self.enabled && self.window.is_some() && self.broken.is_none()
+        self.queue.ready()
+            && self.enabled
+            && self.window.is_some()
+            && self.broken.is_none()
+            && !self.failed
     }
 }
 
@@ -121,6 +129,7 @@ impl RequestRing {
                 broken: None,
                 throttled: None,
                 timer_armed: false,
+                failed: false,
             }),
             breaks: Mutex::new(BreakLog {
                 since: Instant::now(),
@@ -366,6 +375,21 @@ impl RequestRing {
             lock(&ring.state).timer_armed = false;
             ring.process();
         });
+    }
+
+    /// The backend panicked while `what` for this VM (`message`): the panic is counted and
+    /// logged, the queue is no longer served (for good: a reset of the device does not bring
+    /// it back), the VM's requests in flight are cancelled and its invocations fail. Other
+    /// VMs are untouched.
+    pub(crate) fn fail_panicked(&self, what: &str, message: &str) {
+        crate::panics::record(&self.session.vm, what, message);
+        // The lock may be poisoned by the panic (`lock` recovers it): what matters is that
+        // nothing of this VM's ring is served again, whatever state the panic left.
+        let mut state = lock(&self.state);
+        state.failed = true;
+        state.throttled = None;
+        self.update_watch(&mut state);
+        self.session.fail_panicked();
     }
 
     /// The guest broke a ring rule: stop serving the queue until it is reset.
@@ -624,8 +648,29 @@ fn dispatch(
         .clone()
         .spawn(Metered::new(share, async move {
             let epoch = completion.epoch();
+            // A panic while serving the request fails this VM only (`fail_panicked`); the
+            // runtime's thread goes on with the other VMs' tasks. AssertUnwindSafe: what the
+            // task owns (the request, its key turn and write-behind ticket) is dropped with
+            // it, the shared state it touches is behind locks that recover from poisoning
+            // (`sync::lock`), and the VM whose state it leaves half-changed is served no more.
+            let execute = std::panic::AssertUnwindSafe(async {
+                if crate::panics::test_hook(&session.vm)
+                    && matches!(request.command(), Command::Complete { .. })
+                {
+                    panic!("test hook NEXUS_TEST_PANIC: a panic while serving a COMPLETE");
+                }
+                ops::execute(&session, &window, &request, prepared).await
+            })
+            .catch_unwind();
             let reply = tokio::select! {
-                reply = ops::execute(&session, &window, &request, prepared) => reply,
+                reply = execute => match reply {
+                    Ok(reply) => reply,
+                    Err(payload) => {
+                        let message = crate::panics::message(&*payload);
+                        completion.ring.fail_panicked("serving a request", &message);
+                        return;
+                    }
+                },
                 () = session.cancelled(epoch) => {
                     log::debug!("vm {}: request {} cancelled", session.vm, request.id());
                     return;

@@ -187,6 +187,10 @@ pub enum Error {
     /// ([`Backend::reset`](crate::Backend::reset)) before it completed.
     #[error("VM `{0}` was reset before the invocation completed")]
     VmReset(String),
+    /// An invocation ended without a result because the backend panicked while serving its
+    /// VM: that VM is failed (its queue no longer served), the backend goes on.
+    #[error("VM `{0}` failed: the backend panicked while serving it")]
+    HandlerPanicked(String),
     /// An invocation's input object could not be read (or, with an empty `key`, its context
     /// or its result could not be carried).
     #[error("Input object `{key}` of the invocation could not be read: {reason}")]

@@ -61,6 +61,9 @@ pub(crate) trait Channel: Send + Sync {
     fn disconnected(&self);
     /// Closes the connection (it is no longer watched).
     fn close(&self);
+    /// Handling the channel's message or kick panicked (`message`): count it and fail the
+    /// VM (it is no longer watched; [`close`](Self::close) follows).
+    fn panicked(&self, message: &str);
 }
 
 /// What a token's descriptor is.
@@ -258,6 +261,27 @@ impl EventLoop {
             share: channel.cpu(),
             since: woke,
         };
+        // A panic while handling one VM's message or kick fails that VM only: it leaves the
+        // loop, its connection is closed, and this thread goes on serving the others.
+        // AssertUnwindSafe: the channel is dropped from the loop; the loop's own state (the
+        // channel map) is not held across the call, and locks recover from poisoning.
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.handle(&*channel, id, source, token_value);
+        }));
+        if let Err(payload) = handled {
+            let message = crate::panics::message(&*payload);
+            lock(&self.channels).remove(&id);
+            if let Some(kick) = channel.kick_fd() {
+                self.forget(kick);
+            }
+            self.forget(channel.connection_fd());
+            channel.panicked(&message);
+            channel.close();
+        }
+    }
+
+    /// Handles one event of `channel`.
+    fn handle(&self, channel: &dyn Channel, id: u64, source: Source, token_value: u64) {
         match source {
             Source::Connection => match channel.handle_message() {
                 Handled::Continue => {
@@ -278,5 +302,116 @@ impl EventLoop {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A channel whose "connection" is an eventfd; its message handler panics if asked to.
+    struct Fake {
+        id: u64,
+        connection: EventFd,
+        panics: bool,
+        handled: AtomicU64,
+        panicked: Mutex<Option<String>>,
+        closed: AtomicBool,
+        cpu: CpuShare,
+    }
+
+    impl Fake {
+        fn new(id: u64, panics: bool) -> Arc<Self> {
+            Arc::new(Self {
+                id,
+                connection: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                panics,
+                handled: AtomicU64::new(0),
+                panicked: Mutex::new(None),
+                closed: AtomicBool::new(false),
+                cpu: CpuShare::new(1000),
+            })
+        }
+    }
+
+    impl Channel for Fake {
+        fn id(&self) -> u64 {
+            self.id
+        }
+        fn connection_fd(&self) -> RawFd {
+            self.connection.as_raw_fd()
+        }
+        fn kick_fd(&self) -> Option<RawFd> {
+            None
+        }
+        fn handle_message(&self) -> Handled {
+            let _ = self.connection.read();
+            if self.panics {
+                panic!("test: a message handler panics");
+            }
+            self.handled.fetch_add(1, Ordering::SeqCst);
+            Handled::Continue
+        }
+        fn handle_kick(&self) -> Option<RawFd> {
+            None
+        }
+        fn cpu(&self) -> &CpuShare {
+            &self.cpu
+        }
+        fn disconnected(&self) {}
+        fn close(&self) {
+            self.closed.store(true, Ordering::SeqCst);
+        }
+        fn panicked(&self, message: &str) {
+            *lock(&self.panicked) = Some(message.to_owned());
+        }
+    }
+
+    fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_panicking_channel_is_dropped_and_the_others_still_served() {
+        // One thread: the one that catches the panic must be the one that serves on.
+        let event_loop = EventLoop::start(1).unwrap();
+        let bad = Fake::new(event_loop.next_id(), true);
+        let good = Fake::new(event_loop.next_id(), false);
+        event_loop.add(bad.clone()).unwrap();
+        event_loop.add(good.clone()).unwrap();
+
+        good.connection.write(1).unwrap();
+        until("the good channel is served", || {
+            good.handled.load(Ordering::SeqCst) == 1
+        });
+        bad.connection.write(1).unwrap();
+        until("the panicking channel is closed", || {
+            bad.closed.load(Ordering::SeqCst)
+        });
+        assert_eq!(
+            lock(&bad.panicked).as_deref(),
+            Some("test: a message handler panics")
+        );
+        assert!(!lock(&event_loop.channels).contains_key(&bad.id));
+        // No longer watched: another message wakes nothing of it.
+        bad.connection.write(1).unwrap();
+
+        for n in 2..=3 {
+            good.connection.write(1).unwrap();
+            until("the good channel is served again", || {
+                good.handled.load(Ordering::SeqCst) == n
+            });
+        }
+        assert!(!good.closed.load(Ordering::SeqCst));
+        let left = event_loop.shutdown();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id(), good.id);
     }
 }

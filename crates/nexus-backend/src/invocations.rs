@@ -49,12 +49,21 @@ pub(crate) struct Invocations {
     /// When recent invocations were delivered (NEXT answered) and completed, by number
     /// (bounded: cleared when it grows past [`TIMES_KEPT`] entries).
     times: Mutex<HashMap<u64, (Instant, Option<Instant>)>>,
+    /// The VM's ID once the backend panicked serving it ([`fail_panicked`](Self::fail_panicked)):
+    /// it takes no invocation any more, and is never parked. Set under the queue's lock.
+    failed: std::sync::OnceLock<String>,
 }
 
 impl Invocations {
     /// Queues an invocation for the VM's next `NEXT`.
     pub(crate) fn push(&self, queued: QueuedInvocation) {
-        lock(&self.queue).push_back(queued);
+        let mut queue = lock(&self.queue);
+        if let Some(vm) = self.failed.get() {
+            let _ = queued.reply.send(Err(Error::HandlerPanicked(vm.clone())));
+            return;
+        }
+        queue.push_back(queued);
+        drop(queue);
         self.arrived.notify_one();
     }
 
@@ -131,6 +140,7 @@ impl Invocations {
     /// Whether a `NEXT` is parked waiting for an invocation (none queued, none running).
     pub(crate) fn parked(&self) -> bool {
         self.next_outstanding.load(Ordering::Acquire)
+            && self.failed.get().is_none()
             && lock(&self.queue).is_empty()
             && lock(&self.running).is_empty()
     }
@@ -138,6 +148,17 @@ impl Invocations {
     /// VM `vm` went away: every queued and running invocation fails.
     pub(crate) fn fail_all(&self, vm: &str) {
         self.fail_with(|| Error::VmDetached(vm.to_owned()));
+    }
+
+    /// The backend panicked while serving VM `vm`: every queued and running invocation fails.
+    /// It takes no invocation any more ([`push`](Self::push) fails them at once) and is
+    /// never [`parked`](Self::parked) again.
+    pub(crate) fn fail_panicked(&self, vm: &str) {
+        {
+            let _queue = lock(&self.queue);
+            let _ = self.failed.set(vm.to_owned());
+        }
+        self.fail_with(|| Error::HandlerPanicked(vm.to_owned()));
     }
 
     /// VM `vm` was reset: every queued and running invocation fails, and their times are
@@ -285,5 +306,26 @@ mod tests {
         assert!(invocations.take_times(1).is_none());
         assert!(invocations.parked(), "the NEXT stays parked");
         drop(claim);
+    }
+
+    #[test]
+    fn a_panic_fails_every_invocation_and_the_vm_takes_no_more() {
+        let invocations = Arc::new(Invocations::default());
+        let _claim = invocations.claim_next().expect("free");
+        let (first, mut first_result) = queued(1);
+        invocations.push(first);
+        invocations.fail_panicked("vm-a");
+        assert!(matches!(
+            first_result.try_recv(),
+            Ok(Err(Error::HandlerPanicked(vm))) if vm == "vm-a"
+        ));
+        assert!(!invocations.parked(), "a failed VM is never parked");
+        let (later, mut later_result) = queued(2);
+        invocations.push(later);
+        assert!(matches!(
+            later_result.try_recv(),
+            Ok(Err(Error::HandlerPanicked(vm))) if vm == "vm-a"
+        ));
+        assert!(invocations.pop().is_none());
     }
 }

@@ -70,6 +70,7 @@ mod key_order;
 mod listing;
 mod log_limit;
 mod ops;
+mod panics;
 mod peer;
 mod prefetch;
 mod privileges;

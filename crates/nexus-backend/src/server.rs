@@ -531,6 +531,7 @@ impl Backend {
             requests: totals.requests,
             rss_bytes: usage.rss_bytes,
             cpu_seconds: usage.cpu_seconds,
+            panics: crate::panics::count(),
             tenants: self
                 .tenant_usage()
                 .into_iter()

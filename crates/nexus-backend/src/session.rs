@@ -215,6 +215,15 @@ impl Session {
         self.report_dropped_logs();
     }
 
+    /// The backend panicked while serving the VM: its requests in flight are cancelled and
+    /// its queued and running invocations fail
+    /// ([`Error::HandlerPanicked`](crate::Error::HandlerPanicked)). The caller stops serving
+    /// its queue.
+    pub(crate) fn fail_panicked(&self) {
+        self.end_generation();
+        self.invocations.fail_panicked(&self.vm);
+    }
+
     /// Logs, once, how many LOG records the rate limit dropped and nobody was told of yet.
     fn report_dropped_logs(&self) {
         let dropped = self.log_limit.take_unreported();

@@ -154,6 +154,11 @@ impl Channel for VmChannel {
         self.ring.stop();
     }
 
+    fn panicked(&self, message: &str) {
+        self.ring
+            .fail_panicked("handling a vhost-user message or kick", message);
+    }
+
     /// Closes the connection (the event loop no longer watches it).
     fn close(&self) {
         // SAFETY: `shutdown(2)` takes a descriptor and flags and touches no memory of ours.

@@ -141,6 +141,10 @@ pub enum Error {
     /// A vCPU thread panicked.
     #[error("A vCPU thread panicked")]
     VcpuPanicked,
+    /// Code run for the vCPU (a device's exit handler) panicked: the run ended there, the
+    /// thread (or the pool's worker) went on. The guest is left mid-exit: discard the VM.
+    #[error("The vCPU's run panicked: {0}")]
+    RunPanicked(String),
     /// A vCPU pool's epoll set or wake-up eventfd could not be set up.
     #[error("Cannot set up the vCPU pool")]
     Pool(#[source] std::io::Error),

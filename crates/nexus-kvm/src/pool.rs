@@ -183,7 +183,7 @@ enum SlotRun {
     Waiting(Box<Job>),
     /// On a worker thread.
     Running(libc::pthread_t),
-    /// Its run ended; `None` once taken (or if a device panicked under it).
+    /// Its run ended; `None` once taken (or if its `on_exit` panicked).
     Done(Option<(Vcpu, Result<VcpuStop>)>),
 }
 
@@ -365,7 +365,15 @@ impl Shared {
                     }
                 }
                 drop(state);
-                self.run_slot(&slot);
+                // A panic the run step did not catch (the owner's `on_exit`): the slot's
+                // `Unwind` guard has marked it ended; this worker goes on, so the pool keeps
+                // its count of workers and watchers right.
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.run_slot(&slot);
+                }));
+                if ran.is_err() {
+                    log::error!("vCPU pool: a vCPU's exit callback panicked; the worker goes on");
+                }
                 state = self.lock();
                 continue;
             }
@@ -466,13 +474,24 @@ impl Shared {
             } else {
                 WaitMode::Park
             });
-            let result = match job.pending.take() {
-                Some(pending) => match job.vcpu.retry_read(pending) {
-                    Some(request) => Ok(Run::Parked(request, pending)),
+            // One run step of this vCPU; a panic in it (a device's exit handler) ends this
+            // vCPU's run with an error its owner sees, and the worker goes on with the
+            // others. AssertUnwindSafe: the step touches this job's vCPU and its devices
+            // only (no pool state is locked meanwhile); the devices' locks recover from
+            // poisoning (bus.rs) and the vCPU, stopped mid-exit, is handed back with the
+            // error, never run again by the pool.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match job.pending.take() {
+                    Some(pending) => match job.vcpu.retry_read(pending) {
+                        Some(request) => Ok(Run::Parked(request, pending)),
+                        None => job.vcpu.run_parkable(),
+                    },
                     None => job.vcpu.run_parkable(),
-                },
-                None => job.vcpu.run_parkable(),
-            };
+                }
+            }));
+            let result = step.unwrap_or_else(|payload| {
+                Err(Error::RunPanicked(crate::vcpu::panic_message(&*payload)))
+            });
             drop(mode);
             let result = match result {
                 Ok(Run::Parked(request, pending)) => {
@@ -662,7 +681,8 @@ fn next_deadline(state: &mut State) -> Option<Instant> {
     None
 }
 
-/// Marks a slot ended (its vCPU lost) if its worker unwinds from a panic in a device.
+/// Marks a slot ended (its vCPU lost) if its worker unwinds from a panic outside the run step
+/// (which catches its own: a device's): the owner's `on_exit`.
 struct Unwind<'a> {
     shared: &'a Arc<Shared>,
     slot: &'a Arc<Slot>,

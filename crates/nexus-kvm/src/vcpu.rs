@@ -445,12 +445,38 @@ impl Vcpu {
                 // Declared after the vCPU, so dropped before it: on an unwind the handle
                 // stops using the descriptor before the vCPU closes it.
                 let _open = ForgetFd(open);
-                let result = vcpu.run();
+                let result = vcpu.run_catching();
                 on_exit(&result);
                 (vcpu, result)
             })
             .map_err(Error::Thread)?;
         Ok(VcpuHandle::new(stop, fd, Runner::Thread(thread)))
+    }
+}
+
+impl Vcpu {
+    /// [`run`](Self::run), with a panic under it (a device's exit handler) caught and
+    /// returned as [`Error::RunPanicked`]: the panic ends this vCPU's run only, not its
+    /// thread's owner nor the process. The panic's message has been printed by the panic
+    /// hook already.
+    pub(crate) fn run_catching(&mut self) -> Result<VcpuStop> {
+        // AssertUnwindSafe: what a panic can leave half-changed is the vCPU's exit (KVM's
+        // pending MMIO or port access) and the devices on its buses. The buses recover a
+        // poisoned device lock (bus.rs), and the caller gets the error, not a result built
+        // from that state: the VM is to be discarded, never resumed.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run()))
+            .unwrap_or_else(|payload| Err(Error::RunPanicked(panic_message(&*payload))))
+    }
+}
+
+/// The message of a panic's payload (`panic!` gives a `&str` or a `String`).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 

@@ -284,3 +284,103 @@ fn the_pools_threads_end_with_it() {
         threads_named("pk-e") == 0
     });
 }
+
+/// A register whose read panics (a device's exit handler with a bug).
+struct Panicking;
+
+impl BusDevice for Panicking {
+    fn read(&mut self, _offset: u64, _data: &mut [u8]) {
+        panic!("test: the device's read panics");
+    }
+
+    fn write(&mut self, _offset: u64, _data: &[u8]) -> BusAction {
+        BusAction::Continue
+    }
+}
+
+/// A micro-VM whose register at `MMIO_START` panics when read.
+fn panicking_vm(code: &[u8]) -> (Vm, Vcpu) {
+    let config = MicroVmConfig {
+        memory: MemoryConfig {
+            ram_size: 4 << 20,
+            window_size: 0,
+        },
+        args: vec![],
+        device: None,
+        net_device: None,
+        console: Console::new(ConsoleBuffer::default()),
+    };
+    let micro = MicroVm::new(&elf(code), config).unwrap();
+    micro
+        .vm()
+        .add_device(
+            BusKind::Mmio,
+            Arc::new(Mutex::new(Panicking)),
+            MMIO_START,
+            MMIO_DEVICE_SIZE,
+        )
+        .unwrap();
+    let (vm, vcpu, _) = micro.into_parts();
+    (vm, vcpu)
+}
+
+#[test]
+fn a_panicking_device_fails_its_vcpu_and_the_pool_runs_the_others() {
+    let pool = VcpuPool::new(PoolConfig {
+        name: "pk-f".into(),
+        spare_workers: 1,
+        ..PoolConfig::default()
+    })
+    .unwrap();
+    // A neighbour parked before the panic, woken after it.
+    let waiter = gated_vm(&summing_guest(2), None);
+    let signal = waiter.signal.try_clone().unwrap();
+    let waiting = pool.spawn(waiter.vcpu, |_| {}).unwrap();
+    until("the neighbour is parked", || pool.stats().parked == 1);
+
+    let (_panicking_vm, vcpu) = panicking_vm(&summing_guest(1));
+    let (tell, told) = std::sync::mpsc::channel();
+    let failing = pool
+        .spawn(vcpu, move |result| {
+            tell.send(format!("{result:?}")).unwrap();
+        })
+        .unwrap();
+    let seen = told.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert!(
+        seen.contains("RunPanicked") && seen.contains("the device's read panics"),
+        "on_exit saw {seen}"
+    );
+    let (_, result) = failing.join().unwrap();
+    match result {
+        Err(nexus_kvm::Error::RunPanicked(message)) => {
+            assert_eq!(message, "test: the device's read panics")
+        }
+        other => panic!("the panicking vCPU ended with {other:?}"),
+    }
+
+    // The neighbour still parks and wakes on the same pool, whose workers went on.
+    signal.write(1).unwrap();
+    signal.write(1).unwrap();
+    assert_eq!(exit_code(waiting), 1 + 2);
+    assert!(pool.stats().workers >= 1);
+
+    // And a vCPU spawned after the panic runs to its end.
+    let later = gated_vm(&summing_guest(1), None);
+    let signal = later.signal.try_clone().unwrap();
+    let later_handle = pool.spawn(later.vcpu, |_| {}).unwrap();
+    signal.write(1).unwrap();
+    assert_eq!(exit_code(later_handle), 1);
+    until("the pool holds no vCPU", || pool.stats().vcpus == 0);
+}
+
+#[test]
+fn a_panicking_device_fails_a_vcpu_on_its_own_thread() {
+    let (_vm, vcpu) = panicking_vm(&summing_guest(1));
+    let handle = vcpu.spawn("pk-g".into()).unwrap();
+    match handle.join().unwrap().1 {
+        Err(nexus_kvm::Error::RunPanicked(message)) => {
+            assert_eq!(message, "test: the device's read panics")
+        }
+        other => panic!("the panicking vCPU ended with {other:?}"),
+    }
+}

@@ -379,6 +379,9 @@ pub struct BackendStats {
     pub rss_bytes: u64,
     /// User plus system CPU time of the process, in seconds (0 if unknown).
     pub cpu_seconds: f64,
+    /// Panics caught while serving one VM since the backend started (each failed that VM
+    /// only; 0 from older backends).
+    pub panics: u64,
     /// Each tenant's quota usage, sorted by name (empty from backends that do not say).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tenants: Vec<TenantStats>,

@@ -102,6 +102,7 @@ fn node_error(e: &NodeError) -> Answer {
         NodeError::Crashed(_) => (StatusCode::BAD_GATEWAY, "FunctionCrashed"),
         NodeError::Backend(_) => (StatusCode::BAD_GATEWAY, "BackendError"),
         NodeError::Store(_) => (StatusCode::BAD_GATEWAY, "StoreError"),
+        NodeError::Panicked(_) => (StatusCode::INTERNAL_SERVER_ERROR, "NodePanic"),
     };
     error_answer(status, kind, &e.to_string())
 }

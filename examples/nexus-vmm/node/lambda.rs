@@ -555,7 +555,8 @@ fn api_error(name: &str, e: NodeError) -> ApiError {
         | NodeError::Backend(_)
         | NodeError::Store(_)
         | NodeError::Timeout(_)
-        | NodeError::Crashed(_)) => ApiError::service(e.to_string()),
+        | NodeError::Crashed(_)
+        | NodeError::Panicked(_)) => ApiError::service(e.to_string()),
     }
 }
 

@@ -564,6 +564,26 @@ impl Collector for ScrapeGauges {
             "Whether the shared backend answered the scrape's stats request.",
             i64::from(g.backend.is_some()),
         )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "nexus_panics",
+                "Panics caught, each failing one VM or invocation only, by where: vcpu (a vCPU's \
+                 run, in a device's exit handling), invocation (the node's handling of an \
+                 invocation), backend (the shared backend serving one VM; its count since it \
+                 started, present while it answers).",
+                None,
+                MetricType::Counter,
+            )?;
+            use super::panics::{Site, count};
+            for site in [Site::Vcpu, Site::Invocation] {
+                let labels = [("where", site.as_str())];
+                ConstCounter::new(count(site)).encode(family.encode_family(&labels)?)?;
+            }
+            if let Some(b) = &g.backend {
+                let labels = [("where", "backend")];
+                ConstCounter::new(b.panics).encode(family.encode_family(&labels)?)?;
+            }
+        }
         let Some(b) = &g.backend else { return Ok(()) };
         gauge(
             &mut encoder,
@@ -782,6 +802,12 @@ mod tests {
         }
         assert!(!text.contains("nexus_backend_vms"), "{text}");
         assert!(
+            text.lines()
+                .any(|l| l.starts_with("nexus_panics_total{where=\"vcpu\"} ")),
+            "{text}"
+        );
+        assert!(!text.contains("where=\"backend\""), "{text}");
+        assert!(
             !text.contains("nexus_window_bytes_total{function=\"wcn\""),
             "{text}"
         );
@@ -794,6 +820,7 @@ mod tests {
                 vms: 3,
                 requests: 7,
                 cpu_seconds: 0.25,
+                panics: 2,
                 ..Default::default()
             }),
             ..Gauges::default()
@@ -803,6 +830,7 @@ mod tests {
             "nexus_backend_vms 3",
             "nexus_backend_requests_total 7",
             "nexus_backend_cpu_seconds_total 0.25",
+            "nexus_panics_total{where=\"backend\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }

@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod netplane;
 pub mod netvm;
+pub mod panics;
 pub mod publish;
 pub mod registry;
 pub mod scheduler;
@@ -150,6 +151,10 @@ pub enum NodeError {
     /// A net function's object store failed (502).
     #[error("{0}")]
     Store(String),
+    /// The node panicked while handling the invocation (500); the VM involved, if any, was
+    /// discarded.
+    #[error("the node panicked while handling the invocation (its VM was discarded): {0}")]
+    Panicked(String),
 }
 
 impl NodeError {
@@ -314,6 +319,8 @@ impl Node {
         functions: BTreeMap<String, FunctionSpec>,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self> {
+        // The test-only panic hook is read once, here (a warning says it is set).
+        panics::read_test_hook();
         std::fs::create_dir_all(&config.snapshot_dir).with_context(|| {
             format!(
                 "Cannot create the snapshot directory {}",
@@ -659,9 +666,19 @@ impl Node {
     async fn start_vm(&self, name: &str, hint: Option<String>) -> Result<FunctionVm> {
         let node = self.clone();
         let name = name.to_owned();
-        tokio::task::spawn_blocking(move || node.start_vm_blocking(&name, hint.as_deref()))
-            .await
-            .context("the restore task failed")?
+        let started =
+            tokio::task::spawn_blocking(move || node.start_vm_blocking(&name, hint.as_deref()))
+                .await;
+        match started {
+            Ok(started) => started,
+            Err(e) if e.is_panic() => {
+                // What the restore had built was dropped as the panic unwound: no VM to park.
+                let message = panics::message(&*e.into_panic());
+                panics::counted(panics::Site::Invocation);
+                bail!("the node panicked while starting a VM: {message}")
+            }
+            Err(e) => Err(e).context("the restore task failed"),
+        }
     }
 
     fn start_vm_blocking(&self, name: &str, hint: Option<&str>) -> Result<FunctionVm> {
@@ -942,6 +959,7 @@ impl Node {
         }
         let node = self.clone();
         let name = name.to_owned();
+        let name2 = name.clone();
         let task = tokio::spawn(async move {
             let t0 = Instant::now();
             match node.attempt(&name, &invocation, t0).await {
@@ -959,9 +977,17 @@ impl Node {
             }
         });
         task.await.unwrap_or_else(|e| {
-            Err(NodeError::Unavailable(format!(
-                "the invocation's task failed: {e}"
-            )))
+            if e.is_panic() {
+                // The task's VM, if it had one, was discarded as the panic unwound (`Held`).
+                let message = panics::message(&*e.into_panic());
+                panics::counted(panics::Site::Invocation);
+                log::error!("invocation of {name2}: the node panicked: {message}");
+                Err(NodeError::Panicked(message))
+            } else {
+                Err(NodeError::Unavailable(format!(
+                    "the invocation's task failed: {e}"
+                )))
+            }
         })
     }
 
@@ -979,14 +1005,21 @@ impl Node {
             Input::Key(key) if !f.spec.is_net() => Some(key.as_str()),
             _ => None,
         };
-        let (mut vm, start) = self.acquire(name, hint).await?;
+        let (vm, start) = self.acquire(name, hint).await?;
+        // Until the call's result is in hand, a panic discards the VM (see `Held`).
+        let mut held = Held {
+            node: self,
+            function: name,
+            vm: Some(vm),
+        };
         let acquired = t0.elapsed();
         let (snapshot, restore) = if start == Start::Cold {
-            (vm.snapshot_time, vm.restore_time)
+            (held.vm().snapshot_time, held.vm().restore_time)
         } else {
             (Duration::ZERO, Duration::ZERO)
         };
         let request_id = if invocation.request_id.is_empty() {
+            let vm = held.vm();
             format!("{}-{}", vm.id, vm.invocations + 1)
         } else {
             invocation.request_id.clone()
@@ -998,11 +1031,17 @@ impl Node {
             timeout: f.spec.timeout(),
             return_output: false,
         };
-        let result = vm.call(&self.inner.backend, &call).await;
+        let result = held.vm().call(&self.inner.backend, &call).await;
         self.inner
             .metrics
-            .net_reconnects(name, vm.take_store_reconnects());
-        let net = vm.is_net();
+            .net_reconnects(name, held.vm().take_store_reconnects());
+        let net = held.vm().is_net();
+        if panics::test_hook(panics::Site::Invocation, name) {
+            panic!(
+                "test hook NEXUS_TEST_PANIC: a panic handling invocation {request_id} of {name}"
+            );
+        }
+        let vm = held.take();
         let observe = |outcome: &'static str, done: Option<&CallDone>| {
             self.inner.metrics.invocation(&Observation {
                 function: name,
@@ -1314,6 +1353,47 @@ impl Node {
             self.inner.metrics.vm_stopped(&function, "shutdown");
         }
         self.close_network();
+    }
+}
+
+/// A VM acquired for an invocation, until the invocation's code takes it back
+/// ([`take`](Self::take)) to release it. Dropped still holding it — a panic unwinding the
+/// invocation's task — the VM is discarded: the scheduler is told it is unhealthy (never
+/// parked again) and it is stopped, its backend session dropped, on a task of its own.
+struct Held<'a> {
+    node: &'a Node,
+    function: &'a str,
+    vm: Option<FunctionVm>,
+}
+
+impl Held<'_> {
+    fn vm(&mut self) -> &mut FunctionVm {
+        self.vm.as_mut().expect("held until taken")
+    }
+
+    fn take(mut self) -> FunctionVm {
+        self.vm.take().expect("held until taken")
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let Some(vm) = self.vm.take() else {
+            return;
+        };
+        log::error!(
+            "vm {}: discarded: the node panicked while handling its invocation",
+            vm.id
+        );
+        if let Some(vm) = self.node.inner.scheduler.release(self.function, vm, false) {
+            let victim = Victim {
+                function: self.function.to_owned(),
+                vm,
+                reason: "panic",
+            };
+            let node = self.node.clone();
+            tokio::spawn(async move { node.retire(vec![victim], true).await });
+        }
     }
 }
 

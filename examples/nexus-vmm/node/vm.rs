@@ -372,7 +372,12 @@ fn restore_attached(
         .device_mut()
         .resume(Some((control, socket)))
         .context("Cannot reconnect the restored nexus-io device")?;
-    let attached = nexus_io::attach_transport(&vm, transport)?;
+    let attached = if super::panics::hooks_vm(vm_id) {
+        // The test-only hook (`super::panics`): the transport behind a wrapper that panics.
+        attach_probed(&vm, vm_id, transport)?
+    } else {
+        nexus_io::attach_transport(&vm, transport)?
+    };
     Ok(Restored {
         vm,
         vcpu: vcpus.remove(0),
@@ -384,6 +389,36 @@ fn restore_attached(
         net: None,
         device: Some(attached.transport),
     })
+}
+
+/// [`nexus_io::attach_transport`] for a micro-VM (no interrupt controller: the device's
+/// `WAIT` it is), with the transport on the bus behind the test-only
+/// [`Probe`](super::panics::Probe) of VM `vm_id`.
+fn attach_probed(
+    vm: &nexus_kvm::Vm,
+    vm_id: &str,
+    mut transport: NexusIoTransport,
+) -> Result<nexus_io::AttachedDevice> {
+    if vm.has_irqchip() {
+        bail!("the test hook's probe is for micro-VMs (no interrupt controller)");
+    }
+    let info = nexus_io::device_info();
+    transport
+        .device_mut()
+        .set_interrupt_mode(nexus_io::InterruptMode::Wait);
+    let doorbell = kvm_ioctls::IoEventAddress::Mmio(
+        info.base + u64::from(nexus_ring::mmio::regs::QUEUE_NOTIFY),
+    );
+    vm.register_ioeventfd(transport.device().kick_eventfd(), doorbell, None)?;
+    let transport = Arc::new(Mutex::new(transport));
+    let probe = super::panics::probe(vm_id, Arc::clone(&transport));
+    vm.add_device(
+        nexus_kvm::BusKind::Mmio,
+        Arc::new(Mutex::new(probe)),
+        info.base,
+        info.size,
+    )?;
+    Ok(nexus_io::AttachedDevice { transport, info })
 }
 
 /// The input of one invocation.
@@ -773,6 +808,7 @@ impl FunctionVm {
         let exits_before = exits(stats.as_ref());
         let mut ended = self.ended.clone();
         let id = &self.id;
+        super::panics::arm(id).await;
         let exchange = async {
             match &mut self.io {
                 VmIo::Nexus => {
@@ -844,7 +880,14 @@ fn spawn_vcpu(
     pool: Option<&VcpuPool>,
 ) -> Result<(VcpuHandle, tokio::sync::watch::Receiver<Option<String>>)> {
     let (tell, ended) = tokio::sync::watch::channel(None);
+    let vm = id.to_owned();
     let on_exit = move |result: &nexus_kvm::Result<VcpuStop>| {
+        if let Err(nexus_kvm::Error::RunPanicked(message)) = result {
+            // The pool (or the vCPU's thread) caught it and goes on; the invocation in
+            // flight fails as a crash and the VM, no longer alive, is discarded.
+            super::panics::counted(super::panics::Site::Vcpu);
+            log::error!("vm {vm}: its vCPU's run panicked: {message}; the VM is discarded");
+        }
         tell.send_replace(Some(describe_stop(result)));
     };
     let handle = match pool {

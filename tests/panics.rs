@@ -1,0 +1,156 @@
+//! A panic is one VM's problem: a panic injected (test-only `NEXUS_TEST_PANIC`) in a vCPU's
+//! MMIO handling, in the node's handling of an invocation, or in the shared backend's serving
+//! of a VM's request fails that function's invocation with a clear error and discards its VM,
+//! is counted in `/metrics`, and the node — real `nexus-vmm serve` over a real
+//! `nexus-backend` — goes on serving the neighbouring function, before and after.
+
+mod common;
+
+use common::daemon::{Daemon, function, sample_text};
+use common::{Backend, store_url};
+use serde_json::{Value, json};
+
+/// The function the hook names, and its input (its answer is "50\n").
+const VICTIM: &str = "wordcount";
+/// The neighbour: `faulty` echoes its input.
+const NEIGHBOUR: &str = "faulty";
+
+struct PanicNode {
+    _dir: tempfile::TempDir,
+    backend: Backend,
+    daemon: Daemon,
+}
+
+/// A node serving [`VICTIM`] and [`NEIGHBOUR`], with `NEXUS_TEST_PANIC=<hook>` given to the
+/// node daemon (`on_backend` false) or to the backend.
+fn panic_node(hook: &str, on_backend: bool) -> PanicNode {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("inputs")).unwrap();
+    std::fs::write(store.join("inputs/words.txt"), sample_text(50)).unwrap();
+    let backend_env = [("NEXUS_TEST_PANIC", hook.to_owned())];
+    let backend = Backend::start_with_env(
+        dir.path(),
+        vec!["--store".into(), store_url(&store)],
+        if on_backend { &backend_env } else { &[] },
+    );
+    let functions = [
+        (VICTIM, function("wordcount", "timeout_ms = 20000")),
+        (NEIGHBOUR, function("faulty", "timeout_ms = 20000")),
+    ];
+    let daemon_env = [("NEXUS_TEST_PANIC", hook)];
+    let daemon = Daemon::start_with_env(
+        dir.path(),
+        &backend,
+        &functions,
+        &[],
+        if on_backend { &[] } else { &daemon_env },
+    );
+    PanicNode {
+        _dir: dir,
+        backend,
+        daemon,
+    }
+}
+
+/// Invokes the neighbour `n` times: every invocation succeeds.
+fn neighbour_serves(d: &Daemon, n: usize, what: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let input = format!("{what} {i}");
+            let (status, r) = d.invoke(NEIGHBOUR, &json!({ "input": input }));
+            assert_eq!(status, 200, "{what}: {r}\n{}", d.log());
+            assert_eq!(r["output"].as_str(), Some(input.as_str()), "{r}");
+            r
+        })
+        .collect()
+}
+
+/// The victim's invocation fails with `status` and `error`, its message naming a panic.
+fn victim_fails(d: &Daemon, status: u16, error: &str) -> Value {
+    let (got, r) = d.invoke(VICTIM, &json!({"input_key": "inputs/words.txt"}));
+    assert_eq!(
+        (got, r["error"].as_str()),
+        (status, Some(error)),
+        "{r}\n{}",
+        d.log()
+    );
+    assert!(
+        r["message"].as_str().unwrap_or("").contains("panicked"),
+        "the error names a panic: {r}"
+    );
+    r
+}
+
+/// What every hook location shares: the neighbour before and after, the victim failing twice
+/// (each time on a fresh VM: the hook stays set, and a VM a panic touched is never parked
+/// again), the count in `/metrics`, and the processes alive.
+fn a_panic_fails_one_function_only(hook: &str, on_backend: bool, status: u16, error: &str) {
+    let n = panic_node(hook, on_backend);
+    let d = &n.daemon;
+    let site = hook.split(':').next().unwrap();
+    let panics = format!("nexus_panics_total{{where=\"{site}\"}}");
+
+    let before = neighbour_serves(d, 2, "before");
+    assert_eq!(before[1]["start"], "warm");
+    let neighbour_vm = before[0]["vm"].clone();
+    assert_eq!(d.metric(&panics), 0.0);
+
+    victim_fails(d, status, error);
+    assert_eq!(d.metric(&panics), 1.0, "{}", d.metric_text());
+    assert_eq!(
+        d.metric(&format!(
+            "nexus_vms{{function=\"{VICTIM}\",state=\"idle\"}}"
+        )),
+        0.0,
+        "the VM the panic touched is not parked\n{}",
+        d.metric_text()
+    );
+
+    // The neighbour goes on, warm, on the VM it had.
+    for r in neighbour_serves(d, 3, "after") {
+        assert_eq!(
+            (&r["start"], &r["vm"]),
+            (&json!("warm"), &neighbour_vm),
+            "{r}"
+        );
+    }
+
+    // A later invocation of the victim gets a fresh VM, and the hook, still set, fails it
+    // the same way: the node is not wedged.
+    victim_fails(d, status, error);
+    assert_eq!(d.metric(&panics), 2.0, "{}", d.metric_text());
+    neighbour_serves(d, 1, "last");
+
+    if site == "invocation" {
+        // Both VMs the panics caught with an invocation in hand were stopped as such.
+        let stops = format!("nexus_vm_stops_total{{function=\"{VICTIM}\",reason=\"panic\"}}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while d.metric(&stops) < 2.0 {
+            assert!(std::time::Instant::now() < deadline, "{}", d.metric_text());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    let (status, health) = d.json("GET", "/healthz", "");
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    assert_eq!(d.metric("nexus_backend_up"), 1.0, "the backend is alive");
+    // The panic's message reached the log of the process that panicked.
+    let log = if on_backend { n.backend.log() } else { d.log() };
+    assert!(log.contains("test hook NEXUS_TEST_PANIC"), "{log}");
+}
+
+#[test]
+fn a_panic_in_a_vcpus_mmio_handling_fails_that_vm_only() {
+    a_panic_fails_one_function_only(&format!("vcpu:{VICTIM}"), false, 502, "FunctionCrashed");
+}
+
+#[test]
+fn a_panic_handling_an_invocation_fails_that_invocation_only() {
+    a_panic_fails_one_function_only(&format!("invocation:{VICTIM}"), false, 500, "NodePanic");
+}
+
+#[test]
+fn a_panic_in_the_backend_fails_that_vm_only() {
+    a_panic_fails_one_function_only(&format!("backend:{VICTIM}"), true, 502, "BackendError");
+}
