@@ -641,6 +641,37 @@ impl Collector for ScrapeGauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             ConstCounter::new(value).encode(family.encode_family(&NO_LABELS)?)?;
         }
+        if !b.tenants.is_empty() {
+            for (name, help, value) in [
+                (
+                    "nexus_backend_tenant_stored_bytes",
+                    "Bytes stored under each tenant, as its quota counts them (0 without a \
+                     bytes or objects quota).",
+                    (|t: &nexus_ring::control::TenantStats| t.bytes) as fn(&_) -> u64,
+                ),
+                (
+                    "nexus_backend_tenant_stored_objects",
+                    "Objects stored under each tenant, likewise.",
+                    |t| t.objects,
+                ),
+            ] {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for t in &b.tenants {
+                    let labels = [("tenant", t.name.as_str())];
+                    ConstGauge::new(value(t) as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "nexus_backend_tenant_quota_refusals",
+                "Requests of each tenant's VMs refused for its quota since the backend started.",
+                None,
+                MetricType::Counter,
+            )?;
+            for t in &b.tenants {
+                let labels = [("tenant", t.name.as_str())];
+                ConstCounter::new(t.quota_refusals).encode(family.encode_family(&labels)?)?;
+            }
+        }
         Ok(())
     }
 }
@@ -821,6 +852,12 @@ mod tests {
                 requests: 7,
                 cpu_seconds: 0.25,
                 panics: 2,
+                tenants: vec![nexus_ring::control::TenantStats {
+                    name: "alpha".into(),
+                    bytes: 4096,
+                    objects: 3,
+                    quota_refusals: 5,
+                }],
                 ..Default::default()
             }),
             ..Gauges::default()
@@ -831,6 +868,9 @@ mod tests {
             "nexus_backend_requests_total 7",
             "nexus_backend_cpu_seconds_total 0.25",
             "nexus_panics_total{where=\"backend\"} 2",
+            "nexus_backend_tenant_stored_bytes{tenant=\"alpha\"} 4096",
+            "nexus_backend_tenant_stored_objects{tenant=\"alpha\"} 3",
+            "nexus_backend_tenant_quota_refusals_total{tenant=\"alpha\"} 5",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
         }
