@@ -20,6 +20,7 @@ impl EmbeddedBackend {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("nexus-backend")
+            .on_thread_start(nexus_backend::threads::engine_thread_start())
             .enable_all()
             .build()?;
         let store = StoreConfig {

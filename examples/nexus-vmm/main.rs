@@ -17,6 +17,7 @@ use embedded::EmbeddedBackend;
 
 mod embedded;
 mod node;
+mod seccomp;
 mod serve;
 mod snapshot;
 
@@ -33,6 +34,9 @@ const VMM_FAILURE: u8 = 125;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Run without the seccomp filters each kind of thread gets (docs/security.md).
+    #[arg(long, global = true)]
+    no_seccomp: bool,
 }
 
 // Parsed once per process: the size difference between variants does not matter.
@@ -102,6 +106,9 @@ struct RunArgs {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
+    if !cli.no_seccomp {
+        seccomp::enable();
+    }
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Demo => demo().map(|()| 0),
@@ -494,6 +501,7 @@ fn demo() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("nexus-node")
+        .on_thread_start(seccomp::node_thread)
         .enable_all()
         .build()?;
     let node = node::Node::new(

@@ -275,8 +275,12 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .worker_threads(usize::from(args.control_threads))
         .max_blocking_threads(args.max_vms + 64)
         .thread_name("nexus-node")
+        .on_thread_start(crate::seccomp::node_thread)
         .enable_all()
         .build()?;
+    // Everything this thread starts from here on is the node's (or stacks a filter of its
+    // own kind on the node's).
+    crate::seccomp::node_thread();
     let node = Node::new(
         NodeConfig {
             backend: backend.clone(),

@@ -146,7 +146,10 @@ impl EventLoop {
             let serving = Arc::clone(&event_loop);
             let thread = std::thread::Builder::new()
                 .name(format!("nexus-vhost-{index}"))
-                .spawn(move || serving.run())?;
+                .spawn(move || {
+                    crate::threads::thread_started(crate::threads::ThreadRole::EventLoop);
+                    serving.run()
+                })?;
             lock(&event_loop.threads).push(thread);
         }
         Ok(event_loop)

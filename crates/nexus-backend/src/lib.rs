@@ -84,6 +84,7 @@ mod store;
 mod sync;
 mod tenant;
 mod tenant_state;
+pub mod threads;
 mod vhost_user;
 mod window;
 mod window_map;
@@ -136,6 +137,7 @@ pub fn run_with(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(io_threads.max(1))
         .thread_name("nexus-io")
+        .on_thread_start(threads::engine_thread_start())
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
@@ -145,6 +147,8 @@ pub fn run_with(
     if let Some(reloader) = options.reloader {
         backend.set_reloader(reloader);
     }
+    // Set up: this thread serves the control socket from here on.
+    threads::thread_started(threads::ThreadRole::Engine);
     runtime.block_on(async {
         let listener = bind_control(listen, &access)?;
         drop_privileges(options.drop_to, &backend.own_dirs(state_dir))?;

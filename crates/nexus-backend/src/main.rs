@@ -170,6 +170,10 @@ struct Args {
     /// Become this group (a name, or a number), as --user does.
     #[arg(long, value_name = "NAME|GID")]
     group: Option<String>,
+
+    /// Run without the seccomp filters each kind of thread gets (docs/security.md).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// Why the arguments cannot be used.
@@ -262,6 +266,9 @@ impl TryFrom<Args> for Configuration {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    if !args.no_seccomp {
+        install_seccomp_hooks();
+    }
     let reload_args = args.clone();
     let drop_to = DropTo::resolve(args.user.as_deref(), args.group.as_deref());
     let config = match (Configuration::try_from(args), drop_to) {
@@ -299,6 +306,21 @@ fn reloader(args: Args) -> nexus_backend::Reloader {
                 other => nexus_backend::Error::ReloadRefused(other.to_string()),
             })
     })
+}
+
+/// Gives each of the backend's threads its seccomp filter as it starts: the engine's (its
+/// runtime, and the main thread once it serves the control socket) and the event loops'.
+fn install_seccomp_hooks() {
+    use nexus_backend::threads::{ThreadRole, set_thread_start};
+    use nexus_seccomp::{ThreadKind, thread_start};
+    set_thread_start(
+        ThreadRole::Engine,
+        Some(thread_start(ThreadKind::BackendEngine)),
+    );
+    set_thread_start(
+        ThreadRole::EventLoop,
+        Some(thread_start(ThreadKind::BackendEventLoop)),
+    );
 }
 
 /// The error and its causes, `error: cause: …`.

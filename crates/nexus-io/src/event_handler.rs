@@ -214,7 +214,10 @@ impl BackendMonitor {
         thread::Builder::new()
             .name("nexus-io-monitor".into())
             .stack_size(MONITOR_STACK_SIZE)
-            .spawn(move || watching.run())
+            .spawn(move || {
+                nexus_kvm::threads::thread_started(nexus_kvm::threads::ThreadRole::Device);
+                watching.run()
+            })
             .map_err(Error::Monitor)?;
         Ok(Arc::clone(monitor.insert(started)))
     }

@@ -52,6 +52,7 @@ pub mod persist;
 pub mod pool;
 pub mod serial;
 pub mod stats;
+pub mod threads;
 pub mod vcpu;
 pub mod virtio_mmio;
 pub mod vm;

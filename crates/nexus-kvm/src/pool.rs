@@ -229,7 +229,10 @@ impl VcpuPool {
         let monitor = Arc::clone(&shared);
         std::thread::Builder::new()
             .name(format!("{}-mon", shared.config.name))
-            .spawn(move || monitor.monitor())
+            .spawn(move || {
+                crate::threads::thread_started(crate::threads::ThreadRole::PoolMonitor);
+                monitor.monitor()
+            })
             .map_err(Error::Thread)?;
         Ok(VcpuPool {
             _owner: Arc::new(Owner(Arc::clone(&shared))),
@@ -330,7 +333,10 @@ impl Shared {
         let shared = Arc::clone(self);
         std::thread::Builder::new()
             .name(format!("{}-{n}", self.config.name))
-            .spawn(move || shared.work())
+            .spawn(move || {
+                crate::threads::thread_started(crate::threads::ThreadRole::Vcpu);
+                shared.work()
+            })
             .map_err(Error::Thread)?;
         state.workers += 1;
         state.last_spawn = Some(Instant::now());

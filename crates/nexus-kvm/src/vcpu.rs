@@ -441,6 +441,7 @@ impl Vcpu {
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
+                crate::threads::thread_started(crate::threads::ThreadRole::Vcpu);
                 let mut vcpu = self;
                 // Declared after the vCPU, so dropped before it: on an unwind the handle
                 // stops using the descriptor before the vCPU closes it.

@@ -97,7 +97,10 @@ impl EventLoop {
         thread::Builder::new()
             .name("nexus-net".into())
             .stack_size(LOOP_STACK_SIZE)
-            .spawn(move || running.run())?;
+            .spawn(move || {
+                nexus_kvm::threads::thread_started(nexus_kvm::threads::ThreadRole::Device);
+                running.run()
+            })?;
         Ok(Arc::clone(event_loop.insert(started)))
     }
 

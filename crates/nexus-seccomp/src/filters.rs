@@ -292,6 +292,33 @@ const EVENTS: &[Entry] = &[
     ),
 ];
 
+/// A nexus-io device activated by the guest (a register write, on its vCPU's thread)
+/// connects to the backend's control socket and sets up its vhost-user connection: Unix
+/// sockets only.
+const BACKEND_LINK: &[Entry] = &[
+    (
+        libc::SYS_socket,
+        Allow::Arg(0, &[libc::AF_UNIX as u64]),
+        "Unix sockets only: the backend's control socket",
+    ),
+    (
+        libc::SYS_connect,
+        Allow::Any,
+        "connecting to the backend's control socket",
+    ),
+    (
+        libc::SYS_setsockopt,
+        Allow::Any,
+        "the control connection's timeouts",
+    ),
+    (libc::SYS_getsockopt, Allow::Any, "socket errors"),
+    (
+        libc::SYS_shutdown,
+        Allow::Any,
+        "closing the backend connection",
+    ),
+];
+
 /// The KVM ioctls a vCPU thread makes.
 const VCPU: &[Entry] = &[(
     libc::SYS_ioctl,
@@ -568,12 +595,21 @@ const NODE: &[Entry] = &[
 /// The groups of a kind's allowlist.
 fn groups(kind: ThreadKind) -> &'static [&'static [Entry]] {
     match kind {
-        ThreadKind::Vcpu => &[BASE, EVENTS, VCPU],
+        ThreadKind::Vcpu => &[BASE, EVENTS, BACKEND_LINK, VCPU],
         ThreadKind::VcpuMonitor => &[BASE, EVENTS, VCPU],
-        ThreadKind::Device => &[BASE, EVENTS, DEVICE],
+        ThreadKind::Device => &[BASE, EVENTS, BACKEND_LINK, DEVICE],
         ThreadKind::BackendEventLoop => &[BASE, EVENTS, FILES, ENGINE_IOCTL],
         ThreadKind::BackendEngine => &[BASE, EVENTS, FILES, NETWORK, ENGINE_IOCTL],
-        ThreadKind::NodeApi => &[BASE, EVENTS, VCPU, DEVICE, FILES, NETWORK, NODE],
+        ThreadKind::NodeApi => &[
+            BASE,
+            EVENTS,
+            BACKEND_LINK,
+            VCPU,
+            DEVICE,
+            FILES,
+            NETWORK,
+            NODE,
+        ],
     }
 }
 
@@ -919,7 +955,10 @@ mod tests {
             "read-only opens only"
         );
         assert!(!vcpu.contains_key(&libc::SYS_execve));
-        assert!(!vcpu.contains_key(&libc::SYS_socket));
+        assert!(
+            vcpu.get(&libc::SYS_socket).unwrap().is_some(),
+            "Unix sockets only"
+        );
     }
 
     #[test]

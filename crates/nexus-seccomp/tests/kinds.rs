@@ -24,6 +24,7 @@ fn forbidden(kind: ThreadKind) -> Vec<(i64, fn())> {
         let _ = std::fs::File::create(std::env::temp_dir().join("nexus-seccomp-test"));
     }
     fn socket() {
+        // An Internet socket (Unix ones are allowed on vCPU and device threads).
         let _ = std::net::UdpSocket::bind("127.0.0.1:0");
     }
     fn mount() {

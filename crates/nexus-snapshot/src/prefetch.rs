@@ -221,6 +221,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("nexus-prefetch".into())
         .spawn(move || {
+            nexus_kvm::threads::thread_started(nexus_kvm::threads::ThreadRole::Device);
             if let Some(gate) = gate {
                 let _ = gate.recv();
             }

@@ -79,7 +79,10 @@ pub(crate) fn spawn(
     };
     std::thread::Builder::new()
         .name("nexus-uffd".into())
-        .spawn(move || handler.run())
+        .spawn(move || {
+            nexus_kvm::threads::thread_started(nexus_kvm::threads::ThreadRole::Device);
+            handler.run()
+        })
         .map_err(Error::Thread)?;
     Ok(())
 }
