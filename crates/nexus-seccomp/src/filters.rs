@@ -239,6 +239,11 @@ const BASE: &[Entry] = &[
 
 /// Event-driven threads: epoll sets, eventfds, poll.
 const EVENTS: &[Entry] = &[
+    (
+        libc::SYS_epoll_create1,
+        Allow::Any,
+        "a device activated at run time watches its links",
+    ),
     (libc::SYS_epoll_wait, Allow::Any, "waiting on an epoll set"),
     (libc::SYS_epoll_pwait, Allow::Any, "waiting on an epoll set"),
     (
@@ -596,7 +601,8 @@ const NODE: &[Entry] = &[
 fn groups(kind: ThreadKind) -> &'static [&'static [Entry]] {
     match kind {
         ThreadKind::Vcpu => &[BASE, EVENTS, BACKEND_LINK, VCPU],
-        ThreadKind::VcpuMonitor => &[BASE, EVENTS, VCPU],
+        // It starts workers (which keep its filter under theirs): all they do.
+        ThreadKind::VcpuMonitor => &[BASE, EVENTS, BACKEND_LINK, VCPU],
         ThreadKind::Device => &[BASE, EVENTS, BACKEND_LINK, DEVICE],
         ThreadKind::BackendEventLoop => &[BASE, EVENTS, FILES, ENGINE_IOCTL],
         ThreadKind::BackendEngine => &[BASE, EVENTS, FILES, NETWORK, ENGINE_IOCTL],
@@ -938,7 +944,11 @@ mod tests {
                 assert!(node.contains_key(nr), "{kind}: {:?}", syscall_name(*nr));
             }
         }
-        // The backend's engine and event loop likewise.
+        // The pool's monitor starts workers; the backend's engine and event loop likewise.
+        let monitor = rules(ThreadKind::VcpuMonitor);
+        for nr in rules(ThreadKind::Vcpu).keys() {
+            assert!(monitor.contains_key(nr), "{:?}", syscall_name(*nr));
+        }
         let engine = rules(ThreadKind::BackendEngine);
         for nr in rules(ThreadKind::BackendEventLoop).keys() {
             assert!(engine.contains_key(nr), "{:?}", syscall_name(*nr));
