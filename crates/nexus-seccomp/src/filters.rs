@@ -262,6 +262,11 @@ const EVENTS: &[Entry] = &[
         Allow::Any,
         "positional reads (snapshot memory files)",
     ),
+    (
+        libc::SYS_fadvise64,
+        Allow::Any,
+        "the snapshot prefetcher's read-ahead of memory files",
+    ),
     (libc::SYS_pwrite64, Allow::Any, "positional writes"),
     (
         libc::SYS_sendmsg,
@@ -343,6 +348,8 @@ const VCPU: &[Entry] = &[(
             // interrupt injection from a register access
             KVM_IRQ_LINE,
             KVM_SIGNAL_MSI,
+            // a nexus-net device the guest activates sets its tap's offloads
+            libc::TUNSETOFFLOAD as u64,
             // the std's set_nonblocking / cloexec of descriptors a device opens
             FIONBIO,
             FIOCLEX,
@@ -424,7 +431,11 @@ const FILES: &[Entry] = &[
     (libc::SYS_fsync, Allow::Any, "durable writes"),
     (libc::SYS_fdatasync, Allow::Any, "durable writes"),
     (libc::SYS_sync_file_range, Allow::Any, "durable writes"),
-    (libc::SYS_fadvise64, Allow::Any, "read-ahead hints"),
+    (
+        libc::SYS_fadvise64,
+        Allow::Any,
+        "read-ahead hints (the snapshot prefetcher's too)",
+    ),
     (libc::SYS_flock, Allow::Any, "lock files"),
     (libc::SYS_preadv, Allow::Any, "positional reads"),
     (libc::SYS_pwritev, Allow::Any, "positional writes"),
@@ -592,6 +603,11 @@ const NODE: &[Entry] = &[
     (libc::SYS_sched_setaffinity, Allow::Any, "pinning threads"),
     (libc::SYS_setpriority, Allow::Any, "priorities"),
     (libc::SYS_capget, Allow::Any, "`ip` checks capabilities"),
+    (
+        libc::SYS_prctl,
+        Allow::Arg(0, &[libc::PR_CAPBSET_READ as u64]),
+        "`ip` (libcap) reads the capability bounding set",
+    ),
     (libc::SYS_getxattr, Allow::Any, "file attributes"),
     (libc::SYS_lgetxattr, Allow::Any, "file attributes"),
     (libc::SYS_fgetxattr, Allow::Any, "file attributes"),
