@@ -349,7 +349,7 @@ const VCPU: &[Entry] = &[(
             KVM_IRQ_LINE,
             KVM_SIGNAL_MSI,
             // a nexus-net device the guest activates sets its tap's offloads
-            libc::TUNSETOFFLOAD as u64,
+            libc::TUNSETOFFLOAD,
             // the std's set_nonblocking / cloexec of descriptors a device opens
             FIONBIO,
             FIOCLEX,
