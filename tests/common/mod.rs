@@ -114,6 +114,11 @@ impl Backend {
         child
     }
 
+    /// The process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process (the socket file stays).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
