@@ -525,6 +525,28 @@ const NETWORK: &[Entry] = &[
     (libc::SYS_sched_getscheduler, Allow::Any, "priorities"),
 ];
 
+/// `nexus-backend --user/--group` drops privileges once its socket is bound, with the
+/// control thread's filter and every other thread's installed: glibc makes **every thread**
+/// make the `setgroups`/`setgid`/`setuid` calls (its set-ID broadcast), and checks that
+/// `setuid(0)` fails afterwards (the kernel refuses it then: no capability is left).
+const PRIVILEGE_DROP: &[Entry] = &[
+    (
+        libc::SYS_setgroups,
+        Allow::Any,
+        "--user/--group: glibc's set-ID broadcast",
+    ),
+    (
+        libc::SYS_setgid,
+        Allow::Any,
+        "--user/--group: glibc's set-ID broadcast",
+    ),
+    (
+        libc::SYS_setuid,
+        Allow::Any,
+        "--user/--group: glibc's set-ID broadcast",
+    ),
+];
+
 /// The backend engine's ioctls: descriptor flags and terminal checks (env_logger).
 const ENGINE_IOCTL: &[Entry] = &[(
     libc::SYS_ioctl,
@@ -620,8 +642,8 @@ fn groups(kind: ThreadKind) -> &'static [&'static [Entry]] {
         // It starts workers (which keep its filter under theirs): all they do.
         ThreadKind::VcpuMonitor => &[BASE, EVENTS, BACKEND_LINK, VCPU],
         ThreadKind::Device => &[BASE, EVENTS, BACKEND_LINK, DEVICE],
-        ThreadKind::BackendEventLoop => &[BASE, EVENTS, FILES, ENGINE_IOCTL],
-        ThreadKind::BackendEngine => &[BASE, EVENTS, FILES, NETWORK, ENGINE_IOCTL],
+        ThreadKind::BackendEventLoop => &[BASE, EVENTS, FILES, ENGINE_IOCTL, PRIVILEGE_DROP],
+        ThreadKind::BackendEngine => &[BASE, EVENTS, FILES, NETWORK, ENGINE_IOCTL, PRIVILEGE_DROP],
         ThreadKind::NodeApi => &[
             BASE,
             EVENTS,
@@ -630,6 +652,7 @@ fn groups(kind: ThreadKind) -> &'static [&'static [Entry]] {
             DEVICE,
             FILES,
             NETWORK,
+            PRIVILEGE_DROP,
             NODE,
         ],
     }
