@@ -57,3 +57,33 @@ pub fn thread_started(role: ThreadRole) {
 pub fn engine_thread_start() -> impl Fn() + Send + Sync + 'static {
     || thread_started(ThreadRole::Engine)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn an_engine_runtime_calls_the_engine_hook_on_its_threads() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        set_thread_start(
+            ThreadRole::Engine,
+            Some(Arc::new(|| {
+                CALLS.fetch_add(1, Ordering::SeqCst);
+            })),
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .on_thread_start(engine_thread_start())
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            tokio::task::spawn_blocking(|| ()).await.unwrap();
+        });
+        drop(runtime);
+        // Two workers and at least one blocking thread; the event loop's hook is not called.
+        thread_started(ThreadRole::EventLoop);
+        assert!(CALLS.load(Ordering::SeqCst) >= 3);
+        set_thread_start(ThreadRole::Engine, None);
+    }
+}
