@@ -26,8 +26,13 @@
 //!   room and write-behind; only allowed users reach the control socket, and a VM only from
 //!   the user that attached it (`docs/security.md`).
 //!
-//! - **One engine**: every VM's requests run on one tokio runtime with one store client, one
-//!   HTTP client and one staging budget ([`BackendConfig::staging_bytes`]).
+//! - **One engine**: every VM's requests run on one tokio runtime with one staging budget
+//!   ([`BackendConfig::staging_bytes`]); the store and HTTP clients are one per tenant that
+//!   has a store or an allow-list of its own, one shared by the others.
+//! - **Tenants apart**: a tenant's own store, credentials, HTTP allow-list and quotas
+//!   (bytes, objects, requests per second) apply to all its VMs; SIGHUP or the control op
+//!   `reload` re-reads the configuration without detaching VMs (a bad one is refused and the
+//!   old one stays).
 //! - **Zero copy**: `GET` writes the object straight into the response buffers (the file
 //!   store `read`s into the mapped window; S3 bodies are streamed in chunk by chunk), `PUT`
 //!   writes from the window (one copy into the file or the request body).
