@@ -7,49 +7,16 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use common::{BackendProcess, Call, GuestVm, pattern};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use nexus_ring::records::{EntryList, ObjectEntry};
 use nexus_ring::{Command, Status};
-use s3s::auth::SimpleAuth;
-use s3s::service::S3ServiceBuilder;
 
 const ACCESS_KEY: &str = "nexus-test-access";
 const SECRET_KEY: &str = "nexus-test-secret-key";
 const BUCKET: &str = "nexus-data";
 const WINDOW: u64 = 40 << 20;
-
-/// Serves `root` as an S3 endpoint on 127.0.0.1; returns the runtime running it and the port.
-fn start_s3(root: &Path) -> (tokio::runtime::Runtime, u16) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let filesystem = s3s_fs::FileSystem::new(root).unwrap();
-    let mut builder = S3ServiceBuilder::new(filesystem);
-    builder.set_auth(SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-    let service = builder.build();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    runtime.spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = ConnBuilder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(socket), service)
-                    .await;
-            });
-        }
-    });
-    (runtime, port)
-}
 
 fn put(vm: &mut GuestVm, key: &str, data: &[u8], write_behind: bool) -> common::Answer {
     // Split the payload over up to three segments.
@@ -82,7 +49,7 @@ fn objects_through_an_s3_compatible_server() {
     let root = dir.path().join("s3");
     let bucket_dir = root.join(BUCKET);
     std::fs::create_dir_all(&bucket_dir).unwrap();
-    let (_s3, port) = start_s3(&root);
+    let (_s3, port) = common::start_s3(&root, ACCESS_KEY, SECRET_KEY);
 
     let backend = BackendProcess::start(
         dir.path(),

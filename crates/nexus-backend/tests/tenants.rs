@@ -14,12 +14,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{BackendProcess, Call, GuestVm, WAIT};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use nexus_ring::records::EntryList;
 use nexus_ring::{Command, HttpMethod, LogLevel, Status};
-use s3s::auth::SimpleAuth;
-use s3s::service::S3ServiceBuilder;
 
 const WINDOW: u64 = 4 << 20;
 
@@ -183,34 +179,6 @@ fn tenants_with_their_own_directories_never_see_each_other() {
     assert_eq!(body(&get(&mut a, "shared/x")), b"alpha's");
 }
 
-/// Serves `root` as an S3 endpoint on 127.0.0.1; the runtime running it and the port.
-fn start_s3(root: &Path, access: &str, secret: &str) -> (tokio::runtime::Runtime, u16) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let filesystem = s3s_fs::FileSystem::new(root).unwrap();
-    let mut builder = S3ServiceBuilder::new(filesystem);
-    builder.set_auth(SimpleAuth::from_single(access, secret));
-    let service = builder.build();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    runtime.spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let service = service.clone();
-            tokio::spawn(async move {
-                let _ = ConnBuilder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(socket), service)
-                    .await;
-            });
-        }
-    });
-    (runtime, port)
-}
-
 #[test]
 fn tenants_with_their_own_buckets_and_credentials_never_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,8 +186,8 @@ fn tenants_with_their_own_buckets_and_credentials_never_see_each_other() {
     let (root_a, root_b) = (dir.path().join("s3-a"), dir.path().join("s3-b"));
     std::fs::create_dir_all(root_a.join("bucket-a")).unwrap();
     std::fs::create_dir_all(root_b.join("bucket-b")).unwrap();
-    let (_s3a, port_a) = start_s3(&root_a, "key-a", "secret-of-a");
-    let (_s3b, port_b) = start_s3(&root_b, "key-b", "secret-of-b");
+    let (_s3a, port_a) = common::start_s3(&root_a, "key-a", "secret-of-a");
+    let (_s3b, port_b) = common::start_s3(&root_b, "key-b", "secret-of-b");
     std::fs::write(dir.path().join("secret-a"), "secret-of-a\n").unwrap();
     std::fs::write(dir.path().join("secret-b"), "secret-of-b\n").unwrap();
     let backend = start(

@@ -778,3 +778,34 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Serves `root` as an S3 endpoint on 127.0.0.1 (a real S3-compatible server, s3s-fs) that
+/// accepts the credentials `access`/`secret`: the runtime running it and the port.
+pub fn start_s3(root: &Path, access: &str, secret: &str) -> (tokio::runtime::Runtime, u16) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let filesystem = s3s_fs::FileSystem::new(root).unwrap();
+    let mut builder = s3s::service::S3ServiceBuilder::new(filesystem);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(access, secret));
+    let service = builder.build();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+                .await;
+            });
+        }
+    });
+    (runtime, port)
+}
