@@ -73,7 +73,6 @@
 //! the same rules.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -467,7 +466,7 @@ impl Source<'_> {
             None => None,
             Some(group) => Some(match group.get_ref() {
                 GroupRef::Id(gid) => *gid,
-                GroupRef::Name(name) => group_id(name).ok_or_else(|| {
+                GroupRef::Name(name) => crate::privileges::group_id(name).ok_or_else(|| {
                     self.at(
                         &group,
                         "control.socket_group",
@@ -686,34 +685,6 @@ fn check_allow_entry(entry: &str) -> std::result::Result<(), &'static str> {
         return Err(SHAPE);
     }
     Ok(())
-}
-
-/// The ID of group `name`, from the host's group database.
-pub(crate) fn group_id(name: &str) -> Option<u32> {
-    let name = CString::new(name).ok()?;
-    let mut buffer: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        // SAFETY: `group` is a plain C struct for which all zeroes is a valid value; it is
-        // only read after getgrnam_r filled it.
-        let mut group: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: a NUL-terminated name, the struct and
-        // result out-pointers on our stack, and a buffer of the length given.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                name.as_ptr(),
-                &mut group,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buffer.len() < 1 << 20 {
-            buffer.resize(buffer.len() * 2, 0);
-            continue;
-        }
-        return (rc == 0 && !result.is_null()).then_some(group.gr_gid);
-    }
 }
 
 /// A size: bytes, or a string with a binary unit.

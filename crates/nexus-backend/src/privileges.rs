@@ -54,7 +54,7 @@ impl DropTo {
             None => primary,
             Some(group) => Some(match group.parse::<u32>() {
                 Ok(gid) => gid,
-                Err(_) => crate::config_file::group_id(group).ok_or_else(|| {
+                Err(_) => group_id(group).ok_or_else(|| {
                     Error::Privileges(format!("there is no group `{group}` on this host"))
                 })?,
             }),
@@ -190,6 +190,34 @@ fn user_ids(name: &str) -> Option<(u32, u32)> {
             continue;
         }
         return (rc == 0 && !result.is_null()).then_some((passwd.pw_uid, passwd.pw_gid));
+    }
+}
+
+/// The ID of group `name`, from the host's group database.
+pub(crate) fn group_id(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    let mut buffer: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        // SAFETY: `group` is a plain C struct for which all zeroes is a valid value; it is
+        // only read after getgrnam_r filled it.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: a NUL-terminated name, the struct and
+        // result out-pointers on our stack, and a buffer of the length given.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                name.as_ptr(),
+                &mut group,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buffer.len() < 1 << 20 {
+            buffer.resize(buffer.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then_some(group.gr_gid);
     }
 }
 
