@@ -29,17 +29,12 @@ while getopts "c:v:d:r:" opt; do
     esac
 done
 
-tree=$(cd "$(dirname "$0")/.." && pwd)
-for bin in target/release/nexus-backend target/release/examples/nexus-vmm \
-    target/release/examples/nexus-load; do
-    [ -x "$tree/$bin" ] || { echo "$tree/$bin is missing: build it first (see the header)" >&2; exit 1; }
-done
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+need_release_binaries
 command -v haproxy > /dev/null || { echo "haproxy is not installed (apt-get install haproxy)" >&2; exit 1; }
 
-dir=$(mktemp -d /tmp/nexus-haproxy-cost.XXXXXX)
-echo "logs: $dir" >&2
-mkdir -p "$dir/store/inputs" "$dir/fns"
-printf 'the quick brown fox jumps over the lazy dog\n' | head -c 19 > "$dir/store/inputs/small.txt"
+make_workdir haproxy-cost
 cat > "$dir/fns/wordcount.toml" <<EOF
 guest = "wordcount"
 memory_mib = 32
@@ -50,26 +45,13 @@ max_vms = $vms
 keep_alive_s = 3600
 EOF
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
 base=$((19800 + RANDOM % 100 * 3))
 node=127.0.0.1:$base
 front=127.0.0.1:$((base + 1))
 stats=127.0.0.1:$((base + 2))
-timeout 3600 "$tree/target/release/nexus-backend" --listen "$dir/b.sock" \
-    --store "file://$dir/store" > "$dir/backend.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1 100); do [ -S "$dir/b.sock" ] && break; sleep 0.1; done
-timeout 3600 "$tree/target/release/examples/nexus-vmm" serve --listen "$node" \
-    --backend "$dir/b.sock" --functions "$dir/fns" --state-dir "$dir/state" --prepare \
-    > "$dir/serve.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1 3000); do curl -sf "http://$node/readyz" > /dev/null 2>&1 && break; sleep 0.1; done
+start_backend "$dir/b.sock" "$dir/backend.log"
+start_node "$base" "$dir/serve.log" --backend "$dir/b.sock" --state-dir "$dir/state" --prepare
+wait_ready "$base" "$dir/serve.log"
 curl -sf -X POST "http://$node/v1/functions/wordcount/warm" -d "{\"count\":$vms}" > /dev/null
 NEXUS_LISTEN=$front NEXUS_NODE1=$node NEXUS_STATS_LISTEN=$stats \
     timeout 3600 haproxy -f "$tree/deploy/haproxy/haproxy.cfg" -db > "$dir/haproxy.log" 2>&1 &
@@ -79,7 +61,6 @@ for _ in $(seq 1 100); do curl -sf "http://$front/readyz" > /dev/null 2>&1 && br
 sleep 3 # the node's health checks pass (rise)
 haproxy_pid=$(pgrep -P "$launcher")
 
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 cpu=0
 invocations=0

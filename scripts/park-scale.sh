@@ -37,15 +37,11 @@ while getopts "p:s:wi:n:m:t:" opt; do
     esac
 done
 
-tree=$(cd "$(dirname "$0")/.." && pwd)
-for bin in target/release/nexus-backend target/release/examples/nexus-vmm \
-    target/release/examples/nexus-load; do
-    [ -x "$tree/$bin" ] || { echo "$tree/$bin is missing: build it first (see the header)" >&2; exit 1; }
-done
-
-dir=$(mktemp -d /tmp/nexus-park-scale.XXXXXX)
-echo "logs and reports: $dir" >&2
-mkdir -p "$dir/store/inputs" "$dir/fns"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+need_release_binaries
+make_workdir park-scale
+# (its reports go there too)
 printf 'the quick brown fox jumps\n' > "$dir/store/inputs/small.txt"
 cat > "$dir/fns/wordcount.toml" <<EOF
 guest = "wordcount"
@@ -58,29 +54,13 @@ max_vms = 10000
 keep_alive_s = 3600
 EOF
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
 port=$((18400 + RANDOM % 500))
-timeout 3600 "$tree/target/release/nexus-backend" --listen "$dir/b.sock" \
-    --store "file://$dir/store" > "$dir/backend.log" 2>&1 &
-backend=$!
-pids+=("$backend")
-for _ in $(seq 1 100); do [ -S "$dir/b.sock" ] && break; sleep 0.1; done
-timeout 3600 "$tree/target/release/examples/nexus-vmm" serve \
-    --listen "127.0.0.1:$port" --backend "$dir/b.sock" --functions "$dir/fns" \
-    --state-dir "$dir/state" --max-vms 10000 --prepare --pick "$pick" --vcpu-threads "$vcpu_threads" > "$dir/serve.log" 2>&1 &
-serve=$!
-pids+=("$serve")
-for _ in $(seq 1 3000); do
-    curl -sf "http://127.0.0.1:$port/healthz" > /dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:$port/healthz" > /dev/null || { echo "the daemon did not start: $dir/serve.log" >&2; exit 1; }
+start_backend "$dir/b.sock" "$dir/backend.log"
+backend=$launched
+start_node "$port" "$dir/serve.log" --backend "$dir/b.sock" --state-dir "$dir/state" \
+    --max-vms 10000 --prepare --pick "$pick" --vcpu-threads "$vcpu_threads"
+serve=$launched
+wait_ready "$port" "$dir/serve.log"
 
 # The processes themselves, not their `timeout`s.
 serve_pid=$(pgrep -P "$serve")

@@ -32,16 +32,10 @@ while getopts "c:v:d:r:t:" opt; do
     esac
 done
 
-tree=$(cd "$(dirname "$0")/.." && pwd)
-for bin in target/release/nexus-backend target/release/examples/nexus-vmm \
-    target/release/examples/nexus-load; do
-    [ -x "$tree/$bin" ] || { echo "$tree/$bin is missing: build it first (see the header)" >&2; exit 1; }
-done
-
-dir=$(mktemp -d /tmp/nexus-reset-vs-reuse.XXXXXX)
-echo "logs: $dir" >&2
-mkdir -p "$dir/store/inputs" "$dir/fns"
-printf 'the quick brown fox jumps over the lazy dog\n' | head -c 19 > "$dir/store/inputs/small.txt"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+need_release_binaries
+make_workdir reset-vs-reuse
 for isolation in reuse reset; do
     cat > "$dir/fns/wc-$isolation.toml" <<EOF
 guest = "wordcount"
@@ -54,27 +48,11 @@ keep_alive_s = 3600
 EOF
 done
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
 port=$((18900 + RANDOM % 500))
-timeout 3600 "$tree/target/release/nexus-backend" --listen "$dir/b.sock" \
-    --store "file://$dir/store" > "$dir/backend.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1 100); do [ -S "$dir/b.sock" ] && break; sleep 0.1; done
-RUST_LOG=nexus_vmm=debug,info timeout 3600 "$tree/target/release/examples/nexus-vmm" serve \
-    --listen "127.0.0.1:$port" --backend "$dir/b.sock" --functions "$dir/fns" \
-    --state-dir "$dir/state" --prepare --vcpu-threads "$vcpu_threads" > "$dir/serve.log" 2>&1 &
-pids+=("$!")
-for _ in $(seq 1 3000); do
-    curl -sf "http://127.0.0.1:$port/healthz" > /dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:$port/healthz" > /dev/null || { echo "the daemon did not start: $dir/serve.log" >&2; exit 1; }
+start_backend "$dir/b.sock" "$dir/backend.log"
+RUST_LOG=nexus_vmm=debug,info start_node "$port" "$dir/serve.log" --backend "$dir/b.sock" \
+    --state-dir "$dir/state" --prepare --vcpu-threads "$vcpu_threads"
+wait_ready "$port" "$dir/serve.log"
 for isolation in reuse reset; do
     curl -sf -X POST "http://127.0.0.1:$port/v1/functions/wc-$isolation/warm" \
         -d "{\"count\":$vms}" > /dev/null

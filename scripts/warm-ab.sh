@@ -45,16 +45,10 @@ node_flags[$4]=$5
 backend_flags[$4]=$6
 [ "$1" != "$4" ] || { echo "the two labels must differ" >&2; exit 2; }
 
-tree=$(cd "$(dirname "$0")/.." && pwd)
-for bin in target/release/nexus-backend target/release/examples/nexus-vmm \
-    target/release/examples/nexus-load; do
-    [ -x "$tree/$bin" ] || { echo "$tree/$bin is missing: build it first (see the header)" >&2; exit 1; }
-done
-
-dir=$(mktemp -d /tmp/nexus-warm-ab.XXXXXX)
-echo "logs: $dir" >&2
-mkdir -p "$dir/store/inputs" "$dir/fns"
-printf 'the quick brown fox jumps over the lazy dog\n' | head -c 19 > "$dir/store/inputs/small.txt"
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+need_release_binaries
+make_workdir warm-ab
 cat > "$dir/fns/wordcount.toml" <<FN
 guest = "wordcount"
 memory_mib = 32
@@ -65,13 +59,6 @@ max_vms = $vms
 keep_alive_s = 3600
 FN
 
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-}
-trap cleanup EXIT
-
 declare -A port node_launcher backend_launcher node_pid backend_pid
 base=$((19400 + RANDOM % 400))
 i=0
@@ -79,24 +66,15 @@ for label in "${labels[@]}"; do
     port[$label]=$((base + i))
     i=$((i + 1))
     # shellcheck disable=SC2086 # the flags are words
-    timeout 3600 "$tree/target/release/nexus-backend" --listen "$dir/b-$label.sock" \
-        --store "file://$dir/store" ${backend_flags[$label]} > "$dir/backend-$label.log" 2>&1 &
-    pids+=("$!")
-    backend_launcher[$label]=$!
-    for _ in $(seq 1 100); do [ -S "$dir/b-$label.sock" ] && break; sleep 0.1; done
+    start_backend "$dir/b-$label.sock" "$dir/backend-$label.log" ${backend_flags[$label]}
+    backend_launcher[$label]=$launched
     # shellcheck disable=SC2086
-    timeout 3600 "$tree/target/release/examples/nexus-vmm" serve \
-        --listen "127.0.0.1:${port[$label]}" --backend "$dir/b-$label.sock" \
-        --functions "$dir/fns" --state-dir "$dir/state-$label" --prepare --pick "$pick" \
-        ${node_flags[$label]} > "$dir/serve-$label.log" 2>&1 &
-    pids+=("$!")
-    node_launcher[$label]=$!
+    start_node "${port[$label]}" "$dir/serve-$label.log" --backend "$dir/b-$label.sock" \
+        --state-dir "$dir/state-$label" --prepare --pick "$pick" ${node_flags[$label]}
+    node_launcher[$label]=$launched
 done
 for label in "${labels[@]}"; do
-    for _ in $(seq 1 3000); do
-        curl -sf "http://127.0.0.1:${port[$label]}/healthz" > /dev/null 2>&1 && break
-        sleep 0.1
-    done
+    wait_ready "${port[$label]}" "$dir/serve-$label.log"
     curl -sf -X POST "http://127.0.0.1:${port[$label]}/v1/functions/wordcount/warm" \
         -d "{\"count\":$vms}" > /dev/null
     # The processes themselves, not their `timeout`.
@@ -104,7 +82,6 @@ for label in "${labels[@]}"; do
     backend_pid[$label]=$(pgrep -P "${backend_launcher[$label]}")
 done
 
-ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 declare -A node_cpu backend_cpu invocations
 for label in "${labels[@]}"; do node_cpu[$label]=0; backend_cpu[$label]=0; invocations[$label]=0; done
