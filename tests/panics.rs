@@ -154,3 +154,77 @@ fn a_panic_handling_an_invocation_fails_that_invocation_only() {
 fn a_panic_in_the_backend_fails_that_vm_only() {
     a_panic_fails_one_function_only(&format!("backend:{VICTIM}"), true, 502, "BackendError");
 }
+
+/// A panic in a VM's reset after its answer (`isolation = "reset"`): the invocation was
+/// answered already and stands; the VM is stopped, not parked half reset; the next
+/// invocation — which waited for that VM's reset, the function being capped at one VM —
+/// gets a fresh one rather than waiting for ever; the neighbour is untouched.
+#[test]
+fn a_panic_in_a_reset_stops_that_vm_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("inputs")).unwrap();
+    std::fs::write(store.join("inputs/words.txt"), sample_text(50)).unwrap();
+    let backend = Backend::start(dir.path(), &store_url(&store), &[]);
+    let victim = "guest = \"wordcount\"\nmemory_mib = 32\nwindow_mib = 16\n\
+                  isolation = \"reset\"\n\n[limits]\nmax_vms = 1\ntimeout_ms = 20000\n";
+    let functions = [
+        (VICTIM, victim.to_owned()),
+        (NEIGHBOUR, function("faulty", "timeout_ms = 20000")),
+    ];
+    let hook = format!("reset:{VICTIM}");
+    let d = Daemon::start_with_env(
+        dir.path(),
+        &backend,
+        &functions,
+        &[],
+        &[("NEXUS_TEST_PANIC", hook.as_str())],
+    );
+    let panics = "nexus_panics_total{where=\"reset\"}";
+    let before = neighbour_serves(&d, 2, "before");
+    let neighbour_vm = before[1]["vm"].clone();
+
+    let mut vms = Vec::new();
+    for i in 1..=3 {
+        let (status, r) = d.invoke(VICTIM, &json!({"input_key": "inputs/words.txt"}));
+        assert_eq!(status, 200, "invocation {i}: {r}\n{}", d.log());
+        assert_eq!(r["output"], "50\n", "{r}");
+        // Every VM's reset panicked: none is ever reused.
+        assert_eq!(r["start"], "cold", "invocation {i}: {r}");
+        vms.push(r["vm"].clone());
+        // The count follows the reset, which runs after the answer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while d.metric(panics) < i as f64 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}\n{}",
+                d.metric_text(),
+                d.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    vms.dedup();
+    assert_eq!(vms.len(), 3, "a fresh VM each time: {vms:?}");
+    assert_eq!(
+        d.metric(&format!(
+            "nexus_vms{{function=\"{VICTIM}\",state=\"idle\"}}"
+        )),
+        0.0,
+        "{}",
+        d.metric_text()
+    );
+    for r in neighbour_serves(&d, 2, "after") {
+        assert_eq!(
+            (&r["start"], &r["vm"]),
+            (&json!("warm"), &neighbour_vm),
+            "{r}"
+        );
+    }
+    assert!(
+        d.log()
+            .contains("test hook NEXUS_TEST_PANIC: a panic in the reset"),
+        "{}",
+        d.log()
+    );
+}

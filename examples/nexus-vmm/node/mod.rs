@@ -786,11 +786,23 @@ impl Node {
         let id = vm.id.clone();
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let report = vm.reset(ram_reset(), || match backend_result.recv() {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => bail!("the backend's reset failed: {e}"),
-                Err(_) => bail!("the backend's reset was not answered"),
-            });
+            // A panic here fails this VM only: it is handed back and stopped, never parked
+            // with its state half reset (nothing but its stop looks at it again).
+            let hooked = panics::hooks_vm_at(panics::Site::Reset, &vm.id);
+            let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if hooked {
+                    panic!(
+                        "test hook NEXUS_TEST_PANIC: a panic in the reset of vm {}",
+                        vm.id
+                    );
+                }
+                vm.reset(ram_reset(), || match backend_result.recv() {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => bail!("the backend's reset failed: {e}"),
+                    Err(_) => bail!("the backend's reset was not answered"),
+                })
+            }))
+            .map_err(|payload| panics::message(&*payload));
             let _ = tx.send((vm, report));
         });
         let backend = self.inner.backend.reset(&id).await;
@@ -798,7 +810,7 @@ impl Node {
         let _ = backend_done.send(backend.map_err(|e| e.to_string()));
         let (vm, report) = rx.await.expect("the reset task hands the VM back");
         match report {
-            Ok(r) => {
+            Ok(Ok(r)) => {
                 let total = t0.elapsed();
                 self.inner.metrics.vm_reset(total);
                 let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -826,8 +838,16 @@ impl Node {
                 );
                 (vm, true)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 log::warn!("vm {}: the reset failed: {e:#}; stopping the VM", vm.id);
+                (vm, false)
+            }
+            Err(message) => {
+                panics::counted(panics::Site::Reset);
+                log::error!(
+                    "vm {}: the node panicked while resetting it: {message}; stopping the VM",
+                    vm.id
+                );
                 (vm, false)
             }
         }

@@ -1,16 +1,18 @@
 //! Panics while handling one VM or invocation: the node serves every function's VMs in one
 //! process, so a panic is caught where that VM's or invocation's work runs — a vCPU's run step
 //! (nexus-kvm's pool and vCPU threads turn it into the vCPU's error, [`nexus_kvm::Error::RunPanicked`]),
-//! an invocation's task, a VM's restore — and fails that one only: the invocation is answered
-//! with an error naming the panic (HTTP 500), the VM involved is discarded, never parked
-//! again, and the panic is counted (`nexus_panics_total{where}`). The default panic hook has
+//! an invocation's task, a VM's restore, a VM's reset after its answer — and fails that one
+//! only: the invocation is answered with an error naming the panic (HTTP 500; a reset's
+//! invocation has been answered already), the VM involved is discarded, never parked again,
+//! and the panic is counted (`nexus_panics_total{where}`). The default panic hook has
 //! printed its message to the log (stderr) already.
 //!
 //! For tests only: the environment variable `NEXUS_TEST_PANIC=<where>:<function>` (read once;
-//! `where` is `vcpu` or `invocation`; the backend reads `backend:<function>` itself) makes
-//! the node panic in the real code path: `vcpu`, in the MMIO handling of the function's VM on
-//! its vCPU thread, once an invocation is on its way to it; `invocation`, in the node's
-//! handling of the function's invocation once the VM has answered. Unset (always, outside
+//! `where` is `vcpu`, `invocation` or `reset`; the backend reads `backend:<function>` itself)
+//! makes the node panic in the real code path: `vcpu`, in the MMIO handling of the function's
+//! VM on its vCPU thread, once an invocation is on its way to it; `invocation`, in the node's
+//! handling of the function's invocation once the VM has answered; `reset`, in the reset of
+//! the function's VM after each invocation (`isolation = "reset"`). Unset (always, outside
 //! tests), it does nothing. It is not a command-line flag, so `--help` does not show it.
 
 use std::collections::HashMap;
@@ -27,6 +29,8 @@ pub enum Site {
     Vcpu,
     /// In the node's handling of an invocation (or of a VM's restore for one).
     Invocation,
+    /// In a VM's reset after its invocation was answered (`isolation = "reset"`).
+    Reset,
 }
 
 impl Site {
@@ -35,18 +39,21 @@ impl Site {
         match self {
             Site::Vcpu => "vcpu",
             Site::Invocation => "invocation",
+            Site::Reset => "reset",
         }
     }
 }
 
 static VCPU: AtomicU64 = AtomicU64::new(0);
 static INVOCATION: AtomicU64 = AtomicU64::new(0);
+static RESET: AtomicU64 = AtomicU64::new(0);
 
 /// Counts a panic caught at `site` (the process's total, read by [`count`]).
 pub fn counted(site: Site) {
     match site {
         Site::Vcpu => &VCPU,
         Site::Invocation => &INVOCATION,
+        Site::Reset => &RESET,
     }
     .fetch_add(1, Ordering::Relaxed);
 }
@@ -56,6 +63,7 @@ pub fn count(site: Site) -> u64 {
     match site {
         Site::Vcpu => &VCPU,
         Site::Invocation => &INVOCATION,
+        Site::Reset => &RESET,
     }
     .load(Ordering::Relaxed)
 }
@@ -80,7 +88,7 @@ fn test_hook_setting() -> Option<&'static (String, String)> {
     HOOK.get_or_init(|| {
         let value = std::env::var(TEST_PANIC).ok()?;
         let (at, function) = value.split_once(':')?;
-        if function.is_empty() || !matches!(at, "vcpu" | "invocation") {
+        if function.is_empty() || !matches!(at, "vcpu" | "invocation" | "reset") {
             return None;
         }
         log::warn!("{TEST_PANIC}={value}: test-only panic injection is on");
@@ -108,7 +116,12 @@ pub fn test_hook(site: Site, function: &str) -> bool {
 /// Whether the test-only hook asks for a panic on the vCPU of VM `vm_id` (the node names
 /// its VMs `<function>-vm-…`).
 pub fn hooks_vm(vm_id: &str) -> bool {
-    hooked(Site::Vcpu).is_some_and(|function| {
+    hooks_vm_at(Site::Vcpu, vm_id)
+}
+
+/// Whether the test-only hook asks for a panic at `site` in the handling of VM `vm_id`.
+pub fn hooks_vm_at(site: Site, vm_id: &str) -> bool {
+    hooked(site).is_some_and(|function| {
         vm_id
             .strip_prefix(function)
             .is_some_and(|rest| rest.starts_with("-vm-"))
