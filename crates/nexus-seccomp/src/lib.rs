@@ -16,8 +16,10 @@
 //!   stacked again, so chains stay short; [`current_kind`] tells which kind that is.
 //! - A forbidden system call raises `SIGSYS` (`SeccompAction::Trap`). The reporter, a
 //!   `SIGSYS` handler installed once per process, writes one line to standard error —
-//!   `nexus: seccomp: thread <name> (kind <kind>) made forbidden syscall <nr> (<name>)` — then
-//!   restores the default action and raises `SIGSYS` again, so the process dies by `SIGSYS`.
+//!   `nexus: seccomp: thread <name> (kind <kind>) made forbidden syscall <nr> (<name>) args
+//!   <a0>, <a1>, <a2>` (the call's first three arguments: an ioctl's request is `<a1>`) —
+//!   then restores the default action and raises `SIGSYS` again, so the process dies by
+//!   `SIGSYS`.
 //! - Filters are built for x86_64, the architecture Nexus runs on.
 //!
 //! The allowlists, with the reason for each system call, are in the `filters` module; the

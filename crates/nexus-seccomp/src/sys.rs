@@ -106,12 +106,52 @@ impl Line {
         }
         self.push(&digits[i..]);
     }
+
+    fn push_hex(&mut self, n: u64) {
+        self.push(b"0x");
+        let mut digits = [0u8; 16];
+        let mut i = digits.len();
+        let mut v = n;
+        loop {
+            i -= 1;
+            digits[i] = b"0123456789abcdef"[(v & 0xf) as usize];
+            v >>= 4;
+            if v == 0 {
+                break;
+            }
+        }
+        self.push(&digits[i..]);
+    }
 }
 
-/// The SIGSYS handler: one line naming the thread, its kind and the system call, then death
+/// The first three arguments of the trapped call (an ioctl's descriptor and request, say),
+/// from the registers the kernel saved in the signal's context.
+#[cfg(target_arch = "x86_64")]
+fn arguments(context: *mut libc::c_void) -> Option<[u64; 3]> {
+    if context.is_null() {
+        return None;
+    }
+    // SAFETY: for an SA_SIGINFO handler the kernel passes a valid `ucontext_t` as the third
+    // argument; a seccomp trap saves the system call's registers in it unchanged.
+    let gregs = unsafe { &(*(context as *const libc::ucontext_t)).uc_mcontext.gregs };
+    let reg = |r: libc::c_int| gregs.get(r as usize).map(|&v| v as u64);
+    Some([
+        reg(libc::REG_RDI)?,
+        reg(libc::REG_RSI)?,
+        reg(libc::REG_RDX)?,
+    ])
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn arguments(_: *mut libc::c_void) -> Option<[u64; 3]> {
+    None
+}
+
+/// The SIGSYS handler: one line naming the thread, its kind, the system call and its first
+/// three arguments (an ioctl's request is the second), then death
 /// by SIGSYS. Only async-signal-safe system calls (prctl, write, sigaction, tgkill), all of
 /// them in every allowlist.
-extern "C" fn report(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+extern "C" fn report(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     let nr = if info.is_null() {
         -1
     } else {
@@ -140,7 +180,17 @@ extern "C" fn report(signal: libc::c_int, info: *mut libc::siginfo_t, _: *mut li
             .unwrap_or("unknown")
             .as_bytes(),
     );
-    line.push(b")\n");
+    line.push(b")");
+    if let Some(args) = arguments(context) {
+        line.push(b" args ");
+        for (i, arg) in args.into_iter().enumerate() {
+            if i > 0 {
+                line.push(b", ");
+            }
+            line.push_hex(arg);
+        }
+    }
+    line.push(b"\n");
     // SAFETY: write(2) of an initialized buffer of `line.len` bytes; sigaction with a zeroed
     // (default) action; raise is tgkill on the calling thread. All async-signal-safe.
     unsafe {

@@ -132,6 +132,15 @@ fn forbidden_syscalls_kill_by_sigsys_with_a_report() {
                 syscall_name(nr).unwrap()
             );
             assert!(stderr.contains(&line), "{kind}: want {line:?} in {stderr}");
+            // Then the call's first arguments: personality's is the 0xffffffff it was given.
+            let args = stderr
+                .lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .unwrap();
+            assert!(args.starts_with(" args 0x"), "{args:?}");
+            if nr == libc::SYS_personality {
+                assert!(args.starts_with(" args 0xffffffff, "), "{args:?}");
+            }
             assert!(!stderr.contains("survived"), "{stderr}");
         }
     }
