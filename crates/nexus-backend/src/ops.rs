@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
 use nexus_ring::records::{
     EntryList, INVOCATION_CONTEXT_WITH_KEY_MAX_LEN, InvocationContext, LIST_PREFIX_SIZE,
     ObjectEntry,
@@ -366,6 +367,8 @@ async fn put(
                 if let Err(e) = window.copy_stream_out(&request.payload, 0, len as u32, &mut bytes)
                 {
                     session.tenant.refund(charge);
+                    // Answered with an error, not acknowledged after all.
+                    ticket.finish(None);
                     return Err(Reply::error(Status::Internal, e.to_string()));
                 }
                 session.count_out(len);
@@ -376,7 +379,17 @@ async fn put(
                 engine.runtime.spawn(Metered::new(share, async move {
                     let _room = room;
                     let _upload = upload;
-                    upload_behind(&session, key, Bytes::from(bytes), turn, ticket, charge).await;
+                    // A panic fails this upload only: its ticket, dropped unfinished, reports
+                    // it failed to the VM's next FLUSH.
+                    let upload =
+                        upload_behind(&session, key, Bytes::from(bytes), turn, ticket, charge);
+                    if let Err(payload) = std::panic::AssertUnwindSafe(upload).catch_unwind().await
+                    {
+                        crate::panics::record_upload(
+                            &session.vm,
+                            &crate::panics::message(&*payload),
+                        );
+                    }
                 }));
                 return Ok(Reply::ok());
             }

@@ -35,6 +35,16 @@ pub(crate) fn record(vm: &str, what: &str, message: &str) {
     );
 }
 
+/// Counts and logs a panic caught in VM `vm`'s write-behind upload: that upload is reported
+/// failed (its ticket), the VM goes on.
+pub(crate) fn record_upload(vm: &str, message: &str) {
+    PANICS.fetch_add(1, Ordering::Relaxed);
+    log::error!(
+        "vm {vm}: the backend panicked uploading a write-behind PUT ({message}); the upload is \
+         reported failed, the VM goes on"
+    );
+}
+
 /// The message of a panic's payload (`panic!` gives a `&str` or a `String`).
 pub(crate) fn message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {

@@ -127,6 +127,7 @@ impl WriteBehind {
             uploads: self.clone(),
             seq,
             journal: None,
+            acknowledged: None,
             finished: false,
         }
     }
@@ -222,6 +223,8 @@ pub(crate) struct WriteBehindTicket {
     seq: u64,
     /// The upload's journal record, once acknowledged.
     journal: Option<u64>,
+    /// The key, once acknowledged: a ticket dropped before it is finished reports it failed.
+    acknowledged: Option<String>,
     finished: bool,
 }
 
@@ -257,11 +260,13 @@ impl WriteBehindTicket {
     /// not be recorded (the PUT must then be done synchronously).
     pub(crate) fn acknowledge(&mut self, key: &str) -> bool {
         let Some(journal) = &self.uploads.journal else {
+            self.acknowledged = Some(key.to_owned());
             return true;
         };
         match journal.record(&self.uploads.vm, key) {
             Ok(id) => {
                 self.journal = Some(id);
+                self.acknowledged = Some(key.to_owned());
                 true
             }
             Err(e) => {
@@ -274,8 +279,11 @@ impl WriteBehindTicket {
         }
     }
 
-    /// The upload is over: durable (`None`) or failed for good (`Some(key)`).
+    /// The upload is over: durable (`None`) or failed for good (`Some(key)`). Also how a PUT
+    /// acknowledged here but answered with an error after all (its payload could not be
+    /// copied) gives its ticket back: `None`, nothing to report.
     pub(crate) fn finish(mut self, failed: Option<String>) {
+        self.acknowledged = None;
         self.complete(failed);
     }
 
@@ -314,8 +322,17 @@ impl WriteBehindTicket {
 
 impl Drop for WriteBehindTicket {
     fn drop(&mut self) {
-        // Never acknowledged (refused or cancelled): nothing to report.
-        self.complete(None);
+        // Never acknowledged (refused or cancelled): nothing to report. Acknowledged but not
+        // finished (its upload task panicked, or was dropped unfinished): the upload is lost,
+        // and reported failed like any other, so that nothing acknowledged is lost silently.
+        let lost = self.acknowledged.take().filter(|_| !self.finished);
+        if let Some(key) = &lost {
+            log::error!(
+                "vm {}: the write-behind upload of {key} ended unfinished: reported failed",
+                self.uploads.vm
+            );
+        }
+        self.complete(lost);
     }
 }
 
@@ -392,6 +409,45 @@ mod tests {
         // Zero request slots: write-behind is off.
         let off = uploads(100, 0);
         assert!(!off.register().reserve(0));
+    }
+
+    #[tokio::test]
+    async fn an_acknowledged_upload_dropped_unfinished_is_reported_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = UploadJournal::open(dir.path()).unwrap();
+        let journal = Arc::new(journal);
+        let wb = Arc::new(WriteBehind::new("vm", 100, 10, Some(journal.clone())));
+        // Refused (never acknowledged) and dropped: nothing to report.
+        let mut refused = wb.register();
+        assert!(refused.reserve(1));
+        drop(refused);
+        assert_eq!(wb.wait(wb.mark()).await, Durability::Durable);
+        // Acknowledged, then given back after an error answer: nothing to report either.
+        let mut answered_error = wb.register();
+        assert!(answered_error.reserve(1) && answered_error.acknowledge("out/e"));
+        answered_error.finish(None);
+        assert_eq!(wb.wait(wb.mark()).await, Durability::Durable);
+        assert_eq!(journal.open_count(), 0);
+        // Acknowledged and dropped unfinished (its task panicked): failed, its journal record
+        // kept until the failure is reported.
+        let mut lost = wb.register();
+        assert!(lost.reserve(10) && lost.acknowledge("out/lost"));
+        let bounds_before = lock(&wb.state).bytes;
+        drop(lost);
+        assert_eq!(
+            lock(&wb.state).bytes,
+            bounds_before - 10,
+            "its bounds are freed"
+        );
+        assert_eq!(journal.open_count(), 1);
+        assert_eq!(
+            wb.wait(wb.mark()).await,
+            Durability::Failed {
+                key: "out/lost".into(),
+                count: 1
+            }
+        );
+        assert_eq!(journal.open_count(), 0, "reported: closed in the journal");
     }
 
     #[tokio::test]
