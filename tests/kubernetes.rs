@@ -161,20 +161,7 @@ fn manifests_are_kubernetes_objects_that_fit_together() {
     // The flags they pass are the binaries' flags.
     assert_eq!(backend_command[0], "nexus-backend");
     assert_eq!(&node_command[..2], ["nexus-vmm", "serve"]);
-    let backend_flags = common::flags(&common::backend_binary(), &[]);
-    let node_flags = common::flags(&common::nexus_vmm(), &["serve"]);
-    for (command, known) in [
-        (&backend_command, &backend_flags),
-        (&node_command, &node_flags),
-    ] {
-        for flag in command.iter().filter_map(|a| a.strip_prefix("--")) {
-            assert!(
-                known.iter().any(|k| k == flag),
-                "--{flag} is not a flag of {}",
-                command[0]
-            );
-        }
-    }
+    common::assert_backend_and_node_flags(&backend_command, &node_command);
 
     // The node reaches the backend's control socket through a volume both mount.
     let socket = Path::new(common::arg(&backend_command, "--listen"));

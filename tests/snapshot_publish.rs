@@ -131,9 +131,9 @@ fn round_trip(backend: &Backend, object: &dyn Fn(&str) -> std::path::PathBuf) {
 
 /// A guest of the backend's one (empty-prefix) tenant cannot read or write the system
 /// prefix.
-fn tenant_cannot_reach_the_system_prefix(backend: &Backend, exists: &dyn Fn(&str) -> bool) {
-    let read = ["nexus-system/snapshots/wc/0123abcd/manifest", "out/stolen"];
-    let run = finish(
+/// `nexus-vmm run` of `wordcount` over `backend`, from `input` to `output`.
+fn run_wordcount(backend: &Backend, input: &str, output: &str, what: &str) -> common::Run {
+    finish(
         spawn(&[
             "run",
             "--guest",
@@ -141,46 +141,35 @@ fn tenant_cannot_reach_the_system_prefix(backend: &Backend, exists: &dyn Fn(&str
             "--backend",
             backend.socket(),
             "--",
-            read[0],
-            read[1],
+            input,
+            output,
         ]),
         backend,
+        what,
+    )
+}
+
+fn tenant_cannot_reach_the_system_prefix(backend: &Backend, exists: &dyn Fn(&str) -> bool) {
+    let read = ["nexus-system/snapshots/wc/0123abcd/manifest", "out/stolen"];
+    let run = run_wordcount(
+        backend,
+        read[0],
+        read[1],
         "wordcount reading the system prefix",
     );
     assert!(!run.status.success(), "{}", run.stdout);
     assert!(!exists(read[1]));
     let written = "nexus-system/snapshots/wc/0123abcd/evil";
-    let run = finish(
-        spawn(&[
-            "run",
-            "--guest",
-            "wordcount",
-            "--backend",
-            backend.socket(),
-            "--",
-            "in.txt",
-            written,
-        ]),
+    let run = run_wordcount(
         backend,
+        "in.txt",
+        written,
         "wordcount writing the system prefix",
     );
     assert!(!run.status.success(), "{}", run.stdout);
     assert!(!exists(written), "a guest wrote {written}");
     // The same guest may read and write its own keys (the refusals above are the prefix's).
-    let run = finish(
-        spawn(&[
-            "run",
-            "--guest",
-            "wordcount",
-            "--backend",
-            backend.socket(),
-            "--",
-            "in.txt",
-            "out/count",
-        ]),
-        backend,
-        "wordcount",
-    );
+    let run = run_wordcount(backend, "in.txt", "out/count", "wordcount");
     assert!(
         run.status.success(),
         "{}{}\n{}",

@@ -112,20 +112,7 @@ fn units_verify_and_agree() {
         .collect();
     assert!(backend_command[0].ends_with("/nexus-backend"));
     assert!(node_command[0].ends_with("/nexus-vmm") && node_command[1] == "serve");
-    let backend_flags = common::flags(&common::backend_binary(), &[]);
-    let node_flags = common::flags(&common::nexus_vmm(), &["serve"]);
-    for (command, known) in [
-        (&backend_command, &backend_flags),
-        (&node_command, &node_flags),
-    ] {
-        for flag in command.iter().filter_map(|a| a.strip_prefix("--")) {
-            assert!(
-                known.iter().any(|k| k == flag),
-                "--{flag} is not a flag of {}",
-                command[0]
-            );
-        }
-    }
+    common::assert_backend_and_node_flags(&backend_command, &node_command);
 
     // The node reaches the control socket the backend listens on, in the runtime directory
     // systemd makes for the backend, through the group they share.

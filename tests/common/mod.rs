@@ -251,3 +251,19 @@ pub fn wait_within(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Every `--flag` of the two command lines (a `nexus-backend` one and a `nexus-vmm serve`
+/// one, split into words) is one the binary's `--help` lists.
+pub fn assert_backend_and_node_flags<S: AsRef<str>>(backend: &[S], node: &[S]) {
+    let backend_flags = flags(&backend_binary(), &[]);
+    let node_flags = flags(&nexus_vmm(), &["serve"]);
+    for (command, known) in [(backend, &backend_flags), (node, &node_flags)] {
+        for flag in command.iter().filter_map(|a| a.as_ref().strip_prefix("--")) {
+            assert!(
+                known.iter().any(|k| k == flag),
+                "--{flag} is not a flag of {}",
+                command[0].as_ref()
+            );
+        }
+    }
+}

@@ -167,57 +167,63 @@ fn chown_tree(dir: &Path, to: DropTo) -> Result<()> {
 
 /// The user ID and primary group of user `name`, from the host's user database.
 fn user_ids(name: &str) -> Option<(u32, u32)> {
-    let name = CString::new(name).ok()?;
-    let mut buffer: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        // SAFETY: `passwd` is a plain C struct for which all zeroes is a valid value; it is
-        // only read after getpwnam_r filled it.
-        let mut passwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: a NUL-terminated name, the struct and
-        // result out-pointers on our stack, and a buffer of the length given.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                name.as_ptr(),
-                &mut passwd,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buffer.len() < 1 << 20 {
-            buffer.resize(buffer.len() * 2, 0);
-            continue;
-        }
-        return (rc == 0 && !result.is_null()).then_some((passwd.pw_uid, passwd.pw_gid));
-    }
+    // SAFETY: `getpwnam_r` takes exactly the arguments `lookup` passes (name, entry, buffer,
+    // its length, result).
+    lookup(name, |n, e, b, l, r| unsafe {
+        libc::getpwnam_r(n, e, b, l, r)
+    })
+    .map(|p: libc::passwd| (p.pw_uid, p.pw_gid))
 }
 
 /// The ID of group `name`, from the host's group database.
 pub(crate) fn group_id(name: &str) -> Option<u32> {
+    // SAFETY: `getgrnam_r` takes exactly the arguments `lookup` passes.
+    lookup(name, |n, e, b, l, r| unsafe {
+        libc::getgrnam_r(n, e, b, l, r)
+    })
+    .map(|g: libc::group| g.gr_gid)
+}
+
+/// An entry of the host's user or group database: a plain C struct for which all zeroes is
+/// a valid value.
+trait Entry {}
+impl Entry for libc::passwd {}
+impl Entry for libc::group {}
+
+/// One `get*nam_r` look-up of `name`: the entry, if there is one. The buffer for the entry's
+/// strings grows (up to 1 MiB) while the call answers `ERANGE`; only the entry's plain
+/// fields are read by the callers, never its pointers into the buffer.
+fn lookup<T: Entry>(
+    name: &str,
+    call: impl Fn(
+        *const libc::c_char,
+        *mut T,
+        *mut libc::c_char,
+        libc::size_t,
+        *mut *mut T,
+    ) -> libc::c_int,
+) -> Option<T> {
     let name = CString::new(name).ok()?;
     let mut buffer: Vec<libc::c_char> = vec![0; 1024];
     loop {
-        // SAFETY: `group` is a plain C struct for which all zeroes is a valid value; it is
-        // only read after getgrnam_r filled it.
-        let mut group: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call: a NUL-terminated name, the struct and
-        // result out-pointers on our stack, and a buffer of the length given.
-        let rc = unsafe {
-            libc::getgrnam_r(
-                name.as_ptr(),
-                &mut group,
-                buffer.as_mut_ptr(),
-                buffer.len(),
-                &mut result,
-            )
-        };
+        // SAFETY: `T` is an `Entry` (`passwd` or `group`): all zeroes is a valid value; it
+        // is only read after the call filled it.
+        let mut entry: T = unsafe { std::mem::zeroed() };
+        let mut result: *mut T = std::ptr::null_mut();
+        // Every pointer is valid for the call: a NUL-terminated name, the entry and result
+        // out-pointers on our stack, and a buffer of the length given.
+        let rc = call(
+            name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut result,
+        );
         if rc == libc::ERANGE && buffer.len() < 1 << 20 {
             buffer.resize(buffer.len() * 2, 0);
             continue;
         }
-        return (rc == 0 && !result.is_null()).then_some(group.gr_gid);
+        return (rc == 0 && !result.is_null()).then_some(entry);
     }
 }
 
@@ -234,6 +240,8 @@ mod tests {
                 gid: Some(65534)
             }
         );
+        assert_eq!(group_id("root"), Some(0));
+        assert_eq!(group_id("no-such-group-here"), None);
         let root = DropTo::resolve(Some("root"), None).unwrap();
         assert_eq!(
             root,
