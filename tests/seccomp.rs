@@ -20,6 +20,12 @@ fn threads(pid: u32) -> Vec<(String, u32, u32)> {
         ) else {
             continue; // the thread ended meanwhile
         };
+        if comm.starts_with("kvm-") {
+            // KVM's own worker (`kvm-nx-lpage-recovery`, one per VM on hosts that mitigate
+            // iTLB multihit): a kernel task listed among the process's threads, which never
+            // runs user code.
+            continue;
+        }
         let field = |name: &str| -> u32 {
             status
                 .lines()

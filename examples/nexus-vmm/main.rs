@@ -514,6 +514,7 @@ fn demo() -> Result<()> {
             pick: node::Pick::Mru,
             wait_timeout: Duration::from_secs(1),
             vcpu_threads: node::VcpuThreads::Pool,
+            vcpu_idle_retire: nexus_kvm::pool::PoolConfig::default().idle_retire,
             net: node::NetSettings::default(),
             publish: None,
         },

@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// device's WAIT while the VM is parked. Net VMs always have threads of their own.
     #[arg(long, value_enum, default_value_t = VcpuThreads::Pool)]
     vcpu_threads: VcpuThreads,
+    /// How long a vCPU pool worker beyond the two spares stays idle before it ends, in ms:
+    /// a burst (warming many VMs at once) grows the pool, and its extra threads go after this.
+    #[arg(long, default_value_t = 30_000)]
+    vcpu_idle_retire_ms: u64,
     /// I/O windows per shared memfd ("slab"): the daemon holds one descriptor per slab rather
     /// than one per VM. 0 gives every window a memfd of its own.
     #[arg(long, default_value_t = nexus_kvm::memory::DEFAULT_WINDOWS_PER_SLAB)]
@@ -291,6 +295,7 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             pick: args.pick,
             wait_timeout: Duration::from_millis(args.wait_timeout_ms),
             vcpu_threads: args.vcpu_threads,
+            vcpu_idle_retire: Duration::from_millis(args.vcpu_idle_retire_ms),
             net: NetSettings {
                 subnet: args.net.net_subnet,
                 s3: S3Settings {

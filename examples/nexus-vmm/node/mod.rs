@@ -80,6 +80,9 @@ pub struct NodeConfig {
     pub wait_timeout: Duration,
     /// How the vCPUs of nexus-io VMs run.
     pub vcpu_threads: VcpuThreads,
+    /// How long a pool worker beyond the spares stays idle before it ends
+    /// ([`PoolConfig::idle_retire`]).
+    pub vcpu_idle_retire: Duration,
     /// How net functions are run.
     pub net: NetSettings,
     /// Snapshots shared with other nodes through the backend (none: every node takes its
@@ -349,6 +352,7 @@ impl Node {
             VcpuThreads::Pool => Some(
                 VcpuPool::new(PoolConfig {
                     name: "nexus-vcpu".into(),
+                    idle_retire: config.vcpu_idle_retire,
                     ..PoolConfig::default()
                 })
                 .context("Cannot start the vCPU pool")?,
