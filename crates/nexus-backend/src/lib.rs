@@ -189,7 +189,10 @@ pub fn run_with(
 /// Binds the control socket in its directory, which the backend owns: created by it (mode
 /// `0700`, or `0750` with [`ControlAccess::socket_group`](crate::ControlAccess)), or an
 /// existing directory of the backend's own user that no one else may write to. A stale socket
-/// file nobody listens on is replaced.
+/// file nobody listens on is replaced. The socket is bound under a temporary name and renamed
+/// into place once it listens, with its mode and group set: whoever waits for the file (a
+/// node daemon, a script, systemd's `PathExists=`) never finds it refusing connections
+/// (binding and listening are two steps).
 fn bind_control(path: &Path, access: &ControlAccess) -> Result<tokio::net::UnixListener> {
     let listen_error = |source| Error::Listen {
         path: path.to_owned(),
@@ -212,15 +215,25 @@ fn bind_control(path: &Path, access: &ControlAccess) -> Result<tokio::net::UnixL
         }
         _ => {}
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(listen_error)?;
-    let mode = if access.socket_group.is_some() {
-        0o660
-    } else {
-        0o600
-    };
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(listen_error)?;
-    if let Some(gid) = access.socket_group {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(listen_error)?;
+    // A short name beside it (a socket's path has at most 107 bytes).
+    let staging = dir.join(format!(".nxb{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = tokio::net::UnixListener::bind(&staging).map_err(listen_error)?;
+    let placed = (|| {
+        let mode = if access.socket_group.is_some() {
+            0o660
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = access.socket_group {
+            std::os::unix::fs::chown(&staging, None, Some(gid))?;
+        }
+        std::fs::rename(&staging, path)
+    })();
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&staging);
+        return Err(listen_error(e));
     }
     Ok(listener)
 }

@@ -112,6 +112,16 @@ fn the_socket_directory_is_the_backends_own() {
     let backend = start_with_config(dir.path(), "");
     let meta = std::fs::metadata(dir.path().join("run")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    // The socket, bound under a temporary name and renamed into place once it listens, with
+    // its mode set: no temporary name is left in the directory.
+    let socket_meta = std::fs::metadata(socket(dir.path())).unwrap();
+    assert_eq!(socket_meta.permissions().mode() & 0o777, 0o600);
+    let entries: Vec<_> = std::fs::read_dir(dir.path().join("run"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(entries.contains(&"control.sock".to_owned()), "{entries:?}");
+    assert!(!entries.iter().any(|e| e.starts_with('.')), "{entries:?}");
     drop(backend);
 
     // A directory others may write to, or someone else's, is refused at start.
