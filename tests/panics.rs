@@ -2,7 +2,8 @@
 //! MMIO handling, in the node's handling of an invocation, or in the shared backend's serving
 //! of a VM's request fails that function's invocation with a clear error and discards its VM,
 //! is counted in `/metrics`, and the node — real `nexus-vmm serve` over a real
-//! `nexus-backend` — goes on serving the neighbouring function, before and after.
+//! `nexus-backend` — goes on serving the neighbouring function, before and after. A panic in
+//! a VM's reset stops that VM only, and one in the keep-alive reaper does not end keep-alive.
 
 mod common;
 
@@ -193,16 +194,7 @@ fn a_panic_in_a_reset_stops_that_vm_only() {
         assert_eq!(r["start"], "cold", "invocation {i}: {r}");
         vms.push(r["vm"].clone());
         // The count follows the reset, which runs after the answer.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while d.metric(panics) < i as f64 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{}\n{}",
-                d.metric_text(),
-                d.log()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        metric_reaches(&d, panics, i as f64);
     }
     vms.dedup();
     assert_eq!(vms.len(), 3, "a fresh VM each time: {vms:?}");
@@ -227,4 +219,70 @@ fn a_panic_in_a_reset_stops_that_vm_only() {
         "{}",
         d.log()
     );
+}
+
+/// Waits up to 20 s until `series` in the node's metrics reaches `at_least`.
+fn metric_reaches(d: &Daemon, series: &str, at_least: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while d.metric(series) < at_least {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series} stays below {at_least}:\n{}\n{}",
+            d.metric_text(),
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A panic in the keep-alive reaper (the test-only hook panics in its tick when it reaps one
+/// of the victim's VMs) is counted, and the reaper goes on: a neighbour's VM parked after the
+/// panic is still reaped at its keep-alive (a reaper ended by the panic would keep it for
+/// ever), and the victim's function still serves.
+#[test]
+fn a_panic_in_the_reaper_does_not_end_keep_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("inputs")).unwrap();
+    std::fs::write(store.join("inputs/words.txt"), sample_text(50)).unwrap();
+    let backend = Backend::start(dir.path(), &store_url(&store), &[]);
+    let functions = [
+        (
+            VICTIM,
+            function("wordcount", "keep_alive_s = 1\ntimeout_ms = 20000"),
+        ),
+        (
+            NEIGHBOUR,
+            function("faulty", "keep_alive_s = 1\ntimeout_ms = 20000"),
+        ),
+    ];
+    let hook = format!("background:{VICTIM}");
+    let d = Daemon::start_with_env(
+        dir.path(),
+        &backend,
+        &functions,
+        &[],
+        &[("NEXUS_TEST_PANIC", hook.as_str())],
+    );
+    let (status, r) = d.invoke(VICTIM, &json!({"input_key": "inputs/words.txt"}));
+    assert_eq!(status, 200, "{r}\n{}", d.log());
+    assert_eq!(r["output"], "50\n", "{r}");
+    // Its VM parks; a second later the reaper takes it, and panics.
+    metric_reaches(&d, "nexus_panics_total{where=\"background\"}", 1.0);
+    assert!(
+        d.log()
+            .contains("test hook NEXUS_TEST_PANIC: a panic in the reaper"),
+        "{}",
+        d.log()
+    );
+
+    let idle_stops = format!("nexus_vm_stops_total{{function=\"{NEIGHBOUR}\",reason=\"idle\"}}");
+    assert_eq!(d.metric(&idle_stops), 0.0, "{}", d.metric_text());
+    neighbour_serves(&d, 1, "after the panic");
+    metric_reaches(&d, &idle_stops, 1.0);
+
+    let (status, r) = d.invoke(VICTIM, &json!({"input_key": "inputs/words.txt"}));
+    assert_eq!(status, 200, "{r}\n{}", d.log());
+    assert_eq!(r["output"], "50\n", "{r}");
+    assert!(d.log().contains("the reaper panicked"), "{}", d.log());
 }

@@ -519,6 +519,7 @@ fn demo() -> Result<()> {
             publish: None,
         },
         node::registry::load_dir(&functions_dir)?,
+        None,
         runtime.handle().clone(),
     )?;
     eprintln!("nexus: [3/4] snapshotting each function parked in NEXT…");

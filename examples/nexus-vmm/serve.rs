@@ -282,35 +282,35 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         .on_thread_start(crate::seccomp::node_thread)
         .enable_all()
         .build()?;
+    let config = NodeConfig {
+        backend: backend.clone(),
+        snapshot_dir: state_dir.join("snapshots"),
+        max_vms: args.max_vms,
+        max_queue: args.max_queue,
+        queue_timeout: Duration::from_millis(args.queue_timeout_ms),
+        pick: args.pick,
+        wait_timeout: Duration::from_millis(args.wait_timeout_ms),
+        vcpu_threads: args.vcpu_threads,
+        vcpu_idle_retire: Duration::from_millis(args.vcpu_idle_retire_ms),
+        net: NetSettings {
+            subnet: args.net.net_subnet,
+            s3: S3Settings {
+                endpoint: args.net.net_s3_endpoint.clone(),
+                bucket: args.net.net_s3_bucket.clone(),
+                access_key: args.net.net_s3_access_key.clone(),
+                secret_key: args.net.net_s3_secret_key.clone(),
+            },
+            wait_timeout: Duration::from_millis(args.net.net_wait_timeout_ms.max(1)),
+        },
+        publish,
+    };
+    // The network of net functions first: building it starts `ip` processes and enters a
+    // namespace, which the node's filter does not allow.
+    let net = crate::node::net_plane(&functions, &config.net);
     // Everything this thread starts from here on is the node's (or stacks a filter of its
     // own kind on the node's).
     crate::seccomp::node_thread();
-    let node = Node::new(
-        NodeConfig {
-            backend: backend.clone(),
-            snapshot_dir: state_dir.join("snapshots"),
-            max_vms: args.max_vms,
-            max_queue: args.max_queue,
-            queue_timeout: Duration::from_millis(args.queue_timeout_ms),
-            pick: args.pick,
-            wait_timeout: Duration::from_millis(args.wait_timeout_ms),
-            vcpu_threads: args.vcpu_threads,
-            vcpu_idle_retire: Duration::from_millis(args.vcpu_idle_retire_ms),
-            net: NetSettings {
-                subnet: args.net.net_subnet,
-                s3: S3Settings {
-                    endpoint: args.net.net_s3_endpoint.clone(),
-                    bucket: args.net.net_s3_bucket.clone(),
-                    access_key: args.net.net_s3_access_key.clone(),
-                    secret_key: args.net.net_s3_secret_key.clone(),
-                },
-                wait_timeout: Duration::from_millis(args.net.net_wait_timeout_ms.max(1)),
-            },
-            publish,
-        },
-        functions,
-        runtime.handle().clone(),
-    )?;
+    let node = Node::new(config, functions, net, runtime.handle().clone())?;
     let agent = Arc::new(
         http::Agent::new(&node_name)
             .with_context(|| format!("--node-name {node_name:?} cannot be a header's value"))?,

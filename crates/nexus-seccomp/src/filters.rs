@@ -568,68 +568,16 @@ const NODE: &[Entry] = &[
         Allow::Any,
         "restoring snapshots lazily",
     ),
-    (libc::SYS_execve, Allow::Any, "the network plane runs `ip`"),
-    (
-        libc::SYS_execveat,
-        Allow::Any,
-        "the network plane runs `ip`",
-    ),
-    (libc::SYS_fork, Allow::Any, "starting processes"),
-    (libc::SYS_vfork, Allow::Any, "starting processes"),
-    (libc::SYS_wait4, Allow::Any, "reaping processes"),
-    (libc::SYS_waitid, Allow::Any, "reaping processes"),
-    (libc::SYS_kill, Allow::Any, "stopping processes"),
-    (libc::SYS_pidfd_open, Allow::Any, "waiting on processes"),
-    (
-        libc::SYS_pidfd_send_signal,
-        Allow::Any,
-        "stopping processes",
-    ),
-    (
-        libc::SYS_close_range,
-        Allow::Any,
-        "a new process closes inherited descriptors",
-    ),
-    (libc::SYS_setpgid, Allow::Any, "process groups"),
-    (libc::SYS_setsid, Allow::Any, "sessions"),
-    (
-        libc::SYS_set_tid_address,
-        Allow::Any,
-        "a program `ip` starts (dynamic loader)",
-    ),
-    (
-        libc::SYS_arch_prctl,
-        Allow::Any,
-        "a program `ip` starts (dynamic loader)",
-    ),
-    (
-        libc::SYS_setns,
-        Allow::Any,
-        "entering the network plane's namespace",
-    ),
-    (
-        libc::SYS_unshare,
-        Allow::Any,
-        "`ip netns` creates a namespace",
-    ),
-    (
-        libc::SYS_mount,
-        Allow::Any,
-        "`ip netns` binds the namespace",
-    ),
+    // No execve, fork, setns, unshare or mount: the network of net functions — the one
+    // part of the node that runs programs (`ip`) and enters a namespace — is built before
+    // the filter is installed, and its namespace's thread installs it once inside.
     (
         libc::SYS_umount2,
         Allow::Any,
-        "`ip netns` removes the namespace",
+        "deleting the network plane's namespace at shutdown (detaching its bind mount)",
     ),
     (libc::SYS_sched_setaffinity, Allow::Any, "pinning threads"),
     (libc::SYS_setpriority, Allow::Any, "priorities"),
-    (libc::SYS_capget, Allow::Any, "`ip` checks capabilities"),
-    (
-        libc::SYS_prctl,
-        Allow::Arg(0, &[libc::PR_CAPBSET_READ as u64]),
-        "`ip` (libcap) reads the capability bounding set",
-    ),
     (libc::SYS_getxattr, Allow::Any, "file attributes"),
     (libc::SYS_lgetxattr, Allow::Any, "file attributes"),
     (libc::SYS_fgetxattr, Allow::Any, "file attributes"),
@@ -975,13 +923,24 @@ mod tests {
     }
 
     #[test]
-    fn node_api_allows_everything_the_others_do() {
+    fn node_api_allows_everything_the_others_do_and_no_program() {
         // The node's threads create every other kind: its filter stays in their chain.
         let node = rules(ThreadKind::NodeApi);
         for kind in ThreadKind::ALL {
             for nr in rules(kind).keys() {
                 assert!(node.contains_key(nr), "{kind}: {:?}", syscall_name(*nr));
             }
+        }
+        // It runs no program and enters no namespace (the network plane does both before
+        // the filter is installed).
+        for nr in [
+            libc::SYS_execve,
+            libc::SYS_execveat,
+            libc::SYS_setns,
+            libc::SYS_unshare,
+            libc::SYS_mount,
+        ] {
+            assert!(!node.contains_key(&nr), "{:?}", syscall_name(nr));
         }
         // The pool's monitor starts workers; the backend's engine and event loop likewise.
         let monitor = rules(ThreadKind::VcpuMonitor);

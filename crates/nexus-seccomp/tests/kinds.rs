@@ -31,6 +31,11 @@ fn forbidden(kind: ThreadKind) -> Vec<(i64, fn())> {
         // SAFETY: null arguments: the kernel would refuse them (EFAULT).
         unsafe { libc::syscall(libc::SYS_mount, 0usize, 0usize, 0usize, 0usize, 0usize) };
     }
+    fn execve() {
+        // Running a program, which the node's threads may not (`ip` runs before its filter).
+        // SAFETY: null arguments: the kernel would refuse them (EFAULT).
+        unsafe { libc::syscall(libc::SYS_execve, 0usize, 0usize, 0usize) };
+    }
     fn bpf() {
         // SAFETY: an invalid command with no attributes: the kernel would refuse it.
         unsafe { libc::syscall(libc::SYS_bpf, -1i64, 0usize, 0usize) };
@@ -45,7 +50,11 @@ fn forbidden(kind: ThreadKind) -> Vec<(i64, fn())> {
             cases.push((libc::SYS_socket, socket));
         }
         ThreadKind::BackendEngine => cases.push((libc::SYS_mount, mount)),
-        ThreadKind::NodeApi => cases.push((libc::SYS_bpf, bpf)),
+        ThreadKind::NodeApi => {
+            cases.push((libc::SYS_bpf, bpf));
+            cases.push((libc::SYS_execve, execve));
+            cases.push((libc::SYS_mount, mount));
+        }
     }
     cases
 }

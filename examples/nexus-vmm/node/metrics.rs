@@ -569,13 +569,14 @@ impl Collector for ScrapeGauges {
                 "nexus_panics",
                 "Panics caught, each failing one VM or invocation only, by where: vcpu (a vCPU's \
                  run, in a device's exit handling), invocation (the node's handling of an \
-                 invocation), reset (a VM's reset after its answer), backend (the shared \
-                 backend serving one VM; its count since it started, present while it answers).",
+                 invocation), reset (a VM's reset after its answer), background (the reaper, \
+                 stopping retired VMs, publishing a snapshot), backend (the shared backend \
+                 serving one VM; its count since it started, present while it answers).",
                 None,
                 MetricType::Counter,
             )?;
             use super::panics::{Site, count};
-            for site in [Site::Vcpu, Site::Invocation, Site::Reset] {
+            for site in [Site::Vcpu, Site::Invocation, Site::Reset, Site::Background] {
                 let labels = [("where", site.as_str())];
                 ConstCounter::new(count(site)).encode(family.encode_family(&labels)?)?;
             }

@@ -124,6 +124,23 @@ impl Default for NetSettings {
     }
 }
 
+/// The network of a node's net functions ([`net_plane`]): none without any; the reason,
+/// logged, if it could not be built (net functions are then answered 503, others served).
+pub type NetPlaneStart = Option<Result<Arc<NetPlane>, String>>;
+
+/// Builds the network of net functions if one of `functions` is one. It starts `ip`
+/// processes and enters a namespace: call it before the node's seccomp filter is installed
+/// on the calling thread.
+pub fn net_plane(functions: &BTreeMap<String, FunctionSpec>, net: &NetSettings) -> NetPlaneStart {
+    functions.values().any(FunctionSpec::is_net).then(|| {
+        NetPlane::create(net.subnet).map_err(|e| {
+            let why = format!("{:#}", anyhow::Error::from(e));
+            log::warn!("net functions cannot run: {why}");
+            why
+        })
+    })
+}
+
 /// Why the node did not run an invocation; each maps to an HTTP status.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -296,7 +313,7 @@ struct Inner {
     /// one descriptor for all of them rather than one per VM.
     control: nexus_io::SharedControl,
     /// The network of net functions: absent without any; an error if it could not be built.
-    net: Option<Result<Arc<NetPlane>, String>>,
+    net: NetPlaneStart,
     runtime: tokio::runtime::Handle,
     /// Where nexus-io VMs' vCPUs run (`VcpuThreads::Pool`).
     vcpus: Option<VcpuPool>,
@@ -316,10 +333,11 @@ const PARK_TIMEOUT: Duration = Duration::from_secs(60);
 impl Node {
     /// A node serving `functions` through the backend of `config`, its control plane on
     /// `runtime` (a multi-threaded runtime: blocking work waits on it from its blocking
-    /// pool); starts the idle reaper there.
+    /// pool), its net functions on `net` ([`net_plane`]); starts the idle reaper there.
     pub fn new(
         config: NodeConfig,
         functions: BTreeMap<String, FunctionSpec>,
+        net: NetPlaneStart,
         runtime: tokio::runtime::Handle,
     ) -> Result<Self> {
         // The test-only panic hook is read once, here (a warning says it is set).
@@ -341,13 +359,6 @@ impl Node {
                 .iter()
                 .map(|(name, spec)| (name.clone(), spec.file.limits.max_vms, spec.keep_alive())),
         );
-        let net = functions.values().any(FunctionSpec::is_net).then(|| {
-            NetPlane::create(config.net.subnet).map_err(|e| {
-                let why = format!("{:#}", anyhow::Error::from(e));
-                log::warn!("net functions cannot run: {why}");
-                why
-            })
-        });
         let vcpus = match config.vcpu_threads {
             VcpuThreads::Pool => Some(
                 VcpuPool::new(PoolConfig {
@@ -594,9 +605,25 @@ impl Node {
         }
         if let Some(publisher) = publisher {
             let (node, name) = (self.clone(), spec.name.clone());
+            let publishing = self.inner.runtime.spawn({
+                let name = name.clone();
+                async move {
+                    let metrics = &node.inner.metrics;
+                    publisher.publish(&name, &identity, &dir, metrics).await;
+                }
+            });
             self.inner.runtime.spawn(async move {
-                let metrics = &node.inner.metrics;
-                publisher.publish(&name, &identity, &dir, metrics).await;
+                match publishing.await {
+                    Err(e) if e.is_panic() => {
+                        log::error!(
+                            "function {name}: publishing its snapshot panicked ({}); it is not \
+                             published",
+                            panics::message(&*e.into_panic())
+                        );
+                        panics::counted(panics::Site::Background);
+                    }
+                    _ => {}
+                }
             });
         }
         *slot = Some(snapshot.clone());
@@ -893,7 +920,17 @@ impl Node {
             stopped
         })
         .await;
-        for (function, reason) in stopped.unwrap_or_default() {
+        let stopped = stopped.unwrap_or_else(|e| {
+            if e.is_panic() {
+                log::error!(
+                    "stopping retired VMs panicked ({}); the rest of them were dropped",
+                    panics::message(&*e.into_panic())
+                );
+                panics::counted(panics::Site::Background);
+            }
+            Vec::new()
+        });
+        for (function, reason) in stopped {
             self.inner.metrics.vm_stopped(&function, reason);
         }
     }
@@ -1494,8 +1531,30 @@ async fn reaper(node: Weak<Inner>) {
         if inner.closing.load(Ordering::Acquire) {
             return;
         }
-        let expired = inner.scheduler.reap(Instant::now());
-        Node { inner }.stop_vms(expired, false);
+        let node = Node { inner };
+        // A panic here would end the reaper, and with it every function's keep-alive for the
+        // life of the process: it is caught and counted, and the next tick goes on (VMs the
+        // tick had taken are stopped as they are dropped).
+        let reaped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let expired = node.inner.scheduler.reap(Instant::now());
+            if let Some(v) = expired
+                .iter()
+                .find(|v| panics::test_hook(panics::Site::Background, &v.function))
+            {
+                panic!(
+                    "test hook NEXUS_TEST_PANIC: a panic in the reaper, reaping vm {}",
+                    v.vm.id
+                );
+            }
+            node.stop_vms(expired, false);
+        }));
+        if let Err(payload) = reaped {
+            log::error!(
+                "the reaper panicked ({}); it goes on at its next tick",
+                panics::message(&*payload)
+            );
+            panics::counted(panics::Site::Background);
+        }
     }
 }
 

@@ -128,6 +128,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A namespace could not be deleted.
+    #[error("cannot delete the network namespace {name}")]
+    Delete {
+        /// The namespace.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The namespace's thread is gone (the plane was torn down).
     #[error("the node's network is torn down")]
     TornDown,
@@ -404,11 +413,32 @@ pub fn remove_stale() -> Result<Vec<String>> {
     for (name, pid) in stale {
         let (_, host_link, _) = names(pid);
         delete_link(&mut host, &host_link)?;
-        ip(&["netns", "delete", &name], None)?;
+        delete_namespace(&name)?;
         log::info!("removed the stale network namespace {name} of a daemon that is gone");
         removed.push(name);
     }
     Ok(removed)
+}
+
+/// Deletes namespace `name` as `ip netns delete` does, without starting a process (the node
+/// tears its network down under its seccomp filter, which allows no `execve`): detaches the
+/// bind mount that names it — the namespace itself goes once nothing is in it, its taps and
+/// veth end with it — and removes the file.
+fn delete_namespace(name: &str) -> Result<()> {
+    let path = Path::new(NETNS_DIR).join(name);
+    let deleting = |source: std::io::Error| Error::Delete {
+        name: name.to_owned(),
+        source,
+    };
+    match rustix::mount::unmount(&path, rustix::mount::UnmountFlags::DETACH) {
+        // EINVAL: not a mount point (a namespace whose creation stopped half-way).
+        Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(deleting(e.into())),
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(deleting(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Deletes link `name` if it exists.
@@ -595,7 +625,9 @@ const NAMESPACE_SYSCTLS: &[(&str, &str)] = &[
 
 impl NetPlane {
     /// Builds the daemon's network for `subnet` (after removing stale namespaces of dead
-    /// daemons). Blocks for a few `ip` processes.
+    /// daemons). Blocks for a few `ip` processes: call it before the node's seccomp filter
+    /// is installed on the calling thread (the filter allows no `execve`, `setns` or
+    /// `mount`); the namespace's thread installs the filter once it is in the namespace.
     pub fn create(subnet: Subnet) -> Result<Arc<NetPlane>> {
         check_privileges()?;
         let t0 = Instant::now();
@@ -648,6 +680,9 @@ impl NetPlane {
             .name("nexus-netns".into())
             .spawn(move || match enter(&path, &name) {
                 Ok(mut context) => {
+                    // In the namespace: from here on the node's filter, as every thread of
+                    // the node's (the plane is built before it is installed).
+                    crate::seccomp::node_thread();
                     let _ = ready.send(Ok(()));
                     serve(&mut context, inbox);
                 }
@@ -750,12 +785,9 @@ impl NetPlane {
         if let Err(e) = delete_link(&mut lock(&self.host), &self.host_link) {
             log::warn!("net functions: cannot delete {}: {e}", self.host_link);
         }
-        match ip(&["netns", "delete", &self.namespace], None) {
-            Ok(_) => log::info!("net functions: namespace {} deleted", self.namespace),
-            Err(e) => log::warn!(
-                "net functions: cannot delete the namespace {}: {e}",
-                self.namespace
-            ),
+        match delete_namespace(&self.namespace) {
+            Ok(()) => log::info!("net functions: namespace {} deleted", self.namespace),
+            Err(e) => log::warn!("net functions: {:#}", anyhow::Error::from(e)),
         }
     }
 }

@@ -4,16 +4,21 @@
 //! an invocation's task, a VM's restore, a VM's reset after its answer — and fails that one
 //! only: the invocation is answered with an error naming the panic (HTTP 500; a reset's
 //! invocation has been answered already), the VM involved is discarded, never parked again,
-//! and the panic is counted (`nexus_panics_total{where}`). The default panic hook has
-//! printed its message to the log (stderr) already.
+//! and the panic is counted (`nexus_panics_total{where}`). The node's background work — the
+//! keep-alive reaper, stopping the VMs it retires, publishing a snapshot — catches its
+//! panics too: the reaper's next tick goes on (a panic there would otherwise end every
+//! function's keep-alive for the life of the process), and the panic is counted. The
+//! default panic hook has printed its message to the log (stderr) already.
 //!
 //! For tests only: the environment variable `NEXUS_TEST_PANIC=<where>:<function>` (read once;
-//! `where` is `vcpu`, `invocation` or `reset`; the backend reads `backend:<function>` itself)
+//! `where` is `vcpu`, `invocation`, `reset` or `background`; the backend reads
+//! `backend:<function>` itself)
 //! makes the node panic in the real code path: `vcpu`, in the MMIO handling of the function's
 //! VM on its vCPU thread, once an invocation is on its way to it; `invocation`, in the node's
 //! handling of the function's invocation once the VM has answered; `reset`, in the reset of
-//! the function's VM after each invocation (`isolation = "reset"`). Unset (always, outside
-//! tests), it does nothing. It is not a command-line flag, so `--help` does not show it.
+//! the function's VM after each invocation (`isolation = "reset"`); `background`, in the
+//! reaper when it reaps one of the function's VMs. Unset (always, outside tests), it does
+//! nothing. It is not a command-line flag, so `--help` does not show it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +36,9 @@ pub enum Site {
     Invocation,
     /// In a VM's reset after its invocation was answered (`isolation = "reset"`).
     Reset,
+    /// In the node's background work: the keep-alive reaper, stopping the VMs it retires,
+    /// publishing a snapshot.
+    Background,
 }
 
 impl Site {
@@ -40,6 +48,7 @@ impl Site {
             Site::Vcpu => "vcpu",
             Site::Invocation => "invocation",
             Site::Reset => "reset",
+            Site::Background => "background",
         }
     }
 }
@@ -47,6 +56,7 @@ impl Site {
 static VCPU: AtomicU64 = AtomicU64::new(0);
 static INVOCATION: AtomicU64 = AtomicU64::new(0);
 static RESET: AtomicU64 = AtomicU64::new(0);
+static BACKGROUND: AtomicU64 = AtomicU64::new(0);
 
 /// Counts a panic caught at `site` (the process's total, read by [`count`]).
 pub fn counted(site: Site) {
@@ -54,6 +64,7 @@ pub fn counted(site: Site) {
         Site::Vcpu => &VCPU,
         Site::Invocation => &INVOCATION,
         Site::Reset => &RESET,
+        Site::Background => &BACKGROUND,
     }
     .fetch_add(1, Ordering::Relaxed);
 }
@@ -64,6 +75,7 @@ pub fn count(site: Site) -> u64 {
         Site::Vcpu => &VCPU,
         Site::Invocation => &INVOCATION,
         Site::Reset => &RESET,
+        Site::Background => &BACKGROUND,
     }
     .load(Ordering::Relaxed)
 }
@@ -88,7 +100,7 @@ fn test_hook_setting() -> Option<&'static (String, String)> {
     HOOK.get_or_init(|| {
         let value = std::env::var(TEST_PANIC).ok()?;
         let (at, function) = value.split_once(':')?;
-        if function.is_empty() || !matches!(at, "vcpu" | "invocation" | "reset") {
+        if function.is_empty() || !matches!(at, "vcpu" | "invocation" | "reset" | "background") {
             return None;
         }
         log::warn!("{TEST_PANIC}={value}: test-only panic injection is on");
