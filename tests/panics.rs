@@ -54,6 +54,27 @@ fn panic_node(hook: &str, on_backend: bool) -> PanicNode {
     }
 }
 
+/// A node serving `functions`, with `NEXUS_TEST_PANIC=<hook>` given to the daemon.
+fn hooked_node(functions: &[(&str, String)], hook: &str) -> PanicNode {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("inputs")).unwrap();
+    std::fs::write(store.join("inputs/words.txt"), sample_text(50)).unwrap();
+    let backend = Backend::start(dir.path(), &store_url(&store), &[]);
+    let daemon = Daemon::start_with_env(
+        dir.path(),
+        &backend,
+        functions,
+        &[],
+        &[("NEXUS_TEST_PANIC", hook)],
+    );
+    PanicNode {
+        _dir: dir,
+        backend,
+        daemon,
+    }
+}
+
 /// Invokes the neighbour `n` times: every invocation succeeds.
 fn neighbour_serves(d: &Daemon, n: usize, what: &str) -> Vec<Value> {
     (0..n)
@@ -162,27 +183,16 @@ fn a_panic_in_the_backend_fails_that_vm_only() {
 /// gets a fresh one rather than waiting for ever; the neighbour is untouched.
 #[test]
 fn a_panic_in_a_reset_stops_that_vm_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(store.join("inputs")).unwrap();
-    std::fs::write(store.join("inputs/words.txt"), sample_text(50)).unwrap();
-    let backend = Backend::start(dir.path(), &store_url(&store), &[]);
     let victim = "guest = \"wordcount\"\nmemory_mib = 32\nwindow_mib = 16\n\
                   isolation = \"reset\"\n\n[limits]\nmax_vms = 1\ntimeout_ms = 20000\n";
     let functions = [
         (VICTIM, victim.to_owned()),
         (NEIGHBOUR, function("faulty", "timeout_ms = 20000")),
     ];
-    let hook = format!("reset:{VICTIM}");
-    let d = Daemon::start_with_env(
-        dir.path(),
-        &backend,
-        &functions,
-        &[],
-        &[("NEXUS_TEST_PANIC", hook.as_str())],
-    );
+    let n = hooked_node(&functions, &format!("reset:{VICTIM}"));
+    let d = &n.daemon;
     let panics = "nexus_panics_total{where=\"reset\"}";
-    let before = neighbour_serves(&d, 2, "before");
+    let before = neighbour_serves(d, 2, "before");
     let neighbour_vm = before[1]["vm"].clone();
 
     let mut vms = Vec::new();
@@ -194,7 +204,7 @@ fn a_panic_in_a_reset_stops_that_vm_only() {
         assert_eq!(r["start"], "cold", "invocation {i}: {r}");
         vms.push(r["vm"].clone());
         // The count follows the reset, which runs after the answer.
-        metric_reaches(&d, panics, i as f64);
+        metric_reaches(d, panics, i as f64);
     }
     vms.dedup();
     assert_eq!(vms.len(), 3, "a fresh VM each time: {vms:?}");
@@ -206,7 +216,7 @@ fn a_panic_in_a_reset_stops_that_vm_only() {
         "{}",
         d.metric_text()
     );
-    for r in neighbour_serves(&d, 2, "after") {
+    for r in neighbour_serves(d, 2, "after") {
         assert_eq!(
             (&r["start"], &r["vm"]),
             (&json!("warm"), &neighbour_vm),
@@ -241,11 +251,6 @@ fn metric_reaches(d: &Daemon, series: &str, at_least: f64) {
 /// ever), and the victim's function still serves.
 #[test]
 fn a_panic_in_the_reaper_does_not_end_keep_alive() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(store.join("inputs")).unwrap();
-    std::fs::write(store.join("inputs/words.txt"), sample_text(50)).unwrap();
-    let backend = Backend::start(dir.path(), &store_url(&store), &[]);
     let functions = [
         (
             VICTIM,
@@ -256,19 +261,13 @@ fn a_panic_in_the_reaper_does_not_end_keep_alive() {
             function("faulty", "keep_alive_s = 1\ntimeout_ms = 20000"),
         ),
     ];
-    let hook = format!("background:{VICTIM}");
-    let d = Daemon::start_with_env(
-        dir.path(),
-        &backend,
-        &functions,
-        &[],
-        &[("NEXUS_TEST_PANIC", hook.as_str())],
-    );
+    let n = hooked_node(&functions, &format!("background:{VICTIM}"));
+    let d = &n.daemon;
     let (status, r) = d.invoke(VICTIM, &json!({"input_key": "inputs/words.txt"}));
     assert_eq!(status, 200, "{r}\n{}", d.log());
     assert_eq!(r["output"], "50\n", "{r}");
     // Its VM parks; a second later the reaper takes it, and panics.
-    metric_reaches(&d, "nexus_panics_total{where=\"background\"}", 1.0);
+    metric_reaches(d, "nexus_panics_total{where=\"background\"}", 1.0);
     assert!(
         d.log()
             .contains("test hook NEXUS_TEST_PANIC: a panic in the reaper"),
@@ -278,8 +277,8 @@ fn a_panic_in_the_reaper_does_not_end_keep_alive() {
 
     let idle_stops = format!("nexus_vm_stops_total{{function=\"{NEIGHBOUR}\",reason=\"idle\"}}");
     assert_eq!(d.metric(&idle_stops), 0.0, "{}", d.metric_text());
-    neighbour_serves(&d, 1, "after the panic");
-    metric_reaches(&d, &idle_stops, 1.0);
+    neighbour_serves(d, 1, "after the panic");
+    metric_reaches(d, &idle_stops, 1.0);
 
     let (status, r) = d.invoke(VICTIM, &json!({"input_key": "inputs/words.txt"}));
     assert_eq!(status, 200, "{r}\n{}", d.log());
