@@ -8,10 +8,12 @@
 # at the last size, the idle CPU of both over a quiet period.
 #
 #   cargo build --release --workspace --bin nexus-backend --example nexus-vmm --example nexus-load
-#   scripts/park-scale.sh [-p lru|mru] [-s 10,100,1000,4000] [-w] [-i 60] [-n 2000] [-m 32] [-t pool|own]
+#   scripts/park-scale.sh [-p lru|mru] [-s 10,100,1000,4000] [-w] [-i 60] [-n 2000] [-m 32] [-t pool|own] [-W 60000]
 #
 # -w registers the function with `warm_input` (each parked VM runs one invocation before it
-# counts as idle: docs/benchmarks.md). -t sets the daemon's --vcpu-threads (default pool).
+# counts as idle: docs/benchmarks.md). -t sets the daemon's --vcpu-threads (default pool), -W
+# its --wait-timeout-ms (default 60000, the daemon's: each parked VM's WAIT times out once per
+# period).
 # Threads are counted twice: all of the process's, and without KVM's own worker per VM
 # (`kvm-nx-lpage-recovery`, a kernel task listed among the process's threads). Everything it starts is killed on exit and bounded by
 # `timeout`; logs and the reports go to a temporary directory it prints.
@@ -24,7 +26,8 @@ idle=60
 invocations=2000
 memory=32
 vcpu_threads=pool
-while getopts "p:s:wi:n:m:t:" opt; do
+wait_ms=60000
+while getopts "p:s:wi:n:m:t:W:" opt; do
     case $opt in
         p) pick=$OPTARG ;;
         s) sizes=$OPTARG ;;
@@ -33,7 +36,8 @@ while getopts "p:s:wi:n:m:t:" opt; do
         n) invocations=$OPTARG ;;
         m) memory=$OPTARG ;;
         t) vcpu_threads=$OPTARG ;;
-        *) echo "usage: $0 [-p lru|mru] [-s N,N,…] [-w] [-i IDLE_SECONDS] [-n INVOCATIONS] [-m RAM_MIB] [-t pool|own]" >&2; exit 2 ;;
+        W) wait_ms=$OPTARG ;;
+        *) echo "usage: $0 [-p lru|mru] [-s N,N,…] [-w] [-i IDLE_SECONDS] [-n INVOCATIONS] [-m RAM_MIB] [-t pool|own] [-W WAIT_TIMEOUT_MS]" >&2; exit 2 ;;
     esac
 done
 
@@ -58,7 +62,7 @@ port=$((18400 + RANDOM % 500))
 start_backend "$dir/b.sock" "$dir/backend.log"
 backend=$launched
 start_node "$port" "$dir/serve.log" --backend "$dir/b.sock" --state-dir "$dir/state" \
-    --max-vms 10000 --prepare --pick "$pick" --vcpu-threads "$vcpu_threads"
+    --max-vms 10000 --prepare --pick "$pick" --vcpu-threads "$vcpu_threads" --wait-timeout-ms "$wait_ms"
 serve=$launched
 wait_ready "$port" "$dir/serve.log"
 
@@ -76,7 +80,7 @@ meminfo() { awk -v f=" $fields " 'index(f, " " substr($1, 1, length($1) - 1) " "
 mem0=$(meminfo)
 read -r d_fd0 d_th0 d_own0 d_map0 <<< "$(count "$serve_pid")"
 read -r b_fd0 b_th0 _ b_map0 <<< "$(count "$backend_pid")"
-echo "# pick $pick, ${warm_input:-no warm_input}, $memory MiB RAM, vCPU threads $vcpu_threads; baseline daemon fds/threads/maps $d_fd0/$d_th0/$d_map0, backend $b_fd0/$b_th0/$b_map0"
+echo "# pick $pick, ${warm_input:-no warm_input}, $memory MiB RAM, vCPU threads $vcpu_threads, WAIT timeout $wait_ms ms; baseline daemon fds/threads/maps $d_fd0/$d_th0/$d_map0, backend $b_fd0/$b_th0/$b_map0"
 printf '| VMs | per VM: daemon fds | threads | not KVM'"'"'s | maps | backend fds | threads | report |\n|---:|---:|---:|---:|---:|---:|---:|---|\n'
 IFS=, read -ra list <<< "$sizes"
 last=0

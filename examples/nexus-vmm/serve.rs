@@ -45,8 +45,10 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Pick::Mru)]
     pick: Pick,
     /// How long a parked VM's WAIT may block, in ms: each timeout costs the guest one exit
-    /// and its vCPU thread one wake-up (a completion, a lost backend or a stop end it early).
-    #[arg(long, default_value_t = 10_000)]
+    /// and a pool worker one wake-up, and does nothing else (a completion, a lost backend or
+    /// a stop end the WAIT early), so the default is long: at 4,000 parked VMs, 10 s costs
+    /// the daemon 0.065 cores idle and 60 s 0.014 (docs/benchmarks.md).
+    #[arg(long, default_value_t = 60_000)]
     wait_timeout_ms: u64,
     /// Where nexus-io VMs' vCPUs run: `pool`, a few worker threads where a parked VM holds no
     /// thread (an entry in the pool's epoll set), or `own`, a thread each that blocks in the
@@ -171,8 +173,9 @@ pub struct NetArgs {
     net_s3_secret_key: Option<String>,
     /// The longest a net VM's WAIT read may block, in ms. The guest's driver asks for less
     /// whenever a timer of its TCP/IP stack is due sooner (a retransmission, say), so this
-    /// bounds only an idle guest's sleep, as --wait-timeout-ms does for nexus-io VMs.
-    #[arg(long, default_value_t = 10_000)]
+    /// bounds only an idle guest's sleep, as --wait-timeout-ms does for nexus-io VMs (the
+    /// same default, so that both kinds of parked VMs wake as rarely).
+    #[arg(long, default_value_t = 60_000)]
     net_wait_timeout_ms: u64,
 }
 

@@ -524,7 +524,7 @@ fn render_limits(out: &mut String) {
         out,
         "## What is even between the paths, and what is not
 
-- **Idle wake-ups, now even.** Both paths' parked VMs sleep in a WAIT read of up to 10 s \
+- **Idle wake-ups, now even.** Both paths' parked VMs sleep in a WAIT read of up to 60 s \
   (the daemon's `--wait-timeout-ms` and `--net-wait-timeout-ms`); the baseline's driver \
   shortens its waits to when its TCP/IP stack next needs to run (smoltcp's `poll_delay`, \
   handed to the device as the WAIT timeout hint), so its timers run on time and an idle \

@@ -119,7 +119,7 @@ impl Default for NetSettings {
         NetSettings {
             subnet: Subnet::DEFAULT,
             s3: S3Settings::default(),
-            wait_timeout: Duration::from_secs(10),
+            wait_timeout: Duration::from_secs(60),
         }
     }
 }
