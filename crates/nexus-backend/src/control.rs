@@ -89,7 +89,10 @@ impl Backend {
                             failures = Backoff::default();
                         }
                         let backend = self.clone();
-                        tokio::spawn(async move { backend.control_connection(stream).await });
+                        tokio::spawn(crate::panics::counted(
+                            "a control connection",
+                            async move { backend.control_connection(stream).await },
+                        ));
                     }
                     // Out of descriptors, accept fails at once and again while the connection
                     // waits in the backlog: back off, and say so once per streak.
@@ -468,6 +471,14 @@ impl Backend {
                 Answer::reply(match result {
                     Ok(Ok(())) => ControlReply::ok(),
                     Ok(Err(e)) => ControlReply::refused(ErrorCode::Invalid, e.to_string()),
+                    Err(e) if e.is_panic() => {
+                        let message = crate::panics::message(&*e.into_panic());
+                        crate::panics::record_task("a reload by the control op", &message);
+                        ControlReply::refused(
+                            ErrorCode::Internal,
+                            format!("the reload panicked: {message}"),
+                        )
+                    }
                     Err(e) => ControlReply::refused(
                         ErrorCode::Internal,
                         format!("the reload failed: {e}"),

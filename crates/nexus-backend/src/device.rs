@@ -370,11 +370,14 @@ impl RequestRing {
             return;
         }
         let ring = Arc::clone(self);
-        self.session.engine.runtime.spawn(async move {
-            tokio::time::sleep(wait).await;
-            lock(&ring.state).timer_armed = false;
-            ring.process();
-        });
+        self.session.engine.runtime.spawn(crate::panics::counted(
+            "resuming a throttled queue",
+            async move {
+                tokio::time::sleep(wait).await;
+                lock(&ring.state).timer_armed = false;
+                ring.process();
+            },
+        ));
     }
 
     /// The backend panicked while `what` for this VM (`message`): the panic is counted and

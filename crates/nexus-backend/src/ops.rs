@@ -1111,16 +1111,16 @@ async fn complete(
         // Report completion once the uploads made before COMPLETE are durable.
         let write_behind = session.write_behind.clone();
         let share = Arc::clone(&session.cpu);
-        session
-            .engine
-            .runtime
-            .spawn(Metered::new(share, async move {
+        session.engine.runtime.spawn(Metered::new(
+            share,
+            crate::panics::counted("the wait for uploads before a COMPLETE", async move {
                 let report = match write_behind.wait(mark).await {
                     Durability::Durable => Ok(result),
                     Durability::Failed { key, count } => Err(Error::UploadFailed { key, count }),
                 };
                 let _ = running.reply.send(report);
-            }));
+            }),
+        ));
     }
     Ok(Reply::ok())
 }

@@ -7,7 +7,9 @@
 //! VM's name and counted ([`BackendStats::panics`](crate::BackendStats)), that VM is failed
 //! (its queue no longer served, its invocations failed with
 //! [`Error::HandlerPanicked`](crate::Error::HandlerPanicked)), and the backend goes on
-//! serving the others.
+//! serving the others. The backend's other tasks — a prefetch, a control connection, the
+//! wait for a VM's uploads before its `COMPLETE` is answered, a tenant's usage count — are
+//! [`counted`]: tokio ends only the task that panicked, and the panic is counted as well.
 //!
 //! For tests only, the environment variable `NEXUS_TEST_PANIC=backend:<name>` (read once)
 //! makes the backend panic while serving the `COMPLETE` of a VM whose ID is `<name>` or
@@ -15,8 +17,11 @@
 //! can check the above through the real binaries. Unset (always, outside tests), it does
 //! nothing.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 /// Panics caught since the process started.
 static PANICS: AtomicU64 = AtomicU64::new(0);
@@ -43,6 +48,44 @@ pub(crate) fn record_upload(vm: &str, message: &str) {
         "vm {vm}: the backend panicked uploading a write-behind PUT ({message}); the upload is \
          reported failed, the VM goes on"
     );
+}
+
+/// Counts and logs a panic that ended a task of the backend's, in `what`.
+pub(crate) fn record_task(what: &str, message: &str) {
+    PANICS.fetch_add(1, Ordering::Relaxed);
+    log::error!("the backend panicked in {what} ({message}); that task ends, the backend goes on");
+}
+
+/// `inner`, its panics counted and logged as in `what` on their way to the task's owner,
+/// which sees them as before (tokio ends the task; its `JoinHandle` answers a panic).
+pub(crate) fn counted<F: Future>(what: &'static str, inner: F) -> Counted<F> {
+    Counted {
+        inner: Box::pin(inner),
+        what,
+    }
+}
+
+/// See [`counted`].
+pub(crate) struct Counted<F: Future> {
+    inner: Pin<Box<F>>,
+    what: &'static str,
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let what = self.what;
+        let inner = self.inner.as_mut();
+        // AssertUnwindSafe: the panic is not caught here, only counted on its way.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(poll) => poll,
+            Err(payload) => {
+                record_task(what, &message(&*payload));
+                std::panic::resume_unwind(payload)
+            }
+        }
+    }
 }
 
 /// The message of a panic's payload (`panic!` gives a `&str` or a `String`).
@@ -82,6 +125,22 @@ pub(crate) fn test_hook(vm: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_counted_tasks_panic_is_counted_and_still_ends_the_task() {
+        let before = count();
+        let fine = tokio::spawn(counted("a test task", async { 7 }));
+        assert_eq!(fine.await.unwrap(), 7);
+        assert_eq!(count(), before);
+        let panicking = tokio::spawn(counted("a test task", async {
+            tokio::task::yield_now().await;
+            panic!("deliberate");
+        }));
+        let e = panicking.await.unwrap_err();
+        assert!(e.is_panic());
+        assert_eq!(message(&*e.into_panic()), "deliberate");
+        assert!(count() > before);
+    }
 
     #[test]
     fn messages_of_str_and_string_payloads() {

@@ -239,9 +239,9 @@ pub(crate) fn prefetch(
     let mut turn = order.take_turn(key);
     let cache = Arc::clone(cache);
     let key = key.to_owned();
-    engine
-        .runtime
-        .spawn(Metered::new(Arc::clone(cpu), async move {
+    engine.runtime.spawn(Metered::new(
+        Arc::clone(cpu),
+        crate::panics::counted("a prefetch", async move {
             turn.ready().await;
             match store.fetch(&key, cache.limit()).await {
                 Ok(bytes) => {
@@ -254,7 +254,8 @@ pub(crate) fn prefetch(
                 }
             }
             drop(turn);
-        }));
+        }),
+    ));
 }
 
 #[cfg(test)]

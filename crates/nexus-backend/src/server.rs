@@ -208,7 +208,15 @@ impl Backend {
             while hangup.recv().await.is_some() {
                 log::info!("SIGHUP: reloading the configuration");
                 let backend = backend.clone();
-                let _ = tokio::task::spawn_blocking(move || backend.reload_config()).await;
+                let reloaded = tokio::task::spawn_blocking(move || backend.reload_config()).await;
+                if let Err(e) = reloaded {
+                    if e.is_panic() {
+                        crate::panics::record_task(
+                            "a reload on SIGHUP",
+                            &crate::panics::message(&*e.into_panic()),
+                        );
+                    }
+                }
             }
         });
         Ok(())

@@ -268,7 +268,7 @@ impl TenantState {
             usage.generation
         };
         let state = Arc::clone(self);
-        runtime.spawn(async move {
+        runtime.spawn(crate::panics::counted("a tenant's usage count", async move {
             let now = state.now();
             let started = Instant::now();
             match count(&state.name, &now).await {
@@ -290,7 +290,7 @@ impl TenantState {
                     state.name
                 ),
             }
-        });
+        }));
     }
 }
 
