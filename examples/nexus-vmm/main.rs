@@ -519,7 +519,7 @@ fn demo() -> Result<()> {
             publish: None,
         },
         node::registry::load_dir(&functions_dir)?,
-        None,
+        None, // the demo's functions all use nexus-io: no network of net functions
         runtime.handle().clone(),
     )?;
     eprintln!("nexus: [3/4] snapshotting each function parked in NEXT…");
