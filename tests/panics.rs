@@ -25,6 +25,16 @@ struct PanicNode {
 /// A node serving [`VICTIM`] and [`NEIGHBOUR`], with `NEXUS_TEST_PANIC=<hook>` given to the
 /// node daemon (`on_backend` false) or to the backend.
 fn panic_node(hook: &str, on_backend: bool) -> PanicNode {
+    let functions = [
+        (VICTIM, function("wordcount", "timeout_ms = 20000")),
+        (NEIGHBOUR, function("faulty", "timeout_ms = 20000")),
+    ];
+    hooked_node(&functions, hook, on_backend)
+}
+
+/// A node serving `functions` over a store holding `inputs/words.txt` (50 words), with
+/// `NEXUS_TEST_PANIC=<hook>` given to the daemon (`on_backend` false) or to the backend.
+fn hooked_node(functions: &[(&str, String)], hook: &str, on_backend: bool) -> PanicNode {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     std::fs::create_dir_all(store.join("inputs")).unwrap();
@@ -35,15 +45,11 @@ fn panic_node(hook: &str, on_backend: bool) -> PanicNode {
         vec!["--store".into(), store_url(&store)],
         if on_backend { &backend_env } else { &[] },
     );
-    let functions = [
-        (VICTIM, function("wordcount", "timeout_ms = 20000")),
-        (NEIGHBOUR, function("faulty", "timeout_ms = 20000")),
-    ];
     let daemon_env = [("NEXUS_TEST_PANIC", hook)];
     let daemon = Daemon::start_with_env(
         dir.path(),
         &backend,
-        &functions,
+        functions,
         &[],
         if on_backend { &[] } else { &daemon_env },
     );
@@ -54,24 +60,17 @@ fn panic_node(hook: &str, on_backend: bool) -> PanicNode {
     }
 }
 
-/// A node serving `functions`, with `NEXUS_TEST_PANIC=<hook>` given to the daemon.
-fn hooked_node(functions: &[(&str, String)], hook: &str) -> PanicNode {
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    std::fs::create_dir_all(store.join("inputs")).unwrap();
-    std::fs::write(store.join("inputs/words.txt"), sample_text(50)).unwrap();
-    let backend = Backend::start(dir.path(), &store_url(&store), &[]);
-    let daemon = Daemon::start_with_env(
-        dir.path(),
-        &backend,
-        functions,
-        &[],
-        &[("NEXUS_TEST_PANIC", hook)],
-    );
-    PanicNode {
-        _dir: dir,
-        backend,
-        daemon,
+/// Idle (parked) VMs of the victim, from `/metrics`.
+fn victim_idle_vms(d: &Daemon) -> f64 {
+    d.metric(&format!(
+        "nexus_vms{{function=\"{VICTIM}\",state=\"idle\"}}"
+    ))
+}
+
+/// Invokes the neighbour `n` times: each invocation is warm, on the VM `vm` it had.
+fn neighbour_stays_on(d: &Daemon, n: usize, what: &str, vm: &Value) {
+    for r in neighbour_serves(d, n, what) {
+        assert_eq!((&r["start"], &r["vm"]), (&json!("warm"), vm), "{r}");
     }
 }
 
@@ -121,22 +120,14 @@ fn a_panic_fails_one_function_only(hook: &str, on_backend: bool, status: u16, er
     victim_fails(d, status, error);
     assert_eq!(d.metric(&panics), 1.0, "{}", d.metric_text());
     assert_eq!(
-        d.metric(&format!(
-            "nexus_vms{{function=\"{VICTIM}\",state=\"idle\"}}"
-        )),
+        victim_idle_vms(d),
         0.0,
         "the VM the panic touched is not parked\n{}",
         d.metric_text()
     );
 
     // The neighbour goes on, warm, on the VM it had.
-    for r in neighbour_serves(d, 3, "after") {
-        assert_eq!(
-            (&r["start"], &r["vm"]),
-            (&json!("warm"), &neighbour_vm),
-            "{r}"
-        );
-    }
+    neighbour_stays_on(d, 3, "after", &neighbour_vm);
 
     // A later invocation of the victim gets a fresh VM, and the hook, still set, fails it
     // the same way: the node is not wedged.
@@ -189,7 +180,7 @@ fn a_panic_in_a_reset_stops_that_vm_only() {
         (VICTIM, victim.to_owned()),
         (NEIGHBOUR, function("faulty", "timeout_ms = 20000")),
     ];
-    let n = hooked_node(&functions, &format!("reset:{VICTIM}"));
+    let n = hooked_node(&functions, &format!("reset:{VICTIM}"), false);
     let d = &n.daemon;
     let panics = "nexus_panics_total{where=\"reset\"}";
     let before = neighbour_serves(d, 2, "before");
@@ -208,21 +199,8 @@ fn a_panic_in_a_reset_stops_that_vm_only() {
     }
     vms.dedup();
     assert_eq!(vms.len(), 3, "a fresh VM each time: {vms:?}");
-    assert_eq!(
-        d.metric(&format!(
-            "nexus_vms{{function=\"{VICTIM}\",state=\"idle\"}}"
-        )),
-        0.0,
-        "{}",
-        d.metric_text()
-    );
-    for r in neighbour_serves(d, 2, "after") {
-        assert_eq!(
-            (&r["start"], &r["vm"]),
-            (&json!("warm"), &neighbour_vm),
-            "{r}"
-        );
-    }
+    assert_eq!(victim_idle_vms(d), 0.0, "{}", d.metric_text());
+    neighbour_stays_on(d, 2, "after", &neighbour_vm);
     assert!(
         d.log()
             .contains("test hook NEXUS_TEST_PANIC: a panic in the reset"),
@@ -261,7 +239,7 @@ fn a_panic_in_the_reaper_does_not_end_keep_alive() {
             function("faulty", "keep_alive_s = 1\ntimeout_ms = 20000"),
         ),
     ];
-    let n = hooked_node(&functions, &format!("background:{VICTIM}"));
+    let n = hooked_node(&functions, &format!("background:{VICTIM}"), false);
     let d = &n.daemon;
     let (status, r) = d.invoke(VICTIM, &json!({"input_key": "inputs/words.txt"}));
     assert_eq!(status, 200, "{r}\n{}", d.log());

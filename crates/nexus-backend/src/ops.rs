@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::FutureExt;
 use nexus_ring::records::{
     EntryList, INVOCATION_CONTEXT_WITH_KEY_MAX_LEN, InvocationContext, LIST_PREFIX_SIZE,
     ObjectEntry,
@@ -381,15 +380,11 @@ async fn put(
                     let _upload = upload;
                     // A panic fails this upload only: its ticket, dropped unfinished, reports
                     // it failed to the VM's next FLUSH.
-                    let upload =
-                        upload_behind(&session, key, Bytes::from(bytes), turn, ticket, charge);
-                    if let Err(payload) = std::panic::AssertUnwindSafe(upload).catch_unwind().await
-                    {
-                        crate::panics::record_upload(
-                            &session.vm,
-                            &crate::panics::message(&*payload),
-                        );
-                    }
+                    crate::panics::counted(
+                        "a write-behind upload",
+                        upload_behind(&session, key, Bytes::from(bytes), turn, ticket, charge),
+                    )
+                    .await;
                 }));
                 return Ok(Reply::ok());
             }

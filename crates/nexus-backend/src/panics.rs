@@ -7,8 +7,9 @@
 //! VM's name and counted ([`BackendStats::panics`](crate::BackendStats)), that VM is failed
 //! (its queue no longer served, its invocations failed with
 //! [`Error::HandlerPanicked`](crate::Error::HandlerPanicked)), and the backend goes on
-//! serving the others. The backend's other tasks — a prefetch, a control connection, the
-//! wait for a VM's uploads before its `COMPLETE` is answered, a tenant's usage count — are
+//! serving the others. The backend's other tasks — a write-behind upload (its ticket, dropped
+//! unfinished, reports it failed), a prefetch, a control connection, the wait for a VM's
+//! uploads before its `COMPLETE` is answered, a tenant's usage count — are
 //! [`counted`]: tokio ends only the task that panicked, and the panic is counted as well.
 //!
 //! For tests only, the environment variable `NEXUS_TEST_PANIC=backend:<name>` (read once)
@@ -37,16 +38,6 @@ pub(crate) fn record(vm: &str, what: &str, message: &str) {
     log::error!(
         "vm {vm}: the backend panicked while {what} ({message}); the VM is failed, the backend \
          goes on"
-    );
-}
-
-/// Counts and logs a panic caught in VM `vm`'s write-behind upload: that upload is reported
-/// failed (its ticket), the VM goes on.
-pub(crate) fn record_upload(vm: &str, message: &str) {
-    PANICS.fetch_add(1, Ordering::Relaxed);
-    log::error!(
-        "vm {vm}: the backend panicked uploading a write-behind PUT ({message}); the upload is \
-         reported failed, the VM goes on"
     );
 }
 

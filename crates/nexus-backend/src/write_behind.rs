@@ -259,24 +259,20 @@ impl WriteBehindTicket {
     /// a backend that dies before the upload is done knows it lost it. `false` if it could
     /// not be recorded (the PUT must then be done synchronously).
     pub(crate) fn acknowledge(&mut self, key: &str) -> bool {
-        let Some(journal) = &self.uploads.journal else {
-            self.acknowledged = Some(key.to_owned());
-            return true;
-        };
-        match journal.record(&self.uploads.vm, key) {
-            Ok(id) => {
-                self.journal = Some(id);
-                self.acknowledged = Some(key.to_owned());
-                true
-            }
-            Err(e) => {
-                log::warn!(
-                    "vm {}: cannot record a write-behind upload in the journal ({e}); PUT {key} is done synchronously",
-                    self.uploads.vm
-                );
-                false
+        if let Some(journal) = &self.uploads.journal {
+            match journal.record(&self.uploads.vm, key) {
+                Ok(id) => self.journal = Some(id),
+                Err(e) => {
+                    log::warn!(
+                        "vm {}: cannot record a write-behind upload in the journal ({e}); PUT {key} is done synchronously",
+                        self.uploads.vm
+                    );
+                    return false;
+                }
             }
         }
+        self.acknowledged = Some(key.to_owned());
+        true
     }
 
     /// The upload is over: durable (`None`) or failed for good (`Some(key)`). Also how a PUT

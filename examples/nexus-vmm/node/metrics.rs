@@ -576,7 +576,7 @@ impl Collector for ScrapeGauges {
                 MetricType::Counter,
             )?;
             use super::panics::{Site, count};
-            for site in [Site::Vcpu, Site::Invocation, Site::Reset, Site::Background] {
+            for site in Site::ALL {
                 let labels = [("where", site.as_str())];
                 ConstCounter::new(count(site)).encode(family.encode_family(&labels)?)?;
             }

@@ -42,6 +42,9 @@ pub enum Site {
 }
 
 impl Site {
+    /// Every site, in the order of the metric's series.
+    pub const ALL: [Site; 4] = [Site::Vcpu, Site::Invocation, Site::Reset, Site::Background];
+
     /// The metric's label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,31 +56,17 @@ impl Site {
     }
 }
 
-static VCPU: AtomicU64 = AtomicU64::new(0);
-static INVOCATION: AtomicU64 = AtomicU64::new(0);
-static RESET: AtomicU64 = AtomicU64::new(0);
-static BACKGROUND: AtomicU64 = AtomicU64::new(0);
+/// Panics caught since the process started, by [`Site`] (its discriminant).
+static COUNTS: [AtomicU64; Site::ALL.len()] = [const { AtomicU64::new(0) }; Site::ALL.len()];
 
 /// Counts a panic caught at `site` (the process's total, read by [`count`]).
 pub fn counted(site: Site) {
-    match site {
-        Site::Vcpu => &VCPU,
-        Site::Invocation => &INVOCATION,
-        Site::Reset => &RESET,
-        Site::Background => &BACKGROUND,
-    }
-    .fetch_add(1, Ordering::Relaxed);
+    COUNTS[site as usize].fetch_add(1, Ordering::Relaxed);
 }
 
 /// Panics caught at `site` since the process started.
 pub fn count(site: Site) -> u64 {
-    match site {
-        Site::Vcpu => &VCPU,
-        Site::Invocation => &INVOCATION,
-        Site::Reset => &RESET,
-        Site::Background => &BACKGROUND,
-    }
-    .load(Ordering::Relaxed)
+    COUNTS[site as usize].load(Ordering::Relaxed)
 }
 
 /// The message of a panic's payload (`panic!` gives a `&str` or a `String`).
@@ -100,7 +89,7 @@ fn test_hook_setting() -> Option<&'static (String, String)> {
     HOOK.get_or_init(|| {
         let value = std::env::var(TEST_PANIC).ok()?;
         let (at, function) = value.split_once(':')?;
-        if function.is_empty() || !matches!(at, "vcpu" | "invocation" | "reset" | "background") {
+        if function.is_empty() || !Site::ALL.iter().any(|site| site.as_str() == at) {
             return None;
         }
         log::warn!("{TEST_PANIC}={value}: test-only panic injection is on");
@@ -243,5 +232,9 @@ mod tests {
         counted(Site::Vcpu);
         assert_eq!(count(Site::Vcpu), before + 1);
         assert_eq!(Site::Invocation.as_str(), "invocation");
+        // The counters are indexed by discriminant, in `ALL`'s order.
+        for (i, site) in Site::ALL.into_iter().enumerate() {
+            assert_eq!(site as usize, i);
+        }
     }
 }
